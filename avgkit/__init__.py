@@ -1,0 +1,8 @@
+"""avgkit: a plugin toolkit for autoregressive visual generation."""
+
+from avgkit.hookspecs import hookimpl
+from avgkit.interfaces import API_VERSION
+
+__version__ = "0.1.0"
+
+__all__ = ["API_VERSION", "__version__", "hookimpl"]

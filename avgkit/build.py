@@ -1,0 +1,135 @@
+"""Build a recipe's components through the registry and check that they agree."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from avgkit.errors import AvgkitError
+from avgkit.interfaces import Backbone, Conditioner, Sampler, Tokenizer
+from avgkit.recipe import ComponentRef, Recipe
+from avgkit.registry import Registry
+
+
+class ARModel(nn.Module):
+    """Backbone + conditioner: the trainable part of an AR generator.
+
+    Its state dict is ``backbone.*`` and ``conditioner.*``, so checkpoints and
+    parameter counts split cleanly by role.
+    """
+
+    def __init__(self, backbone: Backbone, conditioner: Conditioner) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.conditioner = conditioner
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.backbone(codes, self.conditioner(labels))
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [*self.backbone.embedding_parameters(), *self.conditioner.embedding_parameters()]
+
+
+@dataclass
+class Components:
+    tokenizer: Tokenizer
+    backbone: Backbone
+    conditioner: Conditioner
+    sampler: Sampler
+    configs: dict[str, BaseModel]
+
+    @property
+    def model(self) -> ARModel:
+        return ARModel(self.backbone, self.conditioner)
+
+
+def resolve_config(registry: Registry, role: str, ref: ComponentRef, **fill: Any) -> BaseModel:
+    """Validate a component's options; ``fill`` sets fields the recipe left unset."""
+    spec = registry.get(role, ref.name)
+    cfg = spec.resolve(ref.preset, ref.options)
+    updates = {}
+    for key, value in fill.items():
+        if key not in type(cfg).model_fields:
+            continue
+        current = getattr(cfg, key)
+        if current is None:
+            updates[key] = value
+        elif current != value:
+            raise AvgkitError(
+                f"{role} {ref.name!r} has {key}={current} but the tokenizer gives {value}; "
+                f"remove {role}.{key} from the recipe or pick a matching tokenizer"
+            )
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
+def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Registry | None = None,
+          with_tokenizer: bool = True) -> Components:
+    """Build every component; ``device="meta"`` allocates nothing (for ``--dry-run``)."""
+    if registry is None:
+        from avgkit.plugins import get_registry
+
+        registry = get_registry()
+    ctx = torch.device(device) if str(device) == "meta" else contextlib.nullcontext()
+    tok_cfg = resolve_config(registry, "tokenizer", recipe.tokenizer)
+    with ctx:
+        tokenizer = registry.get("tokenizer", recipe.tokenizer.name).factory(tok_cfg) if with_tokenizer else None
+    if tokenizer is None:
+        raise AvgkitError("a tokenizer is needed to size the backbone")
+    bb_cfg = resolve_config(
+        registry, "backbone", recipe.backbone, vocab_size=tokenizer.codebook_size, num_tokens=tokenizer.num_tokens
+    )
+    cond_cfg = resolve_config(registry, "conditioner", recipe.conditioner)
+    samp_cfg = resolve_config(registry, "sampler", recipe.sampler)
+    with ctx:
+        backbone = registry.get("backbone", recipe.backbone.name).factory(bb_cfg)
+        conditioner = registry.get("conditioner", recipe.conditioner.name).factory(
+            cond_cfg, dim=backbone.dim, num_layers=backbone.num_layers
+        )
+    sampler = registry.get("sampler", recipe.sampler.name).factory(samp_cfg)
+    check_agreement(tokenizer, backbone, conditioner)
+    if str(device) != "meta":
+        tokenizer.to(device)
+        backbone.to(device)
+        conditioner.to(device)
+    configs = {"tokenizer": tok_cfg, "backbone": bb_cfg, "conditioner": cond_cfg, "sampler": samp_cfg}
+    return Components(tokenizer, backbone, conditioner, sampler, configs)
+
+
+def check_agreement(tokenizer: Tokenizer, backbone: Backbone, conditioner: Conditioner) -> None:
+    if backbone.vocab_size != tokenizer.codebook_size:
+        raise AvgkitError(
+            f"backbone vocabulary {backbone.vocab_size} != tokenizer codebook {tokenizer.codebook_size}"
+        )
+    if backbone.num_tokens != tokenizer.num_tokens:
+        raise AvgkitError(f"backbone sequence length {backbone.num_tokens} != tokenizer tokens {tokenizer.num_tokens}")
+    if conditioner.dim != backbone.dim:
+        raise AvgkitError(f"conditioner width {conditioner.dim} != backbone width {backbone.dim}")
+
+
+def _unique(params: Any) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for p in params:
+        seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def parameter_counts(components: Components) -> dict[str, int]:
+    """Model parameters (backbone + conditioner; a tied head counted once).
+
+    ``non_embedding`` leaves out the token, position and class tables; the tokenizer
+    is counted separately.
+    """
+    model = _unique([*components.backbone.parameters(), *components.conditioner.parameters()])
+    emb = {id(p) for p in [*components.backbone.embedding_parameters(), *components.conditioner.embedding_parameters()]}
+    return {
+        "total": sum(p.numel() for p in model),
+        "non_embedding": sum(p.numel() for p in model if id(p) not in emb),
+        "backbone": sum(p.numel() for p in _unique(components.backbone.parameters())),
+        "conditioner": sum(p.numel() for p in _unique(components.conditioner.parameters())),
+        "tokenizer": sum(p.numel() for p in _unique(components.tokenizer.parameters())),
+    }

@@ -1,0 +1,220 @@
+"""The ``avgkit`` command line (typer).
+
+Every user error is one line on stderr and exit code 2; set ``AVGKIT_DEBUG=1`` for
+the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from avgkit.errors import AvgkitError, did_you_mean
+
+app = typer.Typer(
+    name="avgkit",
+    help="Autoregressive visual generation: train, sample and evaluate recipes built from plugins.\n\n"
+    "Examples:\n\n"
+    "  avgkit recipes ls\n\n"
+    "  avgkit train digits\n\n"
+    "  avgkit train aim-b --dry-run\n\n"
+    "  avgkit train digits train.steps=200 conditioner=adaln-single",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+recipes_app = typer.Typer(help="List, show, copy and validate recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+def echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# ----------------------------------------------------------------------------- plugins
+@app.command("plugins")
+def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List installed plugins, their versions and what each registers."""
+    from avgkit.plugins import get_manager
+
+    infos = list(get_manager().infos.values())
+    if as_json:
+        echo_json([vars(i) for i in infos])
+        return
+    for i in infos:
+        kind = "built-in" if i.builtin else i.module
+        typer.echo(f"{i.name} {i.version}  (api {i.api_version}, {kind})")
+        for role, names in i.registers.items():
+            typer.echo(f"    {role}: {', '.join(names)}")
+
+
+# ----------------------------------------------------------------------------- ls
+def _role(kind: str) -> str:
+    from avgkit.registry import PLURAL, ROLES
+
+    role = PLURAL.get(kind, kind)
+    if role not in ROLES:
+        raise AvgkitError(f"unknown component kind {kind!r}{did_you_mean(kind, PLURAL)}")
+    return role
+
+
+def _options(spec: Any) -> list[dict[str, Any]]:
+    out = []
+    for name, field in spec.config.model_fields.items():
+        default = field.default if not field.is_required() else "(required)"
+        out.append({"name": name, "type": getattr(field.annotation, "__name__", str(field.annotation)),
+                    "default": default, "help": field.description or ""})
+    return out
+
+
+@app.command("ls")
+def ls_cmd(
+    kind: str = typer.Argument(..., help="backbones | tokenizers | conditioners | samplers"),
+    options: bool = typer.Option(False, "--options", help="show each component's options"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """List registered components of one kind, with presets (and options)."""
+    from avgkit.plugins import get_registry
+
+    specs = get_registry().specs(_role(kind))
+    if as_json:
+        echo_json([{"name": s.name, "plugin": s.plugin, "description": s.description,
+                    "presets": dict(s.presets), **({"options": _options(s)} if options else {})} for s in specs])
+        return
+    for s in specs:
+        presets = ", ".join(s.presets) or "-"
+        typer.echo(f"{s.name:<16} [{s.plugin}] {s.description}")
+        typer.echo(f"{'':<16} presets: {presets}")
+        if options:
+            for o in _options(s):
+                typer.echo(f"{'':<18}{o['name']} ({o['type']}, default {o['default']!r}) {o['help']}")
+
+
+# ----------------------------------------------------------------------------- recipes
+@recipes_app.command("ls")
+def recipes_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List packaged recipes."""
+    from avgkit.recipe import packaged_recipes, read_yaml
+
+    found = packaged_recipes()
+    rows = []
+    for name, path in found.items():
+        raw = read_yaml(path)
+        rows.append({"name": name, "path": str(path), "description": (raw or {}).get("description", "")})
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['name']:<24} {r['description']}")
+
+
+@recipes_app.command("show")
+def recipes_show(
+    recipe: str = typer.Argument(..., help="recipe name or path"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+) -> None:
+    """Print a recipe, resolved with overrides and validated."""
+    from avgkit.recipe import load_recipe
+
+    typer.echo(load_recipe(recipe, overrides or []).to_yaml(), nl=False)
+
+
+@recipes_app.command("cp")
+def recipes_cp(recipe: str = typer.Argument(...), dest: Path = typer.Argument(..., help="file or folder")) -> None:
+    """Copy a packaged recipe to edit it."""
+    from avgkit.recipe import find_recipe
+
+    src = find_recipe(recipe)
+    target = dest / src.name if dest.is_dir() else dest
+    if target.exists():
+        raise AvgkitError(f"{target} already exists; choose another destination or delete it first")
+    shutil.copyfile(src, target)
+    typer.echo(f"copied {src} -> {target}")
+
+
+@recipes_app.command("validate")
+def recipes_validate(
+    recipes: list[str] = typer.Argument(..., help="recipe names or paths"),
+) -> None:
+    """Validate recipes: schema, component names and options, and component agreement."""
+    from avgkit.build import build
+    from avgkit.recipe import load_recipe
+
+    for name in recipes:
+        r = load_recipe(name)
+        build(r, device="meta")
+        typer.echo(f"ok  {name}")
+
+
+# ----------------------------------------------------------------------------- train
+def _fmt(n: int) -> str:
+    return f"{n:,} ({n / 1e6:.1f}M)"
+
+
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": True},
+)
+def train_cmd(
+    recipe: str = typer.Argument(..., help="recipe name (see `avgkit recipes ls`) or path"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.steps=100"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="resolve, build on the meta device, print counts; no data"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run directory's last complete checkpoint"),
+    as_json: bool = typer.Option(False, "--json", help="with --dry-run: machine-readable output"),
+) -> None:
+    """Train a recipe (or inspect it with --dry-run)."""
+    from avgkit.build import build, parameter_counts
+    from avgkit.recipe import load_recipe
+
+    r = load_recipe(recipe, overrides or [])
+    if dry_run:
+        comps = build(r, device="meta")
+        counts = parameter_counts(comps)
+        if as_json:
+            echo_json({"recipe": r.to_dict(), "parameters": counts})
+            return
+        typer.echo(r.to_yaml(), nl=False)
+        typer.echo("---")
+        typer.echo(f"parameters (backbone + conditioner): {_fmt(counts['total'])}")
+        typer.echo(f"  non-embedding:                      {_fmt(counts['non_embedding'])}")
+        typer.echo(f"  backbone {_fmt(counts['backbone'])}, conditioner {_fmt(counts['conditioner'])}")
+        typer.echo(f"tokenizer (not counted above):        {_fmt(counts['tokenizer'])}")
+        return
+    from avgkit.train.pipeline import run_recipe
+
+    run_recipe(r, resume=resume)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the app, turning AvgkitError into one line and exit code 2."""
+    from avgkit.plugins import get_manager
+
+    try:
+        get_manager().register_commands(app)
+        app(args=argv, standalone_mode=False)
+    except AvgkitError as err:
+        if os.environ.get("AVGKIT_DEBUG"):
+            raise
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:
+        import click
+
+        if isinstance(err, click.exceptions.Exit):
+            sys.exit(err.exit_code)
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(1)
+        raise

@@ -1,0 +1,252 @@
+"""Recipes: YAML files that compose components by registry name, validated by pydantic.
+
+A component is named by ``name`` plus an optional ``preset``, with any other keys
+being that component's options (validated against its own config model)::
+
+    backbone: {name: mamba2, preset: aim-b}
+    conditioner: adaln-single            # shorthand for {name: adaln-single}
+    sampler: ar:llamagen                 # shorthand for {name: ar, preset: llamagen}
+
+Command-line overrides are ``key.sub=value`` with YAML values
+(``train.steps=100``, ``conditioner=adaln-group``, ``conditioner.groups=8``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from avgkit.errors import AvgkitError, did_you_mean
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ComponentRef(_Strict):
+    """A component by registry name, preset and options."""
+
+    name: str
+    preset: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] | None = Field(None, description="tokenizer only: how to train it when weights are missing")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            name, _, preset = value.partition(":")
+            return {"name": name, "preset": preset or None}
+        if isinstance(value, dict):
+            value = dict(value)
+            own = {k: value.pop(k) for k in ("name", "preset", "train") if k in value}
+            options = dict(value.pop("options", None) or {})
+            options.update(value)
+            return {**own, "options": options}
+        return value
+
+    def flat(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.preset:
+            out["preset"] = self.preset
+        out.update(self.options)
+        if self.train is not None:
+            out["train"] = self.train
+        return out
+
+
+class DataSection(_Strict):
+    source: str = Field("digits", description="'digits' (built-in) or the root of an ImageFolder tree")
+    store: str = Field(..., description="zarr code store path (created by `avgkit prepare`)")
+    image_size: int | None = Field(None, description="defaults to the tokenizer's image size")
+    augment: Literal["none", "flip", "tencrop"] = "none"
+    prepare_batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class TrainSection(_Strict):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch (all processes, all accumulation steps)")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    lr_scaling: Literal["none", "linear"] = Field("none", description="linear: lr * batch_size / base_batch")
+    base_batch: int = Field(256, ge=1)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.9999")
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = Field(10, ge=1)
+    ckpt_every: int = Field(500, ge=1)
+    keep_last: int = Field(3, ge=1)
+    sample_every: int | None = Field(None, ge=1)
+
+
+class EvalSection(_Strict):
+    samples_per_class: int = Field(10, ge=1)
+    batch_size: int = Field(100, ge=1)
+    seed: int = 0
+    classifier: Literal["none", "digits"] = "none"
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    tokenizer: ComponentRef
+    backbone: ComponentRef
+    conditioner: ComponentRef
+    sampler: ComponentRef = Field(default_factory=lambda: ComponentRef(name="ar"))
+    data: DataSection | None = None
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output_dir: str | None = Field(None, description="run directory; default runs/<name>")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or "/" in v:
+            raise ValueError("recipe name must be non-empty and contain no '/'")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json", exclude_none=True)
+        for role in ("tokenizer", "backbone", "conditioner", "sampler"):
+            d[role] = getattr(self, role).flat()
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- loading
+def _model_for(path: Sequence[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Recipe
+    for key in path:
+        if model is None or key not in model.model_fields:
+            return None
+        ann = model.model_fields[key].annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = candidates[0] if candidates else None
+    return model
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+    where = ".".join(loc) or "(top level)"
+    more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    if e["type"] == "extra_forbidden":
+        parent = _model_for(loc[:-1])
+        hint = did_you_mean(loc[-1], parent.model_fields) if parent else ""
+        return f"{source}: unknown key {where!r}{hint}{more}"
+    if e["type"] == "missing":
+        return f"{source}: missing required key {where!r}{more}"
+    return f"{source}: {where}: {e['msg']}{more}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise AvgkitError(f"override {text!r} is not key=value (e.g. train.steps=100)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw recipe mapping (returns a copy)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if isinstance(child, str) and depth == 0 and key in ("tokenizer", "backbone", "conditioner", "sampler"):
+                child = ComponentRef.model_validate(child).flat()
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise AvgkitError(f"override {text!r}: {'.'.join(keys[: depth + 1])} is not a section")
+            node[key] = child
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
+    if not isinstance(raw, dict):
+        raise AvgkitError(f"{source}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise AvgkitError(_explain(err, source)) from None
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise AvgkitError(f"recipe file not found: {path}") from None
+    except OSError as err:
+        raise AvgkitError(f"cannot read recipe {path}: {err.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise AvgkitError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+
+
+def recipe_dirs() -> list[Path]:
+    from avgkit.plugins import get_manager
+
+    return [d for d in get_manager().recipe_dirs() if d.is_dir()]
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """Recipe name (file stem) -> path, over every plugin's recipe folders."""
+    found: dict[str, Path] = {}
+    for d in recipe_dirs():
+        for p in sorted(d.glob("*.yaml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def find_recipe(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise AvgkitError(f"recipe file not found: {p}")
+        return p
+    known = packaged_recipes()
+    if name_or_path in known:
+        return known[name_or_path]
+    raise AvgkitError(
+        f"no recipe named {name_or_path!r}{did_you_mean(name_or_path, known)}; `avgkit recipes ls` lists them"
+    )
+
+
+def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> Recipe:
+    path = find_recipe(name_or_path)
+    raw = read_yaml(path)
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides)
+    return validate_recipe(raw, str(path))
