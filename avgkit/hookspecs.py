@@ -86,17 +86,19 @@ def avgkit_register_commands(app: Any) -> None:
 
 @hookspec
 def avgkit_convert_checkpoint(
-    source: str, state_dict: Mapping[str, Any], role: str, name: str, config: Any
-) -> dict[str, Any] | None:
+    source: str, state_dict: Mapping[str, Any], role: str, name: str, config: Any, num_layers: int | None
+) -> Any:
     """Convert one component's part of an external checkpoint.
 
     ``source`` names the checkpoint format (``"aim"``, ``"llamagen-vq"``, ...);
-    ``state_dict`` is the whole external state dict (tensors, loaded without executing
-    code); ``role``/``name``/``config`` identify the component being built. Return the
-    component's own state dict (its keys), or ``None`` when this plugin does not
-    handle that component. Plugins never import each other: each converts only what it
-    registered, so a checkpoint mixing backbone, conditioner and tokenizer weights is
-    split by asking every plugin.
+    ``state_dict`` is the whole external state dict (tensors, read without executing
+    code); ``role``/``name``/``config`` identify the component being built, and
+    ``num_layers`` is the backbone's depth (conditioners need it). Return an
+    ``avgkit.convert.ConvertedWeights`` (the component's own state dict and the
+    external keys consumed), or ``None`` when this plugin does not own that component.
+    Plugins never import each other: a checkpoint mixing backbone, conditioner and
+    tokenizer weights is split by asking every plugin, and keys nobody consumed are
+    reported.
     """
 
 

@@ -112,11 +112,12 @@ class PluginManager:
     def register_commands(self, app: Any) -> None:
         self.pm.hook.avgkit_register_commands(app=app)
 
-    def convert(self, source: str, state_dict: Any, role: str, name: str, config: Any) -> dict | None:
+    def convert(self, source: str, state_dict: Any, role: str, name: str, config: Any, num_layers: int | None = None):
+        """The ``ConvertedWeights`` of one component, or None when no plugin owns it."""
         answers = [
             a
             for a in self.pm.hook.avgkit_convert_checkpoint(
-                source=source, state_dict=state_dict, role=role, name=name, config=config
+                source=source, state_dict=state_dict, role=role, name=name, config=config, num_layers=num_layers
             )
             if a is not None
         ]

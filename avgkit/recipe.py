@@ -60,7 +60,11 @@ class ComponentRef(_Strict):
 
 class DataSection(_Strict):
     source: str = Field("digits", description="'digits' (built-in) or the root of an ImageFolder tree")
-    store: str = Field(..., description="zarr code store path (created by `avgkit prepare`)")
+    store: str | None = Field(
+        ...,
+        description="zarr code store path (created by `avgkit prepare`, or by `avgkit train` when missing); "
+        "null encodes the source in memory at every start (small data sets only)",
+    )
     image_size: int | None = Field(None, description="defaults to the tokenizer's image size")
     augment: Literal["none", "flip", "tencrop"] = "none"
     prepare_batch_size: int = Field(64, ge=1)
@@ -88,14 +92,22 @@ class TrainSection(_Strict):
     log_every: int = Field(10, ge=1)
     ckpt_every: int = Field(500, ge=1)
     keep_last: int = Field(3, ge=1)
-    sample_every: int | None = Field(None, ge=1)
+    sample_every: int | None = Field(None, ge=1, description="write a sample grid every this many steps")
+    sample_classes: int = Field(10, ge=1, description="rows of the periodic sample grid (classes spread evenly)")
+    sample_per_class: int = Field(8, ge=1, description="columns of the periodic sample grid")
 
 
 class EvalSection(_Strict):
-    samples_per_class: int = Field(10, ge=1)
-    batch_size: int = Field(100, ge=1)
+    samples_per_class: int = Field(10, ge=1, description="final samples drawn per class after training")
+    batch_size: int = Field(100, ge=1, description="images sampled at once")
     seed: int = 0
-    classifier: Literal["none", "digits"] = "none"
+    classifier: Literal["none", "digits"] = Field(
+        "none", description="digits: class accuracy of the samples under an independent digit classifier"
+    )
+    grid_classes: int = Field(
+        10, ge=1, description="classes sampled (spread evenly) when no classifier needs all; rows of samples.png"
+    )
+    use_ema: bool = Field(True, description="sample from the EMA weights when train.ema is set")
 
 
 class Recipe(_Strict):
@@ -182,7 +194,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             if isinstance(child, str) and depth == 0 and key in ("tokenizer", "backbone", "conditioner", "sampler"):
                 child = ComponentRef.model_validate(child).flat()
             if child is None:
-                child = {}
+                child = {"name": "ar"} if (depth, key) == (0, "sampler") else {}
             if not isinstance(child, dict):
                 raise AvgkitError(f"override {text!r}: {'.'.join(keys[: depth + 1])} is not a section")
             node[key] = child

@@ -194,11 +194,11 @@ def train_cmd(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning AvgkitError into one line and exit code 2."""
-    from avgkit.plugins import get_manager
-
     try:
+        from avgkit.plugins import get_manager
+
         get_manager().register_commands(app)
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="avgkit")
     except AvgkitError as err:
         if os.environ.get("AVGKIT_DEBUG"):
             raise
@@ -207,14 +207,3 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as err:
-        import click
-
-        if isinstance(err, click.exceptions.Exit):
-            sys.exit(err.exit_code)
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
-        raise

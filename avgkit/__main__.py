@@ -1,0 +1,3 @@
+from avgkit.cli.app import main
+
+main()

@@ -1,0 +1,344 @@
+"""The one training loop: any backbone + conditioner on token sequences.
+
+Per optimizer step, each rank takes its ``grad_accum`` micro-batches of codes and
+labels, drops labels to the null class with the conditioner's ``drop_labels`` (one
+seeded generator, drawn over the *global* batch so the result does not depend on the
+number of processes), and minimises the cross-entropy of every image token under
+teacher forcing. Gradients are averaged over ranks (DDP) and accumulation steps, so
+the update equals that of one process holding the whole global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from avgkit.build import ARModel
+from avgkit.errors import AvgkitError
+from avgkit.interfaces import Sampler, Tokenizer
+from avgkit.recipe import TrainSection
+from avgkit.train import checkpoint as ckpt
+from avgkit.train.data import StepBatches
+from avgkit.train.distributed import DistEnv
+from avgkit.train.optim import EMA, build_optimizer, lr_at, param_groups, set_lr
+from avgkit.train.report import MetricsLog, Progress, plot_loss
+
+#: ``callback(step, record)`` after every optimizer step; ``record`` is set on logged steps.
+StepCallback = Callable[[int, "dict[str, Any] | None"], None]
+
+#: Offset that separates the label-dropout stream from other uses of ``train.seed``.
+_DROPOUT_SEED_OFFSET = 0x1ABE1
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or ``None`` for fp32 (``auto``: bf16 on CUDA, fp32 elsewhere)."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def token_loss(logits: Tensor, codes: Tensor) -> Tensor:
+    """Mean cross-entropy over every image token (computed in fp32)."""
+    if logits.shape[:2] != codes.shape:
+        raise AvgkitError(
+            f"the backbone returned logits of shape {tuple(logits.shape)} for codes {tuple(codes.shape)}; "
+            f"it must return (B, N, vocab) with one prediction per image token"
+        )
+    return F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
+
+
+@dataclass
+class TrainResult:
+    step: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.records[-1]["loss"] if self.records else None
+
+
+@dataclass
+class _Window:
+    """Sums since the last logged step (always empty at a checkpoint)."""
+
+    loss: Tensor | None = None
+    grad_norm: Tensor | None = None
+    steps: int = 0
+    t0: float = field(default_factory=time.monotonic)
+
+    def add(self, loss: Tensor, grad_norm: Tensor) -> None:
+        self.loss = loss if self.loss is None else self.loss + loss
+        self.grad_norm = grad_norm if self.grad_norm is None else self.grad_norm + grad_norm
+        self.steps += 1
+
+
+class Trainer:
+    """Trains ``model`` on ``batches`` as the ``train`` section says.
+
+    ``run_dir`` (rank 0 writes it) receives metrics, the loss curve, sample grids and
+    checkpoints; ``None`` trains without writing anything. ``sampler``, ``tokenizer``
+    and ``class_names`` are needed only for periodic sample grids (``sample_every``).
+    """
+
+    def __init__(
+        self,
+        model: ARModel,
+        batches: StepBatches,
+        cfg: TrainSection,
+        *,
+        env: DistEnv | None = None,
+        run_dir: Path | None = None,
+        sampler: Sampler | None = None,
+        tokenizer: Tokenizer | None = None,
+        class_names: Sequence[str] | None = None,
+        progress: bool = True,
+        callbacks: Sequence[StepCallback] = (),
+        title: str = "",
+    ) -> None:
+        self.env = env or DistEnv(device=next(model.parameters()).device)
+        self.cfg = cfg
+        self.model = model.to(self.env.device).train()
+        self.batches = batches
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.sampler, self.tokenizer = sampler, tokenizer
+        self.class_names = list(class_names) if class_names is not None else None
+        self.callbacks = list(callbacks)
+        self.title = title
+        self.show_progress = progress and self.env.is_main
+        self.amp_dtype = resolve_precision(cfg.precision, self.env.device)
+        self.groups = param_groups(model)
+        self.optimizer = build_optimizer(model, cfg, device=self.env.device)
+        self.params = [*self.groups.decay, *self.groups.no_decay]
+        self.ema = EMA(model, cfg.ema) if cfg.ema and self.env.is_main else None
+        self.dropout_gen = torch.Generator().manual_seed(cfg.seed + _DROPOUT_SEED_OFFSET)
+        self.step = 0
+        self.elapsed = 0.0
+        self._label_group = None
+        self.ddp = None
+        net: torch.nn.Module = model
+        if self.env.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+            self.ddp = net = DistributedDataParallel(model, device_ids=ids)
+            if dist.get_backend() != "gloo":  # labels are gathered on the CPU
+                self._label_group = dist.new_group(backend="gloo")
+        self.forward = torch.compile(net) if cfg.compile else net
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def ckpt_root(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoints"
+
+    @property
+    def writes(self) -> bool:
+        return self.run_dir is not None and self.env.is_main
+
+    # ------------------------------------------------------------------ labels
+    def _drop_labels(self, micro_labels: list[Tensor]) -> list[Tensor]:
+        """Label dropout drawn over the global batch, returned for this rank's micro-batches.
+
+        Rank ``r``'s local item ``k`` sits at global position ``k * world + r`` (the
+        loader interleaves ranks), so every process draws the same global mask.
+        """
+        local = torch.cat(micro_labels)
+        world, rank = self.env.world_size, self.env.rank
+        if world > 1:
+            parts = [torch.empty_like(local) for _ in range(world)]
+            dist.all_gather(parts, local, group=self._label_group)
+            global_labels = torch.stack(parts, 1).flatten()
+        else:
+            global_labels = local
+        dropped = self.model.conditioner.drop_labels(global_labels, self.dropout_gen)
+        mine = dropped.view(-1, world)[:, rank] if world > 1 else dropped
+        return list(mine.split([len(m) for m in micro_labels]))
+
+    # ------------------------------------------------------------------ state
+    def trainer_state(self) -> dict[str, Any]:
+        from avgkit import __version__
+
+        return {
+            "format": "avgkit-trainer",
+            "avgkit_version": __version__,
+            "step": self.step,
+            "epoch": self.batches.epoch,
+            "loader": self.batches.state_dict(),
+            "schedule": {"name": self.cfg.schedule, "next_lr": lr_at(self.step, self.cfg)},
+            "batch_size": self.cfg.batch_size,
+            "world_size": self.env.world_size,
+            "elapsed": self.elapsed,
+            "rng": ckpt.capture_rng({"label_dropout": self.dropout_gen}),
+        }
+
+    def save(self) -> Path | None:
+        if not self.writes:
+            return None
+        assert self.ckpt_root is not None
+        return ckpt.save_checkpoint(
+            self.ckpt_root,
+            self.step,
+            model=self.model,
+            optimizer=self.optimizer,
+            trainer_state=self.trainer_state(),
+            ema=self.ema.module if self.ema else None,
+            keep_last=self.cfg.keep_last,
+        )
+
+    def resume_from(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
+                                     ema=self.ema.module if self.ema else None)
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.batches.load_state_dict(state["loader"])
+        ckpt.restore_rng(state["rng"], {"label_dropout": self.dropout_gen})
+
+    def _prepare_run_dir(self, resume: bool) -> Path | None:
+        """Find the checkpoint to resume (every rank), tidy the run directory (rank 0)."""
+        if self.run_dir is None:
+            if resume:
+                raise AvgkitError("--resume needs a run directory")
+            return None
+        assert self.ckpt_root is not None
+        latest = ckpt.latest_checkpoint(self.ckpt_root)
+        if latest is not None and not resume:
+            raise AvgkitError(
+                f"{self.run_dir} already holds checkpoints (last: step {latest.step}); pass --resume to continue, "
+                f"or set output_dir to a new folder"
+            )
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_partial(self.ckpt_root)
+        return latest.path if latest is not None else None
+
+    # ------------------------------------------------------------------ sampling
+    def sample_grid(self, path: Path) -> Path | None:
+        if self.sampler is None or self.tokenizer is None:
+            return None
+        from avgkit.train.samples import generate_images, grid_labels, save_class_grid
+
+        source = self.ema.module if self.ema else self.model
+        cond = source.conditioner
+        labels = grid_labels(cond.num_classes, self.cfg.sample_classes, self.cfg.sample_per_class)
+        images = generate_images(
+            source.backbone, cond, self.sampler, self.tokenizer, labels, seed=self.cfg.seed,
+            batch_size=max(1, len(labels)), device=self.env.device,
+            autocast=autocast_context(self.env.device, self.amp_dtype),
+        )
+        return save_class_grid(images, labels, path, self.class_names, title=f"step {self.step}")
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False) -> TrainResult:
+        cfg, env = self.cfg, self.env
+        found = self._prepare_run_dir(resume)
+        if found is not None:
+            self.resume_from(found)
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl") if self.writes else None
+        if metrics is not None:
+            metrics.truncate_after(self.step) if found is not None else metrics.reset()
+        progress = Progress(cfg.steps, self.step, enabled=self.show_progress)
+        if found is not None:
+            progress.write(f"resumed from {found} (step {self.step})")
+        progress.write(self.groups.summary())
+        records: list[dict[str, Any]] = []
+        tokens_per_step = cfg.batch_size * self.model.backbone.num_tokens
+        window = _Window()
+        last_ckpt: Path | None = found
+        t_start = time.monotonic()
+        elapsed0 = self.elapsed
+        try:
+            while self.step < cfg.steps:
+                loss, grad_norm = self._train_step()
+                self.step += 1
+                self.elapsed = elapsed0 + time.monotonic() - t_start
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                window.add(loss, grad_norm)
+                last = self.step == cfg.steps
+                is_ckpt = self.step % cfg.ckpt_every == 0 or last
+                record = None
+                if self.step % cfg.log_every == 0 or is_ckpt:
+                    record = self._log(window, tokens_per_step)
+                    window = _Window()
+                    records.append(record)
+                    if metrics is not None:
+                        metrics.append(record)
+                if is_ckpt:
+                    saved = self.save()
+                    last_ckpt = saved or last_ckpt
+                    if self.writes and metrics is not None:
+                        plot_loss(metrics.read(), self.run_dir / "loss.png", self.title)
+                if cfg.sample_every and (self.step % cfg.sample_every == 0 or last) and self.writes:
+                    grid = self.sample_grid(self.run_dir / "samples" / f"{ckpt.step_dir_name(self.step)}.png")
+                    if grid is not None:
+                        progress.write(f"samples: {grid}")
+                progress.update(self.step, record)
+                for callback in self.callbacks:
+                    callback(self.step, record)
+        finally:
+            progress.close()
+        if env.distributed:
+            from avgkit.train.distributed import barrier
+
+            barrier(env)
+        return TrainResult(self.step, records, last_ckpt, self.elapsed)
+
+    def _train_step(self) -> tuple[Tensor, Tensor]:
+        cfg, env = self.cfg, self.env
+        micro = self.batches.next_step()
+        labels = self._drop_labels([m.labels for m in micro])
+        accum = len(micro)
+        total = torch.zeros((), device=env.device)
+        for i, (batch, lab) in enumerate(zip(micro, labels)):
+            codes = batch.codes.to(env.device, non_blocking=True)
+            lab = lab.to(env.device, non_blocking=True)
+            sync = self.ddp is None or i == accum - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with autocast_context(env.device, self.amp_dtype):
+                    logits = self.forward(codes, lab)
+                loss = token_loss(logits, codes)
+                (loss / accum).backward()
+            total += loss.detach()
+        clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        set_lr(self.optimizer, lr_at(self.step, cfg))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / accum, grad_norm.detach()
+
+    def _log(self, window: _Window, tokens_per_step: int) -> dict[str, Any]:
+        from avgkit.train.distributed import all_reduce_mean
+
+        loss = all_reduce_mean(window.loss.detach().clone(), self.env) / window.steps
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            raise AvgkitError(
+                f"the training loss became {loss_value} at step {self.step}; lower train.lr, keep train.grad_clip "
+                f"set, or use train.precision=fp32, then restart from the last checkpoint with --resume"
+            )
+        seconds = max(time.monotonic() - window.t0, 1e-9)
+        return {
+            "step": self.step,
+            "loss": loss_value,
+            "lr": lr_at(self.step - 1, self.cfg),
+            "grad_norm": float(window.grad_norm) / window.steps,
+            "tokens_per_s": tokens_per_step * window.steps / seconds,
+            "elapsed": round(self.elapsed, 3),
+            "epoch": self.batches.epoch,
+        }

@@ -1,0 +1,415 @@
+"""``avgkit train``: a recipe from images to a trained model, samples and a score.
+
+:func:`run_recipe` runs, in order and resumably:
+
+1. the tokenizer: when its ``weights`` file is missing and the recipe's tokenizer has
+   a ``train:`` block, it is trained with the registered tokenizer trainer on the data
+   source's images (otherwise the weights are reused);
+2. the codes: when ``data.store`` is missing or incomplete, the source is encoded into
+   it (an interrupted extraction continues); the store must match the tokenizer.
+   ``data.store: null`` encodes the source in memory instead;
+3. training (:class:`avgkit.train.loop.Trainer`), on one process or under ``torchrun``;
+4. the final samples: ``eval.samples_per_class`` per class with the recipe's sampler,
+   ``samples.png`` and ``eval.json`` (with the digit-classifier accuracy when
+   ``eval.classifier`` is ``digits``).
+
+Only rank 0 writes; the other ranks wait for it at each stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from avgkit.build import ARModel, Components, build, parameter_counts, resolve_config
+from avgkit.errors import AvgkitError
+from avgkit.recipe import DataSection, Recipe
+from avgkit.registry import Registry
+from avgkit.train import checkpoint as ckpt
+from avgkit.train.distributed import DistEnv, barrier, broadcast_json, setup, teardown
+from avgkit.train.loop import StepCallback, Trainer, TrainResult, autocast_context, resolve_precision
+
+
+@dataclass
+class RunResult:
+    """Where a run wrote what, and its final numbers."""
+
+    run_dir: Path
+    train: TrainResult
+    eval: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- run dir
+def _write_run_files(recipe: Recipe, run_dir: Path, resume: bool) -> None:
+    from avgkit.plugins import get_manager
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = recipe.to_yaml()
+    old = run_dir / "recipe.yaml"
+    if resume and old.exists() and old.read_text() != text:
+        ckpt.write_text_atomic(run_dir / "recipe.previous.yaml", old.read_text())
+        _say(f"note: the recipe differs from the one this run started with (kept as {run_dir / 'recipe.previous.yaml'})")
+    ckpt.write_text_atomic(old, text)
+    infos = [
+        {"name": i.name, "version": i.version, "api_version": i.api_version, "module": i.module, "builtin": i.builtin}
+        for i in get_manager().infos.values()
+    ]
+    ckpt.write_text_atomic(run_dir / "plugins.json", json.dumps(infos, indent=2) + "\n")
+
+
+def _check_fresh(recipe: Recipe, resume: bool) -> None:
+    latest = ckpt.latest_checkpoint(recipe.run_dir / "checkpoints")
+    if latest is not None and not resume:
+        raise AvgkitError(
+            f"{recipe.run_dir} already holds checkpoints (last: step {latest.step}); pass --resume to continue, "
+            f"or set output_dir to a new folder"
+        )
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+# ----------------------------------------------------------------------------- sources
+def open_source(data: DataSection, image_size: int):
+    """The recipe's image source at ``image_size`` (``digits`` or an ImageFolder root)."""
+    from avgkit.data.sources import DigitsSource, ImageFolderSource
+
+    if data.source == "digits":
+        return DigitsSource(image_size, "train")
+    return ImageFolderSource(data.source, image_size)
+
+
+def _source_images(source: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every readable image of a source as one tensor (small data sets only)."""
+    images, labels = [], []
+    for _, image, label in source:
+        images.append(image)
+        labels.append(label)
+    if not images:
+        raise AvgkitError("the data source holds no readable images; check data.source")
+    return torch.stack(images), torch.as_tensor(labels, dtype=torch.int64)
+
+
+def _tokenizer_image_size(cfg: Any, data: DataSection) -> int:
+    size = getattr(cfg, "image_size", None) or data.image_size
+    if size is None:
+        raise AvgkitError("cannot tell the image size: set data.image_size or the tokenizer's image_size")
+    return int(size)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def ensure_tokenizer_weights(
+    recipe: Recipe, registry: Registry, env: DistEnv, *, progress: bool = True
+) -> Path | None:
+    """Train the tokenizer when its ``weights`` file is missing and the recipe says how.
+
+    Returns the weights path (``None`` for a tokenizer without a weights option).
+    """
+    ref = recipe.tokenizer
+    cfg = resolve_config(registry, "tokenizer", ref)
+    weights = getattr(cfg, "weights", None)
+    if not weights:
+        if ref.train is not None:
+            raise AvgkitError(
+                f"tokenizer {ref.name!r} has a train: block but no weights path; set tokenizer.weights to where "
+                f"the trained weights should go"
+            )
+        return None
+    path = Path(weights)
+    if path.exists():
+        return path
+    if ref.train is None:
+        raise AvgkitError(
+            f"tokenizer weights {path} not found; download or convert them there, or add a tokenizer.train: "
+            f"block to the recipe to train the tokenizer"
+        )
+    if recipe.data is None:
+        raise AvgkitError("training the tokenizer needs a data: section naming the images")
+    spec = registry.get("tokenizer_trainer", ref.name)
+    train_cfg = spec.resolve(None, ref.train)
+    if env.is_main:
+        size = _tokenizer_image_size(cfg, recipe.data)
+        source = open_source(recipe.data, size)
+        images, _ = _source_images(source)
+        eval_images = None
+        if recipe.data.source == "digits":
+            from avgkit.data.sources import DigitsSource
+
+            eval_images = DigitsSource(size, "test").images
+        out_dir = recipe.run_dir / "tokenizer"
+        _say(f"training tokenizer {ref.name!r} on {len(images)} images -> {path}")
+        made = Path(spec.factory(cfg, train_cfg, images, out_dir, eval_images=eval_images, resume=True,
+                                 progress=progress))
+        if not made.is_file():
+            raise AvgkitError(f"the tokenizer trainer of {ref.name!r} returned {made}, which is not a file")
+        if made.resolve() != path.resolve():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            shutil.copyfile(made, tmp)
+            tmp.replace(path)
+    barrier(env)
+    return path
+
+
+def tokenizer_fingerprint(tokenizer: torch.nn.Module, cfg: Any, weights: Path | None) -> str:
+    """Identity of the codes a tokenizer makes: its weights file hash, else config + state."""
+    from avgkit.data.store import weights_id
+
+    if weights is not None:
+        return weights_id(weights)
+    h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
+    for name, t in sorted(tokenizer.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return f"state:{h.hexdigest()[:32]}"
+
+
+# ----------------------------------------------------------------------------- codes
+@dataclass
+class TrainData:
+    dataset: Any
+    class_names: list[str]
+    description: str
+
+
+def _encode_in_memory(recipe: Recipe, comps: Components, env: DistEnv) -> TrainData:
+    from avgkit.train.data import TensorCodes
+
+    tok = comps.tokenizer
+    source = open_source(recipe.data, tok.image_size)
+    if source.channels != tok.channels:
+        raise AvgkitError(
+            f"source images have {source.channels} channel(s) but the tokenizer expects {tok.channels}; "
+            f"pick a tokenizer for this data"
+        )
+    images, labels = _source_images(source)
+    codes = []
+    tok.eval()
+    with torch.inference_mode():
+        for start in range(0, len(images), recipe.data.prepare_batch_size):
+            x = images[start : start + recipe.data.prepare_batch_size].to(env.device)
+            codes.append(tok.encode(x).cpu())
+    data = TensorCodes(torch.cat(codes), labels, num_classes=len(source.class_names))
+    return TrainData(data, list(source.class_names), f"{len(data)} images of {recipe.data.source} encoded in memory")
+
+
+def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Path | None,
+                   progress: bool) -> TrainData:
+    from avgkit.data.loader import CodeDataset
+    from avgkit.data.prepare import prepare
+    from avgkit.data.store import CodeStore, StoreError
+
+    data = recipe.data
+    assert data is not None and data.store is not None
+    tok = comps.tokenizer
+    store_path = Path(data.store)
+    wid = tokenizer_fingerprint(tok, comps.configs["tokenizer"], weights)
+    if env.is_main:
+        complete = False
+        if (store_path / "zarr.json").is_file():
+            try:
+                complete = CodeStore.open(store_path, verify=False).meta.complete
+            except StoreError:
+                complete = False
+        if not complete:
+            _say(f"encoding {data.source} into {store_path}")
+            report = prepare(
+                open_source(data, tok.image_size), tok, store_path,
+                batch_size=data.prepare_batch_size, device=env.device, augment=data.augment,
+                progress=progress, num_workers=data.num_workers, tokenizer_name=recipe.tokenizer.name,
+                preset=recipe.tokenizer.preset, weights=wid,
+            )
+            _say(str(report))
+    barrier(env)
+    store = CodeStore.open(store_path)
+    store.check_compatible(
+        vocab_size=tok.codebook_size, num_tokens=tok.num_tokens, tokenizer=recipe.tokenizer.name,
+        preset=recipe.tokenizer.preset, weights=wid, resolution=tok.image_size,
+    )
+    dataset = CodeDataset(store_path)
+    return TrainData(dataset, list(store.meta.class_names), store.summary())
+
+
+def load_train_data(recipe: Recipe, comps: Components, env: DistEnv, weights: Path | None,
+                    *, progress: bool = True) -> TrainData:
+    data = recipe.data
+    if data is None:
+        raise AvgkitError("the recipe has no data: section; add data: {source: digits, store: codes/digits.zarr}")
+    tok = comps.tokenizer
+    if data.image_size is not None and data.image_size != tok.image_size:
+        raise AvgkitError(
+            f"data.image_size {data.image_size} differs from the tokenizer's image size {tok.image_size}; "
+            f"remove data.image_size or change the tokenizer"
+        )
+    if data.store is None:
+        out = _encode_in_memory(recipe, comps, env)
+    else:
+        out = _prepare_store(recipe, comps, env, weights, progress)
+    num_classes = comps.conditioner.num_classes
+    if len(out.class_names) > num_classes:
+        raise AvgkitError(
+            f"the data has {len(out.class_names)} classes but the conditioner was built for {num_classes}; "
+            f"set conditioner.num_classes={len(out.class_names)}"
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- final eval
+def final_samples(
+    recipe: Recipe, comps: Components, model: ARModel, class_names: Sequence[str], run_dir: Path,
+    env: DistEnv, train_result: TrainResult, weights_label: str,
+) -> dict[str, Any]:
+    """Sample, write ``samples.png`` and ``eval.json``; returns the eval record."""
+    from avgkit.train.samples import generate_images, grid_labels, save_class_grid
+
+    ev = recipe.eval
+    num_classes = model.conditioner.num_classes
+    if ev.classifier == "digits":
+        labels = torch.arange(num_classes).repeat_interleave(ev.samples_per_class)
+    else:
+        labels = grid_labels(num_classes, ev.grid_classes, ev.samples_per_class)
+    amp = resolve_precision(recipe.train.precision, env.device)
+    images = generate_images(
+        model.backbone, model.conditioner, comps.sampler, comps.tokenizer, labels,
+        seed=ev.seed, batch_size=ev.batch_size, device=env.device, autocast=autocast_context(env.device, amp),
+    )
+    shown_classes = torch.unique(labels)[: ev.grid_classes]
+    shown = torch.isin(labels, shown_classes)
+    png = save_class_grid(images[shown], labels[shown], run_dir / "samples.png", class_names,
+                          title=f"{recipe.name} step {train_result.step}")
+    record: dict[str, Any] = {
+        "step": train_result.step,
+        "checkpoint": str(train_result.checkpoint) if train_result.checkpoint else None,
+        "weights": weights_label,
+        "samples": len(labels),
+        "samples_per_class": ev.samples_per_class,
+        "classes": sorted(set(labels.tolist())),
+        "sampler": recipe.sampler.flat(),
+        "seed": ev.seed,
+        "samples_png": str(png),
+    }
+    if train_result.final_loss is not None:
+        record["final_train_loss"] = train_result.final_loss
+    if ev.classifier == "digits":
+        from avgkit.eval.digits import DigitClassifier
+
+        clf = DigitClassifier()
+        pred = torch.as_tensor(clf.predict(images))
+        correct = pred == labels
+        record["classifier"] = "digits-svc (avgkit.eval.digits.DigitClassifier)"
+        record["class_accuracy"] = float(correct.float().mean())
+        record["per_class_accuracy"] = {
+            str(c): float(correct[labels == c].float().mean()) for c in sorted(set(labels.tolist()))
+        }
+    ckpt.write_text_atomic(run_dir / "eval.json", json.dumps(record, indent=2) + "\n")
+    return record
+
+
+# ----------------------------------------------------------------------------- main
+def run_recipe(
+    recipe: Recipe,
+    resume: bool = False,
+    *,
+    progress: bool = True,
+    callbacks: Sequence[StepCallback] = (),
+    registry: Registry | None = None,
+) -> RunResult:
+    """Tokenizer (train or reuse) -> codes (prepare or reuse) -> train -> samples + eval.
+
+    Launched by ``torchrun`` it trains with DDP on every process; the global batch is
+    the recipe's whatever the number of processes. ``resume`` continues from the run
+    directory's last complete checkpoint (and starts afresh when there is none).
+    """
+    if registry is None:
+        from avgkit.plugins import get_registry
+
+        registry = get_registry()
+    env = setup(recipe.train.device)
+    try:
+        return _run(recipe, resume, env, registry, progress and env.is_main, callbacks)
+    finally:
+        teardown(env)
+
+
+def _run(recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progress: bool,
+         callbacks: Sequence[StepCallback]) -> RunResult:
+    run_dir = recipe.run_dir
+    _check_fresh(recipe, resume)
+    if env.is_main:
+        _write_run_files(recipe, run_dir, resume)
+    weights = ensure_tokenizer_weights(recipe, registry, env, progress=progress)
+    seed_everything(recipe.train.seed)
+    comps = build(recipe, device=env.device, registry=registry)
+    comps.tokenizer.requires_grad_(False).eval()
+    data = load_train_data(recipe, comps, env, weights, progress=progress)
+    model = ARModel(comps.backbone, comps.conditioner)
+    if env.is_main:
+        counts = parameter_counts(comps)
+        _say(f"{recipe.name}: {counts['total']:,} parameters ({counts['non_embedding']:,} non-embedding) "
+             f"on {env.world_size} x {env.device}; data: {data.description}")
+
+    from avgkit.train.data import StepBatches
+
+    cfg = recipe.train
+    batches = StepBatches(
+        data.dataset, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, rank=env.rank,
+        world_size=env.world_size, seed=cfg.seed, num_workers=recipe.data.num_workers if recipe.data else 0,
+        pin_memory=env.device.type == "cuda",
+    )
+    trainer = Trainer(
+        model, batches, cfg, env=env, run_dir=run_dir, sampler=comps.sampler, tokenizer=comps.tokenizer,
+        class_names=data.class_names, progress=progress, callbacks=callbacks, title=recipe.name,
+    )
+    result = trainer.fit(resume=resume)
+
+    files = {"run_dir": str(run_dir)}
+    record: dict[str, Any] = {}
+    if env.is_main:
+        use_ema = trainer.ema is not None and recipe.eval.use_ema
+        final_model = trainer.ema.module if use_ema else model
+        record = final_samples(recipe, comps, final_model, data.class_names, run_dir, env, result,
+                               "ema" if use_ema else "model")
+        files.update({
+            "recipe": str(run_dir / "recipe.yaml"),
+            "metrics": str(run_dir / "metrics.jsonl"),
+            "loss_curve": str(run_dir / "loss.png"),
+            "checkpoint": str(result.checkpoint) if result.checkpoint else "",
+            "samples": str(run_dir / "samples.png"),
+            "eval": str(run_dir / "eval.json"),
+        })
+        if weights is not None:
+            files["tokenizer_weights"] = str(weights)
+        if recipe.data and recipe.data.store:
+            files["code_store"] = recipe.data.store
+        _print_summary(record, files, result)
+    record = broadcast_json(record, env)
+    return RunResult(run_dir, result, record, files)
+
+
+def _print_summary(record: dict[str, Any], files: dict[str, str], result: TrainResult) -> None:
+    lines = [f"trained {result.step} steps in {result.seconds:.0f} s"]
+    if result.final_loss is not None:
+        lines[0] += f", final loss {result.final_loss:.4f}"
+    if "class_accuracy" in record:
+        lines.append(f"digit-classifier accuracy of {record['samples']} samples: {record['class_accuracy']:.3f}")
+    width = max(len(k) for k in files)
+    lines.append("wrote:")
+    lines += [f"  {k:<{width}}  {v}" for k, v in files.items() if v]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,154 @@
+"""What training tells the user: JSONL metrics, a progress display, the loss curve.
+
+Only rank 0 creates these. The progress display is a tqdm bar (loss, lr, tokens/s,
+ETA) when stderr is a terminal, and a plain line every ``log_every`` steps otherwise
+(log files and CI stay readable).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, TextIO
+
+from avgkit.train.checkpoint import write_text_atomic
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; on resume, records past the checkpoint are dropped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        """Keep records with ``step <= step`` (those written before the resumed checkpoint)."""
+        if not self.path.exists():
+            return
+        kept = [r for r in self.read() if r.get("step", 0) <= step]
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def reset(self) -> None:
+        write_text_atomic(self.path, "")
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl``; a line cut short by a crash is skipped."""
+    if not Path(path).exists():
+        return []
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_rate(tokens_per_s: float) -> str:
+    if tokens_per_s >= 1e6:
+        return f"{tokens_per_s / 1e6:.2f}M"
+    if tokens_per_s >= 1e3:
+        return f"{tokens_per_s / 1e3:.1f}k"
+    return f"{tokens_per_s:.0f}"
+
+
+class Progress:
+    """tqdm bar on a terminal, plain periodic lines otherwise; silent when disabled."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool = True, stream: TextIO | None = None) -> None:
+        self.total, self.initial = total, initial
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.bar = None
+        self.t0 = time.monotonic()
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # plain lines without tqdm
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", file=self.stream,
+                                dynamic_ncols=True)
+
+    def update(self, step: int, record: dict[str, Any] | None) -> None:
+        """Called after every step; ``record`` is set on logged steps."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if record is not None:
+                self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                     tok_s=format_rate(record["tokens_per_s"]), refresh=False)
+            return
+        if record is not None:
+            done = step - self.initial
+            rate = done / max(time.monotonic() - self.t0, 1e-9)
+            eta = (self.total - step) / rate if rate > 0 else float("inf")
+            print(
+                f"step {step}/{self.total}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                f"grad {record['grad_norm']:.3f}  {format_rate(record['tokens_per_s'])} tok/s  "
+                f"eta {format_duration(eta)}",
+                file=self.stream,
+                flush=True,
+            )
+
+    def write(self, message: str) -> None:
+        """A message that does not break the bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def plot_loss(records: Iterable[dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """Write the loss curve as a PNG (matplotlib's Agg canvas, no global backend change)."""
+    records = [r for r in records if "loss" in r and math.isfinite(r["loss"])]
+    if not records:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps = [r["step"] for r in records]
+    losses = [r["loss"] for r in records]
+    fig = Figure(figsize=(6, 3.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(steps, losses, lw=1.2, color="tab:blue", label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)
+    return path

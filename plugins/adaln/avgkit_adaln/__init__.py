@@ -1,0 +1,1 @@
+"""Class-conditional conditioners for avgkit: the adaLN family and in-context class tokens."""

@@ -1,0 +1,48 @@
+"""avgkit hook implementations of the adaLN conditioner family."""
+
+from __future__ import annotations
+
+from avgkit import hookimpl
+
+from avgkit_adaln.conditioner import (
+    AdaLNConditioner,
+    AdaLNConfig,
+    AdaLNGroupConditioner,
+    AdaLNGroupConfig,
+    AdaLNSingleConfig,
+    ClassTokenConditioner,
+    ClassTokenConfig,
+)
+
+AVGKIT_API_VERSION = "1.0"
+
+NAMES = ("adaln", "adaln-group", "adaln-single", "class-token")
+
+
+@hookimpl
+def avgkit_register_conditioners(register):
+    register("adaln", AdaLNConditioner, config=AdaLNConfig, presets={"imagenet": {"num_classes": 1000}},
+             description="per-layer adaLN: a zero-initialised projection per block (AiM-B)")
+    register("adaln-group", AdaLNGroupConditioner, config=AdaLNGroupConfig,
+             presets={"imagenet": {"num_classes": 1000, "groups": 4}},
+             description="adaLN-group(G): one shared projection to G sets, block i uses set i mod G plus its table")
+    register("adaln-single", AdaLNGroupConditioner, config=AdaLNSingleConfig,
+             presets={"imagenet": {"num_classes": 1000}},
+             description="adaLN-single: one shared projection for every block plus per-block tables")
+    register("class-token", ClassTokenConditioner, config=ClassTokenConfig,
+             presets={"imagenet": {"num_classes": 1000}},
+             description="class embedding as the first token only, no modulation (in-context, LlamaGen)")
+
+
+@hookimpl
+def avgkit_convert_checkpoint(source, state_dict, role, name, config, num_layers):
+    if source != "aim" or role != "conditioner" or name not in NAMES:
+        return None
+    from avgkit_adaln.convert import convert_aim
+
+    return convert_aim(state_dict, name, num_layers)
+
+
+@hookimpl
+def avgkit_checkpoint_formats():
+    return ["aim"]

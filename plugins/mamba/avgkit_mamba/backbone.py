@@ -1,0 +1,215 @@
+"""The AiM backbone: Mamba-2 blocks over [class position, image tokens].
+
+    x_0     = prefix (the conditioner's class embedding; no position embedding)
+    x_{k+1} = word_emb(token_k) + pos_emb(k)                  (k = 0 .. N-2)
+    for block i:  residual = h + residual
+                  h = gate_i * Mamba2(RMSNorm(residual) * (1 + scale_i) + shift_i)
+    out = RMSNorm_final(RMSNorm_f(h + residual)) * (1 + scale_f) + shift_f
+    logits = out @ word_emb.T                                  (tied head)
+
+The modulation (shift, scale, gate) comes from whatever conditioner the recipe pairs
+it with; without one the block is a plain pre-norm Mamba-2 block. Parameter names
+follow the official AiM checkpoints (``backbone.`` prefix removed).
+
+Position numbering: the reference trains image token k at position row k but samples
+it at row k + 1. ``positions="consistent"`` (default) uses row k in both;
+``positions="reference"`` reproduces the reference's sampler exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from avgkit.interfaces import Backbone, Conditioning, Modulation
+from avgkit.registry import BackboneConfig
+from avgkit_mamba.mixer import Mamba2Mixer
+
+
+class MambaBackboneConfig(BackboneConfig):
+    d_model: int = Field(768, ge=8)
+    n_layer: int = Field(24, ge=1)
+    d_state: int = Field(128, ge=1)
+    d_conv: int = Field(4, ge=2)
+    expand: int = Field(2, ge=1)
+    headdim: int = Field(64, ge=1)
+    ngroups: int = Field(1, ge=1)
+    chunk_size: int = Field(256, ge=1)
+    norm_eps: float = 1e-5
+    residual_in_fp32: bool = True
+    tie_embeddings: bool = True
+    position_embedding: bool = Field(True, description="learned position embeddings (the paper's ablation turns them off)")
+    positions: Literal["consistent", "reference"] = Field(
+        "consistent", description="row of the position table for image token k when sampling: k, or the reference's k+1"
+    )
+    token_drop: float = Field(0.0, ge=0, lt=1)
+    initializer_range: float = 0.02
+    impl: Literal["auto", "torch", "triton"] = Field("auto", description="scan kernels: triton on GPU, torch on CPU")
+    state_dtype: Literal["fp32", "bf16", "model"] = Field("fp32", description="dtype of the SSM decoding state")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(self.weight.dtype if x.dtype == torch.float32 else x.dtype)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, vocab: int, dim: int, positions: int) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab, dim)
+        self.position_embeddings = nn.Embedding(positions, dim) if positions > 0 else None
+
+
+def modulate(x: Tensor, m: Modulation) -> Tensor:
+    return x * (1 + m.scale.unsqueeze(1)) + m.shift.unsqueeze(1)
+
+
+class Block(nn.Module):
+    """Add -> RMSNorm -> modulate -> Mamba-2 -> gate; returns (h, residual)."""
+
+    def __init__(self, c: MambaBackboneConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.residual_in_fp32 = c.residual_in_fp32
+        self.norm = RMSNorm(c.d_model, c.norm_eps)
+        self.mixer = Mamba2Mixer(
+            c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, headdim=c.headdim,
+            ngroups=c.ngroups, chunk_size=c.chunk_size, impl=c.impl,
+        )
+        self.layer_idx = layer_idx
+
+    def _pre(self, h: Tensor, residual: Tensor | None, m: Modulation | None) -> tuple[Tensor, Tensor]:
+        residual = h if residual is None else h + residual
+        if self.residual_in_fp32:
+            residual = residual.float()
+        x = self.norm(residual.to(self.norm.weight.dtype))
+        return (x if m is None else modulate(x, m).to(x.dtype)), residual
+
+    @staticmethod
+    def _gate(y: Tensor, m: Modulation | None) -> Tensor:
+        return y if m is None else m.gate.unsqueeze(1).to(y.dtype) * y
+
+    def forward(self, h: Tensor, residual: Tensor | None, m: Modulation | None, state=None) -> tuple[Tensor, Tensor]:
+        x, residual = self._pre(h, residual, m)
+        return self._gate(self.mixer(x, state=state), m), residual
+
+    def step(self, h: Tensor, residual: Tensor | None, m: Modulation | None, state) -> tuple[Tensor, Tensor]:
+        x, residual = self._pre(h, residual, m)
+        return self._gate(self.mixer.step(x[:, 0], state)[:, None], m), residual
+
+
+@dataclass
+class MambaDecodeState:
+    """Per-layer conv windows + SSM states (constant size) and the next position."""
+
+    layers: list
+    position: Tensor  # (1,) int64 on the device: row of the next image token
+    batch_size: int
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.norm_final = RMSNorm(dim, eps)
+
+
+class MambaBackbone(Backbone):
+    def __init__(self, config: MambaBackboneConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None or config.num_tokens is None:
+            raise ValueError("mamba2 backbone needs vocab_size and num_tokens (the recipe fills them from the tokenizer)")
+        c = self.config = config
+        self.dim, self.num_layers = c.d_model, c.n_layer
+        self.vocab_size, self.num_tokens = c.vocab_size, c.num_tokens
+        self.embeddings = Embeddings(c.vocab_size, c.d_model, c.num_tokens + 1 if c.position_embedding else 0)
+        self.token_dropout = nn.Dropout(c.token_drop)
+        self.layers = nn.ModuleList(Block(c, i) for i in range(c.n_layer))
+        self.norm_f = RMSNorm(c.d_model, c.norm_eps)
+        self.final_layer = FinalLayer(c.d_model, c.norm_eps)
+        self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    def reset_parameters(self) -> None:
+        """GPT-2 style: tables N(0, 0.02); out_proj kaiming-uniform / sqrt(layers)."""
+        std = self.config.initializer_range
+        nn.init.normal_(self.embeddings.word_embeddings.weight, std=std)
+        if self.embeddings.position_embeddings is not None:
+            nn.init.normal_(self.embeddings.position_embeddings.weight, std=std)
+        for block in self.layers:
+            w = block.mixer.out_proj.weight
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            with torch.no_grad():
+                w /= math.sqrt(self.num_layers)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=std)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        e = self.embeddings
+        return [e.word_embeddings.weight] + ([e.position_embeddings.weight] if e.position_embeddings is not None else [])
+
+    # ------------------------------------------------------------------ pieces
+    def _embed(self, tokens: Tensor, rows: Tensor) -> Tensor:
+        x = self.embeddings.word_embeddings(tokens)
+        if self.embeddings.position_embeddings is not None:
+            x = x + self.embeddings.position_embeddings(rows)
+        return self.token_dropout(x)
+
+    def _head(self, h: Tensor, residual: Tensor, cond: Conditioning) -> Tensor:
+        x = self.norm_f((h + residual).to(self.norm_f.weight.dtype))
+        x = self.final_layer.norm_final(x)
+        m = cond.final_modulation()
+        if m is not None:
+            x = modulate(x, m).to(x.dtype)
+        weight = self.embeddings.word_embeddings.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, weight)
+
+    # ------------------------------------------------------------------ training
+    def forward(self, codes: Tensor, cond: Conditioning) -> Tensor:
+        n = codes.shape[1]
+        rows = torch.arange(n - 1, device=codes.device)
+        h = torch.cat([cond.prefix.to(self.embeddings.word_embeddings.weight.dtype), self._embed(codes[:, :-1], rows)], 1)
+        residual = None
+        for i, block in enumerate(self.layers):
+            h, residual = block(h, residual, cond.modulation(i))
+        return self._head(h, residual, cond)[:, cond.prefix_len - 1 :]
+
+    # ------------------------------------------------------------------ generation
+    def init_state(self, batch_size, *, device=None, dtype=None) -> MambaDecodeState:
+        device = device if device is not None else self.embeddings.word_embeddings.weight.device
+        model_dtype = dtype or self.embeddings.word_embeddings.weight.dtype
+        ssm_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype}[self.config.state_dtype]
+        layers = [b.mixer.allocate_state(batch_size, device=device, dtype=model_dtype, ssm_dtype=ssm_dtype)
+                  for b in self.layers]
+        return MambaDecodeState(layers, torch.zeros(1, dtype=torch.long, device=device), batch_size)
+
+    def prefill(self, state: MambaDecodeState, cond: Conditioning) -> Tensor:
+        h, residual = cond.prefix.to(self.embeddings.word_embeddings.weight.dtype), None
+        for i, block in enumerate(self.layers):
+            h, residual = block(h, residual, cond.modulation(i), state=state.layers[i])
+        state.position.fill_(1 if self.config.positions == "reference" else 0)
+        return self._head(h[:, -1:], residual[:, -1:], cond)[:, 0]
+
+    def step(self, state: MambaDecodeState, tokens: Tensor, cond: Conditioning) -> Tensor:
+        h = self._embed(tokens[:, None], state.position)
+        residual = None
+        for i, block in enumerate(self.layers):
+            h, residual = block.step(h, residual, cond.modulation(i), state.layers[i])
+        state.position.add_(1)
+        return self._head(h, residual, cond)[:, 0]
+
+    def select_state(self, state: MambaDecodeState, index: Tensor) -> MambaDecodeState:
+        layers = [s.select(index) for s in state.layers]
+        return MambaDecodeState(layers, state.position.clone(), int(index.numel()))
