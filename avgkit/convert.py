@@ -9,6 +9,7 @@ plugin consumed are reported by name.
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple
 
@@ -64,8 +65,16 @@ def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Ten
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def check_state_dict(module: torch.nn.Module, state_dict: Mapping[str, Tensor], what: str) -> None:
-    """Strict comparison of keys and shapes, as one line naming what is wrong."""
+def _names(keys: list[str], cap: int = 5) -> str:
+    return ", ".join(keys[:cap]) + (f" ... (+{len(keys) - cap} more)" if len(keys) > cap else "")
+
+
+def state_dict_problems(module: torch.nn.Module, state_dict: Mapping[str, Tensor], prefix: str = "") -> list[str]:
+    """Missing, unexpected and mis-shaped keys of ``state_dict`` for ``module``, by name.
+
+    ``prefix`` is put before every key named (``"backbone."`` for a part of a model).
+    Works on the meta device: only names and shapes are compared.
+    """
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -73,11 +82,165 @@ def check_state_dict(module: torch.nn.Module, state_dict: Mapping[str, Tensor], 
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
-            problems.append(f"{len(keys)} {label} key(s): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
+            problems.append(f"{len(keys)} {label} key(s): {_names([prefix + k for k in keys])}")
     if shapes:
-        k = shapes[0]
-        problems.append(
-            f"{len(shapes)} mis-shaped key(s), e.g. {k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        )
+        shown = [f"{prefix}{k} (checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)})" for k in shapes]
+        problems.append(f"{len(shapes)} mis-shaped key(s): {_names(shown, 3)}")
+    return problems
+
+
+def check_state_dict(module: torch.nn.Module, state_dict: Mapping[str, Tensor], what: str) -> None:
+    """Strict comparison of keys and shapes, as one line naming what is wrong."""
+    problems = state_dict_problems(module, state_dict)
     if problems:
         raise AvgkitError(f"{what} does not match: " + "; ".join(problems) + " (is the preset/config right?)")
+
+
+# ----------------------------------------------------------------------------- driver
+_MODEL_ROLES = ("backbone", "conditioner")
+
+
+@dataclass
+class ConvertedCheckpoint:
+    """The result of converting an external state dict for one recipe.
+
+    ``model_state`` has ARModel keys (``backbone.*``, ``conditioner.*``), or is ``None``
+    when the source holds no model (a tokenizer file); ``tokenizer_state`` is the
+    tokenizer's own state dict, or ``None`` when the source carries no tokenizer weights.
+    """
+
+    model_state: dict[str, Tensor] | None
+    tokenizer_state: dict[str, Tensor] | None
+    consumed: set[str]
+    converted_by: dict[str, str] = field(default_factory=dict)
+
+
+def building_recipe(recipe: Any) -> Any:
+    """``recipe`` with the tokenizer's ``weights`` option cleared (conversion builds on meta)."""
+    if "weights" not in recipe.tokenizer.options:
+        return recipe
+    options = {**recipe.tokenizer.options, "weights": None}
+    return recipe.model_copy(update={"tokenizer": recipe.tokenizer.model_copy(update={"options": options})})
+
+
+def _ask(manager: Any, source: str, state_dict: Mapping[str, Tensor], role: str, ref: Any, config: Any,
+         num_layers: int) -> ConvertedWeights | None:
+    try:
+        return manager.convert(source, state_dict, role, ref.name, config, num_layers)
+    except AvgkitError as err:
+        raise AvgkitError(f"converting {role} {ref.name!r} from {source!r}: {err}") from None
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Tensor],
+    source: str,
+    recipe: Any,
+    *,
+    components: Any = None,
+    tokenizer_state_dict: Mapping[str, Tensor] | None = None,
+    tokenizer_source: str | None = None,
+    what: str = "checkpoint",
+) -> ConvertedCheckpoint:
+    """Convert an external state dict into ``recipe``'s components through their plugins.
+
+    Every component (backbone, conditioner, tokenizer) is offered the whole state dict via
+    ``PluginManager.convert``; each answers with its own weights and the keys it consumed.
+    A separate tokenizer file (``tokenizer_state_dict``) is converted with
+    ``tokenizer_source`` (default: the tokenizer's registry name) or taken as is when no
+    plugin converts it. Keys nobody consumed, and missing or mis-shaped weights, are
+    reported together in one line. Works on meta tensors (names and shapes only) when
+    ``components`` were built on the meta device.
+    """
+    from avgkit.build import ARModel, build
+    from avgkit.plugins import get_manager
+
+    manager = get_manager()
+    comps = components if components is not None else build(building_recipe(recipe), device="meta")
+    layers = comps.backbone.num_layers
+    refs = {role: getattr(recipe, role) for role in ("backbone", "conditioner", "tokenizer")}
+    answers = {role: _ask(manager, source, state_dict, role, refs[role], comps.configs[role], layers) for role in refs}
+    consumed: set[str] = set()
+    for answer in answers.values():
+        if answer is not None:
+            consumed |= set(answer.consumed)
+    by = {role: source for role, a in answers.items() if a is not None}
+
+    tokenizer = answers["tokenizer"].state_dict if answers["tokenizer"] is not None else None
+    if tokenizer_state_dict is not None:
+        tok_source = tokenizer_source or refs["tokenizer"].name
+        own = _ask(manager, tok_source, tokenizer_state_dict, "tokenizer", refs["tokenizer"], comps.configs["tokenizer"],
+                   layers)
+        tokenizer = dict(own.state_dict) if own is not None else dict(tokenizer_state_dict)
+        by["tokenizer"] = tok_source if own is not None else "as is"
+
+    problems: list[str] = []
+    unknown = sorted(set(state_dict) - consumed)
+    if unknown:
+        problems.append(f"{len(unknown)} unknown key(s) that no component uses: {_names(unknown)}")
+    model = None
+    if any(answers[r] is not None for r in _MODEL_ROLES):
+        for role in _MODEL_ROLES:
+            if answers[role] is None:
+                problems.append(f"no installed plugin converts {role} {refs[role].name!r} from format {source!r}")
+        if all(answers[r] is not None for r in _MODEL_ROLES):
+            model = {f"{role}.{k}": v for role in _MODEL_ROLES for k, v in answers[role].state_dict.items()}
+            problems += state_dict_problems(ARModel(comps.backbone, comps.conditioner), model)
+    if tokenizer is not None:
+        problems += state_dict_problems(comps.tokenizer, tokenizer, prefix="tokenizer.")
+    if model is None and tokenizer is None and not problems:
+        formats = ", ".join(manager.checkpoint_formats()) or "none"
+        problems.append(f"no installed plugin converts any component of this recipe from format {source!r} "
+                        f"(formats the installed plugins convert: {formats})")
+    if problems:
+        raise AvgkitError(f"{what} cannot be converted for recipe {recipe.name!r} ({source}): " + "; ".join(problems))
+    return ConvertedCheckpoint(model, tokenizer, consumed, by)
+
+
+def convert_checkpoint(
+    path: str | Path,
+    source: str,
+    recipe: Any,
+    out_dir: str | Path,
+    *,
+    tokenizer_weights: str | Path | None = None,
+    tokenizer_format: str | None = None,
+    overrides: Iterable[str] = (),
+) -> Path:
+    """Convert an external checkpoint file into an avgkit checkpoint directory.
+
+    ``recipe`` is a :class:`~avgkit.recipe.Recipe` or a recipe name/path (with
+    ``overrides``). Writes ``recipe.yaml``, ``model.safetensors`` (when the file holds a
+    model), ``tokenizer.safetensors`` (when it carries tokenizer weights or
+    ``tokenizer_weights`` is given) and ``convert.json``; ``avgkit sample`` and
+    :func:`avgkit.api.load` read the result. The file is read without executing code.
+    """
+    from avgkit import __version__
+    from avgkit.checkpoints import file_sha256, write_checkpoint_dir
+    from avgkit.plugins import get_manager
+    from avgkit.recipe import Recipe, load_recipe
+
+    path = Path(path)
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(str(recipe), list(overrides))
+    state = load_external_state_dict(path)
+    tok_state = load_external_state_dict(tokenizer_weights) if tokenizer_weights is not None else None
+    result = convert_state_dict(
+        state, source, recipe, tokenizer_state_dict=tok_state, tokenizer_source=tokenizer_format, what=str(path)
+    )
+    stored = building_recipe(recipe) if result.tokenizer_state is not None else recipe
+    info = {
+        "source_file": str(path),
+        "source_sha256": file_sha256(path),
+        "format": source,
+        "converted_by": result.converted_by,
+        "tokenizer_file": str(tokenizer_weights) if tokenizer_weights is not None else None,
+        "tokenizer_sha256": file_sha256(tokenizer_weights) if tokenizer_weights is not None else None,
+        "recipe": recipe.name,
+        "tensors": {"source": len(state), "model": len(result.model_state or {}),
+                    "tokenizer": len(result.tokenizer_state or {})},
+        "avgkit_version": __version__,
+        "plugins": {name: info.version for name, info in get_manager().infos.items()},
+    }
+    return write_checkpoint_dir(
+        out_dir, stored, model_state=result.model_state, tokenizer_state=result.tokenizer_state, info=info
+    )

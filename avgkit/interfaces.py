@@ -203,9 +203,15 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def prefill(self, state: DecodeState, cond: Conditioning) -> Tensor:  # pragma: no cover
+        """Reset ``state`` and run the prefix; returns the logits of image token 0 (B, V)."""
         raise NotImplementedError
 
     def step(self, state: DecodeState, tokens: Tensor, cond: Conditioning) -> Tensor:  # pragma: no cover
+        """Feed one token per row (B,); returns the logits of the next token (B, V).
+
+        Must not synchronise with the host (no ``.item()``, no data-dependent Python
+        branches) so that the sampler can capture it in a CUDA graph.
+        """
         raise NotImplementedError
 
     def select_state(self, state: DecodeState, index: Tensor) -> DecodeState:  # pragma: no cover

@@ -237,7 +237,7 @@ def packaged_recipes() -> dict[str, Path]:
     """Recipe name (file stem) -> path, over every plugin's recipe folders."""
     found: dict[str, Path] = {}
     for d in recipe_dirs():
-        for p in sorted(d.glob("*.yaml")):
+        for p in sorted(d.rglob("*.yaml")):
             found.setdefault(p.stem, p)
     return found
 

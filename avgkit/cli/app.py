@@ -207,3 +207,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+
+
+from avgkit.cli import convert as _convert_cmds, sampling as _sampling_cmds  # noqa: E402,F401  (registers `avgkit convert` and `avgkit sample`)

@@ -1,8 +1,15 @@
-"""The built-in autoregressive sampler: CFG, temperature, top-k, top-p, per-image seeds."""
+"""The built-in autoregressive sampler: CFG, temperature, top-k, top-p, per-image seeds.
+
+One decoding step (backbone step -> CFG combine -> filter -> draw -> feed) is written
+once, on device tensors only (the step index included), so the same function runs
+eagerly on the CPU and is captured into a CUDA graph on the GPU. Graphs are cached per
+(backbone, batch, dtype, settings) and replayed across calls.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -22,6 +29,21 @@ class ARSamplerConfig(ComponentConfig):
     temperature: float = Field(1.0, ge=0.0, description="softmax temperature; 0 is greedy")
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 keeps all")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus mass; 1 keeps all")
+    cuda_graph: bool = Field(True, description="on CUDA, capture the decoding step once and replay it")
+
+
+@dataclass
+class _Run:
+    """Everything one decoding loop touches, as fixed device buffers."""
+
+    backbone: Backbone
+    state: Any
+    cond: Conditioning
+    codes: Tensor  # (B, N)
+    index: Tensor  # (B,) global image indices
+    seed: Tensor  # () int64
+    k: Tensor  # (1,) int64: index of the token being drawn
+    graph: Any = None
 
 
 class ARSampler:
@@ -33,13 +55,42 @@ class ARSampler:
 
     def __init__(self, config: ARSamplerConfig | None = None) -> None:
         self.config = config or ARSamplerConfig()
+        self._graphs: dict[tuple, _Run] = {}
 
-    def guidance(self, k: int, num_tokens: int) -> float:
+    @property
+    def use_cfg(self) -> bool:
+        return self.config.cfg_scale != 1.0
+
+    def guidance(self, k: Tensor | int, num_tokens: int) -> Tensor | float:
         c = self.config
         if c.cfg_schedule == "linear" and num_tokens > 1:
             return 1.0 + (c.cfg_scale - 1.0) * k / (num_tokens - 1)
         return c.cfg_scale
 
+    # ------------------------------------------------------------------ one step
+    def _draw(self, run: _Run, logits: Tensor) -> None:
+        """Guide, filter and draw token ``run.k`` into ``run.codes``."""
+        c = self.config
+        n_tok = run.codes.shape[1]
+        logits = logits.float()
+        if self.use_cfg:
+            cond_l, uncond_l = logits.chunk(2)
+            scale = self.guidance(run.k.float().view(1, 1), n_tok)
+            logits = uncond_l + scale * (cond_l - uncond_l)
+        u = uniform(run.seed, run.index, run.k)
+        tok = sample_logits(logits, u, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p)
+        run.codes.index_copy_(1, run.k, tok[:, None])
+
+    def _step(self, run: _Run) -> None:
+        """Feed token ``k - 1`` (both CFG halves) and draw token ``k``; then ``k += 1``."""
+        feed = run.codes.index_select(1, run.k - 1)[:, 0]
+        if self.use_cfg:
+            feed = torch.cat([feed, feed])
+        logits = run.backbone.step(run.state, feed, run.cond)
+        self._draw(run, logits)
+        run.k.add_(1)
+
+    # ------------------------------------------------------------------ driver
     @torch.inference_mode()
     def sample(
         self,
@@ -51,28 +102,81 @@ class ARSampler:
         index: Tensor | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
-        c = self.config
         device = labels.device
         batch, n_tok = labels.shape[0], backbone.num_tokens
         index = torch.arange(batch, device=device) if index is None else index.to(device)
-        use_cfg = c.cfg_scale != 1.0
         cond = conditioner(labels)
-        if use_cfg:
+        if self.use_cfg:
             cond = Conditioning.cat([cond, conditioner.null(batch, device)])
         if dtype is not None:
             cond = cond.to(dtype)
-        state = backbone.init_state(cond.batch_size, device=device, dtype=dtype)
-        codes = torch.empty(batch, n_tok, dtype=torch.long, device=device)
-        logits = backbone.prefill(state, cond)
-        for k in range(n_tok):
-            if k > 0:
-                feed = codes[:, k - 1]
-                logits = backbone.step(state, torch.cat([feed, feed]) if use_cfg else feed, cond)
-            logits = logits.float()
-            if use_cfg:
-                cond_l, uncond_l = logits.chunk(2)
-                logits = uncond_l + self.guidance(k, n_tok) * (cond_l - uncond_l)
-            codes[:, k] = sample_logits(
-                logits, uniform(seed, index, k), temperature=c.temperature, top_k=c.top_k, top_p=c.top_p
-            )
-        return codes
+        graphed = self.config.cuda_graph and device.type == "cuda" and n_tok > 1
+        run = self._graph_run(backbone, cond, batch, dtype) if graphed else self._new_run(backbone, cond, batch, dtype)
+        if graphed:
+            _copy_cond(run.cond, cond)
+        run.index.copy_(index)
+        run.seed.fill_(seed & 0xFFFFFFFF)
+        run.k.zero_()
+        logits = backbone.prefill(run.state, run.cond)
+        self._draw(run, logits)
+        run.k.fill_(1)
+        for _ in range(1, n_tok):
+            if run.graph is not None:
+                run.graph.replay()
+            else:
+                self._step(run)
+        return run.codes.clone()
+
+    def _new_run(self, backbone: Backbone, cond: Conditioning, batch: int, dtype: torch.dtype | None) -> _Run:
+        device = cond.prefix.device
+        return _Run(
+            backbone=backbone,
+            state=backbone.init_state(cond.batch_size, device=device, dtype=dtype),
+            cond=cond,
+            codes=torch.zeros(batch, backbone.num_tokens, dtype=torch.long, device=device),
+            index=torch.zeros(batch, dtype=torch.long, device=device),
+            seed=torch.zeros((), dtype=torch.long, device=device),
+            k=torch.ones(1, dtype=torch.long, device=device),
+        )
+
+    def _graph_run(self, backbone: Backbone, cond: Conditioning, batch: int, dtype: torch.dtype | None) -> _Run:
+        key = (id(backbone), batch, dtype, cond.prefix.shape, cond.layers is None, str(cond.prefix.device))
+        run = self._graphs.get(key)
+        if run is not None and run.backbone is backbone:
+            return run
+        run = self._new_run(backbone, _clone_cond(cond), batch, dtype)
+        # warm up on a side stream (allocations, Triton compilation), then capture one step
+        backbone.prefill(run.state, run.cond)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                run.k.fill_(1)
+                self._step(run)
+        torch.cuda.current_stream().wait_stream(stream)
+        run.k.fill_(1)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step(run)
+        run.graph = graph
+        self._graphs[key] = run
+        return run
+
+    def warmup(self, backbone: Backbone, conditioner: Conditioner, batch_size: int, *,
+               device: torch.device | str = "cuda", dtype: torch.dtype | None = None) -> None:
+        """Compile kernels and capture the step graph for this batch size ahead of timed work."""
+        labels = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.sample(backbone, conditioner, labels, dtype=dtype)
+
+
+def _clone_cond(c: Conditioning) -> Conditioning:
+    return Conditioning(c.prefix.clone(), None if c.layers is None else c.layers.clone(),
+                        None if c.final is None else c.final.clone())
+
+
+def _copy_cond(dst: Conditioning, src: Conditioning) -> None:
+    dst.prefix.copy_(src.prefix)
+    if dst.layers is not None:
+        dst.layers.copy_(src.layers)
+    if dst.final is not None:
+        dst.final.copy_(src.final)

@@ -22,10 +22,13 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-def uniform(seed: int, index: Tensor, step: int | Tensor) -> Tensor:
-    """Uniform floats in (0, 1), float64, one per entry of ``index`` (int64)."""
+def uniform(seed: int | Tensor, index: Tensor, step: int | Tensor) -> Tensor:
+    """Uniform floats in (0, 1), float64, one per entry of ``index`` (int64).
+
+    ``seed`` and ``step`` may be Python ints or device tensors (for graph capture).
+    """
     index = index.to(torch.int64)
-    h = _mix32(torch.full_like(index, seed & _M32))
+    h = _mix32((torch.zeros_like(index) + torch.as_tensor(seed, device=index.device, dtype=torch.int64)) & _M32)
     h = _mix32(h ^ (index & _M32))
     h = _mix32(h ^ ((index >> 32) & _M32) ^ 0x9E3779B9)
     h = _mix32(h ^ (torch.as_tensor(step, device=index.device, dtype=torch.int64) & _M32))

@@ -136,6 +136,7 @@ class ToyGRUBackbone(Backbone):
         return ToyGRUState(torch.zeros(self.num_layers, batch_size, self.dim, device=device, dtype=dtype), batch_size)
 
     def prefill(self, state: ToyGRUState, cond: Conditioning) -> Tensor:
+        state.hidden.zero_()
         logits, h = self._run(cond.prefix, cond, state.hidden)
         state.hidden.copy_(torch.stack(h))
         return logits[:, -1]

@@ -197,6 +197,8 @@ class MambaBackbone(Backbone):
 
     def prefill(self, state: MambaDecodeState, cond: Conditioning) -> Tensor:
         h, residual = cond.prefix.to(self.embeddings.word_embeddings.weight.dtype), None
+        for layer_state in state.layers:
+            layer_state.zero_()
         for i, block in enumerate(self.layers):
             h, residual = block(h, residual, cond.modulation(i), state=state.layers[i])
         state.position.fill_(1 if self.config.positions == "reference" else 0)
