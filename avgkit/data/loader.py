@@ -17,8 +17,9 @@ different number of ranks.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -98,30 +99,45 @@ class CodeDataset(Dataset):
             raise IndexError(f"view {v} out of range for a store with {self.num_views} view(s)")
         return int(self.indices[p]), int(v)
 
-    def _chunk_codes(self, chunk: int, view: int) -> np.ndarray:
-        key = (chunk, view)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
+    def _blocks(self, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+        """Codes of each wanted (chunk, view): cache hits, then one zarr call per view."""
+        blocks = {}
+        for key in wanted:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                blocks[key] = hit
+        misses = sorted(wanted - blocks.keys())
+        if not misses:
+            return blocks
         if self._store is None:
             self._store = CodeStore.open(self.path, verify=False)
-        arr = self._store.read_chunk(chunk, view if self.num_views > 1 else None, done=self._done)
-        self._cache[key] = arr
-        self._cached_bytes += arr.nbytes
-        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+        for v in sorted({v for _, v in misses}):
+            chunks = [c for c, vv in misses if vv == v]
+            read = self._store.read_chunks(chunks, v if self.num_views > 1 else None, done=self._done)
+            blocks.update({(c, v): arr for c, arr in read.items()})
+        # Cache after use (a batch may need more than the cache holds), newest reads
+        # last; copies, so that an evicted block frees its memory.
+        room = self.cache_bytes
+        for key in reversed(misses):
+            room -= blocks[key].nbytes
+            if room < 0:
+                break
+            self._cache[key] = blocks[key].copy()
+            self._cached_bytes += blocks[key].nbytes
+        while self._cached_bytes > self.cache_bytes and self._cache:
             _, old = self._cache.popitem(last=False)
             self._cached_bytes -= old.nbytes
-        return arr
+        return blocks
 
     def _codes_of(self, store_idx: np.ndarray, views: np.ndarray) -> np.ndarray:
         if self._codes is not None:
             return self._codes[store_idx] if self.num_views == 1 else self._codes[store_idx, views]
-        out = np.empty((len(store_idx), self.num_tokens), dtype=np.int64)
         chunk_of = store_idx // self.chunk_items
-        for c, v in sorted(set(zip(chunk_of.tolist(), views.tolist()))):  # one read per (chunk, view)
-            rows = np.flatnonzero((chunk_of == c) & (views == v))
-            out[rows] = self._chunk_codes(c, v)[store_idx[rows] - c * self.chunk_items]
+        blocks = self._blocks(set(zip(chunk_of.tolist(), views.tolist(), strict=True)))
+        out = np.empty((len(store_idx), self.num_tokens), dtype=np.int64)
+        for k, (c, v, i) in enumerate(zip(chunk_of.tolist(), views.tolist(), store_idx.tolist(), strict=True)):
+            out[k] = blocks[(c, v)][i - c * self.chunk_items]
         return out
 
     def get_batch(self, keys: Sequence[Key]) -> CodeBatch:
@@ -139,7 +155,7 @@ class CodeDataset(Dataset):
     def __getitems__(self, keys: list[Key]) -> list[tuple[Tensor, Tensor]]:
         """Batched fetch for a plain DataLoader: one read per chunk instead of per item."""
         codes, labels = self.get_batch(keys)
-        return list(zip(codes, labels))
+        return list(zip(codes, labels, strict=True))
 
 
 # --------------------------------------------------------------------------- sampling
@@ -207,7 +223,7 @@ class EpochSampler(Sampler[Key]):
         if self.num_views == 1:
             return iter(items.tolist())
         views = self.views(self.epoch)[items]
-        return iter(zip(items.tolist(), views.tolist()))
+        return iter(zip(items.tolist(), views.tolist(), strict=True))
 
     def __len__(self) -> int:
         rest = max(0, self.num_items - self.position)
@@ -301,8 +317,13 @@ class CodeLoader:
         self.dataset = dataset
         self.batch_size = batch_size
         self.sampler = EpochSampler(
-            len(dataset), num_views=dataset.num_views, seed=seed, shuffle=shuffle,
-            rank=rank, world_size=world_size, drop_last=drop_last,
+            len(dataset),
+            num_views=dataset.num_views,
+            seed=seed,
+            shuffle=shuffle,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
         )
         self._loader = DataLoader(
             _Batched(dataset),

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -100,8 +101,10 @@ class _Progress:
         self.t0 = self.last = time.monotonic()
         self.bar = None
         if enabled and getattr(self.stream, "isatty", lambda: False)():
-            from tqdm.auto import tqdm
-
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # optional: plain lines work everywhere
+                return
             self.bar = tqdm(total=total, initial=initial, unit="img", desc="prepare", file=self.stream)
 
     def update(self, n: int) -> None:
@@ -208,20 +211,38 @@ def prepare(
             bar = _Progress(len(store), resumed, progress)
             try:
                 n_images = _encode_chunks(
-                    store, source, tokenizer, aug, size, indices, pending_chunks, skipped,
-                    batch_size=batch_size, device=torch.device(device), num_workers=num_workers,
-                    durable=durable, on_chunk=on_chunk, bar=bar,
+                    store,
+                    source,
+                    tokenizer,
+                    aug,
+                    size,
+                    indices,
+                    pending_chunks,
+                    skipped,
+                    batch_size=batch_size,
+                    device=torch.device(device),
+                    num_workers=num_workers,
+                    durable=durable,
+                    on_chunk=on_chunk,
+                    bar=bar,
                 )
             finally:
                 bar.close()
         labels = store.read_labels()
         for i in np.flatnonzero(labels == SKIPPED_LABEL):  # unreadable in an earlier run
-            skipped.setdefault(int(i), SkippedImage(int(i), source.item_path(int(i)), "unreadable (found by an earlier run)"))
+            skipped.setdefault(
+                int(i), SkippedImage(int(i), source.item_path(int(i)), "unreadable (found by an earlier run)")
+            )
         report_skipped = [skipped[i] for i in sorted(skipped)]
         store.finalize(s.to_dict() for s in report_skipped)
     return PrepareReport(
-        store=str(path), total=len(store), encoded=len(indices), resumed=resumed, skipped=report_skipped,
-        seconds=time.monotonic() - t0, images_encoded=n_images,
+        store=str(path),
+        total=len(store),
+        encoded=len(indices),
+        resumed=resumed,
+        skipped=report_skipped,
+        seconds=time.monotonic() - t0,
+        images_encoded=n_images,
     )
 
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ class ImageSource(Protocol):
         """JSON-able identity of the source; equal descriptions mean equal items."""
         ...
 
-    def at_size(self, image_size: int) -> "ImageSource":
+    def at_size(self, image_size: int) -> ImageSource:
         """The same items loaded at another side length (augmentations crop larger)."""
         ...
 
@@ -99,7 +100,7 @@ class _SourceBase:
 
 
 # --------------------------------------------------------------------------- resizing
-def center_crop_pil(image: "Any", size: int) -> "Any":
+def center_crop_pil(image: Any, size: int) -> Any:
     """Resize the short side to ``size`` and crop the center square (ADM's recipe).
 
     Halving with a box filter first keeps large downscales alias-free, then one bicubic
@@ -116,7 +117,7 @@ def center_crop_pil(image: "Any", size: int) -> "Any":
     return image.crop((left, top, left + size, top + size))
 
 
-def pil_to_tensor(image: "Any") -> Tensor:
+def pil_to_tensor(image: Any) -> Tensor:
     """PIL image -> ``(C, H, W)`` float32 in ``[-1, 1]``."""
     arr = np.asarray(image, dtype=np.uint8)
     if arr.ndim == 2:
@@ -137,7 +138,9 @@ def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = os.path.relpath(dirpath, root)
             files.extend(
-                os.path.join(rel, f) for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES
+                os.path.join(rel, f)
+                for f in filenames
+                if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES
             )
         items.extend((f, label) for f in sorted(files))
     if not items:
@@ -194,7 +197,7 @@ class ImageFolderSource(_SourceBase):
             "listing_sha256": listing,
         }
 
-    def at_size(self, image_size: int) -> "ImageFolderSource":
+    def at_size(self, image_size: int) -> ImageFolderSource:
         other = object.__new__(ImageFolderSource)
         other.__dict__.update(self.__dict__)
         other.image_size = int(image_size)
@@ -262,7 +265,7 @@ class DigitsSource(_SourceBase):
     def describe(self) -> dict[str, Any]:
         return {"kind": "digits", "split": self.split, "num_items": len(self), "test_every": DIGITS_TEST_EVERY}
 
-    def at_size(self, image_size: int) -> "DigitsSource":
+    def at_size(self, image_size: int) -> DigitsSource:
         return DigitsSource(image_size, self.split)
 
 
@@ -285,7 +288,7 @@ def ten_crop(image: Tensor, crop: int) -> Tensor:
         raise AvgkitError(f"ten-crop needs a square image of side >= {crop}, got {h}x{w}")
     views = []
     for img in (image, image.flip(-1)):
-        views.extend(img[:, t : t + crop, l : l + crop] for t, l in five_crop_boxes(h, crop))
+        views.extend(img[:, top : top + crop, left : left + crop] for top, left in five_crop_boxes(h, crop))
     return torch.stack(views)
 
 
@@ -316,9 +319,7 @@ class Augmentation:
 AUGMENTATIONS: dict[str, Augmentation] = {
     "none": Augmentation("none", 1, 1.0, "the image as is"),
     "flip": Augmentation("flip", 2, 1.0, "the image and its mirror"),
-    "tencrop": Augmentation(
-        "tencrop", 10, 1.1, "center crop at 1.1x, then 4 corner + center crops and their mirrors"
-    ),
+    "tencrop": Augmentation("tencrop", 10, 1.1, "center crop at 1.1x, then 4 corner + center crops and their mirrors"),
 }
 _ALIASES = {"ten-crop": "tencrop", "ten_crop": "tencrop", None: "none"}
 

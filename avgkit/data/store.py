@@ -22,9 +22,10 @@ import contextlib
 import hashlib
 import math
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,7 @@ class StoreMeta:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StoreMeta":
+    def from_dict(cls, d: dict[str, Any]) -> StoreMeta:
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in d.items() if k in known}
         d["grid"] = tuple(d["grid"])
@@ -159,6 +160,7 @@ class CodeStore:
         self.codes = group["codes"]
         self.labels = group["labels"]
         self.done = group["done"]
+        self._readable: set[int] = set()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -170,7 +172,7 @@ class CodeStore:
         *,
         chunk_items: int | None = None,
         overwrite: bool = False,
-    ) -> "CodeStore":
+    ) -> CodeStore:
         """An empty store for ``n_items`` items (nothing done yet)."""
         import zarr
 
@@ -183,21 +185,31 @@ class CodeStore:
         t, a = meta.num_tokens, meta.num_views
         chunk_items = int(chunk_items or default_chunk_items(t, cdt.itemsize))
         config = {"write_empty_chunks": True}  # an all-zero chunk must still exist on disk
-        group = zarr.create_group(store=str(path), zarr_format=3, overwrite=overwrite, attributes={_ATTR_KEY: meta.to_dict()})
+        group = zarr.create_group(
+            store=str(path), zarr_format=3, overwrite=overwrite, attributes={_ATTR_KEY: meta.to_dict()}
+        )
         if a == 1:
             shape, chunks = (n_items, t), (chunk_items, t)
         else:
             shape, chunks = (n_items, a, t), (chunk_items, 1, t)
-        group.create_array("codes", shape=shape, dtype=cdt, chunks=chunks, fill_value=0, config=config)
+        # codes are near-uniform over the codebook: compression saves ~5% on disk but
+        # makes scattered chunk reads 2-3x slower, so they are stored raw
         group.create_array(
-            "labels", shape=(n_items,), dtype=labels_dtype(max(1, meta.num_classes)), chunks=(chunk_items,),
-            fill_value=SKIPPED_LABEL, config=config,
+            "codes", shape=shape, dtype=cdt, chunks=chunks, fill_value=0, config=config, compressors=None
+        )
+        group.create_array(
+            "labels",
+            shape=(n_items,),
+            dtype=labels_dtype(max(1, meta.num_classes)),
+            chunks=(chunk_items,),
+            fill_value=SKIPPED_LABEL,
+            config=config,
         )
         group.create_array("done", shape=(n_items,), dtype=bool, chunks=(chunk_items,), fill_value=False, config=config)
         return cls(path, group, "r+")
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mode: str = "r", verify: bool = True) -> "CodeStore":
+    def open(cls, path: str | os.PathLike[str], *, mode: str = "r", verify: bool = True) -> CodeStore:
         """Open an existing store; with ``verify`` raise unless every item is extracted."""
         import zarr
 
@@ -366,7 +378,10 @@ class CodeStore:
 
     # ------------------------------------------------------------------ reading
     def _check_readable(self, chunks: Sequence[int], done: np.ndarray | None = None) -> None:
+        readonly = self.mode == "r"
         for c in chunks:
+            if readonly and c in self._readable:
+                continue
             s, e = self.chunk_bounds(c)
             done_here = np.asarray(self.done[s:e]) if done is None else done[s:e]
             if not done_here.all():
@@ -379,17 +394,37 @@ class CodeStore:
                 raise MissingChunkError(
                     f"chunk file {absent[0]} of code store {self.path} is missing; re-run prepare to rewrite it"
                 )
+            if readonly:  # nothing in this process can unwrite it: check each chunk once
+                self._readable.add(c)
 
     def read_chunk(self, chunk: int, view: int | None = None, *, done: np.ndarray | None = None) -> np.ndarray:
         """Codes of one chunk, ``(n, T)`` for ``view`` or ``(n, [A,] T)``; raises if unwritten.
 
         ``done``: the store's done mask when the caller already has it (saves a read).
         """
-        self._check_readable([chunk], done)
-        s, e = self.chunk_bounds(chunk)
+        return self.read_chunks([chunk], view, done=done)[chunk]
+
+    def read_chunks(
+        self, chunks: Sequence[int], view: int | None = None, *, done: np.ndarray | None = None
+    ) -> dict[int, np.ndarray]:
+        """Several chunks in one zarr call (its reads then run concurrently).
+
+        Far faster than one call per chunk for scattered random access.
+        """
+        chunks = sorted(set(chunks))
+        self._check_readable(chunks, done)
+        bounds = [self.chunk_bounds(c) for c in chunks]
+        rows = np.concatenate([np.arange(s, e) for s, e in bounds]) if bounds else np.zeros(0, np.int64)
         if view is None or self.num_views == 1:
-            return np.asarray(self.codes[s:e])
-        return np.asarray(self.codes[s:e, view])
+            sel: tuple[Any, ...] = (rows,) + (slice(None),) * (self.codes.ndim - 1)
+        else:
+            sel = (rows, view, slice(None))
+        data = np.asarray(self.codes.get_orthogonal_selection(sel))
+        out, at = {}, 0
+        for c, (s, e) in zip(chunks, bounds, strict=True):
+            out[c] = data[at : at + e - s]
+            at += e - s
+        return out
 
     def read_codes(self) -> np.ndarray:
         """All codes ``(N, [A,] T)`` in their stored dtype; raises if any chunk is unwritten."""

@@ -69,7 +69,7 @@ class NoiseSource:
     def describe(self) -> dict[str, Any]:
         return {"kind": "noise", "n": self.n, "seed": self.seed}
 
-    def at_size(self, image_size: int) -> "NoiseSource":
+    def at_size(self, image_size: int) -> NoiseSource:
         return NoiseSource(self.n, image_size, len(self.class_names), self.seed)
 
 

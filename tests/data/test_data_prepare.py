@@ -37,7 +37,12 @@ def test_codes_equal_direct_encoding(tmp_path):
     np.testing.assert_array_equal(store.read_labels(), np.arange(40) % 3)
     m = store.meta
     assert (m.tokenizer, m.weights, m.vocab_size, m.grid, m.resolution, m.augmentation) == (
-        "patch", "random:7", 16, (4, 4), 8, "none",
+        "patch",
+        "random:7",
+        16,
+        (4, 4),
+        8,
+        "none",
     )
     assert m.class_counts == [14, 13, 13] and m.source == src.describe()
     # a rerun finds everything done and encodes nothing
@@ -101,7 +106,10 @@ def test_progress_plain_lines_off_terminal():
 def _run_helper(store: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(HELPER), str(store), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
 
 

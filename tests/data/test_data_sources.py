@@ -112,8 +112,8 @@ def test_ten_crop_positions_and_flips():
     # the second five are the same boxes cut from the mirrored image:
     # the mirror's top-left is the original top-right, mirrored
     mirrored = img.flip(-1)
-    for k, (t, l) in enumerate(five_crop_boxes(11, 8)):
-        assert torch.equal(views[5 + k], mirrored[:, t : t + 8, l : l + 8])
+    for k, (top, left) in enumerate(five_crop_boxes(11, 8)):
+        assert torch.equal(views[5 + k], mirrored[:, top : top + 8, left : left + 8])
     assert torch.equal(views[5], views[1].flip(-1))
     assert torch.equal(views[6], views[0].flip(-1))
     assert torch.equal(views[8], views[2].flip(-1))

@@ -20,8 +20,16 @@ from avgkit.errors import AvgkitError
 
 def _meta(**kw) -> StoreMeta:
     base = dict(
-        tokenizer="toy", preset="tiny", weights="random:0", vocab_size=16384, grid=(2, 3), resolution=32,
-        class_names=["a", "b", "c"], source={"kind": "synthetic"}, augmentation="none", num_views=1,
+        tokenizer="toy",
+        preset="tiny",
+        weights="random:0",
+        vocab_size=16384,
+        grid=(2, 3),
+        resolution=32,
+        class_names=["a", "b", "c"],
+        source={"kind": "synthetic"},
+        augmentation="none",
+        num_views=1,
     )
     base.update(kw)
     return StoreMeta(**base)
@@ -40,7 +48,12 @@ def _fill(store: CodeStore, chunks=None, seed=0) -> tuple[np.ndarray, np.ndarray
 
 def test_codes_dtype_is_smallest():
     assert [codes_dtype(v) for v in (2, 256, 257, 16384, 65536, 65537)] == [
-        np.uint8, np.uint8, np.uint16, np.uint16, np.uint16, np.uint32,
+        np.uint8,
+        np.uint8,
+        np.uint16,
+        np.uint16,
+        np.uint16,
+        np.uint32,
     ]
 
 
@@ -59,7 +72,12 @@ def test_round_trip_and_metadata(tmp_path):
     np.testing.assert_array_equal(again.read_labels(), labels)
     m = again.meta
     assert (m.tokenizer, m.preset, m.weights, m.vocab_size, m.grid, m.resolution) == (
-        "toy", "tiny", "random:0", 16384, (2, 3), 32,
+        "toy",
+        "tiny",
+        "random:0",
+        16384,
+        (2, 3),
+        32,
     )
     assert m.complete and m.class_names == ["a", "b", "c"] and m.format_version == 1
     assert m.class_counts == np.bincount(labels[labels >= 0], minlength=3).tolist()
