@@ -1,0 +1,186 @@
+"""Forward and forward+backward time of the chunked SSD scan at the AiM-B training shape.
+
+Compares avgkit's Triton scan, its PyTorch path and, when importable, mamba-ssm's
+``mamba_chunk_scan_combined``, on the same bf16 inputs (batch 64, 256 tokens, 24 heads,
+head dim 64, d_state 128, one group, chunk 256; dt_bias + softplus and D as in the
+Mamba-2 mixer). Times are medians of CUDA-event timings after warm-up (the first call,
+with Triton compilation and autotuning, is reported separately).
+
+    python benchmarks/ssd_scan.py --out ssd_scan.json [--quick] [--mamba-src PATH]
+
+``--mamba-src`` (or env ``MAMBA_SSM_SRC``) loads mamba-ssm's Triton ops from a source
+checkout when the package is not installed (its compiled extension is not needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import avgkit_mamba  # noqa: F401
+except ImportError:  # running from a source checkout
+    sys.path.insert(0, str(ROOT / "plugins" / "mamba"))
+
+
+def load_mamba_ssm(src: str | None) -> tuple[Callable | None, str]:
+    """mamba-ssm's combined scan and its version, or (None, reason)."""
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception as exc:  # not installed, or its package import needs the CUDA extension
+        if not src:
+            return None, f"not importable ({type(exc).__name__}); pass --mamba-src"
+        pkg_dir = Path(src) / "mamba_ssm"
+        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[name]
+        pkg = types.ModuleType("mamba_ssm")  # skip the package __init__ (compiled extension)
+        pkg.__path__ = [str(pkg_dir)]
+        sys.modules["mamba_ssm"] = pkg
+        try:
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        except Exception as exc2:
+            return None, f"not importable from {src}: {exc2}"
+    version = "unknown"
+    try:
+        import mamba_ssm
+
+        version_file = Path(list(mamba_ssm.__path__)[0]) / "__init__.py"
+        for line in version_file.read_text().splitlines():
+            if line.startswith("__version__"):
+                version = line.split("=")[1].strip().strip("\"'")
+    except Exception:
+        pass
+    return mamba_chunk_scan_combined, version
+
+
+def make_inputs(batch: int, seqlen: int, nheads: int, headdim: int, dstate: int, dtype: torch.dtype) -> dict:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    return {
+        "x": r(batch, seqlen, nheads, headdim).to(dtype),
+        "dt": (r(batch, seqlen, nheads) * 0.5).to(dtype),
+        "A": -torch.exp(torch.rand(nheads, generator=g, device="cuda") * 2.77),
+        "B": r(batch, seqlen, 1, dstate).to(dtype),
+        "C": r(batch, seqlen, 1, dstate).to(dtype),
+        "D": torch.ones(nheads, device="cuda"),
+        "dt_bias": torch.log(torch.expm1(torch.exp(torch.rand(nheads, generator=g, device="cuda") * 4.6 - 6.9))),
+    }
+
+
+def timed(fn: Callable[[], None], warmup: int, reps: int) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` CUDA-event timings."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def bench(scan: Callable, t: dict, chunk: int, warmup: int, reps: int) -> dict:
+    leaves = {k: v.clone().requires_grad_() for k, v in t.items()}
+    dout = torch.randn_like(t["x"])
+
+    def fwd() -> torch.Tensor:
+        return scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk, D=leaves["D"],
+                    dt_bias=leaves["dt_bias"], dt_softplus=True)
+
+    def fwd_bwd() -> None:
+        for v in leaves.values():
+            v.grad = None
+        fwd().backward(dout)
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fwd_bwd()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - start
+    with torch.no_grad():
+        fwd_ms = timed(fwd, warmup, reps)
+    return {"first_call_s": round(first, 3), "fwd_ms": round(fwd_ms, 4), "fwd_bwd_ms": round(timed(fwd_bwd, warmup, reps), 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("ssd_scan.json"), help="JSON results path")
+    parser.add_argument("--quick", action="store_true", help="batch 8 and few repeats (smoke run)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--nheads", type=int, default=24)
+    parser.add_argument("--headdim", type=int, default=64)
+    parser.add_argument("--dstate", type=int, default=128)
+    parser.add_argument("--chunk", type=int, default=256)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--impls", default="triton,torch,mamba_ssm", help="comma-separated subset")
+    parser.add_argument("--mamba-src", default=os.environ.get("MAMBA_SSM_SRC"), help="mamba-ssm source checkout")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("ssd_scan benchmark needs a CUDA GPU; none is visible", file=sys.stderr)
+        return 2
+    batch = 8 if args.quick else args.batch
+    warmup, reps = (2, 5) if args.quick else (10, 50)
+    dtype = getattr(torch, args.dtype)
+    t = make_inputs(batch, args.seqlen, args.nheads, args.headdim, args.dstate, dtype)
+
+    from avgkit_mamba.ops.ssd_torch import ssd_chunk_scan
+    from avgkit_mamba.ops.triton_ssd import chunk_scan_triton
+
+    impls: dict[str, Callable | None] = {"triton": chunk_scan_triton, "torch": ssd_chunk_scan}
+    notes: dict[str, str] = {}
+    mamba_version = None
+    if "mamba_ssm" in args.impls:
+        fn, info = load_mamba_ssm(args.mamba_src)
+        impls["mamba_ssm"] = fn
+        if fn is None:
+            notes["mamba_ssm"] = info
+        else:
+            mamba_version = info
+    results: dict[str, dict] = {}
+    for name in args.impls.split(","):
+        fn = impls.get(name)
+        if fn is None:
+            results[name] = {"skipped": notes.get(name, "unknown impl")}
+            continue
+        results[name] = bench(fn, t, args.chunk, warmup, reps)
+        torch.cuda.empty_cache()
+    import triton
+
+    report = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "mamba_ssm": mamba_version,
+        "python": platform.python_version(),
+        "shape": {"batch": batch, "seqlen": args.seqlen, "nheads": args.nheads, "headdim": args.headdim,
+                  "dstate": args.dstate, "ngroups": 1, "chunk": args.chunk, "dtype": args.dtype},
+        "results": results,
+    }
+    ours, theirs = results.get("triton", {}), results.get("mamba_ssm", {})
+    if "fwd_bwd_ms" in ours and "fwd_bwd_ms" in theirs:
+        report["triton_over_mamba_ssm"] = {
+            "fwd": round(ours["fwd_ms"] / theirs["fwd_ms"], 3),
+            "fwd_bwd": round(ours["fwd_bwd_ms"] / theirs["fwd_bwd_ms"], 3),
+        }
+    print(json.dumps(report, indent=2))
+    args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The Mamba-2 mixer (token mixing of one block), weight-compatible with mamba-ssm.
+
+Parameter names and shapes match mamba-ssm's ``Mamba2`` with its defaults (no bias in
+the projections, conv bias, gated RMSNorm after gating, ``D`` per head), so the
+mixer weights of official AiM checkpoints load as they are::
+
+    in_proj.weight   (2*d_inner + 2*ngroups*d_state + nheads, d_model)   rows z | x | B | C | dt
+    conv1d.weight    (conv_dim, 1, d_conv), conv1d.bias (conv_dim,)      conv over x | B | C
+    dt_bias, A_log, D  (nheads,)
+    norm.weight      (d_inner,)
+    out_proj.weight  (d_model, d_inner)
+
+with ``d_inner = expand * d_model``, ``nheads = d_inner / headdim`` and
+``conv_dim = d_inner + 2 * ngroups * d_state``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from avgkit_mamba.norm import GatedRMSNorm
+from avgkit_mamba.ops import conv_torch
+from avgkit_mamba.ops.dispatch import IMPLS, chunk_scan, fused_step
+
+__all__ = ["Mamba2Mixer", "Mamba2State"]
+
+
+@dataclass
+class Mamba2State:
+    """Decoding state of one mixer: the conv window and the SSM state, fixed size.
+
+    ``conv`` (B, conv_dim, d_conv) holds the last ``d_conv`` conv inputs (oldest
+    first); ``ssm`` (B, nheads, headdim, d_state). Both are updated in place.
+    """
+
+    conv: Tensor
+    ssm: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.conv.shape[0]
+
+    def select(self, index: Tensor) -> Mamba2State:
+        """A new state holding rows ``index``."""
+        return Mamba2State(self.conv.index_select(0, index), self.ssm.index_select(0, index))
+
+    def zero_(self) -> Mamba2State:
+        self.conv.zero_()
+        self.ssm.zero_()
+        return self
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba-2 mixer: in_proj -> causal conv -> SSD scan -> gated RMSNorm -> out_proj.
+
+    ``impl`` picks the kernels ("auto", "torch" or "triton"; see
+    :mod:`avgkit_mamba.ops.dispatch`) and may be changed after construction.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        chunk_size: int = 256,
+        norm_eps: float = 1e-5,
+        impl: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        d_inner = expand * d_model
+        if d_inner % headdim:
+            raise ValueError(f"expand*d_model ({d_inner}) must be a multiple of headdim ({headdim})")
+        nheads = d_inner // headdim
+        if nheads % ngroups:
+            raise ValueError(f"nheads ({nheads}) must be a multiple of ngroups ({ngroups})")
+        if not 0 < A_init_range[0] <= A_init_range[1]:
+            raise ValueError(f"A_init_range {A_init_range} must satisfy 0 < low <= high")
+        if impl not in IMPLS:
+            raise ValueError(f"unknown kernel impl {impl!r}; use one of {', '.join(IMPLS)}")
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.headdim, self.ngroups, self.chunk_size = headdim, ngroups, chunk_size
+        self.d_inner, self.nheads = d_inner, nheads
+        self.conv_dim = d_inner + 2 * ngroups * d_state
+        self.impl = impl
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + nheads, bias=False, **factory)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim, padding=d_conv - 1,
+            bias=True, **factory,
+        )
+        # dt = softplus(dt_bias) starts log-uniform in [dt_min, dt_max] (floored)
+        dt = torch.exp(
+            torch.rand(nheads, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        inv_softplus_dt = dt + torch.log(-torch.expm1(-dt))
+        self.dt_bias = nn.Parameter(inv_softplus_dt.to(dtype=dtype))
+        A = torch.empty(nheads, dtype=torch.float32, device=device).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
+        self.D = nn.Parameter(torch.ones(nheads, device=device, dtype=dtype))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True  # type: ignore[attr-defined]  # same marker as mamba-ssm
+        self.norm = GatedRMSNorm(d_inner, eps=norm_eps, group_size=d_inner // ngroups, **factory)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False, **factory)
+
+    # ------------------------------------------------------------------ state
+
+    def allocate_state(
+        self,
+        batch: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        ssm_dtype: torch.dtype = torch.float32,
+    ) -> Mamba2State:
+        """Zeroed decoding state: conv in ``dtype`` (default: conv weight dtype), SSM in ``ssm_dtype``."""
+        device = self.conv1d.weight.device if device is None else device
+        conv = torch.zeros(batch, self.conv_dim, self.d_conv, device=device, dtype=dtype or self.conv1d.weight.dtype)
+        ssm = torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_dtype)
+        return Mamba2State(conv, ssm)
+
+    # ------------------------------------------------------------------ compute
+
+    def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+
+    def _A(self) -> Tensor:
+        # in fp32 even for half-precision weights, or exp would overflow to -inf
+        return -torch.exp(self.A_log.float())
+
+    def forward(self, x: Tensor, state: Mamba2State | None = None) -> Tensor:
+        """(B, L, d_model) -> (B, L, d_model).
+
+        With ``state``: start from it and write the final conv and SSM states into it
+        (prefill); a fresh (zero) state gives the same output as no state.
+        """
+        b, seqlen, _ = x.shape
+        z, xBC, dt = self._split(self.in_proj(x))
+        weight = self.conv1d.weight.squeeze(1)
+        if state is None:
+            xBC = conv_torch.causal_conv1d(xBC.transpose(1, 2), weight, self.conv1d.bias)
+        else:
+            xBC, conv_final = conv_torch.causal_conv1d(
+                xBC.transpose(1, 2), weight, self.conv1d.bias, initial_state=state.conv, return_final_state=True
+            )
+            state.conv.copy_(conv_final)
+        xBC = xBC.transpose(1, 2).contiguous()  # (B, L, conv_dim): head dims contiguous for the scan
+        xs, Bs, Cs = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        result = chunk_scan(
+            xs.unflatten(-1, (self.nheads, self.headdim)),
+            dt,
+            self._A(),
+            Bs.unflatten(-1, (self.ngroups, self.d_state)),
+            Cs.unflatten(-1, (self.ngroups, self.d_state)),
+            chunk_size=self.chunk_size,
+            D=self.D,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+            initial_states=None if state is None else state.ssm,
+            return_final_states=state is not None,
+            impl=self.impl,
+        )
+        if state is not None:
+            y, ssm_final = result
+            state.ssm.copy_(ssm_final)
+        else:
+            y = result
+        y = self.norm(y.reshape(b, seqlen, self.d_inner), z)
+        return self.out_proj(y)
+
+    def step(self, x: Tensor, state: Mamba2State) -> Tensor:
+        """One token: (B, d_model) -> (B, d_model), ``state`` advanced in place."""
+        z, xBC, dt = self._split(self.in_proj(x))
+        y = fused_step(
+            xBC,
+            dt,
+            state.conv,
+            self.conv1d.weight.squeeze(1),
+            self.conv1d.bias,
+            state.ssm,
+            self._A(),
+            self.D,
+            self.dt_bias,
+            z,  # gate inside the step, so the norm below runs without z
+            self.headdim,
+            self.ngroups,
+            impl=self.impl,
+        )
+        return self.out_proj(self.norm(y))
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
+            f"headdim={self.headdim}, ngroups={self.ngroups}, chunk_size={self.chunk_size}, impl={self.impl!r}"
+        )

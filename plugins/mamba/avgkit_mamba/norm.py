@@ -1,0 +1,44 @@
+"""RMSNorm with an optional SiLU gate, as in mamba-ssm's Mamba-2 (``norm_before_gate=False``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["GatedRMSNorm"]
+
+
+class GatedRMSNorm(nn.Module):
+    """``rmsnorm(x * silu(z)) * weight``, normalised over groups of ``group_size``.
+
+    Computed in fp32, returned in ``x.dtype``. Without ``z`` it is a plain (grouped)
+    RMSNorm. Parameter: ``weight`` (dim,), initialised to ones.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        eps: float = 1e-5,
+        group_size: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        group_size = dim if group_size is None else group_size
+        if dim % group_size:
+            raise ValueError(f"norm dim {dim} is not a multiple of group_size {group_size}")
+        self.eps = eps
+        self.group_size = group_size
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        xf = x.float()
+        if z is not None:
+            xf = xf * F.silu(z.float())
+        grouped = xf.unflatten(-1, (-1, self.group_size))
+        normed = grouped * torch.rsqrt(grouped.square().mean(-1, keepdim=True) + self.eps)
+        return (normed.flatten(-2) * self.weight.float()).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, group_size={self.group_size}"

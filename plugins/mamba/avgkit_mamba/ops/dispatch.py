@@ -1,0 +1,168 @@
+"""Choosing between the PyTorch and Triton implementations of each op.
+
+``impl`` is one of ``"auto"`` (Triton on a CUDA tensor when Triton imports, else
+PyTorch), ``"torch"`` or ``"triton"``. Triton modules are imported on first use only,
+so importing this package never imports Triton.
+
+Autotuning: each Triton kernel benchmarks a few tile configs on its first call for a
+given problem shape and dtype; the choice is cached in memory and, where Triton
+supports it, on disk in Triton's cache directory (``$TRITON_CACHE_DIR``, default
+``~/.triton/cache``), so later runs start fast. Under ``TRITON_INTERPRET=1`` one
+pinned config is used.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from avgkit_mamba.ops import conv_torch, ssd_torch
+
+try:  # the core's error type when avgkit is installed
+    from avgkit.errors import AvgkitError as _ImplError
+except ImportError:  # pragma: no cover - standalone use of the ops
+    _ImplError = ValueError  # type: ignore[assignment,misc]
+
+Impl = Literal["auto", "torch", "triton"]
+IMPLS = ("auto", "torch", "triton")
+
+__all__ = ["IMPLS", "Impl", "chunk_scan", "fused_step", "resolve_impl", "triton_available"]
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether Triton can be imported (checked once)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_impl(impl: str, device: torch.device | str) -> Literal["torch", "triton"]:
+    """The implementation that ``impl`` means for tensors on ``device``."""
+    if impl not in IMPLS:
+        raise _ImplError(f"unknown kernel impl {impl!r}; use one of {', '.join(IMPLS)}")
+    on_cuda = torch.device(device).type == "cuda"
+    if impl == "torch":
+        return "torch"
+    if impl == "auto":
+        return "triton" if on_cuda and triton_available() else "torch"
+    if not triton_available():
+        raise _ImplError("impl 'triton' needs the triton package, which is not importable; install it or use impl 'torch'")
+    if not on_cuda and not _interpreting():
+        raise _ImplError(
+            f"impl 'triton' needs CUDA tensors but got device {torch.device(device)}; use impl 'torch' "
+            "(or set TRITON_INTERPRET=1 to run the kernels on the CPU, slowly)"
+        )
+    return "triton"
+
+
+def _triton_scan_supports(x: Tensor, chunk_size: int) -> bool:
+    """fp32/fp16/bf16 inputs and a power-of-two chunk of at least 16."""
+    dtype_ok = x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    return dtype_ok and chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0
+
+
+def chunk_scan(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = 256,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    initial_states: Tensor | None = None,
+    return_final_states: bool = False,
+    impl: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Chunked SSD scan; arguments as :func:`avgkit_mamba.ops.ssd_torch.ssd_chunk_scan`."""
+    kwargs = dict(
+        chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+        initial_states=initial_states, return_final_states=return_final_states,
+    )
+    use_triton = resolve_impl(impl, x.device) == "triton"
+    if use_triton and impl == "auto" and not _triton_scan_supports(x, chunk_size):
+        use_triton = False  # "auto" quietly takes the torch path where the kernels do not apply
+    if use_triton:
+        from avgkit_mamba.ops.triton_ssd import chunk_scan_triton
+
+        return chunk_scan_triton(x, dt, A, B, C, **kwargs)
+    return ssd_torch.ssd_chunk_scan(x, dt, A, B, C, **kwargs)
+
+
+def fused_step_torch(
+    xBC: Tensor,
+    dt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    ssm_state: Tensor,
+    A: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    z: Tensor | None,
+    headdim: int,
+    ngroups: int,
+) -> Tensor:
+    """Reference for the fused decode step: conv_step, then ssd_step (states in place)."""
+    b = xBC.shape[0]
+    nheads, _, dstate = ssm_state.shape[1:]
+    d_inner = nheads * headdim
+    xBC = conv_torch.conv_step(xBC, conv_state, conv_weight, conv_bias, activation="silu")
+    x, Bv, Cv = torch.split(xBC, [d_inner, ngroups * dstate, ngroups * dstate], dim=-1)
+    y = ssd_torch.ssd_step(
+        ssm_state,
+        x.reshape(b, nheads, headdim),
+        dt,
+        A,
+        Bv.reshape(b, ngroups, dstate),
+        Cv.reshape(b, ngroups, dstate),
+        D=D,
+        z=None if z is None else z.reshape(b, nheads, headdim),
+        dt_bias=dt_bias,
+        dt_softplus=True,
+    )
+    return y.reshape(b, d_inner)
+
+
+def fused_step(
+    xBC: Tensor,
+    dt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    ssm_state: Tensor,
+    A: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    z: Tensor | None,
+    headdim: int,
+    ngroups: int,
+    impl: str = "auto",
+) -> Tensor:
+    """One decode step of a Mamba-2 layer after ``in_proj``, states updated in place.
+
+    xBC (b, conv_dim) before the conv, dt (b, h) raw (bias and softplus applied here),
+    conv_state (b, conv_dim, w), conv_weight (conv_dim, w), ssm_state (b, h, p, n),
+    z (b, h*p) or None: when given the output is gated by ``silu(z)``.
+    Returns y (b, h*p) in ``xBC.dtype``.
+    """
+    args = (xBC, dt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_bias, z, headdim, ngroups)
+    if resolve_impl(impl, xBC.device) == "triton":
+        from avgkit_mamba.ops.triton_step import fused_step_triton
+
+        return fused_step_triton(*args)
+    return fused_step_torch(*args)

@@ -1,0 +1,198 @@
+"""Pure-PyTorch Mamba-2 SSD ops: the CPU path and the oracle for the Triton kernels.
+
+Shapes follow mamba-ssm's ``mamba_chunk_scan_combined`` / ``selective_state_update``:
+``b`` batch, ``l`` length, ``h`` heads, ``p`` head dim, ``g`` groups (``h % g == 0``;
+head ``i`` reads group ``i // (h // g)``), ``n`` state size.
+
+The recurrence per head, with ``dt`` after bias and softplus::
+
+    state_t = exp(dt_t * A) * state_{t-1} + dt_t * x_t B_t^T        (p, n)
+    y_t     = state_t C_t + D x_t,   out_t = y_t * silu(z_t)
+
+Everything is computed in fp32 (fp64 when ``x`` is fp64) and returned in ``x.dtype``;
+autograd differentiates through every argument.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["process_dt", "ssd_chunk_scan", "ssd_scan_naive", "ssd_step"]
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def process_dt(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dtype: torch.dtype) -> Tensor:
+    """``softplus(dt + dt_bias)`` (each step optional), in ``dtype``."""
+    dt = dt.to(dtype)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dtype)
+    return F.softplus(dt) if dt_softplus else dt
+
+
+def _heads_from_groups(t: Tensor, nheads: int, dim: int) -> Tensor:
+    """Repeat each group ``nheads // ngroups`` times along ``dim`` (groups -> heads)."""
+    ngroups = t.shape[dim]
+    if nheads % ngroups != 0:
+        raise ValueError(f"nheads ({nheads}) must be a multiple of ngroups ({ngroups}); change ngroups")
+    return t if ngroups == nheads else t.repeat_interleave(nheads // ngroups, dim=dim)
+
+
+def _check_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+    b, seqlen, h, _ = x.shape
+    if dt.shape != (b, seqlen, h) or A.shape != (h,) or B.shape[:2] != (b, seqlen) or B.shape != C.shape:
+        raise ValueError(
+            f"inconsistent SSD shapes x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, "
+            f"B {tuple(B.shape)}, C {tuple(C.shape)}; expected (b,l,h,p), (b,l,h), (h,), (b,l,g,n) x2"
+        )
+
+
+def ssd_chunk_scan(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = 256,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    initial_states: Tensor | None = None,
+    return_final_states: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Chunked SSD scan (Mamba-2), any sequence length.
+
+    Args: x (b,l,h,p), dt (b,l,h), A (h,), B and C (b,l,g,n), D (h,) or None,
+    z (b,l,h,p) or None (output gated by ``silu(z)``), dt_bias (h,) or None,
+    initial_states (b,h,p,n) or None.
+    Returns y (b,l,h,p) in ``x.dtype``, and final_states (b,h,p,n) in fp32 (fp64
+    for fp64 inputs) when ``return_final_states``.
+    """
+    _check_shapes(x, dt, A, B, C)
+    b, seqlen, h, p = x.shape
+    n = B.shape[-1]
+    ct = _compute_dtype(x)
+    q = chunk_size
+    nchunks = max(1, -(-seqlen // q))
+    pad = nchunks * q - seqlen
+
+    dtp = process_dt(dt, dt_bias, dt_softplus, ct)
+    # Padding after the dt transform with dt = 0 leaves the chunk's cumulative decay
+    # unchanged, so padded positions neither decay nor feed the state.
+    xs, Bs, Cs = (F.pad(t.to(ct), (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+    dtp = F.pad(dtp, (0, 0, 0, pad))
+    xs = xs.view(b, nchunks, q, h, p)
+    dtp = dtp.view(b, nchunks, q, h)
+    Bs = _heads_from_groups(Bs, h, 2).view(b, nchunks, q, h, n)
+    Cs = _heads_from_groups(Cs, h, 2).view(b, nchunks, q, h, n)
+
+    acs = torch.cumsum(dtp * A.to(ct), dim=2)  # (b, c, q, h) cumulative log-decay
+    acs_h = acs.permute(0, 1, 3, 2)  # (b, c, h, q)
+
+    # 1. within each chunk: y_t += sum_{s<=t} (C_t . B_s) exp(acs_t - acs_s) dt_s x_s
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    seg = (acs_h[..., :, None] - acs_h[..., None, :]).masked_fill(~causal, float("-inf"))
+    scores = torch.einsum("bclhn,bcshn->bchls", Cs, Bs) * torch.exp(seg)
+    y = torch.einsum("bchls,bcsh,bcshp->bclhp", scores, dtp, xs)
+
+    # 2. the state each chunk adds, decayed to the chunk's end
+    decay_to_end = torch.exp(acs[:, :, -1:, :] - acs) * dtp  # (b, c, q, h)
+    chunk_states = torch.einsum("bcshn,bcsh,bcshp->bchpn", Bs, decay_to_end, xs)
+
+    # 3. pass states across chunks (sequential over chunks only)
+    state = (
+        torch.zeros(b, h, p, n, dtype=ct, device=x.device)
+        if initial_states is None
+        else initial_states.to(ct)
+    )
+    chunk_decay = torch.exp(acs[:, :, -1, :])  # (b, c, h)
+    entering = []
+    for c in range(nchunks):
+        entering.append(state)
+        state = chunk_decay[:, c, :, None, None] * state + chunk_states[:, c]
+    entering_states = torch.stack(entering, dim=1)  # (b, c, h, p, n)
+
+    # 4. contribution of the state entering each chunk
+    y = y + torch.einsum("bclhn,bchpn,bclh->bclhp", Cs, entering_states, torch.exp(acs))
+
+    y = y.reshape(b, nchunks * q, h, p)[:, :seqlen]
+    if D is not None:
+        y = y + D.to(ct)[:, None] * x.to(ct)
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    y = y.to(x.dtype)
+    return (y, state) if return_final_states else y
+
+
+def ssd_scan_naive(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    initial_states: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Token-by-token recurrence (slow, obviously correct): returns (y, final_states)."""
+    _check_shapes(x, dt, A, B, C)
+    b, seqlen, h, p = x.shape
+    n = B.shape[-1]
+    ct = _compute_dtype(x)
+    dtp = process_dt(dt, dt_bias, dt_softplus, ct)
+    Bh = _heads_from_groups(B.to(ct), h, 2)
+    Ch = _heads_from_groups(C.to(ct), h, 2)
+    state = torch.zeros(b, h, p, n, dtype=ct, device=x.device) if initial_states is None else initial_states.to(ct)
+    ys = []
+    for t in range(seqlen):
+        decay = torch.exp(dtp[:, t] * A.to(ct))[:, :, None, None]
+        state = decay * state + (dtp[:, t, :, None] * x[:, t].to(ct))[..., None] * Bh[:, t, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t]))
+    y = torch.stack(ys, dim=1) if ys else x.new_zeros(b, 0, h, p, dtype=ct)
+    if D is not None:
+        y = y + D.to(ct)[:, None] * x.to(ct)
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    return y.to(x.dtype), state
+
+
+def ssd_step(
+    state: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+) -> Tensor:
+    """One-token SSM update, ``state`` (b,h,p,n) modified in place.
+
+    Args: x (b,h,p), dt (b,h), A (h,), B and C (b,g,n), D (h,), z (b,h,p), dt_bias (h,).
+    Returns y (b,h,p) in ``x.dtype``. The update is computed in fp32 and rounded once
+    into the state's dtype; y reads the unrounded new state.
+    """
+    h = x.shape[1]
+    ct = _compute_dtype(x) if state.dtype != torch.float64 else torch.float64
+    dtp = process_dt(dt, dt_bias, dt_softplus, ct)  # (b, h)
+    Bh = _heads_from_groups(B.to(ct), h, 1)
+    Ch = _heads_from_groups(C.to(ct), h, 1)
+    xf = x.to(ct)
+    decay = torch.exp(dtp * A.to(ct))[:, :, None, None]
+    new_state = decay * state.to(ct) + (dtp[:, :, None] * xf)[..., None] * Bh[:, :, None, :]
+    state.copy_(new_state)
+    y = torch.einsum("bhpn,bhn->bhp", new_state, Ch)
+    if D is not None:
+        y = y + D.to(ct)[:, None] * xf
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    return y.to(x.dtype)

@@ -1,0 +1,81 @@
+"""Launching Triton kernels: autotuning on a GPU, one pinned config under the interpreter.
+
+Autotuning benchmarks each valid config on the first call for a given key (problem
+dims, dtypes, flags) and keeps the winner for the process. Where Triton supports it
+(``cache_results``), the winner is also written to Triton's on-disk cache
+(``$TRITON_CACHE_DIR``, default ``~/.triton/cache``), so later processes skip the
+benchmark. Under ``TRITON_INTERPRET=1`` (CPU), there is no GPU to benchmark on, so each
+kernel runs with a single config pinned by its ``interp`` function.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import triton
+
+#: True when Triton runs kernels on the CPU interpreter (decided at import, like Triton).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+Meta = dict[str, Any]
+ConfigSpec = tuple[Meta, int, int]  # (constexpr meta, num_warps, num_stages)
+
+
+class Launcher:
+    """A Triton kernel plus its autotune configs, validity rule and interpreter config.
+
+    ``valid(args, meta)`` says whether a config fits the problem in ``args`` (the
+    kernel's keyword arguments); ``interp(args)`` returns the meta used under the
+    interpreter; ``grid(meta)`` receives the kernel arguments merged with the config.
+    Autotuning runs every config on the real output buffers, so what a kernel writes
+    must not depend on its config (no per-tile partial slots) and must not be in place.
+    """
+
+    def __init__(
+        self,
+        fn: Any,
+        configs: Sequence[ConfigSpec],
+        key: Sequence[str],
+        valid: Callable[[Meta, Meta], bool],
+        interp: Callable[[Meta], Meta],
+        autotune: bool = True,
+    ) -> None:
+        self.fn = fn
+        self.configs = list(configs)
+        self.key = list(key)
+        self.valid = valid
+        self.interp = interp
+        self.autotune = autotune
+        self._tuned: Any = None
+
+    def _autotuned(self) -> Any:
+        if self._tuned is None:
+            cfgs = [triton.Config(dict(m), num_warps=w, num_stages=s) for m, w, s in self.configs]
+
+            def prune(configs: list, named_args: Meta, **kwargs: Any) -> list:
+                args = {**named_args, **kwargs}
+                kept = [c for c in configs if self.valid(args, c.kwargs)]
+                return kept or [self._fallback(args)]
+
+            extra: Meta = {}
+            if "cache_results" in inspect.signature(triton.autotune).parameters:
+                extra["cache_results"] = True
+            self._tuned = triton.autotune(
+                cfgs, key=self.key, prune_configs_by={"early_config_prune": prune}, **extra
+            )(self.fn)
+        return self._tuned
+
+    def _fallback(self, args: Meta) -> Any:
+        meta = self.interp(args)
+        warps = meta.pop("num_warps", 4)
+        return triton.Config(meta, num_warps=warps, num_stages=1)
+
+    def __call__(self, grid: Callable[[Meta], tuple[int, ...]], **kwargs: Any) -> None:
+        if INTERPRET or not self.autotune:
+            meta = self.interp(kwargs)
+            self.fn[grid({**kwargs, **meta})](**kwargs, **meta)
+        else:
+            self._autotuned()[grid](**kwargs)

@@ -1,0 +1,106 @@
+"""Triton kernels on the CPU interpreter, against the torch ops and the goldens.
+
+Run as ``python mamba_interpret_checks.py {scan,step}``: it sets ``TRITON_INTERPRET=1``
+before Triton is imported (which is why the tests run it in a subprocess), prints one
+line per check and exits non-zero on the first mismatch. Shapes are tiny: the
+interpreter runs each program in Python.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+from avgkit_mamba.ops.dispatch import chunk_scan, fused_step, fused_step_torch  # noqa: E402
+from avgkit_mamba.ops.ssd_torch import ssd_chunk_scan  # noqa: E402
+from mamba_testutil import GOLDEN_DIR, max_rel_err, ssd_problem  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+GRAD_NAMES = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]
+
+
+def check(name: str, err: float, tol: float) -> None:
+    print(f"{name:<40} max rel err {err:.2e} (tol {tol:.0e})", flush=True)
+    if not err <= tol:  # also catches NaN
+        raise SystemExit(f"FAILED: {name}: {err:.3e} > {tol:.0e}")
+
+
+def compare_scan(label: str, t: dict, chunk: int, final: bool, tol: float) -> None:
+    """Forward, final states and every gradient: Triton vs torch on the same leaves."""
+    runs = {}
+    for impl in ("triton", "torch"):
+        leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in t.items()}
+        fn = chunk_scan if impl == "triton" else ssd_chunk_scan
+        kw = {"impl": "triton"} if impl == "triton" else {}
+        out = fn(
+            leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk_size=chunk, D=leaves["D"],
+            z=leaves["z"], dt_bias=leaves["dt_bias"], dt_softplus=True, initial_states=leaves["initial_states"],
+            return_final_states=final, **kw,
+        )
+        y, fs = out if final else (out, None)
+        gen = torch.Generator().manual_seed(1)
+        loss = (y.float() * torch.randn(y.shape, generator=gen)).sum()
+        if fs is not None:
+            loss = loss + (fs * torch.randn(fs.shape, generator=gen)).sum()
+        loss.backward()
+        runs[impl] = (y, fs, leaves)
+    (y1, f1, g1), (y2, f2, g2) = runs["triton"], runs["torch"]
+    check(f"{label} y", max_rel_err(y1, y2), tol)
+    if final:
+        check(f"{label} final_states", max_rel_err(f1, f2), tol)
+    for k in GRAD_NAMES:
+        if g2[k] is not None:
+            if g1[k].grad is None:
+                raise SystemExit(f"FAILED: {label} d{k} missing")
+            check(f"{label} d{k}", max_rel_err(g1[k].grad, g2[k].grad), tol)
+
+
+def scan_checks() -> None:
+    # several chunks, a partial last chunk, groups, initial + final states, D, z
+    t = ssd_problem(2, 20, 2, 8, 1, 16, with_z=True, with_init=True)
+    compare_scan("fp32 l=20 chunk=8 init+z", t, chunk=8, final=True, tol=1e-4)
+    # one chunk, no states: the path a training step takes
+    t = ssd_problem(2, 13, 4, 8, 2, 16, seed=3)
+    compare_scan("fp32 l=13 chunk=16 groups", t, chunk=16, final=False, tol=1e-4)
+    t = ssd_problem(1, 16, 2, 16, 1, 16, dtype=torch.float16, seed=4)
+    compare_scan("fp16 l=16 chunk=16", t, chunk=16, final=False, tol=2e-2)
+
+    g = load_file(str(GOLDEN_DIR / "ssd_combined.safetensors"))
+    y = chunk_scan(g["x"], g["dt"], g["A"], g["B"], g["C"], chunk_size=int(g["chunk_size"]), D=g["D"], z=g["z"],
+                   dt_bias=g["dt_bias"], dt_softplus=True, impl="triton")
+    check("golden chunk_scan_combined_ref", max_rel_err(y, g["y"]), 1e-5)
+    g = load_file(str(GOLDEN_DIR / "ssd_minimal.safetensors"))
+    y, fs = chunk_scan(g["x"], g["dt"], g["A"], g["B"], g["C"], chunk_size=int(g["chunk_size"]),
+                       initial_states=g["initial_states"], return_final_states=True, impl="triton")
+    check("golden ssd_minimal_discrete y", max_rel_err(y, g["y"]), 1e-5)
+    check("golden ssd_minimal_discrete final", max_rel_err(fs, g["final_states"]), 1e-5)
+
+
+def step_checks() -> None:
+    gen = torch.Generator().manual_seed(0)
+    b, h, p, g, n, w = 2, 4, 8, 2, 16, 4
+    conv_dim = h * p + 2 * g * n
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    weight, bias = r(conv_dim, w), r(conv_dim)
+    A, D, dt_bias = -torch.rand(h, generator=gen) * 3, r(h), r(h) * 0.5
+    for label, state_dtype, gate in (("fp32 state, gated", torch.float32, True), ("fp16 conv state", torch.float16, False)):
+        conv = r(b, conv_dim, w).to(state_dtype)
+        ssm = r(b, h, p, n)
+        conv_ref, ssm_ref = conv.clone(), ssm.clone()
+        for i in range(2):
+            xbc, dt = r(b, conv_dim), r(b, h) - 1.0
+            z = r(b, h * p) if gate else None
+            y = fused_step(xbc, dt, conv, weight, bias, ssm, A, D, dt_bias, z, p, g, impl="triton")
+            y_ref = fused_step_torch(xbc, dt, conv_ref, weight, bias, ssm_ref, A, D, dt_bias, z, p, g)
+            check(f"step {label} #{i} y", max_rel_err(y, y_ref), 1e-5)
+            check(f"step {label} #{i} conv state", max_rel_err(conv.float(), conv_ref.float()), 1e-6)
+            check(f"step {label} #{i} ssm state", max_rel_err(ssm, ssm_ref), 1e-5)
+
+
+if __name__ == "__main__":
+    which = sys.argv[1] if len(sys.argv) > 1 else "scan"
+    {"scan": scan_checks, "step": step_checks}[which]()
+    print("OK")
