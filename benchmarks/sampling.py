@@ -12,6 +12,7 @@ same run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -67,6 +68,9 @@ def floor_bytes(backbone, batch2: int) -> int:
     return weights + 2 * per
 
 
+PARTIAL: list = []
+
+
 def measure(name, backbone, cond, batch, sampler_cfg, bandwidth=None, repeats=3):
     sampler = ARSampler(sampler_cfg)
     labels = torch.arange(batch, device="cuda") % CLASSES
@@ -92,6 +96,11 @@ def measure(name, backbone, cond, batch, sampler_cfg, bandwidth=None, repeats=3)
         except AttributeError:
             pass
     print(row, flush=True)
+    PARTIAL.append(row)
+    out = os.environ.get("OUT")
+    if out:  # keep what was measured even if the run is cut short
+        with open(os.path.join(out, "sampling_partial.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
     return row
 
 
