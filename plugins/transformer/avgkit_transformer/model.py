@@ -1,0 +1,160 @@
+"""The decoder-only transformer backbone (LlamaGen's GPT) with a preallocated KV cache.
+
+Sequence layout: ``[prefix (P vectors from the conditioner), image tokens 0..N-2]``;
+position ``P - 1 + k`` predicts image token ``k``. Image token ``k`` is rotated by its
+grid cell ``k`` (row ``k // width``, column ``k % width``) in training and decoding
+alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import ValidationError
+from torch import Tensor, nn
+
+from avgkit.interfaces import Backbone, Conditioning
+from avgkit_transformer.config import TransformerConfig
+from avgkit_transformer.errors import TransformerError
+from avgkit_transformer.layers import Block, RMSNorm, modulate
+from avgkit_transformer.rope import rotation_table
+
+
+@dataclass
+class KVCacheState:
+    """Decoding state: every layer's keys and values, allocated once at full length.
+
+    ``kv`` is ``(layers, 2, B, kv_heads, max_len, head_dim)``; ``pos`` is a 0-dim int64
+    tensor holding the next sequence position to write. A step only writes into these
+    tensors (``index_copy_``, ``add_``), so it can be captured in a CUDA graph.
+    """
+
+    kv: Tensor
+    pos: Tensor
+    batch_size: int
+    prefix_len: int = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.kv.shape[4]
+
+
+class TransformerBackbone(Backbone):
+    """LlamaGen-style GPT: RMSNorm, SwiGLU, 2D RoPE, causal SDPA, untied (or tied) head."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None or config.num_tokens is None:
+            raise TransformerError(
+                "transformer needs vocab_size and num_tokens; build it from a recipe (the tokenizer sets them) "
+                "or pass them explicitly"
+            )
+        try:  # the builder fills vocab_size/num_tokens with model_copy, which skips validation
+            config = TransformerConfig.model_validate(config.model_dump())
+        except ValidationError as err:
+            raise TransformerError(f"transformer: {err.errors()[0]['msg']}") from None
+        self.config = config
+        self.dim, self.num_layers = config.dim, config.layers
+        self.vocab_size, self.num_tokens = config.vocab_size, config.num_tokens
+        self.tok_embed = nn.Embedding(config.vocab_size, config.dim)
+        self.token_dropout = nn.Dropout(config.token_dropout)
+        rates = torch.linspace(0, config.drop_path, config.layers, device="cpu").tolist()
+        self.blocks = nn.ModuleList(Block(config, r) for r in rates)
+        self.norm_f = RMSNorm(config.dim, config.norm_eps)
+        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.reset_parameters()
+        if config.tie_head:
+            self.head.weight = self.tok_embed.weight
+
+    def reset_parameters(self) -> None:
+        """LlamaGen init: N(0, init_std) for linear and embedding weights, zero head."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=self.config.init_std)
+            elif isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+        if self.config.zero_head and not self.config.tie_head:
+            nn.init.zeros_(self.head.weight)
+
+    # ------------------------------------------------------------------ shared pieces
+    def _table(self, positions: Tensor, prefix_len: int | Tensor) -> Tensor:
+        c = self.config
+        return rotation_table(
+            positions - prefix_len,
+            positions < prefix_len,
+            width=c.width,
+            head_dim=c.head_dim,
+            base=c.rope_base,
+            prefix_rope=c.prefix_rope,
+        )
+
+    def _head(self, x: Tensor, cond: Conditioning) -> Tensor:
+        return self.head(modulate(self.norm_f(x), cond.final_modulation())).float()
+
+    def _prefix(self, cond: Conditioning) -> Tensor:
+        if cond.prefix.shape[-1] != self.dim:
+            raise TransformerError(
+                f"conditioning width {cond.prefix.shape[-1]} != transformer dim {self.dim}; "
+                "build the conditioner with the backbone's dim"
+            )
+        return cond.prefix.to(self.tok_embed.weight.dtype)
+
+    # ------------------------------------------------------------------ training
+    def forward(self, codes: Tensor, cond: Conditioning) -> Tensor:
+        prefix = self._prefix(cond)
+        p = prefix.shape[1]
+        x = self.token_dropout(torch.cat([prefix, self.tok_embed(codes[:, :-1])], dim=1))
+        table = self._table(torch.arange(x.shape[1], device=x.device), p)
+        for i, block in enumerate(self.blocks):
+            x = block(x, table, cond.modulation(i))
+        return self._head(x[:, p - 1 :], cond)
+
+    # ------------------------------------------------------------------ generation
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> KVCacheState:
+        c = self.config
+        ref = self.tok_embed.weight
+        max_len = c.max_prefix_len + c.num_tokens
+        kv = torch.zeros(
+            c.layers, 2, batch_size, c.n_kv_heads, max_len, c.head_dim,
+            device=device if device is not None else ref.device, dtype=dtype or ref.dtype,
+        )  # fmt: skip
+        return KVCacheState(kv, torch.zeros((), dtype=torch.long, device=kv.device), batch_size)
+
+    def _decode(self, state: KVCacheState, x: Tensor, positions: Tensor, cond: Conditioning) -> Tensor:
+        table = self._table(positions, state.prefix_len)
+        keys = torch.arange(state.max_len, device=x.device)
+        mask = keys[None, :] <= positions[:, None]  # (T, max_len): causal over the filled cache
+        x = x.to(state.kv.dtype)
+        for i, block in enumerate(self.blocks):
+            x = block(x, table, cond.modulation(i), state.kv[i], positions, mask)
+        return self._head(x[:, -1:], cond)[:, 0]
+
+    def prefill(self, state: KVCacheState, cond: Conditioning) -> Tensor:
+        prefix = self._prefix(cond)
+        p = prefix.shape[1]
+        if p > self.config.max_prefix_len:
+            raise TransformerError(
+                f"conditioning prefix has {p} vectors but the cache holds {self.config.max_prefix_len}; "
+                f"set backbone max_prefix_len: {p}"
+            )
+        if cond.batch_size != state.batch_size:
+            raise TransformerError(f"conditioning batch {cond.batch_size} != decoding state batch {state.batch_size}")
+        state.prefix_len = p
+        logits = self._decode(state, self.token_dropout(prefix), torch.arange(p, device=state.kv.device), cond)
+        state.pos.fill_(p)
+        return logits
+
+    def step(self, state: KVCacheState, tokens: Tensor, cond: Conditioning) -> Tensor:
+        x = self.token_dropout(self.tok_embed(tokens)[:, None])
+        logits = self._decode(state, x, state.pos.view(1), cond)
+        state.pos.add_(1)
+        return logits
+
+    def select_state(self, state: KVCacheState, index: Tensor) -> KVCacheState:
+        index = index.to(state.kv.device)
+        return KVCacheState(state.kv.index_select(2, index), state.pos.clone(), int(index.numel()), state.prefix_len)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The token table (also the head when tied); an untied head counts as non-embedding."""
+        return [self.tok_embed.weight]

@@ -1,0 +1,162 @@
+"""Transformer behaviour beyond the conformance suite: cache layout, prefixes, errors, registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from avgkit_transformer import PRESETS, TransformerBackbone, TransformerConfig
+from avgkit_transformer.errors import TransformerError
+
+from avgkit.interfaces import Conditioning
+from avgkit.testing.toys import ToyClassConditioner, ToyClassConfig
+
+
+def _tiny(**extra) -> TransformerBackbone:
+    torch.manual_seed(0)
+    model = TransformerBackbone(TransformerConfig(**{**PRESETS["tiny"], **extra}, vocab_size=16, num_tokens=16))
+    return model.eval()
+
+
+def _decode_all(model, cond, codes):
+    state = model.init_state(codes.shape[0])
+    out = [model.prefill(state, cond)]
+    for k in range(codes.shape[1] - 1):
+        out.append(model.step(state, codes[:, k], cond))
+    return torch.stack(out, 1), state
+
+
+def test_cache_is_preallocated_at_full_size():
+    model = _tiny(kv_heads=2, max_prefix_len=3)
+    state = model.init_state(5, dtype=torch.bfloat16)
+    assert state.kv.shape == (2, 2, 5, 2, 3 + 16, 16)  # (layers, k/v, B, kv_heads, max_len, head_dim)
+    assert state.kv.dtype == torch.bfloat16 and state.pos.shape == ()
+
+
+@torch.no_grad()
+def test_multi_vector_prefix_decodes_like_training():
+    model = _tiny(max_prefix_len=2)
+    cond = Conditioning(prefix=torch.randn(3, 2, 64))
+    codes = torch.randint(0, 16, (3, 16))
+    decoded, state = _decode_all(model, cond, codes)
+    assert torch.allclose(decoded, model(codes, cond), atol=1e-5)
+    assert int(state.pos) == 2 + 15
+
+
+@torch.no_grad()
+def test_prefill_restarts_a_used_state():
+    model = _tiny()
+    cond = Conditioning(prefix=torch.randn(2, 1, 64))
+    codes = torch.randint(0, 16, (2, 16))
+    first, state = _decode_all(model, cond, codes)
+    again = [model.prefill(state, cond)] + [model.step(state, codes[:, k], cond) for k in range(15)]
+    assert torch.allclose(torch.stack(again, 1), first, atol=1e-6)
+
+
+@torch.no_grad()
+def test_zero_gates_reduce_blocks_to_identity():
+    """Modulation gate multiplies both sub-layer outputs: gate 0 leaves only the embedding path."""
+    model = _tiny()
+    layers = torch.randn(2, 3, 3, 64)
+    layers[:, :, 2] = 0  # gates
+    final = torch.randn(3, 2, 64)
+    cond = Conditioning(prefix=torch.randn(3, 1, 64), layers=layers, final=final)
+    codes = torch.randint(0, 16, (3, 16))
+    x = torch.cat([cond.prefix, model.tok_embed(codes[:, :-1])], 1)
+    h = model.norm_f(x) * (1 + final[:, None, 1]) + final[:, None, 0]
+    assert torch.allclose(model(codes, cond), model.head(h), atol=1e-5)
+
+
+def test_too_long_prefix_is_a_clear_error():
+    model = _tiny()
+    state = model.init_state(2)
+    with pytest.raises(TransformerError, match="max_prefix_len: 2"):
+        model.prefill(state, Conditioning(prefix=torch.randn(2, 2, 64)))
+
+
+def test_batch_and_width_mismatch_are_clear_errors():
+    model = _tiny()
+    with pytest.raises(TransformerError, match="batch 3 != decoding state batch 2"):
+        model.prefill(model.init_state(2), Conditioning(prefix=torch.randn(3, 1, 64)))
+    with pytest.raises(TransformerError, match="width 32 != transformer dim 64"):
+        model(torch.zeros(2, 16, dtype=torch.long), Conditioning(prefix=torch.randn(2, 1, 32)))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"dim": 64, "heads": 3}, "not divisible by heads"),
+        ({"dim": 24, "heads": 4}, "multiple of 4"),
+        ({"heads": 4, "kv_heads": 3}, "not a multiple of kv_heads"),
+        ({"num_tokens": 12}, "not a square; set grid_width"),
+        ({"num_tokens": 12, "grid_width": 5}, "not a multiple of grid_width"),
+    ],
+)
+def test_config_errors(options, message):
+    values = {**PRESETS["tiny"], "vocab_size": 16, "num_tokens": 16, **options}
+    with pytest.raises(ValueError, match=message):
+        TransformerConfig(**values)
+
+
+def test_unvalidated_fill_is_rechecked_by_the_model():
+    cfg = TransformerConfig(**PRESETS["tiny"]).model_copy(update={"vocab_size": 16, "num_tokens": 15})
+    with pytest.raises(TransformerError, match="not a square"):
+        TransformerBackbone(cfg)
+
+
+def test_needs_vocab_and_tokens():
+    with pytest.raises(TransformerError, match="needs vocab_size and num_tokens"):
+        TransformerBackbone(TransformerConfig(**PRESETS["tiny"]))
+
+
+def test_builds_from_a_recipe_through_the_registry():
+    import avgkit_transformer.plugin as plugin
+
+    from avgkit.build import build, parameter_counts
+    from avgkit.plugins import PluginManager
+    from avgkit.recipe import validate_recipe
+
+    registry = PluginManager(entry_points=False, extra=[("transformer-under-test", plugin)]).registry
+    recipe = validate_recipe({
+        "name": "t", "tokenizer": "toy-patch:tiny", "backbone": "transformer:tiny",
+        "conditioner": {"name": "toy-class", "modulate": True},
+    })
+    comps = build(recipe, registry=registry)
+    assert (comps.backbone.vocab_size, comps.backbone.num_tokens) == (16, 16)
+    counts = parameter_counts(comps)
+    assert counts["non_embedding"] == counts["total"] - 16 * 64 - 11 * 64
+    codes = comps.sampler.sample(comps.backbone.eval(), comps.conditioner.eval(), torch.tensor([1, 2]))
+    assert codes.shape == (2, 16)
+
+
+def test_pairs_with_modulating_conditioner_in_training_mode():
+    model = _tiny(token_dropout=0.1, resid_dropout=0.1, ffn_dropout=0.1, drop_path=0.2).train()
+    cond = ToyClassConditioner(ToyClassConfig(), dim=64, num_layers=2)
+    logits = model(torch.randint(0, 16, (4, 16)), cond(torch.tensor([0, 1, 2, 3])))
+    assert logits.shape == (4, 16, 16) and torch.isfinite(logits).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@torch.no_grad()
+def test_step_is_cuda_graph_capturable():
+    model = _tiny().cuda()
+    cond = Conditioning(prefix=torch.randn(4, 1, 64, device="cuda"))
+    codes = torch.randint(0, 16, (4, 16), device="cuda")
+    expected = model(codes, cond)
+    state = model.init_state(4, device="cuda")
+    model.prefill(state, cond)
+    token = codes[:, 0].clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up on a side stream, as graph capture requires
+        model.step(state, token, cond)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    model.prefill(state, cond)
+    with torch.cuda.graph(graph):
+        out = model.step(state, token, cond)
+    model.prefill(state, cond)  # the capture ran the step once: start again
+    for k in range(15):
+        token.copy_(codes[:, k])
+        graph.replay()
+        assert torch.allclose(out, expected[:, k + 1], atol=1e-4), k
