@@ -99,7 +99,15 @@ class PluginManager:
         for role, hook_name in _ROLE_HOOKS.items():
             hook = getattr(self.pm.hook, hook_name)
             for impl in hook.get_hookimpls():
-                impl.function(register=self.registry.register_callback(role, impl.plugin_name))
+                try:
+                    impl.function(register=self.registry.register_callback(role, impl.plugin_name))
+                except AvgkitError:
+                    raise
+                except Exception as err:  # a plugin bug must name the plugin, not crash anonymously
+                    raise AvgkitError(
+                        f"plugin {impl.plugin_name!r} failed while registering {role}s: {type(err).__name__}: {err}; "
+                        f"fix or uninstall it, or set AVGKIT_DISABLE_PLUGINS={impl.plugin_name}"
+                    ) from err
         for name, info in self.infos.items():
             info.registers = self.registry.by_plugin(name)
 

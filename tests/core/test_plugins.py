@@ -135,3 +135,9 @@ def test_cli_plugins_json_lists_builtin_and_first_party():
         if name in data:  # first-party plugins come through entry points only
             assert comp in data[name]["registers"][role]
             assert data[name]["builtin"] is False
+
+
+def test_plugin_that_raises_while_registering_is_named(fake_plugin):
+    fake_plugin("raiser", FAKE.replace('register("fake-net", ToyGRUBackbone', 'raise KeyError("oops"); register("fake-net", ToyGRUBackbone'))
+    with pytest.raises(AvgkitError, match=r"plugin 'raiser' failed while registering backbones: KeyError"):
+        PluginManager()

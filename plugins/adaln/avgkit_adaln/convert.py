@@ -74,3 +74,11 @@ def to_aim(state_dict: Mapping[str, Tensor], name: str, num_layers: int, prefix:
         for i in range(num_layers):
             out[f"{prefix}layers.{i}.scale_shift_table"] = state_dict["scale_shift_table"][i][None].clone()
     return out
+
+
+def convert_llamagen_class_table(state_dict: Mapping[str, Tensor]) -> ConvertedWeights:
+    """LlamaGen c2i GPT: ``cls_embedding.embedding_table.weight`` (classes + 1, d), null class last."""
+    key = "cls_embedding.embedding_table.weight"
+    if key not in state_dict:
+        raise AvgkitError(f"LlamaGen GPT checkpoint lacks {key!r}; is it a class-conditional (c2i) model?")
+    return ConvertedWeights({"cls_embed.embedding_table.weight": state_dict[key]}, {key})

@@ -36,13 +36,19 @@ def avgkit_register_conditioners(register):
 
 @hookimpl
 def avgkit_convert_checkpoint(source, state_dict, role, name, config, num_layers):
-    if source != "aim" or role != "conditioner" or name not in NAMES:
+    if role != "conditioner" or name not in NAMES:
         return None
-    from avgkit_adaln.convert import convert_aim
+    if source == "aim":
+        from avgkit_adaln.convert import convert_aim
 
-    return convert_aim(state_dict, name, num_layers)
+        return convert_aim(state_dict, name, num_layers)
+    if source == "llamagen-gpt" and name == "class-token":
+        from avgkit_adaln.convert import convert_llamagen_class_table
+
+        return convert_llamagen_class_table(state_dict)
+    return None
 
 
 @hookimpl
 def avgkit_checkpoint_formats():
-    return ["aim"]
+    return ["aim", "llamagen-gpt"]

@@ -86,3 +86,15 @@ def test_official_layout_round_trip(name, opts):
     torch.testing.assert_close(a.prefix, b.prefix)
     if a.layers is not None:
         torch.testing.assert_close(a.layers, b.layers)
+
+
+def test_llamagen_class_table_goes_to_class_token():
+    from avgkit.plugins import get_manager
+
+    table = torch.randn(11, 16)
+    conv = get_manager().convert("llamagen-gpt", {"cls_embedding.embedding_table.weight": table, "tok_embeddings.weight": 0},
+                                 "conditioner", "class-token", None, 6)
+    assert conv.consumed == {"cls_embedding.embedding_table.weight"}
+    cond = make("class-token")
+    cond.load_state_dict(conv.state_dict)
+    torch.testing.assert_close(cond(torch.tensor([10])).prefix[0, 0], table[10])
