@@ -72,26 +72,26 @@ class DataSection(_Strict):
 
 
 class TrainSection(_Strict):
-    steps: int = Field(1000, ge=1)
+    steps: int = Field(1000, ge=1, description="optimizer steps in total")
     batch_size: int = Field(64, ge=1, description="global batch (all processes, all accumulation steps)")
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per step on each process")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate (per base_batch with lr_scaling: linear)")
     lr_scaling: Literal["none", "linear"] = Field("none", description="linear: lr * batch_size / base_batch")
-    base_batch: int = Field(256, ge=1)
+    base_batch: int = Field(256, ge=1, description="batch that lr refers to under linear scaling")
     betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.05, ge=0, description="AdamW decay of weight matrices (not norms, biases, tables)")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup from lr/warmup_steps to lr")
     schedule: Literal["constant", "linear", "cosine"] = "linear"
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    grad_clip: float | None = Field(1.0, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak")
+    grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null disables clipping")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.9999")
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile the training forward pass")
     seed: int = 0
-    device: str = "auto"
-    log_every: int = Field(10, ge=1)
-    ckpt_every: int = Field(500, ge=1)
-    keep_last: int = Field(3, ge=1)
+    device: str = Field("auto", description="auto (each rank's GPU, else CPU), cpu, cuda or cuda:N")
+    log_every: int = Field(10, ge=1, description="steps per metrics.jsonl record (losses averaged over them)")
+    ckpt_every: int = Field(500, ge=1, description="steps between checkpoints (the last step always saves)")
+    keep_last: int = Field(3, ge=1, description="complete checkpoints kept")
     sample_every: int | None = Field(None, ge=1, description="write a sample grid every this many steps")
     sample_classes: int = Field(10, ge=1, description="rows of the periodic sample grid (classes spread evenly)")
     sample_per_class: int = Field(8, ge=1, description="columns of the periodic sample grid")

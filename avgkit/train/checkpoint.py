@@ -27,9 +27,10 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,8 +99,14 @@ def dedupe_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], d
         t = t.detach()
         key = _storage_key(t)
         twin = next(
-            (n for n in owners.get(key, []) if out[n].shape == t.shape and out[n].stride() == t.stride()
-             and out[n].storage_offset() == t.storage_offset() and out[n].dtype == t.dtype),
+            (
+                n
+                for n in owners.get(key, [])
+                if out[n].shape == t.shape
+                and out[n].stride() == t.stride()
+                and out[n].storage_offset() == t.storage_offset()
+                and out[n].dtype == t.dtype
+            ),
             None,
         )
         if twin is not None:
@@ -224,8 +231,9 @@ def capture_rng(generators: Mapping[str, torch.Generator] | None = None) -> dict
 def restore_rng(state: Mapping[str, Any], generators: Mapping[str, torch.Generator] | None = None) -> None:
     torch.set_rng_state(_unb64(state["torch_cpu"]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
     for name, g in (generators or {}).items():
@@ -267,7 +275,9 @@ def remove_partial(ckpt_root: Path) -> None:
     if not ckpt_root.is_dir():
         return
     for entry in ckpt_root.iterdir():
-        if entry.is_dir() and (entry.name.endswith(".tmp") or (_STEP_DIR.match(entry.name) and not (entry / MARKER).exists())):
+        if entry.is_dir() and (
+            entry.name.endswith(".tmp") or (_STEP_DIR.match(entry.name) and not (entry / MARKER).exists())
+        ):
             shutil.rmtree(entry, ignore_errors=True)
 
 

@@ -13,7 +13,8 @@ so a run on N processes sees exactly the items of a run on one, and the loader s
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,7 +47,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16
 
 
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -202,8 +203,9 @@ class Trainer:
         )
 
     def resume_from(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
-                                     ema=self.ema.module if self.ema else None)
+        state = ckpt.load_checkpoint(
+            path, model=self.model, optimizer=self.optimizer, ema=self.ema.module if self.ema else None
+        )
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
         self.batches.load_state_dict(state["loader"])
@@ -237,9 +239,14 @@ class Trainer:
         cond = source.conditioner
         labels = grid_labels(cond.num_classes, self.cfg.sample_classes, self.cfg.sample_per_class)
         images = generate_images(
-            source.backbone, cond, self.sampler, self.tokenizer, labels, seed=self.cfg.seed,
-            batch_size=max(1, len(labels)), device=self.env.device,
-            autocast=autocast_context(self.env.device, self.amp_dtype),
+            source.backbone,
+            cond,
+            self.sampler,
+            self.tokenizer,
+            labels,
+            seed=self.cfg.seed,
+            batch_size=max(1, len(labels)),
+            device=self.env.device,
         )
         return save_class_grid(images, labels, path, self.class_names, title=f"step {self.step}")
 
@@ -250,8 +257,10 @@ class Trainer:
         if found is not None:
             self.resume_from(found)
         metrics = MetricsLog(self.run_dir / "metrics.jsonl") if self.writes else None
-        if metrics is not None:
-            metrics.truncate_after(self.step) if found is not None else metrics.reset()
+        if metrics is not None and found is not None:
+            metrics.truncate_after(self.step)  # drop records written after the checkpoint
+        elif metrics is not None:
+            metrics.reset()
         progress = Progress(cfg.steps, self.step, enabled=self.show_progress)
         if found is not None:
             progress.write(f"resumed from {found} (step {self.step})")
@@ -305,7 +314,7 @@ class Trainer:
         labels = self._drop_labels([m.labels for m in micro])
         accum = len(micro)
         total = torch.zeros((), device=env.device)
-        for i, (batch, lab) in enumerate(zip(micro, labels)):
+        for i, (batch, lab) in enumerate(zip(micro, labels, strict=True)):
             codes = batch.codes.to(env.device, non_blocking=True)
             lab = lab.to(env.device, non_blocking=True)
             sync = self.ddp is None or i == accum - 1

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -181,7 +182,7 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         ema, live = self._pairs
         torch._foreach_lerp_(ema, [p.detach().float() for p in live], 1.0 - self.decay)
-        for b_ema, b in zip(self.module.buffers(), model.buffers()):
+        for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
 
 

@@ -23,9 +23,10 @@ import json
 import random
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from avgkit.recipe import DataSection, Recipe
 from avgkit.registry import Registry
 from avgkit.train import checkpoint as ckpt
 from avgkit.train.distributed import DistEnv, barrier, broadcast_json, setup, teardown
-from avgkit.train.loop import StepCallback, Trainer, TrainResult, autocast_context, resolve_precision
+from avgkit.train.loop import StepCallback, Trainer, TrainResult
 
 
 @dataclass
@@ -62,7 +63,9 @@ def _write_run_files(recipe: Recipe, run_dir: Path, resume: bool) -> None:
     old = run_dir / "recipe.yaml"
     if resume and old.exists() and old.read_text() != text:
         ckpt.write_text_atomic(run_dir / "recipe.previous.yaml", old.read_text())
-        _say(f"note: the recipe differs from the one this run started with (kept as {run_dir / 'recipe.previous.yaml'})")
+        _say(
+            f"note: the recipe differs from the one this run started with (kept as {run_dir / 'recipe.previous.yaml'})"
+        )
     ckpt.write_text_atomic(old, text)
     infos = [
         {"name": i.name, "version": i.version, "api_version": i.api_version, "module": i.module, "builtin": i.builtin}
@@ -115,9 +118,7 @@ def _tokenizer_image_size(cfg: Any, data: DataSection) -> int:
 
 
 # ----------------------------------------------------------------------------- tokenizer
-def ensure_tokenizer_weights(
-    recipe: Recipe, registry: Registry, env: DistEnv, *, progress: bool = True
-) -> Path | None:
+def ensure_tokenizer_weights(recipe: Recipe, registry: Registry, env: DistEnv, *, progress: bool = True) -> Path | None:
     """Train the tokenizer when its ``weights`` file is missing and the recipe says how.
 
     Returns the weights path (``None`` for a tokenizer without a weights option).
@@ -133,7 +134,7 @@ def ensure_tokenizer_weights(
             )
         return None
     path = Path(weights)
-    if path.exists():
+    if broadcast_json(path.exists(), env):  # rank 0 decides: every rank takes the same branch
         return path
     if ref.train is None:
         raise AvgkitError(
@@ -155,8 +156,9 @@ def ensure_tokenizer_weights(
             eval_images = DigitsSource(size, "test").images
         out_dir = recipe.run_dir / "tokenizer"
         _say(f"training tokenizer {ref.name!r} on {len(images)} images -> {path}")
-        made = Path(spec.factory(cfg, train_cfg, images, out_dir, eval_images=eval_images, resume=True,
-                                 progress=progress))
+        made = Path(
+            spec.factory(cfg, train_cfg, images, out_dir, eval_images=eval_images, resume=True, progress=progress)
+        )
         if not made.is_file():
             raise AvgkitError(f"the tokenizer trainer of {ref.name!r} returned {made}, which is not a file")
         if made.resolve() != path.resolve():
@@ -210,8 +212,7 @@ def _encode_in_memory(recipe: Recipe, comps: Components, env: DistEnv) -> TrainD
     return TrainData(data, list(source.class_names), f"{len(data)} images of {recipe.data.source} encoded in memory")
 
 
-def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Path | None,
-                   progress: bool) -> TrainData:
+def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Path | None, progress: bool) -> TrainData:
     from avgkit.data.loader import CodeDataset
     from avgkit.data.prepare import prepare
     from avgkit.data.store import CodeStore, StoreError
@@ -231,24 +232,36 @@ def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Pat
         if not complete:
             _say(f"encoding {data.source} into {store_path}")
             report = prepare(
-                open_source(data, tok.image_size), tok, store_path,
-                batch_size=data.prepare_batch_size, device=env.device, augment=data.augment,
-                progress=progress, num_workers=data.num_workers, tokenizer_name=recipe.tokenizer.name,
-                preset=recipe.tokenizer.preset, weights=wid,
+                open_source(data, tok.image_size),
+                tok,
+                store_path,
+                batch_size=data.prepare_batch_size,
+                device=env.device,
+                augment=data.augment,
+                progress=progress,
+                num_workers=data.num_workers,
+                tokenizer_name=recipe.tokenizer.name,
+                preset=recipe.tokenizer.preset,
+                weights=wid,
             )
             _say(str(report))
     barrier(env)
     store = CodeStore.open(store_path)
     store.check_compatible(
-        vocab_size=tok.codebook_size, num_tokens=tok.num_tokens, tokenizer=recipe.tokenizer.name,
-        preset=recipe.tokenizer.preset, weights=wid, resolution=tok.image_size,
+        vocab_size=tok.codebook_size,
+        num_tokens=tok.num_tokens,
+        tokenizer=recipe.tokenizer.name,
+        preset=recipe.tokenizer.preset,
+        weights=wid,
+        resolution=tok.image_size,
     )
     dataset = CodeDataset(store_path)
     return TrainData(dataset, list(store.meta.class_names), store.summary())
 
 
-def load_train_data(recipe: Recipe, comps: Components, env: DistEnv, weights: Path | None,
-                    *, progress: bool = True) -> TrainData:
+def load_train_data(
+    recipe: Recipe, comps: Components, env: DistEnv, weights: Path | None, *, progress: bool = True
+) -> TrainData:
     data = recipe.data
     if data is None:
         raise AvgkitError("the recipe has no data: section; add data: {source: digits, store: codes/digits.zarr}")
@@ -259,6 +272,10 @@ def load_train_data(recipe: Recipe, comps: Components, env: DistEnv, weights: Pa
             f"remove data.image_size or change the tokenizer"
         )
     if data.store is None:
+        if data.augment != "none":
+            raise AvgkitError(
+                f"data.augment={data.augment} needs a code store; set data.store to a path (e.g. codes/data.zarr)"
+            )
         out = _encode_in_memory(recipe, comps, env)
     else:
         out = _prepare_store(recipe, comps, env, weights, progress)
@@ -272,9 +289,27 @@ def load_train_data(recipe: Recipe, comps: Components, env: DistEnv, weights: Pa
 
 
 # ----------------------------------------------------------------------------- final eval
+def digit_classifier_class() -> type:
+    """``avgkit.eval.digits.DigitClassifier``; a missing dependency is a one-line error."""
+    try:
+        from avgkit.eval.digits import DigitClassifier
+    except ImportError as err:
+        raise AvgkitError(
+            f"eval.classifier=digits needs the evaluation extras ({err}); pip install 'avgkit[eval,digits]' "
+            f"or set eval.classifier=none"
+        ) from None
+    return DigitClassifier
+
+
 def final_samples(
-    recipe: Recipe, comps: Components, model: ARModel, class_names: Sequence[str], run_dir: Path,
-    env: DistEnv, train_result: TrainResult, weights_label: str,
+    recipe: Recipe,
+    comps: Components,
+    model: ARModel,
+    class_names: Sequence[str],
+    run_dir: Path,
+    env: DistEnv,
+    train_result: TrainResult,
+    weights_label: str,
 ) -> dict[str, Any]:
     """Sample, write ``samples.png`` and ``eval.json``; returns the eval record."""
     from avgkit.train.samples import generate_images, grid_labels, save_class_grid
@@ -285,15 +320,25 @@ def final_samples(
         labels = torch.arange(num_classes).repeat_interleave(ev.samples_per_class)
     else:
         labels = grid_labels(num_classes, ev.grid_classes, ev.samples_per_class)
-    amp = resolve_precision(recipe.train.precision, env.device)
     images = generate_images(
-        model.backbone, model.conditioner, comps.sampler, comps.tokenizer, labels,
-        seed=ev.seed, batch_size=ev.batch_size, device=env.device, autocast=autocast_context(env.device, amp),
+        model.backbone,
+        model.conditioner,
+        comps.sampler,
+        comps.tokenizer,
+        labels,
+        seed=ev.seed,
+        batch_size=ev.batch_size,
+        device=env.device,
     )
     shown_classes = torch.unique(labels)[: ev.grid_classes]
     shown = torch.isin(labels, shown_classes)
-    png = save_class_grid(images[shown], labels[shown], run_dir / "samples.png", class_names,
-                          title=f"{recipe.name} step {train_result.step}")
+    png = save_class_grid(
+        images[shown],
+        labels[shown],
+        run_dir / "samples.png",
+        class_names,
+        title=f"{recipe.name} step {train_result.step}",
+    )
     record: dict[str, Any] = {
         "step": train_result.step,
         "checkpoint": str(train_result.checkpoint) if train_result.checkpoint else None,
@@ -308,9 +353,7 @@ def final_samples(
     if train_result.final_loss is not None:
         record["final_train_loss"] = train_result.final_loss
     if ev.classifier == "digits":
-        from avgkit.eval.digits import DigitClassifier
-
-        clf = DigitClassifier()
+        clf = digit_classifier_class()()
         pred = torch.as_tensor(clf.predict(images))
         correct = pred == labels
         record["classifier"] = "digits-svc (avgkit.eval.digits.DigitClassifier)"
@@ -348,10 +391,13 @@ def run_recipe(
         teardown(env)
 
 
-def _run(recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progress: bool,
-         callbacks: Sequence[StepCallback]) -> RunResult:
+def _run(
+    recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progress: bool, callbacks: Sequence[StepCallback]
+) -> RunResult:
     run_dir = recipe.run_dir
     _check_fresh(recipe, resume)
+    if recipe.eval.classifier == "digits":
+        digit_classifier_class()  # fail before training, not after it
     if env.is_main:
         _write_run_files(recipe, run_dir, resume)
     weights = ensure_tokenizer_weights(recipe, registry, env, progress=progress)
@@ -362,20 +408,36 @@ def _run(recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progres
     model = ARModel(comps.backbone, comps.conditioner)
     if env.is_main:
         counts = parameter_counts(comps)
-        _say(f"{recipe.name}: {counts['total']:,} parameters ({counts['non_embedding']:,} non-embedding) "
-             f"on {env.world_size} x {env.device}; data: {data.description}")
+        _say(
+            f"{recipe.name}: {counts['total']:,} parameters ({counts['non_embedding']:,} non-embedding) "
+            f"on {env.world_size} x {env.device}; data: {data.description}"
+        )
 
     from avgkit.train.data import StepBatches
 
     cfg = recipe.train
     batches = StepBatches(
-        data.dataset, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, rank=env.rank,
-        world_size=env.world_size, seed=cfg.seed, num_workers=recipe.data.num_workers if recipe.data else 0,
+        data.dataset,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        rank=env.rank,
+        world_size=env.world_size,
+        seed=cfg.seed,
+        num_workers=recipe.data.num_workers if recipe.data else 0,
         pin_memory=env.device.type == "cuda",
     )
     trainer = Trainer(
-        model, batches, cfg, env=env, run_dir=run_dir, sampler=comps.sampler, tokenizer=comps.tokenizer,
-        class_names=data.class_names, progress=progress, callbacks=callbacks, title=recipe.name,
+        model,
+        batches,
+        cfg,
+        env=env,
+        run_dir=run_dir,
+        sampler=comps.sampler,
+        tokenizer=comps.tokenizer,
+        class_names=data.class_names,
+        progress=progress,
+        callbacks=callbacks,
+        title=recipe.name,
     )
     result = trainer.fit(resume=resume)
 
@@ -384,16 +446,19 @@ def _run(recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progres
     if env.is_main:
         use_ema = trainer.ema is not None and recipe.eval.use_ema
         final_model = trainer.ema.module if use_ema else model
-        record = final_samples(recipe, comps, final_model, data.class_names, run_dir, env, result,
-                               "ema" if use_ema else "model")
-        files.update({
-            "recipe": str(run_dir / "recipe.yaml"),
-            "metrics": str(run_dir / "metrics.jsonl"),
-            "loss_curve": str(run_dir / "loss.png"),
-            "checkpoint": str(result.checkpoint) if result.checkpoint else "",
-            "samples": str(run_dir / "samples.png"),
-            "eval": str(run_dir / "eval.json"),
-        })
+        record = final_samples(
+            recipe, comps, final_model, data.class_names, run_dir, env, result, "ema" if use_ema else "model"
+        )
+        files.update(
+            {
+                "recipe": str(run_dir / "recipe.yaml"),
+                "metrics": str(run_dir / "metrics.jsonl"),
+                "loss_curve": str(run_dir / "loss.png"),
+                "checkpoint": str(result.checkpoint) if result.checkpoint else "",
+                "samples": str(run_dir / "samples.png"),
+                "eval": str(run_dir / "eval.json"),
+            }
+        )
         if weights is not None:
             files["tokenizer_weights"] = str(weights)
         if recipe.data and recipe.data.store:

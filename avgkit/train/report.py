@@ -11,8 +11,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, TextIO
 
 from avgkit.train.checkpoint import write_text_atomic
 
@@ -89,8 +90,9 @@ class Progress:
             except ImportError:  # plain lines without tqdm
                 tqdm = None
             if tqdm is not None:
-                self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", file=self.stream,
-                                dynamic_ncols=True)
+                self.bar = tqdm(
+                    total=total, initial=initial, desc="train", unit="step", file=self.stream, dynamic_ncols=True
+                )
 
     def update(self, step: int, record: dict[str, Any] | None) -> None:
         """Called after every step; ``record`` is set on logged steps."""
@@ -99,8 +101,12 @@ class Progress:
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             if record is not None:
-                self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                     tok_s=format_rate(record["tokens_per_s"]), refresh=False)
+                self.bar.set_postfix(
+                    loss=f"{record['loss']:.4f}",
+                    lr=f"{record['lr']:.2e}",
+                    tok_s=format_rate(record["tokens_per_s"]),
+                    refresh=False,
+                )
             return
         if record is not None:
             done = step - self.initial
@@ -147,7 +153,7 @@ def plot_loss(records: Iterable[dict[str, Any]], path: Path, title: str = "") ->
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.15, top=0.9)  # fixed: tight_layout costs a redraw
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, format="png")
     tmp.replace(path)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -34,12 +34,14 @@ def generate_images(
     seed: int,
     batch_size: int,
     device: torch.device,
-    autocast: ContextManager | None = None,
+    autocast: contextlib.AbstractContextManager | None = None,
 ) -> Tensor:
     """Images ``(B, C, H, W)`` in ``[-1, 1]`` (CPU, float32) for ``labels``.
 
     Row ``r`` uses the sampler's per-image seed index ``r``, so a sample does not depend
     on how the labels are batched. Modules are put in eval mode and restored afterwards.
+    Sampling runs in the weights' precision (fp32) unless ``autocast`` is given: a
+    sampler that captures CUDA graphs must not capture autocast's weight cache.
     """
     modules = [backbone, conditioner, tokenizer]
     modes = [m.training for m in modules]
@@ -55,9 +57,15 @@ def generate_images(
             images = tokenizer.decode(codes.to(device))
             out.append(images.float().clamp(-1, 1).cpu())
     finally:
-        for m, mode in zip(modules, modes):
+        for m, mode in zip(modules, modes, strict=True):
             m.train(mode)
     return torch.cat(out)
+
+
+def _to_uint8_rgb(images: Tensor) -> Tensor:
+    """Floats in ``[-1, 1]`` -> uint8, quantised as a PNG writer would; grey repeated to RGB."""
+    out = ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return out.expand(-1, 3, -1, -1).contiguous() if out.shape[1] == 1 else out[:, :3].contiguous()
 
 
 def save_class_grid(
@@ -66,9 +74,7 @@ def save_class_grid(
     """A PNG with one row per class (in order of first appearance), the class name on the left."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from avgkit.eval.images import to_uint8_rgb
-
-    rgb = to_uint8_rgb(images)  # (N, 3, H, W)
+    rgb = _to_uint8_rgb(images)  # (N, 3, H, W)
     n, _, h, w = rgb.shape
     scale = max(1, -(-MIN_CELL // max(h, w)))
     if scale > 1:
@@ -85,7 +91,7 @@ def save_class_grid(
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((4, 2), title, fill="black", font=font)
-    for r, (name, members) in enumerate(zip(names, rows)):
+    for r, (name, members) in enumerate(zip(names, rows, strict=True)):
         y = top + pad + r * (h + pad)
         draw.text((4, y + h // 2 - 6), name, fill="black", font=font)
         for c, i in enumerate(members):

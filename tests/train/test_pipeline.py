@@ -1,0 +1,113 @@
+"""``run_recipe`` end to end on toy components: in memory, through a zarr store, with a trained tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from train_helpers import toy_recipe
+
+from avgkit import plugins
+from avgkit.errors import AvgkitError
+from avgkit.train.pipeline import run_recipe
+
+TRAIN = {
+    "steps": 8,
+    "batch_size": 8,
+    "lr": 3e-3,
+    "log_every": 2,
+    "ckpt_every": 4,
+    "sample_every": 4,
+    "sample_classes": 3,
+    "sample_per_class": 2,
+    "ema": 0.9,
+    "device": "cpu",
+}
+
+
+def test_in_memory_digits_with_classifier(tmp_path, builtin_plugins, capsys):
+    recipe = toy_recipe(
+        data={"source": "digits", "store": None},
+        train=TRAIN,
+        eval={"samples_per_class": 2, "classifier": "digits"},
+        output_dir=str(tmp_path / "run"),
+    )
+    result = run_recipe(recipe, progress=False)
+    run = tmp_path / "run"
+    for name in (
+        "recipe.yaml",
+        "plugins.json",
+        "metrics.jsonl",
+        "loss.png",
+        "samples.png",
+        "eval.json",
+        "samples/step-000004.png",
+        "samples/step-000008.png",
+        "checkpoints/step-000008/COMPLETE",
+    ):
+        assert (run / name).is_file(), name
+    record = json.loads((run / "eval.json").read_text())
+    assert record["samples"] == 20 and record["weights"] == "ema"
+    assert 0.0 <= record["class_accuracy"] <= 1.0 and len(record["per_class_accuracy"]) == 10
+    assert result.eval["class_accuracy"] == record["class_accuracy"]
+    assert [p["name"] for p in json.loads((run / "plugins.json").read_text())] == ["avgkit"]
+    out = capsys.readouterr().out
+    assert "digit-classifier accuracy" in out and str(run / "eval.json") in out
+
+
+def test_zarr_store_is_prepared_then_reused(tmp_path, builtin_plugins, capsys):
+    store = str(tmp_path / "codes.zarr")
+    first = toy_recipe(
+        data={"source": "digits", "store": store}, train={**TRAIN, "sample_every": None}, output_dir=str(tmp_path / "a")
+    )
+    run_recipe(first, progress=False)
+    assert "encoding digits" in capsys.readouterr().err
+    again = first.model_copy(update={"output_dir": str(tmp_path / "b")})
+    result = run_recipe(again, progress=False)
+    assert "encoding digits" not in capsys.readouterr().err
+    assert result.train.step == 8
+    # a store made by another tokenizer is refused with the fix
+    other = toy_recipe(
+        tokenizer={"name": "toy-patch", "levels": 8},
+        data={"source": "digits", "store": store},
+        train=TRAIN,
+        output_dir=str(tmp_path / "c"),
+    )
+    with pytest.raises(AvgkitError, match="re-run prepare"):
+        run_recipe(other, progress=False)
+
+
+@pytest.fixture
+def fake_vq_plugins():
+    import fake_tokenizer_plugin
+
+    plugins.reset(plugins.PluginManager(entry_points=False, extra=[("fakevq", fake_tokenizer_plugin)]))
+    fake_tokenizer_plugin.TRAIN_CALLS.clear()
+    yield fake_tokenizer_plugin
+    plugins.reset()
+
+
+def test_tokenizer_is_trained_when_missing_then_reused(tmp_path, fake_vq_plugins):
+    weights = tmp_path / "tok" / "vq.safetensors"
+    recipe = toy_recipe(
+        tokenizer={"name": "fake-vq", "weights": str(weights), "train": {"epochs": 3}},
+        data={"source": "digits", "store": str(tmp_path / "codes.zarr")},
+        train={**TRAIN, "sample_every": None, "steps": 2},
+        output_dir=str(tmp_path / "a"),
+    )
+    run_recipe(recipe, progress=False)
+    assert weights.is_file()
+    assert fake_vq_plugins.TRAIN_CALLS == [{"n": 1438, "eval": 359, "epochs": 3}]
+    run_recipe(recipe.model_copy(update={"output_dir": str(tmp_path / "b")}), progress=False)
+    assert len(fake_vq_plugins.TRAIN_CALLS) == 1  # the weights now exist: reused
+
+
+def test_missing_weights_without_train_block(tmp_path, fake_vq_plugins):
+    recipe = toy_recipe(
+        tokenizer={"name": "fake-vq", "weights": str(tmp_path / "nope.safetensors")},
+        data={"source": "digits", "store": None},
+        train=TRAIN,
+        output_dir=str(tmp_path / "a"),
+    )
+    with pytest.raises(AvgkitError, match="not found.*tokenizer.train"):
+        run_recipe(recipe, progress=False)
