@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import io
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -232,7 +233,7 @@ class ImageFeatureExtractor:
         logits: list[Tensor] = []
         with _progress(progress, description, len(image_set)) as advance:
             for batch in image_set.batches(batch_size):
-                outputs = dict(zip(names, self.module(batch.to(self.device, non_blocking=True))))
+                outputs = dict(zip(names, self.module(batch.to(self.device, non_blocking=True)), strict=True))
                 pools.append(outputs[self.pool_feature].float().cpu())
                 if self.logits_feature is not None:
                     logits.append(outputs[self.logits_feature].float().cpu())
@@ -310,4 +311,3 @@ class _progress:
             self._bar.__exit__(*exc)
         if self.enabled and exc[0] is None:
             print(f"{self.description}: {self.done} images", file=sys.stderr)
-

@@ -8,17 +8,18 @@ not fit in memory comfortably).
 
 from __future__ import annotations
 
+import math
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from avgkit.eval.files import AvgkitError, sha256_file, sha256_files
+from avgkit.eval.files import AvgkitError, atomic_write, sha256_file, sha256_files
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -122,13 +123,14 @@ def open_images(source: str | Path | Tensor | np.ndarray | ImageSet) -> ImageSet
     raise AvgkitError(f"cannot read images from {path}: pass a folder of PNG/JPEG files or an .npz with arr_0")
 
 
-def save_image_grid(images: Tensor | np.ndarray, path: str | Path, nrow: int = 8, pad: int = 2) -> Path:
-    """Write images (any form :func:`to_uint8_rgb` takes) as one PNG grid."""
-    from avgkit.eval.files import atomic_write
+def save_image_grid(images: Tensor | np.ndarray, path: str | Path, nrow: int | None = None, pad: int = 2) -> Path:
+    """Write images (any form :func:`to_uint8_rgb` takes) as one PNG grid.
 
+    ``nrow`` images per row; by default as many as make the grid square.
+    """
     images = to_uint8_rgb(images)
     n, _, h, w = images.shape
-    ncol = min(nrow, n)
+    ncol = min(nrow or math.ceil(math.sqrt(n)), n)
     rows = (n + ncol - 1) // ncol
     grid = torch.full((3, rows * (h + pad) + pad, ncol * (w + pad) + pad), 255, dtype=torch.uint8)
     for i in range(n):
@@ -144,7 +146,7 @@ def _sha256_tensor(tensor: Tensor) -> str:
 
     data = tensor.detach().cpu().contiguous()
     digest = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
-    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
 
 
@@ -152,9 +154,7 @@ def _read_files(files: Sequence[Path]) -> Tensor:
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise AvgkitError(
-            f"images in one set differ in size ({sorted(shapes)[:3]}...): resize them to one size first"
-        )
+        raise AvgkitError(f"images in one set differ in size ({sorted(shapes)[:3]}...): resize them to one size first")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 

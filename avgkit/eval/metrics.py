@@ -16,6 +16,7 @@ from avgkit.eval.files import AvgkitError
 __all__ = [
     "feature_statistics",
     "frechet_distance",
+    "frechet_distance_features",
     "inception_score",
     "precision_recall",
 ]
@@ -64,6 +65,30 @@ def frechet_distance(
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
+def frechet_distance_features(features1: np.ndarray, features2: np.ndarray) -> float:
+    """Frechet distance between the Gaussians fitted to two feature sets.
+
+    Equal to ``frechet_distance(*feature_statistics(f1), *feature_statistics(f2))``.
+    With fewer samples than dimensions in both sets (small evaluations), it works on
+    the ``n1 x n2`` cross product of the centred features instead of ``D x D``
+    matrices: the nonzero eigenvalues of ``S1 S2`` are the squared singular values of
+    ``A1 A2^T / sqrt((n1 - 1)(n2 - 1))``, so the trace term is that matrix's nuclear norm.
+    """
+    f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+    (n1, dim), n2 = f1.shape, f2.shape[0]
+    if max(n1, n2) >= dim or min(n1, n2) < 2:
+        return frechet_distance(*feature_statistics(f1), *feature_statistics(f2))
+    if f2.shape[1] != dim:
+        raise AvgkitError(f"feature sets differ in width: {f1.shape} vs {f2.shape}")
+    mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
+    a1, a2 = f1 - mu1, f2 - mu2
+    diff = mu1 - mu2
+    trace1, trace2 = (a1 * a1).sum() / (n1 - 1), (a2 * a2).sum() / (n2 - 1)
+    cross = (a1 @ a2.T) / np.sqrt((n1 - 1) * (n2 - 1))
+    tr_covmean = np.linalg.svd(cross, compute_uv=False).sum()
+    return float(diff @ diff + trace1 + trace2 - 2.0 * tr_covmean)
+
+
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2.0)
     return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
@@ -91,9 +116,7 @@ def _trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float
     return float(np.trace(covmean))
 
 
-def inception_score(
-    logits: np.ndarray, *, splits: int = 10, shuffle_seed: int | None = 2020
-) -> tuple[float, float]:
+def inception_score(logits: np.ndarray, *, splits: int = 10, shuffle_seed: int | None = 2020) -> tuple[float, float]:
     """Mean and standard deviation of ``exp(E_x KL(p(y|x) || p(y)))`` over ``splits``.
 
     ``logits`` are pre-softmax class scores ``(N, K)``. Samples are shuffled with
@@ -119,7 +142,12 @@ def inception_score(
 
 
 def precision_recall(
-    real: np.ndarray, fake: np.ndarray, *, k: int = 3, max_block_bytes: int = 1 << 28
+    real: np.ndarray,
+    fake: np.ndarray,
+    *,
+    k: int = 3,
+    max_block_bytes: int = 1 << 28,
+    device: str | torch.device | None = None,
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) with ``k``-NN balls.
 
@@ -127,10 +155,12 @@ def precision_recall(
     (fake) feature. Precision: the fraction of fake features inside some real ball;
     recall: the fraction of real features inside some fake ball. Distances are
     Euclidean in float64, computed block by block so 50,000 x 50,000 pairs never sit
-    in memory at once (``max_block_bytes`` per block).
+    in memory at once (``max_block_bytes`` per block), on ``device`` (default CPU; a
+    GPU makes 50,000-sample sets take seconds instead of many minutes).
     """
-    real = torch.as_tensor(np.asarray(real, dtype=np.float64))
-    fake = torch.as_tensor(np.asarray(fake, dtype=np.float64))
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    real = torch.as_tensor(np.asarray(real, dtype=np.float64), device=device)
+    fake = torch.as_tensor(np.asarray(fake, dtype=np.float64), device=device)
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
         raise AvgkitError(f"feature sets differ: real {tuple(real.shape)} vs fake {tuple(fake.shape)}")
     if min(real.shape[0], fake.shape[0]) <= k:
@@ -158,4 +188,4 @@ def _inside_any_ball(
 ) -> np.ndarray:
     step = _rows_per_block(centres.shape[0], max_block_bytes)
     inside = [(torch.cdist(block, centres) <= radii[None]).any(dim=1) for block in queries.split(step)]
-    return torch.cat(inside).double().numpy()
+    return torch.cat(inside).double().cpu().numpy()

@@ -58,7 +58,7 @@ class ReferenceStats:
     path: str | None = None
 
     @classmethod
-    def from_features(cls, features: np.ndarray, **meta: Any) -> "ReferenceStats":
+    def from_features(cls, features: np.ndarray, **meta: Any) -> ReferenceStats:
         mu, sigma = feature_statistics(features)
         return cls(mu=mu, sigma=sigma, num_images=int(features.shape[0]), features=features, **meta)
 
@@ -85,7 +85,7 @@ class ReferenceStats:
 def save_reference_stats(stats: ReferenceStats, path: str | Path) -> Path:
     """Write statistics as ``.npz`` or ``.safetensors`` (chosen by suffix), atomically."""
     path = Path(path)
-    arrays = {"mu": stats.mu, "sigma": stats.sigma, "num_images": np.array(stats.num_images, dtype=np.int64)}
+    arrays = {"mu": stats.mu, "sigma": stats.sigma, "num_images": np.array([stats.num_images], dtype=np.int64)}
     if stats.features is not None:
         arrays["features"] = np.ascontiguousarray(stats.features, dtype=np.float32)
     meta = {key: getattr(stats, key) for key in _META_KEYS if getattr(stats, key) is not None}
@@ -129,7 +129,11 @@ def load_reference_stats(path: str | Path) -> ReferenceStats:
     if "mu" not in arrays or "sigma" not in arrays:
         raise AvgkitError(f"{path} holds no mu/sigma: pass reference images or a statistics file")
     features = arrays.get("features")
-    num = int(arrays["num_images"]) if "num_images" in arrays else (len(features) if features is not None else 0)
+    num = (
+        int(arrays["num_images"].reshape(-1)[0])
+        if "num_images" in arrays
+        else (len(features) if features is not None else 0)
+    )
     return ReferenceStats(
         mu=arrays["mu"].astype(np.float64),
         sigma=arrays["sigma"].astype(np.float64),
@@ -185,4 +189,3 @@ def reference_stats(
         save_reference_stats(stats, cache_file)
         stats.path = str(cache_file)
     return stats
-
