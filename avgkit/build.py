@@ -48,8 +48,9 @@ class Components:
         return ARModel(self.backbone, self.conditioner)
 
 
-def resolve_config(registry: Registry, role: str, ref: ComponentRef, **fill: Any) -> BaseModel:
-    """Validate a component's options; ``fill`` sets fields the recipe left unset."""
+def resolve_config(registry: Registry, role: str, ref: ComponentRef, *, source: str = "the tokenizer",
+                   **fill: Any) -> BaseModel:
+    """Validate a component's options; ``fill`` sets fields the recipe left unset (from ``source``)."""
     spec = registry.get(role, ref.name)
     cfg = spec.resolve(ref.preset, ref.options)
     updates = {}
@@ -57,12 +58,14 @@ def resolve_config(registry: Registry, role: str, ref: ComponentRef, **fill: Any
         if key not in type(cfg).model_fields:
             continue
         current = getattr(cfg, key)
+        if value is None:
+            continue
         if current is None:
             updates[key] = value
         elif current != value:
             raise AvgkitError(
-                f"{role} {ref.name!r} has {key}={current} but the tokenizer gives {value}; "
-                f"remove {role}.{key} from the recipe or pick a matching tokenizer"
+                f"{role} {ref.name!r} has {key}={current} but {source} gives {value}; "
+                f"remove {role}.{key} from the recipe or make them agree"
             )
     return cfg.model_copy(update=updates) if updates else cfg
 
@@ -83,7 +86,11 @@ def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Regis
     bb_cfg = resolve_config(
         registry, "backbone", recipe.backbone, vocab_size=tokenizer.codebook_size, num_tokens=tokenizer.num_tokens
     )
-    cond_cfg = resolve_config(registry, "conditioner", recipe.conditioner)
+    cond_cfg = resolve_config(registry, "conditioner", recipe.conditioner, source="data.num_classes",
+                              num_classes=recipe.data.num_classes if recipe.data else None)
+    if getattr(cond_cfg, "num_classes", 0) is None:
+        raise AvgkitError(f"conditioner {recipe.conditioner.name!r} needs the number of classes: set data.num_classes "
+                          f"(or conditioner.num_classes) in the recipe")
     samp_cfg = resolve_config(registry, "sampler", recipe.sampler)
     with ctx:
         backbone = registry.get("backbone", recipe.backbone.name).factory(bb_cfg)

@@ -60,6 +60,7 @@ class ComponentRef(_Strict):
 
 class DataSection(_Strict):
     source: str = Field("digits", description="'digits' (built-in) or the root of an ImageFolder tree")
+    num_classes: int | None = Field(None, ge=1, description="class labels in the data (sizes the conditioner)")
     store: str | None = Field(
         ...,
         description="zarr code store path (created by `avgkit prepare`, or by `avgkit train` when missing); "

@@ -30,7 +30,9 @@ class BackboneConfig(ComponentConfig):
 
 
 class ConditionerConfig(ComponentConfig):
-    num_classes: int = Field(1000, ge=1, description="number of class labels (the null label is num_classes)")
+    num_classes: int | None = Field(
+        None, ge=1, description="class labels (the null label is num_classes); default: the recipe's data.num_classes"
+    )
     label_dropout: float = Field(0.1, ge=0.0, le=1.0, description="training probability of the null label (CFG)")
 
 

@@ -209,4 +209,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
 
 
-from avgkit.cli import convert as _convert_cmds, sampling as _sampling_cmds  # noqa: E402,F401  (registers `avgkit convert` and `avgkit sample`)
+# subcommands defined in their own modules register themselves on `app`
+from avgkit.cli import convert as _convert_cmds, sampling as _sampling_cmds, workflow as _workflow_cmds  # noqa: E402,F401,I001

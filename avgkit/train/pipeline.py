@@ -157,7 +157,9 @@ def ensure_tokenizer_weights(recipe: Recipe, registry: Registry, env: DistEnv, *
         out_dir = recipe.run_dir / "tokenizer"
         _say(f"training tokenizer {ref.name!r} on {len(images)} images -> {path}")
         made = Path(
-            spec.factory(cfg, train_cfg, images, out_dir, eval_images=eval_images, resume=True, progress=progress)
+            # the recipe's weights path is where the result goes, not a starting point
+            spec.factory(cfg.model_copy(update={"weights": None}), train_cfg, images, out_dir,
+                         eval_images=eval_images, resume=True, progress=progress)
         )
         if not made.is_file():
             raise AvgkitError(f"the tokenizer trainer of {ref.name!r} returned {made}, which is not a file")

@@ -77,11 +77,14 @@ def test_counts_split_embeddings():
     assert n["total"] == n["backbone"] + n["conditioner"]
 
 
-def test_every_shipped_recipe_validates():
+def test_every_shipped_recipe_validates_and_builds_on_meta():
     found = packaged_recipes()
+    assert {"digits", "aim-b", "aim-l", "aim-xl", "aim-1b"} <= set(found)
     for name, path in found.items():
         r = load_recipe(str(path))
-        assert r.name, name
+        assert r.name == name, f"{path}: recipe name {r.name!r} differs from its file name"
+        c = build(r, device="meta")
+        assert parameter_counts(c)["total"] > 0
 
 
 def test_cli_dry_run_and_errors(toy_recipe_file):

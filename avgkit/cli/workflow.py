@@ -1,0 +1,131 @@
+"""``avgkit prepare``, ``avgkit eval``, ``avgkit sweep`` and ``avgkit compare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from avgkit.cli.app import app
+from avgkit.errors import AvgkitError
+
+
+@app.command("prepare")
+def prepare_cmd(
+    recipe: str = typer.Argument(..., help="recipe name or path"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+    device: str = typer.Option("auto", help="where the tokenizer encodes: auto | cpu | cuda"),
+) -> None:
+    """Encode the recipe's images once into its zarr code store (trains the tokenizer first if the
+    recipe says how). Resumable: after an interruption, run the same command again.
+
+    Example: avgkit prepare digits
+    """
+    from avgkit.build import build
+    from avgkit.plugins import get_registry
+    from avgkit.recipe import load_recipe
+    from avgkit.train.distributed import setup, teardown
+    from avgkit.train.pipeline import ensure_tokenizer_weights, load_train_data
+
+    r = load_recipe(recipe, overrides or [])
+    if r.data is None or r.data.store is None:
+        raise AvgkitError("the recipe has no data.store to prepare; set data.store (e.g. data.store=codes/digits.zarr)")
+    env = setup(device)
+    try:
+        weights = ensure_tokenizer_weights(r, get_registry(), env)
+        comps = build(r, device=env.device)
+        comps.tokenizer.requires_grad_(False).eval()
+        data = load_train_data(r, comps, env, weights)
+    finally:
+        teardown(env)
+    typer.echo(f"ready: {r.data.store} ({data.description})")
+
+
+@app.command("eval")
+def eval_cmd(
+    samples: Path = typer.Argument(..., help="folder of PNGs or an ADM-format .npz (arr_0 images, arr_1 labels)"),
+    reference: Optional[str] = typer.Option(None, "--reference", "-r",
+                                            help="reference images (folder/.npz), a stats file, or digits:train"),
+    out: Path = typer.Option(Path("eval"), "--out", help="where the JSON report, Markdown summary and grid go"),
+    extractor: str = typer.Option("inception-v3-compat", help="inception-v3-compat | digits"),
+    weights: Optional[Path] = typer.Option(None, help="Inception weights file (never downloaded)"),
+    metrics: str = typer.Option("fid,is,precision,recall", help="comma-separated"),
+    batch_size: int = typer.Option(64),
+    device: Optional[str] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None, help="sampling seed, recorded in the report"),
+    checkpoint: Optional[Path] = typer.Option(None, help="checkpoint the samples came from, hashed into the report"),
+) -> None:
+    """FID / IS / precision / recall of samples against reference statistics (cached by hash).
+
+    Example: avgkit eval samples/samples.npz -r VIRTUAL_imagenet256_labeled.npz --weights pt_inception.pth
+    """
+    if not samples.exists():
+        raise AvgkitError(f"samples not found: {samples}")
+    from avgkit.eval import run_eval
+
+    report = run_eval(
+        samples, reference, out, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+        extractor=extractor, weights_path=weights, batch_size=batch_size, device=device, seed=seed,
+        checkpoint=checkpoint,
+    )
+    for key, value in report.get("metrics", {}).items():
+        typer.echo(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
+    typer.echo(f"report: {out}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    recipe: str = typer.Argument(..., help="base recipe name or path"),
+    axes: list[str] = typer.Option(..., "--grid", "-g", help="key=v1,v2,... (repeatable; cartesian product)"),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="key=value applied to every point"),
+    out: Optional[str] = typer.Option(None, help="root of the run directories (default runs/<recipe>-sweep)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the points and their parameter counts only"),
+    resume: bool = typer.Option(False, "--resume", help="continue unfinished points"),
+) -> None:
+    """Train one run per point of a grid of recipe overrides, then compare them.
+
+    Example: avgkit sweep digits -g conditioner=adaln,adaln-single,adaln-group,class-token -s train.steps=200
+    """
+    from avgkit.ablation import compare_runs, parse_grid, sweep_recipes
+    from avgkit.build import build, parameter_counts
+
+    recipes = sweep_recipes(recipe, parse_grid(axes), overrides or [], out)
+    for r in recipes:
+        n = parameter_counts(build(r, device="meta"))
+        typer.echo(f"{r.name:<48} {n['total']:>14,} params ({n['non_embedding']:,} non-embedding) -> {r.run_dir}")
+    if dry_run:
+        return
+    from avgkit.train.pipeline import run_recipe
+
+    for r in recipes:
+        typer.echo(f"== {r.name}")
+        done = (r.run_dir / "eval.json").exists()
+        if done and not resume:
+            typer.echo("   already finished; skipped")
+            continue
+        run_recipe(r, resume=resume or r.run_dir.exists())
+    root = recipes[0].run_dir.parent
+    result = compare_runs([r.run_dir for r in recipes], root)
+    _print_table(result)
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: list[Path] = typer.Argument(..., help="run directories"),
+    out: Path = typer.Option(Path("compare"), "--out", help="where compare.md/.json and losses.png go"),
+) -> None:
+    """Table of runs (parameters, final loss, tokens/s, metrics) and their loss curves.
+
+    Example: avgkit compare runs/digits-sweep/* --out runs/digits-sweep
+    """
+    _print_table(__import__("avgkit.ablation", fromlist=["compare_runs"]).compare_runs(runs, out))
+
+
+def _print_table(result: dict) -> None:
+    cols, rows = result["columns"], result["rows"]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    typer.echo(f"loss curves: {result['plot']}\nsummary: {result['markdown']}")
