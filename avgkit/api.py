@@ -1,0 +1,252 @@
+"""The Python API: load a trained or converted checkpoint and generate images.
+
+    import avgkit.api as avgkit
+
+    gen = avgkit.load("runs/aim-b")                    # latest complete checkpoint
+    images = gen.generate([207, 360], n_per_class=4, cfg_scale=4.0, seed=1)   # (8, 3, 256, 256) in [-1, 1]
+    pics = gen.generate("random:3", output="pil")      # PIL images
+    codes = gen.sample_codes(207, n_per_class=2)       # (2, 256) token ids
+
+Image ``i`` of a call (class by class, ``n_per_class`` each) draws its random numbers
+from (``seed``, ``start_index + i``) and is conditioned on its class alone, so the batch
+size, the split over processes and the order of calls do not change it: bit for bit on
+the CPU; on a GPU, matrix kernels round differently for different batch shapes, so keep
+the batch size fixed where bit-identical images matter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from torch import Tensor
+
+from avgkit.checkpoints import LoadedCheckpoint, load_checkpoint
+from avgkit.errors import AvgkitError
+from avgkit.sample.classes import label_list, parse_classes
+
+#: Sampler options ``generate`` / ``sample_codes`` accept as keyword arguments.
+SAMPLER_OPTIONS = ("cfg_scale", "cfg_schedule", "temperature", "top_k", "top_p")
+ClassSpec = int | str | Sequence[int] | Tensor | np.ndarray
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: the current CUDA device when there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise AvgkitError(f"device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AvgkitError(f"device {device!r} asked for but no GPU is visible; use --device cpu or auto")
+    return dev
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise AvgkitError(f"precision {precision!r} is not supported; use fp32 or bf16")
+    return precision
+
+
+def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    check_precision(precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+class Generator:
+    """A loaded model (tokenizer, backbone, conditioner) with the recipe's sampler settings."""
+
+    def __init__(self, loaded: LoadedCheckpoint, device: torch.device) -> None:
+        comps = loaded.components
+        self.recipe = loaded.recipe
+        self.checkpoint = loaded.ref
+        self.used_ema = loaded.used_ema
+        self.weights_path: Path | None = loaded.weights_path
+        self.tokenizer_weights: Path | None = loaded.tokenizer_weights
+        self.tokenizer = comps.tokenizer
+        self.backbone = comps.backbone
+        self.conditioner = comps.conditioner
+        self.device = device
+        # samplers by settings: a sampler may cache per-batch-size state (CUDA graphs) across calls
+        self._samplers: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def num_classes(self) -> int:
+        return self.conditioner.num_classes
+
+    @property
+    def num_tokens(self) -> int:
+        return self.backbone.num_tokens
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of a decoded image."""
+        return (self.tokenizer.channels, self.tokenizer.image_size, self.tokenizer.image_size)
+
+    @property
+    def default_batch_size(self) -> int:
+        return self.recipe.eval.batch_size
+
+    # ------------------------------------------------------------------ sampler
+    def sampler_config(self, **overrides: Any) -> BaseModel:
+        """The recipe's sampler options with ``overrides`` (``None`` values ignored) applied."""
+        from avgkit.plugins import get_registry
+
+        ref = self.recipe.sampler
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return get_registry().get("sampler", ref.name).resolve(ref.preset, {**ref.options, **given})
+
+    def make_sampler(self, **overrides: Any) -> Any:
+        """The sampler for these settings (one instance per distinct settings, reused)."""
+        from avgkit.plugins import get_registry
+
+        cfg = self.sampler_config(**overrides)
+        key = cfg.model_dump_json()
+        if key not in self._samplers:
+            self._samplers[key] = get_registry().get("sampler", self.recipe.sampler.name).factory(cfg)
+        return self._samplers[key]
+
+    def labels(self, classes: ClassSpec, n_per_class: int = 1, *, seed: int = 0) -> np.ndarray:
+        """The label of every image of a request, class by class (see :func:`parse_classes`)."""
+        if isinstance(classes, (Tensor, np.ndarray)):
+            classes = [int(c) for c in np.asarray(classes).reshape(-1)]
+        return label_list(parse_classes(classes, self.num_classes, seed=seed), n_per_class)
+
+    # ------------------------------------------------------------------ generation
+    def iter_codes(
+        self,
+        labels: np.ndarray | Sequence[int],
+        indices: np.ndarray | Sequence[int],
+        *,
+        sampler: Any,
+        seed: int,
+        batch_size: int,
+        precision: str = "fp32",
+    ) -> Iterator[tuple[slice, Tensor]]:
+        """Codes for ``labels`` (image ``indices`` seed each row), ``batch_size`` rows at a time."""
+        labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        index_t = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        if labels_t.shape != index_t.shape:
+            raise AvgkitError("labels and indices must have the same length")
+        if batch_size < 1:
+            raise AvgkitError(f"batch size must be at least 1 (got {batch_size})")
+        for start in range(0, len(labels_t), batch_size):
+            part = slice(start, min(start + batch_size, len(labels_t)))
+            with torch.inference_mode(), precision_context(self.device, precision):
+                codes = sampler.sample(
+                    self.backbone, self.conditioner, labels_t[part].to(self.device), seed=seed,
+                    index=index_t[part].to(self.device),
+                )
+            yield part, codes
+
+    def decode(self, codes: Tensor, precision: str = "fp32") -> Tensor:
+        """Images ``(B, C, H, W)`` in ``[-1, 1]`` on the CPU, float32."""
+        with torch.inference_mode(), precision_context(self.device, precision):
+            images = self.tokenizer.decode(codes.to(self.device))
+        return images.float().clamp(-1, 1).cpu()
+
+    def sample_codes(
+        self,
+        classes: ClassSpec,
+        *,
+        n_per_class: int = 1,
+        cfg_scale: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        start_index: int = 0,
+        precision: str = "fp32",
+    ) -> Tensor:
+        """Token ids ``(N, num_tokens)`` (CPU, int64); ``None`` options keep the recipe's values."""
+        labels = self.labels(classes, n_per_class, seed=seed)
+        sampler = self.make_sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
+                                    top_k=top_k, top_p=top_p)
+        indices = np.arange(start_index, start_index + len(labels))
+        parts = [codes.cpu() for _, codes in self.iter_codes(
+            labels, indices, sampler=sampler, seed=seed, batch_size=batch_size or self.default_batch_size,
+            precision=precision)]
+        return torch.cat(parts)
+
+    def generate(
+        self,
+        classes: ClassSpec,
+        *,
+        n_per_class: int = 1,
+        cfg_scale: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        start_index: int = 0,
+        precision: str = "fp32",
+        output: Literal["tensor", "pil", "uint8"] = "tensor",
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Tensor | list | np.ndarray:
+        """Images of ``classes`` (``n_per_class`` each, class by class).
+
+        ``output``: ``"tensor"`` (``(N, C, H, W)`` float in ``[-1, 1]``), ``"pil"`` (a list
+        of PIL images) or ``"uint8"`` (``(N, H, W, 3)``, the ``samples.npz`` layout).
+        ``on_batch(n)`` is called after each batch of ``n`` images.
+        """
+        if output not in ("tensor", "pil", "uint8"):
+            raise AvgkitError(f"output {output!r} is not one of tensor, pil, uint8")
+        labels = self.labels(classes, n_per_class, seed=seed)
+        sampler = self.make_sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
+                                    top_k=top_k, top_p=top_p)
+        indices = np.arange(start_index, start_index + len(labels))
+        out = []
+        for part, codes in self.iter_codes(labels, indices, sampler=sampler, seed=seed,
+                                           batch_size=batch_size or self.default_batch_size, precision=precision):
+            out.append(self.decode(codes, precision))
+            if on_batch is not None:
+                on_batch(part.stop - part.start)
+        images = torch.cat(out)
+        if output == "pil":
+            from avgkit.sample.images import to_pil
+
+            return to_pil(images)
+        if output == "uint8":
+            from avgkit.sample.images import to_uint8_hwc
+
+            return to_uint8_hwc(images)
+        return images
+
+    def describe(self) -> dict[str, Any]:
+        """What was loaded, for records such as ``sampling.json``."""
+        return {**self.checkpoint.describe(), "ema": self.used_ema, "recipe": self.recipe.name,
+                "weights": str(self.weights_path) if self.weights_path else None,
+                "tokenizer_weights": str(self.tokenizer_weights) if self.tokenizer_weights else None}
+
+
+def load(
+    path: str | Path, device: str | torch.device = "auto", ema: bool | Literal["auto"] = "auto", *,
+    step: int | None = None,
+) -> Generator:
+    """A :class:`Generator` from a training run directory or an ``avgkit convert`` output.
+
+    ``step`` picks a checkpoint of a run (default: the newest complete one); ``ema``
+    chooses the EMA weights (``"auto"``: when present and the recipe's ``eval.use_ema``).
+    Weights are safetensors only and must match the rebuilt components key for key.
+    """
+    dev = resolve_device(device)
+    return Generator(load_checkpoint(path, device=dev, ema=ema, step=step), dev)
+
+
+__all__ = ["Generator", "SAMPLER_OPTIONS", "load", "resolve_device"]

@@ -1,0 +1,87 @@
+"""``avgkit sample``: images from a training run or a converted checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from avgkit.cli.app import app
+
+_HELP = """Sample images from a run directory or an `avgkit convert` output.
+
+Writes individual PNGs, a labelled grid.png, an ADM-format samples.npz (arr_0 uint8
+N x H x W x 3, arr_1 labels) and sampling.json (every setting, the checkpoint hash,
+the avgkit version, images/s). Image i depends only on (seed, i, its class), so the
+batch size does not change the images. Big jobs are written in shards: rerun the same
+command to resume; under torchrun each process takes its own shards.
+
+Sampler options left unset keep the recipe's values (its `sampler:` section).
+
+Examples:
+
+  avgkit sample runs/digits --classes 0-9 --per-class 8
+
+  avgkit sample ckpt/aim-b --classes 207,360 --per-class 4 --cfg 4 --top-k 600 --out samples/dogs
+
+  torchrun --nproc_per_node 8 -m avgkit sample ckpt/aim-xl --classes all --per-class 50 --cfg 5 --top-k 600 --top-p 0.98 --out samples/aim-xl-50k
+"""
+
+
+@app.command("sample", help=_HELP, no_args_is_help=True)
+def sample_cmd(
+    checkpoint: Path = typer.Argument(..., help="training run directory, checkpoints/step-XXXXXX folder, or converted checkpoint"),
+    classes: str = typer.Option("all", "--classes", help="class ids: 1,5,9 | 0-9 | all | random:N"),
+    per_class: int = typer.Option(1, "--per-class", help="images per class"),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="classifier-free guidance scale (1 disables)"),
+    cfg_schedule: Optional[str] = typer.Option(None, "--cfg-schedule", help="constant | linear"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="softmax temperature (0: greedy)"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="keep the k most likely tokens (0: all)"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus mass (1: all)"),
+    seed: int = typer.Option(0, "--seed", help="image i uses (seed, i); random:N classes are drawn with it too"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per sampler call (default: recipe eval.batch_size)"),
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", help="images per resumable shard (default: the batch size)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast)"),
+    step: Optional[int] = typer.Option(None, "--step", help="checkpoint step of a run (default: the latest complete one)"),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="EMA weights (default: when present and eval.use_ema)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: samples/<checkpoint name>)"),
+    png: bool = typer.Option(True, "--png/--no-png", help="write one PNG per image"),
+    grid_classes: int = typer.Option(10, "--grid-classes", help="rows of grid.png (first classes)"),
+    grid_per_class: int = typer.Option(8, "--grid-per-class", help="columns of grid.png"),
+    clean_shards: bool = typer.Option(False, "--clean-shards", help="delete shards after merging (a rerun then starts over)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+) -> None:
+    from avgkit.api import load, resolve_device
+    from avgkit.sample.job import SampleRequest, run_sample_job
+    from avgkit.train.distributed import setup, teardown
+
+    resolve_device(device)  # a clear error before any process group is joined
+    env = setup(device)
+    try:
+        gen = load(checkpoint, device=env.device, ema="auto" if ema is None else ema, step=step)
+        labels = gen.labels(classes, per_class, seed=seed)
+        request = SampleRequest(
+            labels=labels,
+            seed=seed,
+            sampler={"cfg_scale": cfg, "cfg_schedule": cfg_schedule, "temperature": temperature, "top_k": top_k,
+                     "top_p": top_p},
+            batch_size=batch_size or gen.default_batch_size,
+            shard_size=shard_size,
+            precision=precision,
+            write_png=png,
+            grid_classes=grid_classes,
+            grid_per_class=grid_per_class,
+            clean_shards=clean_shards,
+            classes_spec=classes,
+            per_class=per_class,
+        )
+        target = out or Path("samples") / checkpoint.resolve().name
+        result = run_sample_job(gen, target, request, env=env, progress=not quiet, command=["avgkit", *sys.argv[1:]])
+    finally:
+        teardown(env)
+    if env.is_main and not quiet:
+        rate = f", {result.images_per_s:.2f} images/s" if result.images_per_s else ""
+        typer.echo(f"{result.num_images} images in {result.out_dir} (sampled now: {result.sampled}{rate})")

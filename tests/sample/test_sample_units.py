@@ -1,0 +1,98 @@
+"""Class specs, the npz writer and the uint8 conversion of saved samples."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from avgkit.errors import AvgkitError
+from avgkit.sample.classes import label_list, parse_classes
+from avgkit.sample.images import grid_selection, save_labelled_grid, to_uint8_hwc
+from avgkit.sample.npz import Member, read_npz, write_npz
+
+
+def test_parse_classes_forms():
+    assert parse_classes("1,5,9", 10) == [1, 5, 9]
+    assert parse_classes("0-3, 7", 10) == [0, 1, 2, 3, 7]
+    assert parse_classes("all", 4) == [0, 1, 2, 3]
+    assert parse_classes(6, 10) == [6] and parse_classes([2, 2], 10) == [2, 2]
+    drawn = parse_classes("random:3", 1000, seed=4)
+    assert len(set(drawn)) == 3 and drawn == sorted(drawn) and drawn == parse_classes("random:3", 1000, seed=4)
+    assert drawn != parse_classes("random:3", 1000, seed=5)
+    assert label_list([4, 1], 2).tolist() == [4, 4, 1, 1]
+
+
+@pytest.mark.parametrize("spec, words", [("12", "out of range"), ("a,b", "not a class id"), ("random:0", "random:"),
+                                         ("random:x", "random:"), ("", "not a class id")])
+def test_parse_classes_errors_are_one_line(spec, words):
+    with pytest.raises(AvgkitError, match=words) as err:
+        parse_classes(spec, 10)
+    assert "\n" not in str(err.value)
+
+
+def test_uint8_conversion_matches_png_rule_and_repeats_gray():
+    x = torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 3.0]).view(1, 1, 1, 6)
+    out = to_uint8_hwc(x)
+    assert out.shape == (1, 1, 6, 3) and out.dtype == np.uint8
+    expect = np.clip(np.round((x.numpy().reshape(-1) + 1) * 127.5), 0, 255).astype(np.uint8)
+    assert (out[0, 0, :, 0] == expect).all() and (out[..., 0] == out[..., 2]).all()
+
+
+def test_npz_is_deterministic_streamed_and_loadable(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (7, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(7, dtype=np.int64)
+    a = write_npz(tmp_path / "a.npz", {"arr_0": imgs, "arr_1": labels})
+    b = write_npz(tmp_path / "b.npz", [Member("arr_0", imgs.shape, imgs.dtype, [imgs[:3], imgs[3:]]),
+                                       Member("arr_1", labels.shape, labels.dtype, [labels])])
+    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    back = read_npz(a)
+    assert np.array_equal(back["arr_0"], imgs) and np.array_equal(back["arr_1"], labels)
+    with pytest.raises(ValueError, match="expected"):
+        write_npz(tmp_path / "c.npz", [Member("arr_0", (8, 4, 4, 3), imgs.dtype, [imgs])])
+    assert not (tmp_path / "c.npz").exists() and not list(tmp_path.glob(".c.npz*"))
+
+
+def test_grid_rows_are_classes(tmp_path):
+    from PIL import Image
+
+    labels = np.array([3, 3, 3, 1, 1, 8])
+    chosen = grid_selection(labels, max_classes=2, per_class=2)
+    assert chosen.tolist() == [0, 1, 3, 4]
+    imgs = np.full((4, 8, 8, 3), 200, dtype=np.uint8)
+    path = save_labelled_grid(imgs, labels[chosen], tmp_path / "grid.png", title="t")
+    w, h = Image.open(path).size
+    assert h > 2 * 48 and w > 2 * 48  # two rows, two columns of cells upscaled to >= 48 px
+
+
+def test_job_folder_identity_and_resume_note(tmp_path):
+    from avgkit.sample.job import JOB_FILE, _identity_problem
+
+    ident = {"seed": 1, "labels_sha256": "ab"}
+    cuda4, cuda8 = {"batch_size": 4, "device_type": "cuda"}, {"batch_size": 8, "device_type": "cuda"}
+    assert _identity_problem(tmp_path, ident, cuda4) == (None, None) and (tmp_path / JOB_FILE).is_file()
+    assert _identity_problem(tmp_path, ident, cuda4) == (None, None)
+    error, note = _identity_problem(tmp_path, ident, cuda8)
+    assert error is None and "batch_size 4 -> 8" in note
+    assert _identity_problem(tmp_path, ident, {"batch_size": 8, "device_type": "cpu"})[1] is None
+    error, _ = _identity_problem(tmp_path, {**ident, "seed": 2}, cuda4)
+    assert "holds a different sampling job (seed: 1 there, 2 now)" in error
+
+
+def test_progress_lines_and_bar():
+    import io
+
+    from avgkit.sample.progress import SampleProgress
+
+    lines = io.StringIO()
+    p = SampleProgress(10, stream=lines, bar=False)
+    p.advance(4, note=" [shard 1/3]")
+    assert "sampling: 4/10 images" in lines.getvalue() and "[shard 1/3]" in lines.getvalue()
+    bar = io.StringIO()
+    p = SampleProgress(10, stream=bar, bar=True)
+    p.advance(10)
+    p.close()
+    assert "10/10" in bar.getvalue() and "img/s" in bar.getvalue()
