@@ -34,7 +34,7 @@ def convert_aim(state_dict: Mapping[str, Tensor], tie_embeddings: bool = True) -
         used.add(head)
         if tie_embeddings:
             emb = out.get("embeddings.word_embeddings.weight")
-            if emb is not None and not bool((state_dict[head] == emb).all()):
+            if emb is not None and not emb.is_meta and not bool((state_dict[head] == emb).all()):
                 raise AvgkitError("lm_head.weight differs from the token table but the backbone ties them; set tie_embeddings: false")
         else:
             out["lm_head.weight"] = state_dict[head]

@@ -57,6 +57,7 @@ LABELS = (3, 7)
 SEED = 0
 PERTURB_SEED = 1
 TOKEN_SEED = 2
+DEVICE = "cpu"  # "cuda" for the native backend
 
 # name -> (n_layer, adaln_group, num_groups).  Four layers with two groups tell the
 # interleaved assignment (i mod G) apart from a blocked one (i // (n_layer / G)).
@@ -84,7 +85,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--extra-site", type=Path, action="append", default=[],
                         help="extra folder put on sys.path (e.g. einops, huggingface_hub)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the fixture files")
-    parser.add_argument("--backend", choices=("interpret", "torch"), default="interpret")
+    parser.add_argument("--backend", choices=("interpret", "torch", "native"), default="interpret",
+                        help="native: the compiled Triton kernels on a CUDA device")
     parser.add_argument("--check-against", type=Path, default=None,
                         help="folder of fixtures made earlier: report the largest logit differences")
     return parser.parse_args()
@@ -94,12 +96,16 @@ def prepare_environment(args: argparse.Namespace) -> None:
     """Set what must be set before torch/triton are imported, and stub absent extras."""
     if args.backend == "interpret":
         os.environ["TRITON_INTERPRET"] = "1"
+    if args.backend == "native":
+        os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # fp32 tl.dot, not TF32
     sys.path[:0] = [str(p.resolve()) for p in (*args.extra_site, args.mamba_src, args.aim_src)]
     # The package __init__ imports the compiled Mamba-1 scan; Mamba-2 never calls it.
     sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
     try:
-        importlib.import_module("transformers")
-    except ImportError:
+        from transformers.generation import (  # noqa: F401  names the original imports
+            GreedySearchDecoderOnlyOutput, SampleDecoderOnlyOutput, TextStreamer)
+        from transformers.utils import CONFIG_NAME, WEIGHTS_NAME  # noqa: F401
+    except ImportError:  # absent, or a release that dropped these names
         _stub_transformers()
 
 
@@ -182,8 +188,13 @@ def install_torch_reference_kernels() -> None:
                    return_final_states=False, **unused: Any):
         if any(unused.get(k) is not None for k in ("seq_idx", "cu_seqlens", "initial_states")):
             raise NotImplementedError("the torch backend covers plain sequences only")
-        out = ssd_chunk_scan_combined_ref(x, dt, A, B, C, chunk_size, D=D, z=z,
-                                          dt_bias=dt_bias, dt_softplus=dt_softplus)
+        # The reference wants whole chunks; zeros appended at the end leave the causal
+        # outputs of the real positions unchanged.
+        seqlen = x.shape[1]
+        extra = -seqlen % chunk_size
+        pad = lambda t: F.pad(t, (0, 0) * (t.dim() - 2) + (0, extra)) if t is not None else None
+        out = ssd_chunk_scan_combined_ref(pad(x), pad(dt), A, pad(B), pad(C), chunk_size, D=D, z=pad(z),
+                                          dt_bias=dt_bias, dt_softplus=dt_softplus)[:, :seqlen]
         if not return_final_states:
             return out
         step = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
@@ -262,6 +273,7 @@ def build_tiny_aim(n_layer: int, adaln_group: bool, num_groups: int) -> Any:
     # p fixed at 0.1 by LabelEmbedder's default.  p = 0 turns that branch off; the table
     # keeps its null row because its size was fixed at construction.
     aim.mamba.backbone.cls_embed.dropout_prob = 0.0
+    aim.to(DEVICE)
     # The fused whole-sequence path needs the causal-conv1d CUDA extension; the unfused
     # path computes the same function with nn.Conv1d and the chunked scan.
     for layer in aim.mamba.backbone.layers:
@@ -273,7 +285,7 @@ def fixed_tokens(batch: int) -> Any:
     import torch
 
     generator = torch.Generator().manual_seed(TOKEN_SEED)
-    return torch.randint(VOCAB_SIZE, (batch, NUM_TOKENS), generator=generator)
+    return torch.randint(VOCAB_SIZE, (batch, NUM_TOKENS), generator=generator).to(DEVICE)
 
 
 def capture_head_outputs(aim: Any) -> tuple[list[Any], Callable[[], None]]:
@@ -300,7 +312,7 @@ def step_logits(aim: Any, tokens: Any, labels: Any, position_shift: int) -> Any:
         aim.mamba(cond, position_ids=None, cond=cond, inference_params=params, num_last_tokens=1)
         params.seqlen_offset += 1
         for k in range(NUM_TOKENS - 1):
-            position = torch.full((rows, 1), k + position_shift, dtype=torch.long)
+            position = torch.full((rows, 1), k + position_shift, dtype=torch.long, device=DEVICE)
             aim.mamba(tokens[:, k:k + 1], position_ids=position, cond=cond,
                       inference_params=params, num_last_tokens=1)
             params.seqlen_offset += 1
@@ -340,7 +352,7 @@ def make_tiny_fixture(name: str, out_dir: Path, backend: str) -> dict[str, Any]:
     # Rows: the labelled half, then the same tokens under the null class (CFG layout).
     half = fixed_tokens(len(LABELS))
     tokens = torch.cat([half, half])
-    labels = torch.tensor([*LABELS, NUM_CLASSES, NUM_CLASSES])
+    labels = torch.tensor([*LABELS, NUM_CLASSES, NUM_CLASSES], device=DEVICE)
 
     with torch.no_grad():
         teacher, target = aim(tokens, labels)
@@ -373,6 +385,7 @@ def make_tiny_fixture(name: str, out_dir: Path, backend: str) -> dict[str, Any]:
             raise RuntimeError(f"self-check {key} failed: {checks[key]:.3g} is too small to test anything")
 
     stem = out_dir / f"aim_tiny_{name}"
+    aim.to("cpu")
     holder = torch.nn.Module()
     holder.mamba = aim.mamba  # the released checkpoints wrap the backbone as `mamba.`
     save_model(holder, f"{stem}.weights.safetensors")
@@ -384,7 +397,8 @@ def make_tiny_fixture(name: str, out_dir: Path, backend: str) -> dict[str, Any]:
         "step_logits_guided": decode_guided[:len(LABELS)].contiguous(),
         "step_logits_training_positions": train_raw,
     }
-    save_file({k: v.contiguous() for k, v in io.items()}, f"{stem}.io.safetensors")
+    io = {k: v.cpu().contiguous() for k, v in io.items()}
+    save_file(io, f"{stem}.io.safetensors")
 
     state = aim.mamba.state_dict()
     meta = {
@@ -409,12 +423,14 @@ def make_tiny_fixture(name: str, out_dir: Path, backend: str) -> dict[str, Any]:
                                                "teacher_forced_logits up to float error",
         },
         "checks_max_abs": checks,
-        "state_dict": {k: list(v.shape) for k, v in state.items()},
+        "state_dict": {f"mamba.{k}": list(v.shape) for k, v in state.items()},
         "weights_file_keys_dropped": {"mamba.lm_head.weight": "mamba.backbone.embeddings.word_embeddings.weight"},
         "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                    for p in (Path(f"{stem}.weights.safetensors"), Path(f"{stem}.io.safetensors"))},
     }
     Path(f"{stem}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    for suffix in (".weights.safetensors", ".io.safetensors"):
+        os.chmod(f"{stem}{suffix}", 0o644)  # safetensors writes owner-only files
     return checks
 
 
@@ -456,11 +472,17 @@ def compare_with(previous: Path, current: Path) -> dict[str, float]:
 
     report = {}
     for name in TINY_MODELS:
-        old = load_file(str(previous / f"aim_tiny_{name}.io.safetensors"))
-        new = load_file(str(current / f"aim_tiny_{name}.io.safetensors"))
-        for key, value in new.items():
-            if value.is_floating_point():
-                report[f"{name}/{key}"] = float((value - old[key]).abs().max())
+        for part in ("weights", "io"):
+            old = load_file(str(previous / f"aim_tiny_{name}.{part}.safetensors"))
+            new = load_file(str(current / f"aim_tiny_{name}.{part}.safetensors"))
+            if old.keys() != new.keys():
+                raise RuntimeError(f"{name}.{part}: the two fixtures hold different keys")
+            diffs = [float((v.double() - old[k].double()).abs().max()) for k, v in new.items()]
+            report[f"{name}/{part} (largest over {len(diffs)} tensors)"] = max(diffs)
+            if part == "io":
+                for key, value in new.items():
+                    if value.is_floating_point():
+                        report[f"{name}/{key}"] = float((value - old[key]).abs().max())
     return report
 
 
@@ -470,14 +492,21 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
 
+    global DEVICE
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.backend == "native":
+        if not torch.cuda.is_available():
+            raise SystemExit("--backend native needs a CUDA device; use interpret or torch on CPU")
+        DEVICE = "cuda"
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     if args.backend == "interpret":
         if not torch.cuda.is_available():
             # The kernel launchers enter torch.cuda.device(x.device.index), which fails
             # for CPU tensors on a machine without CUDA.
             torch.cuda.device = lambda _index: contextlib.nullcontext()
         print(f"pinned {pin_autotune_configs()} autotuned kernels to one config")
-    else:
+    elif args.backend == "torch":
         install_torch_reference_kernels()
     for name in TINY_MODELS:
         print(name, json.dumps(make_tiny_fixture(name, args.out, args.backend), indent=1))
