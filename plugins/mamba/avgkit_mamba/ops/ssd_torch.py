@@ -77,7 +77,7 @@ def ssd_chunk_scan(
     b, seqlen, h, p = x.shape
     n = B.shape[-1]
     ct = _compute_dtype(x)
-    q = chunk_size
+    q = max(1, min(chunk_size, seqlen))  # chunking never changes the result; no padding past the sequence
     nchunks = max(1, -(-seqlen // q))
     pad = nchunks * q - seqlen
 
