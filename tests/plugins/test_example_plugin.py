@@ -1,9 +1,10 @@
 """The example plugin of docs/plugins.md installs, registers, passes its own tests and trains.
 
-The example is pip-installed (editable, no dependencies) into the running environment
-for this module and uninstalled afterwards unless it was installed before. Every
-avgkit command runs in a subprocess, exactly as a user would run it, with the other
-installed plugins disabled so that only the example is under test.
+The example is pip-installed (no dependencies) into a folder of its own that only this
+module's subprocesses see on their PYTHONPATH, so the shared environment (and tests
+running beside these) never sees a half-installed plugin. Every avgkit command runs in
+a subprocess, exactly as a user would run it, with the other installed plugins
+disabled so that only the example is under test.
 """
 
 from __future__ import annotations
@@ -19,21 +20,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "minimal_plugin"
-DIST = "avgkit-window-mlp"
 PLUGIN = "window-mlp"
 
 
-def _installed() -> bool:
-    try:
-        metadata.distribution(DIST)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
+_SITE: list[Path] = []  # the private install folder, once made
 
 
 def _env() -> dict[str, str]:
     others = {ep.name for ep in metadata.entry_points(group="avgkit")} - {PLUGIN}
-    return {**os.environ, "AVGKIT_DISABLE_PLUGINS": ",".join(sorted(others)), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "AVGKIT_DISABLE_PLUGINS": ",".join(sorted(others)), "PYTHONUNBUFFERED": "1"}
+    if _SITE:
+        env["PYTHONPATH"] = os.pathsep.join([str(_SITE[0]), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
 
 
 def _run(*args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -45,14 +43,14 @@ def _avgkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def example_installed():
-    was_installed = _installed()
+def example_installed(tmp_path_factory):
+    site = tmp_path_factory.mktemp("example-site")
     pip = _run(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-               "--disable-pip-version-check", "-e", str(EXAMPLE), timeout=300)
+               "--disable-pip-version-check", "--target", str(site), str(EXAMPLE), timeout=300)
     assert pip.returncode == 0, f"pip install of the example failed:\n{pip.stdout}\n{pip.stderr}"
-    yield
-    if not was_installed:
-        _run(sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", DIST, timeout=120)
+    _SITE[:] = [site]
+    yield site
+    _SITE.clear()
 
 
 def test_listed_by_avgkit_plugins(example_installed):
