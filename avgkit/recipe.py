@@ -62,7 +62,7 @@ class DataSection(_Strict):
     source: str = Field("digits", description="'digits' (built-in) or the root of an ImageFolder tree")
     num_classes: int | None = Field(None, ge=1, description="class labels in the data (sizes the conditioner)")
     store: str | None = Field(
-        ...,
+        None,
         description="zarr code store path (created by `avgkit prepare`, or by `avgkit train` when missing); "
         "null encodes the source in memory at every start (small data sets only)",
     )
