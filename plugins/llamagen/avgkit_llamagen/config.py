@@ -44,7 +44,7 @@ class VQConfig(ComponentConfig):
         return self.model_dump(exclude={"weights"}, mode="json")
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> "VQConfig":
+    def _check_shapes(self) -> VQConfig:
         if self.image_size % self.downsample:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by the downsampling factor {self.downsample} "

@@ -168,9 +168,7 @@ def load_tokenizer(path: str | Path, config: VQConfig | None = None) -> LlamaGen
     """Build a tokenizer from a weights file, taking the architecture from the file when stored there."""
     cfg = config or read_config(path)
     if cfg is None:
-        raise VQError(
-            f"{str(path)!r} does not record its architecture; pass a VQConfig (e.g. presets.preset('vq-16'))"
-        )
+        raise VQError(f"{str(path)!r} does not record its architecture; pass a VQConfig (e.g. presets.preset('vq-16'))")
     return load_weights(LlamaGenVQ(cfg).eval(), path)
 
 

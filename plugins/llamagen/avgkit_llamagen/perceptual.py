@@ -71,7 +71,7 @@ class LPIPS(nn.Module):
             total = total + getattr(self, f"lin{s}").model((fx - fy).pow(2)).mean((2, 3), keepdim=True)
         return total
 
-    def train(self, mode: bool = True) -> "LPIPS":
+    def train(self, mode: bool = True) -> LPIPS:
         return super().train(False)  # a fixed metric: dropout stays off
 
 
@@ -89,7 +89,7 @@ def load_lpips(lpips_weights: str | Path, vgg_weights: str | Path | None = None)
             if k.startswith("features."):
                 i = int(k.split(".")[1])
                 s = next(n for n, (a, b) in enumerate(_SLICES, start=1) if a <= i < b)
-                state[f"net.slice{s}.{k[len('features.'):]}"] = v
+                state[f"net.slice{s}.{k[len('features.') :]}"] = v
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     misshaped = [k for k in own if k in state and state[k].shape != own[k].shape]

@@ -4,8 +4,10 @@
   its official weights are ``vq_ds16_c2i.pt``.
 * ``vq-8``: LlamaGen VQ-8 at 256 px (32x32 grid).
 * ``digits``: a small grayscale tokenizer for scikit-learn's 8x8 digits upsampled to
-  32 px: 8x downsampling to a 4x4 grid of 16 tokens over 256 codes; trains on two CPU
-  cores in well under a minute.
+  32 px: 8x downsampling to a 4x4 grid of 16 tokens over 512 codes of 4 dimensions
+  (4-d codes keep nearly the whole codebook in use after a short run). With the
+  ``digits`` training preset it trains in about 35 s on one CPU core, and an SVM
+  trained on real digits reads ~99% of its held-out reconstructions.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "digits": {
         "image_size": 32,
         "channels": 1,
-        "ch": 32,
+        "ch": 16,
         "ch_mult": (1, 1, 2, 2),
         "num_res_blocks": 1,
         "z_channels": 64,
-        "codebook_size": 256,
-        "codebook_dim": 8,
+        "codebook_size": 512,
+        "codebook_dim": 4,
         "norm_groups": 8,
     },
 }

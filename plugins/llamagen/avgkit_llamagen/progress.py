@@ -36,7 +36,11 @@ class Progress:
             done = step - self.start_step
             rate = done / max(time.perf_counter() - self.start_time, 1e-9)
             eta = (self.total - step) / rate if rate > 0 else float("inf")
-            print(f"step {step}/{self.total} {_fmt(values)} | {rate:.2f} it/s eta {eta:.0f}s", file=self.stream, flush=True)
+            print(
+                f"step {step}/{self.total} {_fmt(values)} | {rate:.2f} it/s eta {eta:.0f}s",
+                file=self.stream,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

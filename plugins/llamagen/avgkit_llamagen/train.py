@@ -69,7 +69,9 @@ class VQTrainConfig(BaseModel):
     reconstruction_weight: float = Field(1.0, ge=0.0)
     codebook_weight: float = Field(1.0, ge=0.0, description="weight of codebook + commitment losses")
     perceptual_weight: float = Field(1.0, ge=0.0, description="LPIPS weight; used only when lpips_weights is set")
-    lpips_weights: str | None = Field(None, description="LPIPS weights file (no download); perceptual loss off when unset")
+    lpips_weights: str | None = Field(
+        None, description="LPIPS weights file (no download); perceptual loss off when unset"
+    )
     vgg_weights: str | None = Field(None, description="torchvision vgg16 weights, if the LPIPS file lacks VGG features")
     disc_start: int | None = Field(None, ge=1, description="step from which the PatchGAN loss is on; None = never")
     disc_weight: float = Field(0.5, ge=0.0)
@@ -87,17 +89,18 @@ class VQTrainConfig(BaseModel):
     grid_images: int = Field(8, ge=1, description="images in reconstructions.png")
 
 
-#: Training defaults per tokenizer preset (``digits``: about half a minute on two CPU cores).
+#: Training defaults per tokenizer preset. ``digits``: 250 steps of 16 images (about 35 s
+#: on one CPU core); small batches learn this domain fastest per image seen.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "digits": {
-        "steps": 200,
-        "batch_size": 64,
-        "lr": 2e-3,
+        "steps": 250,
+        "batch_size": 16,
+        "lr": 3e-3,
         "warmup_steps": 20,
         "lr_schedule": "cosine",
         "ema_decay": None,
         "log_every": 25,
-        "ckpt_every": 100,
+        "ckpt_every": 250,
     },
 }
 
@@ -154,9 +157,9 @@ def ema_decay(cfg: VQTrainConfig, updates: int) -> float:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
         e.lerp_(p, 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
 
 
@@ -317,7 +320,9 @@ def train_vq(
         _loop(run, images, out, start, progress)
         final = run.final_model()
         weights = save_weights(final, out / WEIGHTS_NAME)
-        save_reconstruction_grid(final, eval_images if eval_images is not None else images, out / "reconstructions.png", train.grid_images)
+        save_reconstruction_grid(
+            final, eval_images if eval_images is not None else images, out / "reconstructions.png", train.grid_images
+        )
         if eval_images is not None:
             report = reconstruction_report(final, eval_images)
             save_json(report.model_dump(), out / "report.json")
@@ -356,7 +361,9 @@ def _loop(run: _Run, images: Tensor, out: Path, start: int, progress: bool) -> N
                     sums, count = {}, 0
                 bar.update(step + 1, shown)
                 if (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps:
-                    save_checkpoint(out / "checkpoints", step + 1, run.modules(), run.optimizers(), info, t.keep_checkpoints)
+                    save_checkpoint(
+                        out / "checkpoints", step + 1, run.modules(), run.optimizers(), info, t.keep_checkpoints
+                    )
     finally:
         bar.close()
 

@@ -117,7 +117,11 @@ class Level(nn.Module):
 
 def middle(channels: int, groups: int, dropout: float) -> nn.ModuleList:
     return nn.ModuleList(
-        [ResBlock(channels, channels, groups, dropout), SelfAttention2d(channels, groups), ResBlock(channels, channels, groups, dropout)]
+        [
+            ResBlock(channels, channels, groups, dropout),
+            SelfAttention2d(channels, groups),
+            ResBlock(channels, channels, groups, dropout),
+        ]
     )
 
 

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from avgkit_llamagen.config import VQConfig
 
 
 def tiny_config(**overrides) -> VQConfig:
     """A 16 px, 4-level tokenizer with VQ-16's key structure minus one level: fast on a CPU."""
     values = dict(
-        image_size=16, channels=1, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
-        codebook_size=32, codebook_dim=4, norm_groups=4,
+        image_size=16,
+        channels=1,
+        ch=8,
+        ch_mult=(1, 2, 2),
+        num_res_blocks=1,
+        z_channels=16,
+        codebook_size=32,
+        codebook_dim=4,
+        norm_groups=4,
     )
     values.update(overrides)
     return VQConfig(**values)

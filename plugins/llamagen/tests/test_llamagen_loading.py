@@ -8,8 +8,6 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from llamagen_testutil import smooth_images, vq16_like_config
-
 from avgkit_llamagen.errors import VQError
 from avgkit_llamagen.loading import (
     convert_state_dict,
@@ -21,6 +19,7 @@ from avgkit_llamagen.loading import (
 )
 from avgkit_llamagen.presets import build_tokenizer
 from avgkit_llamagen.vq_model import LlamaGenVQ
+from llamagen_testutil import smooth_images, vq16_like_config
 
 
 def random_official_state(cfg, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -78,8 +77,10 @@ def test_save_weights_records_the_architecture(tmp_path, cfg, official):
     loaded = load_tokenizer(path)
     assert_same_weights(loaded, official)
     assert not loaded.training
-    assert build_tokenizer(cfg.model_copy(update={"weights": str(path)})).state_dict()["quant_conv.bias"].equal(
-        official["quant_conv.bias"]
+    assert (
+        build_tokenizer(cfg.model_copy(update={"weights": str(path)}))
+        .state_dict()["quant_conv.bias"]
+        .equal(official["quant_conv.bias"])
     )
     torch.save({"model": official}, tmp_path / "x.pt")
     with pytest.raises(VQError, match="does not record its architecture; pass a VQConfig"):
@@ -122,7 +123,9 @@ def test_key_lists_are_capped(tmp_path, cfg, official):
     state = {k: v for k, v in official.items() if not k.startswith("decoder.")}
     safetensors.torch.save_file(state, str(tmp_path / "enc.safetensors"))
     missing = sum(1 for k in official if k.startswith("decoder."))
-    with pytest.raises(VQError, match=rf"{missing} missing keys: (decoder\.[^,;]+, ){{4}}decoder\.[^,;]+ and {missing - 5} more"):
+    with pytest.raises(
+        VQError, match=rf"{missing} missing keys: (decoder\.[^,;]+, ){{4}}decoder\.[^,;]+ and {missing - 5} more"
+    ):
         load_weights(LlamaGenVQ(cfg), tmp_path / "enc.safetensors")
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from llamagen_testutil import smooth_images, tiny_config, vq16_like_config
-
-from avgkit.interfaces import Tokenizer
 from avgkit_llamagen.config import VQConfig
 from avgkit_llamagen.errors import VQError
 from avgkit_llamagen.presets import PRESETS, build_tokenizer, preset
 from avgkit_llamagen.vq_model import LlamaGenVQ
+from llamagen_testutil import smooth_images, tiny_config, vq16_like_config
+
+from avgkit.interfaces import Tokenizer
 
 
 def meta_model(cfg: VQConfig) -> LlamaGenVQ:
@@ -31,16 +31,23 @@ def test_vq16_parameter_count_and_keys_match_llamagen():
     assert state["encoder.conv_in.weight"].shape == (128, 3, 3, 3)
     assert state["decoder.conv_out.weight"].shape == (3, 128, 3, 3)
     # attention after every res block of the lowest level only (plus the mid blocks)
-    attn_levels = {k.split(".")[:3][2] for k in state if ".attn." in k and "conv_blocks" in k and k.startswith("encoder")}
+    attn_levels = {
+        k.split(".")[:3][2] for k in state if ".attn." in k and "conv_blocks" in k and k.startswith("encoder")
+    }
     assert attn_levels == {"4"}
     assert "encoder.conv_blocks.4.attn.1.q.weight" in state and "encoder.conv_blocks.4.attn.2.q.weight" not in state
     assert "decoder.conv_blocks.0.attn.2.proj_out.weight" in state  # decoder lists lowest level first, 3 blocks
     assert "decoder.conv_blocks.1.attn.0.q.weight" not in state
     assert "encoder.mid.1.k.weight" in state and "decoder.mid.1.v.weight" in state
     # resamplers: 4 downsamples (levels 0-3), 4 upsamples (all decoder levels but the last)
-    assert sorted(k for k in state if "downsample.conv.weight" in k)[-1] == "encoder.conv_blocks.3.downsample.conv.weight"
+    assert (
+        sorted(k for k in state if "downsample.conv.weight" in k)[-1] == "encoder.conv_blocks.3.downsample.conv.weight"
+    )
     assert "encoder.conv_blocks.4.downsample.conv.weight" not in state
-    assert "decoder.conv_blocks.3.upsample.conv.weight" in state and "decoder.conv_blocks.4.upsample.conv.weight" not in state
+    assert (
+        "decoder.conv_blocks.3.upsample.conv.weight" in state
+        and "decoder.conv_blocks.4.upsample.conv.weight" not in state
+    )
     assert state["encoder.conv_blocks.1.downsample.conv.weight"].shape == (128, 128, 3, 3)
 
 

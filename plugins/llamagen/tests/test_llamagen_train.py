@@ -7,22 +7,31 @@ import json
 import pytest
 import safetensors.torch
 import torch
-from llamagen_testutil import smooth_images, tiny_config
-
 from avgkit_llamagen.checkpoint import completed_steps
 from avgkit_llamagen.errors import VQError
 from avgkit_llamagen.loading import load_tokenizer
 from avgkit_llamagen.perceptual import LPIPS
 from avgkit_llamagen.report import reconstruction_report
 from avgkit_llamagen.train import BatchOrder, VQTrainConfig, learning_rate, train_preset, train_vq
+from llamagen_testutil import smooth_images, tiny_config
 
 IMAGES = smooth_images(24, 16, seed=5)
 
 
 def quick(**overrides) -> VQTrainConfig:
     values = dict(
-        steps=6, batch_size=8, lr=3e-3, warmup_steps=2, ema_decay=0.9, disc_start=3, disc_width=8, disc_layers=2,
-        log_every=1, ckpt_every=3, device="cpu", threads=1,
+        steps=6,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=2,
+        ema_decay=0.9,
+        disc_start=3,
+        disc_width=8,
+        disc_layers=2,
+        log_every=1,
+        ckpt_every=3,
+        device="cpu",
+        threads=1,
     )
     values.update(overrides)
     return VQTrainConfig(**values)
@@ -100,8 +109,15 @@ def test_perceptual_loss_with_user_weights(tmp_path):
     safetensors.torch.save_file(vgg, str(tmp_path / "vgg.safetensors"))
     cfg = tiny_config()
     with pytest.raises(VQError, match="hold no VGG16 features; also set vgg_weights"):
-        train_vq(cfg, quick(steps=1, lpips_weights=str(tmp_path / "lin.safetensors")), IMAGES, tmp_path / "a", progress=False)
-    train = quick(steps=1, disc_start=None, lpips_weights=str(tmp_path / "lin.safetensors"), vgg_weights=str(tmp_path / "vgg.safetensors"))
+        train_vq(
+            cfg, quick(steps=1, lpips_weights=str(tmp_path / "lin.safetensors")), IMAGES, tmp_path / "a", progress=False
+        )
+    train = quick(
+        steps=1,
+        disc_start=None,
+        lpips_weights=str(tmp_path / "lin.safetensors"),
+        vgg_weights=str(tmp_path / "vgg.safetensors"),
+    )
     train_vq(cfg, train, IMAGES, tmp_path / "b", progress=False)
     assert metrics(tmp_path / "b")[0]["perceptual"] > 0
     train_vq(cfg, quick(steps=1, disc_start=None), IMAGES, tmp_path / "c", progress=False)
