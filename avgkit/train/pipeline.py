@@ -303,6 +303,9 @@ def digit_classifier_class() -> type:
     return DigitClassifier
 
 
+GRID_COLUMNS = 16
+
+
 def final_samples(
     recipe: Recipe,
     comps: Components,
@@ -333,7 +336,12 @@ def final_samples(
         device=env.device,
     )
     shown_classes = torch.unique(labels)[: ev.grid_classes]
-    shown = torch.isin(labels, shown_classes)
+    # at most GRID_COLUMNS samples of each class in the picture (all of them are evaluated)
+    rank = torch.zeros_like(labels)
+    for c in shown_classes:
+        where = labels == c
+        rank[where] = torch.arange(int(where.sum()))
+    shown = torch.isin(labels, shown_classes) & (rank < GRID_COLUMNS)
     png = save_class_grid(
         images[shown],
         labels[shown],
