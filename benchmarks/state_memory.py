@@ -1,0 +1,67 @@
+"""Decoding-state memory per image as the sequence grows: recurrent (AiM) vs KV cache (GPT).
+
+Exact bytes of the state each backbone allocates (``init_state``, on the meta device, so
+this runs anywhere in seconds), per image with CFG (two sequences), bf16, and the bytes a
+decoding step must move on average over a whole image: the Mamba state is read and
+written every step; a KV cache is read up to the current position and written one slot.
+
+    python benchmarks/state_memory.py [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import write_result  # noqa: E402
+
+from avgkit.plugins import get_registry  # noqa: E402
+
+TOKENS = (256, 576, 1024)
+MODELS = [("aim-b", "mamba2", "aim-b"), ("aim-l", "mamba2", "aim-l"), ("aim-xl", "mamba2", "aim-xl"),
+          ("gpt-b", "transformer", "gpt-b"), ("gpt-l", "transformer", "gpt-l")]
+
+
+def state_bytes(name: str, preset: str, tokens: int) -> tuple[int, float]:
+    """(state bytes per image with CFG, average bytes moved per decoding step per image)."""
+    spec = get_registry().get("backbone", name)
+    opts = {"vocab_size": 16384, "num_tokens": tokens}
+    if name == "mamba2":
+        opts["state_dtype"] = "bf16"
+    with torch.device("meta"):
+        bb = spec.factory(spec.resolve(preset, opts)).to(torch.bfloat16)
+        state = bb.init_state(2, device="meta", dtype=torch.bfloat16)
+    tensors = [t for t in vars(state).values() if isinstance(t, torch.Tensor)]
+    for layer in getattr(state, "layers", []):
+        tensors += [t for t in vars(layer).values() if isinstance(t, torch.Tensor)]
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    if name == "mamba2":
+        moved = 2.0 * total  # every step reads and writes the whole state
+    else:
+        moved = total / 2 + total / (tokens + 1)  # on average half the cache is read, one slot written
+    return total, moved
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    rows = []
+    for label, name, preset in MODELS:
+        if name not in get_registry().names("backbone"):
+            continue
+        for tokens in TOKENS:
+            total, moved = state_bytes(name, preset, tokens)
+            row = {"model": label, "tokens": tokens, "state_MiB_per_image": round(total / 2**20, 2),
+                   "step_traffic_MiB_per_image": round(moved / 2**20, 2)}
+            rows.append(row)
+            print(row)
+    write_result("state_memory", {"dtype": "bf16", "cfg": True, "rows": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main()
