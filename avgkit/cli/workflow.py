@@ -62,12 +62,19 @@ def eval_cmd(
     """
     if not samples.exists():
         raise AvgkitError(f"samples not found: {samples}")
+    import json
+
     from avgkit.eval import run_eval
 
+    # `avgkit sample` writes its settings beside the npz: record them with the scores
+    settings_file = (samples if samples.is_dir() else samples.parent) / "sampling.json"
+    sampling = json.loads(settings_file.read_text()) if settings_file.exists() else None
+    if seed is None and sampling is not None:
+        seed = sampling.get("seed")
     report = run_eval(
         samples, reference, out, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
         extractor=extractor, weights_path=weights, batch_size=batch_size, device=device, seed=seed,
-        checkpoint=checkpoint,
+        checkpoint=checkpoint, sampling=sampling,
     )
     for key, value in report.get("metrics", {}).items():
         typer.echo(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
