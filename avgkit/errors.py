@@ -7,7 +7,7 @@ The CLI prints ``AvgkitError`` messages without a traceback and exits with code 
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class AvgkitError(Exception):

@@ -12,8 +12,9 @@ Shapes: ``B`` batch, ``N`` image tokens (``grid[0] * grid[1]``), ``D`` model wid
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -72,7 +73,7 @@ class Conditioning:
             return None
         return Modulation(self.final[:, 0], self.final[:, 1], None)
 
-    def select(self, index: Tensor) -> "Conditioning":
+    def select(self, index: Tensor) -> Conditioning:
         """Rows ``index`` of the batch."""
         return Conditioning(
             self.prefix.index_select(0, index),
@@ -81,7 +82,7 @@ class Conditioning:
         )
 
     @staticmethod
-    def cat(parts: Sequence["Conditioning"]) -> "Conditioning":
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
         """Concatenate batches (the sampler puts conditioned and null rows together)."""
         first = parts[0]
         return Conditioning(
@@ -90,7 +91,7 @@ class Conditioning:
             None if first.final is None else torch.cat([p.final for p in parts], 0),
         )
 
-    def to(self, *args: Any, **kwargs: Any) -> "Conditioning":
+    def to(self, *args: Any, **kwargs: Any) -> Conditioning:
         return Conditioning(
             self.prefix.to(*args, **kwargs),
             None if self.layers is None else self.layers.to(*args, **kwargs),

@@ -132,7 +132,7 @@ def compare_cmd(
 def _print_table(result: dict) -> None:
     cols, rows = result["columns"], result["rows"]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
     typer.echo(f"loss curves: {result['plot']}\nsummary: {result['markdown']}")

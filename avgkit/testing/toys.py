@@ -119,7 +119,7 @@ class ToyGRUBackbone(Backbone):
 
     def _run(self, x: Tensor, cond: Conditioning, hidden: Tensor | None) -> tuple[Tensor, list[Tensor]]:
         out_h = []
-        for i, (norm, gru) in enumerate(zip(self.norms, self.grus)):
+        for i, (norm, gru) in enumerate(zip(self.norms, self.grus, strict=True)):
             m = cond.modulation(i)
             y, h = gru(_modulate(norm(x), m), None if hidden is None else hidden[i : i + 1].contiguous())
             x = x + (y if m is None else m.gate.unsqueeze(1) * y)

@@ -88,7 +88,9 @@ def test_every_shipped_recipe_validates_and_builds_on_meta():
 
 
 def test_cli_dry_run_and_errors(toy_recipe_file):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "avgkit", *a], capture_output=True, text=True)
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "avgkit", *args], capture_output=True, text=True)
+
     ok = run("train", str(toy_recipe_file), "--dry-run", "train.steps=5")
     assert ok.returncode == 0, ok.stderr
     assert "steps: 5" in ok.stdout and "non-embedding" in ok.stdout

@@ -8,7 +8,7 @@ layer's adaLN. Plain ``backbone.`` keys (no wrapper) are accepted too.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from avgkit import hookimpl
-
 from avgkit_adaln.conditioner import (
     AdaLNConditioner,
     AdaLNConfig,

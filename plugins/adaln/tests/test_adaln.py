@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from avgkit_adaln.convert import convert_aim, to_aim
 
 from avgkit.plugins import get_registry
-from avgkit_adaln.convert import convert_aim, to_aim
 
 
 def make(name, dim=16, layers=6, **opts):

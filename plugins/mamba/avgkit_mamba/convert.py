@@ -8,7 +8,7 @@ belong to the conditioner and are left to its plugin.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from torch import Tensor
 

@@ -102,8 +102,7 @@ def prepare_environment(args: argparse.Namespace) -> None:
     # The package __init__ imports the compiled Mamba-1 scan; Mamba-2 never calls it.
     sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
     try:
-        from transformers.generation import (  # noqa: F401  names the original imports
-            GreedySearchDecoderOnlyOutput, SampleDecoderOnlyOutput, TextStreamer)
+        from transformers.generation import GreedySearchDecoderOnlyOutput, SampleDecoderOnlyOutput, TextStreamer  # noqa: F401  names the original imports
         from transformers.utils import CONFIG_NAME, WEIGHTS_NAME  # noqa: F401
     except ImportError:  # absent, or a release that dropped these names
         _stub_transformers()
@@ -192,7 +191,8 @@ def install_torch_reference_kernels() -> None:
         # outputs of the real positions unchanged.
         seqlen = x.shape[1]
         extra = -seqlen % chunk_size
-        pad = lambda t: F.pad(t, (0, 0) * (t.dim() - 2) + (0, extra)) if t is not None else None
+        def pad(t):
+            return F.pad(t, (0, 0) * (t.dim() - 2) + (0, extra)) if t is not None else None
         out = ssd_chunk_scan_combined_ref(pad(x), pad(dt), A, pad(B), pad(C), chunk_size, D=D, z=pad(z),
                                           dt_bias=dt_bias, dt_softplus=dt_softplus)[:, :seqlen]
         if not return_final_states:
@@ -200,7 +200,8 @@ def install_torch_reference_kernels() -> None:
         step = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
         step = F.softplus(step) if dt_softplus else step
         nheads = x.shape[2]
-        groups_to_heads = lambda t: t.float().repeat_interleave(nheads // t.shape[2], dim=2)
+        def groups_to_heads(t):
+            return t.float().repeat_interleave(nheads // t.shape[2], dim=2)
         _, final = ssd_minimal_discrete(x.float() * step[..., None], A.float() * step,
                                         groups_to_heads(B), groups_to_heads(C), block_len=x.shape[1])
         return out, final
@@ -402,7 +403,7 @@ def make_tiny_fixture(name: str, out_dir: Path, backend: str) -> dict[str, Any]:
 
     state = aim.mamba.state_dict()
     meta = {
-        "description": f"original AiM, tiny, {'adaLN-group G=%d' % num_groups if adaln_group else 'per-layer adaLN'}",
+        "description": f"original AiM, tiny, {f'adaLN-group G={num_groups}' if adaln_group else 'per-layer adaLN'}",
         "config": dataclasses.asdict(aim.mamba.config),
         "mamba_runtime_overrides": {"use_mem_eff_path": False, "cls_embed.dropout_prob": 0.0},
         "backend": backend,

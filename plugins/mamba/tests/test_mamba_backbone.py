@@ -113,8 +113,8 @@ def test_state_is_constant_size_and_rows_select():
     codes, labels = torch.randint(0, 32, (4, 24)), torch.tensor([1, 2, 3, 4])
     with torch.no_grad():
         c = cond(labels)
-        full = bb.prefill(s, c)
-        full = bb.step(s, codes[:, 0], c)
+        bb.prefill(s, c)
+        bb.step(s, codes[:, 0], c)
         idx = torch.tensor([2, 0])
         sub = bb.select_state(s, idx)
         a = bb.step(sub, codes[idx, 1], c.select(idx))
