@@ -12,12 +12,14 @@ import itertools
 import json
 import re
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
 from avgkit.errors import AvgkitError
+from avgkit.io import atomic_write
 from avgkit.recipe import Recipe, apply_overrides, find_recipe, read_yaml, validate_recipe
 
 
@@ -47,8 +49,8 @@ def sweep_recipes(recipe: str, grid: dict[str, list[str]], fixed: Sequence[str] 
     keys = list(grid)
     recipes = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        point = [f"{k}={v}" for k, v in zip(keys, values)]
-        name = "--".join([base_name] + [_slug(f"{k.split('.')[-1]}-{v}") for k, v in zip(keys, values)])
+        point = [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
+        name = "--".join([base_name] + [_slug(f"{k.split('.')[-1]}-{v}") for k, v in zip(keys, values, strict=True)])
         overrides = [*fixed, *point, f"name={name}", f"output_dir={root / name}"]
         recipes.append(validate_recipe(apply_overrides(raw, overrides), f"{path} with {' '.join(point)}"))
     return recipes
@@ -131,11 +133,7 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.95)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:

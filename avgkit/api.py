@@ -157,6 +157,24 @@ class Generator:
             images = self.tokenizer.decode(codes.to(self.device))
         return images.float().clamp(-1, 1).cpu()
 
+    def _request_codes(
+        self,
+        classes: ClassSpec,
+        n_per_class: int,
+        seed: int,
+        batch_size: int | None,
+        start_index: int,
+        precision: str,
+        **sampler_options: Any,
+    ) -> Iterator[tuple[slice, Tensor]]:
+        """The batches of codes of one request: its labels class by class, image ``i`` seeded
+        by index ``start_index + i``."""
+        labels = self.labels(classes, n_per_class, seed=seed)
+        sampler = self.make_sampler(**sampler_options)
+        indices = np.arange(start_index, start_index + len(labels))
+        return self.iter_codes(labels, indices, sampler=sampler, seed=seed,
+                               batch_size=batch_size or self.default_batch_size, precision=precision)
+
     def sample_codes(
         self,
         classes: ClassSpec,
@@ -173,14 +191,11 @@ class Generator:
         precision: str = "fp32",
     ) -> Tensor:
         """Token ids ``(N, num_tokens)`` (CPU, int64); ``None`` options keep the recipe's values."""
-        labels = self.labels(classes, n_per_class, seed=seed)
-        sampler = self.make_sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
-                                    top_k=top_k, top_p=top_p)
-        indices = np.arange(start_index, start_index + len(labels))
-        parts = [codes.cpu() for _, codes in self.iter_codes(
-            labels, indices, sampler=sampler, seed=seed, batch_size=batch_size or self.default_batch_size,
-            precision=precision)]
-        return torch.cat(parts)
+        batches = self._request_codes(
+            classes, n_per_class, seed, batch_size, start_index, precision,
+            cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
+        )
+        return torch.cat([codes.cpu() for _, codes in batches])
 
     def generate(
         self,
@@ -207,13 +222,12 @@ class Generator:
         """
         if output not in ("tensor", "pil", "uint8"):
             raise AvgkitError(f"output {output!r} is not one of tensor, pil, uint8")
-        labels = self.labels(classes, n_per_class, seed=seed)
-        sampler = self.make_sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
-                                    top_k=top_k, top_p=top_p)
-        indices = np.arange(start_index, start_index + len(labels))
+        batches = self._request_codes(
+            classes, n_per_class, seed, batch_size, start_index, precision,
+            cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
+        )
         out = []
-        for part, codes in self.iter_codes(labels, indices, sampler=sampler, seed=seed,
-                                           batch_size=batch_size or self.default_batch_size, precision=precision):
+        for part, codes in batches:
             out.append(self.decode(codes, precision))
             if on_batch is not None:
                 on_batch(part.stop - part.start)

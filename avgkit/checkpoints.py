@@ -23,8 +23,6 @@ loaded with strict key and shape checks (:func:`avgkit.convert.check_state_dict`
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -36,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from avgkit.errors import AvgkitError
+from avgkit.io import atomic_write_json, atomic_write_text, fsync_path
 from avgkit.recipe import Recipe, read_yaml, validate_recipe
 from avgkit.train import checkpoint as train_ckpt
 
@@ -128,14 +127,6 @@ def resolve_checkpoint(path: str | Path, step: int | None = None) -> CheckpointR
 
 def read_recipe(ref: CheckpointRef) -> Recipe:
     return validate_recipe(read_yaml(ref.recipe_path), str(ref.recipe_path))
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 23) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- weights
@@ -265,13 +256,11 @@ def write_checkpoint_dir(
             train_ckpt.save_tensors(tmp / MODEL_FILE, model_state, meta)
         if tokenizer_state is not None:
             train_ckpt.save_tensors(tmp / TOKENIZER_FILE, tokenizer_state, meta)
-        train_ckpt.write_text_atomic(tmp / RECIPE_FILE, recipe.to_yaml(), durable=True)
-        train_ckpt.write_text_atomic(
-            tmp / CONVERT_INFO_FILE, json.dumps(dict(info or {}), indent=2, default=str) + "\n", durable=True
-        )
-        train_ckpt.fsync_dir(tmp)
+        atomic_write_text(tmp / RECIPE_FILE, recipe.to_yaml())
+        atomic_write_json(tmp / CONVERT_INFO_FILE, dict(info or {}), default=str)
+        fsync_path(tmp)
         os.replace(tmp, out)
-        train_ckpt.fsync_dir(out.parent)
+        fsync_path(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -281,7 +270,6 @@ def write_checkpoint_dir(
 __all__ = [
     "CheckpointRef",
     "LoadedCheckpoint",
-    "file_sha256",
     "load_checkpoint",
     "load_strict",
     "read_recipe",

@@ -216,7 +216,8 @@ def convert_checkpoint(
     :func:`avgkit.api.load` read the result. The file is read without executing code.
     """
     from avgkit import __version__
-    from avgkit.checkpoints import file_sha256, write_checkpoint_dir
+    from avgkit.checkpoints import write_checkpoint_dir
+    from avgkit.io import sha256_file
     from avgkit.plugins import get_manager
     from avgkit.recipe import Recipe, load_recipe
 
@@ -231,11 +232,11 @@ def convert_checkpoint(
     stored = building_recipe(recipe) if result.tokenizer_state is not None else recipe
     info = {
         "source_file": str(path),
-        "source_sha256": file_sha256(path),
+        "source_sha256": sha256_file(path),
         "format": source,
         "converted_by": result.converted_by,
         "tokenizer_file": str(tokenizer_weights) if tokenizer_weights is not None else None,
-        "tokenizer_sha256": file_sha256(tokenizer_weights) if tokenizer_weights is not None else None,
+        "tokenizer_sha256": sha256_file(tokenizer_weights) if tokenizer_weights is not None else None,
         "recipe": recipe.name,
         "tensors": {"source": len(state), "model": len(result.model_state or {}),
                     "tokenizer": len(result.tokenizer_state or {})},

@@ -47,6 +47,26 @@ def fake_plugin(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def cli(capsys):
+    """``cli(*args) -> (exit_code, stdout, stderr)``, running ``avgkit`` in this process."""
+    from avgkit.cli.app import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        old, sys.argv = sys.argv, ["avgkit", *args]
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.argv = old
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture
 def toy_recipe_file(tmp_path) -> Path:
     p = tmp_path / "toy.yaml"
     p.write_text(textwrap.dedent("""\

@@ -19,7 +19,6 @@ every read here checks ``done`` and the chunk files first and raises instead.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from avgkit.errors import AvgkitError
+from avgkit.io import fsync_path, sha256_file
 
 #: Bumped when the on-disk layout changes incompatibly.
 FORMAT_VERSION = 1
@@ -111,11 +111,7 @@ class StoreMeta:
 
 def weights_id(path: str | os.PathLike[str]) -> str:
     """``"sha256:<hex>"`` of a weights file (streamed, so large files are fine)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"sha256:{h.hexdigest()}"
+    return f"sha256:{sha256_file(path)}"
 
 
 def codes_dtype(vocab_size: int) -> np.dtype:
@@ -478,20 +474,9 @@ class CodeStore:
 
 
 def _fsync_files(paths: Iterable[Path]) -> None:
-    dirs = set()
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dirs.add(p.parent)
-    for d in dirs:  # the rename that published the file lives in the directory
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    paths = list(paths)
+    fsync_path(*paths)
+    fsync_path(*{p.parent for p in paths})  # the rename that published a file lives in its directory
 
 
 __all__ = [

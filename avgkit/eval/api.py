@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from avgkit.eval.features import ImageFeatureExtractor, inception_extractor
-from avgkit.eval.files import AvgkitError, sha256_file
+from avgkit.eval.files import AvgkitError
 from avgkit.eval.images import ImageSet, open_images, save_image_grid
 from avgkit.eval.metrics import (
     feature_statistics,
@@ -29,6 +29,7 @@ from avgkit.eval.metrics import (
 )
 from avgkit.eval.reference import ReferenceStats, reference_stats
 from avgkit.eval.report import build_report, write_report
+from avgkit.io import sha256_file
 
 __all__ = ["METRICS", "EvalResult", "compute_metrics", "evaluate", "get_extractor", "run_eval"]
 
@@ -158,23 +159,12 @@ def _fid(features: np.ndarray, ref: ReferenceStats, method: str) -> float:
     return frechet_distance(mu, sigma, ref.mu, ref.sigma, method=method)
 
 
-def compute_metrics(
-    samples: ImagesLike,
-    reference: ReferenceLike | None,
-    *,
-    metrics: Sequence[str] = METRICS,
-    extractor: str | ImageFeatureExtractor = "inception-v3-compat",
-    batch_size: int = 64,
-    device: str | torch.device | None = None,
-    **options: Any,
-) -> dict[str, float]:
+def compute_metrics(samples: ImagesLike, reference: ReferenceLike | None, **options: Any) -> dict[str, float]:
     """``{"fid", "is", "is_std", "precision", "recall"}`` (those asked for) as floats.
 
-    See :func:`evaluate` for the arguments and further ``options``.
+    Takes the arguments of :func:`evaluate` (``metrics``, ``extractor``, ``batch_size``, ...).
     """
-    return evaluate(
-        samples, reference, metrics=metrics, extractor=extractor, batch_size=batch_size, device=device, **options
-    ).metrics
+    return evaluate(samples, reference, **options).metrics
 
 
 def _npz_labels(path: Path) -> np.ndarray | None:

@@ -32,7 +32,8 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from avgkit.eval.features import ImageFeatureExtractor
-from avgkit.eval.files import AvgkitError, atomic_write, sha256_file, weights_dir
+from avgkit.eval.files import AvgkitError, weights_dir
+from avgkit.io import atomic_write, sha256_file
 
 __all__ = [
     "DIGITS_ID",

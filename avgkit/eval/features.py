@@ -30,8 +30,9 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from avgkit.eval.files import AvgkitError, sha256_file, weights_dir
+from avgkit.eval.files import AvgkitError, weights_dir
 from avgkit.eval.images import ImageSet, open_images
+from avgkit.io import sha256_file
 
 __all__ = [
     "INCEPTION_ID",

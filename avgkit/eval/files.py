@@ -1,37 +1,25 @@
-"""Where evaluation files live, how they are hashed, and how they are written.
+"""Where evaluation files live, and the content hash of a folder of files.
 
-Every file the evaluator writes goes through a temporary file in the same folder and
-``os.replace``, so an interrupted run never leaves a half-written report or cache entry.
+Every file the evaluator writes goes through :func:`avgkit.io.atomic_write`, so an
+interrupted run never leaves a half-written report or cache entry.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
-try:  # the core error type; evaluation also works on its own
-    from avgkit.errors import AvgkitError
-except ImportError:  # pragma: no cover - only when the core package is incomplete
-    AvgkitError = ValueError  # type: ignore[misc,assignment]
+from avgkit.errors import AvgkitError
+from avgkit.io import sha256_file
 
 __all__ = [
     "AvgkitError",
-    "atomic_write",
-    "atomic_write_json",
-    "atomic_write_text",
     "avgkit_home",
-    "sha256_file",
     "sha256_files",
     "stats_cache_dir",
     "weights_dir",
 ]
-
-_CHUNK = 1 << 20
 
 
 def avgkit_home() -> Path:
@@ -50,15 +38,6 @@ def stats_cache_dir() -> Path:
     return avgkit_home() / "stats"
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def sha256_files(root: str | Path, files: list[Path]) -> str:
     """One SHA-256 over a folder's files: each relative name and its content hash.
 
@@ -71,30 +50,3 @@ def sha256_files(root: str | Path, files: list[Path]) -> str:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(bytes.fromhex(sha256_file(path)))
     return digest.hexdigest()
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` in one step.
-
-    The temporary file keeps ``path``'s suffix, because some writers (numpy's
-    ``savez``) choose the format from it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

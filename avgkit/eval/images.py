@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from avgkit.eval.files import AvgkitError, atomic_write, sha256_file, sha256_files
+from avgkit.eval.files import AvgkitError, sha256_files
+from avgkit.io import atomic_write, sha256_file
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -128,16 +129,13 @@ def save_image_grid(images: Tensor | np.ndarray, path: str | Path, nrow: int | N
 
     ``nrow`` images per row; by default as many as make the grid square.
     """
-    images = to_uint8_rgb(images)
-    n, _, h, w = images.shape
+    from avgkit.sample.images import tile_grid
+
+    cells = to_uint8_rgb(images).permute(0, 2, 3, 1).numpy()
+    n = len(cells)
     ncol = min(nrow or math.ceil(math.sqrt(n)), n)
-    rows = (n + ncol - 1) // ncol
-    grid = torch.full((3, rows * (h + pad) + pad, ncol * (w + pad) + pad), 255, dtype=torch.uint8)
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        y, x = pad + r * (h + pad), pad + c * (w + pad)
-        grid[:, y : y + h, x : x + w] = images[i]
-    picture = Image.fromarray(grid.permute(1, 2, 0).numpy())
+    rows = [list(range(start, min(start + ncol, n))) for start in range(0, n, ncol)]
+    picture = Image.fromarray(tile_grid(cells, rows, pad=pad))
     return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 

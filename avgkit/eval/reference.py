@@ -23,9 +23,10 @@ from safetensors.numpy import load_file as load_safetensors
 from safetensors.numpy import save_file as save_safetensors
 
 from avgkit.eval.features import FeatureSet, ImageFeatureExtractor
-from avgkit.eval.files import AvgkitError, atomic_write, stats_cache_dir
+from avgkit.eval.files import AvgkitError, stats_cache_dir
 from avgkit.eval.images import ImageSet, open_images
 from avgkit.eval.metrics import feature_statistics
+from avgkit.io import atomic_write
 
 __all__ = [
     "ReferenceStats",

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from avgkit.eval.files import atomic_write_json, atomic_write_text
+from avgkit.io import atomic_write_json, atomic_write_text
 
 __all__ = ["REPORT_FORMAT", "build_report", "render_markdown", "write_report"]
 

@@ -1,4 +1,4 @@
-"""Sampled images as files: uint8 arrays, PNGs and a labelled grid.
+"""Sampled images as files: uint8 arrays, PNGs and image grids (labelled or plain).
 
 Float images in ``[-1, 1]`` become uint8 as ``round((x + 1) * 127.5)`` clamped to
 ``[0, 255]`` (the rule avgkit's evaluation uses), and grayscale is repeated to three
@@ -7,12 +7,15 @@ channels so every saved array is ``N x H x W x 3`` (the ADM sample format).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from avgkit.io import atomic_write
 
 #: Grid cells are upscaled (nearest) to at least this many pixels so tiny images stay visible.
 MIN_CELL = 48
@@ -51,40 +54,68 @@ def save_pngs(images: np.ndarray, labels: Sequence[int], indices: Sequence[int],
         Image.fromarray(img).save(folder / png_name(int(index), int(label)), format="PNG")
 
 
-def save_labelled_grid(images: np.ndarray, labels: Sequence[int], path: Path, title: str | None = None) -> Path:
-    """A PNG with one row per class (in order of first appearance), the class id on the left.
+def tile_grid(
+    images: np.ndarray, rows: Sequence[Sequence[int]], *, pad: int = 2, left: int = 0, top: int = 0, scale: int = 1
+) -> np.ndarray:
+    """Images tiled on a white ``(H, W, 3)`` uint8 canvas: ``images[rows[r][c]]`` in row ``r``, column ``c``.
 
-    ``images``: ``(N, H, W, 3)`` uint8. Labels are drawn with PIL's default font.
+    Cells are ``pad`` pixels apart. ``images``: ``(N, h, w, 3)`` uint8; ``scale`` upscales each cell (nearest); ``left``
+    and ``top`` leave room for row labels and a title.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    cells = images.repeat(scale, axis=1).repeat(scale, axis=2) if scale > 1 else images
+    _, h, w, _ = cells.shape
+    cols = max((len(r) for r in rows), default=0)
+    canvas = np.full((top + len(rows) * (h + pad) + pad, left + cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for r, members in enumerate(rows):
+        y = top + pad + r * (h + pad)
+        for c, i in enumerate(members):
+            x = left + pad + c * (w + pad)
+            canvas[y : y + h, x : x + w] = cells[i]
+    return canvas
+
+
+def label_font(size: int = 12):
+    """PIL's default font at ``size`` (a scalable font keeps the spaces in titles); the
+    bitmap default on Pillow older than 10.1."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: no size argument
+        return ImageFont.load_default()
+
+
+def save_labelled_grid(
+    images: np.ndarray,
+    labels: Sequence[int],
+    path: Path,
+    title: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """A PNG with one row per class (in order of first appearance), the class on the left.
+
+    ``images``: ``(N, H, W, 3)`` uint8 (see :func:`to_uint8_hwc`). A row is labelled with
+    ``class_names[class]`` when given, else with the class id.
+    """
+    from PIL import Image, ImageDraw
 
     labels = [int(x) for x in labels]
-    n, h, w, _ = images.shape
+    _, h, w, _ = images.shape
     scale = max(1, -(-MIN_CELL // max(h, w)))
-    h, w = h * scale, w * scale
     classes = list(dict.fromkeys(labels))
-    rows = [[i for i in range(n) if labels[i] == c] for c in classes]
-    cols = max(len(r) for r in rows)
-    font = ImageFont.load_default()
-    margin = max(8 + 7 * max(len(str(c)) for c in classes), 24)
+    names = [class_names[c] if class_names and 0 <= c < len(class_names) else str(c) for c in classes]
+    rows = [[i for i, label in enumerate(labels) if label == c] for c in classes]
+    font = label_font()
+    margin = max(8 + max(math.ceil(font.getlength(s)) for s in names), 24)
     pad, top = 2, (16 if title else 0)
-    canvas = Image.new("RGB", (margin + cols * (w + pad) + pad, top + len(rows) * (h + pad) + pad), "white")
+    canvas = Image.fromarray(tile_grid(images, rows, pad=pad, left=margin, top=top, scale=scale))
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((4, 2), title, fill="black", font=font)
-    for r, (cls, members) in enumerate(zip(classes, rows, strict=True)):
-        y = top + pad + r * (h + pad)
-        draw.text((4, y + h // 2 - 6), str(cls), fill="black", font=font)
-        for c, i in enumerate(members):
-            cell = Image.fromarray(images[i])
-            if scale > 1:
-                cell = cell.resize((w, h), Image.Resampling.NEAREST)
-            canvas.paste(cell, (margin + pad + c * (w + pad), y))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    canvas.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    for r, name in enumerate(names):
+        y = top + pad + r * (h * scale + pad)
+        draw.text((4, y + h * scale // 2 - 6), name, fill="black", font=font)
+    return atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
 def grid_selection(labels: np.ndarray, max_classes: int, per_class: int) -> np.ndarray:

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from avgkit.errors import AvgkitError
+from avgkit.io import atomic_write_json, sha256_file
 from avgkit.sample.images import grid_selection, save_labelled_grid, save_pngs, to_uint8_hwc
 from avgkit.sample.npz import Member, read_npz, write_npz
 from avgkit.sample.progress import SampleProgress
-from avgkit.train.checkpoint import write_text_atomic
 from avgkit.train.distributed import DistEnv, barrier, broadcast_json
 
 JOB_FILE = "job.json"
@@ -93,10 +93,8 @@ def _labels_sha256(labels: np.ndarray) -> str:
 
 
 def _weights_hashes(gen: Any) -> dict[str, str | None]:
-    from avgkit.checkpoints import file_sha256
-
     def digest(path: Path | None) -> str | None:
-        return file_sha256(path) if path is not None and Path(path).is_file() else None
+        return sha256_file(path) if path is not None and Path(path).is_file() else None
 
     return {"weights_sha256": digest(gen.weights_path), "tokenizer_sha256": digest(gen.tokenizer_weights)}
 
@@ -133,7 +131,7 @@ def _identity_problem(out_dir: Path, identity: dict[str, Any], started_with: dic
     if (out_dir / SHARD_DIR).exists() or (out_dir / SAMPLES_FILE).exists():
         return f"{out_dir} holds samples without {JOB_FILE}; choose another --out or delete it", None
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({**identity, STARTED_WITH: started_with}, indent=1) + "\n", durable=True)
+    atomic_write_json(path, {**identity, STARTED_WITH: started_with}, indent=1)
     return None, None
 
 
@@ -344,7 +342,7 @@ def run_sample_job(
                   "shards": None if request.clean_shards else SHARD_DIR},
         "plugins": _plugin_versions(),
     }
-    write_text_atomic(out / RECORD_FILE, json.dumps(record, indent=1) + "\n", durable=True)
+    atomic_write_json(out / RECORD_FILE, record, indent=1)
     if request.clean_shards:
         shutil.rmtree(out / SHARD_DIR, ignore_errors=True)
     if rate:

@@ -8,7 +8,6 @@ at a time.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.lib import format as npy_format
+
+from avgkit.io import atomic_write
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -51,18 +52,13 @@ def write_npz(path: str | Path, members: Iterable[Member] | Mapping[str, np.ndar
     path = Path(path)
     if isinstance(members, Mapping):
         members = [Member(k, tuple(v.shape), v.dtype, [v]) for k, v in members.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for member in members:
                 _write_member(archive, member)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, write)
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:

@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from avgkit.errors import AvgkitError
+from avgkit.io import atomic_write_json, atomic_write_text, fsync_path, save_safetensors
 
 MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -49,34 +50,7 @@ class CheckpointError(AvgkitError):
     """A checkpoint that cannot be read: names the file and the fix."""
 
 
-# ----------------------------------------------------------------------------- files
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str, *, durable: bool = False) -> None:
-    """Write via a temporary file and ``os.replace`` (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
+# ----------------------------------------------------------------------------- names
 def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
 
@@ -120,11 +94,11 @@ def dedupe_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], d
 
 
 def save_tensors(path: Path, state: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``state`` atomically, tied entries stored once (their aliases in the metadata)."""
     tensors, aliases = dedupe_state_dict(state)
     meta = dict(metadata or {})
     meta[_ALIASES_KEY] = json.dumps(aliases)
-    save_file({k: v.cpu() for k, v in tensors.items()}, str(path), metadata=meta)
-    fsync_file(path)
+    save_safetensors(path, tensors, meta)
 
 
 def load_tensors(path: Path, *, fix: str) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -304,18 +278,14 @@ def save_checkpoint(
         save_tensors(tmp / "ema.safetensors", ema.state_dict(), meta)
     opt_tensors, opt_meta = optimizer_to_safetensors(optimizer)
     save_tensors(tmp / "optimizer.safetensors", opt_tensors, {**meta, **opt_meta})
-    write_text_atomic(tmp / "trainer.json", json.dumps(dict(trainer_state), indent=1) + "\n", durable=True)
-    fsync_dir(tmp)
+    atomic_write_json(tmp / "trainer.json", dict(trainer_state), indent=1)
+    fsync_path(tmp)
     if final.exists():  # an unmarked folder of the same step from an interrupted run
         shutil.rmtree(final)
     os.replace(tmp, final)
-    fsync_dir(ckpt_root)
-    marker = final / MARKER
-    with open(marker, "w") as f:
-        f.write(f"{step}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(final)
+    fsync_path(ckpt_root)
+    atomic_write_text(final / MARKER, f"{step}\n")
+    fsync_path(final)
     if keep_last is not None:
         prune(ckpt_root, keep_last)
     return final

@@ -233,7 +233,8 @@ class Trainer:
     def sample_grid(self, path: Path) -> Path | None:
         if self.sampler is None or self.tokenizer is None:
             return None
-        from avgkit.train.samples import generate_images, grid_labels, save_class_grid
+        from avgkit.sample.images import save_labelled_grid, to_uint8_hwc
+        from avgkit.train.samples import generate_images, grid_labels
 
         source = self.ema.module if self.ema else self.model
         cond = source.conditioner
@@ -248,7 +249,9 @@ class Trainer:
             batch_size=max(1, len(labels)),
             device=self.env.device,
         )
-        return save_class_grid(images, labels, path, self.class_names, title=f"step {self.step}")
+        return save_labelled_grid(
+            to_uint8_hwc(images), labels.tolist(), path, title=f"step {self.step}", class_names=self.class_names
+        )
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> TrainResult:

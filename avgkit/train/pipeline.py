@@ -33,6 +33,7 @@ import torch
 
 from avgkit.build import ARModel, Components, build, parameter_counts, resolve_config
 from avgkit.errors import AvgkitError
+from avgkit.io import atomic_write, atomic_write_text
 from avgkit.recipe import DataSection, Recipe
 from avgkit.registry import Registry
 from avgkit.train import checkpoint as ckpt
@@ -62,16 +63,16 @@ def _write_run_files(recipe: Recipe, run_dir: Path, resume: bool) -> None:
     text = recipe.to_yaml()
     old = run_dir / "recipe.yaml"
     if resume and old.exists() and old.read_text() != text:
-        ckpt.write_text_atomic(run_dir / "recipe.previous.yaml", old.read_text())
+        atomic_write_text(run_dir / "recipe.previous.yaml", old.read_text())
         _say(
             f"note: the recipe differs from the one this run started with (kept as {run_dir / 'recipe.previous.yaml'})"
         )
-    ckpt.write_text_atomic(old, text)
+    atomic_write_text(old, text)
     infos = [
         {"name": i.name, "version": i.version, "api_version": i.api_version, "module": i.module, "builtin": i.builtin}
         for i in get_manager().infos.values()
     ]
-    ckpt.write_text_atomic(run_dir / "plugins.json", json.dumps(infos, indent=2) + "\n")
+    atomic_write_text(run_dir / "plugins.json", json.dumps(infos, indent=2) + "\n")
 
 
 def _check_fresh(recipe: Recipe, resume: bool) -> None:
@@ -164,10 +165,7 @@ def ensure_tokenizer_weights(recipe: Recipe, registry: Registry, env: DistEnv, *
         if not made.is_file():
             raise AvgkitError(f"the tokenizer trainer of {ref.name!r} returned {made}, which is not a file")
         if made.resolve() != path.resolve():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            shutil.copyfile(made, tmp)
-            tmp.replace(path)
+            atomic_write(path, lambda tmp: shutil.copyfile(made, tmp))
     barrier(env)
     return path
 
@@ -317,7 +315,8 @@ def final_samples(
     weights_label: str,
 ) -> dict[str, Any]:
     """Sample, write ``samples.png`` and ``eval.json``; returns the eval record."""
-    from avgkit.train.samples import generate_images, grid_labels, save_class_grid
+    from avgkit.sample.images import save_labelled_grid, to_uint8_hwc
+    from avgkit.train.samples import generate_images, grid_labels
 
     ev = recipe.eval
     num_classes = model.conditioner.num_classes
@@ -342,12 +341,12 @@ def final_samples(
         where = labels == c
         rank[where] = torch.arange(int(where.sum()))
     shown = torch.isin(labels, shown_classes) & (rank < GRID_COLUMNS)
-    png = save_class_grid(
-        images[shown],
-        labels[shown],
+    png = save_labelled_grid(
+        to_uint8_hwc(images[shown]),
+        labels[shown].tolist(),
         run_dir / "samples.png",
-        class_names,
         title=f"{recipe.name} step {train_result.step}",
+        class_names=class_names,
     )
     record: dict[str, Any] = {
         "step": train_result.step,
@@ -371,7 +370,7 @@ def final_samples(
         record["per_class_accuracy"] = {
             str(c): float(correct[labels == c].float().mean()) for c in sorted(set(labels.tolist()))
         }
-    ckpt.write_text_atomic(run_dir / "eval.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(run_dir / "eval.json", json.dumps(record, indent=2) + "\n")
     return record
 
 

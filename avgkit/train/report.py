@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from avgkit.train.checkpoint import write_text_atomic
+from avgkit.io import atomic_write, atomic_write_text
 
 
 class MetricsLog:
@@ -29,10 +29,10 @@ class MetricsLog:
         if not self.path.exists():
             return
         kept = [r for r in self.read() if r.get("step", 0) <= step]
-        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def reset(self) -> None:
-        write_text_atomic(self.path, "")
+        atomic_write_text(self.path, "")
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -154,7 +154,4 @@ def plot_loss(records: Iterable[dict[str, Any]], path: Path, title: str = "") ->
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.15, top=0.9)  # fixed: tight_layout costs a redraw
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -1,19 +1,14 @@
-"""Sampling during and after training, and labelled sample grids (one row per class)."""
+"""Sampling during and after training (grids are drawn by :func:`avgkit.sample.images.save_labelled_grid`)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from avgkit.interfaces import Backbone, Conditioner, Sampler, Tokenizer
-
-#: Grid cells are upscaled (nearest) to at least this many pixels so small images stay visible.
-MIN_CELL = 48
 
 
 def grid_labels(num_classes: int, rows: int, per_class: int) -> Tensor:
@@ -60,45 +55,3 @@ def generate_images(
         for m, mode in zip(modules, modes, strict=True):
             m.train(mode)
     return torch.cat(out)
-
-
-def _to_uint8_rgb(images: Tensor) -> Tensor:
-    """Floats in ``[-1, 1]`` -> uint8, quantised as a PNG writer would; grey repeated to RGB."""
-    out = ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return out.expand(-1, 3, -1, -1).contiguous() if out.shape[1] == 1 else out[:, :3].contiguous()
-
-
-def save_class_grid(
-    images: Tensor, labels: Tensor, path: Path, class_names: Sequence[str] | None = None, title: str | None = None
-) -> Path:
-    """A PNG with one row per class (in order of first appearance), the class name on the left."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    rgb = _to_uint8_rgb(images)  # (N, 3, H, W)
-    n, _, h, w = rgb.shape
-    scale = max(1, -(-MIN_CELL // max(h, w)))
-    if scale > 1:
-        rgb = rgb.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
-        h, w = h * scale, w * scale
-    classes = list(dict.fromkeys(labels.tolist()))
-    rows = [[i for i in range(n) if int(labels[i]) == c] for c in classes]
-    cols = max(len(r) for r in rows)
-    names = [class_names[c] if class_names and 0 <= c < len(class_names) else str(c) for c in classes]
-    font = ImageFont.load_default()
-    margin = max(8 + 7 * max(len(s) for s in names), 24)
-    pad, top = 2, (16 if title else 0)
-    canvas = Image.new("RGB", (margin + cols * (w + pad) + pad, top + len(rows) * (h + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((4, 2), title, fill="black", font=font)
-    for r, (name, members) in enumerate(zip(names, rows, strict=True)):
-        y = top + pad + r * (h + pad)
-        draw.text((4, y + h // 2 - 6), name, fill="black", font=font)
-        for c, i in enumerate(members):
-            cell = Image.fromarray(rgb[i].permute(1, 2, 0).numpy())
-            canvas.paste(cell, (margin + pad + c * (w + pad), y))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    canvas.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path

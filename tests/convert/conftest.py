@@ -34,25 +34,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-@pytest.fixture
-def cli(capsys):
-    """``cli(*args) -> (exit_code, stdout, stderr)``, running ``avgkit`` in this process."""
-    import sys
-
-    from avgkit.cli.app import main
-
-    def run(*args: str) -> tuple[int, str, str]:
-        old, sys.argv = sys.argv, ["avgkit", *args]
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        finally:
-            sys.argv = old
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run

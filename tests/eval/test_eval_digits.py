@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch_fidelity
-from torch.utils.data import Dataset
+from eval_helpers import Uint8Images
 
 import avgkit.eval.digits as digits
 from avgkit.data.sources import load_digits_images
 from avgkit.errors import AvgkitError
 from avgkit.eval import compute_metrics
-from avgkit.eval.images import to_uint8_rgb
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +54,6 @@ def test_domain_fid_separates_real_digits_from_noise_and_shuffles(extractor, hel
         fid[name] = metrics["fid"]
     assert fid["real"] < 0.1 * fid["shuffled"]
     assert fid["real"] < 0.1 * fid["noise"]
-
-
-class Uint8Images(Dataset):
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = to_uint8_rgb(images)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
 
 
 def test_domain_fid_matches_torch_fidelity_with_the_registered_extractor(extractor, held_out):

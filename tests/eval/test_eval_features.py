@@ -20,8 +20,9 @@ from avgkit.eval.features import (
     InceptionV3Compat,
     find_inception_weights,
 )
-from avgkit.eval.files import sha256_file, weights_dir
+from avgkit.eval.files import weights_dir
 from avgkit.eval.images import open_images, to_uint8_rgb
+from avgkit.io import sha256_file
 
 
 class Payload:

@@ -13,9 +13,9 @@ import avgkit
 from avgkit.data.sources import load_digits_images
 from avgkit.errors import AvgkitError
 from avgkit.eval import run_eval
-from avgkit.eval.files import sha256_file
 from avgkit.eval.images import to_uint8_rgb
 from avgkit.eval.report import REPORT_FORMAT, render_markdown
+from avgkit.io import sha256_file
 
 
 def test_run_eval_writes_a_reproducible_report(tmp_path):

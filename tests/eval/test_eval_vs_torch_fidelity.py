@@ -11,12 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch_fidelity
-from torch.utils.data import Dataset
+from eval_helpers import Uint8Images
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from avgkit.eval import ImageFeatureExtractor, compute_metrics
 from avgkit.eval.features import InceptionV3Compat
-from avgkit.eval.images import to_uint8_rgb
 
 SMALL_NAME = "avgkit-test-small-random-inception"
 SEED = 0
@@ -45,17 +44,6 @@ def blobs(n: int, background: float, seed: int) -> torch.Tensor:
     dist = ((xx - centre[:, :1]) ** 2 + (yy - centre[:, 1:]) ** 2).sqrt()
     image = torch.where(dist < radius, colour, torch.full_like(colour, background))
     return (image + 0.1 * torch.randn(n, 3, 64, 64, generator=g)).clamp(-1, 1)
-
-
-class Uint8Images(Dataset):
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = to_uint8_rgb(images)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,8 @@
-"""Fixtures for the sampling tests: a toy run directory and an in-process CLI runner."""
+"""Fixtures for the sampling tests: a toy run directory (the CLI runner ``cli`` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import shutil
-import sys
 
 import pytest
 import torch
@@ -41,24 +40,3 @@ def run_copy(toy_run, tmp_path):
     dst = tmp_path / "toy"
     shutil.copytree(toy_run, dst)
     return dst
-
-
-@pytest.fixture
-def cli(capsys):
-    """``cli(*args) -> (exit_code, stdout, stderr)``, running ``avgkit`` in this process."""
-    from avgkit.cli.app import main
-
-    def run(*args: str) -> tuple[int, str, str]:
-        old = sys.argv
-        sys.argv = ["avgkit", *args]
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        finally:
-            sys.argv = old
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import avgkit.api as api
-from avgkit.checkpoints import file_sha256
+from avgkit.io import sha256_file
 
 
 def _sha(path) -> str:
@@ -33,7 +33,7 @@ def test_sample_writes_adm_npz_pngs_grid_and_record(toy_run, tmp_path, cli):
     assert record["sampler"]["top_p"] == 0.95  # unset options keep the recipe's value
     assert record["seed"] == 5 and record["num_images"] == 6 and record["avgkit_version"]
     weights = toy_run / "checkpoints" / "step-000005" / "ema.safetensors"
-    assert record["checkpoint"]["weights_sha256"] == file_sha256(weights) and record["checkpoint"]["ema"] is True
+    assert record["checkpoint"]["weights_sha256"] == sha256_file(weights) and record["checkpoint"]["ema"] is True
     assert record["timing"]["images_per_s"] > 0
 
     # another batch size (and shard size): the same images

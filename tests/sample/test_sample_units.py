@@ -96,3 +96,10 @@ def test_progress_lines_and_bar():
     p.advance(10)
     p.close()
     assert "10/10" in bar.getvalue() and "img/s" in bar.getvalue()
+
+
+def test_grid_font_keeps_spaces():
+    from avgkit.sample.images import label_font
+
+    font = label_font()
+    assert font.getlength("digits step 600") > font.getlength("digitsstep600")

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from avgkit.io import atomic_write_json, save_safetensors
+
 from .errors import VQError
-from .files import save_json, save_tensors
 
 _NAME = re.compile(r"step-(\d{8})\.json$")
 
@@ -87,8 +88,8 @@ def save_checkpoint(
         opt_info[name] = {"param_groups": sd["param_groups"], "scalars": scalars}
     folder.mkdir(parents=True, exist_ok=True)
     tensor_path, json_path = _paths(folder, step)
-    save_tensors(tensors, tensor_path)
-    save_json({**info, "step": step, "rng": rng_state(), "optimizers": opt_info}, json_path)
+    save_safetensors(tensor_path, tensors)
+    atomic_write_json(json_path, {**info, "step": step, "rng": rng_state(), "optimizers": opt_info}, indent=1, sort_keys=True)
     for old in completed_steps(folder)[:-keep] if keep > 0 else []:
         for p in _paths(folder, old)[::-1]:  # JSON first: the checkpoint stops counting at once
             p.unlink(missing_ok=True)

@@ -24,9 +24,10 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from avgkit.io import save_safetensors
+
 from .config import VQConfig
 from .errors import VQError
-from .files import save_tensors
 from .vq_model import LlamaGenVQ
 
 #: safetensors metadata key holding the :class:`VQConfig` as JSON.
@@ -150,7 +151,7 @@ def load_weights(model: LlamaGenVQ, path: str | Path, *, key: str | None = None)
 def save_weights(model: LlamaGenVQ, path: str | Path, state: Mapping[str, Tensor] | None = None) -> Path:
     """Write ``model``'s weights (or ``state``) as safetensors with its config in the metadata."""
     meta = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.config.architecture(), sort_keys=True)}
-    return save_tensors(dict(state if state is not None else model.state_dict()), Path(path), metadata=meta)
+    return save_safetensors(path, state if state is not None else model.state_dict(), meta)
 
 
 def read_config(path: str | Path) -> VQConfig | None:

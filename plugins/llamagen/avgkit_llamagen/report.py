@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import Tensor
 
-from .files import atomic_write
+from avgkit.io import atomic_write_bytes
+
 from .vq_model import LlamaGenVQ
 
 
@@ -97,4 +98,4 @@ def save_reconstruction_grid(model: LlamaGenVQ, images: Tensor, path: str | Path
     picture = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     buf = io.BytesIO()
     picture.save(buf, format="PNG")
-    return atomic_write(Path(path), lambda tmp: tmp.write_bytes(buf.getvalue()))
+    return atomic_write_bytes(path, buf.getvalue())

@@ -36,11 +36,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from avgkit.io import atomic_write_json
+
 from .checkpoint import checkpoint_info, completed_steps, load_checkpoint, save_checkpoint
 from .config import VQConfig
 from .discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from .errors import VQError
-from .files import save_json
 from .loading import load_weights, save_weights
 from .progress import Progress
 from .report import VQReport, reconstruction_report, save_reconstruction_grid
@@ -325,7 +326,7 @@ def train_vq(
         )
         if eval_images is not None:
             report = reconstruction_report(final, eval_images)
-            save_json(report.model_dump(), out / "report.json")
+            atomic_write_json(out / "report.json", report.model_dump(), indent=1, sort_keys=True)
             if progress:
                 print(f"held-out: {report.summary()}", flush=True)
         return weights

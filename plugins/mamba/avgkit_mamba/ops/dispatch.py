@@ -118,6 +118,7 @@ def fused_step_torch(
     ngroups: int,
 ) -> Tensor:
     """Reference for the fused decode step: conv_step, then ssd_step (states in place)."""
+    ssd_torch.check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
     b = xBC.shape[0]
     nheads, _, dstate = ssm_state.shape[1:]
     d_inner = nheads * headdim

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["process_dt", "ssd_chunk_scan", "ssd_scan_naive", "ssd_step"]
+__all__ = ["check_scan_shapes", "check_step_shapes", "process_dt", "ssd_chunk_scan", "ssd_scan_naive", "ssd_step"]
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -34,21 +34,54 @@ def process_dt(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dtype: tor
     return F.softplus(dt) if dt_softplus else dt
 
 
+def _check_groups(nheads: int, ngroups: int) -> None:
+    if nheads % ngroups != 0:
+        raise ValueError(f"nheads ({nheads}) must be a multiple of ngroups ({ngroups}); change ngroups")
+
+
 def _heads_from_groups(t: Tensor, nheads: int, dim: int) -> Tensor:
     """Repeat each group ``nheads // ngroups`` times along ``dim`` (groups -> heads)."""
     ngroups = t.shape[dim]
-    if nheads % ngroups != 0:
-        raise ValueError(f"nheads ({nheads}) must be a multiple of ngroups ({ngroups}); change ngroups")
+    _check_groups(nheads, ngroups)
     return t if ngroups == nheads else t.repeat_interleave(nheads // ngroups, dim=dim)
 
 
-def _check_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+def _skip_and_gate(y: Tensor, x: Tensor, D: Tensor | None, z: Tensor | None, ct: torch.dtype) -> Tensor:
+    """``(y + D x) * silu(z)`` (each term optional) computed in ``ct``, returned in ``x.dtype``.
+
+    ``D`` is per head: ``(h,)`` against a trailing ``(h, p)``.
+    """
+    if D is not None:
+        y = y + D.to(ct)[:, None] * x.to(ct)
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    return y.to(x.dtype)
+
+
+def check_scan_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+    """The argument check of every SSD scan implementation (torch and Triton)."""
     b, seqlen, h, _ = x.shape
     if dt.shape != (b, seqlen, h) or A.shape != (h,) or B.shape[:2] != (b, seqlen) or B.shape != C.shape:
         raise ValueError(
             f"inconsistent SSD shapes x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, "
             f"B {tuple(B.shape)}, C {tuple(C.shape)}; expected (b,l,h,p), (b,l,h), (h,), (b,l,g,n) x2"
         )
+    _check_groups(h, B.shape[2])
+
+
+def check_step_shapes(
+    xBC: Tensor, conv_state: Tensor, conv_weight: Tensor, ssm_state: Tensor, headdim: int, ngroups: int
+) -> None:
+    """The argument check of every fused decode step implementation (torch and Triton)."""
+    conv_dim = xBC.shape[1]
+    nheads, p, n = ssm_state.shape[1:]
+    w = conv_state.shape[-1]
+    if p != headdim or conv_dim != nheads * headdim + 2 * ngroups * n or conv_weight.shape != (conv_dim, w):
+        raise ValueError(
+            f"inconsistent step shapes xBC {tuple(xBC.shape)}, ssm_state {tuple(ssm_state.shape)}, "
+            f"conv_weight {tuple(conv_weight.shape)} for headdim {headdim}, ngroups {ngroups}"
+        )
+    _check_groups(nheads, ngroups)
 
 
 def ssd_chunk_scan(
@@ -73,7 +106,7 @@ def ssd_chunk_scan(
     Returns y (b,l,h,p) in ``x.dtype``, and final_states (b,h,p,n) in fp32 (fp64
     for fp64 inputs) when ``return_final_states``.
     """
-    _check_shapes(x, dt, A, B, C)
+    check_scan_shapes(x, dt, A, B, C)
     b, seqlen, h, p = x.shape
     n = B.shape[-1]
     ct = _compute_dtype(x)
@@ -121,11 +154,7 @@ def ssd_chunk_scan(
     y = y + torch.einsum("bclhn,bchpn,bclh->bclhp", Cs, entering_states, torch.exp(acs))
 
     y = y.reshape(b, nchunks * q, h, p)[:, :seqlen]
-    if D is not None:
-        y = y + D.to(ct)[:, None] * x.to(ct)
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    y = y.to(x.dtype)
+    y = _skip_and_gate(y, x, D, z, ct)
     return (y, state) if return_final_states else y
 
 
@@ -142,7 +171,7 @@ def ssd_scan_naive(
     initial_states: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token-by-token recurrence (slow, obviously correct): returns (y, final_states)."""
-    _check_shapes(x, dt, A, B, C)
+    check_scan_shapes(x, dt, A, B, C)
     b, seqlen, h, p = x.shape
     n = B.shape[-1]
     ct = _compute_dtype(x)
@@ -156,11 +185,7 @@ def ssd_scan_naive(
         state = decay * state + (dtp[:, t, :, None] * x[:, t].to(ct))[..., None] * Bh[:, t, :, None, :]
         ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t]))
     y = torch.stack(ys, dim=1) if ys else x.new_zeros(b, 0, h, p, dtype=ct)
-    if D is not None:
-        y = y + D.to(ct)[:, None] * x.to(ct)
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    return y.to(x.dtype), state
+    return _skip_and_gate(y, x, D, z, ct), state
 
 
 def ssd_step(
@@ -191,8 +216,4 @@ def ssd_step(
     new_state = decay * state.to(ct) + (dtp[:, :, None] * xf)[..., None] * Bh[:, :, None, :]
     state.copy_(new_state)
     y = torch.einsum("bhpn,bhn->bhp", new_state, Ch)
-    if D is not None:
-        y = y + D.to(ct)[:, None] * xf
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    return y.to(x.dtype)
+    return _skip_and_gate(y, x, D, z, ct)

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from avgkit_mamba.ops.ssd_torch import check_scan_shapes
 from avgkit_mamba.ops.triton_launch import INTERPRET, Launcher, Meta
 
 __all__ = ["chunk_scan_triton"]
@@ -986,16 +987,9 @@ def chunk_scan_triton(
     ``chunk_size`` must be a power of two (at least 16 on a GPU). Final states are fp32.
     Gradients flow to x, dt, A, B, C, D, z, dt_bias and initial_states.
     """
-    b, seqlen, h, p = x.shape
     if chunk_size < _dot_min() or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size {chunk_size} must be a power of two >= {_dot_min()} for the Triton scan")
-    if B.shape[:2] != (b, seqlen) or B.shape != C.shape or dt.shape != (b, seqlen, h) or A.shape != (h,):
-        raise ValueError(
-            f"inconsistent SSD shapes x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, "
-            f"B {tuple(B.shape)}, C {tuple(C.shape)}; expected (b,l,h,p), (b,l,h), (h,), (b,l,g,n) x2"
-        )
-    if h % B.shape[2]:
-        raise ValueError(f"nheads ({h}) must be a multiple of ngroups ({B.shape[2]}); change ngroups")
+    check_scan_shapes(x, dt, A, B, C)
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"the Triton scan takes fp32/fp16/bf16 inputs, not {x.dtype}; use impl='torch'")
     x = _last_dim_contiguous(x)

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from avgkit_mamba.ops.ssd_torch import check_step_shapes
 from avgkit_mamba.ops.triton_launch import INTERPRET
 
 __all__ = ["fused_step_triton"]
@@ -150,14 +151,10 @@ def fused_step_triton(
     ngroups: int,
 ) -> Tensor:
     """Triton decode step; arguments as :func:`avgkit_mamba.ops.dispatch.fused_step`."""
-    b, conv_dim = xBC.shape
+    check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
+    b = xBC.shape[0]
     _, nheads, p, n = ssm_state.shape
     w = conv_state.shape[-1]
-    if p != headdim or conv_dim != nheads * headdim + 2 * ngroups * n or conv_weight.shape != (conv_dim, w):
-        raise ValueError(
-            f"inconsistent step shapes xBC {tuple(xBC.shape)}, ssm_state {tuple(ssm_state.shape)}, "
-            f"conv_weight {tuple(conv_weight.shape)} for headdim {headdim}, ngroups {ngroups}"
-        )
     if xBC.stride(-1) != 1:
         xBC = xBC.contiguous()
     if z is not None and z.stride(-1) != 1:
