@@ -44,7 +44,7 @@ def test_two_processes_match_one(tmp_path, builtin_plugins):
     ]
     ddp = subprocess.Popen(launch, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_recipe(load_recipe(str(one)), progress=False)  # one process, meanwhile
-    out, _ = ddp.communicate(timeout=120)
+    out, _ = ddp.communicate(timeout=300)
     assert ddp.returncode == 0, out[-3000:]
 
     a = read_metrics(tmp_path / "one" / "metrics.jsonl")
