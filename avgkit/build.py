@@ -70,8 +70,7 @@ def resolve_config(registry: Registry, role: str, ref: ComponentRef, *, source: 
     return cfg.model_copy(update=updates) if updates else cfg
 
 
-def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Registry | None = None,
-          with_tokenizer: bool = True) -> Components:
+def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Registry | None = None) -> Components:
     """Build every component; ``device="meta"`` allocates nothing (for ``--dry-run``)."""
     if registry is None:
         from avgkit.plugins import get_registry
@@ -80,9 +79,7 @@ def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Regis
     ctx = torch.device(device) if str(device) == "meta" else contextlib.nullcontext()
     tok_cfg = resolve_config(registry, "tokenizer", recipe.tokenizer)
     with ctx:
-        tokenizer = registry.get("tokenizer", recipe.tokenizer.name).factory(tok_cfg) if with_tokenizer else None
-    if tokenizer is None:
-        raise AvgkitError("a tokenizer is needed to size the backbone")
+        tokenizer = registry.get("tokenizer", recipe.tokenizer.name).factory(tok_cfg)
     bb_cfg = resolve_config(
         registry, "backbone", recipe.backbone, vocab_size=tokenizer.codebook_size, num_tokens=tokenizer.num_tokens
     )

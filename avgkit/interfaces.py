@@ -98,6 +98,22 @@ class Conditioning:
             None if self.final is None else self.final.to(*args, **kwargs),
         )
 
+    def clone(self) -> Conditioning:
+        return Conditioning(
+            self.prefix.clone(),
+            None if self.layers is None else self.layers.clone(),
+            None if self.final is None else self.final.clone(),
+        )
+
+    def copy_(self, src: Conditioning) -> Conditioning:
+        """Overwrite these tensors in place (fixed buffers of a captured CUDA graph)."""
+        self.prefix.copy_(src.prefix)
+        if self.layers is not None:
+            self.layers.copy_(src.layers)
+        if self.final is not None:
+            self.final.copy_(src.final)
+        return self
+
 
 class Tokenizer(nn.Module):
     """Images to discrete codes and back.

@@ -126,7 +126,9 @@ def compare_cmd(
 
     Example: avgkit compare runs/digits-sweep/* --out runs/digits-sweep
     """
-    _print_table(__import__("avgkit.ablation", fromlist=["compare_runs"]).compare_runs(runs, out))
+    from avgkit.ablation import compare_runs
+
+    _print_table(compare_runs(runs, out))
 
 
 def _print_table(result: dict) -> None:

@@ -113,7 +113,7 @@ class ARSampler:
         graphed = self.config.cuda_graph and device.type == "cuda" and n_tok > 1
         run = self._graph_run(backbone, cond, batch, dtype) if graphed else self._new_run(backbone, cond, batch, dtype)
         if graphed:
-            _copy_cond(run.cond, cond)
+            run.cond.copy_(cond)
         run.index.copy_(index)
         run.seed.fill_(seed & 0xFFFFFFFF)
         run.k.zero_()
@@ -144,7 +144,7 @@ class ARSampler:
         run = self._graphs.get(key)
         if run is not None and run.backbone is backbone:
             return run
-        run = self._new_run(backbone, _clone_cond(cond), batch, dtype)
+        run = self._new_run(backbone, cond.clone(), batch, dtype)
         # warm up on a side stream (allocations, Triton compilation), then capture one step
         backbone.prefill(run.state, run.cond)
         stream = torch.cuda.Stream()
@@ -168,15 +168,3 @@ class ARSampler:
         labels = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.sample(backbone, conditioner, labels, dtype=dtype)
 
-
-def _clone_cond(c: Conditioning) -> Conditioning:
-    return Conditioning(c.prefix.clone(), None if c.layers is None else c.layers.clone(),
-                        None if c.final is None else c.final.clone())
-
-
-def _copy_cond(dst: Conditioning, src: Conditioning) -> None:
-    dst.prefix.copy_(src.prefix)
-    if dst.layers is not None:
-        dst.layers.copy_(src.layers)
-    if dst.final is not None:
-        dst.final.copy_(src.final)
