@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 matmul ceiling measured on the device")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--reference-presets", default="aim-b,aim-l", help="presets also run on mamba-ssm's modules")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     presets = ["aim-b"] if args.quick else args.presets.split(",")
@@ -109,8 +110,14 @@ def main() -> None:
     have_ref = not args.no_reference and import_mamba_ssm() is not None
     for preset in presets:
         model = build(preset)
-        rows.append(run(model, args.batch, steps, f"avgkit {preset}", args.peak_tflops * 1e12))
-        if have_ref:
+        try:
+            rows.append(run(model, args.batch, steps, f"avgkit {preset}", args.peak_tflops * 1e12))
+        except torch.OutOfMemoryError as err:  # report the size that does not fit, go on
+            notes.append(f"{preset} batch {args.batch}: out of memory ({str(err).splitlines()[0]})")
+            del model
+            torch.cuda.empty_cache()
+            continue
+        if have_ref and preset in args.reference_presets.split(","):
             from avgkit_mamba.reference import reference_backbone
 
             ref = ARModel(reference_backbone(model.backbone, mem_eff_path=False), model.conditioner)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from avgkit.interfaces import Backbone, Conditioning, Modulation
 from avgkit.registry import BackboneConfig
 from avgkit_mamba.mixer import Mamba2Mixer
+from avgkit_mamba.ops.dispatch import resolve_impl
 
 
 class MambaBackboneConfig(BackboneConfig):
@@ -105,9 +106,26 @@ class Block(nn.Module):
         x, residual = self._pre(h, residual, m)
         return self._gate(self.mixer(x, state=state), m), residual
 
-    def step(self, h: Tensor, residual: Tensor | None, m: Modulation | None, state) -> tuple[Tensor, Tensor]:
-        x, residual = self._pre(h, residual, m)
-        return self._gate(self.mixer.step(x[:, 0], state)[:, None], m), residual
+    def pre_step(
+        self, y: Tensor, gate: Tensor | None, residual: Tensor | None, m: Modulation | None
+    ) -> tuple[Tensor, Tensor]:
+        """The previous block's ungated output ``y`` (B, D) -> (this block's mixer input, residual)."""
+        if resolve_impl(self.mixer.impl, y.device) == "triton":
+            from avgkit_mamba.ops.triton_norm import add_norm_modulate_triton
+
+            return add_norm_modulate_triton(
+                y, gate, residual, self.norm.weight, None if m is None else m.shift, None if m is None else m.scale,
+                self.norm.eps, torch.float32 if self.residual_in_fp32 else y.dtype,
+            )
+        h = y if gate is None else gate.to(y.dtype) * y
+        x, residual = self._pre(h[:, None], None if residual is None else residual[:, None], m)
+        return x[:, 0], residual[:, 0]
+
+    def step(self, y: Tensor, gate: Tensor | None, residual: Tensor | None, m: Modulation | None, state
+             ) -> tuple[Tensor, Tensor]:
+        """One token: returns this block's ungated mixer output (its gate is ``m.gate``) and the residual."""
+        x, residual = self.pre_step(y, gate, residual, m)
+        return self.mixer.step(x, state), residual
 
 
 @dataclass
@@ -168,7 +186,10 @@ class MambaBackbone(Backbone):
         return self.token_dropout(x)
 
     def _head(self, h: Tensor, residual: Tensor, cond: Conditioning) -> Tensor:
-        x = self.norm_f((h + residual).to(self.norm_f.weight.dtype))
+        return self._logits(self.norm_f((h + residual).to(self.norm_f.weight.dtype)), cond)
+
+    def _logits(self, x: Tensor, cond: Conditioning) -> Tensor:
+        """norm_f's output -> final norm, final modulation, head."""
         x = self.final_layer.norm_final(x)
         m = cond.final_modulation()
         if m is not None:
@@ -205,12 +226,22 @@ class MambaBackbone(Backbone):
         return self._head(h[:, -1:], residual[:, -1:], cond)[:, 0]
 
     def step(self, state: MambaDecodeState, tokens: Tensor, cond: Conditioning) -> Tensor:
-        h = self._embed(tokens[:, None], state.position)
-        residual = None
+        y, gate, residual = self._embed(tokens[:, None], state.position)[:, 0], None, None
         for i, block in enumerate(self.layers):
-            h, residual = block.step(h, residual, cond.modulation(i), state.layers[i])
+            m = cond.modulation(i)
+            y, residual = block.step(y, gate, residual, m, state.layers[i])
+            gate = None if m is None else m.gate
         state.position.add_(1)
-        return self._head(h, residual, cond)[:, 0]
+        # norm_f over the last residual add, through the same fused boundary as the blocks
+        last = self.layers[-1]
+        if resolve_impl(last.mixer.impl, y.device) == "triton":
+            from avgkit_mamba.ops.triton_norm import add_norm_modulate_triton
+
+            x, _ = add_norm_modulate_triton(y, gate, residual, self.norm_f.weight, None, None, self.norm_f.eps,
+                                            residual.dtype)
+            return self._logits(x[:, None], cond)[:, 0]
+        h = y if gate is None else gate.to(y.dtype) * y
+        return self._head(h[:, None], residual[:, None], cond)[:, 0]
 
     def select_state(self, state: MambaDecodeState, index: Tensor) -> MambaDecodeState:
         layers = [s.select(index) for s in state.layers]

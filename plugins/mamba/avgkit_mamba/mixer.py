@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from avgkit_mamba.norm import GatedRMSNorm
 from avgkit_mamba.ops import conv_torch
-from avgkit_mamba.ops.dispatch import IMPLS, chunk_scan, fused_step
+from avgkit_mamba.ops.dispatch import IMPLS, chunk_scan, fused_step, resolve_impl
 
 __all__ = ["Mamba2Mixer", "Mamba2State"]
 
@@ -182,7 +182,17 @@ class Mamba2Mixer(nn.Module):
 
     def step(self, x: Tensor, state: Mamba2State) -> Tensor:
         """One token: (B, d_model) -> (B, d_model), ``state`` advanced in place."""
-        z, xBC, dt = self._split(self.in_proj(x))
+        zxbcdt = self.in_proj(x)
+        if resolve_impl(self.impl, x.device) == "triton":
+            from avgkit_mamba.ops.triton_step import decode_step_triton
+
+            # conv, scan, gate and the norm in two launches, reading in_proj's output in place
+            y = decode_step_triton(
+                zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log,
+                self.D, self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups,
+            )
+            return self.out_proj(y)
+        z, xBC, dt = self._split(zxbcdt)
         y = fused_step(
             xBC,
             dt,

@@ -47,6 +47,7 @@ class ReferenceMixer(nn.Module):
         self.d_model, self.conv_dim = ours.d_model, ours.conv_dim
         self.nheads, self.headdim, self.d_state, self.d_conv = ours.nheads, ours.headdim, ours.d_state, ours.d_conv
         self.out_proj = self.inner.out_proj  # the backbone re-initialises out_proj by name
+        self.impl = "torch"  # block boundaries (add, norm, modulate) run unfused around it
 
     def allocate_state(self, batch: int, device=None, dtype=None, ssm_dtype=torch.float32) -> Mamba2State:
         w = self.inner.conv1d.weight

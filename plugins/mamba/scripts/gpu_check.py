@@ -146,14 +146,16 @@ def check_step(batch: int, nheads: int, dtype: torch.dtype) -> list[dict]:
     return rows
 
 
-def time_step(batch: int, nheads: int, dtype: torch.dtype, reps: int = 50) -> dict:
-    """Median milliseconds of one fused decode step (AiM-B layer: p 64, n 128, fp32 SSM state)."""
+def time_step(batch: int, nheads: int, dtype: torch.dtype, reps: int = 50, ssm_dtype: torch.dtype = torch.float32
+              ) -> dict:
+    """Median milliseconds of one fused decode step (AiM-B layer: p 64, n 128)."""
     p, n, w = 64, 128, 4
     conv_dim = nheads * p + 2 * n
     dev = "cuda"
     xbc, dt, z = (torch.randn(batch, conv_dim, device=dev, dtype=dtype), torch.randn(batch, nheads, device=dev, dtype=dtype),
                   torch.randn(batch, nheads * p, device=dev, dtype=dtype))
-    conv, ssm = torch.zeros(batch, conv_dim, w, device=dev, dtype=dtype), torch.zeros(batch, nheads, p, n, device=dev)
+    conv = torch.zeros(batch, conv_dim, w, device=dev, dtype=dtype)
+    ssm = torch.zeros(batch, nheads, p, n, device=dev, dtype=ssm_dtype)
     weight, bias = torch.randn(conv_dim, w, device=dev), torch.randn(conv_dim, device=dev)
     A, D, dt_bias = -torch.ones(nheads, device=dev), torch.ones(nheads, device=dev), torch.zeros(nheads, device=dev)
     out = {}
@@ -173,7 +175,8 @@ def time_step(batch: int, nheads: int, dtype: torch.dtype, reps: int = 50) -> di
         out[f"{impl}_ms"] = round(sorted(times)[len(times) // 2], 4)
     state_bytes = ssm.numel() * ssm.element_size() * 2 + conv.numel() * conv.element_size() * 2
     out["state_read_write_GB_s_triton"] = round(state_bytes / out["triton_ms"] / 1e6, 1)
-    return {"batch": batch, "nheads": nheads, "dtype": str(dtype).removeprefix("torch."), **out}
+    return {"batch": batch, "nheads": nheads, "dtype": str(dtype).removeprefix("torch."),
+            "ssm_dtype": str(ssm_dtype).removeprefix("torch."), **out}
 
 
 def check_mixer(dtype: torch.dtype) -> list[dict]:
@@ -207,6 +210,41 @@ def check_mixer(dtype: torch.dtype) -> list[dict]:
     return rows
 
 
+def check_backbone_decode(dtype: torch.dtype, steps: int = 48) -> list[dict]:
+    """A 4-layer d768 AiM (adaLN-group 2) decoding with the fused Triton path vs the PyTorch ops."""
+    from avgkit.plugins import get_registry
+
+    reg = get_registry()
+    spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
+    torch.manual_seed(0)
+    bb = spec.factory(spec.resolve("aim-b", {"n_layer": 4, "vocab_size": 16384, "num_tokens": steps + 1}))
+    cond_mod = cspec.factory(cspec.resolve(None, {"num_classes": 1000, "groups": 2}), dim=bb.dim, num_layers=4)
+    with torch.no_grad():
+        for prm in cond_mod.parameters():
+            prm.add_(torch.randn_like(prm) * 0.02)
+    bb, cond_mod = bb.cuda().to(dtype).eval(), cond_mod.cuda().to(dtype).eval()
+    labels = torch.arange(32, device="cuda")
+    codes = torch.randint(0, 16384, (32, steps + 1), device="cuda")
+    logits = {}
+    with torch.no_grad():
+        cond = cond_mod(labels)
+        for impl in ("triton", "torch"):
+            for blk in bb.layers:
+                blk.mixer.impl = impl
+            state = bb.init_state(32)
+            out = [bb.prefill(state, cond)] + [bb.step(state, codes[:, k], cond) for k in range(steps)]
+            logits[impl] = torch.stack(out, 1).float()
+    err = rel_err(logits["triton"], logits["torch"])
+    agree = (logits["triton"].argmax(-1) == logits["torch"].argmax(-1)).float().mean().item()
+    tol = 3 * TOL[dtype]
+    case = "AiM d768x4 decode, 48 steps"
+    d = str(dtype).removeprefix("torch.")
+    return [{"case": case, "dtype": d, "tensor": "logits", "rel_err": err, "tol": tol, "ok": err <= tol,
+             "first_call_s": None},
+            {"case": case, "dtype": d, "tensor": "1 - top1 agree", "rel_err": 1 - agree, "tol": 0.01,
+             "ok": 1 - agree <= 0.01, "first_call_s": None}]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="JSON report path")
@@ -226,13 +264,15 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         rows += check_step(16 if args.quick else 128, 24, dtype)
         rows += check_mixer(dtype)
+        rows += check_backbone_decode(dtype)
     print(f"{'case':<36} {'dtype':<9} {'tensor':<16} {'rel err':>9} {'tol':>7}  ok")
     for r in rows:
         print(f"{r['case']:<36} {r['dtype']:<9} {r['tensor']:<16} {r['rel_err']:>9.2e} {r['tol']:>7.0e}  "
               f"{'yes' if r['ok'] else 'NO'}")
     import triton
 
-    step_timing = [time_step(128, 24, d) for d in dtypes]
+    step_timing = [time_step(128, 24, d) for d in dtypes] + [time_step(b, 24, torch.bfloat16, ssm_dtype=torch.bfloat16)
+                                                             for b in (32, 128, 512)]
     for s in step_timing:
         print(f"decode step {s}")
     report = {

@@ -1,17 +1,25 @@
-"""One fused Triton kernel for a Mamba-2 layer's decode step (one token).
+"""Triton kernels for a Mamba-2 layer's decode step (one token): two launches per layer.
 
-Per (batch row, head, block of head dims) the kernel shifts the conv window of its x
-channels and of its group's B and C channels, applies the depthwise conv + bias +
-SiLU, discretises dt (bias + softplus), updates the SSM state in place, reads it out
-with C, adds the D skip and gates with ``silu(z)``: one pass over the state.
+1. ``_step_kernel``, one program per (batch row, head, block of head dims): issues the
+   read of its SSM state tile first (the one large read of the step), shifts the conv
+   window of its own x channels, convolves them (+ bias, SiLU), convolves the group's B
+   and C channels from their *old* windows, discretises dt (bias + softplus, and
+   ``A = -exp(A_log)`` when given the log), updates the state tile in place, reads it
+   out with C, adds the ``D`` skip and gates with ``silu(z)``.
+2. ``_epilogue_kernel``, one program per (batch row, group): the grouped RMSNorm of the
+   gated output (the mixer's norm, so it never leaves the step) and the shift of the
+   group's B and C windows. B and C are shared by every head of a group; shifting them
+   in a later launch means no program of the first kernel can see a half-updated window,
+   without atomics or a grid-wide handshake.
 
-The B and C channels of a group are shared by all of its heads: every program reads
-their old window, and the last program of the group to finish (counted with an atomic
-counter that it resets) writes the shifted window, so no program reads a window that
-another has already shifted. Reference: ``dispatch.fused_step_torch``.
+The state tile's shape is autotuned per problem (``restore_value`` puts the in-place
+state back after each trial), so run one step before capturing a CUDA graph.
+Reference: :func:`avgkit_mamba.ops.dispatch.fused_step_torch` (+ ``GatedRMSNorm``).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import triton
@@ -21,7 +29,7 @@ from torch import Tensor
 from avgkit_mamba.ops.ssd_torch import check_step_shapes
 from avgkit_mamba.ops.triton_launch import INTERPRET
 
-__all__ = ["fused_step_triton"]
+__all__ = ["decode_step_triton", "fused_step_triton"]
 
 
 @triton.jit
@@ -55,15 +63,15 @@ def _softplus(v):
 
 
 @triton.jit
-def _fused_step_kernel(
-    xbc_ptr, dt_ptr, z_ptr, conv_ptr, cw_ptr, cb_ptr, ssm_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, count_ptr,
-    nheads, ngroups, hpg, P, N, W, d_inner,
+def _step_kernel(
+    xbc_ptr, dt_ptr, z_ptr, conv_ptr, cw_ptr, cb_ptr, ssm_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
+    batch, nheads, hpg, P, N, W, d_inner,
     s_xbc_b, s_dt_b, s_dt_h, s_z_b,
     s_cs_b, s_cs_c, s_cs_w,
     s_ss_b, s_ss_h, s_ss_p, s_ss_n,
     s_y_b,
-    HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+    A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     bi = tl.program_id(0).to(tl.int64)
     hi = tl.program_id(1)
@@ -74,42 +82,38 @@ def _fused_step_kernel(
     offs_w = tl.arange(0, BLOCK_W)
     mask_p = offs_p < P
     mask_n = offs_n < N
+
+    # the state tile first: its latency hides behind the conv work below
+    s_ptrs = ssm_ptr + bi * s_ss_b + hi * s_ss_h + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
+    smask = mask_p[:, None] & mask_n[None, :]
+    state = tl.load(s_ptrs, mask=smask, other=0.0)
+
+    dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += tl.load(bias_ptr + hi).to(tl.float32)
+    dt = _softplus(dt)
+    a = tl.load(A_ptr + hi).to(tl.float32)
+    if A_IS_LOG:
+        a = -tl.exp(a)
+    decay = tl.exp(dt * a)
+
     conv_row = conv_ptr + bi * s_cs_b
     xbc_row = xbc_ptr + bi * s_xbc_b
-
-    # conv of this program's x channels (owned: written back right away)
+    # x channels belong to this program alone: convolve and shift their window now
     chan_x = hi * P + offs_p
     win_x = _conv_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, xbc_row, W, BLOCK_W)
     x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
     tl.store(conv_row + chan_x[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_x,
              mask=mask_p[:, None] & (offs_w[None, :] < W))
-
-    # conv of the group's B and C channels (shared with the other heads of the group)
+    # B and C are shared by the group's heads: read-only here, shifted by the epilogue
     chan_b = d_inner + gi * N + offs_n
-    chan_c = d_inner + (ngroups + gi) * N + offs_n
-    win_b = _conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W)
-    win_c = _conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W)
-    Bv = _conv_out(win_b, cw_ptr, cb_ptr, chan_b, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
-    Cv = _conv_out(win_c, cw_ptr, cb_ptr, chan_c, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
-    # every program of the group has read the old B/C windows once it has counted itself
-    total = hpg * tl.num_programs(2)
-    done = tl.atomic_add(count_ptr + bi * ngroups + gi, 1, sem="acq_rel")
-    if done == total - 1:
-        wmask = mask_n[:, None] & (offs_w[None, :] < W)
-        tl.store(conv_row + chan_b[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_b, mask=wmask)
-        tl.store(conv_row + chan_c[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_c, mask=wmask)
-        tl.atomic_xchg(count_ptr + bi * ngroups + gi, 0)
+    chan_c = chan_b + (nheads // hpg) * N
+    Bv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W),
+                   cw_ptr, cb_ptr, chan_b, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
+    Cv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W),
+                   cw_ptr, cb_ptr, chan_c, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
 
-    # SSM update of this head's (P block, N) state tile
-    dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
-    if HAS_DT_BIAS:
-        dt += tl.load(bias_ptr + hi).to(tl.float32)
-    dt = _softplus(dt)
-    decay = tl.exp(dt * tl.load(A_ptr + hi).to(tl.float32))
-    s_ptrs = ssm_ptr + bi * s_ss_b + hi * s_ss_h + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
-    smask = mask_p[:, None] & mask_n[None, :]
-    state = tl.load(s_ptrs, mask=smask, other=0.0).to(tl.float32)
-    state = state * decay + (dt * x)[:, None] * Bv[None, :]
+    state = state.to(tl.float32) * decay + (dt * x)[:, None] * Bv[None, :]
     tl.store(s_ptrs, state.to(ssm_ptr.dtype.element_ty), mask=smask)
     y = tl.sum(state * Cv[None, :], axis=1)
     if HAS_D:
@@ -120,20 +124,101 @@ def _fused_step_kernel(
     tl.store(y_ptr + bi * s_y_b + hi * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
 
 
-_COUNTERS: dict[torch.device, Tensor] = {}
+@triton.jit
+def _epilogue_kernel(
+    y_ptr, nw_ptr, out_ptr, xbc_ptr, conv_ptr,
+    d_inner, group_size, ngroups, N, W, eps,
+    s_y_b, s_out_b, s_xbc_b, s_cs_b, s_cs_c, s_cs_w,
+    HAS_NORM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    bi = tl.program_id(0).to(tl.int64)
+    gi = tl.program_id(1)
+    if HAS_NORM:
+        offs = tl.arange(0, BLOCK_G)
+        mask = offs < group_size
+        cols = gi * group_size + offs
+        y = tl.load(y_ptr + bi * s_y_b + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(y * y, axis=0) / group_size + eps)
+        w = tl.load(nw_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + bi * s_out_b + cols, (y * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_w = tl.arange(0, BLOCK_W)
+    mask_n = offs_n < N
+    wmask = mask_n[:, None] & (offs_w[None, :] < W)
+    conv_row = conv_ptr + bi * s_cs_b
+    xbc_row = xbc_ptr + bi * s_xbc_b
+    chan_b = d_inner + gi * N + offs_n
+    chan_c = chan_b + ngroups * N
+    win_b = _conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W)
+    win_c = _conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W)
+    tl.store(conv_row + chan_b[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_b, mask=wmask)
+    tl.store(conv_row + chan_c[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_c, mask=wmask)
 
 
-def _counter(device: torch.device, size: int) -> Tensor:
-    """Zeroed int32 counters, one per (batch row, group), reused across calls.
+# (BLOCK_P, num_warps): small tiles give many programs for small batches, large ones
+# fewer, fuller programs for large batches
+_STEP_CONFIGS = [(16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8)]
+_tuned_step = None
 
-    The kernel leaves them at zero. Allocated on the first call for a size: run one
-    step before capturing a CUDA graph (the warm-up compiles the kernel anyway).
-    """
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < size:
-        buf = torch.zeros(max(size, 256), dtype=torch.int32, device=device)
-        _COUNTERS[device] = buf
-    return buf
+
+def _step_launcher():
+    """The autotuned step kernel (built on first use; never under the interpreter)."""
+    global _tuned_step
+    if _tuned_step is None:
+        extra = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+        _tuned_step = triton.autotune(
+            [triton.Config({"BLOCK_P": bp}, num_warps=w, num_stages=1) for bp, w in _STEP_CONFIGS],
+            key=["batch", "nheads", "P", "N"],
+            prune_configs_by={"early_config_prune": lambda cfgs, nargs, **kw: [
+                c for c in cfgs if c.kwargs["BLOCK_P"] <= triton.next_power_of_2(nargs["P"])] or cfgs[:1]},
+            restore_value=["conv_ptr", "ssm_ptr"],  # trials update the state in place
+            **extra,
+        )(_step_kernel)
+    return _tuned_step
+
+
+def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a_is_log, D, dt_bias, y, ngroups):
+    b = xBC.shape[0]
+    _, nheads, p, n = ssm_state.shape
+    w = conv_state.shape[-1]
+    args = (
+        xBC, dt, z if z is not None else xBC, conv_state, conv_weight,
+        conv_bias if conv_bias is not None else conv_weight, ssm_state, A,
+        D if D is not None else A, dt_bias if dt_bias is not None else A, y,
+        b, nheads, nheads // ngroups, p, n, w, nheads * p,
+        xBC.stride(0), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
+        conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
+        ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
+        y.stride(0),
+    )
+    flags = dict(
+        A_IS_LOG=a_is_log, HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_DT_BIAS=dt_bias is not None, BLOCK_N=triton.next_power_of_2(n), BLOCK_W=triton.next_power_of_2(w),
+    )
+    if INTERPRET:
+        block_p = min(triton.next_power_of_2(p), 16)
+        _step_kernel[(b, nheads, triton.cdiv(p, block_p))](*args, **flags, BLOCK_P=block_p)
+    else:
+        _step_launcher()[lambda meta: (b, nheads, triton.cdiv(p, meta["BLOCK_P"]))](*args, **flags)
+
+
+def _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, dstate):
+    b, d_inner = y.shape
+    group = d_inner // ngroups
+    w = conv_state.shape[-1]
+    _epilogue_kernel[(b, ngroups)](
+        y, norm_weight if norm_weight is not None else y, out, xBC, conv_state,
+        d_inner, group, ngroups, dstate, w, norm_eps,
+        y.stride(0), out.stride(0), xBC.stride(0),
+        conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
+        HAS_NORM=norm_weight is not None, BLOCK_G=triton.next_power_of_2(group),
+        BLOCK_N=triton.next_power_of_2(dstate), BLOCK_W=triton.next_power_of_2(w),
+        num_warps=4 if group <= 2048 else 8,
+    )
+
+
+def _row_major(t: Tensor | None) -> Tensor | None:
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
 def fused_step_triton(
@@ -152,30 +237,46 @@ def fused_step_triton(
 ) -> Tensor:
     """Triton decode step; arguments as :func:`avgkit_mamba.ops.dispatch.fused_step`."""
     check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
-    b = xBC.shape[0]
-    _, nheads, p, n = ssm_state.shape
-    w = conv_state.shape[-1]
-    if xBC.stride(-1) != 1:
-        xBC = xBC.contiguous()
-    if z is not None and z.stride(-1) != 1:
-        z = z.contiguous()
+    xBC, z = _row_major(xBC), _row_major(z)
     conv_weight = conv_weight.contiguous()
-    y = torch.empty(b, nheads * p, device=xBC.device, dtype=xBC.dtype)
-    block_p = min(triton.next_power_of_2(p), 16 if INTERPRET else 64)
-    grid = (b, nheads, triton.cdiv(p, block_p))
-    count = _counter(xBC.device, b * ngroups)
-    _fused_step_kernel[grid](
-        xBC, dt, z if z is not None else xBC, conv_state, conv_weight,
-        conv_bias if conv_bias is not None else conv_weight, ssm_state, A,
-        D if D is not None else A, dt_bias if dt_bias is not None else A, y, count,
-        nheads, ngroups, nheads // ngroups, p, n, w, nheads * p,
-        xBC.stride(0), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
-        conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
-        ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
-        y.stride(0),
-        HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_DT_BIAS=dt_bias is not None,
-        BLOCK_P=block_p, BLOCK_N=triton.next_power_of_2(n), BLOCK_W=triton.next_power_of_2(w),
-        num_warps=4,
-    )
+    y = torch.empty(xBC.shape[0], ssm_state.shape[1] * headdim, device=xBC.device, dtype=xBC.dtype)
+    _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, False, D, dt_bias, y, ngroups)
+    _launch_epilogue(y, None, 0.0, y, xBC, conv_state, ngroups, ssm_state.shape[-1])
     return y
+
+
+def decode_step_triton(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    ssm_state: Tensor,
+    A_log: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    norm_weight: Tensor,
+    norm_eps: float,
+    headdim: int,
+    ngroups: int,
+) -> Tensor:
+    """A mixer's whole step between ``in_proj`` and ``out_proj``, in two launches.
+
+    ``zxbcdt`` (b, 2*d_inner + 2*ngroups*d_state + nheads) is the ``in_proj`` output,
+    read in place (no split copies); returns ``rmsnorm(y * silu(z)) * norm_weight``
+    (b, d_inner) in ``zxbcdt.dtype``, states updated in place.
+    """
+    zxbcdt = _row_major(zxbcdt)
+    b = zxbcdt.shape[0]
+    _, nheads, p, n = ssm_state.shape
+    d_inner = nheads * p
+    conv_dim = d_inner + 2 * ngroups * n
+    if zxbcdt.shape[1] != d_inner + conv_dim + nheads:
+        raise ValueError(f"zxbcdt has {zxbcdt.shape[1]} columns; expected {d_inner + conv_dim + nheads}")
+    z, xBC, dt = zxbcdt[:, :d_inner], zxbcdt[:, d_inner:d_inner + conv_dim], zxbcdt[:, d_inner + conv_dim:]
+    check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
+    y = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
+    _launch_step(xBC, dt, z, conv_state, conv_weight.contiguous(), conv_bias, ssm_state, A_log, True, D, dt_bias,
+                 y, ngroups)
+    out = torch.empty(b, d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)
+    _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, n)
+    return out

@@ -1,0 +1,77 @@
+"""Triton kernel for the block boundary of a decode step: gate, residual add, RMSNorm, modulate.
+
+Between two mixers a step does ``residual += gate * y``, ``x = rmsnorm(residual) * w``
+and ``x = x * (1 + scale) + shift``: six elementwise passes and a reduction in PyTorch,
+one launch here (one program per row, everything in fp32, rounded once on store).
+Reference: ``Block._pre`` in :mod:`avgkit_mamba.backbone`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["add_norm_modulate_triton"]
+
+
+@triton.jit
+def _add_norm_modulate_kernel(
+    y_ptr, gate_ptr, res_ptr, w_ptr, shift_ptr, scale_ptr, x_ptr, res_out_ptr,
+    D, eps, s_y, s_g, s_r, s_sh, s_sc, s_x, s_ro,
+    HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, HAS_MOD: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_D)
+    mask = offs < D
+    h = tl.load(y_ptr + row * s_y + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_GATE:
+        h *= tl.load(gate_ptr + row * s_g + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        h += tl.load(res_ptr + row * s_r + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(res_out_ptr + row * s_ro + offs, h.to(res_out_ptr.dtype.element_ty), mask=mask)
+    rstd = tl.rsqrt(tl.sum(h * h, axis=0) / D + eps)
+    x = h * rstd * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_MOD:
+        scale = tl.load(scale_ptr + row * s_sc + offs, mask=mask, other=0.0).to(tl.float32)
+        shift = tl.load(shift_ptr + row * s_sh + offs, mask=mask, other=0.0).to(tl.float32)
+        x = x * (1.0 + scale) + shift
+    tl.store(x_ptr + row * s_x + offs, x.to(x_ptr.dtype.element_ty), mask=mask)
+
+
+def _rows(t: Tensor | None) -> Tensor | None:
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def add_norm_modulate_triton(
+    y: Tensor,
+    gate: Tensor | None,
+    residual: Tensor | None,
+    weight: Tensor,
+    shift: Tensor | None,
+    scale: Tensor | None,
+    eps: float,
+    residual_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """``residual' = residual + gate * y``; returns ``(rmsnorm(residual') * weight * (1 + scale) + shift, residual')``.
+
+    All (B, D); ``gate``, ``residual`` and the modulation may be ``None``. The normed
+    output is in ``weight.dtype``, the new residual in ``residual_dtype``.
+    """
+    y, gate, residual, shift, scale = (_rows(t) for t in (y, gate, residual, shift, scale))
+    b, d = y.shape
+    x = torch.empty(b, d, device=y.device, dtype=weight.dtype)
+    res_out = torch.empty(b, d, device=y.device, dtype=residual_dtype)
+    has_mod = shift is not None and scale is not None
+    block = triton.next_power_of_2(d)
+    _add_norm_modulate_kernel[(b,)](
+        y, gate if gate is not None else y, residual if residual is not None else y, weight,
+        shift if has_mod else y, scale if has_mod else y, x, res_out,
+        d, eps, y.stride(0), gate.stride(0) if gate is not None else 0,
+        residual.stride(0) if residual is not None else 0, shift.stride(0) if has_mod else 0,
+        scale.stride(0) if has_mod else 0, x.stride(0), res_out.stride(0),
+        HAS_GATE=gate is not None, HAS_RES=residual is not None, HAS_MOD=has_mod, BLOCK_D=block,
+        num_warps=4 if block <= 1024 else 8,
+    )
+    return x, res_out
