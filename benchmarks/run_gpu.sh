@@ -18,7 +18,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plug
   -e plugins/llamagen -e plugins/transformer
 run() { echo "== $*"; timeout "${LIMIT:-480}" python3 "$@" 2>&1; }
 kernels_and_sampling() {
-  run plugins/mamba/scripts/gpu_check.py --out "$OUT/mamba_gpu_check_h200.json" $QUICK
+  run plugins/mamba/scripts/gpu_check.py --out "$OUT/mamba_gpu_check_h200.json" ${GPU_CHECK_ARGS:-$QUICK}
   run benchmarks/sampling.py $QUICK --out "$OUT/sampling_h200.json"
 }
 training_and_startup() {
