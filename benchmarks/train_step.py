@@ -43,12 +43,9 @@ def build(preset: str) -> ARModel:
 
 def scan_flops_per_token(model: ARModel) -> float:
     """Forward FLOPs of the chunked SSD per token, all layers (intra-chunk + state terms)."""
-    total = 0.0
-    for block in model.backbone.layers:
-        m = block.mixer
-        q, n, p, h = min(m.chunk_size, TOKENS), m.d_state, m.headdim, m.nheads
-        total += 2 * (q * n * m.ngroups + q * p * h + 2 * n * p * h)
-    return total
+    c = model.backbone.config  # from the config, so the mamba-ssm stack counts the same
+    q, n, p, h = min(c.chunk_size, TOKENS), c.d_state, c.headdim, c.expand * c.d_model // c.headdim
+    return c.n_layer * 2 * (q * n * c.ngroups + q * p * h + 2 * n * p * h)
 
 
 def run(model: ARModel, batch: int, steps: int, label: str, peak: float) -> dict:
