@@ -1,6 +1,6 @@
 """Triton kernels on the CPU interpreter, against the torch ops and the goldens.
 
-Run as ``python mamba_interpret_checks.py {scan,step}``: it sets ``TRITON_INTERPRET=1``
+Run as ``python mamba_interpret_checks.py {scan,step,decode,compile}``: it sets ``TRITON_INTERPRET=1``
 before Triton is imported (which is why the tests run it in a subprocess), prints one
 line per check and exits non-zero on the first mismatch. Shapes are tiny: the
 interpreter runs each program in Python.
@@ -18,6 +18,7 @@ from avgkit_mamba.ops.dispatch import chunk_scan, fused_step, fused_step_torch  
 from avgkit_mamba.ops.ssd_torch import ssd_chunk_scan  # noqa: E402
 from mamba_testutil import GOLDEN_DIR, max_rel_err, ssd_problem  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 GRAD_NAMES = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]
 
@@ -28,34 +29,40 @@ def check(name: str, err: float, tol: float) -> None:
         raise SystemExit(f"FAILED: {name}: {err:.3e} > {tol:.0e}")
 
 
-def compare_scan(label: str, t: dict, chunk: int, final: bool, tol: float) -> None:
-    """Forward, final states and every gradient: Triton vs torch on the same leaves."""
-    runs = {}
-    for impl in ("triton", "torch"):
-        leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in t.items()}
-        fn = chunk_scan if impl == "triton" else ssd_chunk_scan
-        kw = {"impl": "triton"} if impl == "triton" else {}
-        out = fn(
-            leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk_size=chunk, D=leaves["D"],
-            z=leaves["z"], dt_bias=leaves["dt_bias"], dt_softplus=True, initial_states=leaves["initial_states"],
-            return_final_states=final, **kw,
-        )
-        y, fs = out if final else (out, None)
-        gen = torch.Generator().manual_seed(1)
-        loss = (y.float() * torch.randn(y.shape, generator=gen)).sum()
-        if fs is not None:
-            loss = loss + (fs * torch.randn(fs.shape, generator=gen)).sum()
-        loss.backward()
-        runs[impl] = (y, fs, leaves)
-    (y1, f1, g1), (y2, f2, g2) = runs["triton"], runs["torch"]
+def run_scan(fn, t: dict, chunk: int, final: bool, **kw) -> tuple[Tensor, Tensor | None, dict]:
+    """y, final states and the leaves (with their .grad) after a fixed random loss."""
+    leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in t.items()}
+    out = fn(
+        leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk_size=chunk, D=leaves["D"],
+        z=leaves["z"], dt_bias=leaves["dt_bias"], dt_softplus=True, initial_states=leaves["initial_states"],
+        return_final_states=final, **kw,
+    )
+    y, fs = out if final else (out, None)
+    gen = torch.Generator().manual_seed(1)
+    loss = (y.float() * torch.randn(y.shape, generator=gen)).sum()
+    if fs is not None:
+        loss = loss + (fs * torch.randn(fs.shape, generator=gen)).sum()
+    loss.backward()
+    return y, fs, leaves
+
+
+def compare_runs(label: str, run1: tuple, run2: tuple, tol: float) -> None:
+    """Forward, final states and every gradient of two run_scan results."""
+    (y1, f1, g1), (y2, f2, g2) = run1, run2
     check(f"{label} y", max_rel_err(y1, y2), tol)
-    if final:
+    if f2 is not None:
         check(f"{label} final_states", max_rel_err(f1, f2), tol)
     for k in GRAD_NAMES:
         if g2[k] is not None:
             if g1[k].grad is None:
                 raise SystemExit(f"FAILED: {label} d{k} missing")
             check(f"{label} d{k}", max_rel_err(g1[k].grad, g2[k].grad), tol)
+
+
+def compare_scan(label: str, t: dict, chunk: int, final: bool, tol: float) -> None:
+    """Forward, final states and every gradient: Triton vs torch on the same leaves."""
+    compare_runs(label, run_scan(chunk_scan, t, chunk, final, impl="triton"),
+                 run_scan(ssd_chunk_scan, t, chunk, final), tol)
 
 
 def scan_checks() -> None:
@@ -169,7 +176,71 @@ def decode_checks() -> None:
         check("backbone decode (triton) vs teacher forcing", max_rel_err(logits["triton"], teacher), 1e-4)
 
 
+def compile_checks() -> None:
+    """torch.compile through the Triton scan (its custom ops are opaque graph nodes) = eager."""
+    import torch.nn.functional as F
+
+    from avgkit.plugins import get_registry
+
+    ops = torch.ops.avgkit_mamba
+    compiled = {bk: torch.compile(chunk_scan, backend=bk, fullgraph=True) for bk in ("aot_eager", "inductor")}
+    # all optional inputs, several chunks; then none of them (empty placeholders), one chunk
+    full = ssd_problem(1, 20, 2, 8, 1, 16, with_z=True, with_init=True)
+    bare = {**ssd_problem(2, 13, 2, 8, 2, 8, seed=3, with_D=False), "dt_bias": None}
+    # a third shape: by now Dynamo compiles with symbolic sizes (the fakes run on SymInts)
+    longer = ssd_problem(1, 28, 2, 8, 1, 16, seed=5, with_z=True, with_init=True)
+    for label, t, chunk, final, backends in (("all inputs", full, 8, True, ("aot_eager", "inductor")),
+                                             ("no D/z/bias/states", bare, 16, False, ("aot_eager",)),
+                                             ("all inputs, new length", longer, 8, True, ("aot_eager",))):
+        eager = run_scan(chunk_scan, t, chunk, final, impl="triton")
+        for bk in backends:  # same kernels on the same inputs: equal up to rounding noise
+            compare_runs(f"compile {bk} {label}", run_scan(compiled[bk], t, chunk, final, impl="triton"), eager, 1e-6)
+
+    # the ops' registrations (schema, fake, autograd, AOT dispatch with dynamic shapes)
+    t = full
+    leaves = {k: v.clone().requires_grad_() for k, v in t.items()}
+    fwd_args = (*(leaves[k] for k in ("x", "dt", "A", "B", "C")), 8, leaves["D"], leaves["z"], leaves["dt_bias"],
+                True, leaves["initial_states"], True)
+    with torch.no_grad():
+        y, final, ypre, dtp, acs = ops.ssd_chunk_scan_fwd(*fwd_args)
+    bwd_args = (torch.randn_like(y), torch.randn_like(final), *(t[k] for k in ("x", "dt", "A", "B", "C")), 8, t["D"],
+                t["z"], ypre, t["dt_bias"], True, t["initial_states"], dtp, acs)
+    for name, op, args in (("fwd", ops.ssd_chunk_scan_fwd, fwd_args), ("bwd", ops.ssd_chunk_scan_bwd, bwd_args)):
+        print(f"opcheck ssd_chunk_scan_{name}: {torch.library.opcheck(op, args)}", flush=True)  # raises on failure
+
+    # a whole tiny backbone + conditioner: loss and every parameter gradient
+    reg = get_registry()
+    spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
+    torch.manual_seed(0)
+    # 8 positions with the class prefix: one chunk, as in training (several chunks are checked above)
+    bb = spec.factory(spec.resolve("tiny", {"vocab_size": 32, "num_tokens": 8, "impl": "triton"}))
+    cond = cspec.factory(cspec.resolve(None, {"num_classes": 10, "groups": 2}), dim=bb.dim, num_layers=bb.num_layers)
+    with torch.no_grad():  # zero-initialised adaLN would hide the modulation path
+        for prm in cond.parameters():
+            prm.add_(torch.randn_like(prm) * 0.05)
+    params = [*bb.parameters(), *cond.parameters()]
+    codes, labels = torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(0)), torch.tensor([1, 7])
+
+    def loss_fn(codes: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(bb(codes, cond(labels)).flatten(0, 1), codes.flatten())
+
+    def loss_and_grads(fn) -> list[Tensor]:
+        for prm in params:
+            prm.grad = None
+        loss = fn(codes, labels)
+        loss.backward()
+        return [loss.detach(), *(prm.grad for prm in params)]
+
+    ref = loss_and_grads(loss_fn)
+    got = loss_and_grads(torch.compile(loss_fn, backend="aot_eager", fullgraph=True))
+    check("compile aot_eager backbone loss", max_rel_err(got[0], ref[0]), 1e-6)
+    missing = sum(g is None for g in got[1:])
+    if missing:
+        raise SystemExit(f"FAILED: compiled backbone: {missing} parameter gradients missing")
+    check("compile aot_eager backbone grads (max)", max(max_rel_err(a, b) for a, b in zip(got[1:], ref[1:], strict=True)), 1e-5)
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "scan"
-    {"scan": scan_checks, "step": step_checks, "decode": decode_checks}[which]()
+    {"scan": scan_checks, "step": step_checks, "decode": decode_checks, "compile": compile_checks}[which]()
     print("OK")

@@ -13,7 +13,6 @@ pinned config is used.
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import torch
@@ -32,14 +31,23 @@ IMPLS = ("auto", "torch", "triton")
 __all__ = ["IMPLS", "Impl", "chunk_scan", "fused_step", "resolve_impl", "triton_available"]
 
 
-@functools.cache
+_TRITON_OK: bool | None = None
+
+
+# torch.compile calls this once while tracing and keeps the result (no functools.cache:
+# Dynamo warns about tracing through it)
+@torch.compiler.assume_constant_result
 def triton_available() -> bool:
     """Whether Triton can be imported (checked once)."""
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+    global _TRITON_OK
+    if _TRITON_OK is None:
+        try:
+            import triton  # noqa: F401
+        except Exception:
+            _TRITON_OK = False
+        else:
+            _TRITON_OK = True
+    return _TRITON_OK
 
 
 def _interpreting() -> bool:

@@ -939,29 +939,107 @@ def _bwd(
     return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit
 
 
-class _ChunkScanFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, return_final_states):
-        ctx.set_materialize_grads(False)
-        out, ypre, dtp, acs, final = _fwd(
-            x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, return_final_states
-        )
-        ctx.save_for_backward(x, dt, A, B, C, D, z, ypre, dt_bias, initial_states, dtp, acs)
-        ctx.chunk_size = chunk_size
-        ctx.dt_softplus = dt_softplus
-        return (out, final) if return_final_states else out
+# ----------------------------------------------------------------------------- custom ops
+# The scan is exposed as two opaque PyTorch custom ops so that torch.compile (Dynamo +
+# AOTAutograd) treats each direction as one graph node with a shape-only fake
+# implementation, instead of tracing into the Triton launcher / autotuner.
+# Custom ops take optional tensors as ``Tensor?`` but cannot return ``None``: absent
+# results come back as empty placeholders and are mapped to ``None`` here.
 
-    @staticmethod
-    def backward(ctx: Any, dout, dfinal=None):
-        x, dt, A, B, C, D, z, ypre, dt_bias, init, dtp, acs = ctx.saved_tensors
-        if dout is None:
-            dout = torch.zeros_like(x)
-        elif dout.stride(-1) != 1:
-            dout = dout.contiguous()
-        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = _bwd(
-            dout, dfinal, x, dt, A, B, C, ctx.chunk_size, D, z, ypre, dt_bias, ctx.dt_softplus, init, dtp, acs
-        )
-        return dx, ddt, dA, dB, dC, None, dD, dz, dbias, None, dinit, None
+
+def _nchunks(seqlen: Any, Q: int) -> int:
+    return max(1, (seqlen + Q - 1) // Q)  # as math.ceil in _dt_cumsum; SymInt-friendly
+
+
+def _none(t: Tensor) -> Tensor:
+    return t.new_empty(0)
+
+
+# Explicit schemas (what torch infers from the annotations): older torch cannot read
+# this module's postponed (string) annotations.
+_FWD_SCHEMA = (
+    "(Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, SymInt chunk_size, Tensor? D, Tensor? z, Tensor? dt_bias, "
+    "bool dt_softplus, Tensor? initial_states, bool return_final_states) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_BWD_SCHEMA = (
+    "(Tensor dout, Tensor? dfinal, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, SymInt chunk_size, Tensor? D, "
+    "Tensor? z, Tensor? ypre, Tensor? dt_bias, bool dt_softplus, Tensor? initial_states, Tensor dtp, Tensor acs) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+@torch.library.custom_op("avgkit_mamba::ssd_chunk_scan_fwd", mutates_args=(), schema=_FWD_SCHEMA)
+def _scan_fwd_op(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, D: Tensor | None, z: Tensor | None,
+    dt_bias: Tensor | None, dt_softplus: bool, initial_states: Tensor | None, return_final_states: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (y, final states or empty, pre-gate y or empty, processed dt, dt*A cumsum)."""
+    out, ypre, dtp, acs, final = _fwd(
+        x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, return_final_states
+    )
+    final = final if return_final_states else None
+    return out, *(t if t is not None else _none(dtp) for t in (final, ypre)), dtp, acs
+
+
+@_scan_fwd_op.register_fake
+def _(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, return_final_states):
+    b, seqlen, h, p = x.shape
+    dtp = x.new_empty(b, h, _nchunks(seqlen, chunk_size), chunk_size, dtype=torch.float32)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    final = dtp.new_empty(b, h, p, B.shape[3]) if return_final_states else dtp.new_empty(0)
+    ypre = torch.empty_like(out) if z is not None else dtp.new_empty(0)
+    return out, final, ypre, dtp, torch.empty_like(dtp)
+
+
+@torch.library.custom_op("avgkit_mamba::ssd_chunk_scan_bwd", mutates_args=(), schema=_BWD_SCHEMA)
+def _scan_bwd_op(
+    dout: Tensor, dfinal: Tensor | None, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
+    D: Tensor | None, z: Tensor | None, ypre: Tensor | None, dt_bias: Tensor | None, dt_softplus: bool,
+    initial_states: Tensor | None, dtp: Tensor, acs: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (dx, ddt, dA, dB, dC, dD, dz, d dt_bias, d initial_states); empty where the input is absent."""
+    grads = _bwd(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, ypre, dt_bias, dt_softplus, initial_states, dtp, acs)
+    # contiguous: the fake below promises contiguous results (dz's layout follows dout's otherwise)
+    return tuple(g.contiguous() if g is not None else _none(dtp) for g in grads)
+
+
+@_scan_bwd_op.register_fake
+def _(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, ypre, dt_bias, dt_softplus, initial_states, dtp, acs):
+    def like(t: Tensor | None, dtype: torch.dtype | None = None) -> Tensor:
+        return dtp.new_empty(0) if t is None else torch.empty_like(t, dtype=dtype, memory_format=torch.contiguous_format)
+
+    def vec(t: Tensor | None) -> Tensor:  # per-head fp32 sums
+        return dtp.new_empty(0) if t is None else dtp.new_empty(A.shape[0])
+
+    return like(x), like(dt), vec(A), like(B), like(C), vec(D), like(z), vec(dt_bias), like(initial_states, torch.float32)
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, init, want_final = inputs
+    _, _, ypre, dtp, acs = output
+    ctx.mark_non_differentiable(ypre, dtp, acs)  # internals kept for the backward only
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, dt, A, B, C, D, z, ypre if z is not None else None, dt_bias, init, dtp, acs)
+    ctx.chunk_size, ctx.dt_softplus, ctx.want_final = chunk_size, dt_softplus, want_final
+
+
+def _backward(ctx: Any, dout: Tensor | None, dfinal: Tensor | None, *_internals: Any) -> tuple:
+    x, dt, A, B, C, D, z, ypre, dt_bias, init, dtp, acs = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(x)
+    elif dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    if not ctx.want_final:
+        dfinal = None  # the empty placeholder's gradient (materialized under AOTAutograd)
+    grads = _scan_bwd_op(dout, dfinal, x, dt, A, B, C, ctx.chunk_size, D, z, ypre, dt_bias, ctx.dt_softplus,
+                         init, dtp, acs)
+    dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = (
+        g if t is not None else None for g, t in zip(grads, (x, dt, A, B, C, D, z, dt_bias, init), strict=True)
+    )
+    return dx, ddt, dA, dB, dC, None, dD, dz, dbias, None, dinit, None
+
+
+_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _last_dim_contiguous(t: Tensor | None) -> Tensor | None:
@@ -1001,6 +1079,7 @@ def chunk_scan_triton(
     dt_bias = dt_bias.contiguous() if dt_bias is not None else None
     if initial_states is not None:
         initial_states = initial_states.contiguous()
-    return _ChunkScanFn.apply(
+    out, final, *_ = _scan_fwd_op(
         x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, return_final_states
     )
+    return (out, final) if return_final_states else out
