@@ -19,6 +19,8 @@ Reference: :func:`avgkit_mamba.ops.dispatch.fused_step_torch` (+ ``GatedRMSNorm`
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -181,8 +183,11 @@ def _tune(key: tuple, launch, conv_state: Tensor, ssm_state: Tensor, p: int) -> 
             launch(cfg, conv, ssm)
         end.record()
         end.synchronize()
-        if start.elapsed_time(end) < best_ms:
-            best, best_ms = cfg, start.elapsed_time(end)
+        ms = start.elapsed_time(end) / 10
+        if os.environ.get("AVGKIT_TUNE_VERBOSE"):
+            print(f"decode step tile (BLOCK_P, warps)={cfg} batch {key[0]}: {ms:.4f} ms", flush=True)
+        if ms < best_ms:
+            best, best_ms = cfg, ms
     _CHOSEN[key] = best
     return best
 
