@@ -260,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for dtype in dtypes:
         for c in cases(args.quick):
+            t0 = time.perf_counter()
             rows += check_scan(c, dtype)
+            print(f"checked {c.name} {dtype} in {time.perf_counter() - t0:.1f} s", flush=True)
             torch.cuda.empty_cache()
         rows += check_step(16 if args.quick else 128, 24, dtype)
         rows += check_mixer(dtype)

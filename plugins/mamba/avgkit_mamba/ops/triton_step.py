@@ -157,7 +157,7 @@ def _epilogue_kernel(
 
 # (BLOCK_P, num_warps): small tiles give many programs for small batches, large ones
 # fewer, fuller programs for large batches
-_STEP_CONFIGS = [(8, 1), (16, 2), (16, 4), (32, 2), (32, 4), (64, 4), (64, 8)]
+_STEP_CONFIGS = [(8, 1), (16, 2), (16, 4), (32, 2), (32, 4), (32, 8), (64, 4), (64, 8), (64, 16)]
 _CHOSEN: dict[tuple, tuple[int, int]] = {}
 
 
@@ -172,9 +172,9 @@ def _tune(key: tuple, launch, conv_state: Tensor, ssm_state: Tensor, p: int) -> 
         return _CHOSEN[key]
     configs = [c for c in _STEP_CONFIGS if c[0] <= triton.next_power_of_2(p)]
     if torch.cuda.is_current_stream_capturing():  # no timing inside a graph capture
-        return configs[-2]
+        return configs[-3]
     conv, ssm = conv_state.clone(), ssm_state.clone()
-    best, best_ms = configs[-2], float("inf")
+    best, best_ms = configs[-3], float("inf")
     for cfg in configs:
         launch(cfg, conv, ssm)  # compile
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
