@@ -12,14 +12,11 @@
    in a later launch means no program of the first kernel can see a half-updated window,
    without atomics or a grid-wide handshake.
 
-The state tile's shape is tuned per problem on copies of the state (see ``_tune``), so
-run one step before capturing a CUDA graph.
+The state tile's shape follows a fixed rule (``_tile``).
 Reference: :func:`avgkit_mamba.ops.dispatch.fused_step_torch` (+ ``GatedRMSNorm``).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -155,41 +152,16 @@ def _epilogue_kernel(
     tl.store(conv_row + chan_c[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_c, mask=wmask)
 
 
-# (BLOCK_P, num_warps): small tiles give many programs for small batches, large ones
-# fewer, fuller programs for large batches
-_STEP_CONFIGS = [(8, 1), (16, 2), (16, 4), (32, 2), (32, 4), (32, 8), (64, 4), (64, 8), (64, 16)]
-_CHOSEN: dict[tuple, tuple[int, int]] = {}
+def _tile(rows: int, p: int) -> tuple[int, int]:
+    """(BLOCK_P, num_warps) of the state-update kernel for ``rows`` (batch x heads) tiles.
 
-
-def _tune(key: tuple, launch, conv_state: Tensor, ssm_state: Tensor, p: int) -> tuple[int, int]:
-    """Fastest (BLOCK_P, num_warps) for ``key``, timed on copies of the state (never the live one).
-
-    Triton's autotuner would time its state restore along with the kernel; this times
-    the kernel alone. Compiled variants land in Triton's disk cache, so a warm start
-    only re-times them (milliseconds).
+    Measured on an H200 at AiM-B shapes (``AVGKIT_TUNE_VERBOSE`` history in
+    docs/benchmarks.md): small grids want small tiles (more programs), large grids wide
+    tiles with eight warps. A fixed rule, not a timing run: a choice that never depends
+    on the machine's load keeps results reproducible.
     """
-    if key in _CHOSEN:
-        return _CHOSEN[key]
-    configs = [c for c in _STEP_CONFIGS if c[0] <= triton.next_power_of_2(p)]
-    if torch.cuda.is_current_stream_capturing():  # no timing inside a graph capture
-        return configs[-3]
-    conv, ssm = conv_state.clone(), ssm_state.clone()
-    best, best_ms = configs[-3], float("inf")
-    for cfg in configs:
-        launch(cfg, conv, ssm)  # compile
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(10):
-            launch(cfg, conv, ssm)
-        end.record()
-        end.synchronize()
-        ms = start.elapsed_time(end) / 10
-        if os.environ.get("AVGKIT_TUNE_VERBOSE"):
-            print(f"decode step tile (BLOCK_P, warps)={cfg} batch {key[0]}: {ms:.4f} ms", flush=True)
-        if ms < best_ms:
-            best, best_ms = cfg, ms
-    _CHOSEN[key] = best
-    return best
+    block_p, warps = (16, 2) if rows < 2048 else (64, 8)
+    return min(block_p, triton.next_power_of_2(p)), warps
 
 
 def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a_is_log, D, dt_bias, y, ngroups):
@@ -214,12 +186,7 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
             y.stride(0), **flags, BLOCK_P=block_p, num_warps=warps, num_stages=1,
         )
 
-    if INTERPRET:
-        cfg = (min(triton.next_power_of_2(p), 16), 4)
-    else:
-        key = (b, nheads, p, n, ngroups, ssm_state.dtype, xBC.dtype, conv_state.dtype, tuple(flags.values()))
-        cfg = _tune(key, launch, conv_state, ssm_state, p)
-    launch(cfg, conv_state, ssm_state)
+    launch((min(triton.next_power_of_2(p), 16), 4) if INTERPRET else _tile(b * nheads, p), conv_state, ssm_state)
 
 
 def _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, dstate):
