@@ -11,19 +11,23 @@ from matplotlib.figure import Figure
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _figure(width: float, height: float, cols: int = 1):
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, [fig.add_subplot(1, cols, i + 1) for i in range(cols)]
+
+
 def sampling(path: Path = RESULTS / "sampling_h200.json") -> Path | None:
+    """Images/s of every fixed-length row next to its memory floor."""
     if not path.exists():
         return None
-    rows = json.loads(path.read_text())["rows"]
-    fig = Figure(figsize=(8, 4.5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    rows = [r for r in json.loads(path.read_text())["rows"] if "tokens" not in r]
+    fig, (ax,) = _figure(8, 4.8)
     labels = [f"{r['model']} b{r['batch']}" for r in rows]
-    speed = [r["images_per_s"] for r in rows]
-    floor = [r.get("floor_images_per_s") or 0 for r in rows]
     y = range(len(rows))
-    ax.barh([i + 0.2 for i in y], floor, height=0.4, color="lightgray", label="memory floor of the state layout")
-    ax.barh([i - 0.2 for i in y], speed, height=0.4, color="tab:blue", label="measured")
+    ax.barh([i + 0.2 for i in y], [r.get("floor_images_per_s") or 0 for r in rows], height=0.4, color="lightgray",
+            label="memory floor of the state layout")
+    ax.barh([i - 0.2 for i in y], [r["images_per_s"] for r in rows], height=0.4, color="tab:blue", label="measured")
     ax.set_yticks(list(y), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("images / s (256 tokens, CFG 2, bf16 weights, one H200)")
@@ -34,5 +38,53 @@ def sampling(path: Path = RESULTS / "sampling_h200.json") -> Path | None:
     return out
 
 
+def sequence_length(path: Path = RESULTS / "sampling_h200.json") -> Path | None:
+    """Time and peak memory per image against tokens per image: recurrent state vs KV cache."""
+    if not path.exists():
+        return None
+    rows = [r for r in json.loads(path.read_text())["rows"] if "tokens" in r]
+    if not rows:
+        return None
+    fig, (a1, a2) = _figure(8, 3.4, cols=2)
+    for family, color in (("aim-b", "tab:blue"), ("gpt-b", "tab:orange")):
+        sel = sorted((r for r in rows if family in r["model"]), key=lambda r: r["tokens"])
+        toks = [r["tokens"] for r in sel]
+        a1.plot(toks, [1e3 / r["images_per_s"] for r in sel], "o-", color=color, label=family.upper())
+        a2.plot(toks, [r["peak_mem_gib"] for r in sel], "o-", color=color, label=family.upper())
+    a1.set_ylabel("ms per image (batch 16, CFG 2)")
+    a2.set_ylabel("peak GiB (batch 16, CFG 2)")
+    for ax in (a1, a2):
+        ax.set_xlabel("tokens per image")
+        ax.set_xticks([256, 576, 1024])
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.16, top=0.96, wspace=0.3)
+    out = RESULTS / "sequence_length_h200.png"
+    fig.savefig(out)
+    return out
+
+
+def training(paths: tuple[Path, ...] = (RESULTS / "train_step_h200.json", RESULTS / "train_step_1b_h200.json")
+             ) -> Path | None:
+    """Training tokens/s per model, avgkit next to the mamba-ssm stack where measured."""
+    rows = [r for p in paths if p.exists() for r in json.loads(p.read_text())["rows"]]
+    if not rows:
+        return None
+    fig, (ax,) = _figure(7, 3.2)
+    labels = [f"{r['model']} b{r['batch']}" for r in rows]
+    colors = ["tab:gray" if r["model"].startswith("mamba-ssm") else "tab:blue" for r in rows]
+    ax.barh(range(len(rows)), [r["tokens_per_s"] / 1e3 for r in rows], color=colors)
+    for i, r in enumerate(rows):
+        ax.text(r["tokens_per_s"] / 1e3, i, f" {r['peak_mem_gib']:.0f} GiB", va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("training k tokens / s (bf16 autocast, AdamW, one H200); label: peak memory")
+    fig.subplots_adjust(left=0.3, right=0.92, bottom=0.16, top=0.97)
+    out = RESULTS / "train_step_h200.png"
+    fig.savefig(out)
+    return out
+
+
 if __name__ == "__main__":
-    print(sampling())
+    for fn in (sampling, sequence_length, training):
+        print(fn())
