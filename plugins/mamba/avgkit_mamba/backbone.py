@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from avgkit.interfaces import Backbone, Conditioning, Modulation
 from avgkit.registry import BackboneConfig
@@ -53,6 +54,10 @@ class MambaBackboneConfig(BackboneConfig):
     initializer_range: float = 0.02
     impl: Literal["auto", "torch", "triton"] = Field("auto", description="scan kernels: triton on GPU, torch on CPU")
     state_dtype: Literal["fp32", "bf16", "model"] = Field("fp32", description="dtype of the SSM decoding state")
+    recompute_norms: bool = Field(
+        True, description="training: recompute the norms' fp32 intermediates in backward instead of keeping them "
+        "(about half a layer's activation memory, for a few elementwise passes more)"
+    )
 
 
 class RMSNorm(nn.Module):
@@ -84,11 +89,13 @@ class Block(nn.Module):
     def __init__(self, c: MambaBackboneConfig, layer_idx: int) -> None:
         super().__init__()
         self.residual_in_fp32 = c.residual_in_fp32
+        self.recompute = c.recompute_norms
         self.norm = RMSNorm(c.d_model, c.norm_eps)
         self.mixer = Mamba2Mixer(
             c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, headdim=c.headdim,
             ngroups=c.ngroups, chunk_size=c.chunk_size, impl=c.impl,
         )
+        self.mixer.norm.recompute = c.recompute_norms
         self.layer_idx = layer_idx
 
     def _pre(self, h: Tensor, residual: Tensor | None, m: Modulation | None) -> tuple[Tensor, Tensor]:
@@ -103,7 +110,11 @@ class Block(nn.Module):
         return y if m is None else m.gate.unsqueeze(1).to(y.dtype) * y
 
     def forward(self, h: Tensor, residual: Tensor | None, m: Modulation | None, state=None) -> tuple[Tensor, Tensor]:
-        x, residual = self._pre(h, residual, m)
+        if self.recompute and torch.is_grad_enabled():
+            # training: the add/norm/modulate chain's fp32 intermediates are recomputed in backward
+            x, residual = checkpoint(self._pre, h, residual, m, use_reentrant=False)
+        else:
+            x, residual = self._pre(h, residual, m)
         return self._gate(self.mixer(x, state=state), m), residual
 
     def pre_step(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["GatedRMSNorm"]
 
@@ -30,9 +31,17 @@ class GatedRMSNorm(nn.Module):
             raise ValueError(f"norm dim {dim} is not a multiple of group_size {group_size}")
         self.eps = eps
         self.group_size = group_size
+        self.recompute = True  # keep only the inputs for backward (see forward)
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        if self.recompute and torch.is_grad_enabled() and (x.requires_grad or (z is not None and z.requires_grad)):
+            # keep only x and z for backward and recompute the fp32 intermediates there:
+            # they are (B, L, d_inner) fp32 tensors, otherwise most of a layer's activations
+            return checkpoint(self._norm, x, z, use_reentrant=False)
+        return self._norm(x, z)
+
+    def _norm(self, x: Tensor, z: Tensor | None) -> Tensor:
         xf = x.float()
         if z is not None:
             xf = xf * F.silu(z.float())

@@ -105,3 +105,37 @@ def test_forcing_triton_on_cpu_is_a_clear_error() -> None:
     assert resolve_impl("auto", "cpu") == "torch"
     with pytest.raises(Exception, match="unknown kernel impl"):
         resolve_impl("cuda", "cpu")
+
+
+def _saved_bytes(fn):
+    """Bytes of the distinct storages autograd keeps for backward while ``fn`` runs."""
+    seen = {}
+
+    def pack(t):
+        seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def test_gated_norm_recomputes_instead_of_saving_fp32_intermediates():
+    from avgkit_mamba.norm import GatedRMSNorm
+
+    torch.manual_seed(0)
+    norm = GatedRMSNorm(64, group_size=32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 16, 64, dtype=torch.bfloat16, requires_grad=True)
+    z = torch.randn(2, 16, 64, dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(2, 16, 64)
+    (y, saved) = _saved_bytes(lambda: norm(x, z))
+    (y_plain, saved_plain) = _saved_bytes(lambda: norm._norm(x, z))
+    inputs = x.numel() * x.element_size() + z.numel() * z.element_size() + norm.weight.numel() * 4
+    assert saved <= inputs < saved_plain  # only the inputs are kept
+    grads = torch.autograd.grad((y.float() * g).sum(), (x, z, norm.weight))
+    grads_plain = torch.autograd.grad((y_plain.float() * g).sum(), (x, z, norm.weight))
+    assert torch.equal(y, y_plain)
+    for a, b in zip(grads, grads_plain, strict=True):
+        assert torch.equal(a, b)
