@@ -31,7 +31,7 @@ from avgkit.errors import AvgkitError
 from avgkit.sample.classes import label_list, parse_classes
 
 #: Sampler options ``generate`` / ``sample_codes`` accept as keyword arguments.
-SAMPLER_OPTIONS = ("cfg_scale", "cfg_schedule", "temperature", "top_k", "top_p")
+SAMPLER_OPTIONS = ("cfg_scale", "cfg_schedule", "temperature", "top_k", "top_p", "decode_width")
 ClassSpec = int | str | Sequence[int] | Tensor | np.ndarray
 
 
@@ -185,6 +185,7 @@ class Generator:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
+        decode_width: int | None = None,
         seed: int = 0,
         batch_size: int | None = None,
         start_index: int = 0,
@@ -194,6 +195,7 @@ class Generator:
         batches = self._request_codes(
             classes, n_per_class, seed, batch_size, start_index, precision,
             cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
+            decode_width=decode_width,
         )
         return torch.cat([codes.cpu() for _, codes in batches])
 
@@ -207,6 +209,7 @@ class Generator:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
+        decode_width: int | None = None,
         seed: int = 0,
         batch_size: int | None = None,
         start_index: int = 0,
@@ -225,6 +228,7 @@ class Generator:
         batches = self._request_codes(
             classes, n_per_class, seed, batch_size, start_index, precision,
             cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
+            decode_width=decode_width,
         )
         out = []
         for part, codes in batches:

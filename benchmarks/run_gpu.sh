@@ -20,6 +20,7 @@ run() { echo "== $*"; timeout "${LIMIT:-480}" python3 "$@" 2>&1; }
 kernels_and_sampling() {
   run plugins/mamba/scripts/gpu_check.py --out "$OUT/mamba_gpu_check_h200.json" ${GPU_CHECK_ARGS:-$QUICK}
   run benchmarks/sampling.py $QUICK --out "$OUT/sampling_h200.json"
+  run benchmarks/batch_invariance.py --out "$OUT/batch_invariance_h200.json"
 }
 training_and_startup() {
   run benchmarks/train_step.py $QUICK --presets aim-b,aim-l,aim-xl,aim-1b --out "$OUT/train_step_h200.json"

@@ -40,6 +40,8 @@ def sample_cmd(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="softmax temperature (0: greedy)"),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="keep the k most likely tokens (0: all)"),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus mass (1: all)"),
+    decode_width: Optional[int] = typer.Option(
+        None, "--decode-width", help="decode in groups of exactly this many images, so GPU images do not depend on --batch-size"),
     seed: int = typer.Option(0, "--seed", help="image i uses (seed, i); random:N classes are drawn with it too"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per sampler call (default: recipe eval.batch_size)"),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", help="images per resumable shard (default: the batch size)"),
@@ -67,7 +69,7 @@ def sample_cmd(
             labels=labels,
             seed=seed,
             sampler={"cfg_scale": cfg, "cfg_schedule": cfg_schedule, "temperature": temperature, "top_k": top_k,
-                     "top_p": top_p},
+                     "top_p": top_p, "decode_width": decode_width},
             batch_size=batch_size or gen.default_batch_size,
             shard_size=shard_size,
             precision=precision,

@@ -30,6 +30,11 @@ class ARSamplerConfig(ComponentConfig):
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 keeps all")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus mass; 1 keeps all")
     cuda_graph: bool = Field(True, description="on CUDA, capture the decoding step once and replay it")
+    decode_width: int | None = Field(
+        None, ge=1, description="decode in groups of exactly this many images (the last one padded): every "
+        "matrix kernel then sees one shape, so GPU images no longer depend on the batch size; None decodes "
+        "each batch as given"
+    )
 
 
 @dataclass
@@ -103,8 +108,25 @@ class ARSampler:
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         device = labels.device
-        batch, n_tok = labels.shape[0], backbone.num_tokens
+        batch = labels.shape[0]
         index = torch.arange(batch, device=device) if index is None else index.to(device)
+        width = self.config.decode_width
+        if width is None or batch == width:
+            return self._sample(backbone, conditioner, labels, index, seed, dtype)
+        parts = []
+        for start in range(0, batch, width):
+            lab, idx = labels[start : start + width], index[start : start + width]
+            n = lab.shape[0]
+            if n < width:  # pad with copies of the last row; rows never influence each other
+                lab = torch.cat([lab, lab[-1:].expand(width - n)])
+                idx = torch.cat([idx, idx[-1:].expand(width - n)])
+            parts.append(self._sample(backbone, conditioner, lab, idx, seed, dtype)[:n])
+        return torch.cat(parts)
+
+    def _sample(self, backbone: Backbone, conditioner: Conditioner, labels: Tensor, index: Tensor, seed: int,
+                dtype: torch.dtype | None) -> Tensor:
+        device = labels.device
+        batch, n_tok = labels.shape[0], backbone.num_tokens
         cond = conditioner(labels)
         if self.use_cfg:
             cond = Conditioning.cat([cond, conditioner.null(batch, device)])

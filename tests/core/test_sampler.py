@@ -62,3 +62,18 @@ def test_cfg_combines_conditioned_and_null_rows():
     expect = (null_l + 3.0 * (cond_l - null_l)).argmax(-1)
     assert torch.equal(codes[:, 0], expect)
     assert ARSampler(ARSamplerConfig(cfg_scale=3.0, cfg_schedule="linear")).guidance(0, 16) == 1.0
+
+
+def test_decode_width_fixes_the_shape_the_model_sees():
+    c = _components()
+    labels = torch.tensor([3, 1, 4, 1, 5, 9])
+    plain = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8)).sample(c.backbone, c.conditioner, labels, seed=3)
+    seen = []
+    real = c.conditioner.forward
+    c.conditioner.forward = lambda lab: (seen.append(lab.shape[0]), real(lab))[1]
+    fixed = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8, decode_width=4))
+    assert torch.equal(fixed.sample(c.backbone, c.conditioner, labels, seed=3), plain)  # padded rows dropped
+    assert seen == [4, 4, 4, 4]  # two groups, each conditioned and null
+    seen.clear()
+    two = fixed.sample(c.backbone, c.conditioner, labels[4:], seed=3, index=torch.tensor([4, 5]))
+    assert torch.equal(two, plain[4:]) and seen == [4, 4]
