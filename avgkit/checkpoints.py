@@ -18,7 +18,7 @@ Two layouts are accepted, both safetensors + YAML only (nothing is ever unpickle
       convert.json             where the weights came from
 
 Components are rebuilt from the stored recipe through the registry and the weights are
-loaded with strict key and shape checks (:func:`avgkit.convert.check_state_dict`).
+loaded with strict key and shape checks (:func:`avgkit.state_dicts.check_state_dict`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from avgkit.errors import AvgkitError
 from avgkit.io import atomic_write_json, atomic_write_text, fsync_path
 from avgkit.recipe import Recipe, read_yaml, validate_recipe
+from avgkit.state_dicts import check_state_dict
 from avgkit.train import checkpoint as train_ckpt
 
 RECIPE_FILE = "recipe.yaml"
@@ -138,8 +139,6 @@ def read_weights(path: Path) -> dict[str, Tensor]:
 
 def load_strict(module: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
     """Load ``state`` into ``module`` after the one-line key and shape check."""
-    from avgkit.convert import check_state_dict
-
     check_state_dict(module, state, what)
     module.load_state_dict(dict(state), strict=True)
 

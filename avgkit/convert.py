@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from avgkit.errors import AvgkitError
+from avgkit.state_dicts import key_list, state_dict_problems
 
 
 class ConvertedWeights(NamedTuple):
@@ -64,37 +65,6 @@ def load_external_state_dict(path: str | Path, *, nested: Iterable[str] = ("mode
 def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """Keys under ``prefix`` with it removed (``"mamba."``: AiM's wrapper)."""
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
-
-def _names(keys: list[str], cap: int = 5) -> str:
-    return ", ".join(keys[:cap]) + (f" ... (+{len(keys) - cap} more)" if len(keys) > cap else "")
-
-
-def state_dict_problems(module: torch.nn.Module, state_dict: Mapping[str, Tensor], prefix: str = "") -> list[str]:
-    """Missing, unexpected and mis-shaped keys of ``state_dict`` for ``module``, by name.
-
-    ``prefix`` is put before every key named (``"backbone."`` for a part of a model).
-    Works on the meta device: only names and shapes are compared.
-    """
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            problems.append(f"{len(keys)} {label} key(s): {_names([prefix + k for k in keys])}")
-    if shapes:
-        shown = [f"{prefix}{k} (checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)})" for k in shapes]
-        problems.append(f"{len(shapes)} mis-shaped key(s): {_names(shown, 3)}")
-    return problems
-
-
-def check_state_dict(module: torch.nn.Module, state_dict: Mapping[str, Tensor], what: str) -> None:
-    """Strict comparison of keys and shapes, as one line naming what is wrong."""
-    problems = state_dict_problems(module, state_dict)
-    if problems:
-        raise AvgkitError(f"{what} does not match: " + "; ".join(problems) + " (is the preset/config right?)")
 
 
 # ----------------------------------------------------------------------------- driver
@@ -177,7 +147,7 @@ def convert_state_dict(
     problems: list[str] = []
     unknown = sorted(set(state_dict) - consumed)
     if unknown:
-        problems.append(f"{len(unknown)} unknown key(s) that no component uses: {_names(unknown)}")
+        problems.append(f"{len(unknown)} unknown key(s) that no component uses: {key_list(unknown)}")
     model = None
     if any(answers[r] is not None for r in _MODEL_ROLES):
         for role in _MODEL_ROLES:

@@ -15,23 +15,8 @@ from typing import Any, Optional
 
 import typer
 
+from avgkit.cli.base import app, recipes_app
 from avgkit.errors import AvgkitError, did_you_mean
-
-app = typer.Typer(
-    name="avgkit",
-    help="Autoregressive visual generation: train, sample and evaluate recipes built from plugins.\n\n"
-    "Examples:\n\n"
-    "  avgkit recipes ls\n\n"
-    "  avgkit train digits\n\n"
-    "  avgkit train aim-b --dry-run\n\n"
-    "  avgkit train digits train.steps=200 conditioner=adaln-single",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-recipes_app = typer.Typer(help="List, show, copy and validate recipes.", no_args_is_help=True)
-app.add_typer(recipes_app, name="recipes")
 
 
 def echo_json(data: Any) -> None:

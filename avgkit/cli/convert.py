@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from avgkit.cli.app import app
+from avgkit.cli.base import app
 
 _HELP = """Convert an official checkpoint into an avgkit checkpoint directory.
 

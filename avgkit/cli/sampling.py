@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from avgkit.cli.app import app
+from avgkit.cli.base import app
 
 _HELP = """Sample images from a run directory or an `avgkit convert` output.
 

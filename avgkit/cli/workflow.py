@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from avgkit.cli.app import app
+from avgkit.cli.base import app
 from avgkit.errors import AvgkitError
 
 
