@@ -4,11 +4,11 @@
 PyTorch), ``"torch"`` or ``"triton"``. Triton modules are imported on first use only,
 so importing this package never imports Triton.
 
-Autotuning: each Triton kernel benchmarks a few tile configs on its first call for a
+Autotuning: each Triton scan kernel benchmarks a few tile configs on its first call for a
 given problem shape and dtype; the choice is cached in memory and, where Triton
 supports it, on disk in Triton's cache directory (``$TRITON_CACHE_DIR``, default
 ``~/.triton/cache``), so later runs start fast. Under ``TRITON_INTERPRET=1`` one
-pinned config is used.
+pinned config is used. The decode-step kernels use a fixed tile rule (``triton_step._tile``).
 """
 
 from __future__ import annotations

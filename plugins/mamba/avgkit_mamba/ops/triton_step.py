@@ -155,10 +155,11 @@ def _epilogue_kernel(
 def _tile(rows: int, p: int) -> tuple[int, int]:
     """(BLOCK_P, num_warps) of the state-update kernel for ``rows`` (batch x heads) tiles.
 
-    Measured on an H200 at AiM-B shapes (``AVGKIT_TUNE_VERBOSE`` history in
-    docs/benchmarks.md): small grids want small tiles (more programs), large grids wide
-    tiles with eight warps. A fixed rule, not a timing run: a choice that never depends
-    on the machine's load keeps results reproducible.
+    From tile timings on an H200 at AiM-B shapes (benchmarks/results/decode_tile_times_h200.log):
+    small grids want small tiles (more programs), large grids wide tiles with eight
+    warps. A fixed rule rather than timing candidates at first use, which corrupted
+    fp32 states on the H200 (docs/benchmarks.md) and would make the choice, and so the
+    rounding, depend on the machine's load.
     """
     block_p, warps = (16, 2) if rows < 2048 else (64, 8)
     return min(block_p, triton.next_power_of_2(p)), warps
