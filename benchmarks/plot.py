@@ -1,4 +1,4 @@
-"""Plots of committed benchmark results: ``python benchmarks/plot.py`` -> benchmarks/results/*.png."""
+"""Plots of committed benchmark results: ``python benchmarks/plot.py`` -> docs/img/*.png (shown in docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
+IMAGES = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
 def _figure(width: float, height: float, cols: int = 1):
@@ -33,7 +34,8 @@ def sampling(path: Path = RESULTS / "sampling_h200.json") -> Path | None:
     ax.set_xlabel("images / s (256 tokens, CFG 2, bf16 weights, one H200)")
     ax.legend(fontsize=7)
     fig.subplots_adjust(left=0.38, right=0.97, bottom=0.12, top=0.97)
-    out = RESULTS / "sampling_h200.png"
+    out = IMAGES / "sampling_h200.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
 
@@ -59,7 +61,8 @@ def sequence_length(path: Path = RESULTS / "sampling_h200.json") -> Path | None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.subplots_adjust(left=0.09, right=0.98, bottom=0.16, top=0.96, wspace=0.3)
-    out = RESULTS / "sequence_length_h200.png"
+    out = IMAGES / "sequence_length_h200.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
 
@@ -80,7 +83,8 @@ def training(paths: tuple[Path, ...] = (RESULTS / "train_step_h200.json", RESULT
     ax.invert_yaxis()
     ax.set_xlabel("training k tokens / s (bf16 autocast, AdamW, one H200); label: peak memory")
     fig.subplots_adjust(left=0.3, right=0.92, bottom=0.16, top=0.97)
-    out = RESULTS / "train_step_h200.png"
+    out = IMAGES / "train_step_h200.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
 
