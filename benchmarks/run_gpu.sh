@@ -5,7 +5,8 @@
 #   numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm built offline):
 #   bash benchmarks/run_gpu.sh [--quick]
 # With two or more GPUs the correctness + sampling stream and the training + encoding +
-# start-up stream run side by side, one GPU each; with one GPU they run in turn.
+# start-up stream run side by side, one GPU each, then the 1-vs-2-GPU digits check
+# (benchmarks/ddp_check.sh); with one GPU the two streams run in turn.
 # Results land in $OUT (or benchmarks/results/) as JSON; commit them with the scripts.
 set -uo pipefail
 QUICK=${1:-}
@@ -32,7 +33,8 @@ if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   CUDA_VISIBLE_DEVICES=0 kernels_and_sampling >"$OUT/gpu_run_a.log" 2>&1 &
   CUDA_VISIBLE_DEVICES=1 training_and_startup >"$OUT/gpu_run_b.log" 2>&1
   wait
-  tail -n 60 "$OUT/gpu_run_a.log" "$OUT/gpu_run_b.log"
+  LIMIT=240 bash benchmarks/ddp_check.sh 150 >"$OUT/ddp.log" 2>&1
+  tail -n 60 "$OUT/gpu_run_a.log" "$OUT/gpu_run_b.log" "$OUT/ddp.log"
 else
   { kernels_and_sampling; training_and_startup; } 2>&1 | tee "$OUT/gpu_run.log"
 fi
