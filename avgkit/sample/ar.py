@@ -45,8 +45,7 @@ class _Run:
     state: Any
     cond: Conditioning
     codes: Tensor  # (B, N)
-    index: Tensor  # (B,) global image indices
-    seed: Tensor  # () int64
+    u: Tensor  # (B, N) float64: the uniform each image draws each token with
     k: Tensor  # (1,) int64: index of the token being drawn
     graph: Any = None
 
@@ -82,7 +81,7 @@ class ARSampler:
             cond_l, uncond_l = logits.chunk(2)
             scale = self.guidance(run.k.float().view(1, 1), n_tok)
             logits = uncond_l + scale * (cond_l - uncond_l)
-        u = uniform(run.seed, run.index, run.k)
+        u = run.u.index_select(1, run.k)[:, 0]
         tok = sample_logits(logits, u, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p)
         run.codes.index_copy_(1, run.k, tok[:, None])
 
@@ -136,8 +135,9 @@ class ARSampler:
         run = self._graph_run(backbone, cond, batch, dtype) if graphed else self._new_run(backbone, cond, batch, dtype)
         if graphed:
             run.cond.copy_(cond)
-        run.index.copy_(index)
-        run.seed.fill_(seed & 0xFFFFFFFF)
+        # every uniform of the call at once (a hash of seed, image index, token position),
+        # so a step reads one column instead of hashing
+        run.u.copy_(uniform(seed & 0xFFFFFFFF, index[:, None], torch.arange(n_tok, device=device)[None, :]))
         run.k.zero_()
         logits = backbone.prefill(run.state, run.cond)
         self._draw(run, logits)
@@ -156,8 +156,7 @@ class ARSampler:
             state=backbone.init_state(cond.batch_size, device=device, dtype=dtype),
             cond=cond,
             codes=torch.zeros(batch, backbone.num_tokens, dtype=torch.long, device=device),
-            index=torch.zeros(batch, dtype=torch.long, device=device),
-            seed=torch.zeros((), dtype=torch.long, device=device),
+            u=torch.zeros(batch, backbone.num_tokens, dtype=torch.float64, device=device),
             k=torch.ones(1, dtype=torch.long, device=device),
         )
 
