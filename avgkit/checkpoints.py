@@ -218,6 +218,7 @@ def load_checkpoint(
     comps = build(_resolve_tokenizer_file(recipe, ref), device="cpu")
     tok_file = ref.tokenizer_path or tokenizer_weights_option(comps.configs["tokenizer"])
     weights = ref.ema_path if use_ema else ref.model_path
+    assert weights is not None  # _want_ema is true only with an EMA file
     load_strict(ARModel(comps.backbone, comps.conditioner), read_weights(weights), f"weights {weights}")
     if ref.tokenizer_path is not None:
         load_strict(comps.tokenizer, read_weights(ref.tokenizer_path), f"tokenizer weights {ref.tokenizer_path}")

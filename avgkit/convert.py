@@ -149,12 +149,13 @@ def convert_state_dict(
     if unknown:
         problems.append(f"{len(unknown)} unknown key(s) that no component uses: {key_list(unknown)}")
     model = None
-    if any(answers[r] is not None for r in _MODEL_ROLES):
+    parts = {role: a for role in _MODEL_ROLES if (a := answers[role]) is not None}
+    if parts:
         for role in _MODEL_ROLES:
-            if answers[role] is None:
+            if role not in parts:
                 problems.append(f"no installed plugin converts {role} {refs[role].name!r} from format {source!r}")
-        if all(answers[r] is not None for r in _MODEL_ROLES):
-            model = {f"{role}.{k}": v for role in _MODEL_ROLES for k, v in answers[role].state_dict.items()}
+        if len(parts) == len(_MODEL_ROLES):
+            model = {f"{role}.{k}": v for role, a in parts.items() for k, v in a.state_dict.items()}
             problems += state_dict_problems(ARModel(comps.backbone, comps.conditioner), model)
     if tokenizer is not None:
         problems += state_dict_problems(comps.tokenizer, tokenizer, prefix="tokenizer.")

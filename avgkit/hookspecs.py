@@ -78,6 +78,7 @@ def avgkit_register_tokenizer_trainers(register: Callable[..., None]) -> None:
 @hookspec
 def avgkit_recipe_dirs() -> list[Path]:
     """Folders of packaged ``*.yaml`` recipes that ``avgkit recipes ls`` lists."""
+    raise NotImplementedError
 
 
 @hookspec
@@ -106,6 +107,7 @@ def avgkit_convert_checkpoint(
 @hookspec
 def avgkit_checkpoint_formats() -> list[str]:
     """Names of external checkpoint formats this plugin can convert (for ``avgkit convert``)."""
+    raise NotImplementedError
 
 
 ALL_HOOKS = [

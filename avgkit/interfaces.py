@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -87,8 +87,8 @@ class Conditioning:
         first = parts[0]
         return Conditioning(
             torch.cat([p.prefix for p in parts], 0),
-            None if first.layers is None else torch.cat([p.layers for p in parts], 1),
-            None if first.final is None else torch.cat([p.final for p in parts], 0),
+            None if first.layers is None else torch.cat([cast(Tensor, p.layers) for p in parts], 1),
+            None if first.final is None else torch.cat([cast(Tensor, p.final) for p in parts], 0),
         )
 
     def to(self, *args: Any, **kwargs: Any) -> Conditioning:
@@ -109,8 +109,10 @@ class Conditioning:
         """Overwrite these tensors in place (fixed buffers of a captured CUDA graph)."""
         self.prefix.copy_(src.prefix)
         if self.layers is not None:
+            assert src.layers is not None
             self.layers.copy_(src.layers)
         if self.final is not None:
+            assert src.final is not None
             self.final.copy_(src.final)
         return self
 
@@ -192,7 +194,10 @@ class DecodeState(Protocol):
     batch_size: int
 
 
-class Backbone(nn.Module):
+StateT = TypeVar("StateT", bound=DecodeState)
+
+
+class Backbone(nn.Module, Generic[StateT]):
     """Sequence model over ``[prefix, image tokens]`` that predicts every image token.
 
     Training: ``forward(codes, cond)`` -> logits ``(B, N, V)`` where ``logits[:, k]``
@@ -216,14 +221,14 @@ class Backbone(nn.Module):
 
     def init_state(
         self, batch_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> DecodeState:  # pragma: no cover - interface
+    ) -> StateT:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def prefill(self, state: DecodeState, cond: Conditioning) -> Tensor:  # pragma: no cover
+    def prefill(self, state: StateT, cond: Conditioning) -> Tensor:  # pragma: no cover
         """Reset ``state`` and run the prefix; returns the logits of image token 0 (B, V)."""
         raise NotImplementedError
 
-    def step(self, state: DecodeState, tokens: Tensor, cond: Conditioning) -> Tensor:  # pragma: no cover
+    def step(self, state: StateT, tokens: Tensor, cond: Conditioning) -> Tensor:  # pragma: no cover
         """Feed one token per row (B,); returns the logits of the next token (B, V).
 
         Must not synchronise with the host (no ``.item()``, no data-dependent Python
@@ -231,7 +236,7 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
-    def select_state(self, state: DecodeState, index: Tensor) -> DecodeState:  # pragma: no cover
+    def select_state(self, state: StateT, index: Tensor) -> StateT:  # pragma: no cover
         """A new state holding rows ``index`` of ``state`` (beam/row pruning)."""
         raise NotImplementedError
 

@@ -46,7 +46,7 @@ def fsync_path(*paths: str | os.PathLike[str]) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], *, durable: bool = True) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object], *, durable: bool = True) -> Path:
     """Call ``write(tmp)`` for a temporary name beside ``path``, then rename it onto ``path``.
 
     The temporary name keeps ``path``'s suffix, because some writers (numpy's ``savez``,

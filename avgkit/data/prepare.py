@@ -296,8 +296,8 @@ def _encode_chunks(
                     f"tokenizer returned codes of shape {tuple(out.shape)} for {len(good) * a} images; "
                     f"expected ({len(good) * a}, {t}) from its grid {tuple(tokenizer.grid)}"
                 )
-            out = out.reshape(len(good), a, t).cpu().numpy()
-            batch_codes = {i: out[k] for k, (i, _, _) in enumerate(good)}
+            out_np = out.reshape(len(good), a, t).cpu().numpy()
+            batch_codes = {i: out_np[k] for k, (i, _, _) in enumerate(good)}
             n_images += len(good) * a
         labels_of = {i: y for i, _, y in good}
         for i, *_ in batch:  # items arrive in ascending order, whole chunks at a time

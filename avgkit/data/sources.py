@@ -109,9 +109,9 @@ def center_crop_pil(image: Any, size: int) -> Any:
     from PIL import Image
 
     while min(image.size) >= 2 * size:
-        image = image.resize((image.size[0] // 2, image.size[1] // 2), resample=Image.BOX)
+        image = image.resize((image.size[0] // 2, image.size[1] // 2), resample=Image.Resampling.BOX)
     scale = size / min(image.size)
-    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.Resampling.BICUBIC)
     left = (image.size[0] - size) // 2
     top = (image.size[1] - size) // 2
     return image.crop((left, top, left + size, top + size))
@@ -133,7 +133,7 @@ def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
         raise AvgkitError(f"no class folders in {root}; expected <root>/<class name>/<image files>")
     items: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
-        files = []
+        files: list[str] = []
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = os.path.relpath(dirpath, root)
@@ -180,8 +180,8 @@ class ImageFolderSource(_SourceBase):
 
         path = self.item_path(index)
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")  # also forces a full decode, surfacing truncation
+            with Image.open(path) as f:
+                im = f.convert("RGB")  # also forces a full decode, surfacing truncation
             image = pil_to_tensor(center_crop_pil(im, self.image_size))
         except Exception as e:  # noqa: BLE001 - any decode failure is the same to us
             raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
@@ -286,7 +286,7 @@ def ten_crop(image: Tensor, crop: int) -> Tensor:
     c, h, w = image.shape
     if h != w or h < crop:
         raise AvgkitError(f"ten-crop needs a square image of side >= {crop}, got {h}x{w}")
-    views = []
+    views: list[Tensor] = []
     for img in (image, image.flip(-1)):
         views.extend(img[:, top : top + crop, left : left + crop] for top, left in five_crop_boxes(h, crop))
     return torch.stack(views)

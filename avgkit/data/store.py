@@ -24,12 +24,15 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from avgkit.errors import AvgkitError
 from avgkit.io import fsync_path, sha256_file
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
 
 #: Bumped when the on-disk layout changes incompatibly.
 FORMAT_VERSION = 1
@@ -180,10 +183,12 @@ class CodeStore:
         cdt = codes_dtype(meta.vocab_size)
         t, a = meta.num_tokens, meta.num_views
         chunk_items = int(chunk_items or default_chunk_items(t, cdt.itemsize))
-        config = {"write_empty_chunks": True}  # an all-zero chunk must still exist on disk
+        config: ArrayConfigParams = {"write_empty_chunks": True}  # an all-zero chunk must still exist on disk
         group = zarr.create_group(
             store=str(path), zarr_format=3, overwrite=overwrite, attributes={_ATTR_KEY: meta.to_dict()}
         )
+        shape: tuple[int, ...]
+        chunks: tuple[int, ...]
         if a == 1:
             shape, chunks = (n_items, t), (chunk_items, t)
         else:
@@ -205,7 +210,7 @@ class CodeStore:
         return cls(path, group, "r+")
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mode: str = "r", verify: bool = True) -> CodeStore:
+    def open(cls, path: str | os.PathLike[str], *, mode: Literal["r", "r+"] = "r", verify: bool = True) -> CodeStore:
         """Open an existing store; with ``verify`` raise unless every item is extracted."""
         import zarr
 

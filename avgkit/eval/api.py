@@ -135,12 +135,14 @@ def evaluate(
 
     results: dict[str, float] = {}
     if "fid" in metrics:
+        assert ref is not None
         results["fid"] = _fid(feats.pool, ref, fid_method)
     if "is" in metrics:
         if feats.logits is None:
             raise AvgkitError(f"{feature_extractor.extractor_id} gives no logits: drop 'is' from the metrics")
         results["is"], results["is_std"] = inception_score(feats.logits, splits=is_splits)
     if "precision" in metrics or "recall" in metrics:
+        assert ref is not None and ref.features is not None
         precision, recall = precision_recall(ref.features, feats.pool, k=pr_k, device=feature_extractor.device)
         if "precision" in metrics:
             results["precision"] = precision
@@ -152,8 +154,7 @@ def evaluate(
 
 def _fid(features: np.ndarray, ref: ReferenceStats, method: str) -> float:
     """FID of sample features against a reference; small sets skip the D x D matrices."""
-    small = ref.features is not None and max(len(features), len(ref.features)) < features.shape[1]
-    if small and method == "eigh":
+    if ref.features is not None and max(len(features), len(ref.features)) < features.shape[1] and method == "eigh":
         return frechet_distance_features(features, ref.features)
     mu, sigma = feature_statistics(features)
     return frechet_distance(mu, sigma, ref.mu, ref.sigma, method=method)
@@ -234,7 +235,7 @@ def run_eval(
         save_image_grid(result.samples.take(grid_size), out_dir / grid)
     checkpoint_info = None
     if checkpoint is not None or checkpoint_sha256 is not None:
-        digest = checkpoint_sha256 or sha256_file(checkpoint)
+        digest = checkpoint_sha256 if checkpoint is None else checkpoint_sha256 or sha256_file(checkpoint)
         checkpoint_info = {"path": str(checkpoint) if checkpoint is not None else None, "sha256": digest}
     report = build_report(
         metrics=result.metrics,

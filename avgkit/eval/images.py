@@ -79,19 +79,24 @@ class ImageSet:
     def sha256(self) -> str:
         if self._sha256 is None:
             if self.kind == "npz":
+                assert self.path is not None
                 self._sha256 = sha256_file(self.path)
             elif self.kind == "folder":
+                assert self.path is not None
                 self._sha256 = sha256_files(self.path, self.files)
             else:
+                assert self.tensor is not None
                 self._sha256 = _sha256_tensor(self.tensor)
         return self._sha256
 
     def batches(self, batch_size: int) -> Iterator[Tensor]:
         """uint8 RGB batches ``(B, 3, H, W)`` in a fixed order."""
         if self.kind == "tensor":
+            assert self.tensor is not None
             for start in range(0, self.size, batch_size):
                 yield to_uint8_rgb(self.tensor[start : start + batch_size])
         elif self.kind == "npz":
+            assert self.path is not None
             yield from _npz_batches(self.path, batch_size)
         else:
             for start in range(0, self.size, batch_size):

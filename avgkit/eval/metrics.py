@@ -159,16 +159,16 @@ def precision_recall(
     GPU makes 50,000-sample sets take seconds instead of many minutes).
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
-    real = torch.as_tensor(np.asarray(real, dtype=np.float64), device=device)
-    fake = torch.as_tensor(np.asarray(fake, dtype=np.float64), device=device)
-    if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
-        raise AvgkitError(f"feature sets differ: real {tuple(real.shape)} vs fake {tuple(fake.shape)}")
-    if min(real.shape[0], fake.shape[0]) <= k:
+    real_t = torch.as_tensor(np.asarray(real, dtype=np.float64), device=device)
+    fake_t = torch.as_tensor(np.asarray(fake, dtype=np.float64), device=device)
+    if real_t.dim() != 2 or fake_t.dim() != 2 or real_t.shape[1] != fake_t.shape[1]:
+        raise AvgkitError(f"feature sets differ: real {tuple(real_t.shape)} vs fake {tuple(fake_t.shape)}")
+    if min(real_t.shape[0], fake_t.shape[0]) <= k:
         raise AvgkitError(f"precision/recall with k={k} needs more than {k} samples in each set")
-    real_radii = _knn_radii(real, k, max_block_bytes)
-    fake_radii = _knn_radii(fake, k, max_block_bytes)
-    precision = _inside_any_ball(fake, real, real_radii, max_block_bytes).mean()
-    recall = _inside_any_ball(real, fake, fake_radii, max_block_bytes).mean()
+    real_radii = _knn_radii(real_t, k, max_block_bytes)
+    fake_radii = _knn_radii(fake_t, k, max_block_bytes)
+    precision = _inside_any_ball(fake_t, real_t, real_radii, max_block_bytes).mean()
+    recall = _inside_any_ball(real_t, fake_t, fake_radii, max_block_bytes).mean()
     return float(precision), float(recall)
 
 

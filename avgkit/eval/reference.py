@@ -95,7 +95,8 @@ def save_reference_stats(stats: ReferenceStats, path: str | Path) -> Path:
         return atomic_write(path, lambda tmp: save_safetensors(arrays, str(tmp), metadata=meta))
     if path.suffix == ".npz":
         meta_arrays = {f"meta_{key}": np.array(value) for key, value in meta.items()}
-        return atomic_write(path, lambda tmp: np.savez(tmp, **arrays, **meta_arrays))
+        # mypy matches the ** arrays against savez's bool allow_pickle keyword
+        return atomic_write(path, lambda tmp: np.savez(tmp, **arrays, **meta_arrays))  # type: ignore[arg-type]
     raise AvgkitError(f"unknown statistics format {path.suffix!r}: use .npz or .safetensors")
 
 

@@ -45,7 +45,8 @@ def png_name(index: int, label: int) -> str:
     return f"{index:06d}-class{label}.png"
 
 
-def save_pngs(images: np.ndarray, labels: Sequence[int], indices: Sequence[int], folder: Path) -> None:
+def save_pngs(images: np.ndarray, labels: np.ndarray | Sequence[int], indices: np.ndarray | Sequence[int],
+              folder: Path) -> None:
     """One PNG per image, named by its global index and class."""
     from PIL import Image
 

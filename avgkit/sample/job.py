@@ -157,7 +157,8 @@ def _read_shard(out_dir: Path, shard: int, labels: np.ndarray, image_hw: tuple[i
     if images is None or images.dtype != np.uint8 or images.shape != want:
         got = None if images is None else (images.dtype, images.shape)
         raise AvgkitError(f"shard {path} holds {got}, expected uint8 {want}; {fix}")
-    if not np.array_equal(data.get("arr_1"), labels):
+    stored = data.get("arr_1")
+    if stored is None or not np.array_equal(stored, labels):
         raise AvgkitError(f"shard {path} has other labels than this job; {fix}")
     return images
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -76,13 +77,14 @@ class ToyClassConditioner(Conditioner):
         c = self.embed(labels)
         if self.mod is None:
             return Conditioning(prefix=c[:, None])
+        assert self.tables is not None and self.final is not None
         shared = self.mod(F.silu(c)).view(-1, 1, 3, self.dim)  # (B, 1, 3, D)
         layers = shared.transpose(0, 1) + self.tables[:, None]  # (L, B, 3, D)
         final = self.final(F.silu(c)).view(-1, 2, self.dim)
         return Conditioning(prefix=c[:, None], layers=layers, final=final)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
-        return [self.embed.weight]
+        return [cast(nn.Parameter, self.embed.weight)]
 
 
 # --------------------------------------------------------------------------- backbone
@@ -103,7 +105,7 @@ def _modulate(x: Tensor, m: Modulation | None) -> Tensor:
     return x * (1 + m.scale.unsqueeze(1)) + m.shift.unsqueeze(1)
 
 
-class ToyGRUBackbone(Backbone):
+class ToyGRUBackbone(Backbone[ToyGRUState]):
     def __init__(self, config: ToyGRUConfig) -> None:
         super().__init__()
         if config.vocab_size is None or config.num_tokens is None:
@@ -122,7 +124,7 @@ class ToyGRUBackbone(Backbone):
         for i, (norm, gru) in enumerate(zip(self.norms, self.grus, strict=True)):
             m = cond.modulation(i)
             y, h = gru(_modulate(norm(x), m), None if hidden is None else hidden[i : i + 1].contiguous())
-            x = x + (y if m is None else m.gate.unsqueeze(1) * y)
+            x = x + (y if m is None or m.gate is None else m.gate.unsqueeze(1) * y)
             out_h.append(h[0])
         return self.head(_modulate(self.norm_f(x), cond.final_modulation())), out_h
 
@@ -150,4 +152,4 @@ class ToyGRUBackbone(Backbone):
         return ToyGRUState(state.hidden.index_select(1, index), int(index.numel()))
 
     def embedding_parameters(self) -> list[nn.Parameter]:
-        return [self.tok.weight]
+        return [cast(nn.Parameter, self.tok.weight)]

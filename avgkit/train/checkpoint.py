@@ -183,7 +183,8 @@ def _unb64(s: str) -> Tensor:
 
 def capture_rng(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
     """Every random state the loop may touch, as JSON (no pickle)."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the global RandomState is an MT19937
     py_state = random.getstate()
     out: dict[str, Any] = {
         "torch_cpu": _b64(torch.get_rng_state()),

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -131,7 +131,7 @@ class Trainer:
         self.dropout_gen = torch.Generator().manual_seed(cfg.seed + _DROPOUT_SEED_OFFSET)
         self.step = 0
         self.elapsed = 0.0
-        self._label_group = None
+        self._label_group: dist.ProcessGroup | None = None
         self.ddp = None
         net: torch.nn.Module = model
         if self.env.distributed:
@@ -140,7 +140,7 @@ class Trainer:
             ids = [self.env.device.index] if self.env.device.type == "cuda" else None
             self.ddp = net = DistributedDataParallel(model, device_ids=ids)
             if dist.get_backend() != "gloo":  # labels are gathered on the CPU
-                self._label_group = dist.new_group(backend="gloo")
+                self._label_group = cast("dist.ProcessGroup", dist.new_group(backend="gloo"))  # every rank joins
         self.forward = torch.compile(net) if cfg.compile else net
 
     # ------------------------------------------------------------------ paths
@@ -259,7 +259,8 @@ class Trainer:
         found = self._prepare_run_dir(resume)
         if found is not None:
             self.resume_from(found)
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl") if self.writes else None
+        run_dir = self.run_dir if self.writes else None
+        metrics = MetricsLog(run_dir / "metrics.jsonl") if run_dir is not None else None
         if metrics is not None and found is not None:
             metrics.truncate_after(self.step)  # drop records written after the checkpoint
         elif metrics is not None:
@@ -294,10 +295,10 @@ class Trainer:
                 if is_ckpt:
                     saved = self.save()
                     last_ckpt = saved or last_ckpt
-                    if self.writes and metrics is not None:
-                        plot_loss(metrics.read(), self.run_dir / "loss.png", self.title)
-                if cfg.sample_every and (self.step % cfg.sample_every == 0 or last) and self.writes:
-                    grid = self.sample_grid(self.run_dir / "samples" / f"{ckpt.step_dir_name(self.step)}.png")
+                    if run_dir is not None and metrics is not None:
+                        plot_loss(metrics.read(), run_dir / "loss.png", self.title)
+                if cfg.sample_every and (self.step % cfg.sample_every == 0 or last) and run_dir is not None:
+                    grid = self.sample_grid(run_dir / "samples" / f"{ckpt.step_dir_name(self.step)}.png")
                     if grid is not None:
                         progress.write(f"samples: {grid}")
                 progress.update(self.step, record)
@@ -320,8 +321,7 @@ class Trainer:
         for i, (batch, lab) in enumerate(zip(micro, labels, strict=True)):
             codes = batch.codes.to(env.device, non_blocking=True)
             lab = lab.to(env.device, non_blocking=True)
-            sync = self.ddp is None or i == accum - 1
-            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+            with contextlib.nullcontext() if self.ddp is None or i == accum - 1 else self.ddp.no_sync():
                 with autocast_context(env.device, self.amp_dtype):
                     logits = self.forward(codes, lab)
                 loss = token_loss(logits, codes)
@@ -337,6 +337,7 @@ class Trainer:
     def _log(self, window: _Window, tokens_per_step: int) -> dict[str, Any]:
         from avgkit.train.distributed import all_reduce_mean
 
+        assert window.loss is not None and window.grad_norm is not None  # a window is logged after add()
         loss = all_reduce_mean(window.loss.detach().clone(), self.env) / window.steps
         loss_value = float(loss)
         if not math.isfinite(loss_value):

@@ -22,7 +22,7 @@ import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -79,8 +79,9 @@ def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
         return list(own())
     out: list[nn.Parameter] = []
     for child in model.modules():
-        if child is not model and callable(getattr(child, "embedding_parameters", None)):
-            out.extend(child.embedding_parameters())
+        fn = getattr(child, "embedding_parameters", None)
+        if child is not model and callable(fn):
+            out.extend(fn())
     return out
 
 
@@ -157,19 +158,22 @@ def build_optimizer(model: nn.Module, cfg: TrainSection, *, device: torch.device
     if groups.no_decay:
         spec.append({"params": groups.no_decay, "weight_decay": 0.0, "name": "no_decay"})
     fused = device is not None and device.type == "cuda"
-    return torch.optim.AdamW(spec, lr=lr_at(0, cfg), betas=tuple(cfg.betas), fused=fused or None)
+    return torch.optim.AdamW(spec, lr=lr_at(0, cfg), betas=cfg.betas, fused=fused or None)
 
 
-class EMA:
+M = TypeVar("M", bound=nn.Module)
+
+
+class EMA(Generic[M]):
     """Exponential moving average of a model's weights, kept in fp32.
 
     ``module`` is a full copy of the model (same structure and state-dict keys, ties
     preserved) so it can be sampled from directly; buffers are copied, not averaged.
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: M, decay: float) -> None:
         self.decay = decay
-        self.module = copy.deepcopy(model).float().eval()
+        self.module: M = copy.deepcopy(model).float().eval()
         self.module.requires_grad_(False)
         self._pairs = self._match(model)
 

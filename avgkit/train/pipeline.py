@@ -194,8 +194,10 @@ class TrainData:
 def _encode_in_memory(recipe: Recipe, comps: Components, env: DistEnv) -> TrainData:
     from avgkit.train.data import TensorCodes
 
+    data_cfg = recipe.data
+    assert data_cfg is not None
     tok = comps.tokenizer
-    source = open_source(recipe.data, tok.image_size)
+    source = open_source(data_cfg, tok.image_size)
     if source.channels != tok.channels:
         raise AvgkitError(
             f"source images have {source.channels} channel(s) but the tokenizer expects {tok.channels}; "
@@ -205,11 +207,11 @@ def _encode_in_memory(recipe: Recipe, comps: Components, env: DistEnv) -> TrainD
     codes = []
     tok.eval()
     with torch.inference_mode():
-        for start in range(0, len(images), recipe.data.prepare_batch_size):
-            x = images[start : start + recipe.data.prepare_batch_size].to(env.device)
+        for start in range(0, len(images), data_cfg.prepare_batch_size):
+            x = images[start : start + data_cfg.prepare_batch_size].to(env.device)
             codes.append(tok.encode(x).cpu())
     data = TensorCodes(torch.cat(codes), labels, num_classes=len(source.class_names))
-    return TrainData(data, list(source.class_names), f"{len(data)} images of {recipe.data.source} encoded in memory")
+    return TrainData(data, list(source.class_names), f"{len(data)} images of {data_cfg.source} encoded in memory")
 
 
 def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Path | None, progress: bool) -> TrainData:
@@ -453,10 +455,10 @@ def _run(
     files = {"run_dir": str(run_dir)}
     record: dict[str, Any] = {}
     if env.is_main:
-        use_ema = trainer.ema is not None and recipe.eval.use_ema
-        final_model = trainer.ema.module if use_ema else model
+        ema = trainer.ema if recipe.eval.use_ema else None
+        final_model = ema.module if ema is not None else model
         record = final_samples(
-            recipe, comps, final_model, data.class_names, run_dir, env, result, "ema" if use_ema else "model"
+            recipe, comps, final_model, data.class_names, run_dir, env, result, "ema" if ema is not None else "model"
         )
         files.update(
             {

@@ -6,32 +6,33 @@ import copy
 import dataclasses
 import io
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
 T = TypeVar("T")
+M = TypeVar("M", bound=nn.Module)
 
 
 class ConformanceSkip(Exception):
     """A check that does not apply here (no GPU, no modulation, ...); not a failure."""
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     raise AssertionError(message)
 
 
-def as_factory(obj: T | Callable[..., T], kind: type) -> Callable[..., T]:
+def as_factory(obj: object, kind: type[T]) -> Callable[..., T]:
     """A factory for ``obj``: itself if callable and not an instance of ``kind``, else deep copies."""
     if isinstance(obj, kind):
         return lambda *args, **kwargs: copy.deepcopy(obj)
     if not callable(obj):
         fail(f"expected a {kind.__name__} or a factory returning one, got {type(obj).__name__}")
-    return obj
+    return cast("Callable[..., T]", obj)
 
 
-def perturb(module: nn.Module, scale: float, seed: int) -> nn.Module:
+def perturb(module: M, scale: float, seed: int) -> M:
     """Add ``N(0, scale)`` noise to every floating parameter, reproducibly.
 
     Many components start from zeros (heads, adaLN gates); checks on such a model

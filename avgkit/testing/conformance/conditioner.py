@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -177,7 +178,8 @@ def check_gradients(case: ConditionerCase) -> None:
     cond = case.build().train()
     labels = case.labels(cond)
     out = cond(labels)
-    sum(t.float().pow(2).sum() for t in _parts(out).values()).backward()
+    loss = cast(Tensor, sum(t.float().pow(2).sum() for t in _parts(out).values()))  # the prefix is always there
+    loss.backward()
     # rows of unused classes get no gradient; the tables as a whole must
     bad = grads_missing({"conditioner": cond})
     if bad:

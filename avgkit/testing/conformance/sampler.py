@@ -31,7 +31,7 @@ class _Counter:
     batch_size: int
 
 
-class ScriptedBackbone(Backbone):
+class ScriptedBackbone(Backbone[_Counter]):
     """Logits that all but force a known sequence: token 0 = label, token k+1 = token k + 1 (mod V).
 
     A sampler that feeds back the wrong token, reads the wrong position or mixes rows
