@@ -181,6 +181,10 @@ def main() -> None:
                 gpt.step = torch.compile(eager_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
                 rows.append(measure(f"{preset} torch.compile reduce-overhead", gpt, gcond, 64,
                                     cfg.model_copy(update={"cuda_graph": False})))
+                from torch._dynamo.utils import counters  # why a compiled step is slow: recompiles, breaks
+
+                rows[-1]["dynamo_counters"] = {k: {str(kk): vv for kk, vv in v.items()} for k, v in counters.items()
+                                               if k in ("stats", "recompiles", "graph_break", "inductor")}
                 gpt.step = eager_step
             except Exception as err:  # report, don't hide
                 notes.append(f"{preset} compile failed: {type(err).__name__}: {str(err)[:300]}")
