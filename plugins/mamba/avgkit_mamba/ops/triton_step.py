@@ -174,20 +174,17 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
         HAS_DT_BIAS=dt_bias is not None, BLOCK_N=triton.next_power_of_2(n), BLOCK_W=triton.next_power_of_2(w),
     )
 
-    def launch(cfg: tuple[int, int], conv: Tensor, ssm: Tensor) -> None:
-        block_p, warps = cfg
-        _step_kernel[(b, nheads, triton.cdiv(p, block_p))](
-            xBC, dt, z if z is not None else xBC, conv, conv_weight,
-            conv_bias if conv_bias is not None else conv_weight, ssm, A,
-            D if D is not None else A, dt_bias if dt_bias is not None else A, y,
-            b, nheads, nheads // ngroups, p, n, w, nheads * p,
-            xBC.stride(0), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
-            conv.stride(0), conv.stride(1), conv.stride(2),
-            ssm.stride(0), ssm.stride(1), ssm.stride(2), ssm.stride(3),
-            y.stride(0), **flags, BLOCK_P=block_p, num_warps=warps, num_stages=1,
-        )
-
-    launch((min(triton.next_power_of_2(p), 16), 4) if INTERPRET else _tile(b * nheads, p), conv_state, ssm_state)
+    block_p, warps = (min(triton.next_power_of_2(p), 16), 4) if INTERPRET else _tile(b * nheads, p)
+    _step_kernel[(b, nheads, triton.cdiv(p, block_p))](
+        xBC, dt, z if z is not None else xBC, conv_state, conv_weight,
+        conv_bias if conv_bias is not None else conv_weight, ssm_state, A,
+        D if D is not None else A, dt_bias if dt_bias is not None else A, y,
+        b, nheads, nheads // ngroups, p, n, w, nheads * p,
+        xBC.stride(0), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
+        conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
+        ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
+        y.stride(0), **flags, BLOCK_P=block_p, num_warps=warps, num_stages=1,
+    )
 
 
 def _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, dstate):
