@@ -5,6 +5,13 @@ this runs anywhere in seconds), per image with CFG (two sequences), bf16, and th
 decoding step must move on average over a whole image: the Mamba state is read and
 written every step; a KV cache is read up to the current position and written one slot.
 
+For AiM it also sizes the dual (quadratic) form of the SSD as a decoding layout: keep
+each past token's x, B (bf16), dt and cumulative dt*A (fp32) and compute
+``y_t = sum_s (C_t . B_s) exp(cum_t - cum_s) dt_s x_s`` from them. A step at position t
+then reads t+1 cached tokens instead of reading and writing the whole state, so it moves
+fewer bytes up to a crossover position and more after it; the best layout switches there
+(dual, then materialise the state and continue recurrently).
+
     python benchmarks/state_memory.py [--out FILE]
 """
 
@@ -46,6 +53,24 @@ def state_bytes(name: str, preset: str, tokens: int) -> tuple[int, float]:
     return total, moved
 
 
+def dual_form(preset: str, tokens: int) -> dict[str, float]:
+    """Per-image (CFG: 2 sequences) bytes of the dual layout for an AiM preset, bf16 x/B, fp32 dt/cum."""
+    spec = get_registry().get("backbone", "mamba2")
+    c = spec.resolve(preset, {"vocab_size": 16384, "num_tokens": tokens})
+    d_inner = c.expand * c.d_model
+    heads = d_inner // c.headdim
+    per_token = (d_inner * 2 + c.ngroups * c.d_state * 2 + heads * 8) * c.n_layer * 2  # all layers, 2 sequences
+    conv = (d_inner + 2 * c.ngroups * c.d_state) * c.d_conv * 2 * c.n_layer * 2
+    recurrent_step = 2 * (heads * c.headdim * c.d_state * 2 * c.n_layer * 2 + conv)
+    crossover = (recurrent_step - 2 * conv) / per_token  # the conv window moves the same in both layouts
+    dual_steps = [(t + 1) * per_token + 2 * conv for t in range(tokens)]
+    hybrid_steps = [min(d, recurrent_step) for d in dual_steps]
+    return {"dual_cache_MiB_per_image_at_end": round((tokens * per_token + conv) / 2**20, 2),
+            "dual_step_traffic_MiB_per_image": round(sum(dual_steps) / tokens / 2**20, 2),
+            "hybrid_step_traffic_MiB_per_image": round(sum(hybrid_steps) / tokens / 2**20, 2),
+            "dual_crossover_token": int(crossover)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=None)
@@ -58,6 +83,8 @@ def main() -> None:
             total, moved = state_bytes(name, preset, tokens)
             row = {"model": label, "tokens": tokens, "state_MiB_per_image": round(total / 2**20, 2),
                    "step_traffic_MiB_per_image": round(moved / 2**20, 2)}
+            if name == "mamba2":
+                row.update(dual_form(preset, tokens))
             rows.append(row)
             print(row)
     write_result("state_memory", {"dtype": "bf16", "cfg": True, "rows": rows}, args.out)
