@@ -29,10 +29,12 @@ VOCAB, TOKENS, CLASSES = 16384, 256, 1000
 AIM = {"aim-b": ("adaln", {}), "aim-l": ("adaln-group", {"groups": 4}), "aim-xl": ("adaln-group", {"groups": 4})}
 
 
-def build_aim(preset: str, *, tokens: int = TOKENS, state_dtype: str = "bf16", impl: str = "auto"):
+def build_aim(preset: str, *, tokens: int = TOKENS, state_dtype: str = "bf16", impl: str = "auto",
+              decode_form: str = "recurrent"):
     reg = get_registry()
     spec = reg.get("backbone", "mamba2")
-    cfg = spec.resolve(preset, {"vocab_size": VOCAB, "num_tokens": tokens, "state_dtype": state_dtype, "impl": impl})
+    cfg = spec.resolve(preset, {"vocab_size": VOCAB, "num_tokens": tokens, "state_dtype": state_dtype, "impl": impl,
+                                "decode_form": decode_form})
     torch.manual_seed(0)
     backbone = spec.factory(cfg)
     cname, opts = AIM[preset]
@@ -61,11 +63,20 @@ def build_gpt(preset: str, *, tokens: int = TOKENS):
 
 
 def floor_bytes(backbone, batch2: int) -> int:
-    """Bytes one decoding step must move: weights once + decoding state read and written."""
+    """Bytes one decoding step must move: weights once + the decoding state read and written.
+
+    Dual form: the conv window read and written, and on average half of the token caches read.
+    """
     weights = sum(p.numel() * p.element_size() for p in backbone.parameters())
     state = backbone.init_state(batch2)
-    per = sum(s.conv.numel() * s.conv.element_size() + s.ssm.numel() * s.ssm.element_size() for s in state.layers)
-    return weights + 2 * per
+
+    def size(t) -> int:
+        return t.numel() * t.element_size()
+
+    if getattr(state, "length", None) is not None:
+        return weights + sum(2 * size(s.conv) + (size(s.x) + size(s.b) + size(s.dt) + size(s.cum)) // 2
+                             for s in state.layers)
+    return weights + 2 * sum(size(s.conv) + size(s.ssm) for s in state.layers)
 
 
 PARTIAL: list = []
@@ -148,6 +159,10 @@ def main() -> None:
             if preset == "aim-b" and b == 64:
                 profiles[f"{preset} b{b}"] = kernel_profile(bb, cond, b, cfg)
         if preset == "aim-b":
+            dual, dcond = build_aim(preset, decode_form="dual")  # per-token caches instead of the state
+            for b in batches:
+                rows.append(measure(f"avgkit {preset} dual form", dual, dcond, b, cfg, bw))
+            del dual, dcond
             bb32, cond32 = build_aim(preset, state_dtype="fp32")
             rows.append(measure(f"avgkit {preset} fp32-state", bb32, cond32, 64, cfg, bw))
             del bb32, cond32

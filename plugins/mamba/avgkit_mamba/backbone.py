@@ -28,6 +28,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from avgkit.errors import AvgkitError
 from avgkit.interfaces import Backbone, Conditioning, Modulation
 from avgkit.registry import BackboneConfig
 from avgkit_mamba.mixer import Mamba2Mixer
@@ -54,6 +55,11 @@ class MambaBackboneConfig(BackboneConfig):
     initializer_range: float = 0.02
     impl: Literal["auto", "torch", "triton"] = Field("auto", description="scan kernels: triton on GPU, torch on CPU")
     state_dtype: Literal["fp32", "bf16", "model"] = Field("fp32", description="dtype of the SSM decoding state")
+    decode_form: Literal["recurrent", "dual"] = Field(
+        "recurrent", description="decoding layout: the constant-size SSM state, or per-token caches read by the "
+        "dual (quadratic) form, fewer bytes per step for short images (docs/benchmarks.md)"
+    )
+    max_prefix_len: int = Field(1, ge=1, description="dual form: longest conditioning prefix the caches hold")
     recompute_norms: bool = Field(
         True, description="training: recompute the norms' fp32 intermediates in backward instead of keeping them "
         "(about half a layer's activation memory, for a few elementwise passes more)"
@@ -132,11 +138,11 @@ class Block(nn.Module):
         x, residual = self._pre(h[:, None], None if residual is None else residual[:, None], m)
         return x[:, 0], residual[:, 0]
 
-    def step(self, y: Tensor, gate: Tensor | None, residual: Tensor | None, m: Modulation | None, state
-             ) -> tuple[Tensor, Tensor]:
+    def step(self, y: Tensor, gate: Tensor | None, residual: Tensor | None, m: Modulation | None, state,
+             length: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One token: returns this block's ungated mixer output (its gate is ``m.gate``) and the residual."""
         x, residual = self.pre_step(y, gate, residual, m)
-        return self.mixer.step(x, state), residual
+        return self.mixer.step(x, state, length), residual
 
 
 @dataclass
@@ -146,6 +152,7 @@ class MambaDecodeState:
     layers: list
     position: Tensor  # (1,) int64 on the device: row of the next image token
     batch_size: int
+    length: Tensor | None = None  # dual form: (1,) int64, tokens already in the caches
 
 
 class FinalLayer(nn.Module):
@@ -222,12 +229,23 @@ class MambaBackbone(Backbone):
     def init_state(self, batch_size, *, device=None, dtype=None) -> MambaDecodeState:
         device = device if device is not None else self.embeddings.word_embeddings.weight.device
         model_dtype = dtype or self.embeddings.word_embeddings.weight.dtype
+        position = torch.zeros(1, dtype=torch.long, device=device)
+        if self.config.decode_form == "dual":
+            max_len = self.config.max_prefix_len + self.num_tokens
+            layers = [b.mixer.allocate_dual_state(batch_size, max_len, device=device, dtype=model_dtype)
+                      for b in self.layers]
+            return MambaDecodeState(layers, position, batch_size, torch.zeros(1, dtype=torch.long, device=device))
         ssm_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype}[self.config.state_dtype]
         layers = [b.mixer.allocate_state(batch_size, device=device, dtype=model_dtype, ssm_dtype=ssm_dtype)
                   for b in self.layers]
-        return MambaDecodeState(layers, torch.zeros(1, dtype=torch.long, device=device), batch_size)
+        return MambaDecodeState(layers, position, batch_size)
 
     def prefill(self, state: MambaDecodeState, cond: Conditioning) -> Tensor:
+        if state.length is not None:
+            if cond.prefix_len > self.config.max_prefix_len:
+                raise AvgkitError(f"conditioning prefix has {cond.prefix_len} vectors but the dual-form caches hold "
+                                 f"{self.config.max_prefix_len}; set backbone max_prefix_len: {cond.prefix_len}")
+            state.length.fill_(cond.prefix_len)
         h, residual = cond.prefix.to(self.embeddings.word_embeddings.weight.dtype), None
         for layer_state in state.layers:
             layer_state.zero_()
@@ -240,9 +258,11 @@ class MambaBackbone(Backbone):
         y, gate, residual = self._embed(tokens[:, None], state.position)[:, 0], None, None
         for i, block in enumerate(self.layers):
             m = cond.modulation(i)
-            y, residual = block.step(y, gate, residual, m, state.layers[i])
+            y, residual = block.step(y, gate, residual, m, state.layers[i], state.length)
             gate = None if m is None else m.gate
         state.position.add_(1)
+        if state.length is not None:
+            state.length.add_(1)
         # norm_f over the last residual add, through the same fused boundary as the blocks
         last = self.layers[-1]
         if resolve_impl(last.mixer.impl, y.device) == "triton":
@@ -256,4 +276,5 @@ class MambaBackbone(Backbone):
 
     def select_state(self, state: MambaDecodeState, index: Tensor) -> MambaDecodeState:
         layers = [s.select(index) for s in state.layers]
-        return MambaDecodeState(layers, state.position.clone(), int(index.numel()))
+        length = None if state.length is None else state.length.clone()
+        return MambaDecodeState(layers, state.position.clone(), int(index.numel()), length)

@@ -20,13 +20,14 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avgkit_mamba.norm import GatedRMSNorm
-from avgkit_mamba.ops import conv_torch
+from avgkit_mamba.ops import conv_torch, ssd_torch
 from avgkit_mamba.ops.dispatch import IMPLS, chunk_scan, fused_step, resolve_impl
 
-__all__ = ["Mamba2Mixer", "Mamba2State"]
+__all__ = ["Mamba2DualState", "Mamba2Mixer", "Mamba2State"]
 
 
 @dataclass
@@ -51,6 +52,36 @@ class Mamba2State:
     def zero_(self) -> Mamba2State:
         self.conv.zero_()
         self.ssm.zero_()
+        return self
+
+
+@dataclass
+class Mamba2DualState:
+    """Decoding state for the dual (quadratic) form: the conv window and per-token caches.
+
+    ``x`` (B, L, nheads, headdim) and ``b`` (B, L, ngroups, d_state) in the model dtype,
+    ``dt`` (B, L, nheads) = softplus(dt + dt_bias) and ``cum`` (B, L, nheads) = running
+    sum of dt*A, both fp32; row ``s`` holds token ``s``. A step reads rows up to its
+    position instead of reading and writing a whole state (see docs/benchmarks.md for
+    where that pays).
+    """
+
+    conv: Tensor
+    x: Tensor
+    b: Tensor
+    dt: Tensor
+    cum: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.conv.shape[0]
+
+    def select(self, index: Tensor) -> Mamba2DualState:
+        return Mamba2DualState(*(t.index_select(0, index) for t in (self.conv, self.x, self.b, self.dt, self.cum)))
+
+    def zero_(self) -> Mamba2DualState:
+        for t in (self.conv, self.x, self.b, self.dt, self.cum):
+            t.zero_()
         return self
 
 
@@ -131,6 +162,21 @@ class Mamba2Mixer(nn.Module):
         ssm = torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_dtype)
         return Mamba2State(conv, ssm)
 
+    def allocate_dual_state(
+        self, batch: int, max_len: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Mamba2DualState:
+        """Zeroed dual-form state for up to ``max_len`` tokens (prefix included)."""
+        device = self.conv1d.weight.device if device is None else device
+        dtype = dtype or self.conv1d.weight.dtype
+        g, n, h, p = self.ngroups, self.d_state, self.nheads, self.headdim
+        return Mamba2DualState(
+            torch.zeros(batch, self.conv_dim, self.d_conv, device=device, dtype=dtype),
+            torch.zeros(batch, max_len, h, p, device=device, dtype=dtype),
+            torch.zeros(batch, max_len, g, n, device=device, dtype=dtype),
+            torch.zeros(batch, max_len, h, device=device, dtype=torch.float32),
+            torch.zeros(batch, max_len, h, device=device, dtype=torch.float32),
+        )
+
     # ------------------------------------------------------------------ compute
 
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,6 +204,9 @@ class Mamba2Mixer(nn.Module):
             state.conv.copy_(conv_final)
         xBC = xBC.transpose(1, 2).contiguous()  # (B, L, conv_dim): head dims contiguous for the scan
         xs, Bs, Cs = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        if isinstance(state, Mamba2DualState):
+            self._fill_dual(state, xs, Bs, dt)
+            state = None  # the output itself needs no SSM state
         result = chunk_scan(
             xs.unflatten(-1, (self.nheads, self.headdim)),
             dt,
@@ -180,9 +229,26 @@ class Mamba2Mixer(nn.Module):
         y = self.norm(y.reshape(b, seqlen, self.d_inner), z)
         return self.out_proj(y)
 
-    def step(self, x: Tensor, state: Mamba2State) -> Tensor:
-        """One token: (B, d_model) -> (B, d_model), ``state`` advanced in place."""
+    def _fill_dual(self, state: Mamba2DualState, xs: Tensor, Bs: Tensor, dt: Tensor) -> None:
+        """Prefill of the dual caches: rows ``0..L-1`` from the prefix's conv outputs."""
+        b, seqlen = xs.shape[:2]
+        dtp = F.softplus(dt.float() + self.dt_bias.float())
+        state.x[:, :seqlen] = xs.reshape(b, seqlen, self.nheads, self.headdim)
+        state.b[:, :seqlen] = Bs.reshape(b, seqlen, self.ngroups, self.d_state)
+        state.dt[:, :seqlen] = dtp
+        state.cum[:, :seqlen] = torch.cumsum(dtp * self._A(), dim=1)
+
+    def step(self, x: Tensor, state: Mamba2State | Mamba2DualState, length: Tensor | None = None) -> Tensor:
+        """One token: (B, d_model) -> (B, d_model), ``state`` advanced in place.
+
+        A :class:`Mamba2DualState` also needs ``length``, the (1,) int64 number of tokens
+        already in its caches (this token's row).
+        """
         zxbcdt = self.in_proj(x)
+        if isinstance(state, Mamba2DualState):
+            if length is None:
+                raise ValueError("a dual-form step needs length, the number of tokens already cached")
+            return self.out_proj(self._dual_step(zxbcdt, state, length))
         if resolve_impl(self.impl, x.device) == "triton":
             from avgkit_mamba.ops.triton_step import decode_step_triton
 
@@ -209,6 +275,26 @@ class Mamba2Mixer(nn.Module):
             impl=self.impl,
         )
         return self.out_proj(self.norm(y))
+
+    def _dual_step(self, zxbcdt: Tensor, state: Mamba2DualState, length: Tensor) -> Tensor:
+        weight = self.conv1d.weight.squeeze(1)
+        if resolve_impl(self.impl, zxbcdt.device) == "triton":
+            from avgkit_mamba.ops.triton_dual import dual_step_triton
+
+            return dual_step_triton(
+                zxbcdt, state.conv, weight, self.conv1d.bias, state.x, state.b, state.dt, state.cum, length,
+                self.A_log, self.D, self.dt_bias, self.norm.weight, self.norm.eps, self.ngroups,
+            )
+        z, xBC, dt = self._split(zxbcdt)
+        xBC = conv_torch.conv_step(xBC, state.conv, weight, self.conv1d.bias, activation="silu")
+        xs, Bs, Cs = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        b = xs.shape[0]
+        y = ssd_torch.ssd_dual_step(
+            state.x, state.b, state.dt, state.cum, length, xs.reshape(b, self.nheads, self.headdim), dt, self._A(),
+            Bs.reshape(b, self.ngroups, self.d_state), Cs.reshape(b, self.ngroups, self.d_state), D=self.D,
+            z=z.reshape(b, self.nheads, self.headdim), dt_bias=self.dt_bias,
+        )
+        return self.norm(y.reshape(b, self.d_inner))
 
     def extra_repr(self) -> str:
         return (

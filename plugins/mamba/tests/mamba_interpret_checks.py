@@ -175,6 +175,26 @@ def decode_checks() -> None:
         teacher = bb(codes, cond)
         check("backbone decode (triton) vs teacher forcing", max_rel_err(logits["triton"], teacher), 1e-4)
 
+    # the dual (cache) form: Triton kernel vs its torch reference vs the recurrent state, two
+    # groups (B written by each group's first head) and more tokens than one cache block
+    opts = {"vocab_size": 32, "num_tokens": 12, "ngroups": 2, "impl": "triton", "decode_form": "dual"}
+    torch.manual_seed(0)
+    bb = spec.factory(spec.resolve("tiny", opts)).eval()
+    with torch.no_grad():
+        codes = torch.randint(0, 32, (2, 12), generator=gen)
+        logits = {}
+        for label, impl, form in (("triton dual", "triton", "dual"), ("torch dual", "torch", "dual"),
+                                  ("torch recurrent", "torch", "recurrent")):
+            bb.config = bb.config.model_copy(update={"decode_form": form})
+            for blk in bb.layers:
+                blk.mixer.impl = impl
+            state = bb.init_state(2)
+            out = [bb.prefill(state, cond)] + [bb.step(state, codes[:, k], cond) for k in range(11)]
+            logits[label] = torch.stack(out, 1)
+        check("dual decode triton vs torch", max_rel_err(logits["triton dual"], logits["torch dual"]), 1e-5)
+        check("dual decode vs recurrent", max_rel_err(logits["triton dual"], logits["torch recurrent"]), 1e-5)
+        check("dual decode vs teacher forcing", max_rel_err(logits["triton dual"], bb(codes, cond)), 1e-4)
+
 
 def compile_checks() -> None:
     """torch.compile through the Triton scan (its custom ops are opaque graph nodes) = eager."""

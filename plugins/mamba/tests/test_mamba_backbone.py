@@ -120,3 +120,33 @@ def test_state_is_constant_size_and_rows_select():
         a = bb.step(sub, codes[idx, 1], c.select(idx))
         b = bb.step(s, codes[:, 1], c)[idx]
     torch.testing.assert_close(a, b)
+
+
+def test_dual_form_decodes_like_the_recurrent_state():
+    bb, cond = _tiny()
+    dual, _ = _tiny(decode_form="dual")
+    dual.load_state_dict(bb.state_dict())
+    codes, labels = torch.randint(0, 32, (3, 24)), torch.tensor([0, 4, 9])
+    with torch.no_grad():
+        torch.testing.assert_close(_decode(dual, cond, codes, labels), _decode(bb, cond, codes, labels),
+                                   atol=1e-5, rtol=1e-5)
+        s = dual.init_state(3)
+        assert s.layers[0].x.shape == (3, 1 + 24, 8, 16)  # max_prefix_len + tokens rows
+        c = cond(labels)
+        dual.prefill(s, c)
+        dual.step(s, codes[:, 0], c)
+        assert s.length.item() == 2
+        idx = torch.tensor([2, 0])
+        a = dual.step(dual.select_state(s, idx), codes[idx, 1], c.select(idx))
+        torch.testing.assert_close(a, dual.step(s, codes[:, 1], c)[idx])
+
+
+def test_dual_form_refuses_a_longer_prefix_than_its_caches():
+    from avgkit.errors import AvgkitError
+    from avgkit.interfaces import Conditioning
+
+    dual, cond = _tiny(decode_form="dual")
+    c = cond(torch.tensor([1]))
+    long = Conditioning(torch.cat([c.prefix, c.prefix], 1), c.layers, c.final)
+    with pytest.raises(AvgkitError, match="max_prefix_len: 2"):
+        dual.prefill(dual.init_state(1), long)

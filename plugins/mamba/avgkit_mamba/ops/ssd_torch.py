@@ -217,3 +217,43 @@ def ssd_step(
     state.copy_(new_state)
     y = torch.einsum("bhpn,bhn->bhp", new_state, Ch)
     return _skip_and_gate(y, x, D, z, ct)
+
+
+def ssd_dual_step(
+    cache_x: Tensor,
+    cache_b: Tensor,
+    cache_dt: Tensor,
+    cache_cum: Tensor,
+    t: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+) -> Tensor:
+    """One token through the dual (quadratic) form, from per-token caches instead of a state.
+
+    The caches hold every earlier token ``s < t``: ``cache_x`` (b,L,h,p), ``cache_b``
+    (b,L,g,n), ``cache_dt`` (b,L,h) = softplus(dt + dt_bias) and ``cache_cum`` (b,L,h) =
+    the running sum of dt*A (fp32). Token ``t`` (a (1,) int64 tensor, ``t >= 1``) is
+    appended in place, then ``y_t = sum_{s<=t} (C_t . B_s) exp(cum_t - cum_s) dt_s x_s``,
+    plus ``D x_t``, gated by ``silu(z)``; equal to :func:`ssd_step` on the state the
+    tokens ``0..t`` would have built. Args as :func:`ssd_step`; returns y (b,h,p).
+    """
+    h = x.shape[1]
+    ct = torch.float32
+    dtp = process_dt(dt, dt_bias, True, ct)  # (b, h)
+    cum_t = cache_cum.index_select(1, t - 1)[:, 0] + dtp * A.to(ct)
+    cache_x.index_copy_(1, t, x[:, None].to(cache_x.dtype))
+    cache_b.index_copy_(1, t, B[:, None].to(cache_b.dtype))
+    cache_dt.index_copy_(1, t, dtp[:, None])
+    cache_cum.index_copy_(1, t, cum_t[:, None])
+    upto = torch.arange(cache_x.shape[1], device=x.device) <= t  # (L,)
+    scores = _heads_from_groups(torch.einsum("bsgn,bgn->bsg", cache_b.to(ct), C.to(ct)), h, 2)  # (b, L, h)
+    decay = torch.exp((cum_t[:, None, :] - cache_cum).clamp(max=0.0))
+    w = torch.where(upto[None, :, None], scores * decay * cache_dt, 0.0)
+    y = torch.einsum("bsh,bshp->bhp", w, cache_x.to(ct))
+    return _skip_and_gate(y, x, D, z, ct)
