@@ -18,7 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from avgkit_mamba.ops.triton_launch import INTERPRET
-from avgkit_mamba.ops.triton_step import _conv_out, _conv_window, _launch_epilogue, _softplus
+from avgkit_mamba.ops.triton_step import _conv_inputs, _launch_epilogue, _softplus
 
 __all__ = ["dual_step_triton"]
 
@@ -39,24 +39,12 @@ def _dual_step_kernel(
     gi = hi // hpg
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_w = tl.arange(0, BLOCK_W)
     mask_p = offs_p < P
     mask_n = offs_n < N
     t = tl.load(len_ptr)
 
-    conv_row = conv_ptr + bi * s_cs_b
-    xbc_row = xbc_ptr + bi * s_xbc_b
-    chan_x = hi * P + offs_p
-    win_x = _conv_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, xbc_row, W, BLOCK_W)
-    x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
-    tl.store(conv_row + chan_x[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_x,
-             mask=mask_p[:, None] & (offs_w[None, :] < W))
-    chan_b = d_inner + gi * N + offs_n
-    chan_c = chan_b + ngroups * N
-    Bv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W),
-                   cw_ptr, cb_ptr, chan_b, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
-    Cv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W),
-                   cw_ptr, cb_ptr, chan_c, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
+    x, Bv, Cv = _conv_inputs(conv_ptr + bi * s_cs_b, xbc_ptr + bi * s_xbc_b, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi,
+                             ngroups, P, N, W, d_inner, offs_p, mask_p, offs_n, mask_n, HAS_CONV_BIAS, BLOCK_W)
 
     dt = tl.load(dt_ptr + bi * s_dt_b + hi).to(tl.float32)
     if HAS_DT_BIAS:

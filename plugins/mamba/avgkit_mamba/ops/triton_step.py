@@ -60,6 +60,30 @@ def _softplus(v):
 
 
 @triton.jit
+def _conv_inputs(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi, ngroups, P, N, W, d_inner,
+                 offs_p, mask_p, offs_n, mask_n, HAS_CONV_BIAS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This token's x (head ``hi``'s channels ``offs_p``), B and C (group ``gi``) after conv + SiLU.
+
+    The x channels belong to the calling program alone: their window is shifted here. B
+    and C are shared by the group's heads: read from their old windows only (a later
+    launch shifts them).
+    """
+    offs_w = tl.arange(0, BLOCK_W)
+    chan_x = hi * P + offs_p
+    win_x = _conv_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, xbc_row, W, BLOCK_W)
+    x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
+    tl.store(conv_row + chan_x[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_x,
+             mask=mask_p[:, None] & (offs_w[None, :] < W))
+    chan_b = d_inner + gi * N + offs_n
+    chan_c = chan_b + ngroups * N
+    Bv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W),
+                   cw_ptr, cb_ptr, chan_b, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
+    Cv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W),
+                   cw_ptr, cb_ptr, chan_c, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
+    return x, Bv, Cv
+
+
+@triton.jit
 def _step_kernel(
     xbc_ptr, dt_ptr, z_ptr, conv_ptr, cw_ptr, cb_ptr, ssm_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
     batch, nheads, hpg, P, N, W, d_inner,
@@ -76,7 +100,6 @@ def _step_kernel(
     gi = hi // hpg
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_w = tl.arange(0, BLOCK_W)
     mask_p = offs_p < P
     mask_n = offs_n < N
 
@@ -94,21 +117,8 @@ def _step_kernel(
         a = -tl.exp(a)
     decay = tl.exp(dt * a)
 
-    conv_row = conv_ptr + bi * s_cs_b
-    xbc_row = xbc_ptr + bi * s_xbc_b
-    # x channels belong to this program alone: convolve and shift their window now
-    chan_x = hi * P + offs_p
-    win_x = _conv_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, xbc_row, W, BLOCK_W)
-    x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
-    tl.store(conv_row + chan_x[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_x,
-             mask=mask_p[:, None] & (offs_w[None, :] < W))
-    # B and C are shared by the group's heads: read-only here, shifted by the epilogue
-    chan_b = d_inner + gi * N + offs_n
-    chan_c = chan_b + (nheads // hpg) * N
-    Bv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W),
-                   cw_ptr, cb_ptr, chan_b, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
-    Cv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W),
-                   cw_ptr, cb_ptr, chan_c, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
+    x, Bv, Cv = _conv_inputs(conv_ptr + bi * s_cs_b, xbc_ptr + bi * s_xbc_b, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi,
+                             nheads // hpg, P, N, W, d_inner, offs_p, mask_p, offs_n, mask_n, HAS_CONV_BIAS, BLOCK_W)
 
     state = state.to(tl.float32) * decay + (dt * x)[:, None] * Bv[None, :]
     tl.store(s_ptrs, state.to(ssm_ptr.dtype.element_ty), mask=smask)
