@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from avgkit_mamba.ops.triton_launch import INTERPRET
+from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 from avgkit_mamba.ops.triton_step import _conv_inputs, _launch_epilogue, _softplus
 
 __all__ = ["dual_step_triton"]
@@ -106,8 +106,7 @@ def dual_step_triton(
     :class:`avgkit_mamba.mixer.Mamba2DualState`; ``length`` (1,) int64 = token ``t``'s row.
     Returns ``rmsnorm(y * silu(z)) * norm_weight`` (b, d_inner) in ``zxbcdt.dtype``.
     """
-    if zxbcdt.stride(-1) != 1:
-        zxbcdt = zxbcdt.contiguous()
+    zxbcdt = last_dim_contiguous(zxbcdt)
     if cache_dt.stride() != cache_cum.stride():
         raise ValueError("cache_dt and cache_cum must share a layout (allocate them alike)")
     b = zxbcdt.shape[0]

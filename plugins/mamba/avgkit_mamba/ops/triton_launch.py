@@ -20,6 +20,11 @@ import triton
 #: True when Triton runs kernels on the CPU interpreter (decided at import, like Triton).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+
+def last_dim_contiguous(t: Any) -> Any:
+    """``t`` with unit stride in its last dim (the kernels index rows by one stride), or ``None``."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
 Meta = dict[str, Any]
 ConfigSpec = tuple[Meta, int, int]  # (constexpr meta, num_warps, num_stages)
 

@@ -13,6 +13,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from avgkit_mamba.ops.triton_launch import last_dim_contiguous
+
 __all__ = ["add_norm_modulate_triton"]
 
 
@@ -40,10 +42,6 @@ def _add_norm_modulate_kernel(
     tl.store(x_ptr + row * s_x + offs, x.to(x_ptr.dtype.element_ty), mask=mask)
 
 
-def _rows(t: Tensor | None) -> Tensor | None:
-    return t if t is None or t.stride(-1) == 1 else t.contiguous()
-
-
 def add_norm_modulate_triton(
     y: Tensor,
     gate: Tensor | None,
@@ -59,7 +57,7 @@ def add_norm_modulate_triton(
     All (B, D); ``gate``, ``residual`` and the modulation may be ``None``. The normed
     output is in ``weight.dtype``, the new residual in ``residual_dtype``.
     """
-    y, gate, residual, shift, scale = (_rows(t) for t in (y, gate, residual, shift, scale))
+    y, gate, residual, shift, scale = (last_dim_contiguous(t) for t in (y, gate, residual, shift, scale))
     b, d = y.shape
     x = torch.empty(b, d, device=y.device, dtype=weight.dtype)
     res_out = torch.empty(b, d, device=y.device, dtype=residual_dtype)

@@ -31,7 +31,7 @@ import triton.language as tl
 from torch import Tensor
 
 from avgkit_mamba.ops.ssd_torch import check_scan_shapes
-from avgkit_mamba.ops.triton_launch import INTERPRET, Launcher, Meta
+from avgkit_mamba.ops.triton_launch import INTERPRET, Launcher, Meta, last_dim_contiguous
 
 __all__ = ["chunk_scan_triton"]
 
@@ -597,6 +597,11 @@ def _fits_chunk(args: Meta, meta: Meta, *names: str) -> bool:
     return all(meta[n] <= args["Q"] for n in names)
 
 
+def _fits_dims(args: Meta, meta: Meta, **blocks: str) -> bool:
+    """Each block at most its dim rounded up to a power of two (16 at least, the dot minimum)."""
+    return all(meta[name] <= max(16, _p2(args[dim])) for name, dim in blocks.items())
+
+
 def _dot_min() -> int:
     """Smallest block a tl.dot accepts: 16 on a GPU, anything under the interpreter."""
     return 1 if INTERPRET else 16
@@ -616,7 +621,7 @@ _cb_k = Launcher(
         ({"BLOCK_M": 32, "BLOCK_S": 32, "BLOCK_N": 32}, 4, 2),
     ],
     key=_KEY,
-    valid=lambda a, m: _fits_chunk(a, m, "BLOCK_M", "BLOCK_S") and m["BLOCK_N"] <= max(16, _p2(a["N"])),
+    valid=lambda a, m: _fits_chunk(a, m, "BLOCK_M", "BLOCK_S") and _fits_dims(a, m, BLOCK_N="N"),
     interp=lambda a: _small_meta(a, BLOCK_M="Q", BLOCK_S="Q", BLOCK_N="N"),
 )
 
@@ -629,9 +634,7 @@ _chunk_state_k = Launcher(
         ({"BLOCK_P": 16, "BLOCK_N": 32, "BLOCK_K": 32}, 4, 2),
     ],
     key=_KEY + ["TO_END"],
-    valid=lambda a, m: _fits_chunk(a, m, "BLOCK_K")
-    and m["BLOCK_P"] <= max(16, _p2(a["P"]))
-    and m["BLOCK_N"] <= max(16, _p2(a["N"])),
+    valid=lambda a, m: _fits_chunk(a, m, "BLOCK_K") and _fits_dims(a, m, BLOCK_P="P", BLOCK_N="N"),
     interp=lambda a: _small_meta(a, BLOCK_P="P", BLOCK_N="N", BLOCK_K="Q"),
 )
 
@@ -645,9 +648,7 @@ _scan_fwd_k = Launcher(
         ({"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_P": 16, "BLOCK_N": 16}, 4, 2),
     ],
     key=_KEY + ["HAS_STATES", "HAS_Z", "HAS_D"],
-    valid=lambda a, m: _fits_chunk(a, m, "BLOCK_M", "BLOCK_K")
-    and m["BLOCK_P"] <= max(16, _p2(a["P"]))
-    and m["BLOCK_N"] <= max(16, _p2(a["N"])),
+    valid=lambda a, m: _fits_chunk(a, m, "BLOCK_M", "BLOCK_K") and _fits_dims(a, m, BLOCK_P="P", BLOCK_N="N"),
     interp=lambda a: _small_meta(a, BLOCK_M="Q", BLOCK_K="Q", BLOCK_P="P", BLOCK_N="N"),
 )
 
@@ -666,7 +667,7 @@ _dcb_k = Launcher(
         ({"BLOCK_P": 16}, 4, 2),
     ],
     key=_KEY + ["BLOCK_M"],
-    valid=lambda a, m: m["BLOCK_P"] <= max(16, _p2(a["P"])),
+    valid=lambda a, m: _fits_dims(a, m, BLOCK_P="P"),
     interp=lambda a: _small_meta(a, BLOCK_P="P"),
 )
 
@@ -679,7 +680,7 @@ _dbc_k = Launcher(
         ({"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_P": 16}, 4, 2),
     ],
     key=_KEY + ["IS_DB", "HAS_STATES", "BLOCK_N"],
-    valid=lambda a, m: _fits_chunk(a, m, "BLOCK_M", "BLOCK_K") and m["BLOCK_P"] <= max(16, _p2(a["P"])),
+    valid=lambda a, m: _fits_chunk(a, m, "BLOCK_M", "BLOCK_K") and _fits_dims(a, m, BLOCK_P="P"),
     interp=lambda a: _small_meta(a, BLOCK_M="Q", BLOCK_K="Q", BLOCK_P="P"),
 )
 
@@ -693,7 +694,7 @@ _dx_k = Launcher(
         ({"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_N": 16}, 4, 2),
     ],
     key=_KEY + ["HAS_STATES", "HAS_D", "BLOCK_P"],
-    valid=lambda a, m: _fits_chunk(a, m, "BLOCK_M", "BLOCK_K") and m["BLOCK_N"] <= max(16, _p2(a["N"])),
+    valid=lambda a, m: _fits_chunk(a, m, "BLOCK_M", "BLOCK_K") and _fits_dims(a, m, BLOCK_N="N"),
     interp=lambda a: _small_meta(a, BLOCK_M="Q", BLOCK_K="Q", BLOCK_N="N"),
 )
 
@@ -846,8 +847,7 @@ def _bwd(
         dz = (doutf * ypre.float() * sig * (1 + zf * (1 - sig))).to(z.dtype)
     else:
         dy = dout.to(x.dtype)
-    if dy.stride(-1) != 1:
-        dy = dy.contiguous()
+    dy = last_dim_contiguous(dy)
 
     has_states = nchunks > 1 or init is not None or dfinal is not None
     states = dstates = dinit = dlast = None
@@ -1025,10 +1025,7 @@ def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
 
 def _backward(ctx: Any, dout: Tensor | None, dfinal: Tensor | None, *_internals: Any) -> tuple:
     x, dt, A, B, C, D, z, ypre, dt_bias, init, dtp, acs = ctx.saved_tensors
-    if dout is None:
-        dout = torch.zeros_like(x)
-    elif dout.stride(-1) != 1:
-        dout = dout.contiguous()
+    dout = torch.zeros_like(x) if dout is None else last_dim_contiguous(dout)
     if not ctx.want_final:
         dfinal = None  # the empty placeholder's gradient (materialized under AOTAutograd)
     grads = _scan_bwd_op(dout, dfinal, x, dt, A, B, C, ctx.chunk_size, D, z, ypre, dt_bias, ctx.dt_softplus,
@@ -1040,10 +1037,6 @@ def _backward(ctx: Any, dout: Tensor | None, dfinal: Tensor | None, *_internals:
 
 
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _last_dim_contiguous(t: Tensor | None) -> Tensor | None:
-    return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
 def chunk_scan_triton(
@@ -1070,10 +1063,10 @@ def chunk_scan_triton(
     check_scan_shapes(x, dt, A, B, C)
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"the Triton scan takes fp32/fp16/bf16 inputs, not {x.dtype}; use impl='torch'")
-    x = _last_dim_contiguous(x)
-    B = _last_dim_contiguous(B.to(x.dtype))
-    C = _last_dim_contiguous(C.to(x.dtype))
-    z = _last_dim_contiguous(z)
+    x = last_dim_contiguous(x)
+    B = last_dim_contiguous(B.to(x.dtype))
+    C = last_dim_contiguous(C.to(x.dtype))
+    z = last_dim_contiguous(z)
     A = A.float().contiguous() if A.dtype != torch.float32 else A.contiguous()
     D = D.contiguous() if D is not None else None
     dt_bias = dt_bias.contiguous() if dt_bias is not None else None

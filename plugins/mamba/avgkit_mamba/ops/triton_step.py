@@ -24,7 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from avgkit_mamba.ops.ssd_torch import check_step_shapes
-from avgkit_mamba.ops.triton_launch import INTERPRET
+from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 
 __all__ = ["decode_step_triton", "fused_step_triton"]
 
@@ -212,10 +212,6 @@ def _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, ds
     )
 
 
-def _row_major(t: Tensor | None) -> Tensor | None:
-    return t if t is None or t.stride(-1) == 1 else t.contiguous()
-
-
 def fused_step_triton(
     xBC: Tensor,
     dt: Tensor,
@@ -232,7 +228,7 @@ def fused_step_triton(
 ) -> Tensor:
     """Triton decode step; arguments as :func:`avgkit_mamba.ops.dispatch.fused_step`."""
     check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
-    xBC, z = _row_major(xBC), _row_major(z)
+    xBC, z = last_dim_contiguous(xBC), last_dim_contiguous(z)
     conv_weight = conv_weight.contiguous()
     y = torch.empty(xBC.shape[0], ssm_state.shape[1] * headdim, device=xBC.device, dtype=xBC.dtype)
     _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, False, D, dt_bias, y, ngroups)
@@ -260,7 +256,7 @@ def decode_step_triton(
     read in place (no split copies); returns ``rmsnorm(y * silu(z)) * norm_weight``
     (b, d_inner) in ``zxbcdt.dtype``, states updated in place.
     """
-    zxbcdt = _row_major(zxbcdt)
+    zxbcdt = last_dim_contiguous(zxbcdt)
     b = zxbcdt.shape[0]
     _, nheads, p, n = ssm_state.shape
     d_inner = nheads * p
