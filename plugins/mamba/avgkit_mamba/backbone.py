@@ -89,6 +89,34 @@ def modulate(x: Tensor, m: Modulation) -> Tensor:
     return x * (1 + m.scale.unsqueeze(1)) + m.shift.unsqueeze(1)
 
 
+def add_norm(h: Tensor, residual: Tensor | None, norm: RMSNorm, m: Modulation | None, residual_in_fp32: bool
+             ) -> tuple[Tensor, Tensor]:
+    """The block boundary over (B, L, D): ``residual += h``, then RMSNorm and the modulation."""
+    residual = h if residual is None else h + residual
+    if residual_in_fp32:
+        residual = residual.float()
+    x = norm(residual.to(norm.weight.dtype))
+    return (x if m is None else modulate(x, m).to(x.dtype)), residual
+
+
+def add_norm_step(y: Tensor, gate: Tensor | None, residual: Tensor | None, norm: RMSNorm, m: Modulation | None,
+                  impl: str, residual_in_fp32: bool) -> tuple[Tensor, Tensor]:
+    """One decoding token's boundary: the previous block's ungated output ``y`` (B, D) -> (x, residual).
+
+    One fused kernel on the Triton path; otherwise exactly :func:`add_norm` after ``gate * y``.
+    """
+    if resolve_impl(impl, y.device) == "triton":
+        from avgkit_mamba.ops.triton_norm import add_norm_modulate_triton
+
+        return add_norm_modulate_triton(
+            y, gate, residual, norm.weight, None if m is None else m.shift, None if m is None else m.scale,
+            norm.eps, torch.float32 if residual_in_fp32 else y.dtype,
+        )
+    h = y if gate is None else gate.to(y.dtype) * y
+    x, residual = add_norm(h[:, None], None if residual is None else residual[:, None], norm, m, residual_in_fp32)
+    return x[:, 0], residual[:, 0]
+
+
 class Block(nn.Module):
     """Add -> RMSNorm -> modulate -> Mamba-2 -> gate; returns (h, residual)."""
 
@@ -105,11 +133,7 @@ class Block(nn.Module):
         self.layer_idx = layer_idx
 
     def _pre(self, h: Tensor, residual: Tensor | None, m: Modulation | None) -> tuple[Tensor, Tensor]:
-        residual = h if residual is None else h + residual
-        if self.residual_in_fp32:
-            residual = residual.float()
-        x = self.norm(residual.to(self.norm.weight.dtype))
-        return (x if m is None else modulate(x, m).to(x.dtype)), residual
+        return add_norm(h, residual, self.norm, m, self.residual_in_fp32)
 
     @staticmethod
     def _gate(y: Tensor, m: Modulation | None) -> Tensor:
@@ -123,25 +147,10 @@ class Block(nn.Module):
             x, residual = self._pre(h, residual, m)
         return self._gate(self.mixer(x, state=state), m), residual
 
-    def pre_step(
-        self, y: Tensor, gate: Tensor | None, residual: Tensor | None, m: Modulation | None
-    ) -> tuple[Tensor, Tensor]:
-        """The previous block's ungated output ``y`` (B, D) -> (this block's mixer input, residual)."""
-        if resolve_impl(self.mixer.impl, y.device) == "triton":
-            from avgkit_mamba.ops.triton_norm import add_norm_modulate_triton
-
-            return add_norm_modulate_triton(
-                y, gate, residual, self.norm.weight, None if m is None else m.shift, None if m is None else m.scale,
-                self.norm.eps, torch.float32 if self.residual_in_fp32 else y.dtype,
-            )
-        h = y if gate is None else gate.to(y.dtype) * y
-        x, residual = self._pre(h[:, None], None if residual is None else residual[:, None], m)
-        return x[:, 0], residual[:, 0]
-
     def step(self, y: Tensor, gate: Tensor | None, residual: Tensor | None, m: Modulation | None, state,
              length: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One token: returns this block's ungated mixer output (its gate is ``m.gate``) and the residual."""
-        x, residual = self.pre_step(y, gate, residual, m)
+        x, residual = add_norm_step(y, gate, residual, self.norm, m, self.mixer.impl, self.residual_in_fp32)
         return self.mixer.step(x, state, length), residual
 
 
@@ -263,16 +272,10 @@ class MambaBackbone(Backbone):
         state.position.add_(1)
         if state.length is not None:
             state.length.add_(1)
-        # norm_f over the last residual add, through the same fused boundary as the blocks
-        last = self.layers[-1]
-        if resolve_impl(last.mixer.impl, y.device) == "triton":
-            from avgkit_mamba.ops.triton_norm import add_norm_modulate_triton
-
-            x, _ = add_norm_modulate_triton(y, gate, residual, self.norm_f.weight, None, None, self.norm_f.eps,
-                                            residual.dtype)
-            return self._logits(x[:, None], cond)[:, 0]
-        h = y if gate is None else gate.to(y.dtype) * y
-        return self._head(h[:, None], residual[:, None], cond)[:, 0]
+        # norm_f over the last residual add: the same boundary as between blocks
+        x, _ = add_norm_step(y, gate, residual, self.norm_f, None, self.layers[-1].mixer.impl,
+                             self.config.residual_in_fp32)
+        return self._logits(x[:, None], cond)[:, 0]
 
     def select_state(self, state: MambaDecodeState, index: Tensor) -> MambaDecodeState:
         layers = [s.select(index) for s in state.layers]
