@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avgkit_mamba.norm import GatedRMSNorm
@@ -182,6 +181,10 @@ class Mamba2Mixer(nn.Module):
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
+    def _split_xbc(self, xBC: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Conv outputs -> x, B, C (last dim)."""
+        return torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+
     def _A(self) -> Tensor:
         # in fp32 even for half-precision weights, or exp would overflow to -inf
         return -torch.exp(self.A_log.float())
@@ -203,7 +206,7 @@ class Mamba2Mixer(nn.Module):
             )
             state.conv.copy_(conv_final)
         xBC = xBC.transpose(1, 2).contiguous()  # (B, L, conv_dim): head dims contiguous for the scan
-        xs, Bs, Cs = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        xs, Bs, Cs = self._split_xbc(xBC)
         if isinstance(state, Mamba2DualState):
             self._fill_dual(state, xs, Bs, dt)
             state = None  # the output itself needs no SSM state
@@ -232,7 +235,7 @@ class Mamba2Mixer(nn.Module):
     def _fill_dual(self, state: Mamba2DualState, xs: Tensor, Bs: Tensor, dt: Tensor) -> None:
         """Prefill of the dual caches: rows ``0..L-1`` from the prefix's conv outputs."""
         b, seqlen = xs.shape[:2]
-        dtp = F.softplus(dt.float() + self.dt_bias.float())
+        dtp = ssd_torch.process_dt(dt, self.dt_bias, True, torch.float32)
         state.x[:, :seqlen] = xs.reshape(b, seqlen, self.nheads, self.headdim)
         state.b[:, :seqlen] = Bs.reshape(b, seqlen, self.ngroups, self.d_state)
         state.dt[:, :seqlen] = dtp
@@ -287,7 +290,7 @@ class Mamba2Mixer(nn.Module):
             )
         z, xBC, dt = self._split(zxbcdt)
         xBC = conv_torch.conv_step(xBC, state.conv, weight, self.conv1d.bias, activation="silu")
-        xs, Bs, Cs = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        xs, Bs, Cs = self._split_xbc(xBC)
         b = xs.shape[0]
         y = ssd_torch.ssd_dual_step(
             state.x, state.b, state.dt, state.cum, length, xs.reshape(b, self.nheads, self.headdim), dt, self._A(),
