@@ -33,7 +33,7 @@ if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   CUDA_VISIBLE_DEVICES=0 kernels_and_sampling >"$OUT/gpu_run_a.log" 2>&1 &
   CUDA_VISIBLE_DEVICES=1 training_and_startup >"$OUT/gpu_run_b.log" 2>&1
   wait
-  LIMIT=240 bash benchmarks/ddp_check.sh 150 >"$OUT/ddp.log" 2>&1
+  timeout 240 bash benchmarks/ddp_check.sh 150 >"$OUT/ddp.log" 2>&1
   tail -n 60 "$OUT/gpu_run_a.log" "$OUT/gpu_run_b.log" "$OUT/ddp.log"
 else
   { kernels_and_sampling; training_and_startup; } 2>&1 | tee "$OUT/gpu_run.log"
