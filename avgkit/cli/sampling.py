@@ -14,9 +14,10 @@ _HELP = """Sample images from a run directory or an `avgkit convert` output.
 
 Writes individual PNGs, a labelled grid.png, an ADM-format samples.npz (arr_0 uint8
 N x H x W x 3, arr_1 labels) and sampling.json (every setting, the checkpoint hash,
-the avgkit version, images/s). Image i depends only on (seed, i, its class), so the
-batch size does not change the images. Big jobs are written in shards: rerun the same
-command to resume; under torchrun each process takes its own shards.
+the avgkit version, images/s). Image i depends only on (seed, i, its class). Big jobs
+are written in shards: rerun the same command to resume, with another --batch-size if
+need be (the job keeps its shard size and decode width, so its images stay the same);
+under torchrun each process takes its own shards.
 
 Sampler options left unset keep the recipe's values (its `sampler:` section).
 
@@ -41,7 +42,7 @@ def sample_cmd(
     top_k: Optional[int] = typer.Option(None, "--top-k", help="keep the k most likely tokens (0: all)"),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus mass (1: all)"),
     decode_width: Optional[int] = typer.Option(
-        None, "--decode-width", help="decode in groups of exactly this many images, so GPU images do not depend on --batch-size"),
+        None, "--decode-width", help="decode in groups of exactly this many images, so GPU images do not depend on --batch-size (a job pins its first --batch-size)"),
     seed: int = typer.Option(0, "--seed", help="image i uses (seed, i); random:N classes are drawn with it too"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per sampler call (default: recipe eval.batch_size)"),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", help="images per resumable shard (default: the batch size)"),

@@ -12,11 +12,14 @@ Layout of an output folder::
 Image ``i`` draws its random numbers from (seed, i) alone and is conditioned on label
 ``i`` alone, so shards are pure storage: rerunning the same command skips shards already
 on disk and recomputes the rest. On the CPU the result is bit-identical whatever the
-batch size or number of processes; on a GPU it is bit-identical for the same batch size
-and precision (matrix kernels round differently for other batch shapes, so a resumed
-job with another ``--batch-size`` gets equally valid but not identical images; a note
-says so). Under ``torchrun`` the unfinished shards are dealt out round-robin over the
-ranks and rank 0 merges them. A folder holding a different job is refused, not mixed.
+batch size or number of processes. On a GPU, matrix kernels round differently for other
+batch shapes, so a job pins one decode width (the sampler's ``decode_width``; by default
+the batch size of its first run, recorded in job.json): every batch is decoded in groups
+of exactly that many images, and a resume with another ``--batch-size``, or on more GPUs,
+feeds the kernels the same shapes. A resume that changes the device type or passes
+another ``--decode-width`` gets equally valid but not identical images; a note says so.
+Under ``torchrun`` the unfinished shards are dealt out round-robin over the ranks and
+rank 0 merges them. A folder holding a different job is refused, not mixed.
 """
 
 from __future__ import annotations
@@ -101,28 +104,45 @@ def _weights_hashes(gen: Any) -> dict[str, str | None]:
 
 #: job.json key recording how the job was first run; compared only to warn, never to refuse
 STARTED_WITH = "started_with"
+#: sampler option that fixes the decoding shape (see the module docstring)
+DECODE_WIDTH = "decode_width"
 
 
-def _identity_problem(out_dir: Path, identity: dict[str, Any], started_with: dict[str, Any]) -> tuple[str | None, str | None]:
+def _read_job(out_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(job.json of out_dir or None, error)``."""
+    path = out_dir / JOB_FILE
+    if not path.is_file():
+        return None, None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None, f"{path} is unreadable; delete {out_dir} or choose another --out"
+    if not isinstance(old, dict):
+        return None, f"{path} is not a sampling job record; delete {out_dir} or choose another --out"
+    return old, None
+
+
+def _identity_problem(out_dir: Path, old: dict[str, Any] | None, identity: dict[str, Any],
+                      started_with: dict[str, Any]) -> tuple[str | None, str | None]:
     """Claim ``out_dir`` for this job (rank 0 only): ``(error, note)``.
 
-    The error says why the folder belongs to another job. The note warns when a resumed
-    job runs with another batch size or device type than it started with: on GPUs the
-    floating-point result of a batch depends on its size, so the remaining shards are
-    equally valid samples but not bit-identical to an uninterrupted run.
+    ``old`` is the folder's job.json, if any. The error says why the folder belongs to
+    another job. The note warns when a resumed job runs with another device type or decode
+    width than it started with: on GPUs the floating-point result of a batch depends on
+    its shape, so the remaining shards are equally valid samples but not bit-identical to
+    an uninterrupted run.
     """
-    path = out_dir / JOB_FILE
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return f"{path} is unreadable; delete {out_dir} or choose another --out", None
+    if old is not None:
+        old = dict(old)
         before = old.pop(STARTED_WITH, {}) or {}
+        if isinstance(old.get("sampler"), dict):  # records written when the width was part of the identity
+            old["sampler"] = {k: v for k, v in old["sampler"].items() if k != DECODE_WIDTH}
         for key in sorted(set(old) | set(identity)):
             if old.get(key) != identity.get(key):
                 return (f"{out_dir} holds a different sampling job ({key}: {old.get(key)!r} there, "
                         f"{identity.get(key)!r} now); choose another --out or delete it"), None
-        changed = [f"{k} {before.get(k)} -> {v}" for k, v in started_with.items() if before.get(k, v) != v]
+        changed = [f"{k} {before.get(k)} -> {v}" for k, v in started_with.items()
+                   if k != "batch_size" and before.get(k, v) != v]
         note = None
         if changed and started_with.get("device_type") == "cuda":
             note = (f"note: resuming with {', '.join(changed)}; on a GPU the remaining images can differ in "
@@ -131,8 +151,24 @@ def _identity_problem(out_dir: Path, identity: dict[str, Any], started_with: dic
     if (out_dir / SHARD_DIR).exists() or (out_dir / SAMPLES_FILE).exists():
         return f"{out_dir} holds samples without {JOB_FILE}; choose another --out or delete it", None
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {**identity, STARTED_WITH: started_with}, indent=1)
+    atomic_write_json(out_dir / JOB_FILE, {**identity, STARTED_WITH: started_with}, indent=1)
     return None, None
+
+
+def _job_sampler_options(gen: Any, request: SampleRequest, old: dict[str, Any] | None) -> dict[str, Any]:
+    """The request's sampler options with the decode width pinned for the whole job.
+
+    An explicit width (``--decode-width`` or the recipe's) wins; otherwise the width the
+    job started with, or, for a new job, its batch size. Samplers without the option are
+    left alone.
+    """
+    options = dict(request.sampler)
+    if DECODE_WIDTH not in type(gen.sampler_config(**options)).model_fields:
+        return options
+    if gen.sampler_config(**options).decode_width is None:  # type: ignore[attr-defined]
+        before = ((old or {}).get(STARTED_WITH) or {}).get(DECODE_WIDTH)
+        options[DECODE_WIDTH] = before if isinstance(before, int) and before > 0 else request.batch_size
+    return options
 
 
 def _write_shard(out_dir: Path, shard: int, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
@@ -231,28 +267,35 @@ def run_sample_job(
     n = len(labels)
     if n == 0:
         raise AvgkitError("nothing to sample: the label list is empty")
-    shard_size = request.shard_size or request.batch_size
-    if shard_size < 1 or request.batch_size < 1:
+    old, problem = broadcast_json(_read_job(out) if env.is_main else None, env)
+    if problem:
+        raise AvgkitError(problem)
+    # a resume keeps the job's shard size unless one is given (then it must match)
+    shard_size = request.shard_size or (old or {}).get("shard_size") or request.batch_size
+    if not isinstance(shard_size, int) or shard_size < 1 or request.batch_size < 1:
         raise AvgkitError("batch size and shard size must be at least 1")
-    sampler_cfg = gen.sampler_config(**request.sampler)
-    sampler = gen.make_sampler(**request.sampler)
+    options = _job_sampler_options(gen, request, old)
+    sampler_cfg = gen.sampler_config(**options)
+    sampler = gen.make_sampler(**options)
     _, height, width = gen.image_shape
     image_hw = (height, width)
 
     hashes = broadcast_json(_weights_hashes(gen) if env.is_main else None, env)
+    sampler_record = {"name": gen.recipe.sampler.name, **sampler_cfg.model_dump(mode="json")}
     identity = {
         "format": JOB_FORMAT,
         **hashes,
         "labels_sha256": _labels_sha256(labels),
         "num_images": n,
         "seed": request.seed,
-        "sampler": {"name": gen.recipe.sampler.name, **sampler_cfg.model_dump(mode="json")},
+        "sampler": {k: v for k, v in sampler_record.items() if k != DECODE_WIDTH},
         "precision": request.precision,
         "shard_size": shard_size,
         "image_shape": [height, width, 3],
     }
-    started_with = {"batch_size": request.batch_size, "device_type": gen.device.type}
-    problem, note = broadcast_json(_identity_problem(out, identity, started_with) if env.is_main else None, env)
+    started_with = {"batch_size": request.batch_size, "device_type": gen.device.type,
+                    DECODE_WIDTH: sampler_record.get(DECODE_WIDTH)}
+    problem, note = broadcast_json(_identity_problem(out, old, identity, started_with) if env.is_main else None, env)
     if problem:
         raise AvgkitError(problem)
     barrier(env)
@@ -323,7 +366,7 @@ def run_sample_job(
         "command": list(command) if command is not None else None,
         "checkpoint": {**gen.describe(), **hashes},
         "recipe": gen.recipe.to_dict(),
-        "sampler": identity["sampler"],
+        "sampler": sampler_record,
         "seed": request.seed,
         "classes": request.classes_spec,
         "class_ids": classes,

@@ -66,6 +66,27 @@ def test_shards_resume_to_identical_npz(toy_run, tmp_path, cli):
     assert cli(*args)[0] == 0 and _sha(out / "samples.npz") == first
 
 
+def test_resume_with_another_batch_size_keeps_shards_and_decode_width(toy_run, tmp_path, cli):
+    out = tmp_path / "job"
+    base = ("sample", str(toy_run), "--classes", "0-4", "--per-class", "2", "--device", "cpu", "--no-png", "--quiet",
+            "--out", str(out))
+    assert cli(*base, "--batch-size", "3")[0] == 0
+    job = json.loads((out / "job.json").read_text())
+    assert job["shard_size"] == 3 and job["started_with"]["decode_width"] == 3 and "decode_width" not in job["sampler"]
+    assert json.loads((out / "sampling.json").read_text())["sampler"]["decode_width"] == 3
+    first = _sha(out / "samples.npz")
+    (out / "shards" / "shard-00002.npz").unlink()
+    (out / "samples.npz").unlink()
+    # e.g. out of memory: resume with a smaller batch; the job keeps its shards of 3 and width 3
+    code, _, err = cli(*base, "--batch-size", "2")
+    assert code == 0, err
+    assert json.loads((out / "sampling.json").read_text())["sampler"]["decode_width"] == 3
+    assert _sha(out / "samples.npz") == first
+    # an explicit shard size that differs is another job
+    code, _, err = cli(*base, "--batch-size", "2", "--shard-size", "2")
+    assert code == 2 and "shard_size: 3 there, 2 now" in err
+
+
 def test_a_different_job_is_refused_and_damaged_shards_named(toy_run, tmp_path, cli):
     out = tmp_path / "job"
     base = ("sample", str(toy_run), "--classes", "2", "--per-class", "4", "--batch-size", "2", "--device", "cpu",

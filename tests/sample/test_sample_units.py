@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -69,17 +70,32 @@ def test_grid_rows_are_classes(tmp_path):
 
 
 def test_job_folder_identity_and_resume_note(tmp_path):
-    from avgkit.sample.job import JOB_FILE, _identity_problem
+    from avgkit.sample.job import JOB_FILE, _identity_problem, _read_job
 
-    ident = {"seed": 1, "labels_sha256": "ab"}
-    cuda4, cuda8 = {"batch_size": 4, "device_type": "cuda"}, {"batch_size": 8, "device_type": "cuda"}
-    assert _identity_problem(tmp_path, ident, cuda4) == (None, None) and (tmp_path / JOB_FILE).is_file()
-    assert _identity_problem(tmp_path, ident, cuda4) == (None, None)
-    error, note = _identity_problem(tmp_path, ident, cuda8)
-    assert error is None and "batch_size 4 -> 8" in note
-    assert _identity_problem(tmp_path, ident, {"batch_size": 8, "device_type": "cpu"})[1] is None
-    error, _ = _identity_problem(tmp_path, {**ident, "seed": 2}, cuda4)
+    ident = {"seed": 1, "labels_sha256": "ab", "sampler": {"name": "ar", "top_k": 0}}
+    cuda4 = {"batch_size": 4, "device_type": "cuda", "decode_width": 4}
+
+    def claim(identity, started):
+        old, error = _read_job(tmp_path)
+        assert error is None
+        return _identity_problem(tmp_path, old, identity, started)
+
+    assert claim(ident, cuda4) == (None, None) and (tmp_path / JOB_FILE).is_file()
+    assert claim(ident, cuda4) == (None, None)
+    # another batch size alone keeps the shapes (the width is pinned): no note
+    assert claim(ident, {**cuda4, "batch_size": 8}) == (None, None)
+    error, note = claim(ident, {**cuda4, "decode_width": 8})
+    assert error is None and "decode_width 4 -> 8" in note
+    assert claim(ident, {**cuda4, "decode_width": 8, "device_type": "cpu"})[1] is None
+    error, _ = claim({**ident, "seed": 2}, cuda4)
     assert "holds a different sampling job (seed: 1 there, 2 now)" in error
+    # a record that still carries the width inside its sampler options is the same job
+    record = json.loads((tmp_path / JOB_FILE).read_text())
+    record["sampler"]["decode_width"] = 4
+    (tmp_path / JOB_FILE).write_text(json.dumps(record))
+    assert claim(ident, cuda4) == (None, None)
+    (tmp_path / JOB_FILE).write_text("{not json")
+    assert "is unreadable" in _read_job(tmp_path)[1]
 
 
 def test_progress_lines_and_bar():
