@@ -2,8 +2,9 @@
 
 No Inception weights are available to tests, so both sides use the same seeded random
 Inception, built through torch-fidelity's registry on its side and directly on ours.
-It looks at 75x75 (Inception's smallest input) instead of 299x299 to keep the test
-fast on a CPU; the resize, the network and the metric code are otherwise the real ones.
+On the CPU it looks at 75x75 (Inception's smallest input) instead of 299x299 to stay
+fast; the resize, the network and the metric code are otherwise the real ones. Where a
+GPU is present the same comparison runs on it at the real 299x299.
 """
 
 from __future__ import annotations
@@ -18,20 +19,24 @@ from avgkit.eval import ImageFeatureExtractor, compute_metrics
 from avgkit.eval.features import InceptionV3Compat
 
 SMALL_NAME = "avgkit-test-small-random-inception"
+FULL_NAME = "avgkit-test-random-inception"
 SEED = 0
 
 
-class SmallRandomInception(InceptionV3Compat):
-    INPUT_IMAGE_SIZE = 75
-
+class RandomInception(InceptionV3Compat):
     def __init__(self, name, features_list, **kwargs):
         super().__init__(name, features_list, avgkit_random_init_seed=SEED)
         with torch.no_grad():  # sharper class scores, so that IS is not trivially 1
             self.fc.weight.mul_(20.0)
 
 
-if SMALL_NAME not in FEATURE_EXTRACTORS_REGISTRY:
-    register_feature_extractor(SMALL_NAME, SmallRandomInception)
+class SmallRandomInception(RandomInception):
+    INPUT_IMAGE_SIZE = 75
+
+
+for _name, _cls in ((SMALL_NAME, SmallRandomInception), (FULL_NAME, RandomInception)):
+    if _name not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(_name, _cls)
 
 
 def blobs(n: int, background: float, seed: int) -> torch.Tensor:
@@ -46,16 +51,19 @@ def blobs(n: int, background: float, seed: int) -> torch.Tensor:
     return (image + 0.1 * torch.randn(n, 3, 64, 64, generator=g)).clamp(-1, 1)
 
 
-@pytest.fixture(scope="module")
-def both_sides():
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def both_sides(request):
+    device = request.param
+    name, network = (SMALL_NAME, SmallRandomInception) if device == "cpu" else (FULL_NAME, RandomInception)
     samples, reference = blobs(64, -0.8, seed=1), blobs(64, -0.3, seed=2)
     extractor = ImageFeatureExtractor(
-        SmallRandomInception(SMALL_NAME, ["2048", "logits_unbiased"]),
+        network(name, ["2048", "logits_unbiased"]),
         extractor_id="small-random-inception",
         weights_sha256="0" * 64,
         pool_feature="2048",
         logits_feature="logits_unbiased",
-        device="cpu",
+        device=device,
     )
     ours = compute_metrics(samples, reference, extractor=extractor, batch_size=32, progress=False, cache=False)
     theirs = torch_fidelity.calculate_metrics(
@@ -64,8 +72,8 @@ def both_sides():
         fid=True,
         isc=True,
         prc=True,
-        feature_extractor=SMALL_NAME,
-        cuda=False,
+        feature_extractor=name,
+        cuda=device == "cuda",
         cache=False,
         verbose=False,
         batch_size=32,
