@@ -155,20 +155,25 @@ def _identity_problem(out_dir: Path, old: dict[str, Any] | None, identity: dict[
     return None, None
 
 
-def _job_sampler_options(gen: Any, request: SampleRequest, old: dict[str, Any] | None) -> dict[str, Any]:
+def _job_sampler_options(gen: Any, request: SampleRequest,
+                         old: dict[str, Any] | None) -> tuple[dict[str, Any], int | None]:
     """The request's sampler options with the decode width pinned for the whole job.
 
     An explicit width (``--decode-width`` or the recipe's) wins; otherwise the width the
     job started with, or, for a new job, its batch size. Samplers without the option are
-    left alone.
+    left alone. Also returns the width when it was taken from the job's first run.
     """
     options = dict(request.sampler)
     if DECODE_WIDTH not in type(gen.sampler_config(**options)).model_fields:
-        return options
-    if gen.sampler_config(**options).decode_width is None:  # type: ignore[attr-defined]
-        before = ((old or {}).get(STARTED_WITH) or {}).get(DECODE_WIDTH)
-        options[DECODE_WIDTH] = before if isinstance(before, int) and before > 0 else request.batch_size
-    return options
+        return options, None
+    if gen.sampler_config(**options).decode_width is not None:  # type: ignore[attr-defined]
+        return options, None
+    before = ((old or {}).get(STARTED_WITH) or {}).get(DECODE_WIDTH)
+    if isinstance(before, int) and before > 0:
+        options[DECODE_WIDTH] = before
+        return options, before
+    options[DECODE_WIDTH] = request.batch_size
+    return options, None
 
 
 def _write_shard(out_dir: Path, shard: int, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
@@ -274,7 +279,7 @@ def run_sample_job(
     shard_size = request.shard_size or (old or {}).get("shard_size") or request.batch_size
     if not isinstance(shard_size, int) or shard_size < 1 or request.batch_size < 1:
         raise AvgkitError("batch size and shard size must be at least 1")
-    options = _job_sampler_options(gen, request, old)
+    options, inherited_width = _job_sampler_options(gen, request, old)
     sampler_cfg = gen.sampler_config(**options)
     sampler = gen.make_sampler(**options)
     _, height, width = gen.image_shape
@@ -310,6 +315,9 @@ def run_sample_job(
                             enabled=progress and (env.is_main or not is_tty))
     if note:
         report.say(note)
+    if inherited_width is not None and inherited_width != request.batch_size:
+        report.say(f"decoding in groups of {inherited_width} images, the width this job started with, so its images do not "
+                   f"change (pass --decode-width to choose another)")
     if num_shards > len(todo):
         report.say(f"{out}: {num_shards - len(todo)} of {num_shards} shards already done, {len(todo)} to sample")
 

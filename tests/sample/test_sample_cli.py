@@ -78,8 +78,9 @@ def test_resume_with_another_batch_size_keeps_shards_and_decode_width(toy_run, t
     (out / "shards" / "shard-00002.npz").unlink()
     (out / "samples.npz").unlink()
     # e.g. out of memory: resume with a smaller batch; the job keeps its shards of 3 and width 3
-    code, _, err = cli(*base, "--batch-size", "2")
+    code, _, err = cli(*base[:-3], "--out", str(out), "--batch-size", "2")  # not --quiet: read the notes
     assert code == 0, err
+    assert "decoding in groups of 3 images, the width this job started with" in err
     assert json.loads((out / "sampling.json").read_text())["sampler"]["decode_width"] == 3
     assert _sha(out / "samples.npz") == first
     # an explicit shard size that differs is another job
