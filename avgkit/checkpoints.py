@@ -166,14 +166,31 @@ def _resolve_tokenizer_file(recipe: Recipe, ref: CheckpointRef) -> Recipe:
     if ref.tokenizer_path is not None:
         options["weights"] = None
     elif current and not Path(current).is_absolute() and not Path(current).exists():
-        for base in (ref.root, ref.root.parent):
-            if (base / current).exists():
-                options["weights"] = str(base / current)
+        for candidate in _moved_candidates(Path(current), recipe.run_dir, ref.root):
+            if candidate.exists():
+                options["weights"] = str(candidate)
                 break
     else:
         return recipe
     tok = recipe.tokenizer.model_copy(update={"options": options})
     return recipe.model_copy(update={"tokenizer": tok})
+
+
+def _moved_candidates(path: Path, run_dir: Path, root: Path) -> list[Path]:
+    """Where a relative path written while training may be now that we look from elsewhere.
+
+    A path inside the run's own folder (``runs/x/tokenizer.safetensors`` for a run trained
+    as ``runs/x``) follows the folder wherever it is now; else the folder the run was
+    trained from, then the checkpoint folder and its parent.
+    """
+    out = []
+    if not run_dir.is_absolute():
+        if path.is_relative_to(run_dir):
+            out.append(root / path.relative_to(run_dir))
+        here, n = root.resolve().parts, len(run_dir.parts)
+        if len(here) > n and here[-n:] == run_dir.parts:
+            out.append(Path(*here[:-n]) / path)
+    return [*out, root / path, root.parent / path]
 
 
 @dataclass

@@ -111,3 +111,24 @@ def test_missing_weights_without_train_block(tmp_path, fake_vq_plugins):
     )
     with pytest.raises(AvgkitError, match="not found.*tokenizer.train"):
         run_recipe(recipe, progress=False)
+
+
+def test_a_run_with_relative_paths_loads_from_anywhere_and_after_a_move(tmp_path, fake_vq_plugins, monkeypatch):
+    import shutil
+
+    from avgkit.checkpoints import load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    recipe = toy_recipe(
+        tokenizer={"name": "fake-vq", "weights": "runs/r/vq.safetensors", "train": {"epochs": 1}},
+        data={"source": "digits", "store": None},
+        train={**TRAIN, "sample_every": None, "steps": 2},
+        output_dir="runs/r",
+    )
+    run_recipe(recipe, progress=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_checkpoint(tmp_path / "runs" / "r").tokenizer_weights == tmp_path / "runs" / "r" / "vq.safetensors"
+    shutil.move(tmp_path / "runs" / "r", tmp_path / "moved")
+    assert load_checkpoint(tmp_path / "moved").tokenizer_weights == tmp_path / "moved" / "vq.safetensors"
