@@ -216,9 +216,11 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
 
 def read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise AvgkitError(f"recipe file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise AvgkitError(f"recipe {path} is not UTF-8 text; is it the right file?") from None
     except OSError as err:
         raise AvgkitError(f"cannot read recipe {path}: {err.strerror}") from None
     try:
@@ -226,7 +228,10 @@ def read_yaml(path: Path) -> Any:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise AvgkitError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise AvgkitError(f"{path}:{where} is not valid YAML ({problem})") from None
+    except ValueError as err:  # e.g. control characters the YAML reader refuses
+        raise AvgkitError(f"{path} is not valid YAML ({err})") from None
 
 
 def recipe_dirs() -> list[Path]:
@@ -264,3 +269,21 @@ def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> Recipe:
     if isinstance(raw, dict):
         raw = apply_overrides(raw, overrides)
     return validate_recipe(raw, str(path))
+
+
+def recipe_changes(old_text: str, recipe: Recipe, limit: int = 4) -> str:
+    """``key: old -> new`` for the first keys that differ between a stored recipe and ``recipe``."""
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix[:-1]: node}
+        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}{key}.").items()}
+
+    try:
+        before = flat(yaml.safe_load(old_text) or {})
+    except yaml.YAMLError:
+        return "the stored recipe.yaml was unreadable"
+    after = flat(recipe.to_dict())
+    diff = [f"{k}: {before.get(k)} -> {after.get(k)}" for k in sorted(set(before) | set(after))
+            if before.get(k) != after.get(k)]
+    return ", ".join(diff[:limit]) + (f" and {len(diff) - limit} more" if len(diff) > limit else "")

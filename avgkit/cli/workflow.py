@@ -96,6 +96,7 @@ def sweep_cmd(
     """
     from avgkit.ablation import compare_runs, parse_grid, sweep_recipes
     from avgkit.build import build, parameter_counts
+    from avgkit.recipe import recipe_changes
 
     recipes = sweep_recipes(recipe, parse_grid(axes), overrides or [], out)
     for r in recipes:
@@ -109,6 +110,12 @@ def sweep_cmd(
         typer.echo(f"== {r.name}")
         done = (r.run_dir / "eval.json").exists()
         if done and not resume:
+            stored = r.run_dir / "recipe.yaml"
+            if stored.is_file() and stored.read_text() != r.to_yaml():
+                raise AvgkitError(
+                    f"{r.run_dir} finished with another recipe ({recipe_changes(stored.read_text(), r)}); pass --out "
+                    f"for a new sweep folder, or --resume to continue these runs with the new settings"
+                )
             typer.echo("   already finished; skipped")
             continue
         run_recipe(r, resume=resume or r.run_dir.exists())
@@ -124,10 +131,16 @@ def compare_cmd(
 ) -> None:
     """Table of runs (parameters, final loss, tokens/s, metrics) and their loss curves.
 
-    Example: avgkit compare runs/digits-sweep/* --out runs/digits-sweep
+    Example: avgkit compare runs/digits-sweep/*/ --out runs/digits-sweep
     """
     from avgkit.ablation import compare_runs
 
+    # a shell glob over a sweep folder also matches the compare.* files written there
+    files = [r for r in runs if r.is_file()]
+    if files and len(files) < len(runs):
+        typer.echo(f"skipping {len(files)} file(s) that are not run directories: "
+                   f"{', '.join(str(f) for f in files[:3])}", err=True)
+        runs = [r for r in runs if not r.is_file()]
     _print_table(compare_runs(runs, out))
 
 

@@ -147,6 +147,15 @@ def _open_or_create(path: Path, meta: StoreMeta, n_items: int, chunk_items: int 
     return store
 
 
+def check_channels(source: Any, tokenizer: Any) -> None:
+    """Refuse images whose channel count the tokenizer does not take, naming the option."""
+    if source.channels != tokenizer.channels:
+        raise AvgkitError(
+            f"source images have {source.channels} channel(s) but the tokenizer expects {tokenizer.channels}; "
+            f"set tokenizer.channels={source.channels} or pick a tokenizer for this data"
+        )
+
+
 def prepare(
     source: ImageSource,
     tokenizer: Tokenizer,
@@ -176,11 +185,7 @@ def prepare(
     t0 = time.monotonic()
     aug = get_augmentation(augment)
     size = int(tokenizer.image_size)
-    if source.channels != tokenizer.channels:
-        raise AvgkitError(
-            f"source images have {source.channels} channel(s) but the tokenizer expects {tokenizer.channels}; "
-            f"pick a tokenizer for this data"
-        )
+    check_channels(source, tokenizer)
     load_size = aug.load_size(size)
     if source.image_size != load_size:
         source = source.at_size(load_size)

@@ -156,9 +156,10 @@ class ImageFolderSource(_SourceBase):
     changed folder is detected when resuming extraction.
     """
 
-    channels = 3
-
-    def __init__(self, root: str | os.PathLike[str], image_size: int) -> None:
+    def __init__(self, root: str | os.PathLike[str], image_size: int, channels: int = 3) -> None:
+        if channels not in (1, 3):
+            raise AvgkitError(f"images can be read with 1 (grey) or 3 (RGB) channels, not {channels}")
+        self.channels = channels
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise AvgkitError(f"image folder {self.root} does not exist; pass the root of an ImageNet-style tree")
@@ -181,7 +182,8 @@ class ImageFolderSource(_SourceBase):
         path = self.item_path(index)
         try:
             with Image.open(path) as f:
-                im = f.convert("RGB")  # also forces a full decode, surfacing truncation
+                # also forces a full decode, surfacing truncation
+                im = f.convert("RGB" if self.channels == 3 else "L")
             image = pil_to_tensor(center_crop_pil(im, self.image_size))
         except Exception as e:  # noqa: BLE001 - any decode failure is the same to us
             raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
@@ -195,6 +197,7 @@ class ImageFolderSource(_SourceBase):
             "num_items": len(self),
             "num_classes": len(self.class_names),
             "listing_sha256": listing,
+            **({"channels": self.channels} if self.channels != 3 else {}),
         }
 
     def at_size(self, image_size: int) -> ImageFolderSource:

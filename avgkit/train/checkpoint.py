@@ -133,6 +133,31 @@ def load_module_state(module: nn.Module, path: Path, *, fix: str) -> None:
 
 
 # ----------------------------------------------------------------------------- optimizer
+def check_fits(module: nn.Module, path: Path, *, fix: str) -> None:
+    """Refuse a weights file whose tensor names or shapes do not fit ``module``.
+
+    Reads only the file's header, so a run can be checked (on the meta device) before
+    anything of it is touched.
+    """
+    from safetensors import safe_open
+
+    from avgkit.state_dicts import state_dict_problems
+
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing; {fix}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            aliases = json.loads(dict(f.metadata() or {}).get(_ALIASES_KEY, "{}"))
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint file {path} is unreadable ({err}); {fix}") from None
+    shapes.update({alias: shapes[name] for alias, name in aliases.items() if name in shapes})
+    problems = state_dict_problems(module, {k: torch.empty(v, device="meta") for k, v in shapes.items()})
+    if problems:
+        raise CheckpointError(f"checkpoint file {path} does not fit this recipe's model ({'; '.join(problems)}); "
+                              f"resume with the recipe that wrote it (the run's recipe.yaml)")
+
+
 def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, str]]:
     sd = optimizer.state_dict()
     tensors: dict[str, Tensor] = {}

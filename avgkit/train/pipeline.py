@@ -34,7 +34,7 @@ import torch
 from avgkit.build import ARModel, Components, build, parameter_counts, resolve_config
 from avgkit.errors import AvgkitError
 from avgkit.io import atomic_write, atomic_write_text
-from avgkit.recipe import DataSection, Recipe
+from avgkit.recipe import DataSection, Recipe, recipe_changes
 from avgkit.registry import Registry
 from avgkit.train import checkpoint as ckpt
 from avgkit.train.distributed import DistEnv, barrier, broadcast_json, setup, teardown
@@ -63,16 +63,35 @@ def _write_run_files(recipe: Recipe, run_dir: Path, resume: bool) -> None:
     text = recipe.to_yaml()
     old = run_dir / "recipe.yaml"
     if resume and old.exists() and old.read_text() != text:
-        atomic_write_text(run_dir / "recipe.previous.yaml", old.read_text())
-        _say(
-            f"note: the recipe differs from the one this run started with (kept as {run_dir / 'recipe.previous.yaml'})"
-        )
+        kept = _keep_previous_recipe(run_dir, old.read_text())
+        changes = recipe_changes(old.read_text(), recipe)
+        _say(f"note: resuming with a changed recipe ({changes}); the one before is kept as {kept}")
     atomic_write_text(old, text)
     infos = [
         {"name": i.name, "version": i.version, "api_version": i.api_version, "module": i.module, "builtin": i.builtin}
         for i in get_manager().infos.values()
     ]
     atomic_write_text(run_dir / "plugins.json", json.dumps(infos, indent=2) + "\n")
+
+
+def _keep_previous_recipe(run_dir: Path, text: str) -> Path:
+    """Save a recipe a resume replaces as ``recipe.previous-N.yaml`` (N = 1, 2, ...: none is lost)."""
+    n = 1
+    while (run_dir / f"recipe.previous-{n}.yaml").exists():
+        n += 1
+    path = run_dir / f"recipe.previous-{n}.yaml"
+    atomic_write_text(path, text)
+    return path
+
+
+def _check_resumable(recipe: Recipe, registry: Registry) -> None:
+    """On --resume, refuse a recipe whose model does not fit the last checkpoint before anything is written."""
+    latest = ckpt.latest_checkpoint(recipe.run_dir / "checkpoints")
+    if latest is None:
+        return
+    comps = build(recipe, device="meta", registry=registry)
+    ckpt.check_fits(ARModel(comps.backbone, comps.conditioner), latest.path / "model.safetensors",
+                    fix=f"delete {latest.path} to resume from the one before, or start afresh in a new output_dir")
 
 
 def _check_fresh(recipe: Recipe, resume: bool) -> None:
@@ -91,13 +110,16 @@ def seed_everything(seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------- sources
-def open_source(data: DataSection, image_size: int):
-    """The recipe's image source at ``image_size`` (``digits`` or an ImageFolder root)."""
+def open_source(data: DataSection, image_size: int, channels: int = 3):
+    """The recipe's image source at ``image_size`` (``digits`` or an ImageFolder root).
+
+    An ImageFolder tree is read with the tokenizer's ``channels`` (grey or RGB).
+    """
     from avgkit.data.sources import DigitsSource, ImageFolderSource
 
     if data.source == "digits":
         return DigitsSource(image_size, "train")
-    return ImageFolderSource(data.source, image_size)
+    return ImageFolderSource(data.source, image_size, channels)
 
 
 def _source_images(source: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +170,7 @@ def ensure_tokenizer_weights(recipe: Recipe, registry: Registry, env: DistEnv, *
     train_cfg = spec.resolve(None, ref.train)
     if env.is_main:
         size = _tokenizer_image_size(cfg, recipe.data)
-        source = open_source(recipe.data, size)
+        source = open_source(recipe.data, size, getattr(cfg, "channels", 3))
         images, _ = _source_images(source)
         eval_images = None
         if recipe.data.source == "digits":
@@ -197,12 +219,8 @@ def _encode_in_memory(recipe: Recipe, comps: Components, env: DistEnv) -> TrainD
     data_cfg = recipe.data
     assert data_cfg is not None
     tok = comps.tokenizer
-    source = open_source(data_cfg, tok.image_size)
-    if source.channels != tok.channels:
-        raise AvgkitError(
-            f"source images have {source.channels} channel(s) but the tokenizer expects {tok.channels}; "
-            f"pick a tokenizer for this data"
-        )
+    source = open_source(data_cfg, tok.image_size, tok.channels)
+    _check_source(source, comps)
     images, labels = _source_images(source)
     codes = []
     tok.eval()
@@ -232,9 +250,11 @@ def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Pat
             except StoreError:
                 complete = False
         if not complete:
+            source = open_source(data, tok.image_size, tok.channels)
+            _check_source(source, comps)
             _say(f"encoding {data.source} into {store_path}")
             report = prepare(
-                open_source(data, tok.image_size),
+                source,
                 tok,
                 store_path,
                 batch_size=data.prepare_batch_size,
@@ -281,13 +301,25 @@ def load_train_data(
         out = _encode_in_memory(recipe, comps, env)
     else:
         out = _prepare_store(recipe, comps, env, weights, progress)
-    num_classes = comps.conditioner.num_classes
-    if len(out.class_names) > num_classes:
-        raise AvgkitError(
-            f"the data has {len(out.class_names)} classes but the conditioner was built for {num_classes}; "
-            f"set conditioner.num_classes={len(out.class_names)}"
-        )
+    _check_classes(len(out.class_names), comps)
     return out
+
+
+def _check_classes(found: int, comps: Components) -> None:
+    num_classes = comps.conditioner.num_classes
+    if found > num_classes:
+        raise AvgkitError(
+            f"the data has {found} classes but the conditioner was built for {num_classes}; "
+            f"set data.num_classes={found}"
+        )
+
+
+def _check_source(source: Any, comps: Components) -> None:
+    """What can be checked before a single image is encoded: channels and class count."""
+    from avgkit.data.prepare import check_channels
+
+    check_channels(source, comps.tokenizer)
+    _check_classes(len(source.class_names), comps)
 
 
 # ----------------------------------------------------------------------------- final eval
@@ -409,12 +441,19 @@ def _run(
     _check_fresh(recipe, resume)
     if recipe.eval.classifier == "digits":
         digit_classifier_class()  # fail before training, not after it
+    if resume:
+        _check_resumable(recipe, registry)
     if env.is_main:
         _write_run_files(recipe, run_dir, resume)
     weights = ensure_tokenizer_weights(recipe, registry, env, progress=progress)
     seed_everything(recipe.train.seed)
     comps = build(recipe, device=env.device, registry=registry)
     comps.tokenizer.requires_grad_(False).eval()
+    if weights is None and comps.tokenizer.state_dict():  # learned state, yet nothing to load it from
+        raise AvgkitError(
+            f"tokenizer {recipe.tokenizer.name!r} has no weights, so its codes would come from random parameters; "
+            f"set tokenizer.weights to a weights file, or add a tokenizer.train: block to train it"
+        )
     data = load_train_data(recipe, comps, env, weights, progress=progress)
     model = ARModel(comps.backbone, comps.conditioner)
     if env.is_main:

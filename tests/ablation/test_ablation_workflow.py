@@ -43,3 +43,13 @@ def test_sweep_over_conditioners_then_compare(tmp_path):
                             "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "final_loss" in again.stdout and (tmp_path / "cmp" / "losses.png").exists()
+    # a shell glob over the sweep folder also matches compare.json/.md and losses.png: skipped
+    globbed = subprocess.run([sys.executable, "-m", "avgkit", "compare", *map(str, sorted(out.iterdir())),
+                              "--out", str(tmp_path / "cmp2")], capture_output=True, text=True, timeout=120)
+    assert globbed.returncode == 0 and "skipping 3 file(s)" in globbed.stderr, globbed.stderr[-2000:]
+    # the same sweep with other settings is refused, not reported with the old results
+    changed = subprocess.run(
+        [sys.executable, "-m", "avgkit", "sweep", str(recipe), "-g", "conditioner=" + ",".join(forms), "--out", str(out),
+         "-s", "train.steps=13"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert changed.returncode == 2 and "finished with another recipe (train.steps: 12 -> 13)" in changed.stderr

@@ -79,6 +79,17 @@ def test_image_folder_layout_labels_and_crop(image_tree):
     assert gray.shape == (3, 16, 16) and label == 0 and torch.equal(gray[0], gray[1])
 
 
+def test_image_folder_read_in_grey_for_a_one_channel_tokenizer(image_tree):
+    rgb, grey = ImageFolderSource(image_tree, image_size=16), ImageFolderSource(image_tree, 16, channels=1)
+    img, label = grey[2]
+    assert label == 1 and img.shape == (1, 16, 16)
+    assert torch.allclose(img[0], rgb[2][0][0], atol=2 / 255)  # black and white stay black and white
+    assert grey.at_size(8)[2][0].shape == (1, 8, 8) and grey.describe()["channels"] == 1
+    assert "channels" not in rgb.describe()  # stores made before this option keep their fingerprint
+    with pytest.raises(AvgkitError, match="1 \\(grey\\) or 3 \\(RGB\\)"):
+        ImageFolderSource(image_tree, 16, channels=4)
+
+
 def test_corrupt_image_is_reported_by_path(image_tree):
     src = ImageFolderSource(image_tree, image_size=16)
     with pytest.raises(UnreadableImageError, match="broken.jpg"):

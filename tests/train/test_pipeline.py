@@ -132,3 +132,47 @@ def test_a_run_with_relative_paths_loads_from_anywhere_and_after_a_move(tmp_path
     assert load_checkpoint(tmp_path / "runs" / "r").tokenizer_weights == tmp_path / "runs" / "r" / "vq.safetensors"
     shutil.move(tmp_path / "runs" / "r", tmp_path / "moved")
     assert load_checkpoint(tmp_path / "moved").tokenizer_weights == tmp_path / "moved" / "vq.safetensors"
+
+
+def test_resume_checks_the_model_first_and_keeps_every_earlier_recipe(tmp_path, builtin_plugins, capsys):
+    run = tmp_path / "run"
+    first = toy_recipe(data={"source": "digits", "store": None}, train={**TRAIN, "steps": 4, "sample_every": None},
+                       eval={"samples_per_class": 1}, output_dir=str(run))
+    run_recipe(first, progress=False)
+    stored = (run / "recipe.yaml").read_text()
+    # another model: refused before anything in the run is rewritten
+    wider = first.model_copy(update={"backbone": first.backbone.model_copy(update={"options": {"dim": 24, "layers": 1}})})
+    with pytest.raises(AvgkitError, match="does not fit this recipe's model.*mis-shaped"):
+        run_recipe(wider, resume=True, progress=False)
+    assert (run / "recipe.yaml").read_text() == stored and not list(run.glob("recipe.previous*"))
+    # a longer run: resumed, the change named, the earlier recipe kept, and again
+    capsys.readouterr()
+    for steps, n in ((6, 1), (8, 2)):
+        longer = first.model_copy(update={"train": first.train.model_copy(update={"steps": steps})})
+        run_recipe(longer, resume=True, progress=False)
+        assert f"train.steps: {steps - 2} -> {steps}" in capsys.readouterr().err
+        assert (run / f"recipe.previous-{n}.yaml").is_file()
+    assert (run / "recipe.previous-1.yaml").read_text() == stored
+
+
+def test_a_tokenizer_with_parameters_but_no_weights_is_refused(tmp_path, fake_vq_plugins):
+    recipe = toy_recipe(tokenizer={"name": "fake-vq"}, data={"source": "digits", "store": None}, train=TRAIN,
+                        output_dir=str(tmp_path / "a"))
+    with pytest.raises(AvgkitError, match="has no weights, so its codes would come from random parameters"):
+        run_recipe(recipe, progress=False)
+
+
+def test_the_class_count_is_checked_before_any_image_is_encoded(tmp_path, builtin_plugins):
+    from PIL import Image
+
+    for c in ("a", "b", "c"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (12, 12), 40 * i).save(tmp_path / "imgs" / c / f"{i}.png")
+    store = tmp_path / "codes.zarr"
+    recipe = toy_recipe(conditioner={"name": "toy-class", "num_classes": 2},
+                        data={"source": str(tmp_path / "imgs"), "store": str(store)}, train=TRAIN,
+                        output_dir=str(tmp_path / "run"))
+    with pytest.raises(AvgkitError, match="the data has 3 classes but the conditioner was built for 2; set data.num"):
+        run_recipe(recipe, progress=False)
+    assert not store.exists()

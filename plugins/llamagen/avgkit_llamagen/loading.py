@@ -57,7 +57,11 @@ def read_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, Te
     if not path.is_file():
         raise VQError(f"weights file {str(path)!r} not found; check the path")
     if _is_safetensors(path):
-        return safetensors.torch.load_file(str(path))
+        try:
+            return safetensors.torch.load_file(str(path))
+        except (safetensors.SafetensorError, OSError, ValueError) as err:
+            raise VQError(f"weights file {str(path)!r} is damaged or truncated ({err}); restore or re-create it "
+                          f"(delete it to retrain when the recipe has a tokenizer.train: block)") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -159,8 +163,11 @@ def read_config(path: str | Path) -> VQConfig | None:
     path = Path(path)
     if not path.is_file() or not _is_safetensors(path):
         return None
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (safetensors.SafetensorError, OSError, ValueError) as err:
+        raise VQError(f"weights file {str(path)!r} is damaged or truncated ({err}); restore or re-create it") from None
     raw = meta.get(CONFIG_METADATA_KEY)
     return VQConfig(**json.loads(raw), weights=str(path)) if raw else None
 

@@ -176,3 +176,16 @@ def test_unreadable_inputs(tmp_path):
     torch.save([torch.ones(1)], tmp_path / "list.pt")
     with pytest.raises(VQError, match="holds a list, not a state dict"):
         read_state_dict(tmp_path / "list.pt")
+
+
+def test_truncated_safetensors_is_named_not_a_traceback(tmp_path, cfg, official):
+    model = LlamaGenVQ(cfg)
+    model.load_state_dict(official)
+    path = save_weights(model, tmp_path / "tok.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VQError, match="damaged or truncated"):
+        read_state_dict(path)
+    path.write_bytes(data[:5000] if len(data) > 5000 else data[:20])
+    with pytest.raises(VQError, match="damaged or truncated"):
+        load_tokenizer(path)
