@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from avgkit.cli.base import app
+from avgkit.errors import AvgkitError
 
 _HELP = """Sample images from a run directory or an `avgkit convert` output.
 
@@ -61,6 +62,9 @@ def sample_cmd(
     from avgkit.sample.job import SampleRequest, run_sample_job
     from avgkit.train.distributed import setup, teardown
 
+    for name, value in (("--batch-size", batch_size), ("--shard-size", shard_size)):
+        if value is not None and value < 1:
+            raise AvgkitError(f"{name} must be at least 1 (got {value})")
     resolve_device(device)  # a clear error before any process group is joined
     env = setup(device)
     try:

@@ -35,11 +35,14 @@ def parse_classes(spec: str | int | Iterable[int], num_classes: int, *, seed: in
         for part in (p.strip() for p in text.split(",")):
             lo, dash, hi = part.partition("-")
             try:
-                classes.extend(range(int(lo), int(hi) + 1) if dash and lo else [int(part)])
+                first, last = (int(lo), int(hi)) if dash and lo else (int(part), int(part))
             except ValueError:
                 raise AvgkitError(
                     f"--classes {spec!r}: {part!r} is not a class id; use e.g. 1,5,9 or 0-9 or all or random:10"
                 ) from None
+            if last < first:
+                raise AvgkitError(f"--classes {spec!r}: the range {part!r} runs backwards; write {last}-{first}")
+            classes.extend(range(first, last + 1))
     if not classes:
         raise AvgkitError("no classes given; use e.g. --classes 1,5,9 or all")
     bad = [c for c in classes if not 0 <= c < num_classes]

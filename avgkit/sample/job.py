@@ -150,6 +150,8 @@ def _identity_problem(out_dir: Path, old: dict[str, Any] | None, identity: dict[
         return None, note
     if (out_dir / SHARD_DIR).exists() or (out_dir / SAMPLES_FILE).exists():
         return f"{out_dir} holds samples without {JOB_FILE}; choose another --out or delete it", None
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        return f"{out_dir} is not empty and holds no sampling job; choose a new or empty --out", None
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / JOB_FILE, {**identity, STARTED_WITH: started_with}, indent=1)
     return None, None
@@ -160,7 +162,7 @@ def _job_sampler_options(gen: Any, request: SampleRequest,
     """The request's sampler options with the decode width pinned for the whole job.
 
     An explicit width (``--decode-width`` or the recipe's) wins; otherwise the width the
-    job started with, or, for a new job, its batch size. Samplers without the option are
+    job started with, or, for a new job, its batch size (at most its image count). Samplers without the option are
     left alone. Also returns the width when it was taken from the job's first run.
     """
     options = dict(request.sampler)
@@ -172,7 +174,7 @@ def _job_sampler_options(gen: Any, request: SampleRequest,
     if isinstance(before, int) and before > 0:
         options[DECODE_WIDTH] = before
         return options, before
-    options[DECODE_WIDTH] = request.batch_size
+    options[DECODE_WIDTH] = min(request.batch_size, len(request.labels))  # no padding past the job's end
     return options, None
 
 
@@ -234,6 +236,38 @@ def write_grid(out_dir: Path, labels: np.ndarray, shard_size: int, image_hw: tup
             cache = {s: _read_shard(out_dir, s, labels[lo:hi], image_hw)}
         images.append(cache[s][i - s * shard_size])
     return save_labelled_grid(np.stack(images), labels[chosen], out_dir / GRID_FILE, title=title)
+
+
+def _decode(gen: Any, codes: torch.Tensor, precision: str, width: int | None) -> torch.Tensor:
+    """Images of ``codes``, decoded in groups of exactly ``width`` (the last one padded).
+
+    Like the sampler's decode width: the tokenizer's decoder then always sees one batch
+    shape, so a pixel cannot round differently with the batch size.
+    """
+    if width is None or len(codes) == width:
+        return gen.decode(codes, precision)
+    out = []
+    for start in range(0, len(codes), width):
+        part = codes[start : start + width]
+        n = len(part)
+        if n < width:
+            part = torch.cat([part, part[-1:].expand(width - n, *part.shape[1:])])
+        out.append(gen.decode(part, precision)[:n])
+    return torch.cat(out)
+
+
+def _timing(out_dir: Path, warmup_s: float, sampled: int, wall: float, rate: float | None) -> dict[str, Any]:
+    """This run's timing; a rerun that sampled nothing keeps the speed measured before."""
+    timing: dict[str, Any] = {"warmup_s": round(warmup_s, 3), "sampled_this_run": sampled, "wall_s": round(wall, 3),
+                              "images_per_s": round(rate, 3) if rate else None}
+    if sampled == 0:
+        try:
+            before = json.loads((out_dir / RECORD_FILE).read_text()).get("timing") or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            before = {}
+        if before.get("images_per_s"):
+            timing["last_measured"] = {k: before[k] for k in ("sampled_this_run", "wall_s", "images_per_s") if k in before}
+    return timing
 
 
 def _sync(device: torch.device) -> None:
@@ -298,8 +332,8 @@ def run_sample_job(
         "shard_size": shard_size,
         "image_shape": [height, width, 3],
     }
-    started_with = {"batch_size": request.batch_size, "device_type": gen.device.type,
-                    DECODE_WIDTH: sampler_record.get(DECODE_WIDTH)}
+    decode_width = sampler_record.get(DECODE_WIDTH)
+    started_with = {"batch_size": request.batch_size, "device_type": gen.device.type, DECODE_WIDTH: decode_width}
     problem, note = broadcast_json(_identity_problem(out, old, identity, started_with) if env.is_main else None, env)
     if problem:
         raise AvgkitError(problem)
@@ -330,7 +364,7 @@ def run_sample_job(
         k = min(request.batch_size if gen.device.type == "cuda" else 2, request.batch_size, n - lo)
         for _, codes in gen.iter_codes(labels[lo : lo + k], np.arange(lo, lo + k), sampler=sampler,
                                        seed=request.seed, batch_size=k, precision=request.precision):
-            gen.decode(codes, request.precision)
+            _decode(gen, codes, request.precision, decode_width)
         _sync(gen.device)
         warmup_s = time.perf_counter() - t
         report.say(f"warm-up: {k} image(s) in {warmup_s:.1f} s (not timed)")
@@ -345,7 +379,7 @@ def run_sample_job(
             parts = []
             for part, codes in gen.iter_codes(labels[lo:hi], np.arange(lo, hi), sampler=sampler, seed=request.seed,
                                               batch_size=request.batch_size, precision=request.precision):
-                parts.append(to_uint8_hwc(gen.decode(codes, request.precision)))
+                parts.append(to_uint8_hwc(_decode(gen, codes, request.precision, decode_width)))
                 report.advance(part.stop - part.start, note=f" [shard {s + 1}/{num_shards}]")
             pending.append(writer.submit(_write_shard, out, s, np.concatenate(parts), labels[lo:hi],
                                          np.arange(lo, hi, dtype=np.int64), request.write_png))
@@ -387,8 +421,7 @@ def run_sample_job(
         "world_size": env.world_size,
         "device": str(gen.device),
         "device_name": torch.cuda.get_device_name(gen.device) if gen.device.type == "cuda" else "cpu",
-        "timing": {"warmup_s": round(warmup_s, 3), "sampled_this_run": todo_total, "wall_s": round(wall, 3),
-                   "images_per_s": round(rate, 3) if rate else None},
+        "timing": _timing(out, warmup_s, todo_total, wall, rate),
         "files": {"samples": SAMPLES_FILE, "grid": GRID_FILE if grid else None,
                   "images": IMAGES_DIR if request.write_png else None,
                   "shards": None if request.clean_shards else SHARD_DIR},

@@ -88,6 +88,24 @@ def test_resume_with_another_batch_size_keeps_shards_and_decode_width(toy_run, t
     assert code == 2 and "shard_size: 3 there, 2 now" in err
 
 
+def test_small_jobs_are_not_padded_a_foreign_folder_is_refused_and_speed_is_kept(toy_run, tmp_path, cli):
+    out = tmp_path / "job"
+    base = ("sample", str(toy_run), "--classes", "1", "--per-class", "3", "--device", "cpu", "--no-png", "--quiet",
+            "--out", str(out))
+    assert cli(*base, "--batch-size", "500")[0] == 0
+    assert json.loads((out / "job.json").read_text())["started_with"]["decode_width"] == 3  # not 500
+    speed = json.loads((out / "sampling.json").read_text())["timing"]["images_per_s"]
+    assert cli(*base, "--batch-size", "500")[0] == 0  # finished: nothing sampled, the speed measured is kept
+    timing = json.loads((out / "sampling.json").read_text())["timing"]
+    assert timing["sampled_this_run"] == 0 and timing["last_measured"]["images_per_s"] == speed
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.png").write_bytes(b"x")
+    code, _, err = cli(*base[:-1], str(other))
+    assert code == 2 and "is not empty and holds no sampling job" in err
+    assert sorted(p.name for p in other.iterdir()) == ["cat.png"]
+
+
 def test_a_different_job_is_refused_and_damaged_shards_named(toy_run, tmp_path, cli):
     out = tmp_path / "job"
     base = ("sample", str(toy_run), "--classes", "2", "--per-class", "4", "--batch-size", "2", "--device", "cpu",
@@ -105,6 +123,8 @@ def test_a_different_job_is_refused_and_damaged_shards_named(toy_run, tmp_path, 
     (("--device", "cuda:0"), "no GPU"),
     (("--precision", "fp8"), "precision"),
     (("--step", "9"), "no complete checkpoint at step 9"),
+    (("--batch-size", "0"), "--batch-size must be at least 1"),
+    (("--shard-size", "0"), "--shard-size must be at least 1"),
 ])
 def test_sample_errors_are_one_line(toy_run, tmp_path, cli, args, words):
     import torch

@@ -27,7 +27,8 @@ def test_parse_classes_forms():
 
 
 @pytest.mark.parametrize("spec, words", [("12", "out of range"), ("a,b", "not a class id"), ("random:0", "random:"),
-                                         ("random:x", "random:"), ("", "not a class id")])
+                                         ("random:x", "random:"), ("", "not a class id"),
+                                         ("5-2", "runs backwards; write 2-5")])
 def test_parse_classes_errors_are_one_line(spec, words):
     with pytest.raises(AvgkitError, match=words) as err:
         parse_classes(spec, 10)
@@ -119,3 +120,19 @@ def test_grid_font_keeps_spaces():
 
     font = label_font()
     assert font.getlength("digits step 600") > font.getlength("digitsstep600")
+
+
+def test_job_decodes_in_groups_of_the_decode_width():
+    from avgkit.sample.job import _decode
+
+    class Gen:
+        seen: list[int] = []
+
+        def decode(self, codes, precision):
+            self.seen.append(len(codes))
+            return codes.float() * 2
+
+    gen, codes = Gen(), torch.arange(14).reshape(7, 2)
+    assert torch.equal(_decode(gen, codes, "fp32", 3), codes.float() * 2) and gen.seen == [3, 3, 3]
+    gen.seen.clear()
+    assert torch.equal(_decode(gen, codes, "fp32", None), codes.float() * 2) and gen.seen == [7]
