@@ -51,17 +51,21 @@ def eval_cmd(
     extractor: str = typer.Option("inception-v3-compat", help="inception-v3-compat | digits"),
     weights: Optional[Path] = typer.Option(None, help="Inception weights file (never downloaded)"),
     metrics: str = typer.Option("fid,is,precision,recall", help="comma-separated"),
-    batch_size: int = typer.Option(64),
-    device: Optional[str] = typer.Option(None),
+    batch_size: int = typer.Option(64, help="images per feature-extractor batch"),
+    device: Optional[str] = typer.Option(None, help="where features are computed: cpu | cuda | cuda:N (default: a GPU when present)"),
     seed: Optional[int] = typer.Option(None, help="sampling seed, recorded in the report"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint the samples came from, hashed into the report"),
 ) -> None:
     """FID / IS / precision / recall of samples against reference statistics (cached by hash).
 
-    Example: avgkit eval samples/samples.npz -r VIRTUAL_imagenet256_labeled.npz --weights pt_inception.pth
+    Example: avgkit eval samples/samples.npz -r VIRTUAL_imagenet256_labeled.npz
+    --weights weights-inception-2015-12-05-6726825d.pth
     """
     if not samples.exists():
         raise AvgkitError(f"samples not found: {samples}")
+    if weights is not None and extractor != "inception-v3-compat":
+        raise AvgkitError(f"--weights is for the Inception extractor; the {extractor!r} extractor brings its own "
+                          f"(drop --weights)")
     import json
 
     from avgkit.eval import run_eval

@@ -113,7 +113,8 @@ def evaluate(
     if unknown:
         raise AvgkitError(f"unknown metric {unknown[0]!r}: choose from {', '.join(METRICS)}")
     if reference is None and _NEEDS_REFERENCE & set(metrics):
-        raise AvgkitError("fid, precision and recall need a reference: pass reference images or statistics")
+        raise AvgkitError("fid, precision and recall need a reference: pass -r/--reference (images, an npz, a "
+                          "statistics file or digits:train), or --metrics is")
     feature_extractor = get_extractor(extractor, device=device, weights_path=weights_path)
     sample_set = open_images(samples)
     ref = None

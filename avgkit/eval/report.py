@@ -96,7 +96,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if report.get("checkpoint"):
         lines.append(f"- checkpoint: {report['checkpoint'].get('path')} (SHA-256 {report['checkpoint'].get('sha256')})")
     if report.get("sampling"):
-        settings = ", ".join(f"{k}={v}" for k, v in report["sampling"].items())
+        # a whole sampling.json is in the JSON report; the summary shows its sampler settings
+        sampling = report["sampling"]
+        shown = sampling["sampler"] if isinstance(sampling.get("sampler"), dict) else sampling
+        settings = ", ".join(f"{k}={v}" for k, v in shown.items() if not isinstance(v, (dict, list)))
         lines.append(f"- sampling: {settings}")
     lines.append(f"- seed: {report.get('seed')}")
     if report.get("grid"):

@@ -40,3 +40,9 @@ def test_eval_cli_on_an_npz_with_the_digits_extractor(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "avgkit", "eval", str(tmp_path / "nope.npz")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "samples not found" in missing.stderr
+    wrong = subprocess.run([sys.executable, "-m", "avgkit", "eval", str(tmp_path / "samples.npz"), "--extractor",
+                            "digits", "--weights", str(tmp_path / "w.pth")], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "--weights is for the Inception extractor" in wrong.stderr
+    no_ref = subprocess.run([sys.executable, "-m", "avgkit", "eval", str(tmp_path / "samples.npz"), "--extractor",
+                             "digits", "--metrics", "fid"], capture_output=True, text=True, timeout=120)
+    assert no_ref.returncode == 2 and "pass -r/--reference" in no_ref.stderr

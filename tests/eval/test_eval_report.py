@@ -79,6 +79,10 @@ def test_markdown_summary_lists_metrics_and_settings():
     assert "| FID | 3.5000 |" in text and "| Inception Score | 250.0000 |" in text
     assert "cfg_scale=2.0" in text and "50000 from s.npz" in text
     assert "![samples]" not in text
+    # a whole sampling.json (as `avgkit eval` finds it beside the samples): only its sampler settings
+    report["sampling"] = {"sampler": {"name": "ar", "cfg_scale": 4.0}, "recipe": {"train": {"lr": 1}}, "plugins": {}}
+    line = next(x for x in render_markdown(report).splitlines() if x.startswith("- sampling:"))
+    assert line == "- sampling: name=ar, cfg_scale=4.0"
 
 
 def test_unknown_extractor_is_a_one_line_error(tmp_path):
