@@ -162,7 +162,9 @@ def _explain(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
     loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
     where = ".".join(loc) or "(top level)"
-    more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    others = [".".join(str(p) for p in o["loc"] if not str(p).startswith("function-")) or "(top level)"
+              for o in err.errors()[1:]]
+    more = f" (also: {', '.join(others[:4])}{' ...' if len(others) > 4 else ''})" if others else ""
     if e["type"] == "extra_forbidden":
         parent = _model_for(loc[:-1])
         hint = did_you_mean(loc[-1], parent.model_fields) if parent else ""
@@ -206,6 +208,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 
 
 def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
+    if raw is None:
+        raise AvgkitError(f"{source} is empty; a recipe needs at least name, tokenizer, backbone and conditioner")
     if not isinstance(raw, dict):
         raise AvgkitError(f"{source}: a recipe must be a YAML mapping, got {type(raw).__name__}")
     try:
@@ -268,7 +272,8 @@ def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> Recipe:
     raw = read_yaml(path)
     if isinstance(raw, dict):
         raw = apply_overrides(raw, overrides)
-    return validate_recipe(raw, str(path))
+    # a mistake may be in the file or in an override: say both were read
+    return validate_recipe(raw, f"{path} with {' '.join(overrides)}" if overrides else str(path))
 
 
 def recipe_changes(old_text: str, recipe: Recipe, limit: int = 4) -> str:

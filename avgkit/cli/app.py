@@ -132,10 +132,17 @@ def recipes_validate(
     from avgkit.build import build
     from avgkit.recipe import load_recipe
 
-    for name in recipes:
-        r = load_recipe(name)
-        build(r, device="meta")
-        typer.echo(f"ok  {name}")
+    failed = 0
+    for name in recipes:  # every file is checked, not only up to the first bad one
+        try:
+            build(load_recipe(name), device="meta")
+        except AvgkitError as err:
+            failed += 1
+            typer.echo(f"FAIL  {name}: {err}", err=True)
+            continue
+        typer.echo(f"ok    {name}")
+    if failed:
+        raise AvgkitError(f"{failed} of {len(recipes)} recipe(s) failed validation")
 
 
 # ----------------------------------------------------------------------------- train

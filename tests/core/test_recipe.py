@@ -30,6 +30,8 @@ def test_shorthand_and_options():
         ({**BASE, "train": {"steps": -1}}, r"train.steps: Input should be greater than or equal to 1"),
         ({k: v for k, v in BASE.items() if k != "backbone"}, r"missing required key 'backbone'"),
         ([1, 2], r"must be a YAML mapping"),
+        (None, r"x.yaml is empty; a recipe needs at least name"),
+        ({**BASE, "train": {"stpes": 3, "lr": -1}}, r"train.lr: Input should be greater than 0 \(also: train.stpes\)"),
     ],
 )
 def test_schema_errors_are_one_line(raw, message):
@@ -98,3 +100,17 @@ def test_cli_dry_run_and_errors(toy_recipe_file):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     missing = run("train", "no-such-recipe-xyz")
     assert missing.returncode == 2 and "no recipe named" in missing.stderr
+
+
+def test_recipes_validate_checks_every_file_and_names_overrides(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "empty.yaml").write_text("")
+    run = subprocess.run([sys.executable, "-m", "avgkit", "recipes", "validate", str(tmp_path / "empty.yaml"), "digits"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "ok    digits" in run.stdout
+    assert "FAIL  " in run.stderr and "1 of 2 recipe(s) failed validation" in run.stderr
+    show = subprocess.run([sys.executable, "-m", "avgkit", "recipes", "show", "digits", "train.stpes=4"],
+                          capture_output=True, text=True, timeout=120)
+    assert show.returncode == 2 and "digits.yaml with train.stpes=4: unknown key 'train.stpes'" in show.stderr
