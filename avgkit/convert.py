@@ -47,10 +47,9 @@ def load_external_state_dict(path: str | Path, *, nested: Iterable[str] = ("mode
     try:
         obj: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise AvgkitError(
-            f"{path} holds more than tensors and was refused by the safe loader ({str(err).splitlines()[0]}); "
-            f"re-save it as safetensors or as a plain dict of tensors"
-        ) from None
+        from avgkit.state_dicts import refused_load_message
+
+        raise AvgkitError(refused_load_message(path, err)) from None
     except Exception as err:
         raise AvgkitError(f"{path} could not be read as a checkpoint ({type(err).__name__}: {err})") from None
     for key in nested:
@@ -193,6 +192,8 @@ def convert_checkpoint(
     from avgkit.recipe import Recipe, load_recipe
 
     path = Path(path)
+    if Path(out_dir).exists():  # before reading a multi-GB file, not after
+        raise AvgkitError(f"{out_dir} already exists; choose another --out or delete it first")
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(str(recipe), list(overrides))
     state = load_external_state_dict(path)

@@ -44,3 +44,23 @@ def check_state_dict(module: torch.nn.Module, state_dict: Mapping[str, Tensor], 
     problems = state_dict_problems(module, state_dict)
     if problems:
         raise AvgkitError(f"{what} does not match: " + "; ".join(problems) + " (is the preset/config right?)")
+
+
+def refused_load_message(path: object, err: BaseException) -> str:
+    """One line for a ``torch.load(..., weights_only=True)`` failure: unsafe content or a damaged file.
+
+    The safe loader refuses both a pickle that names Python objects (loading it could run
+    code) and bytes that are no pickle at all; the fix differs, so the message does too.
+    """
+    import re
+
+    text = str(err)
+    # torch words it several ways: "Unsupported global: GLOBAL x", "unsupported GLOBAL x whose
+    # module ... is blocked", "x was not an allowed global"
+    found = re.search(r"\bGLOBAL ([\w.]+)", text) or re.search(r"([\w.]+) was not an allowed global", text)
+    if found:
+        return (f"refusing to load {path}: it holds a Python object ({found.group(1)}) beyond tensors and plain "
+                f"containers, and loading it could run code; re-save only its state dict, preferably as safetensors")
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\n", text + "\n", re.S)
+    reason = " ".join((detail.group(1) if detail else text.splitlines()[0] if text else type(err).__name__).split())
+    return f"cannot read {path} as safetensors or a PyTorch checkpoint (damaged, or another format?): {reason[:160]}"

@@ -53,9 +53,14 @@ def test_pt_files_are_read_and_pickled_objects_refused(tmp_path):
 
     marker = tmp_path / "was-executed"
     torch.save({"model": state, "extra": Evil(str(marker))}, tmp_path / "evil.pt")
-    with pytest.raises(AvgkitError, match="refused by the safe loader") as err:
+    with pytest.raises(AvgkitError, match="refusing to load .*evil.pt.*could run code") as err:
         convert_checkpoint(tmp_path / "evil.pt", "aim", recipe, tmp_path / "ckpt2")
     assert not marker.exists() and not (tmp_path / "ckpt2").exists() and "\n" not in str(err.value)
+    # bytes that are no checkpoint at all are called damaged, not unsafe
+    (tmp_path / "junk.pt").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(AvgkitError, match="cannot read .*junk.pt.*damaged, or another format") as err:
+        convert_checkpoint(tmp_path / "junk.pt", "aim", recipe, tmp_path / "ckpt3")
+    assert "\n" not in str(err.value)
 
 
 def _error(tmp_path, state, recipe, name="bad") -> str:

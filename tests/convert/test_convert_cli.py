@@ -32,6 +32,10 @@ def test_convert_then_sample(tmp_path, cli):
 
     code, _, err = cli("convert", str(src), "--format", "aim", "--recipe", str(recipe_file), "--out", str(out))
     assert code == 2 and "already exists" in err
+    # refused before the source is read: a source that is not even there does not matter yet
+    code, _, err = cli("convert", str(tmp_path / "absent.pt"), "--format", "aim", "--recipe", str(recipe_file),
+                       "--out", str(out))
+    assert code == 2 and "already exists" in err
     code, _, err = cli("convert", str(src), "--format", "aimm", "--recipe", str(recipe_file), "--out", str(tmp_path / "x"))
     assert code == 2 and "did you mean 'aim'" in err and err.count("\n") == 1
 

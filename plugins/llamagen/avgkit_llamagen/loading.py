@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from avgkit.io import save_safetensors
+from avgkit.state_dicts import refused_load_message
 
 from .config import VQConfig
 from .errors import VQError
@@ -65,16 +65,7 @@ def read_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, Te
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if found:
-            raise VQError(
-                f"refusing to load {str(path)!r}: it holds a Python object ({found.group(1)}) beyond tensors and "
-                f"plain containers, and loading it could run code; re-save only its state dict, preferably as "
-                f"safetensors"
-            ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\n", str(err) + "\n", re.S)
-        reason = " ".join((detail.group(1) if detail else str(err)).split())[:160]
-        raise VQError(f"cannot read {str(path)!r} as safetensors or a torch checkpoint: {reason}") from None
+        raise VQError(refused_load_message(repr(str(path)), err)) from None
     except Exception as err:  # noqa: BLE001 - any other failure means the file is not a checkpoint
         raise VQError(f"cannot read {str(path)!r} as safetensors or a torch checkpoint: {err}") from None
     return _unwrap(obj, path, key)
