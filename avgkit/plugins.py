@@ -19,7 +19,7 @@ from typing import Any
 import pluggy
 
 from avgkit import hookspecs
-from avgkit.errors import AvgkitError
+from avgkit.errors import AvgkitError, did_you_mean
 from avgkit.interfaces import API_VERSION
 from avgkit.registry import Registry
 
@@ -82,7 +82,14 @@ class PluginManager:
 
     def _load_entry_points(self) -> None:
         disabled = {s.strip() for s in os.environ.get("AVGKIT_DISABLE_PLUGINS", "").split(",") if s.strip()}
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        installed = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        names = [ep.name for ep in installed]
+        for name in sorted(disabled - set(names)):  # a typo would leave the plugin on, silently
+            raise AvgkitError(
+                f"AVGKIT_DISABLE_PLUGINS names {name!r}, which is not an installed plugin{did_you_mean(name, names)}; "
+                f"installed: {', '.join(names) or 'none'}"
+            )
+        for ep in installed:
             if ep.name in disabled:
                 continue
             try:

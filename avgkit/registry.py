@@ -6,6 +6,7 @@ registration hooks; it never imports a plugin itself.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -112,7 +113,9 @@ class Registry:
             hint = did_you_mean(name, table)
             if not hint:
                 hint = f" (installed: {known})"
-            raise AvgkitError(f"unknown {role} {name!r}{hint}; `avgkit ls {role}s` lists them")
+            off = os.environ.get("AVGKIT_DISABLE_PLUGINS", "").strip()
+            why = f" (AVGKIT_DISABLE_PLUGINS={off} is set: is it from a disabled plugin?)" if off else ""
+            raise AvgkitError(f"unknown {role} {name!r}{hint}; `avgkit ls {role}s` lists them{why}")
         return table[name]
 
     def names(self, role: str) -> list[str]:

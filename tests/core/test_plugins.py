@@ -124,7 +124,14 @@ def test_broken_plugin_can_be_disabled(fake_plugin, monkeypatch):
     with pytest.raises(AvgkitError, match="brokenplug.*failed to import.*boom"):
         PluginManager()
     monkeypatch.setenv("AVGKIT_DISABLE_PLUGINS", "brokenplug")
-    assert "brokenplug" not in PluginManager().infos
+    manager = PluginManager()
+    assert "brokenplug" not in manager.infos
+    with pytest.raises(AvgkitError, match="AVGKIT_DISABLE_PLUGINS=brokenplug is set: is it from a disabled plugin"):
+        manager.registry.get("backbone", "brokens-backbone")
+    # a misspelt name would leave the plugin on: refused, with the names installed
+    monkeypatch.setenv("AVGKIT_DISABLE_PLUGINS", "brokenplugg")
+    with pytest.raises(AvgkitError, match="names 'brokenplugg', which is not an installed plugin.*'brokenplug'"):
+        PluginManager()
 
 
 def test_cli_plugins_json_lists_builtin_and_first_party():
