@@ -50,12 +50,24 @@ def _role(kind: str) -> str:
     return role
 
 
+def _type_name(annotation: Any) -> str:
+    """``int``, ``int | None``, ``one of a, b`` (a Literal's choices), ..."""
+    import typing
+
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if args and typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    return getattr(annotation, "__name__", str(annotation))
+
+
 def _options(spec: Any) -> list[dict[str, Any]]:
     out = []
     for name, field in spec.config.model_fields.items():
         default = field.default if not field.is_required() else "(required)"
-        out.append({"name": name, "type": getattr(field.annotation, "__name__", str(field.annotation)),
-                    "default": default, "help": field.description or ""})
+        out.append({"name": name, "type": _type_name(field.annotation), "default": default,
+                    "help": field.description or ""})
     return out
 
 
@@ -147,7 +159,7 @@ def recipes_validate(
 
 # ----------------------------------------------------------------------------- train
 def _fmt(n: int) -> str:
-    return f"{n:,} ({n / 1e6:.1f}M)"
+    return f"{n:,} ({n / 1e6:.1f}M)" if n >= 100_000 else f"{n:,} ({n / 1e3:.1f}K)"
 
 
 @app.command(

@@ -80,3 +80,12 @@ def test_tokenizer_round_trip_shapes(name):
         assert 0 <= codes.min() and codes.max() < tok.codebook_size
         img = tok.decode(codes)
     assert img.shape == x.shape
+
+
+def test_ls_options_shows_choices_and_optional_types():
+    from typing import Literal
+
+    from avgkit.cli.app import _type_name
+
+    assert _type_name(Literal["fp32", "bf16"]) == "one of fp32, bf16"
+    assert _type_name(int | None) == "int | None" and _type_name(float) == "float"

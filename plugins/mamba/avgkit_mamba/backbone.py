@@ -36,23 +36,23 @@ from avgkit_mamba.ops.dispatch import resolve_impl
 
 
 class MambaBackboneConfig(BackboneConfig):
-    d_model: int = Field(768, ge=8)
-    n_layer: int = Field(24, ge=1)
-    d_state: int = Field(128, ge=1)
-    d_conv: int = Field(4, ge=2)
-    expand: int = Field(2, ge=1)
-    headdim: int = Field(64, ge=1)
-    ngroups: int = Field(1, ge=1)
-    chunk_size: int = Field(256, ge=1)
-    norm_eps: float = 1e-5
-    residual_in_fp32: bool = True
-    tie_embeddings: bool = True
+    d_model: int = Field(768, ge=8, description="width of the residual stream")
+    n_layer: int = Field(24, ge=1, description="Mamba-2 blocks")
+    d_state: int = Field(128, ge=1, description="SSM state size per head (N)")
+    d_conv: int = Field(4, ge=2, description="width of the causal depthwise convolution")
+    expand: int = Field(2, ge=1, description="inner width = expand * d_model")
+    headdim: int = Field(64, ge=1, description="channels per SSM head (P); heads = inner width / headdim")
+    ngroups: int = Field(1, ge=1, description="groups of heads sharing B and C")
+    chunk_size: int = Field(256, ge=1, description="chunk length of the training scan (SSD)")
+    norm_eps: float = Field(1e-5, description="RMSNorm epsilon")
+    residual_in_fp32: bool = Field(True, description="keep the residual stream in fp32 under bf16")
+    tie_embeddings: bool = Field(True, description="the output head shares the token embedding table")
     position_embedding: bool = Field(True, description="learned position embeddings (the paper's ablation turns them off)")
     positions: Literal["consistent", "reference"] = Field(
         "consistent", description="row of the position table for image token k when sampling: k, or the reference's k+1"
     )
-    token_drop: float = Field(0.0, ge=0, lt=1)
-    initializer_range: float = 0.02
+    token_drop: float = Field(0.0, ge=0, lt=1, description="training: dropout rate on the input embeddings")
+    initializer_range: float = Field(0.02, description="std of the normal init of the embedding tables and an untied head")
     impl: Literal["auto", "torch", "triton"] = Field("auto", description="scan kernels: triton on GPU, torch on CPU")
     state_dtype: Literal["fp32", "bf16", "model"] = Field("fp32", description="dtype of the SSM decoding state")
     decode_form: Literal["recurrent", "dual"] = Field(
