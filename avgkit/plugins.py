@@ -63,6 +63,7 @@ class PluginManager:
         self.pm = pluggy.PluginManager("avgkit")
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
+        self.disabled: tuple[str, ...] = ()
         from avgkit import builtin
 
         self._add("avgkit", builtin, version=_avgkit_version(), builtin=True)
@@ -70,7 +71,7 @@ class PluginManager:
             self._load_entry_points()
         for name, module in extra or []:
             self._add(name, module, version="(test)")
-        self.registry = Registry()
+        self.registry = Registry(disabled_plugins=self.disabled)
         self._fill_registry()
 
     def _add(self, name: str, module: ModuleType, *, version: str, builtin: bool = False) -> None:
@@ -89,6 +90,7 @@ class PluginManager:
                 f"AVGKIT_DISABLE_PLUGINS names {name!r}, which is not an installed plugin{did_you_mean(name, names)}; "
                 f"installed: {', '.join(names) or 'none'}"
             )
+        self.disabled = tuple(sorted(disabled))
         for ep in installed:
             if ep.name in disabled:
                 continue

@@ -158,12 +158,16 @@ def _model_for(path: Sequence[str]) -> type[BaseModel] | None:
     return model
 
 
+def _loc(error: Any) -> list[str]:
+    """The key path of one pydantic error, without validator-function entries."""
+    return [str(p) for p in error["loc"] if not str(p).startswith("function-")]
+
+
 def _explain(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
-    loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+    loc = _loc(e)
     where = ".".join(loc) or "(top level)"
-    others = [".".join(str(p) for p in o["loc"] if not str(p).startswith("function-")) or "(top level)"
-              for o in err.errors()[1:]]
+    others = [".".join(_loc(o)) or "(top level)" for o in err.errors()[1:]]
     more = f" (also: {', '.join(others[:4])}{' ...' if len(others) > 4 else ''})" if others else ""
     if e["type"] == "extra_forbidden":
         parent = _model_for(loc[:-1])
@@ -234,7 +238,7 @@ def read_yaml(path: Path) -> Any:
         where = f" line {mark.line + 1}" if mark else ""
         problem = " ".join(str(getattr(err, "problem", None) or err).split())
         raise AvgkitError(f"{path}:{where} is not valid YAML ({problem})") from None
-    except ValueError as err:  # e.g. control characters the YAML reader refuses
+    except ValueError as err:  # a scalar the loader cannot build, e.g. the date 2020-13-01
         raise AvgkitError(f"{path} is not valid YAML ({err})") from None
 
 

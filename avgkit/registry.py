@@ -6,7 +6,6 @@ registration hooks; it never imports a plugin itself.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -76,8 +75,10 @@ def _explain(err: ValidationError, where: str, model: type[BaseModel]) -> str:
 
 
 class Registry:
-    def __init__(self) -> None:
+    def __init__(self, disabled_plugins: tuple[str, ...] = ()) -> None:
         self._specs: dict[str, dict[str, ComponentSpec]] = {r: {} for r in (*ROLES, "tokenizer_trainer")}
+        #: installed plugins left out by AVGKIT_DISABLE_PLUGINS (named when a component is unknown)
+        self.disabled_plugins = disabled_plugins
 
     def add(self, spec: ComponentSpec) -> None:
         table = self._specs[spec.role]
@@ -113,7 +114,7 @@ class Registry:
             hint = did_you_mean(name, table)
             if not hint:
                 hint = f" (installed: {known})"
-            off = os.environ.get("AVGKIT_DISABLE_PLUGINS", "").strip()
+            off = ",".join(self.disabled_plugins)
             why = f" (AVGKIT_DISABLE_PLUGINS={off} is set: is it from a disabled plugin?)" if off else ""
             raise AvgkitError(f"unknown {role} {name!r}{hint}; `avgkit ls {role}s` lists them{why}")
         return table[name]

@@ -52,12 +52,13 @@ def _role(kind: str) -> str:
 
 def _type_name(annotation: Any) -> str:
     """``int``, ``int | None``, ``one of a, b`` (a Literal's choices), ..."""
+    import types
     import typing
 
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Literal:
         return "one of " + ", ".join(str(a) for a in args)
-    if args and typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
     return getattr(annotation, "__name__", str(annotation))
 

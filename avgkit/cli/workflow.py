@@ -115,9 +115,10 @@ def sweep_cmd(
         done = (r.run_dir / "eval.json").exists()
         if done and not resume:
             stored = r.run_dir / "recipe.yaml"
-            if stored.is_file() and stored.read_text() != r.to_yaml():
+            text = stored.read_text() if stored.is_file() else None
+            if text is not None and text != r.to_yaml():
                 raise AvgkitError(
-                    f"{r.run_dir} finished with another recipe ({recipe_changes(stored.read_text(), r)}); pass --out "
+                    f"{r.run_dir} finished with another recipe ({recipe_changes(text, r)}); pass --out "
                     f"for a new sweep folder, or --resume to continue these runs with the new settings"
                 )
             typer.echo("   already finished; skipped")

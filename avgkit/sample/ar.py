@@ -18,6 +18,7 @@ from torch import Tensor
 from avgkit.interfaces import Backbone, Conditioner, Conditioning
 from avgkit.registry import ComponentConfig
 from avgkit.sample.filtering import sample_logits
+from avgkit.sample.groups import in_fixed_groups
 from avgkit.sample.rng import uniform
 
 
@@ -109,18 +110,8 @@ class ARSampler:
         device = labels.device
         batch = labels.shape[0]
         index = torch.arange(batch, device=device) if index is None else index.to(device)
-        width = self.config.decode_width
-        if width is None or batch == width:
-            return self._sample(backbone, conditioner, labels, index, seed, dtype)
-        parts = []
-        for start in range(0, batch, width):
-            lab, idx = labels[start : start + width], index[start : start + width]
-            n = lab.shape[0]
-            if n < width:  # pad with copies of the last row; rows never influence each other
-                lab = torch.cat([lab, lab[-1:].expand(width - n)])
-                idx = torch.cat([idx, idx[-1:].expand(width - n)])
-            parts.append(self._sample(backbone, conditioner, lab, idx, seed, dtype)[:n])
-        return torch.cat(parts)
+        return in_fixed_groups(lambda lab, idx: self._sample(backbone, conditioner, lab, idx, seed, dtype),
+                               self.config.decode_width, labels, index)
 
     def _sample(self, backbone: Backbone, conditioner: Conditioner, labels: Tensor, index: Tensor, seed: int,
                 dtype: torch.dtype | None) -> Tensor:

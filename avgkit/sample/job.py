@@ -43,6 +43,7 @@ import torch
 
 from avgkit.errors import AvgkitError
 from avgkit.io import atomic_write_json, sha256_file
+from avgkit.sample.groups import in_fixed_groups
 from avgkit.sample.images import grid_selection, save_labelled_grid, save_pngs, to_uint8_hwc
 from avgkit.sample.npz import Member, read_npz, write_npz
 from avgkit.sample.progress import SampleProgress
@@ -162,13 +163,13 @@ def _job_sampler_options(gen: Any, request: SampleRequest,
     """The request's sampler options with the decode width pinned for the whole job.
 
     An explicit width (``--decode-width`` or the recipe's) wins; otherwise the width the
-    job started with, or, for a new job, its batch size (at most its image count). Samplers without the option are
-    left alone. Also returns the width when it was taken from the job's first run.
+    job started with, or, for a new job, its batch size (at most its image count).
+    Samplers without the option are left alone. Also returns the width when it was taken
+    from the job's first run.
     """
     options = dict(request.sampler)
-    if DECODE_WIDTH not in type(gen.sampler_config(**options)).model_fields:
-        return options, None
-    if gen.sampler_config(**options).decode_width is not None:  # type: ignore[attr-defined]
+    config = gen.sampler_config(**options)
+    if DECODE_WIDTH not in type(config).model_fields or getattr(config, DECODE_WIDTH) is not None:
         return options, None
     before = ((old or {}).get(STARTED_WITH) or {}).get(DECODE_WIDTH)
     if isinstance(before, int) and before > 0:
@@ -236,24 +237,6 @@ def write_grid(out_dir: Path, labels: np.ndarray, shard_size: int, image_hw: tup
             cache = {s: _read_shard(out_dir, s, labels[lo:hi], image_hw)}
         images.append(cache[s][i - s * shard_size])
     return save_labelled_grid(np.stack(images), labels[chosen], out_dir / GRID_FILE, title=title)
-
-
-def _decode(gen: Any, codes: torch.Tensor, precision: str, width: int | None) -> torch.Tensor:
-    """Images of ``codes``, decoded in groups of exactly ``width`` (the last one padded).
-
-    Like the sampler's decode width: the tokenizer's decoder then always sees one batch
-    shape, so a pixel cannot round differently with the batch size.
-    """
-    if width is None or len(codes) == width:
-        return gen.decode(codes, precision)
-    out = []
-    for start in range(0, len(codes), width):
-        part = codes[start : start + width]
-        n = len(part)
-        if n < width:
-            part = torch.cat([part, part[-1:].expand(width - n, *part.shape[1:])])
-        out.append(gen.decode(part, precision)[:n])
-    return torch.cat(out)
 
 
 def _timing(out_dir: Path, warmup_s: float, sampled: int, wall: float, rate: float | None) -> dict[str, Any]:
@@ -333,6 +316,10 @@ def run_sample_job(
         "image_shape": [height, width, 3],
     }
     decode_width = sampler_record.get(DECODE_WIDTH)
+
+    def decode(codes: torch.Tensor) -> torch.Tensor:  # pixels in the same fixed groups as the tokens
+        return in_fixed_groups(lambda c: gen.decode(c, request.precision), decode_width, codes)
+
     started_with = {"batch_size": request.batch_size, "device_type": gen.device.type, DECODE_WIDTH: decode_width}
     problem, note = broadcast_json(_identity_problem(out, old, identity, started_with) if env.is_main else None, env)
     if problem:
@@ -364,7 +351,7 @@ def run_sample_job(
         k = min(request.batch_size if gen.device.type == "cuda" else 2, request.batch_size, n - lo)
         for _, codes in gen.iter_codes(labels[lo : lo + k], np.arange(lo, lo + k), sampler=sampler,
                                        seed=request.seed, batch_size=k, precision=request.precision):
-            _decode(gen, codes, request.precision, decode_width)
+            decode(codes)
         _sync(gen.device)
         warmup_s = time.perf_counter() - t
         report.say(f"warm-up: {k} image(s) in {warmup_s:.1f} s (not timed)")
@@ -379,7 +366,7 @@ def run_sample_job(
             parts = []
             for part, codes in gen.iter_codes(labels[lo:hi], np.arange(lo, hi), sampler=sampler, seed=request.seed,
                                               batch_size=request.batch_size, precision=request.precision):
-                parts.append(to_uint8_hwc(_decode(gen, codes, request.precision, decode_width)))
+                parts.append(to_uint8_hwc(decode(codes)))
                 report.advance(part.stop - part.start, note=f" [shard {s + 1}/{num_shards}]")
             pending.append(writer.submit(_write_shard, out, s, np.concatenate(parts), labels[lo:hi],
                                          np.arange(lo, hi, dtype=np.int64), request.write_png))

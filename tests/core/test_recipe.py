@@ -114,3 +114,15 @@ def test_recipes_validate_checks_every_file_and_names_overrides(tmp_path):
     show = subprocess.run([sys.executable, "-m", "avgkit", "recipes", "show", "digits", "train.stpes=4"],
                           capture_output=True, text=True, timeout=120)
     assert show.returncode == 2 and "digits.yaml with train.stpes=4: unknown key 'train.stpes'" in show.stderr
+
+
+def test_unreadable_recipe_files_are_one_line_errors(tmp_path):
+    from avgkit.recipe import read_yaml
+
+    for name, data, words in (("bin.yaml", b"\x00\xff\xfe", "is not UTF-8 text"),
+                              ("date.yaml", b"a: 2020-13-01\n", "is not valid YAML"),
+                              ("ctrl.yaml", b"a: \x01b\n", "is not valid YAML")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(AvgkitError, match=words) as info:
+            read_yaml(tmp_path / name)
+        assert "\n" not in str(info.value)

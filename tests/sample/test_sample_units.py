@@ -123,7 +123,7 @@ def test_grid_font_keeps_spaces():
 
 
 def test_job_decodes_in_groups_of_the_decode_width():
-    from avgkit.sample.job import _decode
+    from avgkit.sample.groups import in_fixed_groups
 
     class Gen:
         seen: list[int] = []
@@ -133,6 +133,7 @@ def test_job_decodes_in_groups_of_the_decode_width():
             return codes.float() * 2
 
     gen, codes = Gen(), torch.arange(14).reshape(7, 2)
-    assert torch.equal(_decode(gen, codes, "fp32", 3), codes.float() * 2) and gen.seen == [3, 3, 3]
+    decode = lambda c: gen.decode(c, "fp32")  # noqa: E731
+    assert torch.equal(in_fixed_groups(decode, 3, codes), codes.float() * 2) and gen.seen == [3, 3, 3]
     gen.seen.clear()
-    assert torch.equal(_decode(gen, codes, "fp32", None), codes.float() * 2) and gen.seen == [7]
+    assert torch.equal(in_fixed_groups(decode, None, codes), codes.float() * 2) and gen.seen == [7]

@@ -1,0 +1,28 @@
+"""Run a batched function on groups of exactly one size, so its kernels see one shape.
+
+GPU kernels round differently for different batch shapes; feeding every call the same
+number of rows (the last group padded with copies of its last row, dropped afterwards)
+makes a row's result independent of how many rows were asked for at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def in_fixed_groups(fn: Callable[..., Tensor], width: int | None, *rows: Tensor) -> Tensor:
+    """``fn(*rows)``, computed ``width`` rows at a time (``None``: all at once)."""
+    n = rows[0].shape[0]
+    if width is None or n == width:
+        return fn(*rows)
+    out = []
+    for start in range(0, n, width):
+        part = [r[start : start + width] for r in rows]
+        k = part[0].shape[0]
+        if k < width:  # rows never influence each other, so copies of the last one are inert
+            part = [torch.cat([p, p[-1:].expand(width - k, *p.shape[1:])]) for p in part]
+        out.append(fn(*part)[:k])
+    return torch.cat(out)
