@@ -64,7 +64,8 @@ class ReferenceMixer(nn.Module):
         params.key_value_memory_dict[0] = (state.conv, state.ssm)
         return self.inner(x, inference_params=params)
 
-    def step(self, x: Tensor, state: Mamba2State) -> Tensor:
+    def step(self, x: Tensor, state: Mamba2State, length: Tensor | None = None) -> Tensor:
+        # ``length`` belongs to the dual form's caches; the recurrent state has no use for it
         out, _, _ = self.inner.step(x[:, None], state.conv, state.ssm)
         return out[:, 0]
 
