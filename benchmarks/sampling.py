@@ -1,12 +1,22 @@
-"""Sampling speed: AiM (avgkit kernels, CUDA graph) vs the mamba-ssm stack vs a GPT, one run.
+"""Sampling speed: AiM and avgkit's transformer against LlamaGen's own compiled sampler, one process.
 
-Every row uses the same sampler settings (bf16 weights, 256 image tokens, CFG 2.0 so
-twice the sequences, temperature 1, no top-k/top-p unless --topk) and random weights.
-For AiM each row also reports the memory floor of its state layout: weights read once
-per step plus the decoding state read and written, at the copy bandwidth measured in the
-same run.
+Every row does the same work: random weights in bf16 (output heads drawn, not zero, so
+the logits are not all ties), 256 image tokens, CFG 2.0 (twice the sequences),
+temperature 1, and the same filters (none by default; ``--filters paper`` for top-k
+600 + top-p 0.98). The rows of one comparison are timed interleaved (one call of each
+in turn, repeated), and each row reports the median and the spread of its repeats, the
+first call (compilation, autotuning, graph capture) apart.
 
-    python benchmarks/sampling.py [--quick] [--out FILE]
+Transformer baseline: LlamaGen's sampler (``autoregressive/models/generate.py``) with its
+GPT compiled as its ``sample_c2i.py`` does (``torch.compile(mode="reduce-overhead",
+fullgraph=True)``), from a checkout of the public LlamaGen code that ``--llamagen-root``
+points at (commit ce98ec4 was measured). avgkit's transformer runs through avgkit's
+sampler with ``compile`` on: inductor kernels replayed from the step's CUDA graph.
+AiM rows also report the memory floor of their state layout (weights read once per step
+plus the state read and written, at the copy bandwidth measured in the same run).
+
+    python benchmarks/sampling.py [--quick] [--llamagen-root DIR] [--filters none|paper] [--out FILE]
+    python benchmarks/sampling.py --smoke        # the same code path on the CPU, tiny models
 """
 
 from __future__ import annotations
@@ -14,52 +24,164 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import copy_bandwidth, import_mamba_ssm, timed, write_result  # noqa: E402
+from common import copy_bandwidth, import_mamba_ssm, write_result  # noqa: E402
 
 from avgkit.plugins import get_registry  # noqa: E402
 from avgkit.sample.ar import ARSampler, ARSamplerConfig  # noqa: E402
 
 VOCAB, TOKENS, CLASSES = 16384, 256, 1000
 AIM = {"aim-b": ("adaln", {}), "aim-l": ("adaln-group", {"groups": 4}), "aim-xl": ("adaln-group", {"groups": 4})}
+LLAMAGEN = {"gpt-b": "GPT-B", "gpt-l": "GPT-L", "gpt-xl": "GPT-XL"}
+FILTERS = {"none": {"top_k": 0, "top_p": 1.0}, "paper": {"top_k": 600, "top_p": 0.98}}
+#: --smoke: tiny shapes on the CPU (the whole harness, no GPU)
+SMOKE = {"vocab": 64, "tokens": 16, "classes": 10, "aim": "tiny", "gpt": "tiny"}
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def build_aim(preset: str, *, tokens: int = TOKENS, state_dtype: str = "bf16", impl: str = "auto",
-              decode_form: str = "recurrent"):
+              decode_form: str = "recurrent", device: str = "cuda", vocab: int = VOCAB, classes: int = CLASSES,
+              conditioner: str | None = None):
     reg = get_registry()
     spec = reg.get("backbone", "mamba2")
-    cfg = spec.resolve(preset, {"vocab_size": VOCAB, "num_tokens": tokens, "state_dtype": state_dtype, "impl": impl,
+    cfg = spec.resolve(preset, {"vocab_size": vocab, "num_tokens": tokens, "state_dtype": state_dtype, "impl": impl,
                                 "decode_form": decode_form})
     torch.manual_seed(0)
     backbone = spec.factory(cfg)
-    cname, opts = AIM[preset]
-    cspec = reg.get("conditioner", cname)
-    cond = cspec.factory(cspec.resolve(None, {"num_classes": CLASSES, **opts}), dim=backbone.dim,
+    cname, opts = AIM.get(preset, ("adaln", {}))
+    cspec = reg.get("conditioner", conditioner or cname)
+    cond = cspec.factory(cspec.resolve(None, {"num_classes": classes, **opts}), dim=backbone.dim,
                          num_layers=backbone.num_layers)
     # non-zero adaLN so modulation is exercised like a trained model
     with torch.no_grad():
         for p in cond.parameters():
             if p.abs().sum() == 0:
                 p.normal_(std=0.02)
-    return backbone.cuda().bfloat16().eval(), cond.cuda().bfloat16().eval()
+    return backbone.to(device).bfloat16().eval(), cond.to(device).bfloat16().eval()
 
 
-def build_gpt(preset: str, *, tokens: int = TOKENS):
+def build_gpt(preset: str, *, tokens: int = TOKENS, device: str = "cuda", vocab: int = VOCAB,
+              classes: int = CLASSES):
     reg = get_registry()
     name = next((n for n in ("llamagen-gpt", "gpt", "transformer") if n in reg.names("backbone")), None)
     if name is None:
         return None, None
     spec = reg.get("backbone", name)
     torch.manual_seed(0)
-    backbone = spec.factory(spec.resolve(preset, {"vocab_size": VOCAB, "num_tokens": tokens}))
+    backbone = spec.factory(spec.resolve(preset, {"vocab_size": vocab, "num_tokens": tokens}))
+    with torch.no_grad():  # LlamaGen zero-initialises the head: every logit would tie
+        nn.init.normal_(backbone.head.weight, std=0.02)
     cspec = reg.get("conditioner", "class-token")
-    cond = cspec.factory(cspec.resolve(None, {"num_classes": CLASSES}), dim=backbone.dim, num_layers=backbone.num_layers)
-    return backbone.cuda().bfloat16().eval(), cond.cuda().bfloat16().eval()
+    cond = cspec.factory(cspec.resolve(None, {"num_classes": classes}), dim=backbone.dim, num_layers=backbone.num_layers)
+    return backbone.to(device).bfloat16().eval(), cond.to(device).bfloat16().eval()
+
+
+def llamagen_sampler(root: str, preset: str, batch: int, *, cfg_scale: float, top_k: int, top_p: float,
+                     device: str = "cuda", tokens: int = TOKENS, vocab: int = VOCAB, classes: int = CLASSES,
+                     compile: bool = True, model_args: dict | None = None) -> tuple[Callable[[], Any], int]:
+    """LlamaGen's own sampling call, set up as its ``sample_c2i.py`` does; returns (call, parameters)."""
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from autoregressive.models.generate import generate
+    from autoregressive.models.gpt import GPT_models, ModelArgs, Transformer
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab, block_size=tokens, num_classes=classes, cls_token_num=1, model_type="c2i")
+    if model_args:  # tiny shapes for the CPU smoke run
+        model = Transformer(ModelArgs(**model_args, **common))
+    else:
+        model = GPT_models[LLAMAGEN[preset]](**common)
+    with torch.no_grad():
+        nn.init.normal_(model.output.weight, std=0.02)  # same non-tied logits as avgkit's row
+    model = model.to(device=device, dtype=torch.bfloat16).eval()
+    n_params = _params(model)
+    run_model = torch.compile(model, mode="reduce-overhead", fullgraph=True) if compile else model
+    labels = torch.arange(batch, device=device) % classes
+
+    def call() -> Any:
+        with torch.no_grad():
+            return generate(run_model, labels, tokens, cfg_scale=cfg_scale, cfg_interval=-1, temperature=1.0,
+                            top_k=top_k, top_p=top_p, sample_logits=True)
+
+    return call, n_params
+
+
+def avgkit_sampler(backbone, cond, batch: int, cfg: ARSamplerConfig, device: str = "cuda",
+                   seed: int = 1) -> Callable[[], Any]:
+    sampler = ARSampler(cfg)
+    if device == "cpu":  # the smoke run: trace and functionalize the step, skip inductor's C++ build
+        sampler.compile_backend = "aot_eager"
+    labels = torch.arange(batch, device=device) % cond.num_classes
+    return lambda: sampler.sample(backbone, cond, labels, seed=seed)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_once(fn: Callable[[], Any], device: str) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+PARTIAL: list = []
+
+
+def interleaved(entries: list[dict], repeats: int, device: str, bandwidth: float | None = None) -> list[dict]:
+    """Time each entry's ``call`` once per round, rounds repeated; first calls timed apart.
+
+    ``entries``: dicts with ``name``, ``call``, ``batch``, ``tokens`` and optional
+    ``params``, ``backbone`` (for the AiM memory floor), ``cfg`` (doubling) and extras.
+    """
+    firsts = {}
+    for e in entries:
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        firsts[e["name"]] = _time_once(e["call"], device)
+        e["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
+    times: dict[str, list[float]] = {e["name"]: [] for e in entries}
+    for _ in range(repeats):
+        for e in entries:
+            times[e["name"]].append(_time_once(e["call"], device))
+    rows = []
+    for e in entries:
+        ts = times[e["name"]]
+        med = statistics.median(ts)
+        row = {"model": e["name"], "batch": e["batch"], "tokens": e["tokens"], "params": e.get("params"),
+               "first_call_s": round(firsts[e["name"]], 3), "median_s": round(med, 4),
+               "spread_s": [round(min(ts), 4), round(max(ts), 4)], "repeats": len(ts),
+               "images_per_s": round(e["batch"] / med, 1), "step_ms": round(1e3 * med / e["tokens"], 3),
+               "peak_mem_gib": e.get("peak_mem_gib"), **e.get("extra", {})}
+        bb = e.get("backbone")
+        if bandwidth is not None and bb is not None:
+            nbytes = floor_bytes(bb, 2 * e["batch"] if e.get("cfg", True) else e["batch"])
+            floor_s = e["tokens"] * nbytes / bandwidth
+            row.update(floor_images_per_s=round(e["batch"] / floor_s, 1), fraction_of_floor=round(floor_s / med, 3),
+                       bytes_per_step=nbytes)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        PARTIAL.append(row)
+        out = os.environ.get("OUT")
+        if out:  # keep what was measured even if the run is cut short
+            with open(os.path.join(out, "sampling_partial.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return rows
 
 
 def floor_bytes(backbone, batch2: int) -> int:
@@ -77,42 +199,6 @@ def floor_bytes(backbone, batch2: int) -> int:
         return weights + sum(2 * size(s.conv) + (size(s.x) + size(s.b) + size(s.dt) + size(s.cum)) // 2
                              for s in state.layers)
     return weights + 2 * sum(size(s.conv) + size(s.ssm) for s in state.layers)
-
-
-PARTIAL: list = []
-
-
-def measure(name, backbone, cond, batch, sampler_cfg, bandwidth=None, repeats=3):
-    sampler = ARSampler(sampler_cfg)
-    labels = torch.arange(batch, device="cuda") % CLASSES
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    sampler.sample(backbone, cond, labels, seed=0)
-    torch.cuda.synchronize()
-    first = time.perf_counter() - t0
-    med, times = timed(lambda: sampler.sample(backbone, cond, labels, seed=1), repeats)
-    row = {
-        "model": name, "batch": batch, "first_call_s": round(first, 3), "median_s": round(med, 4),
-        "images_per_s": round(batch / med, 1), "times_s": [round(t, 4) for t in times],
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "step_ms": round(1e3 * med / backbone.num_tokens, 3),
-    }
-    if bandwidth is not None and hasattr(backbone, "layers") and hasattr(backbone, "init_state"):
-        try:
-            nbytes = floor_bytes(backbone, 2 * batch if sampler_cfg.cfg_scale != 1 else batch)
-            floor_s = backbone.num_tokens * nbytes / bandwidth
-            row.update(floor_images_per_s=round(batch / floor_s, 1), fraction_of_floor=round(floor_s / med, 3),
-                       bytes_per_step=nbytes)
-        except AttributeError:
-            pass
-    print(row, flush=True)
-    PARTIAL.append(row)
-    out = os.environ.get("OUT")
-    if out:  # keep what was measured even if the run is cut short
-        with open(os.path.join(out, "sampling_partial.jsonl"), "a") as f:
-            f.write(json.dumps(row) + "\n")
-    return row
 
 
 def kernel_profile(backbone, cond, batch, sampler_cfg, top: int = 12) -> list[dict]:
@@ -138,87 +224,115 @@ def kernel_profile(backbone, cond, batch, sampler_cfg, top: int = 12) -> list[di
     return [{"kernel": "(all kernels)", "ms_per_step": round(total, 4)}] + out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="AiM-B and GPT-B at batch 64 only")
-    ap.add_argument("--only-aim-b", action="store_true", help="AiM-B (all batches) and GPT-B only")
+def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, root: str | None,
+                           device: str, notes: list, shape: dict) -> list[dict]:
+    """avgkit's transformer (compiled step in the sampler's graph) vs LlamaGen's compiled sampler."""
+    rows = []
+    for batch in batches:
+        torch._dynamo.reset()  # each batch size compiles afresh, as in a new process
+        gpt, gcond = build_gpt(shape.get("gpt", preset), tokens=shape["tokens"], device=device,
+                               vocab=shape["vocab"], classes=shape["classes"])
+        if gpt is None:
+            notes.append("no transformer backbone plugin installed")
+            return rows
+        entries = [{"name": f"avgkit {preset} compiled", "batch": batch, "tokens": shape["tokens"],
+                    "params": _params(gpt) + _params(gcond),
+                    "call": avgkit_sampler(gpt, gcond, batch, cfg.model_copy(update={"compile": True}), device)}]
+        if root:
+            try:
+                call, n = llamagen_sampler(root, preset, batch, cfg_scale=cfg.cfg_scale, top_k=cfg.top_k,
+                                           top_p=cfg.top_p, device=device, tokens=shape["tokens"],
+                                           vocab=shape["vocab"], classes=shape["classes"],
+                                           compile=device == "cuda", model_args=shape.get("llamagen_args"))
+                entries.append({"name": f"LlamaGen {LLAMAGEN.get(preset, preset)} compiled", "batch": batch,
+                                "tokens": shape["tokens"], "params": n, "call": call})
+            except Exception as err:  # report, don't hide
+                notes.append(f"LlamaGen {preset} failed: {type(err).__name__}: {str(err)[:300]}")
+        elif batch == batches[0]:
+            notes.append("no --llamagen-root: LlamaGen's compiled sampler not measured")
+        rows += interleaved(entries, repeats, device)
+        del gpt, gcond, entries
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def aim_rows(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str, bw: float | None,
+             shape: dict, state_dtype: str = "bf16", tag: str = "") -> list[dict]:
+    bb, cond = build_aim(shape.get("aim", preset), tokens=shape["tokens"], device=device, vocab=shape["vocab"],
+                         classes=shape["classes"], state_dtype=state_dtype)
+    entries = [{"name": f"avgkit {preset} {state_dtype}-state{tag}", "batch": b, "tokens": shape["tokens"],
+                "params": _params(bb) + _params(cond), "backbone": bb, "cfg": cfg.cfg_scale != 1,
+                "call": avgkit_sampler(bb, cond, b, cfg, device)} for b in batches]
+    rows = []
+    for e in entries:  # one batch at a time: each its own graph and first call
+        rows += interleaved([e], repeats, device, bw)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="batch 64 only: AiM-B, GPT-B against LlamaGen's GPT-B")
+    ap.add_argument("--llamagen-root", default=os.environ.get("LLAMAGEN_ROOT"),
+                    help="a checkout of LlamaGen's public code (its autoregressive/ and utils/ folders)")
+    ap.add_argument("--filters", choices=sorted(FILTERS), default="none",
+                    help="none, or the reference README's top-k 600 + top-p 0.98")
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per row (median and spread)")
+    ap.add_argument("--transformers", default=None, help="comma-separated transformer presets (default by mode)")
+    ap.add_argument("--aim", default=None, help="comma-separated AiM presets (default by mode)")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default by mode)")
+    ap.add_argument("--profile", action="store_true", help="a per-kernel profile of one AiM-B step at batch 64")
+    ap.add_argument("--smoke", action="store_true", help="the harness on the CPU with tiny models")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--topk", action="store_true", help="also the reference README settings (top-k 600, top-p 0.98)")
-    args = ap.parse_args()
-    cfg = ARSamplerConfig(cfg_scale=2.0)
-    bw = copy_bandwidth()
-    print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
-    rows, notes = [], []
-    presets = ["aim-b"] if args.quick or args.only_aim_b else ["aim-b", "aim-l", "aim-xl"]
-    batches = [64] if args.quick else [16, 64, 256]
+    args = ap.parse_args(argv)
+    cfg = ARSamplerConfig(cfg_scale=2.0, **FILTERS[args.filters])
+    device = "cpu" if args.smoke else "cuda"
+    shape = dict(SMOKE) if args.smoke else {"vocab": VOCAB, "tokens": TOKENS, "classes": CLASSES}
+    if args.smoke:
+        shape["llamagen_args"] = {"dim": 64, "n_layer": 2, "n_head": 4, "multiple_of": 32}
+    bw = None if args.smoke else copy_bandwidth()
+    if bw:
+        print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
+    repeats = 2 if args.smoke else max(5, args.repeats)
+    batches = ([int(b) for b in args.batches.split(",")] if args.batches
+               else [2] if args.smoke else [64] if args.quick else [16, 64, 256])
+    gpts = args.transformers.split(",") if args.transformers else ["gpt-b"] if args.quick or args.smoke else ["gpt-b",
+                                                                                                            "gpt-l"]
+    aims = args.aim.split(",") if args.aim else ["aim-b"] if args.quick or args.smoke else ["aim-b", "aim-l", "aim-xl"]
+    rows: list[dict] = []
+    notes: list[str] = []
     profiles = {}
-    for preset in presets:
-        bb, cond = build_aim(preset)
-        for b in batches:
-            rows.append(measure(f"avgkit {preset} bf16-state", bb, cond, b, cfg, bw))
-            if preset == "aim-b" and b == 64:
-                profiles[f"{preset} b{b}"] = kernel_profile(bb, cond, b, cfg)
-        if preset == "aim-b":
-            dual, dcond = build_aim(preset, decode_form="dual")  # per-token caches instead of the state
-            for b in batches:
-                rows.append(measure(f"avgkit {preset} dual form", dual, dcond, b, cfg, bw))
-            del dual, dcond
-            bb32, cond32 = build_aim(preset, state_dtype="fp32")
-            rows.append(measure(f"avgkit {preset} fp32-state", bb32, cond32, 64, cfg, bw))
-            del bb32, cond32
-            rows.append(measure(f"avgkit {preset} eager (no graph)", bb, cond, 64,
-                                cfg.model_copy(update={"cuda_graph": False}), bw, repeats=1))
-            if args.topk:
-                rows.append(measure(f"avgkit {preset} top-k 600 top-p 0.98", bb, cond, 64,
-                                    cfg.model_copy(update={"top_k": 600, "top_p": 0.98}), bw))
+    for preset in gpts:
+        rows += transformer_comparison(preset, batches, cfg, repeats, args.llamagen_root, device, notes, shape)
+    for preset in aims:
+        rows += aim_rows(preset, batches, cfg, repeats, device, bw, shape)
+        if preset == "aim-b" and not args.quick and not args.smoke:
+            rows += aim_rows(preset, [64], cfg, repeats, device, bw, shape, state_dtype="fp32")
             if import_mamba_ssm() is not None:
                 from avgkit_mamba.reference import reference_backbone
 
+                bb, cond = build_aim(preset)
                 ref = reference_backbone(bb)
-                rows.append(measure(f"mamba-ssm {preset} stack, graph", ref, cond, 64, cfg, bw))
-                del ref
+                rows += interleaved([{"name": f"mamba-ssm {preset} stack, graph", "batch": 64, "tokens": TOKENS,
+                                      "params": _params(ref) + _params(cond), "backbone": ref,
+                                      "call": avgkit_sampler(ref, cond, 64, cfg)}], repeats, device, bw)
+                del bb, cond, ref
             else:
                 notes.append("mamba-ssm not importable: reference stack not measured")
-        del bb, cond
-        torch.cuda.empty_cache()
-    for preset in ["gpt-b"] if args.quick or args.only_aim_b else ["gpt-b", "gpt-l"]:
-        gpt, gcond = build_gpt(preset)
-        if gpt is None:
-            notes.append("no GPT backbone plugin installed")
-            break
-        rows.append(measure(f"{preset} eager kernels, graph", gpt, gcond, 64, cfg))
-        if preset == "gpt-b":
-            # compiled like LlamaGen's sampler: the step under torch.compile(mode="reduce-overhead"),
-            # i.e. inductor kernels replayed from inductor's own CUDA graphs; the sampler's graph is off
-            try:
-                torch._dynamo.reset()
-                eager_step = gpt.step
-                gpt.step = torch.compile(eager_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
-                rows.append(measure(f"{preset} torch.compile reduce-overhead", gpt, gcond, 64,
-                                    cfg.model_copy(update={"cuda_graph": False})))
-                from torch._dynamo.utils import counters  # why a compiled step is slow: recompiles, breaks
-
-                rows[-1]["dynamo_counters"] = {k: {str(kk): vv for kk, vv in v.items()} for k, v in counters.items()
-                                               if k in ("stats", "recompiles", "graph_break", "inductor")}
-                gpt.step = eager_step
-            except Exception as err:  # report, don't hide
-                notes.append(f"{preset} compile failed: {type(err).__name__}: {str(err)[:300]}")
-        del gpt, gcond
-        torch.cuda.empty_cache()
-    if not args.quick:  # memory as the sequence grows, recurrent path
-        for tokens in (256, 576, 1024):
-            bb, cond = build_aim("aim-b", tokens=tokens)
-            rows.append({**measure(f"avgkit aim-b {tokens} tokens", bb, cond, 16, cfg, bw, repeats=1), "tokens": tokens})
+        if preset == "aim-b" and args.profile and not args.smoke:
+            bb, cond = build_aim(preset)
+            profiles["aim-b b64"] = kernel_profile(bb, cond, 64, cfg)
             del bb, cond
-            gpt, gcond = build_gpt("gpt-b", tokens=tokens)
-            if gpt is not None:
-                rows.append({**measure(f"gpt-b {tokens} tokens", gpt, gcond, 16, cfg, repeats=1), "tokens": tokens})
-            del gpt, gcond
+        if device == "cuda":
             torch.cuda.empty_cache()
-    write_result("sampling_quick" if args.quick else "sampling", {
-        "settings": cfg.model_dump(), "copy_bandwidth_Bps": bw, "rows": rows, "kernel_profiles": profiles,
-        "notes": notes,
-    }, args.out)
+    name = "sampling_smoke" if args.smoke else "sampling_quick" if args.quick else "sampling"
+    write_result(name, {"settings": cfg.model_dump(), "filters": args.filters, "copy_bandwidth_Bps": bw,
+                        "llamagen_root": args.llamagen_root, "rows": rows, "kernel_profiles": profiles,
+                        "notes": notes}, args.out)
+    print("\n{:<36} {:>6} {:>10} {:>12} {:>9}".format("row", "batch", "images/s", "spread s", "first s"))
+    for r in rows:
+        print("{:<36} {:>6} {:>10} {:>12} {:>9}".format(r["model"][:36], r["batch"], r["images_per_s"],
+                                                        "{}-{}".format(*r["spread_s"]), r["first_call_s"]))
 
 
 if __name__ == "__main__":

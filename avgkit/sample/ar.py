@@ -4,6 +4,11 @@ One decoding step (backbone step -> CFG combine -> filter -> draw -> feed) is wr
 once, on device tensors only (the step index included), so the same function runs
 eagerly on the CPU and is captured into a CUDA graph on the GPU. Graphs are cached per
 (backbone, batch, dtype, settings) and replayed across calls.
+
+With ``compile`` the step goes through ``torch.compile`` first (inductor's fused
+kernels), and that compiled step is what the CUDA graph captures: the graph is ours,
+not inductor's cudagraph trees, so a backbone that updates its decoding state in place
+(a KV cache, a position counter, a recurrent state) compiles and replays as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ class ARSamplerConfig(ComponentConfig):
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 keeps all")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus mass; 1 keeps all")
     cuda_graph: bool = Field(True, description="on CUDA, capture the decoding step once and replay it")
+    compile: bool = Field(
+        False, description="run the decoding step through torch.compile (fused kernels; the first call of each "
+        "batch size compiles); on CUDA the compiled step is replayed from the step's CUDA graph"
+    )
     decode_width: int | None = Field(
         None, ge=1, description="decode in groups of exactly this many images (the last one padded): every "
         "matrix kernel then sees one shape, so GPU images no longer depend on the batch size; None decodes "
@@ -58,9 +67,22 @@ class ARSampler:
     ``uncond + s * (cond - uncond)`` and both halves are fed the sampled token.
     """
 
+    #: torch.compile backend of the ``compile`` option (tests swap in "eager" to check the tracing only)
+    compile_backend: str = "inductor"
+
     def __init__(self, config: ARSamplerConfig | None = None) -> None:
         self.config = config or ARSamplerConfig()
         self._graphs: dict[tuple, _Run] = {}
+        self._compiled_step: Any = None
+
+    def _step_fn(self) -> Any:
+        """The step the loop runs: ``_step``, or its compiled form (built once per sampler)."""
+        if not self.config.compile:
+            return self._step
+        if self._compiled_step is None:
+            # not fullgraph: an op Dynamo cannot trace runs eagerly between compiled pieces
+            self._compiled_step = torch.compile(self._step, backend=self.compile_backend, dynamic=False)
+        return self._compiled_step
 
     @property
     def use_cfg(self) -> bool:
@@ -133,11 +155,12 @@ class ARSampler:
         logits = backbone.prefill(run.state, run.cond)
         self._draw(run, logits)
         run.k.fill_(1)
+        step = self._step_fn()
         for _ in range(1, n_tok):
             if run.graph is not None:
                 run.graph.replay()
             else:
-                self._step(run)
+                step(run)
         return run.codes.clone()
 
     def _new_run(self, backbone: Backbone, cond: Conditioning, batch: int, dtype: torch.dtype | None) -> _Run:
@@ -157,19 +180,20 @@ class ARSampler:
         if run is not None and run.backbone is backbone:
             return run
         run = self._new_run(backbone, cond.clone(), batch, dtype)
-        # warm up on a side stream (allocations, Triton compilation), then capture one step
+        # warm up on a side stream (allocations, Triton compilation, torch.compile), then capture one step
+        step = self._step_fn()
         backbone.prefill(run.state, run.cond)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
                 run.k.fill_(1)
-                self._step(run)
+                step(run)
         torch.cuda.current_stream().wait_stream(stream)
         run.k.fill_(1)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._step(run)
+            step(run)
         run.graph = graph
         self._graphs[key] = run
         return run

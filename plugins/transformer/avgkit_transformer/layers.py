@@ -15,6 +15,21 @@ from avgkit.interfaces import Modulation
 from avgkit_transformer.config import TransformerConfig
 from avgkit_transformer.rope import apply_rotary
 
+#: Under torch.compile, a decoding step (cache given) attends with plain matmul + softmax so
+#: inductor generates and fuses the attention itself, as LlamaGen's compiled sampler does;
+#: eager decoding and training keep PyTorch's fused attention.
+COMPILED_DECODE_MATH = True
+
+
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: each kv head serves a group of q heads
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1).to(v.dtype) @ v
+
 
 class RMSNorm(nn.Module):
     """``x / rms(x) * weight``, normalised in float32 and cast back (as LlamaGen)."""
@@ -80,15 +95,18 @@ class Attention(nn.Module):
             cache[0].index_copy_(2, positions, k.to(cache.dtype))
             cache[1].index_copy_(2, positions, v.to(cache.dtype))
             k, v = cache[0], cache[1]
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=cache is None,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-            enable_gqa=self.kv_heads != self.heads,
-        )
+        if cache is not None and COMPILED_DECODE_MATH and torch.compiler.is_compiling():
+            out = _math_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=cache is None,
+                dropout_p=self.attn_dropout if self.training else 0.0,
+                enable_gqa=self.kv_heads != self.heads,
+            )
         return self.resid_dropout(self.proj(out.transpose(1, 2).reshape(b, t, -1)))
 
 

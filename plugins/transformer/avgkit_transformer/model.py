@@ -119,7 +119,12 @@ class TransformerBackbone(Backbone):
             c.layers, 2, batch_size, c.n_kv_heads, max_len, c.head_dim,
             device=device if device is not None else ref.device, dtype=dtype or ref.dtype,
         )  # fmt: skip
-        return KVCacheState(kv, torch.zeros((), dtype=torch.long, device=kv.device), batch_size)
+        pos = torch.zeros((), dtype=torch.long, device=kv.device)
+        for t in (kv, pos):
+            # fixed addresses: a step compiled with mode="reduce-overhead" may then update them in
+            # place inside inductor's CUDA graphs (otherwise it skips graphs for mutated inputs)
+            torch._dynamo.mark_static_address(t)
+        return KVCacheState(kv, pos, batch_size)
 
     def _decode(self, state: KVCacheState, x: Tensor, positions: Tensor, cond: Conditioning) -> Tensor:
         table = self._table(positions, state.prefix_len)
