@@ -160,3 +160,27 @@ def test_step_is_cuda_graph_capturable():
         token.copy_(codes[:, k])
         graph.replay()
         assert torch.allclose(out, expected[:, k + 1], atol=1e-4), k
+
+
+def test_compiled_decoding_step_matches_eager_and_keeps_its_cache_static():
+    """The step traces whole (KV cache and position updated in place) and draws the eager step's tokens;
+    the cache is marked static so inductor's own CUDA graphs may update it in place too."""
+    from torch._dynamo.utils import counters
+
+    from avgkit.build import build
+    from avgkit.recipe import validate_recipe
+    from avgkit.sample.ar import ARSampler, ARSamplerConfig
+
+    torch.manual_seed(0)
+    c = build(validate_recipe({"name": "t", "tokenizer": "toy-patch", "backbone": "transformer:tiny",
+                               "conditioner": {"name": "class-token", "num_classes": 10}}))
+    backbone, cond = c.backbone.eval(), c.conditioner.eval()
+    state = backbone.init_state(2)
+    assert all(hasattr(t, "_dynamo_static_input_type") for t in (state.kv, state.pos))
+    labels = torch.tensor([1, 7])
+    want = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8)).sample(backbone, cond, labels, seed=2)
+    compiled = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8, compile=True))
+    compiled.compile_backend = "aot_eager"
+    counters.clear()
+    assert torch.equal(compiled.sample(backbone, cond, labels, seed=2), want)
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
