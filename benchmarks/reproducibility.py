@@ -19,6 +19,7 @@ Two parts, both on AiM-B and GPT-B (random weights, bf16, CFG 2):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -36,6 +37,7 @@ from sampling import SMOKE, build_aim, build_gpt  # noqa: E402
 from avgkit.interfaces import Conditioning  # noqa: E402
 from avgkit.sample.ar import ARSampler, ARSamplerConfig  # noqa: E402
 from avgkit.sample.filtering import sample_logits  # noqa: E402
+from avgkit.testing.reproducibility import first_difference, sample_runs  # noqa: E402
 
 N_IMAGES, WIDTH, PART = 64, 32, 16
 FILTERS = {"none": {}, "paper": {"top_k": 600, "top_p": 0.98}}
@@ -159,33 +161,38 @@ def diagnose(name: str, backbone, cond_model, device: str, steps: int = 6) -> di
 
 
 def matrix(name: str, backbone, cond_model, device: str, paths: list[str], notes: list[str]) -> list[dict]:
-    labels = torch.arange(N_IMAGES, device=device) % cond_model.num_classes
     rows = []
     for path in paths:
         if path == "graph" and device != "cuda":
             continue
         for filt, opts in FILTERS.items():
             cfg = ARSamplerConfig(cfg_scale=2.0, decode_width=WIDTH, **opts, **PATHS[path])
-            sampler = ARSampler(cfg)
-            if device == "cpu":
-                sampler.compile_backend = "aot_eager"
             t0 = time.perf_counter()
             try:
-                ref = sampler.sample(backbone, cond_model, labels, seed=0).cpu()
-                again = sampler.sample(backbone, cond_model, labels, seed=0).cpu()
-                parts = torch.cat([sampler.sample(backbone, cond_model, labels[s:s + PART], seed=0,
-                                                  index=torch.arange(s, s + PART)).cpu()
-                                   for s in range(0, N_IMAGES, PART)])
+                with _compile_backend("aot_eager" if device == "cpu" else None):
+                    runs = sample_runs(backbone, cond_model, cfg, n=N_IMAGES, part=PART)
             except Exception as err:  # report, don't hide
                 notes.append(f"{name} {path} {filt}: {type(err).__name__}: {str(err)[:300]}")
                 continue
-            row = {"model": name, "path": path, "filters": filt, "of": N_IMAGES,
-                   "repeat_call_images_differing": int((again != ref).any(1).sum()),
-                   f"calls_of_{PART}_images_differing": int((parts != ref).any(1).sum()),
+            row = {"model": name, "path": path, "filters": filt, "of": N_IMAGES, "decode_width": WIDTH,
+                   "repeat_call": first_difference(runs["once"], runs["again"]) or "identical",
+                   f"calls_of_{PART}": first_difference(runs["once"], runs["parts"]) or "identical",
                    "seconds": round(time.perf_counter() - t0, 1)}
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
+
+
+@contextlib.contextmanager
+def _compile_backend(backend: str | None):
+    """The smoke run traces the compiled path with ``aot_eager`` (no inductor C++ build on the CPU)."""
+    saved = ARSampler.compile_backend
+    if backend:
+        ARSampler.compile_backend = backend
+    try:
+        yield
+    finally:
+        ARSampler.compile_backend = saved
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,39 +1,60 @@
 #!/usr/bin/env bash
 # Every GPU measurement in one device call (one lease: the machine starts once).
 #   run it from the repository root on the GPU machine, with wheels for what the machine
-#   lacks in .whl/ (pydantic, pydantic-core, annotated-types, typing-inspection, zarr,
-#   numcodecs, donfig, google-crc32c, torch-fidelity, pytest, iniconfig, and mamba-ssm
-#   built offline):
+#   lacks in .whl/ (pydantic, pydantic-core, annotated-types, typing-inspection; for the
+#   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
+#   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
+#   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
 #   bash benchmarks/run_gpu.sh [--quick]
-# With two or more GPUs the correctness + sampling stream and the training + encoding +
-# start-up stream run side by side, one GPU each, then the 1-vs-2-GPU digits check
-# (benchmarks/ddp_check.sh); with one GPU the two streams run in turn.
-# Results land in $OUT (or benchmarks/results/) as JSON; commit them with the scripts.
+# --quick (at most 8 minutes on one H100 or H200): kernel checks, the reproducibility
+# matrix, sampling against LlamaGen at batch 64, a short AiM-B training run and the
+# GPU-marked tests. Without it, everything at every size (several calls' worth).
+# Results land in $OUT (or benchmarks/results/) as JSON named after the card
+# (..._h100.json, ..._h200.json); commit them with the scripts.
 set -uo pipefail
 QUICK=${1:-}
 OUT=${OUT:-benchmarks/results}
 export PYTHONUNBUFFERED=1
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | grep -o -i -E 'h100|h200|a100|l40s|l4|b200' \
+  | head -n1 | tr '[:upper:]' '[:lower:]')
+CARD=${CARD:-gpu}
+LLAMAGEN_ROOT=${LLAMAGEN_ROOT:-.ref/llamagen-ce98ec4}
+[ -d "$LLAMAGEN_ROOT/autoregressive" ] || { echo "no LlamaGen checkout at $LLAMAGEN_ROOT: its rows are skipped"; LLAMAGEN_ROOT=; }
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plugins/mamba -e plugins/adaln \
   -e plugins/llamagen -e plugins/transformer
-run() { echo "== $*"; timeout "${LIMIT:-480}" python3 "$@" 2>&1; }
-gpu_tests() {  # the test suite's GPU-marked tests (batch invariance, CUDA eval, ...)
-  echo "== pytest -m gpu"
+nvidia-smi -L
+START=$SECONDS
+run() { echo "== [$((SECONDS - START)) s] $*"; timeout "${LIMIT:-480}" python3 "$@" 2>&1 | grep -v -i -E 'warn|deprecat'; }
+gpu_tests() {  # the test suite's GPU-marked tests (reproducibility at AiM-B size, CUDA eval, ...)
+  echo "== [$((SECONDS - START)) s] pytest -m gpu"
   timeout "${LIMIT:-480}" python3 -m pytest -q -m gpu -p no:cacheprovider tests plugins 2>&1 | tail -n 30
 }
+LG=${LLAMAGEN_ROOT:+--llamagen-root $LLAMAGEN_ROOT}
+if [ "$QUICK" = "--quick" ]; then
+  run plugins/mamba/scripts/gpu_check.py --quick --out "$OUT/mamba_gpu_check_quick_$CARD.json"
+  run benchmarks/reproducibility.py --parts matrix --out "$OUT/reproducibility_quick_$CARD.json"
+  run benchmarks/sampling.py --quick $LG --out "$OUT/sampling_quick_$CARD.json"
+  run benchmarks/train_step.py --quick --no-reference --presets aim-b --out "$OUT/train_step_quick_$CARD.json"
+  gpu_tests
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
 kernels_and_sampling() {
-  run plugins/mamba/scripts/gpu_check.py --out "$OUT/mamba_gpu_check_h200.json" ${GPU_CHECK_ARGS:-$QUICK}
-  run benchmarks/sampling.py $QUICK --out "$OUT/sampling_h200.json"
-  run benchmarks/batch_invariance.py --out "$OUT/batch_invariance_h200.json"
+  run plugins/mamba/scripts/gpu_check.py --out "$OUT/mamba_gpu_check_$CARD.json"
+  run benchmarks/reproducibility.py --out "$OUT/reproducibility_$CARD.json"
+  run benchmarks/sampling.py $LG --out "$OUT/sampling_$CARD.json"
+  run benchmarks/sampling.py $LG --filters paper --batches 64 --aim aim-b --transformers gpt-b \
+    --out "$OUT/sampling_paper_filters_$CARD.json"
   gpu_tests
 }
 training_and_startup() {
-  run benchmarks/train_step.py $QUICK --presets aim-b,aim-l,aim-xl,aim-1b --out "$OUT/train_step_h200.json"
-  run benchmarks/vq_encode.py $QUICK --out "$OUT/vq_encode_h200.json"
-  run benchmarks/startup.py --out "$OUT/startup_h200.json"
-  [ -n "${WITH_SCAN:-}" ] && run benchmarks/ssd_scan.py $QUICK --out "$OUT/ssd_scan_h200.json"
+  run benchmarks/train_step.py --presets aim-b,aim-l,aim-xl,aim-1b --out "$OUT/train_step_$CARD.json"
+  run benchmarks/vq_encode.py --out "$OUT/vq_encode_$CARD.json"
+  run benchmarks/startup.py --out "$OUT/startup_$CARD.json"
+  [ -n "${WITH_SCAN:-}" ] && run benchmarks/ssd_scan.py --out "$OUT/ssd_scan_$CARD.json"
 }
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   CUDA_VISIBLE_DEVICES=0 kernels_and_sampling >"$OUT/gpu_run_a.log" 2>&1 &

@@ -97,3 +97,16 @@ def test_compiled_step_draws_the_same_tokens(monkeypatch):
     assert counters["stats"]["unique_graphs"] >= 1, "the step never went through torch.compile"
     assert all("GRU" in reason for reason in counters["graph_break"]), dict(counters["graph_break"])
     assert torch.equal(compiled.sample(c.backbone, c.conditioner, labels, seed=5), want)
+
+
+def test_reproducibility_check_names_the_first_difference():
+    from avgkit.testing.reproducibility import first_difference, sample_runs
+
+    c = _components()
+    runs = sample_runs(c.backbone, c.conditioner.eval(), ARSamplerConfig(cfg_scale=2.0, top_k=8, decode_width=4),
+                       n=6, part=4, num_classes=10)
+    assert first_difference(runs["once"], runs["again"]) is None
+    assert first_difference(runs["once"], runs["parts"]) is None
+    tampered = runs["once"].clone()
+    tampered[4, 3] += 1
+    assert first_difference(runs["once"], tampered) == "1 of 6 images differ (image 4 first at token 3)"

@@ -14,11 +14,11 @@ import types
 
 import pytest
 import torch
+from avgkit_mamba.mixer import Mamba2Mixer, Mamba2State
 
 from avgkit.build import build
 from avgkit.recipe import validate_recipe
 from avgkit.sample.ar import ARSampler, ARSamplerConfig
-from avgkit_mamba.mixer import Mamba2Mixer, Mamba2State
 
 
 class _StubMamba2(Mamba2Mixer):
