@@ -80,7 +80,7 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         table: Tensor,
-        cache: Tensor | None = None,
+        cache: tuple[Tensor, Tensor] | None = None,
         positions: Tensor | None = None,
         mask: Tensor | None = None,
     ) -> Tensor:
@@ -91,10 +91,11 @@ class Attention(nn.Module):
         k = apply_rotary(k.view(b, t, self.kv_heads, self.head_dim), table).transpose(1, 2)
         v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
-            # cache: (2, B, kv_heads, max_len, head_dim), written in place
-            cache[0].index_copy_(2, positions, k.to(cache.dtype))
-            cache[1].index_copy_(2, positions, v.to(cache.dtype))
-            k, v = cache[0], cache[1]
+            # this layer's (keys, values), each (B, kv_heads, max_len, head_dim), written in place
+            k_cache, v_cache = cache
+            k_cache.index_copy_(2, positions, k.to(k_cache.dtype))
+            v_cache.index_copy_(2, positions, v.to(v_cache.dtype))
+            k, v = k_cache, v_cache
         if cache is not None and COMPILED_DECODE_MATH and torch.compiler.is_compiling():
             out = _math_attention(q, k, v, mask)
         else:
@@ -154,7 +155,7 @@ class Block(nn.Module):
         x: Tensor,
         table: Tensor,
         m: Modulation | None,
-        cache: Tensor | None = None,
+        cache: tuple[Tensor, Tensor] | None = None,
         positions: Tensor | None = None,
         mask: Tensor | None = None,
     ) -> Tensor:

@@ -25,19 +25,27 @@ from avgkit_transformer.rope import rotation_table
 class KVCacheState:
     """Decoding state: every layer's keys and values, allocated once at full length.
 
-    ``kv`` is ``(layers, 2, B, kv_heads, max_len, head_dim)``; ``pos`` is a 0-dim int64
-    tensor holding the next sequence position to write. A step only writes into these
-    tensors (``index_copy_``, ``add_``), so it can be captured in a CUDA graph.
+    ``keys[i]`` and ``values[i]`` are layer ``i``'s own ``(B, kv_heads, max_len, head_dim)``
+    tensors; ``pos`` is a 0-dim int64 tensor holding the next sequence position to write.
+    A step writes one row of each base tensor in place (never through a view of a larger
+    one), so it captures in a CUDA graph and compiles without copying the cache: under
+    ``torch.compile`` an in-place write into a view of one big cache is functionalized
+    into a rewrite of the whole base tensor, per layer.
     """
 
-    kv: Tensor
+    keys: list[Tensor]
+    values: list[Tensor]
     pos: Tensor
     batch_size: int
     prefix_len: int = 0
 
     @property
     def max_len(self) -> int:
-        return self.kv.shape[4]
+        return self.keys[0].shape[2]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys[0].dtype
 
 
 class TransformerBackbone(Backbone):
@@ -115,24 +123,24 @@ class TransformerBackbone(Backbone):
         c = self.config
         ref = self.tok_embed.weight
         max_len = c.max_prefix_len + c.num_tokens
-        kv = torch.zeros(
-            c.layers, 2, batch_size, c.n_kv_heads, max_len, c.head_dim,
-            device=device if device is not None else ref.device, dtype=dtype or ref.dtype,
-        )  # fmt: skip
-        pos = torch.zeros((), dtype=torch.long, device=kv.device)
-        for t in (kv, pos):
+        shape = (batch_size, c.n_kv_heads, max_len, c.head_dim)
+        factory = {"device": device if device is not None else ref.device, "dtype": dtype or ref.dtype}
+        keys = [torch.zeros(shape, **factory) for _ in range(c.layers)]
+        values = [torch.zeros(shape, **factory) for _ in range(c.layers)]
+        pos = torch.zeros((), dtype=torch.long, device=keys[0].device)
+        for t in (*keys, *values, pos):
             # fixed addresses: a step compiled with mode="reduce-overhead" may then update them in
             # place inside inductor's CUDA graphs (otherwise it skips graphs for mutated inputs)
             torch._dynamo.mark_static_address(t)
-        return KVCacheState(kv, pos, batch_size)
+        return KVCacheState(keys, values, pos, batch_size)
 
     def _decode(self, state: KVCacheState, x: Tensor, positions: Tensor, cond: Conditioning) -> Tensor:
         table = self._table(positions, state.prefix_len)
         keys = torch.arange(state.max_len, device=x.device)
         mask = keys[None, :] <= positions[:, None]  # (T, max_len): causal over the filled cache
-        x = x.to(state.kv.dtype)
+        x = x.to(state.dtype)
         for i, block in enumerate(self.blocks):
-            x = block(x, table, cond.modulation(i), state.kv[i], positions, mask)
+            x = block(x, table, cond.modulation(i), (state.keys[i], state.values[i]), positions, mask)
         return self._head(x[:, -1:], cond)[:, 0]
 
     def prefill(self, state: KVCacheState, cond: Conditioning) -> Tensor:
@@ -146,7 +154,7 @@ class TransformerBackbone(Backbone):
         if cond.batch_size != state.batch_size:
             raise TransformerError(f"conditioning batch {cond.batch_size} != decoding state batch {state.batch_size}")
         state.prefix_len = p
-        logits = self._decode(state, self.token_dropout(prefix), torch.arange(p, device=state.kv.device), cond)
+        logits = self._decode(state, self.token_dropout(prefix), torch.arange(p, device=state.pos.device), cond)
         state.pos.fill_(p)
         return logits
 
@@ -157,8 +165,9 @@ class TransformerBackbone(Backbone):
         return logits
 
     def select_state(self, state: KVCacheState, index: Tensor) -> KVCacheState:
-        index = index.to(state.kv.device)
-        return KVCacheState(state.kv.index_select(2, index), state.pos.clone(), int(index.numel()), state.prefix_len)
+        index = index.to(state.pos.device)
+        return KVCacheState([k.index_select(0, index) for k in state.keys], [v.index_select(0, index) for v in state.values],
+                            state.pos.clone(), int(index.numel()), state.prefix_len)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The token table (also the head when tied); an untied head counts as non-embedding."""

@@ -28,8 +28,9 @@ def _decode_all(model, cond, codes):
 def test_cache_is_preallocated_at_full_size():
     model = _tiny(kv_heads=2, max_prefix_len=3)
     state = model.init_state(5, dtype=torch.bfloat16)
-    assert state.kv.shape == (2, 2, 5, 2, 3 + 16, 16)  # (layers, k/v, B, kv_heads, max_len, head_dim)
-    assert state.kv.dtype == torch.bfloat16 and state.pos.shape == ()
+    assert len(state.keys) == len(state.values) == 2  # one base tensor per layer and key/value
+    assert all(t.shape == (5, 2, 3 + 16, 16) for t in state.keys + state.values)  # (B, kv_heads, max_len, head_dim)
+    assert state.dtype == torch.bfloat16 and state.pos.shape == ()
 
 
 @torch.no_grad()
@@ -176,7 +177,7 @@ def test_compiled_decoding_step_matches_eager_and_keeps_its_cache_static():
                                "conditioner": {"name": "class-token", "num_classes": 10}}))
     backbone, cond = c.backbone.eval(), c.conditioner.eval()
     state = backbone.init_state(2)
-    assert all(hasattr(t, "_dynamo_static_input_type") for t in (state.kv, state.pos))
+    assert all(hasattr(t, "_dynamo_static_input_type") for t in (*state.keys, *state.values, state.pos))
     labels = torch.tensor([1, 7])
     want = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8)).sample(backbone, cond, labels, seed=2)
     compiled = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8, compile=True))
@@ -208,3 +209,31 @@ def test_gpt_b_samples_are_reproducible_on_the_gpu(path):
     runs = sample_runs(backbone, cond, config, n=16, part=4)
     assert first_difference(runs["once"], runs["again"]) is None, first_difference(runs["once"], runs["again"])
     assert first_difference(runs["once"], runs["parts"]) is None, first_difference(runs["once"], runs["parts"])
+
+
+def test_compiled_step_writes_the_cache_without_rewriting_it():
+    """Functionalization turns an in-place write into a view of a larger tensor into a scatter of the whole
+    base (a copy of every layer's cache, every step); the step must write each cache base directly."""
+    import collections
+
+    from torch._dynamo.backends.common import aot_autograd
+
+    from avgkit.build import build
+    from avgkit.recipe import validate_recipe
+    from avgkit.sample.ar import ARSampler, ARSamplerConfig
+
+    ops: collections.Counter = collections.Counter()
+
+    def count(gm, _inputs):
+        ops.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    torch.manual_seed(0)
+    c = build(validate_recipe({"name": "t", "tokenizer": "toy-patch", "backbone": "transformer:tiny",
+                               "conditioner": {"name": "class-token", "num_classes": 10}}))
+    sampler = ARSampler(ARSamplerConfig(cfg_scale=2.0, compile=True))
+    sampler.compile_backend = aot_autograd(fw_compiler=count)
+    sampler.sample(c.backbone.eval(), c.conditioner.eval(), torch.arange(3), seed=0)
+    assert ops["aten.index_copy.default"] >= 2 * c.backbone.num_layers
+    scatters = {op: n for op, n in ops.items() if "scatter" in op}
+    assert not scatters, f"the compiled step rewrites whole tensors: {scatters}"
