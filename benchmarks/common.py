@@ -109,3 +109,117 @@ def write_result(name: str, data: dict[str, Any], out: str | None = None) -> Pat
     tmp.replace(path)
     print(f"wrote {path}")
     return path
+
+
+# --------------------------------------------------------------------------- smoke runs
+# ``--smoke`` runs a benchmark's own measurement code on the CPU at tiny sizes, so the test
+# suite notices when a script stops running; its numbers mean nothing. The helpers below
+# let the same code time and measure on either device.
+
+
+def add_smoke_flag(parser: Any) -> None:
+    """``--smoke``: tiny sizes on the CPU (checks the script still runs; numbers mean nothing)."""
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes on the CPU: checks that the script runs (its numbers mean nothing)")
+
+
+def device_for(smoke: bool) -> torch.device:
+    """The device a benchmark measures on: the GPU, or the CPU in a smoke run."""
+    return torch.device("cpu" if smoke else "cuda")
+
+
+def smoke_out(name: str, out: str | Path | None, smoke: bool) -> str | Path | None:
+    """``out`` unchanged, except that a smoke run without one writes to the temp dir, never to results/."""
+    if out is not None or not smoke:
+        return out
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "avgkit-benchmark-smoke" / f"{name}.json"
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued work on ``device`` (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_on(device: torch.device | str, fn: Callable[[], Any], repeats: int = 3) -> tuple[float, list[float]]:
+    """``timed`` on any device: median wall time of ``fn`` (synchronised on a GPU), and all times."""
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def median_ms(device: torch.device | str, fn: Callable[[], Any], warmup: int, reps: int) -> float:
+    """Median milliseconds of ``fn`` after ``warmup`` calls: CUDA events on a GPU, wall time on the CPU."""
+    for _ in range(warmup):
+        fn()
+    cuda = torch.device(device).type == "cuda"
+    times = []
+    for _ in range(reps):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device | str) -> float | None:
+    """Peak allocated GiB since ``reset_peak_memory`` on a GPU; None on the CPU (not tracked)."""
+    if torch.device(device).type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+
+
+def empty_cache(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# conditioner of each AiM preset in the sampling benchmarks (``tiny``: smoke runs)
+AIM_CONDITIONERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "aim-b": ("adaln", {}), "aim-l": ("adaln-group", {"groups": 4}), "aim-xl": ("adaln-group", {"groups": 4}),
+    "tiny": ("adaln-group", {"groups": 2})}
+
+
+def build_sampling_aim(preset: str, *, device: torch.device | str = "cuda", vocab: int = 16384, tokens: int = 256,
+                       classes: int = 1000, state_dtype: str = "bf16", impl: str = "auto",
+                       decode_form: str = "recurrent") -> tuple[Any, Any]:
+    """(backbone, conditioner) of an AiM preset with random weights, bf16, eval mode, on ``device``.
+
+    The adaLN weights are drawn non-zero so that modulation is exercised like a trained model.
+    """
+    from avgkit.plugins import get_registry
+
+    reg = get_registry()
+    spec = reg.get("backbone", "mamba2")
+    cfg = spec.resolve(preset, {"vocab_size": vocab, "num_tokens": tokens, "state_dtype": state_dtype, "impl": impl,
+                                "decode_form": decode_form})
+    torch.manual_seed(0)
+    backbone = spec.factory(cfg)
+    cname, opts = AIM_CONDITIONERS[preset]
+    cspec = reg.get("conditioner", cname)
+    cond = cspec.factory(cspec.resolve(None, {"num_classes": classes, **opts}), dim=backbone.dim,
+                         num_layers=backbone.num_layers)
+    with torch.no_grad():
+        for p in cond.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(std=0.02)
+    return backbone.to(device).bfloat16().eval(), cond.to(device).bfloat16().eval()

@@ -13,6 +13,7 @@ tokens over ``--seconds`` of steady iteration across epochs. The loader must del
 at least 1M tokens/s in ``memory`` mode with 2 workers at batch 256.
 
     python benchmarks/data_loader.py            # writes benchmarks/results/data_loader_cpu.json
+    python benchmarks/data_loader.py --smoke --out FILE   # a tiny store, a fraction of a second per mode
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ import torch
 from avgkit.data import CodeDataset, CodeLoader, CodeStore, StoreMeta
 
 TARGET_TOKENS_PER_S = 1_000_000
+RESULTS = Path(__file__).parent / "results"
+# --smoke: a tiny store and short timings (every mode, workers included); sizes given explicitly win
+SMOKE = {"items": 256, "tokens": 16, "vocab": 64, "batch_size": 32, "seconds": 0.2, "warmup": 2}
 
 
 def machine_info() -> dict[str, object]:
@@ -114,8 +118,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=int, default=20, help="batches before timing starts")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "data_loader_cpu.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/data_loader_cpu.json")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes: checks that the script runs (its numbers mean nothing)")
     args = parser.parse_args()
+    if args.smoke:
+        for key, value in SMOKE.items():
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
+    if args.out is None:
+        folder = Path(tempfile.gettempdir()) / "avgkit-benchmark-smoke" if args.smoke else RESULTS
+        args.out = folder / "data_loader_cpu.json"
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,19 +2,36 @@
 # The digits recipe on 1 GPU and on 2 GPUs (torchrun, DDP over NCCL) with the same global
 # batch; copies both runs' metrics and eval reports to $OUT/ddp/ and prints a comparison.
 #   bash benchmarks/ddp_check.sh [STEPS]     (after run_gpu.sh's installs)
+#   OUT=DIR bash benchmarks/ddp_check.sh --smoke   (2 steps on the CPU, 2 gloo processes; seconds)
+# $PYTHON (default python3) runs everything, torchrun included; the runs go to $WORK (default /tmp).
 set -euo pipefail
-STEPS=${1:-300}
+SMOKE=
+if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
+PYTHON=${PYTHON:-python3}
 OUT=${OUT:-benchmarks/results}
+WORK=${WORK:-/tmp}
+EXTRA=()
+if [ -n "$SMOKE" ]; then
+  STEPS=${1:-2}
+  WORK=$(mktemp -d "$WORK/ddp_smoke.XXXXXX")
+  trap 'rm -rf "$WORK"' EXIT
+  # a 2-step tokenizer and the store of the first run, in $WORK; one sample per class
+  EXTRA=(train.device=cpu train.log_every=1 tokenizer.train.steps=2 "tokenizer.weights=$WORK/tokenizer.safetensors"
+         "data.store=$WORK/codes.zarr" eval.samples_per_class=1)
+else
+  STEPS=${1:-300}
+fi
 mkdir -p "$OUT/ddp"
 export PYTHONUNBUFFERED=1
-python3 -m avgkit.train digits train.steps="$STEPS" output_dir=/tmp/ddp_1gpu 2>&1 | tail -n 15
-torchrun --standalone --nproc_per_node 2 -m avgkit.train digits train.steps="$STEPS" output_dir=/tmp/ddp_2gpu 2>&1 | tail -n 15
+"$PYTHON" -m avgkit.train digits train.steps="$STEPS" output_dir="$WORK/ddp_1gpu" "${EXTRA[@]}" 2>&1 | tail -n 15
+"$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 -m avgkit.train digits train.steps="$STEPS" \
+  output_dir="$WORK/ddp_2gpu" "${EXTRA[@]}" 2>&1 | tail -n 15
 for run in 1gpu 2gpu; do
-  cp "/tmp/ddp_$run/metrics.jsonl" "$OUT/ddp/metrics_$run.jsonl"
-  cp "/tmp/ddp_$run/eval.json" "$OUT/ddp/eval_$run.json"
-  cp "/tmp/ddp_$run/samples.png" "$OUT/ddp/samples_$run.png"
+  cp "$WORK/ddp_$run/metrics.jsonl" "$OUT/ddp/metrics_$run.jsonl"
+  cp "$WORK/ddp_$run/eval.json" "$OUT/ddp/eval_$run.json"
+  cp "$WORK/ddp_$run/samples.png" "$OUT/ddp/samples_$run.png"
 done
-python3 - "$OUT/ddp" <<'PY'
+"$PYTHON" - "$OUT/ddp" <<'PY'
 import json, sys, pathlib
 d = pathlib.Path(sys.argv[1])
 def losses(run):

@@ -1,8 +1,14 @@
-"""Plots of committed benchmark results: ``python benchmarks/plot.py`` -> docs/img/*.png (shown in docs/benchmarks.md)."""
+"""Plots of committed benchmark results: ``python benchmarks/plot.py`` -> docs/img/*.png (shown in docs/benchmarks.md).
+
+    python benchmarks/plot.py [--images DIR]
+    python benchmarks/plot.py --smoke --images DIR   # the same plots, into DIR; fails if one is not drawn
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -18,7 +24,7 @@ def _figure(width: float, height: float, cols: int = 1):
     return fig, [fig.add_subplot(1, cols, i + 1) for i in range(cols)]
 
 
-def sampling(path: Path = RESULTS / "sampling_h200.json") -> Path | None:
+def sampling(path: Path = RESULTS / "sampling_h200.json", images: Path = IMAGES) -> Path | None:
     """Images/s of every fixed-length row next to its memory floor."""
     if not path.exists():
         return None
@@ -34,13 +40,13 @@ def sampling(path: Path = RESULTS / "sampling_h200.json") -> Path | None:
     ax.set_xlabel("images / s (256 tokens, CFG 2, bf16 weights, one H200)")
     ax.legend(fontsize=7)
     fig.subplots_adjust(left=0.38, right=0.97, bottom=0.12, top=0.97)
-    out = IMAGES / "sampling_h200.png"
+    out = images / "sampling_h200.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
 
 
-def sequence_length(path: Path = RESULTS / "sampling_h200.json") -> Path | None:
+def sequence_length(path: Path = RESULTS / "sampling_h200.json", images: Path = IMAGES) -> Path | None:
     """Time and peak memory per image against tokens per image: recurrent state vs KV cache."""
     if not path.exists():
         return None
@@ -61,14 +67,14 @@ def sequence_length(path: Path = RESULTS / "sampling_h200.json") -> Path | None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.subplots_adjust(left=0.09, right=0.98, bottom=0.16, top=0.96, wspace=0.3)
-    out = IMAGES / "sequence_length_h200.png"
+    out = images / "sequence_length_h200.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
 
 
-def training(paths: tuple[Path, ...] = (RESULTS / "train_step_h200.json", RESULTS / "train_step_1b_h200.json")
-             ) -> Path | None:
+def training(paths: tuple[Path, ...] = (RESULTS / "train_step_h200.json", RESULTS / "train_step_1b_h200.json"),
+             images: Path = IMAGES) -> Path | None:
     """Training tokens/s per model, avgkit next to the mamba-ssm stack where measured."""
     rows = [r for p in paths if p.exists() for r in json.loads(p.read_text())["rows"]]
     if not rows:
@@ -83,12 +89,29 @@ def training(paths: tuple[Path, ...] = (RESULTS / "train_step_h200.json", RESULT
     ax.invert_yaxis()
     ax.set_xlabel("training k tokens / s (bf16 autocast, AdamW, one H200); label: peak memory")
     fig.subplots_adjust(left=0.3, right=0.92, bottom=0.16, top=0.97)
-    out = IMAGES / "train_step_h200.png"
+    out = images / "train_step_h200.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
 
 
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=Path, default=IMAGES, help="where the PNGs go (default docs/img)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="checks that every plot is drawn from the committed results (exit 1 if one is not)")
+    args = ap.parse_args(argv)
+    if args.smoke and args.images.resolve() == IMAGES.resolve():
+        ap.error("--smoke draws into a scratch folder: pass --images DIR")
+    drawn = {fn.__name__: fn(images=args.images) for fn in (sampling, sequence_length, training)}
+    for name, path in drawn.items():
+        print(f"{name}: {path}")
+    missing = [name for name, path in drawn.items() if path is None]
+    if args.smoke and missing:
+        print(f"not drawn (results missing or empty): {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    for fn in (sampling, sequence_length, training):
-        print(fn())
+    sys.exit(main())

@@ -7,6 +7,7 @@ Mamba-2 mixer). Times are medians of CUDA-event timings after warm-up (the first
 with Triton compilation and autotuning, is reported separately).
 
     python benchmarks/ssd_scan.py --out ssd_scan.json [--quick] [--mamba-src PATH]
+    python benchmarks/ssd_scan.py --smoke --out FILE   # tiny fp32 shapes on the CPU, Triton interpreted
 
 ``--mamba-src`` (or env ``MAMBA_SSM_SRC``) loads mamba-ssm's Triton ops from a source
 checkout when the package is not installed (its compiled extension is not needed).
@@ -18,16 +19,22 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import types
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+if "--smoke" in sys.argv:  # the Triton interpreter must be chosen before Triton is imported
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import add_smoke_flag, device_for, empty_cache, median_ms, synchronize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOKE = {"batch": 1, "seqlen": 16, "nheads": 2, "headdim": 8, "dstate": 16, "chunk": 8, "dtype": "float32"}
 try:
     import avgkit_mamba  # noqa: F401
 except ImportError:  # running from a source checkout
@@ -64,36 +71,24 @@ def load_mamba_ssm(src: str | None) -> tuple[Callable | None, str]:
     return mamba_chunk_scan_combined, version
 
 
-def make_inputs(batch: int, seqlen: int, nheads: int, headdim: int, dstate: int, dtype: torch.dtype) -> dict:
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+def make_inputs(batch: int, seqlen: int, nheads: int, headdim: int, dstate: int, dtype: torch.dtype,
+                device: torch.device | str = "cuda") -> dict:
+    g = torch.Generator(device=device).manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, device=device)  # noqa: E731
     return {
         "x": r(batch, seqlen, nheads, headdim).to(dtype),
         "dt": (r(batch, seqlen, nheads) * 0.5).to(dtype),
-        "A": -torch.exp(torch.rand(nheads, generator=g, device="cuda") * 2.77),
+        "A": -torch.exp(torch.rand(nheads, generator=g, device=device) * 2.77),
         "B": r(batch, seqlen, 1, dstate).to(dtype),
         "C": r(batch, seqlen, 1, dstate).to(dtype),
-        "D": torch.ones(nheads, device="cuda"),
-        "dt_bias": torch.log(torch.expm1(torch.exp(torch.rand(nheads, generator=g, device="cuda") * 4.6 - 6.9))),
+        "D": torch.ones(nheads, device=device),
+        "dt_bias": torch.log(torch.expm1(torch.exp(torch.rand(nheads, generator=g, device=device) * 4.6 - 6.9))),
     }
 
 
-def timed(fn: Callable[[], None], warmup: int, reps: int) -> float:
-    """Median milliseconds of ``fn`` over ``reps`` CUDA-event timings."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def bench(scan: Callable, t: dict, chunk: int, warmup: int, reps: int) -> dict:
+    """First call (compilation, autotuning), then median milliseconds (CUDA events on a GPU) of fwd and fwd+bwd."""
+    device = t["x"].device
     leaves = {k: v.clone().requires_grad_() for k, v in t.items()}
     dout = torch.randn_like(t["x"])
 
@@ -106,20 +101,21 @@ def bench(scan: Callable, t: dict, chunk: int, warmup: int, reps: int) -> dict:
             v.grad = None
         fwd().backward(dout)
 
-    torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     fwd_bwd()
-    torch.cuda.synchronize()
+    synchronize(device)
     first = time.perf_counter() - start
     with torch.no_grad():
-        fwd_ms = timed(fwd, warmup, reps)
-    return {"first_call_s": round(first, 3), "fwd_ms": round(fwd_ms, 4), "fwd_bwd_ms": round(timed(fwd_bwd, warmup, reps), 4)}
+        fwd_ms = median_ms(device, fwd, warmup, reps)
+    return {"first_call_s": round(first, 3), "fwd_ms": round(fwd_ms, 4),
+            "fwd_bwd_ms": round(median_ms(device, fwd_bwd, warmup, reps), 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("ssd_scan.json"), help="JSON results path")
-    parser.add_argument("--quick", action="store_true", help="batch 8 and few repeats (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="batch 8 and few repeats")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--nheads", type=int, default=24)
@@ -129,14 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--impls", default="triton,torch,mamba_ssm", help="comma-separated subset")
     parser.add_argument("--mamba-src", default=os.environ.get("MAMBA_SSM_SRC"), help="mamba-ssm source checkout")
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.smoke:
+        if os.environ.get("TRITON_INTERPRET") != "1":  # main(argv) called in-process without --smoke in sys.argv
+            print("--smoke needs TRITON_INTERPRET=1 set before Triton is imported", file=sys.stderr)
+            return 2
+        vars(args).update(SMOKE)
+    elif not torch.cuda.is_available():
         print("ssd_scan benchmark needs a CUDA GPU; none is visible", file=sys.stderr)
         return 2
+    device = device_for(args.smoke)
     batch = 8 if args.quick else args.batch
-    warmup, reps = (2, 5) if args.quick else (10, 50)
+    warmup, reps = (0, 1) if args.smoke else (2, 5) if args.quick else (10, 50)
     dtype = getattr(torch, args.dtype)
-    t = make_inputs(batch, args.seqlen, args.nheads, args.headdim, args.dstate, dtype)
+    t = make_inputs(batch, args.seqlen, args.nheads, args.headdim, args.dstate, dtype, device)
 
     from avgkit_mamba.ops.ssd_torch import ssd_chunk_scan
     from avgkit_mamba.ops.triton_ssd import chunk_scan_triton
@@ -158,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"skipped": notes.get(name, "unknown impl")}
             continue
         results[name] = bench(fn, t, args.chunk, warmup, reps)
-        torch.cuda.empty_cache()
+        empty_cache(device)
     import triton
 
     report = {
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "none (CPU smoke run, Triton interpreted)",
         "torch": torch.__version__,
         "triton": triton.__version__,
         "mamba_ssm": mamba_version,
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "fwd_bwd": round(ours["fwd_bwd_ms"] / theirs["fwd_bwd_ms"], 3),
         }
     print(json.dumps(report, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     return 0
 

@@ -13,6 +13,7 @@ fewer bytes up to a crossover position and more after it; the best layout switch
 (dual, then materialise the state and continue recurrently).
 
     python benchmarks/state_memory.py [--out FILE]
+    python benchmarks/state_memory.py --smoke --out FILE   # tiny presets, two lengths
 """
 
 from __future__ import annotations
@@ -24,19 +25,22 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import write_result  # noqa: E402
+from common import add_smoke_flag, smoke_out, write_result  # noqa: E402
 
 from avgkit.plugins import get_registry  # noqa: E402
 
 TOKENS = (256, 576, 1024)
 MODELS = [("aim-b", "mamba2", "aim-b"), ("aim-l", "mamba2", "aim-l"), ("aim-xl", "mamba2", "aim-xl"),
           ("gpt-b", "transformer", "gpt-b"), ("gpt-l", "transformer", "gpt-l")]
+VOCAB = 16384
+SMOKE_TOKENS = (16, 64)
+SMOKE_MODELS = [("aim-tiny", "mamba2", "tiny"), ("gpt-tiny", "transformer", "tiny")]
 
 
-def state_bytes(name: str, preset: str, tokens: int) -> tuple[int, float]:
+def state_bytes(name: str, preset: str, tokens: int, vocab: int = VOCAB) -> tuple[int, float]:
     """(state bytes per image with CFG, average bytes moved per decoding step per image)."""
     spec = get_registry().get("backbone", name)
-    opts = {"vocab_size": 16384, "num_tokens": tokens}
+    opts = {"vocab_size": vocab, "num_tokens": tokens}
     if name == "mamba2":
         opts["state_dtype"] = "bf16"
     with torch.device("meta"):
@@ -53,10 +57,10 @@ def state_bytes(name: str, preset: str, tokens: int) -> tuple[int, float]:
     return total, moved
 
 
-def dual_form(preset: str, tokens: int) -> dict[str, float]:
+def dual_form(preset: str, tokens: int, vocab: int = VOCAB) -> dict[str, float]:
     """Per-image (CFG: 2 sequences) bytes of the dual layout for an AiM preset, bf16 x/B, fp32 dt/cum."""
     spec = get_registry().get("backbone", "mamba2")
-    c = spec.resolve(preset, {"vocab_size": 16384, "num_tokens": tokens})
+    c = spec.resolve(preset, {"vocab_size": vocab, "num_tokens": tokens})
     d_inner = c.expand * c.d_model
     heads = d_inner // c.headdim
     per_token = (d_inner * 2 + c.ngroups * c.d_state * 2 + heads * 8) * c.n_layer * 2  # all layers, 2 sequences
@@ -74,20 +78,23 @@ def dual_form(preset: str, tokens: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=None)
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    models, lengths, vocab = (SMOKE_MODELS, SMOKE_TOKENS, 64) if args.smoke else (MODELS, TOKENS, VOCAB)
     rows = []
-    for label, name, preset in MODELS:
+    for label, name, preset in models:
         if name not in get_registry().names("backbone"):
             continue
-        for tokens in TOKENS:
-            total, moved = state_bytes(name, preset, tokens)
+        for tokens in lengths:
+            total, moved = state_bytes(name, preset, tokens, vocab)
             row = {"model": label, "tokens": tokens, "state_MiB_per_image": round(total / 2**20, 2),
                    "step_traffic_MiB_per_image": round(moved / 2**20, 2)}
             if name == "mamba2":
-                row.update(dual_form(preset, tokens))
+                row.update(dual_form(preset, tokens, vocab))
             rows.append(row)
             print(row)
-    write_result("state_memory", {"dtype": "bf16", "cfg": True, "rows": rows}, args.out)
+    write_result("state_memory", {"dtype": "bf16", "cfg": True, "rows": rows},
+                 smoke_out("state_memory", args.out, args.smoke))
 
 
 if __name__ == "__main__":

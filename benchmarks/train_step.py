@@ -6,6 +6,7 @@ tokens/s after warm-up, peak memory, the first step's time, and MFU on a 6N basi
 on full FLOPs (6N plus the SSD scan) against --peak-tflops.
 
     python benchmarks/train_step.py [--quick] [--presets aim-b,aim-l] [--steps 20] [--out FILE]
+    python benchmarks/train_step.py --smoke --out FILE   # the tiny preset on the CPU, three steps
 """
 
 from __future__ import annotations
@@ -19,46 +20,60 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import import_mamba_ssm, write_result  # noqa: E402
+from common import (  # noqa: E402
+    add_smoke_flag,
+    device_for,
+    empty_cache,
+    import_mamba_ssm,
+    peak_memory_gib,
+    reset_peak_memory,
+    smoke_out,
+    synchronize,
+    write_result,
+)
 
 from avgkit.build import ARModel  # noqa: E402
 from avgkit.plugins import get_registry  # noqa: E402
 
 VOCAB, TOKENS, CLASSES = 16384, 256, 1000
 CONDITIONER = {"aim-b": ("adaln", {}), "aim-l": ("adaln-group", {"groups": 4}),
-               "aim-xl": ("adaln-group", {"groups": 4}), "aim-1b": ("adaln-group", {"groups": 4})}
+               "aim-xl": ("adaln-group", {"groups": 4}), "aim-1b": ("adaln-group", {"groups": 4}),
+               "tiny": ("adaln-group", {"groups": 2})}
+SMOKE = {"vocab": 64, "tokens": 16, "batch": 2, "steps": 1, "warmup_steps": 1}
 
 
-def build(preset: str) -> ARModel:
+def build(preset: str, *, vocab: int = VOCAB, tokens: int = TOKENS, device: torch.device | str = "cuda") -> ARModel:
     reg = get_registry()
     spec = reg.get("backbone", "mamba2")
     torch.manual_seed(0)
-    backbone = spec.factory(spec.resolve(preset, {"vocab_size": VOCAB, "num_tokens": TOKENS}))
+    backbone = spec.factory(spec.resolve(preset, {"vocab_size": vocab, "num_tokens": tokens}))
     name, opts = CONDITIONER[preset]
     cspec = reg.get("conditioner", name)
     cond = cspec.factory(cspec.resolve(None, {"num_classes": CLASSES, **opts}), dim=backbone.dim,
                          num_layers=backbone.num_layers)
-    return ARModel(backbone, cond).cuda()
+    return ARModel(backbone, cond).to(device)
 
 
-def scan_flops_per_token(model: ARModel) -> float:
+def scan_flops_per_token(model: ARModel, tokens: int = TOKENS) -> float:
     """Forward FLOPs of the chunked SSD per token, all layers (intra-chunk + state terms)."""
     c = model.backbone.config  # from the config, so the mamba-ssm stack counts the same
-    q, n, p, h = min(c.chunk_size, TOKENS), c.d_state, c.headdim, c.expand * c.d_model // c.headdim
+    q, n, p, h = min(c.chunk_size, tokens), c.d_state, c.headdim, c.expand * c.d_model // c.headdim
     return c.n_layer * 2 * (q * n * c.ngroups + q * p * h + 2 * n * p * h)
 
 
-def run(model: ARModel, batch: int, steps: int, label: str, peak: float) -> dict:
+def run(model: ARModel, batch: int, steps: int, label: str, peak: float, *, vocab: int = VOCAB,
+        tokens: int = TOKENS, warmup_steps: int = 3) -> dict:
+    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in {id(p): p for p in params}.values())
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    codes = torch.randint(0, VOCAB, (batch, TOKENS), device="cuda", generator=gen)
-    labels = torch.randint(0, CLASSES, (batch,), device="cuda", generator=gen)
-    torch.cuda.reset_peak_memory_stats()
+    gen = torch.Generator(device=device).manual_seed(0)
+    codes = torch.randint(0, vocab, (batch, tokens), device=device, generator=gen)
+    labels = torch.randint(0, CLASSES, (batch,), device=device, generator=gen)
+    reset_peak_memory(device)
 
     def step() -> float:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = model.backbone(codes, model.conditioner(model.conditioner.drop_labels(labels, gen)))
             loss = F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
         loss.backward()
@@ -67,24 +82,24 @@ def run(model: ARModel, batch: int, steps: int, label: str, peak: float) -> dict
         opt.zero_grad(set_to_none=True)
         return loss
 
-    torch.cuda.synchronize()
+    synchronize(device)
     t0 = time.perf_counter()
     step()
-    torch.cuda.synchronize()
+    synchronize(device)
     first = time.perf_counter() - t0
-    for _ in range(3):
+    for _ in range(warmup_steps):
         step()
-    torch.cuda.synchronize()
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    synchronize(device)
     dt = (time.perf_counter() - t0) / steps
-    tok_s = batch * TOKENS / dt
+    tok_s = batch * tokens / dt
     flops_6n = 6 * n_params * tok_s
-    flops_full = flops_6n + 3 * scan_flops_per_token(model) * tok_s
+    flops_full = flops_6n + 3 * scan_flops_per_token(model, tokens) * tok_s
     row = {"model": label, "batch": batch, "params": n_params, "step_s": round(dt, 4), "tokens_per_s": round(tok_s),
-           "first_step_s": round(first, 2), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+           "first_step_s": round(first, 2), "peak_mem_gib": peak_memory_gib(device),
            "mfu_6n": round(flops_6n / peak, 4), "mfu_full": round(flops_full / peak, 4)}
     print(row, flush=True)
     return row
@@ -100,32 +115,43 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--reference-presets", default="aim-b,aim-l", help="presets also run on mamba-ssm's modules")
     ap.add_argument("--out", default=None)
+    add_smoke_flag(ap)
     args = ap.parse_args()
-    presets = ["aim-b"] if args.quick else args.presets.split(",")
-    steps = 10 if args.quick else args.steps
+    device = device_for(args.smoke)
+    presets = ["tiny"] if args.smoke else ["aim-b"] if args.quick else args.presets.split(",")
+    steps = SMOKE["steps"] if args.smoke else 10 if args.quick else args.steps
+    batch = SMOKE["batch"] if args.smoke else args.batch
+    size = {k: SMOKE[k] for k in ("vocab", "tokens", "warmup_steps")} if args.smoke else {}
     rows, notes = [], []
-    have_ref = not args.no_reference and import_mamba_ssm() is not None
+    have_ref = False
+    if args.no_reference:
+        pass
+    elif import_mamba_ssm() is None:
+        notes.append("mamba-ssm not importable: no reference rows")
+    elif device.type != "cuda":
+        notes.append("CPU run: no reference rows (mamba-ssm's kernels need a GPU)")
+    else:
+        have_ref = True
     for preset in presets:
-        model = build(preset)
+        model = build(preset, device=device, **{k: v for k, v in size.items() if k != "warmup_steps"})
         try:
-            rows.append(run(model, args.batch, steps, f"avgkit {preset}", args.peak_tflops * 1e12))
+            rows.append(run(model, batch, steps, f"avgkit {preset}", args.peak_tflops * 1e12, **size))
         except torch.OutOfMemoryError as err:  # report the size that does not fit, go on
-            notes.append(f"{preset} batch {args.batch}: out of memory ({str(err).splitlines()[0]})")
+            notes.append(f"{preset} batch {batch}: out of memory ({str(err).splitlines()[0]})")
             del model
-            torch.cuda.empty_cache()
+            empty_cache(device)
             continue
         if have_ref and preset in args.reference_presets.split(","):
             from avgkit_mamba.reference import reference_backbone
 
             ref = ARModel(reference_backbone(model.backbone, mem_eff_path=False), model.conditioner)
-            rows.append(run(ref, args.batch, steps, f"mamba-ssm unfused {preset}", args.peak_tflops * 1e12))
+            rows.append(run(ref, batch, steps, f"mamba-ssm unfused {preset}", args.peak_tflops * 1e12, **size))
             rows[-2]["speedup_vs_reference"] = round(rows[-2]["tokens_per_s"] / rows[-1]["tokens_per_s"], 2)
             del ref
         del model
-        torch.cuda.empty_cache()
-    if not have_ref:
-        notes.append("mamba-ssm not importable: no reference rows")
-    write_result("train_step_quick" if args.quick else "train_step", {"rows": rows, "notes": notes}, args.out)
+        empty_cache(device)
+    name = "train_step_quick" if args.quick else "train_step"
+    write_result(name, {"rows": rows, "notes": notes}, smoke_out(name, args.out, args.smoke))
 
 
 if __name__ == "__main__":

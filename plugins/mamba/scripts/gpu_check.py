@@ -7,21 +7,28 @@ D, z, dt_bias, initial_states); then the fused decode step. Error = max |a - b| 
 max |b|; tolerance 1e-4 in fp32, 2e-2 in bf16. Prints a table and writes JSON.
 
     python plugins/mamba/scripts/gpu_check.py --out gpu_check.json [--quick]
+    python plugins/mamba/scripts/gpu_check.py --smoke --out FILE   # tiny fp32 shapes, CPU, Triton interpreted
 
-Exit status 1 when any check fails.
+Exit status 1 when any check fails. ``--smoke`` runs every check and timing on the CPU
+under the Triton interpreter at tiny sizes, so that the script is known to run before
+a GPU is at hand (its timings mean nothing).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+if "--smoke" in sys.argv:  # the Triton interpreter must be chosen before Triton is imported
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
 
 try:
     import avgkit_mamba  # noqa: F401
@@ -33,6 +40,35 @@ from avgkit_mamba.ops.ssd_torch import ssd_chunk_scan  # noqa: E402
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}
 GRADS = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]
+# --smoke sizes: a layer of heads 2 x head dim 8 x state 16, a 2-layer model of the tiny preset
+SMOKE_LAYER = {"nheads": 2, "p": 8, "n": 16}
+SMOKE_MIXER = {"d_model": 16, "d_state": 16, "headdim": 8, "chunk_size": 8, "batch": 1, "length": 12, "prefill": 9}
+SMOKE_DECODE = {"preset": "tiny", "n_layer": 2, "batch": 2, "steps": 2, "vocab": 64}
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, device: torch.device | str, warmup: int, reps: int) -> float:
+    """Median milliseconds of ``fn`` after ``warmup`` calls: CUDA events on a GPU, wall time on the CPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if torch.device(device).type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            torch.cuda.synchronize()
+            times.append(s.elapsed_time(e))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
 
 
 @dataclass
@@ -50,7 +86,10 @@ class Case:
     final: bool = False
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, smoke: bool = False) -> list[Case]:
+    if smoke:  # several chunks, a partial last one, groups, initial + final states, z
+        return [Case("tiny: 2 chunks, ragged 12, groups 2, init+final, z", 1, 12, 2, headdim=8, dstate=16, ngroups=2,
+                     chunk=8, z=True, init=True, final=True)]
     b = 2 if quick else 8
     out = [
         Case("AiM-B layer (d 768)", b, 256, 24),
@@ -61,19 +100,19 @@ def cases(quick: bool) -> list[Case]:
     return out[:2] + out[2:3] if quick else out
 
 
-def make_inputs(c: Case, dtype: torch.dtype, seed: int = 0) -> dict:
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+def make_inputs(c: Case, dtype: torch.dtype, seed: int = 0, device: torch.device | str = "cuda") -> dict:
+    g = torch.Generator(device=device).manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, device=device)  # noqa: E731
     h = c.nheads
     return {
         "x": r(c.batch, c.seqlen, h, c.headdim).to(dtype),
         "dt": (r(c.batch, c.seqlen, h) * 0.5 - 2.0).to(dtype),
-        "A": -torch.exp(torch.rand(h, generator=g, device="cuda") * 2.77),  # A in [-16, -1] like A_init_range
+        "A": -torch.exp(torch.rand(h, generator=g, device=device) * 2.77),  # A in [-16, -1] like A_init_range
         "B": r(c.batch, c.seqlen, c.ngroups, c.dstate).to(dtype),
         "C": r(c.batch, c.seqlen, c.ngroups, c.dstate).to(dtype),
-        "D": torch.ones(h, device="cuda") + 0.1 * r(h),
+        "D": torch.ones(h, device=device) + 0.1 * r(h),
         "z": r(c.batch, c.seqlen, h, c.headdim).to(dtype) if c.z else None,
-        "dt_bias": torch.log(torch.expm1(torch.exp(torch.rand(h, generator=g, device="cuda") * 4.6 - 6.9))),
+        "dt_bias": torch.log(torch.expm1(torch.exp(torch.rand(h, generator=g, device=device) * 4.6 - 6.9))),
         "initial_states": r(c.batch, h, c.headdim, c.dstate) if c.init else None,
     }
 
@@ -84,8 +123,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run_scan(c: Case, t: dict, impl: str) -> tuple[dict, float]:
+    device = t["x"].device
     leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in t.items()}
-    torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     kwargs = dict(chunk_size=c.chunk, D=leaves["D"], z=leaves["z"], dt_bias=leaves["dt_bias"], dt_softplus=True,
                   initial_states=leaves["initial_states"], return_final_states=c.final)
@@ -96,19 +136,19 @@ def run_scan(c: Case, t: dict, impl: str) -> tuple[dict, float]:
     else:
         out = ssd_chunk_scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], **kwargs)
     y, fs = out if c.final else (out, None)
-    g = torch.Generator(device="cuda").manual_seed(1)
-    loss = (y.float() * torch.randn(y.shape, generator=g, device="cuda")).sum()
+    g = torch.Generator(device=device).manual_seed(1)
+    loss = (y.float() * torch.randn(y.shape, generator=g, device=device)).sum()
     if fs is not None:
-        loss = loss + (fs.float() * torch.randn(fs.shape, generator=g, device="cuda")).sum()
+        loss = loss + (fs.float() * torch.randn(fs.shape, generator=g, device=device)).sum()
     loss.backward()
-    torch.cuda.synchronize()
+    synchronize(device)
     res = {"y": y.detach(), "final_states": None if fs is None else fs.detach()}
     res.update({f"d{k}": leaves[k].grad for k in GRADS if leaves[k] is not None})
     return res, time.perf_counter() - start
 
 
-def check_scan(c: Case, dtype: torch.dtype) -> list[dict]:
-    t = make_inputs(c, dtype)
+def check_scan(c: Case, dtype: torch.dtype, device: torch.device | str = "cuda") -> list[dict]:
+    t = make_inputs(c, dtype, device=device)
     ours, t_ours = run_scan(c, t, "triton")
     ref, _ = run_scan(c, t, "torch")
     rows = []
@@ -122,18 +162,19 @@ def check_scan(c: Case, dtype: torch.dtype) -> list[dict]:
     return rows
 
 
-def check_step(batch: int, nheads: int, dtype: torch.dtype) -> list[dict]:
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
-    p, n, ngroups, w = 64, 128, 1, 4
+def check_step(batch: int, nheads: int, dtype: torch.dtype, *, p: int = 64, n: int = 128, iters: int = 3,
+               device: torch.device | str = "cuda") -> list[dict]:
+    g = torch.Generator(device=device).manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, device=device)  # noqa: E731
+    ngroups, w = 1, 4
     conv_dim = nheads * p + 2 * ngroups * n
     weight, bias = r(conv_dim, w) * 0.5, r(conv_dim) * 0.1
-    A = -torch.exp(torch.rand(nheads, generator=g, device="cuda") * 2.77)
-    D, dt_bias = torch.ones(nheads, device="cuda"), r(nheads) * 0.5 - 3
+    A = -torch.exp(torch.rand(nheads, generator=g, device=device) * 2.77)
+    D, dt_bias = torch.ones(nheads, device=device), r(nheads) * 0.5 - 3
     conv, ssm = r(batch, conv_dim, w).to(dtype), r(batch, nheads, p, n)
     conv_ref, ssm_ref = conv.clone(), ssm.clone()
     rows = []
-    for i in range(3):
+    for i in range(iters):
         xbc, dt, z = r(batch, conv_dim).to(dtype), r(batch, nheads).to(dtype), r(batch, nheads * p).to(dtype)
         y = fused_step(xbc, dt, conv, weight, bias, ssm, A, D, dt_bias, z, p, ngroups, impl="triton")
         y_ref = fused_step_torch(xbc, dt, conv_ref, weight, bias, ssm_ref, A, D, dt_bias, z, p, ngroups)
@@ -146,12 +187,12 @@ def check_step(batch: int, nheads: int, dtype: torch.dtype) -> list[dict]:
     return rows
 
 
-def time_step(batch: int, nheads: int, dtype: torch.dtype, reps: int = 50, ssm_dtype: torch.dtype = torch.float32
-              ) -> dict:
+def time_step(batch: int, nheads: int, dtype: torch.dtype, reps: int = 50, ssm_dtype: torch.dtype = torch.float32,
+              *, p: int = 64, n: int = 128, warmup: int = 3, device: torch.device | str = "cuda") -> dict:
     """Median milliseconds of one fused decode step (AiM-B layer: p 64, n 128)."""
-    p, n, w = 64, 128, 4
+    w = 4
     conv_dim = nheads * p + 2 * n
-    dev = "cuda"
+    dev = device
     xbc, dt, z = (torch.randn(batch, conv_dim, device=dev, dtype=dtype), torch.randn(batch, nheads, device=dev, dtype=dtype),
                   torch.randn(batch, nheads * p, device=dev, dtype=dtype))
     conv = torch.zeros(batch, conv_dim, w, device=dev, dtype=dtype)
@@ -162,82 +203,75 @@ def time_step(batch: int, nheads: int, dtype: torch.dtype, reps: int = 50, ssm_d
     for impl in ("triton", "torch"):
         def call(impl: str = impl) -> None:
             fused_step(xbc, dt, conv, weight, bias, ssm, A, D, dt_bias, z, p, 1, impl=impl)
-        for _ in range(3):
-            call()
-        times = []
-        for _ in range(reps):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            call()
-            e.record()
-            torch.cuda.synchronize()
-            times.append(s.elapsed_time(e))
-        out[f"{impl}_ms"] = round(sorted(times)[len(times) // 2], 4)
+        out[f"{impl}_ms"] = round(median_ms(call, dev, warmup, reps), 4)
     state_bytes = ssm.numel() * ssm.element_size() * 2 + conv.numel() * conv.element_size() * 2
     out["state_read_write_GB_s_triton"] = round(state_bytes / out["triton_ms"] / 1e6, 1)
     return {"batch": batch, "nheads": nheads, "dtype": str(dtype).removeprefix("torch."),
             "ssm_dtype": str(ssm_dtype).removeprefix("torch."), **out}
 
 
-def check_mixer(dtype: torch.dtype) -> list[dict]:
+def check_mixer(dtype: torch.dtype, *, d_model: int = 768, batch: int = 4, length: int = 64, prefill: int = 40,
+                device: torch.device | str = "cuda", **mixer_options) -> list[dict]:
     """Mamba2Mixer(768) on the GPU: triton vs torch forward/backward, then prefill + steps vs forward."""
     from avgkit_mamba.mixer import Mamba2Mixer
 
     torch.manual_seed(0)
-    m = Mamba2Mixer(768, impl="triton").cuda()
-    x = torch.randn(4, 64, 768, device="cuda")
+    m = Mamba2Mixer(d_model, impl="triton", **mixer_options).to(device)
+    x = torch.randn(batch, length, d_model, device=device)
+    amp = torch.device(device).type
     rows = []
     outs = {}
     for impl in ("triton", "torch"):
         m.impl = impl
         m.zero_grad()
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(amp, dtype=dtype, enabled=dtype != torch.float32):
             y = m(x)
         y.float().square().mean().backward()
         outs[impl] = (y.detach().float(), {k: p.grad.detach().clone() for k, p in m.named_parameters()})
     (y1, g1), (y2, g2) = outs["triton"], outs["torch"]
     pairs = [("y", y1, y2)] + [(f"d {k}", g1[k], g2[k]) for k in g2]
     m.impl = "triton"
-    with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-        state = m.allocate_state(4, device="cuda")
-        parts = [m(x[:, :40], state)] + [m.step(x[:, t], state)[:, None] for t in range(40, 64)]
+    with torch.no_grad(), torch.autocast(amp, dtype=dtype, enabled=dtype != torch.float32):
+        state = m.allocate_state(batch, device=device)
+        parts = [m(x[:, :prefill], state)] + [m.step(x[:, t], state)[:, None] for t in range(prefill, length)]
     pairs.append(("prefill+steps vs forward", torch.cat(parts, 1).float(), y1))
     for key, got, want in pairs:
         err = rel_err(got, want)
         tol = TOL[dtype] * (3 if key.startswith("d ") and dtype != torch.float32 else 1)
-        rows.append({"case": "Mamba2Mixer(768) b4 l64", "dtype": str(dtype).removeprefix("torch."), "tensor": key,
-                     "rel_err": err, "tol": tol, "ok": err <= tol, "first_call_s": None})
+        rows.append({"case": f"Mamba2Mixer({d_model}) b{batch} l{length}", "dtype": str(dtype).removeprefix("torch."),
+                     "tensor": key, "rel_err": err, "tol": tol, "ok": err <= tol, "first_call_s": None})
     return rows
 
 
-def check_backbone_decode(dtype: torch.dtype, steps: int = 48) -> list[dict]:
+def check_backbone_decode(dtype: torch.dtype, steps: int = 48, *, preset: str = "aim-b", n_layer: int = 4,
+                          batch: int = 32, vocab: int = 16384, device: torch.device | str = "cuda") -> list[dict]:
     """A 4-layer d768 AiM (adaLN-group 2) decoding with the fused Triton path vs the PyTorch ops."""
     from avgkit.plugins import get_registry
 
     reg = get_registry()
     spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
     torch.manual_seed(0)
-    bb = spec.factory(spec.resolve("aim-b", {"n_layer": 4, "vocab_size": 16384, "num_tokens": steps + 1}))
-    cond_mod = cspec.factory(cspec.resolve(None, {"num_classes": 1000, "groups": 2}), dim=bb.dim, num_layers=4)
+    bb = spec.factory(spec.resolve(preset, {"n_layer": n_layer, "vocab_size": vocab, "num_tokens": steps + 1}))
+    cond_mod = cspec.factory(cspec.resolve(None, {"num_classes": 1000, "groups": 2}), dim=bb.dim, num_layers=n_layer)
     with torch.no_grad():
         for prm in cond_mod.parameters():
             prm.add_(torch.randn_like(prm) * 0.02)
-    bb, cond_mod = bb.cuda().to(dtype).eval(), cond_mod.cuda().to(dtype).eval()
-    labels = torch.arange(32, device="cuda")
-    codes = torch.randint(0, 16384, (32, steps + 1), device="cuda")
+    bb, cond_mod = bb.to(device).to(dtype).eval(), cond_mod.to(device).to(dtype).eval()
+    labels = torch.arange(batch, device=device)
+    codes = torch.randint(0, vocab, (batch, steps + 1), device=device)
     logits = {}
     with torch.no_grad():
         cond = cond_mod(labels)
         for impl in ("triton", "torch"):
             for blk in bb.layers:
                 blk.mixer.impl = impl
-            state = bb.init_state(32)
+            state = bb.init_state(batch)
             out = [bb.prefill(state, cond)] + [bb.step(state, codes[:, k], cond) for k in range(steps)]
             logits[impl] = torch.stack(out, 1).float()
     err = rel_err(logits["triton"], logits["torch"])
     agree = (logits["triton"].argmax(-1) == logits["torch"].argmax(-1)).float().mean().item()
     tol = 3 * TOL[dtype]
-    case = "AiM d768x4 decode, 48 steps"
+    case = f"AiM d{bb.dim}x{n_layer} decode, {steps} steps"
     d = str(dtype).removeprefix("torch.")
     return [{"case": case, "dtype": d, "tensor": "logits", "rel_err": err, "tol": tol, "ok": err <= tol,
              "first_call_s": None},
@@ -250,42 +284,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="JSON report path")
     parser.add_argument("--quick", action="store_true", help="smaller batches, fewer cases")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny fp32 shapes on the CPU, Triton interpreted: checks that the script runs")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.smoke:
+        if os.environ.get("TRITON_INTERPRET") != "1":  # main(argv) called in-process without --smoke in sys.argv
+            print("--smoke needs TRITON_INTERPRET=1 set before Triton is imported", file=sys.stderr)
+            return 2
+        args.dtypes = "float32"  # the interpreter's reduced-precision arithmetic is not the GPU's
+    elif not torch.cuda.is_available():
         print("gpu_check needs a CUDA GPU; none is visible", file=sys.stderr)
         return 2
+    device = torch.device("cpu" if args.smoke else "cuda")
     torch.backends.cuda.matmul.allow_tf32 = False  # an exact fp32 reference
     torch.backends.cudnn.allow_tf32 = False
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    layer = SMOKE_LAYER if args.smoke else {"nheads": 24, "p": 64, "n": 128}
     rows: list[dict] = []
     for dtype in dtypes:
-        for c in cases(args.quick):
+        for c in cases(args.quick, args.smoke):
             t0 = time.perf_counter()
-            rows += check_scan(c, dtype)
+            rows += check_scan(c, dtype, device)
             print(f"checked {c.name} {dtype} in {time.perf_counter() - t0:.1f} s", flush=True)
-            torch.cuda.empty_cache()
-        rows += check_step(16 if args.quick else 128, 24, dtype)
-        rows += check_mixer(dtype)
-        rows += check_backbone_decode(dtype)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if args.smoke:
+            rows += check_step(2, iters=1, dtype=dtype, device=device, **layer)
+            rows += check_mixer(dtype, device=device, **SMOKE_MIXER)
+            rows += check_backbone_decode(dtype, device=device, **SMOKE_DECODE)
+        else:
+            rows += check_step(16 if args.quick else 128, 24, dtype)
+            rows += check_mixer(dtype)
+            rows += check_backbone_decode(dtype)
     print(f"{'case':<36} {'dtype':<9} {'tensor':<16} {'rel err':>9} {'tol':>7}  ok")
     for r in rows:
         print(f"{r['case']:<36} {r['dtype']:<9} {r['tensor']:<16} {r['rel_err']:>9.2e} {r['tol']:>7.0e}  "
               f"{'yes' if r['ok'] else 'NO'}")
     import triton
 
-    step_timing = [time_step(128, 24, d) for d in dtypes] + [time_step(b, 24, torch.bfloat16, ssm_dtype=torch.bfloat16)
-                                                             for b in (32, 128, 512)]
+    if args.smoke:
+        step_timing = [time_step(2, dtype=d, reps=1, warmup=0, device=device, **layer) for d in dtypes]
+    else:
+        step_timing = [time_step(128, 24, d) for d in dtypes] + [
+            time_step(b, 24, torch.bfloat16, ssm_dtype=torch.bfloat16) for b in (32, 128, 512)]
     for s in step_timing:
         print(f"decode step {s}")
     report = {
         "step_timing": step_timing,
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "none (CPU smoke run, Triton interpreted)",
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": platform.python_version(),
         "all_ok": all(r["ok"] for r in rows),
         "checks": rows,
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"{sum(r['ok'] for r in rows)}/{len(rows)} checks passed; wrote {args.out}")
     return 0 if report["all_ok"] else 1

@@ -1,0 +1,167 @@
+"""Every benchmark script still runs: each one's ``--smoke`` mode, on the CPU, at tiny sizes.
+
+The benchmarks measure on a GPU, so nothing else in the suite would notice one of them
+breaking. A smoke run takes the script's own measurement code at tiny sizes on the CPU
+(Triton kernels under ``TRITON_INTERPRET=1``, which the scripts set themselves), writes
+its JSON to a scratch folder, and this test checks what was written. The numbers mean
+nothing.
+
+To cover another script, add a ``Smoke`` to ``CASES``: the command line (``{tmp}`` is
+the test's scratch folder), the file it writes, the top-level keys that file must have
+and, optionally, a function that checks the parsed JSON further.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Smoke:
+    script: str  # from the repository root; .py runs with this Python, .sh with bash
+    args: tuple[str, ...] = ("--smoke", "--out", "{tmp}/out.json")
+    result: str | None = "out.json"  # the JSON the run writes, in {tmp}
+    keys: tuple[str, ...] = ()  # top-level keys it must have
+    check: Callable[[dict[str, Any]], None] | None = None
+    files: tuple[str, ...] = ()  # other files the run must write, in {tmp}
+    env: dict[str, str] = field(default_factory=dict)  # added to the inherited environment ({tmp}, {python})
+    timeout: float = 180.0
+    slow: bool = False  # over ~10 s: marked slow (-m "not slow" leaves it out)
+
+    @property
+    def id(self) -> str:
+        return Path(self.script).stem
+
+
+def _rows(n: int, *keys: str) -> Callable[[dict[str, Any]], None]:
+    """``rows`` holds ``n`` rows, each with ``keys``."""
+
+    def check(report: dict[str, Any]) -> None:
+        assert len(report["rows"]) == n, report["rows"]
+        for row in report["rows"]:
+            assert set(keys) <= set(row), row
+
+    return check
+
+
+def _activation_memory(report: dict[str, Any]) -> None:
+    plain, recomputed, saved = report["rows"]
+    assert plain["recompute_norms"] is False and recomputed["recompute_norms"] is True
+    assert 0 < recomputed["block_MiB_batch2"] < plain["block_MiB_batch2"]
+    assert "saved_by_recompute_GiB_aim_b_24_layers_batch64" in saved
+
+
+def _data_loader(report: dict[str, Any]) -> None:
+    assert set(report["results"]) == {"memory", "zarr-cached", "zarr-uncached"}
+    for mode in report["results"].values():
+        assert mode["tokens_per_s"] > 0 and mode["batches_per_s"] > 0
+
+
+def _ssd_scan(report: dict[str, Any]) -> None:
+    results = report["results"]
+    for impl in ("triton", "torch"):
+        assert {"first_call_s", "fwd_ms", "fwd_bwd_ms"} <= set(results[impl]), results[impl]
+    assert "skipped" in results["mamba_ssm"] or "fwd_ms" in results["mamba_ssm"]
+
+
+def _startup(report: dict[str, Any]) -> None:
+    _rows(2, "import_and_build_s", "warmup_s", "steady_sample_s")(report)
+    assert [r["start"] for r in report["rows"]] == ["cold", "warm"]
+
+
+def _state_memory(report: dict[str, Any]) -> None:
+    _rows(4, "model", "tokens", "state_MiB_per_image", "step_traffic_MiB_per_image")(report)
+    assert all("dual_crossover_token" in r for r in report["rows"] if r["model"].startswith("aim"))
+
+
+def _train_step(report: dict[str, Any]) -> None:
+    _rows(1, "tokens_per_s", "step_s", "first_step_s", "peak_mem_gib", "mfu_6n", "mfu_full")(report)
+    assert report["rows"][0]["model"] == "avgkit tiny" and report["rows"][0]["tokens_per_s"] > 0
+    assert any("reference rows" in note for note in report["notes"]), report["notes"]  # no GPU: none
+
+
+def _vq_encode(report: dict[str, Any]) -> None:
+    _rows(2, "precision", "images_per_s", "first_call_s", "peak_mem_gib")(report)
+    assert [r["precision"] for r in report["rows"]] == ["fp32", "bf16"]
+
+
+def _gpu_check(report: dict[str, Any]) -> None:
+    failed = [r for r in report["checks"] if not r["ok"]]
+    assert report["all_ok"] and not failed, failed
+    cases = {r["case"].split(" ")[0] for r in report["checks"]}
+    assert {"tiny:", "decode", "Mamba2Mixer(16)", "AiM"} <= cases, cases  # scan, step, mixer, backbone decode
+    assert report["step_timing"] and {"triton_ms", "torch_ms"} <= set(report["step_timing"][0])
+
+
+def _ddp(report: dict[str, Any]) -> None:
+    assert report["steps_compared"] == 2
+    assert report["max_abs_loss_diff"] < 1e-4  # 2 gloo processes train like one with the same global batch
+    assert set(report["eval"]) == {"1gpu", "2gpu"}
+
+
+ENVIRONMENT = ("environment",)
+CASES: list[Smoke] = [
+    Smoke("benchmarks/activation_memory.py", keys=(*ENVIRONMENT, "model", "rows"), check=_activation_memory),
+    Smoke("benchmarks/data_loader.py", keys=("benchmark", "setup", "results", "meets_target", "machine"),
+          check=_data_loader),
+    Smoke("benchmarks/plot.py", args=("--smoke", "--images", "{tmp}/img"), result=None,
+          files=("img/sampling_h200.png", "img/sequence_length_h200.png", "img/train_step_h200.png")),
+    Smoke("benchmarks/ssd_scan.py", keys=("gpu", "triton", "shape", "results"), check=_ssd_scan),
+    Smoke("benchmarks/startup.py", keys=(*ENVIRONMENT, "model", "rows"), check=_startup),
+    Smoke("benchmarks/state_memory.py", keys=(*ENVIRONMENT, "dtype", "rows"), check=_state_memory),
+    Smoke("benchmarks/train_step.py", keys=(*ENVIRONMENT, "rows", "notes"), check=_train_step),
+    Smoke("benchmarks/vq_encode.py", keys=(*ENVIRONMENT, "tokenizer", "image_size", "rows"), check=_vq_encode),
+    Smoke("plugins/mamba/scripts/gpu_check.py", keys=("gpu", "all_ok", "checks", "step_timing"), check=_gpu_check),
+    Smoke("benchmarks/ddp_check.sh", args=("--smoke",), result="ddp/summary.json",
+          keys=("steps_compared", "max_abs_loss_diff", "final_loss", "eval"), check=_ddp,
+          files=("ddp/metrics_1gpu.jsonl", "ddp/metrics_2gpu.jsonl", "ddp/samples_2gpu.png"),
+          env={"OUT": "{tmp}", "WORK": "{tmp}", "PYTHON": "{python}"}, timeout=300.0, slow=True),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else []) for c in CASES])
+def test_benchmark_smoke(case: Smoke, tmp_path: Path) -> None:
+    fill = {"tmp": str(tmp_path), "python": sys.executable}
+    launcher = ["bash"] if case.script.endswith(".sh") else [sys.executable]
+    cmd = [*launcher, case.script, *(a.format(**fill) for a in case.args)]
+    # one thread each: tiny shapes gain nothing from more, and test workers share the cores
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1",
+           **{k: v.format(**fill) for k, v in case.env.items()}}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=case.timeout)
+    took = time.perf_counter() - t0
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode} after {took:.1f} s\n" \
+        f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+    for name in case.files:
+        assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, f"{name} not written"
+    if case.result is None:
+        return
+    report = json.loads((tmp_path / case.result).read_text())
+    missing = [k for k in case.keys if k not in report]
+    assert not missing, f"{case.result} lacks {missing}; has {sorted(report)}"
+    if case.check is not None:
+        case.check(report)
+
+
+# benchmarks/ files that are not benchmarks, and benchmarks without a smoke run yet
+NOT_SMOKED = {"benchmarks/common.py", "benchmarks/run_gpu.sh", "benchmarks/sampling.py",
+              "benchmarks/batch_invariance.py"}
+
+
+def test_every_benchmark_script_has_a_smoke_case() -> None:
+    """A new script in benchmarks/ comes with its smoke case (or is named in NOT_SMOKED)."""
+    scripts = {str(p.relative_to(ROOT)) for pattern in ("*.py", "*.sh") for p in (ROOT / "benchmarks").glob(pattern)}
+    missing = scripts - {c.script for c in CASES} - NOT_SMOKED
+    assert not missing, f"no smoke case for {sorted(missing)}"
