@@ -110,7 +110,7 @@ def _cond_batch(cond_model, labels: torch.Tensor) -> Conditioning:
     return Conditioning.cat([cond_model(labels), cond_model.null(labels.shape[0], labels.device)]).to(torch.bfloat16)
 
 
-def diagnose(name: str, backbone, cond_model, device: str, steps: int = 6) -> dict:
+def diagnose(name: str, backbone, cond_model, device: str, steps: int = 4) -> dict:
     """The same prefill, steps and draws twice from identical inputs; the first stage that differs."""
     labels = torch.arange(N_IMAGES, device=device) % cond_model.num_classes
     out: dict[str, Any] = {"model": name}
@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     device = "cpu" if args.smoke else "cuda"
-    if args.smoke:
-        global N_IMAGES, WIDTH, PART
-        N_IMAGES, WIDTH, PART = 8, 4, 2
+    if args.smoke:  # a few images, the paper's filters only: the procedure, not a measurement
+        global N_IMAGES, WIDTH, PART, FILTERS
+        N_IMAGES, WIDTH, PART, FILTERS = 4, 2, 1, {"paper": FILTERS["paper"]}
     shape = {"vocab": SMOKE["vocab"], "tokens": SMOKE["tokens"], "classes": SMOKE["classes"]} if args.smoke else {}
     parts, notes = args.parts.split(","), []
     result: dict[str, Any] = {"diagnosis": [], "matrix": [], "notes": notes}

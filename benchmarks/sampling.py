@@ -34,13 +34,12 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import copy_bandwidth, import_mamba_ssm, write_result  # noqa: E402
+from common import build_sampling_aim, copy_bandwidth, import_mamba_ssm, write_result  # noqa: E402
 
 from avgkit.plugins import get_registry  # noqa: E402
 from avgkit.sample.ar import ARSampler, ARSamplerConfig  # noqa: E402
 
 VOCAB, TOKENS, CLASSES = 16384, 256, 1000
-AIM = {"aim-b": ("adaln", {}), "aim-l": ("adaln-group", {"groups": 4}), "aim-xl": ("adaln-group", {"groups": 4})}
 LLAMAGEN = {"gpt-b": "GPT-B", "gpt-l": "GPT-L", "gpt-xl": "GPT-XL"}
 FILTERS = {"none": {"top_k": 0, "top_p": 1.0}, "paper": {"top_k": 600, "top_p": 0.98}}
 #: --smoke: tiny shapes on the CPU (the whole harness, no GPU)
@@ -52,24 +51,10 @@ def _params(module: nn.Module) -> int:
 
 
 def build_aim(preset: str, *, tokens: int = TOKENS, state_dtype: str = "bf16", impl: str = "auto",
-              decode_form: str = "recurrent", device: str = "cuda", vocab: int = VOCAB, classes: int = CLASSES,
-              conditioner: str | None = None):
-    reg = get_registry()
-    spec = reg.get("backbone", "mamba2")
-    cfg = spec.resolve(preset, {"vocab_size": vocab, "num_tokens": tokens, "state_dtype": state_dtype, "impl": impl,
-                                "decode_form": decode_form})
-    torch.manual_seed(0)
-    backbone = spec.factory(cfg)
-    cname, opts = AIM.get(preset, ("adaln", {}))
-    cspec = reg.get("conditioner", conditioner or cname)
-    cond = cspec.factory(cspec.resolve(None, {"num_classes": classes, **opts}), dim=backbone.dim,
-                         num_layers=backbone.num_layers)
-    # non-zero adaLN so modulation is exercised like a trained model
-    with torch.no_grad():
-        for p in cond.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(std=0.02)
-    return backbone.to(device).bfloat16().eval(), cond.to(device).bfloat16().eval()
+              decode_form: str = "recurrent", device: str = "cuda", vocab: int = VOCAB, classes: int = CLASSES):
+    """(backbone, conditioner) of an AiM preset, random weights, bf16 (see ``common.build_sampling_aim``)."""
+    return build_sampling_aim(preset, device=device, vocab=vocab, tokens=tokens, classes=classes,
+                              state_dtype=state_dtype, impl=impl, decode_form=decode_form)
 
 
 def build_gpt(preset: str, *, tokens: int = TOKENS, device: str = "cuda", vocab: int = VOCAB,
@@ -246,6 +231,9 @@ def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig
                                            compile=device == "cuda", model_args=shape.get("llamagen_args"))
                 entries.append({"name": f"LlamaGen {LLAMAGEN.get(preset, preset)} compiled", "batch": batch,
                                 "tokens": shape["tokens"], "params": n, "call": call})
+                if n != entries[0]["params"]:
+                    notes.append(f"not equal work: LlamaGen {preset} has {n:,} parameters, avgkit's "
+                                 f"{entries[0]['params']:,}")
             except Exception as err:  # report, don't hide
                 notes.append(f"LlamaGen {preset} failed: {type(err).__name__}: {str(err)[:300]}")
         elif batch == batches[0]:

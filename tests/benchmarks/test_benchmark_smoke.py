@@ -39,6 +39,7 @@ class Smoke:
     env: dict[str, str] = field(default_factory=dict)  # added to the inherited environment ({tmp}, {python})
     timeout: float = 180.0
     slow: bool = False  # over ~10 s: marked slow (-m "not slow" leaves it out)
+    setup: Callable[[Path], None] | None = None  # prepares {tmp} before the run
 
     @property
     def id(self) -> str:
@@ -111,6 +112,92 @@ def _ddp(report: dict[str, Any]) -> None:
     assert set(report["eval"]) == {"1gpu", "2gpu"}
 
 
+def _sampling(report: dict[str, Any]) -> None:
+    names = [r["model"] for r in report["rows"]]
+    assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b bf16-state"], names
+    for row in report["rows"]:
+        assert row["repeats"] >= 2 and row["spread_s"][0] <= row["median_s"] <= row["spread_s"][1], row
+    avgkit_gpt, llamagen = report["rows"][:2]
+    # the stand-in LlamaGen below is smaller than avgkit's tiny transformer: the run must say so
+    assert report["notes"] == [f"not equal work: LlamaGen gpt-b has {llamagen['params']:,} parameters, avgkit's "
+                               f"{avgkit_gpt['params']:,}"], report["notes"]
+
+
+def _reproducibility(report: dict[str, Any]) -> None:
+    models = {d["model"] for d in report["diagnosis"]}
+    assert models == {"aim-b", "gpt-b"}
+    for d in report["diagnosis"]:  # the CPU is deterministic: nothing may differ
+        assert d["prefill_logits"] is None and d["prefill_state"] is None, d
+        assert all(s["logits"] is None and s["first_module"] is None for s in d["steps"]), d["steps"]
+        assert d["sample_eager"]["images_differing"] == 0, d
+    paths = {(r["model"], r["path"]) for r in report["matrix"]}
+    assert paths == {(m, p) for m in models for p in ("eager", "compiled")}, paths
+    assert all(r["repeat_call"] == "identical" and r["calls_of_1"] == "identical" for r in report["matrix"])
+    assert not report["notes"], report["notes"]
+
+
+# Stand-in for LlamaGen's public code (what benchmarks/sampling.py imports from --llamagen-root): its
+# GPT_models / ModelArgs / Transformer and generate() signatures, with a tiny model behind them.
+LLAMAGEN_STUB = {
+    "autoregressive/models/gpt.py": '''
+from dataclasses import dataclass
+import torch
+from torch import nn
+
+@dataclass
+class ModelArgs:
+    dim: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    multiple_of: int = 32
+    vocab_size: int = 64
+    block_size: int = 16
+    num_classes: int = 10
+    cls_token_num: int = 1
+    model_type: str = "c2i"
+
+class Transformer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config, self.model_type, self.num_classes = config, config.model_type, config.num_classes
+        self.cls_embedding = nn.Embedding(config.num_classes + 1, config.dim)
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        nn.init.zeros_(self.output.weight)
+
+    def forward(self, idx, cond_idx=None, input_pos=None):
+        x = self.cls_embedding(cond_idx)[:, None] if idx is None else self.tok_embeddings(idx)
+        return self.output(x), None
+
+def GPT_B(**kwargs):
+    return Transformer(ModelArgs(dim=64, n_layer=2, n_head=4, **kwargs))
+
+GPT_models = {"GPT-B": GPT_B}
+''',
+    "autoregressive/models/generate.py": '''
+import torch
+
+def generate(model, cond, max_new_tokens, emb_masks=None, cfg_scale=1.0, cfg_interval=-1, **sampling_kwargs):
+    assert set(sampling_kwargs) == {"temperature", "top_k", "top_p", "sample_logits"}, sampling_kwargs
+    assert float(model.output.weight.abs().sum()) > 0, "the benchmark draws the head: no all-tie logits"
+    rows = torch.cat([cond, torch.full_like(cond, model.num_classes)]) if cfg_scale > 1.0 else cond
+    logits, _ = model(None, rows, None)
+    tokens = [torch.multinomial(torch.softmax(logits[:, -1].float(), -1), 1)[: len(cond)]]
+    for _ in range(max_new_tokens - 1):
+        nxt = torch.cat([tokens[-1], tokens[-1]]) if cfg_scale > 1.0 else tokens[-1]
+        logits, _ = model(nxt, None, None)
+        tokens.append(torch.multinomial(torch.softmax(logits[:, -1].float(), -1), 1)[: len(cond)])
+    return torch.cat(tokens, dim=1)
+''',
+}
+
+
+def _llamagen_stub(tmp: Path) -> None:
+    for name, text in LLAMAGEN_STUB.items():
+        (tmp / "llamagen" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "llamagen" / name).write_text(text)
+
+
 ENVIRONMENT = ("environment",)
 CASES: list[Smoke] = [
     Smoke("benchmarks/activation_memory.py", keys=(*ENVIRONMENT, "model", "rows"), check=_activation_memory),
@@ -124,6 +211,10 @@ CASES: list[Smoke] = [
     Smoke("benchmarks/train_step.py", keys=(*ENVIRONMENT, "rows", "notes"), check=_train_step),
     Smoke("benchmarks/vq_encode.py", keys=(*ENVIRONMENT, "tokenizer", "image_size", "rows"), check=_vq_encode),
     Smoke("plugins/mamba/scripts/gpu_check.py", keys=("gpu", "all_ok", "checks", "step_timing"), check=_gpu_check),
+    Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--out", "{tmp}/out.json"),
+          keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_llamagen_stub),
+    Smoke("benchmarks/reproducibility.py", keys=(*ENVIRONMENT, "diagnosis", "matrix", "notes"),
+          check=_reproducibility, slow=True),
     Smoke("benchmarks/ddp_check.sh", args=("--smoke",), result="ddp/summary.json",
           keys=("steps_compared", "max_abs_loss_diff", "final_loss", "eval"), check=_ddp,
           files=("ddp/metrics_1gpu.jsonl", "ddp/metrics_2gpu.jsonl", "ddp/samples_2gpu.png"),
@@ -134,6 +225,8 @@ CASES: list[Smoke] = [
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else []) for c in CASES])
 def test_benchmark_smoke(case: Smoke, tmp_path: Path) -> None:
     fill = {"tmp": str(tmp_path), "python": sys.executable}
+    if case.setup is not None:
+        case.setup(tmp_path)
     launcher = ["bash"] if case.script.endswith(".sh") else [sys.executable]
     cmd = [*launcher, case.script, *(a.format(**fill) for a in case.args)]
     # one thread each: tiny shapes gain nothing from more, and test workers share the cores
@@ -156,8 +249,7 @@ def test_benchmark_smoke(case: Smoke, tmp_path: Path) -> None:
 
 
 # benchmarks/ files that are not benchmarks, and benchmarks without a smoke run yet
-NOT_SMOKED = {"benchmarks/common.py", "benchmarks/run_gpu.sh", "benchmarks/sampling.py",
-              "benchmarks/batch_invariance.py"}
+NOT_SMOKED = {"benchmarks/common.py", "benchmarks/run_gpu.sh"}
 
 
 def test_every_benchmark_script_has_a_smoke_case() -> None:
