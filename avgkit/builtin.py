@@ -50,6 +50,5 @@ def avgkit_register_conditioners(register):
 
 @hookimpl
 def avgkit_recipe_dirs():
-    # the repository's recipes/ (source checkouts) and the copies packaged with avgkit
-    here = Path(__file__).resolve().parent
-    return [here.parent / "recipes", here / "recipes"]
+    # avgkit/recipes: in a checkout a link to the repository's recipes/, in a wheel the files
+    return [Path(__file__).parent / "recipes"]
