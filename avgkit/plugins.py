@@ -58,6 +58,33 @@ def _check_api(name: str, module: ModuleType) -> str:
     return str(declared)
 
 
+def _check_hooks(name: str, module: ModuleType, pm: pluggy.PluginManager) -> None:
+    """Every ``avgkit_*`` function of a plugin is a known hook, marked as an implementation.
+
+    pluggy would keep a misspelt implementation as a hook nobody calls, and skip an
+    unmarked one: either way the plugin silently registers nothing.
+    """
+    known = {n for n in dir(hookspecs) if n.startswith("avgkit_")}
+    unknown = [hc.name for hc in pm.get_hookcallers(pm.get_plugin(name)) or [] if hc.spec is None]
+    unmarked = [n for n, f in vars(module).items() if n.startswith("avgkit_") and callable(f)
+                and n in known and not hasattr(f, "avgkit_impl")]
+    unknown += [n for n, f in vars(module).items() if n.startswith("avgkit_") and callable(f)
+                and n not in known and n not in unknown]
+    if unknown:
+        hook = unknown[0]
+        pm.unregister(name=name)
+        raise AvgkitError(
+            f"plugin {name!r} ({module.__name__}) implements {hook!r}, which is no avgkit hook"
+            f"{did_you_mean(hook, sorted(known))}; rename it (avgkit/hookspecs.py lists the hooks)"
+        )
+    if unmarked:
+        pm.unregister(name=name)
+        raise AvgkitError(
+            f"plugin {name!r} ({module.__name__}) defines {unmarked[0]!r} without @avgkit.hookimpl, so it is never "
+            "called; decorate it"
+        )
+
+
 class PluginManager:
     def __init__(self, entry_points: bool = True, extra: list[tuple[str, ModuleType]] | None = None) -> None:
         self.pm = pluggy.PluginManager("avgkit")
@@ -79,6 +106,7 @@ class PluginManager:
         if name in self.infos:
             raise AvgkitError(f"two plugins are named {name!r}; uninstall one of them")
         self.pm.register(module, name=name)
+        _check_hooks(name, module, self.pm)
         self.infos[name] = PluginInfo(name, module.__name__, version, api, builtin)
 
     def _load_entry_points(self) -> None:

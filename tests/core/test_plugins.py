@@ -148,3 +148,24 @@ def test_plugin_that_raises_while_registering_is_named(fake_plugin):
     fake_plugin("raiser", FAKE.replace('register("fake-net", ToyGRUBackbone', 'raise KeyError("oops"); register("fake-net", ToyGRUBackbone'))
     with pytest.raises(AvgkitError, match=r"plugin 'raiser' failed while registering backbones: KeyError"):
         PluginManager()
+
+
+def _module(name: str, source: str):
+    import types
+
+    module = types.ModuleType(name)
+    exec(source, module.__dict__)
+    return module
+
+
+@pytest.mark.parametrize("source, says", [
+    ("@hookimpl\ndef avgkit_register_backbone(register):\n    pass\n",
+     "implements 'avgkit_register_backbone', which is no avgkit hook (did you mean 'avgkit_register_backbones'?)"),
+    ("def avgkit_register_backbones(register):\n    pass\n",
+     "defines 'avgkit_register_backbones' without @avgkit.hookimpl"),
+])
+def test_a_misspelt_or_unmarked_hook_is_refused_at_load(source, says):
+    module = _module("typo_plugin", 'from avgkit import hookimpl\nAVGKIT_API_VERSION = "1.0"\n' + source)
+    with pytest.raises(AvgkitError) as err:
+        PluginManager(entry_points=False, extra=[("typo", module)])
+    assert f"plugin 'typo' (typo_plugin) {says}" in str(err.value) and "\n" not in str(err.value)
