@@ -20,9 +20,12 @@ class Progress:
         self.start_step, self.start_time = start, time.perf_counter()
         self.bar = None
         if enabled and self.stream.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, file=self.stream, dynamic_ncols=True, desc="vq")
+            try:  # optional: without tqdm, plain lines as in logs
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, initial=start, file=self.stream, dynamic_ncols=True, desc="vq")
 
     def update(self, step: int, values: dict[str, float] | None = None) -> None:
         if not self.enabled:
