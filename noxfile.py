@@ -25,10 +25,12 @@ def install(session: nox.Session, extras: str = "dev") -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The CPU test suite (GPU tests are skipped without CUDA)."""
+    """The CPU test suite (GPU tests are skipped without CUDA), then the wheels installed and used."""
     install(session)
     workers = os.environ.get("AVGKIT_TEST_WORKERS", "2")
     session.run("pytest", "-n", workers, "--durations=15", *session.posargs)
+    if not session.posargs:  # the whole suite: then the wheels, installed as users install them
+        session.run("python", ".ci/check_wheels.py", session.create_tmp() + "/wheels")
 
 
 @nox.session
