@@ -280,7 +280,7 @@ def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> Recipe:
     return validate_recipe(raw, f"{path} with {' '.join(overrides)}" if overrides else str(path))
 
 
-def recipe_changes(old_text: str, recipe: Recipe, limit: int = 4) -> str:
+def recipe_changes(old_text: str, recipe: Recipe | dict[str, Any], limit: int = 4) -> str:
     """``key: old -> new`` for the first keys that differ between a stored recipe and ``recipe``."""
 
     def flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -292,7 +292,7 @@ def recipe_changes(old_text: str, recipe: Recipe, limit: int = 4) -> str:
         before = flat(yaml.safe_load(old_text) or {})
     except yaml.YAMLError:
         return "the stored recipe.yaml was unreadable"
-    after = flat(recipe.to_dict())
+    after = flat(recipe if isinstance(recipe, dict) else recipe.to_dict())
     diff = [f"{k}: {before.get(k)} -> {after.get(k)}" for k in sorted(set(before) | set(after))
             if before.get(k) != after.get(k)]
     return ", ".join(diff[:limit]) + (f" and {len(diff) - limit} more" if len(diff) > limit else "")

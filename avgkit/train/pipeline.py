@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from avgkit.build import ARModel, Components, build, parameter_counts, resolve_config
 from avgkit.errors import AvgkitError
@@ -56,15 +57,17 @@ def _say(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- run dir
-def _write_run_files(recipe: Recipe, run_dir: Path, resume: bool) -> None:
+def _write_run_files(recipe: Recipe, run_dir: Path, resume: bool, registry: Registry) -> None:
+    from avgkit.build import resolved_recipe_dict
     from avgkit.plugins import get_manager
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    text = recipe.to_yaml()
+    resolved = resolved_recipe_dict(recipe, registry)
+    text = yaml.safe_dump(resolved, sort_keys=False)
     old = run_dir / "recipe.yaml"
     if resume and old.exists() and old.read_text() != text:
         kept = _keep_previous_recipe(run_dir, old.read_text())
-        changes = recipe_changes(old.read_text(), recipe)
+        changes = recipe_changes(old.read_text(), resolved)
         _say(f"note: resuming with a changed recipe ({changes}); the one before is kept as {kept}")
     atomic_write_text(old, text)
     infos = [
@@ -88,7 +91,10 @@ def _check_resumable(recipe: Recipe, registry: Registry) -> None:
     """On --resume, refuse a recipe whose model does not fit the last checkpoint before anything is written."""
     latest = ckpt.latest_checkpoint(recipe.run_dir / "checkpoints")
     if latest is None:
-        return
+        raise AvgkitError(
+            f"--resume: {recipe.run_dir} holds no complete checkpoint to resume from; run without --resume to "
+            f"start training"
+        )
     comps = build(recipe, device="meta", registry=registry)
     ckpt.check_fits(ARModel(comps.backbone, comps.conditioner), latest.path / "model.safetensors",
                     fix=f"delete {latest.path} to resume from the one before, or start afresh in a new output_dir")
@@ -434,7 +440,46 @@ def run_recipe(
         teardown(env)
 
 
+#: What a run writes at its start; a run that fails before its first checkpoint removes them.
+_RUN_FILES = ("recipe.yaml", "plugins.json", "inputs.json", "metrics.jsonl", "loss.png")
+
+
 def _run(
+    recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progress: bool, callbacks: Sequence[StepCallback]
+) -> RunResult:
+    from avgkit.locking import FolderLock
+    from avgkit.stop import Interrupted
+
+    run_dir = recipe.run_dir
+    existed = run_dir.exists()
+    lock = FolderLock(run_dir, "run").acquire() if env.is_main else None
+    try:
+        return _run_locked(recipe, resume, env, registry, progress, callbacks)
+    except Interrupted:
+        raise
+    except BaseException:
+        if env.is_main:
+            _remove_debris(run_dir, existed)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+            if not existed and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {lock.path.name}:
+                lock.path.unlink(missing_ok=True)  # a run that wrote nothing leaves no folder
+                run_dir.rmdir()
+
+
+def _remove_debris(run_dir: Path, existed: bool) -> None:
+    """After a failure before the first checkpoint, remove what the run wrote (kept inputs stay)."""
+    if ckpt.latest_checkpoint(run_dir / "checkpoints") is not None:
+        return  # a resumable run: everything stays
+    for name in _RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in ("checkpoints", "samples"):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
+
+
+def _run_locked(
     recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progress: bool, callbacks: Sequence[StepCallback]
 ) -> RunResult:
     run_dir = recipe.run_dir
@@ -444,7 +489,7 @@ def _run(
     if resume:
         _check_resumable(recipe, registry)
     if env.is_main:
-        _write_run_files(recipe, run_dir, resume)
+        _write_run_files(recipe, run_dir, resume, registry)
     weights = ensure_tokenizer_weights(recipe, registry, env, progress=progress)
     seed_everything(recipe.train.seed)
     comps = build(recipe, device=env.device, registry=registry)
