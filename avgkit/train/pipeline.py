@@ -183,7 +183,12 @@ def ensure_tokenizer_weights(recipe: Recipe, registry: Registry, env: DistEnv, *
             from avgkit.data.sources import DigitsSource
 
             eval_images = DigitsSource(size, "test").images
-        out_dir = recipe.run_dir / "tokenizer"
+        # one work folder per tokenizer, training settings and data: a finished run of other
+        # settings is never reused
+        key = hashlib.sha256(json.dumps(
+            {"tokenizer": cfg.model_dump(mode="json", exclude={"weights"}), "train": train_cfg.model_dump(mode="json"),
+             "name": ref.name, "source": source.describe()}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        out_dir = recipe.run_dir / "tokenizer" / f"{ref.name}-{key}"
         _say(f"training tokenizer {ref.name!r} on {len(images)} images -> {path}")
         made = Path(
             # the recipe's weights path is where the result goes, not a starting point
@@ -217,6 +222,10 @@ class TrainData:
     dataset: Any
     class_names: list[str]
     description: str
+    #: the code store's content fingerprint (``None``: encoded in memory)
+    fingerprint: str | None = None
+    #: the source's description (``ImageSource.describe()``)
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 def _encode_in_memory(recipe: Recipe, comps: Components, env: DistEnv) -> TrainData:
@@ -235,7 +244,8 @@ def _encode_in_memory(recipe: Recipe, comps: Components, env: DistEnv) -> TrainD
             x = images[start : start + data_cfg.prepare_batch_size].to(env.device)
             codes.append(tok.encode(x).cpu())
     data = TensorCodes(torch.cat(codes), labels, num_classes=len(source.class_names))
-    return TrainData(data, list(source.class_names), f"{len(data)} images of {data_cfg.source} encoded in memory")
+    return TrainData(data, list(source.class_names), f"{len(data)} images of {data_cfg.source} encoded in memory",
+                     source=source.describe())
 
 
 def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Path | None, progress: bool) -> TrainData:
@@ -255,7 +265,9 @@ def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Pat
                 complete = CodeStore.open(store_path, verify=False).meta.complete
             except StoreError:
                 complete = False
-        if not complete:
+        if complete:
+            _check_store_source(CodeStore.open(store_path, verify=False), data, tok.image_size, tok.channels)
+        else:
             source = open_source(data, tok.image_size, tok.channels)
             _check_source(source, comps)
             _say(f"encoding {data.source} into {store_path}")
@@ -273,6 +285,7 @@ def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Pat
                 weights=wid,
             )
             _say(str(report))
+        CodeStore.open(store_path, mode="r+", verify=False).ensure_fingerprint()
     barrier(env)
     store = CodeStore.open(store_path)
     store.check_compatible(
@@ -284,7 +297,35 @@ def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Pat
         resolution=tok.image_size,
     )
     dataset = CodeDataset(store_path)
-    return TrainData(dataset, list(store.meta.class_names), store.summary())
+    return TrainData(dataset, list(store.meta.class_names), store.summary(), store.meta.fingerprint,
+                     dict(store.meta.source))
+
+
+def _describe_source(src: dict[str, Any]) -> str:
+    if src.get("kind") == "digits":
+        return "the built-in digits"
+    return str(src.get("root", src))
+
+
+def _check_store_source(store: Any, data: DataSection, image_size: int, channels: int) -> None:
+    """Refuse a finished store encoded from another ``data.source`` (a moved image folder is recognised)."""
+    src = store.meta.source
+    if data.source == "digits":
+        same = src.get("kind") == "digits"
+    else:
+        same = src.get("kind") == "imagefolder" and (
+            src.get("root") == data.source or Path(src.get("root", "")).resolve() == Path(data.source).resolve()
+        )
+        if not same and src.get("kind") == "imagefolder" and Path(data.source).is_dir():
+            from avgkit.data.sources import ImageFolderSource
+
+            listing = ImageFolderSource(data.source, image_size, channels).describe().get("listing_sha256")
+            same = listing == src.get("listing_sha256")  # the same files, moved
+    if not same:
+        raise AvgkitError(
+            f"code store {store.path} was encoded from {_describe_source(src)} but data.source is {data.source!r}; "
+            f"set data.source back, or set data.store to a new path to encode {data.source}"
+        )
 
 
 def load_train_data(
@@ -326,6 +367,48 @@ def _check_source(source: Any, comps: Components) -> None:
 
     check_channels(source, comps.tokenizer)
     _check_classes(len(source.class_names), comps)
+
+
+# ----------------------------------------------------------------------------- inputs
+def _record_inputs(recipe: Recipe, run_dir: Path, weights: Path | None, data: TrainData, resume: bool) -> None:
+    """Write ``inputs.json``, pinning the tokenizer into the run; on resume, refuse changed inputs first."""
+    from avgkit.inputs import INPUTS_FILE, RUN_TOKENIZER_FILE, file_record, read_inputs, short
+    from avgkit.io import atomic_write_json, sha256_file
+
+    before = read_inputs(run_dir) if resume else None
+    record: dict[str, Any] = {"recipe": {"sha256": sha256_file(run_dir / "recipe.yaml")}}
+    if weights is not None:
+        tok = file_record(weights)
+        old = (before or {}).get("tokenizer")
+        if old and old["sha256"] != tok["sha256"]:
+            raise AvgkitError(
+                f"tokenizer weights {weights} are not the ones run {run_dir} was trained with ({short(tok['sha256'])} "
+                f"now, {short(old['sha256'])} then; the run keeps its copy as {run_dir / old['file']}); point "
+                f"tokenizer.weights at that copy, or start a new run in another output_dir"
+            )
+        inside = weights.resolve().is_relative_to(run_dir.resolve())
+        copy = weights if inside else run_dir / RUN_TOKENIZER_FILE
+        if not inside and not (copy.is_file() and file_record(copy)["sha256"] == tok["sha256"]):
+            atomic_write(copy, lambda tmp: shutil.copyfile(weights, tmp))
+        record["tokenizer"] = {"file": str(copy.resolve().relative_to(run_dir.resolve())), "from": str(weights),
+                               **file_record(copy)}
+    if data.fingerprint is not None:
+        old_store = (before or {}).get("code_store") or {}
+        if old_store.get("fingerprint") and old_store["fingerprint"] != data.fingerprint:
+            raise AvgkitError(
+                f"code store {recipe.data.store if recipe.data else ''} holds other codes than run {run_dir} was "
+                f"trained on ({short(data.fingerprint)} now, {short(old_store['fingerprint'])} then, from "
+                f"{old_store.get('path')}); point data.store at the original store, or start a new run"
+            )
+        record["code_store"] = {"path": recipe.data.store if recipe.data else None, "fingerprint": data.fingerprint}
+    old_source = (before or {}).get("data_source") or {}
+    if data.fingerprint is None and old_source.get("description") not in (None, data.source):
+        raise AvgkitError(
+            f"data.source {recipe.data.source if recipe.data else None!r} is not the data run {run_dir} was trained "
+            f"on ({old_source.get('source')!r}); set data.source back, or start a new run"
+        )
+    record["data_source"] = {"source": recipe.data.source if recipe.data else None, "description": data.source}
+    atomic_write_json(run_dir / INPUTS_FILE, record, indent=1)
 
 
 # ----------------------------------------------------------------------------- final eval
@@ -500,6 +583,8 @@ def _run_locked(
             f"set tokenizer.weights to a weights file, or add a tokenizer.train: block to train it"
         )
     data = load_train_data(recipe, comps, env, weights, progress=progress)
+    if env.is_main:
+        _record_inputs(recipe, run_dir, weights, data, resume)
     model = ARModel(comps.backbone, comps.conditioner)
     if env.is_main:
         counts = parameter_counts(comps)

@@ -7,7 +7,6 @@ import json
 import pytest
 from train_helpers import toy_recipe
 
-from avgkit import plugins
 from avgkit.errors import AvgkitError
 from avgkit.train.pipeline import run_recipe
 
@@ -75,16 +74,6 @@ def test_zarr_store_is_prepared_then_reused(tmp_path, builtin_plugins, capsys):
     )
     with pytest.raises(AvgkitError, match="re-run prepare"):
         run_recipe(other, progress=False)
-
-
-@pytest.fixture
-def fake_vq_plugins():
-    import fake_tokenizer_plugin
-
-    plugins.reset(plugins.PluginManager(entry_points=False, extra=[("fakevq", fake_tokenizer_plugin)]))
-    fake_tokenizer_plugin.TRAIN_CALLS.clear()
-    yield fake_tokenizer_plugin
-    plugins.reset()
 
 
 def test_tokenizer_is_trained_when_missing_then_reused(tmp_path, fake_vq_plugins):
