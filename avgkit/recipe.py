@@ -69,6 +69,11 @@ class DataSection(_Strict):
     )
     image_size: int | None = Field(None, description="defaults to the tokenizer's image size")
     augment: Literal["none", "flip", "tencrop"] = "none"
+    val_source: str | None = Field(
+        "auto",
+        description="held-out images for the validation loss: auto (the digits source's held-out fifth; none for "
+        "an image folder), the root of an ImageFolder tree, or null",
+    )
     prepare_batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
 
@@ -94,6 +99,9 @@ class TrainSection(_Strict):
     log_every: int = Field(10, ge=1, description="steps per metrics.jsonl record (losses averaged over them)")
     ckpt_every: int = Field(500, ge=1, description="steps between checkpoints (the last step always saves)")
     keep_last: int = Field(3, ge=1, description="complete checkpoints kept")
+    val_every: int | None = Field(
+        None, ge=1, description="steps between validation losses on data.val_source (default: at each checkpoint)"
+    )
     sample_every: int | None = Field(None, ge=1, description="write a sample grid every this many steps")
     sample_classes: int = Field(10, ge=1, description="rows of the periodic sample grid (classes spread evenly)")
     sample_per_class: int = Field(8, ge=1, description="columns of the periodic sample grid")

@@ -75,6 +75,11 @@ class TrainResult:
     def final_loss(self) -> float | None:
         return self.records[-1]["loss"] if self.records else None
 
+    @property
+    def final_val_loss(self) -> float | None:
+        vals = [r["val_loss"] for r in self.records if "val_loss" in r]
+        return vals[-1] if vals else None
+
 
 @dataclass
 class _Window:
@@ -113,8 +118,11 @@ class Trainer:
         progress: bool = True,
         callbacks: Sequence[StepCallback] = (),
         title: str = "",
+        val_data: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         self.env = env or DistEnv(device=next(model.parameters()).device)
+        #: held-out ``(codes, labels)`` for the validation loss (every rank computes it alike)
+        self.val_data = val_data
         self.cfg = cfg
         self.model = model.to(self.env.device).train()
         self.batches = batches
@@ -289,14 +297,19 @@ class Trainer:
                     self.step += 1
                     self.elapsed = elapsed0 + time.monotonic() - t_start
                     if self.ema is not None:
-                        self.ema.update(self.model)
+                        self.ema.update(self.model, self.step - 1)
                     window.add(loss, grad_norm)
                     stopping = stop.agreed(env, self._label_group)  # every rank stops at the same step
                     last = self.step == cfg.steps
                     is_ckpt = self.step % cfg.ckpt_every == 0 or last or stopping is not None
+                    is_val = self.val_data is not None and (
+                        self.step % (cfg.val_every or cfg.ckpt_every) == 0 or last or stopping is not None
+                    )
                     record = None
-                    if self.step % cfg.log_every == 0 or is_ckpt:
+                    if self.step % cfg.log_every == 0 or is_ckpt or is_val:
                         record = self._log(window, tokens_per_step)
+                        if is_val:
+                            record["val_loss"] = self.validation_loss()
                         window = _Window()
                         records.append(record)
                         if metrics is not None:
@@ -331,6 +344,25 @@ class Trainer:
 
             barrier(env)
         return TrainResult(self.step, records, last_ckpt, self.elapsed)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean cross-entropy per token on the held-out codes (true labels, no dropout, no RNG use)."""
+        assert self.val_data is not None
+        codes, labels = self.val_data
+        model, was_training = self.model, self.model.training
+        model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.env.device)
+        try:
+            for start in range(0, len(codes), self.cfg.batch_size):
+                c = codes[start : start + self.cfg.batch_size].to(self.env.device)
+                lab = labels[start : start + self.cfg.batch_size].to(self.env.device)
+                with autocast_context(self.env.device, self.amp_dtype):
+                    logits = model(c, lab)
+                total += F.cross_entropy(logits.float().flatten(0, 1), c.flatten(), reduction="sum").double()
+        finally:
+            model.train(was_training)
+        return float(total) / max(1, codes.numel())
 
     def _train_step(self) -> tuple[Tensor, Tensor]:
         cfg, env = self.cfg, self.env

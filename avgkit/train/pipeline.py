@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import sys
@@ -69,12 +70,41 @@ def _write_run_files(recipe: Recipe, run_dir: Path, resume: bool, registry: Regi
         kept = _keep_previous_recipe(run_dir, old.read_text())
         changes = recipe_changes(old.read_text(), resolved)
         _say(f"note: resuming with a changed recipe ({changes}); the one before is kept as {kept}")
+        lr_note = _schedule_change(old.read_text(), recipe)
+        if lr_note:
+            _say(f"note: {lr_note}")
     atomic_write_text(old, text)
     infos = [
         {"name": i.name, "version": i.version, "api_version": i.api_version, "module": i.module, "builtin": i.builtin}
         for i in get_manager().infos.values()
     ]
     atomic_write_text(run_dir / "plugins.json", json.dumps(infos, indent=2) + "\n")
+
+
+def _schedule_change(old_text: str, recipe: Recipe) -> str | None:
+    """What a resume does to the learning rate, when the schedule's settings changed.
+
+    The rule: the learning rate is a function of the step and the current recipe's
+    train section, so a resume follows the new schedule from the checkpoint's step on
+    (warm-up, then the decay stretched to end at the new ``train.steps``).
+    """
+    from avgkit.recipe import TrainSection
+    from avgkit.train.optim import lr_at
+
+    latest = ckpt.latest_checkpoint(recipe.run_dir / "checkpoints")
+    try:
+        before = TrainSection.model_validate((yaml.safe_load(old_text) or {}).get("train") or {})
+    except Exception:  # noqa: BLE001 - an unreadable old recipe: nothing to compare
+        return None
+    if latest is None:
+        return None
+    step, now = latest.step, recipe.train
+    old_lr, new_lr = lr_at(step, before), lr_at(step, now)
+    if math.isclose(old_lr, new_lr, rel_tol=1e-9, abs_tol=0.0):
+        return None
+    return (f"the learning rate at step {step} changes from {old_lr:.3g} to {new_lr:.3g}: the {now.schedule} schedule "
+            f"now runs over {now.steps} steps (warm-up {now.warmup_steps}); a run trained straight to {now.steps} "
+            f"steps does better than an extended one")
 
 
 def _keep_previous_recipe(run_dir: Path, text: str) -> Path:
@@ -94,6 +124,11 @@ def _check_resumable(recipe: Recipe, registry: Registry) -> None:
         raise AvgkitError(
             f"--resume: {recipe.run_dir} holds no complete checkpoint to resume from; run without --resume to "
             f"start training"
+        )
+    if recipe.train.steps < latest.step:
+        raise AvgkitError(
+            f"train.steps={recipe.train.steps} is below step {latest.step}, which {recipe.run_dir} has reached; pass "
+            f"train.steps={latest.step} or more, or sample the run as it is with `avgkit sample {recipe.run_dir}`"
         )
     comps = build(recipe, device="meta", registry=registry)
     ckpt.check_fits(ARModel(comps.backbone, comps.conditioner), latest.path / "model.safetensors",
@@ -369,6 +404,41 @@ def _check_source(source: Any, comps: Components) -> None:
     _check_classes(len(source.class_names), comps)
 
 
+# ----------------------------------------------------------------------------- validation
+def _val_name(data: DataSection | None) -> str | None:
+    if data is None or data.val_source is None:
+        return None
+    if data.val_source == "auto":
+        return "the digits the training split leaves out" if data.source == "digits" else None
+    return data.val_source
+
+
+def validation_codes(recipe: Recipe, comps: Components, env: DistEnv) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Held-out images (``data.val_source``) encoded in memory, or ``None`` for no validation loss.
+
+    ``auto`` takes the built-in digits' test split (every fifth image, which the training
+    split never holds, so the training set is unchanged); an ImageFolder root is encoded
+    at every start, so keep it small (a few thousand images).
+    """
+    data = recipe.data
+    if _val_name(data) is None:
+        return None
+    assert data is not None and data.val_source is not None
+    from avgkit.data.sources import DigitsSource, ImageFolderSource
+
+    tok = comps.tokenizer
+    if data.val_source == "auto":
+        source: Any = DigitsSource(tok.image_size, "test")
+    else:
+        source = ImageFolderSource(data.val_source, tok.image_size, tok.channels)
+    images, labels = _source_images(source)
+    codes = []
+    with torch.inference_mode():
+        for start in range(0, len(images), data.prepare_batch_size):
+            codes.append(tok.encode(images[start : start + data.prepare_batch_size].to(env.device)).cpu())
+    return torch.cat(codes).long(), labels
+
+
 # ----------------------------------------------------------------------------- inputs
 def _record_inputs(recipe: Recipe, run_dir: Path, weights: Path | None, data: TrainData, resume: bool) -> None:
     """Write ``inputs.json``, pinning the tokenizer into the run; on resume, refuse changed inputs first."""
@@ -427,36 +497,53 @@ def digit_classifier_class() -> type:
 GRID_COLUMNS = 16
 
 
+#: How eval.json, the summary and the grids name a set of weights.
+WEIGHTS_NAMES = {"ema": "EMA weights", "model": "raw weights"}
+
+
+def _sample_and_score(
+    recipe: Recipe, comps: Components, model: ARModel, labels: torch.Tensor, env: DistEnv
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    from avgkit.train.samples import generate_images
+
+    ev = recipe.eval
+    images = generate_images(model.backbone, model.conditioner, comps.sampler, comps.tokenizer, labels, seed=ev.seed,
+                             batch_size=ev.batch_size, device=env.device)
+    score: dict[str, Any] = {}
+    if ev.classifier == "digits":
+        clf = digit_classifier_class()()
+        correct = torch.as_tensor(clf.predict(images)) == labels
+        score["class_accuracy"] = float(correct.float().mean())
+        score["per_class_accuracy"] = {
+            str(c): float(correct[labels == c].float().mean()) for c in sorted(set(labels.tolist()))
+        }
+    return images, score
+
+
 def final_samples(
     recipe: Recipe,
     comps: Components,
-    model: ARModel,
+    models: Sequence[tuple[str, ARModel]],
     class_names: Sequence[str],
     run_dir: Path,
     env: DistEnv,
     train_result: TrainResult,
-    weights_label: str,
 ) -> dict[str, Any]:
-    """Sample, write ``samples.png`` and ``eval.json``; returns the eval record."""
+    """Sample and score every set of weights in ``models`` (``("ema", m)``, ``("model", m)``).
+
+    The first is the run's result: ``samples.png`` and the top-level scores of
+    ``eval.json``; the others get ``samples-<name>.png``. Every grid title and the
+    record name the weights; ``by_weights`` holds each set's scores.
+    """
     from avgkit.sample.images import save_labelled_grid, to_uint8_hwc
-    from avgkit.train.samples import generate_images, grid_labels
+    from avgkit.train.samples import grid_labels
 
     ev = recipe.eval
-    num_classes = model.conditioner.num_classes
+    num_classes = models[0][1].conditioner.num_classes
     if ev.classifier == "digits":
         labels = torch.arange(num_classes).repeat_interleave(ev.samples_per_class)
     else:
         labels = grid_labels(num_classes, ev.grid_classes, ev.samples_per_class)
-    images = generate_images(
-        model.backbone,
-        model.conditioner,
-        comps.sampler,
-        comps.tokenizer,
-        labels,
-        seed=ev.seed,
-        batch_size=ev.batch_size,
-        device=env.device,
-    )
     shown_classes = torch.unique(labels)[: ev.grid_classes]
     # at most GRID_COLUMNS samples of each class in the picture (all of them are evaluated)
     rank = torch.zeros_like(labels)
@@ -464,35 +551,38 @@ def final_samples(
         where = labels == c
         rank[where] = torch.arange(int(where.sum()))
     shown = torch.isin(labels, shown_classes) & (rank < GRID_COLUMNS)
-    png = save_labelled_grid(
-        to_uint8_hwc(images[shown]),
-        labels[shown].tolist(),
-        run_dir / "samples.png",
-        title=f"{recipe.name} step {train_result.step}",
-        class_names=class_names,
-    )
+    by_weights: dict[str, dict[str, Any]] = {}
+    primary = models[0][0]
+    for name, model in models:
+        images, score = _sample_and_score(recipe, comps, model, labels, env)
+        png = save_labelled_grid(
+            to_uint8_hwc(images[shown]),
+            labels[shown].tolist(),
+            run_dir / ("samples.png" if name == primary else f"samples-{name}.png"),
+            title=f"{recipe.name} step {train_result.step}, {WEIGHTS_NAMES.get(name, name)}",
+            class_names=class_names,
+        )
+        by_weights[name] = {"samples_png": str(png), **score}
     record: dict[str, Any] = {
         "step": train_result.step,
         "checkpoint": str(train_result.checkpoint) if train_result.checkpoint else None,
-        "weights": weights_label,
+        "weights": primary,
         "samples": len(labels),
         "samples_per_class": ev.samples_per_class,
         "classes": sorted(set(labels.tolist())),
         "sampler": recipe.sampler.flat(),
         "seed": ev.seed,
-        "samples_png": str(png),
+        "samples_png": by_weights[primary]["samples_png"],
     }
     if train_result.final_loss is not None:
         record["final_train_loss"] = train_result.final_loss
+    if train_result.final_val_loss is not None:
+        record["final_val_loss"] = train_result.final_val_loss
     if ev.classifier == "digits":
-        clf = digit_classifier_class()()
-        pred = torch.as_tensor(clf.predict(images))
-        correct = pred == labels
         record["classifier"] = "digits-svc (avgkit.eval.digits.DigitClassifier)"
-        record["class_accuracy"] = float(correct.float().mean())
-        record["per_class_accuracy"] = {
-            str(c): float(correct[labels == c].float().mean()) for c in sorted(set(labels.tolist()))
-        }
+        record["class_accuracy"] = by_weights[primary]["class_accuracy"]
+        record["per_class_accuracy"] = by_weights[primary]["per_class_accuracy"]
+    record["by_weights"] = by_weights
     atomic_write_text(run_dir / "eval.json", json.dumps(record, indent=2) + "\n")
     return record
 
@@ -606,10 +696,14 @@ def _run_locked(
         num_workers=recipe.data.num_workers if recipe.data else 0,
         pin_memory=env.device.type == "cuda",
     )
+    val_data = validation_codes(recipe, comps, env)
+    if val_data is not None and env.is_main:
+        _say(f"validation: {len(val_data[0])} held-out images ({_val_name(recipe.data)})")
     trainer = Trainer(
         model,
         batches,
         cfg,
+        val_data=val_data,
         env=env,
         run_dir=run_dir,
         sampler=comps.sampler,
@@ -624,11 +718,12 @@ def _run_locked(
     files = {"run_dir": str(run_dir)}
     record: dict[str, Any] = {}
     if env.is_main:
-        ema = trainer.ema if recipe.eval.use_ema else None
-        final_model = ema.module if ema is not None else model
-        record = final_samples(
-            recipe, comps, final_model, data.class_names, run_dir, env, result, "ema" if ema is not None else "model"
-        )
+        # with EMA on, both sets are sampled and scored: the EMA weights first when eval.use_ema
+        models: list[tuple[str, ARModel]] = [("model", model)]
+        if trainer.ema is not None:
+            ema_pair = ("ema", trainer.ema.module)
+            models = [ema_pair, *models] if recipe.eval.use_ema else [*models, ema_pair]
+        record = final_samples(recipe, comps, models, data.class_names, run_dir, env, result)
         files.update(
             {
                 "recipe": str(run_dir / "recipe.yaml"),
@@ -652,8 +747,14 @@ def _print_summary(record: dict[str, Any], files: dict[str, str], result: TrainR
     lines = [f"trained {result.step} steps in {result.seconds:.0f} s"]
     if result.final_loss is not None:
         lines[0] += f", final loss {result.final_loss:.4f}"
+    if result.final_val_loss is not None:
+        lines[0] += f", validation loss {result.final_val_loss:.4f}"
     if "class_accuracy" in record:
-        lines.append(f"digit-classifier accuracy of {record['samples']} samples: {record['class_accuracy']:.3f}")
+        scores = [f"{record['by_weights'][w]['class_accuracy']:.3f} ({WEIGHTS_NAMES.get(w, w)})"
+                  for w in record["by_weights"]]
+        lines.append(f"digit-classifier accuracy of {record['samples']} samples: {', '.join(scores)}")
+    else:
+        lines.append(f"samples from the {WEIGHTS_NAMES.get(record['weights'], record['weights'])}")
     width = max(len(k) for k in files)
     lines.append("wrote:")
     lines += [f"  {k:<{width}}  {v}" for k, v in files.items() if v]
