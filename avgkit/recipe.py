@@ -266,14 +266,21 @@ def packaged_recipes() -> dict[str, Path]:
 
 
 def find_recipe(name_or_path: str) -> Path:
+    """A recipe name (packaged) or a file. A bare name is a packaged recipe's even when a
+    file or folder of that name is in the working directory; ``./digits`` means the path."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.exists():
-            raise AvgkitError(f"recipe file not found: {p}")
-        return p
-    known = packaged_recipes()
+    means_path = p.suffix in (".yaml", ".yml") or "/" in name_or_path or name_or_path.startswith(".")
+    known = packaged_recipes() if not means_path else {}
     if name_or_path in known:
         return known[name_or_path]
+    if means_path or p.exists():
+        if not p.exists():
+            raise AvgkitError(f"recipe file not found: {p}")
+        if p.is_dir():
+            raise AvgkitError(f"{p} is a folder, not a recipe file; pass a recipe's .yaml file or a recipe name "
+                              f"(`avgkit recipes ls` lists them)")
+        return p
+    known = known or packaged_recipes()
     raise AvgkitError(
         f"no recipe named {name_or_path!r}{did_you_mean(name_or_path, known)}; `avgkit recipes ls` lists them"
     )

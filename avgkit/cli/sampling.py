@@ -67,6 +67,8 @@ def sample_cmd(
     for name, value in (("--batch-size", batch_size), ("--shard-size", shard_size)):
         if value is not None and value < 1:
             raise AvgkitError(f"{name} must be at least 1 (got {value})")
+    if out is not None and out.exists() and not out.is_dir():
+        raise AvgkitError(f"--out {out} is a file; pass a folder for the samples")
     resolve_device(device)  # a clear error before any process group is joined
     env = setup(device)
     try:

@@ -55,6 +55,7 @@ def eval_cmd(
     device: Optional[str] = typer.Option(None, help="where features are computed: cpu | cuda | cuda:N (default: a GPU when present)"),
     seed: Optional[int] = typer.Option(None, help="sampling seed, recorded in the report"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint the samples came from, hashed into the report"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a report already in --out"),
 ) -> None:
     """FID / IS / precision / recall of samples against reference statistics (cached by hash).
 
@@ -78,7 +79,7 @@ def eval_cmd(
     report = run_eval(
         samples, reference, out, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
         extractor=extractor, weights_path=weights, batch_size=batch_size, device=device, seed=seed,
-        checkpoint=checkpoint, sampling=sampling,
+        checkpoint=checkpoint, sampling=sampling, overwrite=overwrite,
     )
     for key, value in report.get("metrics", {}).items():
         typer.echo(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
