@@ -279,6 +279,29 @@ def load_checkpoint(
 
 
 # ----------------------------------------------------------------------------- writing
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete ``.<name>.tmp-<pid>`` folders whose writer is gone (a killed convert); returns them."""
+    import re
+
+    removed = []
+    for entry in folder.glob(".*.tmp-*"):
+        m = re.fullmatch(r"\..+\.tmp-(\d+)", entry.name)
+        if m and entry.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def write_checkpoint_dir(
     out_dir: str | Path,
     recipe: Recipe,
@@ -297,6 +320,7 @@ def write_checkpoint_dir(
     if model_state is None and tokenizer_state is None:
         raise AvgkitError("nothing to write: no model or tokenizer weights were converted")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out.parent)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
