@@ -255,16 +255,18 @@ class Generator:
 
 def load(
     path: str | Path, device: str | torch.device = "auto", ema: bool | Literal["auto"] = "auto", *,
-    step: int | None = None,
+    step: int | None = None, tokenizer: str | Path | None = None,
 ) -> Generator:
     """A :class:`Generator` from a training run directory or an ``avgkit convert`` output.
 
     ``step`` picks a checkpoint of a run (default: the newest complete one); ``ema``
     chooses the EMA weights (``"auto"``: when present and the recipe's ``eval.use_ema``).
-    Weights are safetensors only and must match the rebuilt components key for key.
+    Weights are safetensors only and must match the rebuilt components key for key. A
+    run's tokenizer is its own copy, checked against the hash the run recorded;
+    ``tokenizer`` loads another weights file instead, on purpose.
     """
     dev = resolve_device(device)
-    return Generator(load_checkpoint(path, device=dev, ema=ema, step=step), dev)
+    return Generator(load_checkpoint(path, device=dev, ema=ema, step=step, tokenizer=tokenizer), dev)
 
 
 __all__ = ["Generator", "SAMPLER_OPTIONS", "load", "resolve_device"]

@@ -70,6 +70,53 @@ def resolve_config(registry: Registry, role: str, ref: ComponentRef, *, source: 
     return cfg.model_copy(update=updates) if updates else cfg
 
 
+def resolved_recipe_dict(recipe: Recipe, registry: Registry | None = None) -> dict[str, Any]:
+    """The recipe with nothing left to defaults: every component option spelled out, ``null`` kept.
+
+    This is what a run stores as ``recipe.yaml``, so that a plugin whose defaults or
+    presets change later does not silently change what an old run means. The preset
+    name is kept for the reader; the explicit options override whatever it says then.
+    """
+    import yaml
+
+    if registry is None:
+        from avgkit.plugins import get_registry
+
+        registry = get_registry()
+    out = recipe.model_dump(mode="json")
+    for role in ("tokenizer", "backbone", "conditioner", "sampler"):
+        ref: ComponentRef = getattr(recipe, role)
+        cfg = resolve_config(registry, role, ref)
+        entry: dict[str, Any] = {"name": ref.name}
+        if ref.preset:
+            entry["preset"] = ref.preset
+        entry.update(cfg.model_dump(mode="json"))
+        if ref.train is not None:
+            train = ref.train
+            if ref.name in registry.names("tokenizer_trainer"):
+                train = registry.get("tokenizer_trainer", ref.name).resolve(None, ref.train).model_dump(mode="json")
+            entry["train"] = train
+        out[role] = entry
+    yaml.safe_dump(out)  # fails here, not later, on a value YAML cannot hold
+    return out
+
+
+def resolved_recipe_yaml(recipe: Recipe, registry: Registry | None = None) -> str:
+    import yaml
+
+    return yaml.safe_dump(resolved_recipe_dict(recipe, registry), sort_keys=False)
+
+
+def _make(role: str, name: str, factory: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a component factory; a ``ValueError`` it raises about its options is a one-line error."""
+    try:
+        return factory(*args, **kwargs)
+    except ValueError as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise AvgkitError(f"{role} {name!r} cannot be built with these options: {detail}; change them in the "
+                          f"recipe (`avgkit ls {role}s --options` lists them)") from None
+
+
 def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Registry | None = None) -> Components:
     """Build every component; ``device="meta"`` allocates nothing (for ``--dry-run``)."""
     if registry is None:
@@ -79,7 +126,8 @@ def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Regis
     ctx = torch.device(device) if str(device) == "meta" else contextlib.nullcontext()
     tok_cfg = resolve_config(registry, "tokenizer", recipe.tokenizer)
     with ctx:
-        tokenizer = registry.get("tokenizer", recipe.tokenizer.name).factory(tok_cfg)
+        tokenizer = _make("tokenizer", recipe.tokenizer.name, registry.get("tokenizer", recipe.tokenizer.name).factory,
+                          tok_cfg)
     bb_cfg = resolve_config(
         registry, "backbone", recipe.backbone, vocab_size=tokenizer.codebook_size, num_tokens=tokenizer.num_tokens
     )
@@ -90,11 +138,12 @@ def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Regis
                           f"(or conditioner.num_classes) in the recipe")
     samp_cfg = resolve_config(registry, "sampler", recipe.sampler)
     with ctx:
-        backbone = registry.get("backbone", recipe.backbone.name).factory(bb_cfg)
-        conditioner = registry.get("conditioner", recipe.conditioner.name).factory(
-            cond_cfg, dim=backbone.dim, num_layers=backbone.num_layers
-        )
-    sampler = registry.get("sampler", recipe.sampler.name).factory(samp_cfg)
+        backbone = _make("backbone", recipe.backbone.name, registry.get("backbone", recipe.backbone.name).factory,
+                         bb_cfg)
+        conditioner = _make("conditioner", recipe.conditioner.name,
+                            registry.get("conditioner", recipe.conditioner.name).factory,
+                            cond_cfg, dim=backbone.dim, num_layers=backbone.num_layers)
+    sampler = _make("sampler", recipe.sampler.name, registry.get("sampler", recipe.sampler.name).factory, samp_cfg)
     check_agreement(tokenizer, backbone, conditioner)
     if str(device) != "meta":
         tokenizer.to(device)

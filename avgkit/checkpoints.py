@@ -217,22 +217,56 @@ def _want_ema(ref: CheckpointRef, recipe: Recipe, ema: bool | str) -> bool:
     return bool(ema)
 
 
+def _tokenizer_fields(recipe: Recipe) -> set[str]:
+    from avgkit.plugins import get_registry
+
+    return set(get_registry().get("tokenizer", recipe.tokenizer.name).config.model_fields)
+
+
+def _with_tokenizer_weights(recipe: Recipe, weights: Path) -> Recipe:
+    options = {**recipe.tokenizer.options, "weights": str(weights)}
+    return recipe.model_copy(update={"tokenizer": recipe.tokenizer.model_copy(update={"options": options})})
+
+
 def load_checkpoint(
-    path: str | Path, *, device: str | torch.device = "cpu", ema: bool | str = "auto", step: int | None = None
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    ema: bool | str = "auto",
+    step: int | None = None,
+    tokenizer: str | Path | None = None,
 ) -> LoadedCheckpoint:
     """Rebuild a checkpoint's components from its recipe and load its weights (strictly).
 
     ``ema``: ``True``/``False``, or ``"auto"`` (EMA weights when present and the recipe's
-    ``eval.use_ema`` allows).
+    ``eval.use_ema`` allows). A training run's tokenizer is its own pinned copy, checked
+    against the hash recorded in ``inputs.json``; ``tokenizer`` names another weights
+    file on purpose (it replaces the run's or the converted checkpoint's own).
     """
     from avgkit.build import ARModel, build
+    from avgkit.inputs import check_recipe, pinned_tokenizer, read_inputs
 
     ref = resolve_checkpoint(path, step)
     if ref.model_path is None:
         raise AvgkitError(f"{ref.root} holds tokenizer weights only; convert a model checkpoint to sample from it")
     recipe = read_recipe(ref)
     use_ema = _want_ema(ref, recipe, ema)
-    comps = build(_resolve_tokenizer_file(recipe, ref), device="cpu")
+    inputs = read_inputs(ref.root) if ref.kind == "run" else None
+    if inputs is not None:
+        check_recipe(ref.root, inputs)
+    if tokenizer is not None:
+        tokenizer = Path(tokenizer)
+        if not tokenizer.is_file():
+            raise AvgkitError(f"tokenizer weights {tokenizer} not found; pass an existing weights file")
+        if "weights" not in _tokenizer_fields(recipe):
+            raise AvgkitError(f"tokenizer {recipe.tokenizer.name!r} takes no weights file; drop --tokenizer")
+        ref = CheckpointRef(ref.root, ref.kind, ref.recipe_path, ref.model_path, ref.ema_path, None, ref.step)
+        recipe = _with_tokenizer_weights(recipe, tokenizer)
+    elif inputs is not None and (pinned := pinned_tokenizer(ref.root, inputs)) is not None:
+        recipe = _with_tokenizer_weights(recipe, pinned)
+    else:
+        recipe = _resolve_tokenizer_file(recipe, ref)
+    comps = build(recipe, device="cpu")
     tok_file = ref.tokenizer_path or tokenizer_weights_option(comps.configs["tokenizer"])
     weights = ref.ema_path if use_ema else ref.model_path
     assert weights is not None  # _want_ema is true only with an EMA file
@@ -245,6 +279,29 @@ def load_checkpoint(
 
 
 # ----------------------------------------------------------------------------- writing
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete ``.<name>.tmp-<pid>`` folders whose writer is gone (a killed convert); returns them."""
+    import re
+
+    removed = []
+    for entry in folder.glob(".*.tmp-*"):
+        m = re.fullmatch(r"\..+\.tmp-(\d+)", entry.name)
+        if m and entry.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def write_checkpoint_dir(
     out_dir: str | Path,
     recipe: Recipe,
@@ -263,6 +320,7 @@ def write_checkpoint_dir(
     if model_state is None and tokenizer_state is None:
         raise AvgkitError("nothing to write: no model or tokenizer weights were converted")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out.parent)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -167,6 +167,47 @@ def convert_state_dict(
     return ConvertedCheckpoint(model, tokenizer, consumed, by)
 
 
+#: SHA-256 of official files, by file name (from their publishers' Git LFS records). A
+#: file of a known name with another hash is refused unless ``skip_hash_check``.
+KNOWN_FILES: dict[str, str] = {
+    # hp-l33/aim on the Hugging Face hub (the AiM release)
+    "aim_b.bin": "91dc959135df3bc644106dbcb8019f2eaed900b74541309f068891a76cb24f3f",
+    "aim_l.bin": "93eb1da5941399e3cb65fb83a1e0abab36928337875557abf40ff56d2e63af5f",
+    "aim_xl.bin": "57b8141bd34aa4b67380b269f335d4d51ec87c435273fba3ee864b8574a78523",
+    # FoundationVision/LlamaGen: the VQ-16 tokenizer AiM uses
+    "vq_ds16_c2i.pt": "109aa8afb2cf3761eec23cdc8644154cb498f5ab7eef2a35264d25e5e0499f7d",
+}
+
+#: Recipe options a format implies unless the command line sets them, with the reason
+#: recorded in convert.json. AiM's released sampler feeds position k + 1 to the token of
+#: step k; only ``positions=reference`` reproduces its logits and the paper's numbers.
+FORMAT_DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
+    "aim": {"backbone.positions": ("reference", "the released AiM sampler's position convention, needed to "
+                                                "reproduce the official weights' results; pass "
+                                                "backbone.positions=consistent to change it")},
+}
+
+
+def check_known_file(path: Path, digest: str, *, skip: bool = False) -> None:
+    """Refuse an official file (by name) whose SHA-256 is not the published one."""
+    want = KNOWN_FILES.get(path.name)
+    if want is not None and digest != want and not skip:
+        raise AvgkitError(
+            f"{path} has SHA-256 {digest}, but the official {path.name} has {want}: download it again (a partial or "
+            f"altered file gives wrong results), or pass --skip-hash-check to convert this file on purpose"
+        )
+
+
+def _format_defaults(source: str, overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
+    given = {o.partition("=")[0].strip() for o in overrides}
+    extra, notes = [], {}
+    for key, (value, why) in FORMAT_DEFAULTS.get(source, {}).items():
+        if key not in given:
+            extra.append(f"{key}={value}")
+            notes[key] = {"value": value, "why": why}
+    return extra, notes
+
+
 def convert_checkpoint(
     path: str | Path,
     source: str,
@@ -176,6 +217,7 @@ def convert_checkpoint(
     tokenizer_weights: str | Path | None = None,
     tokenizer_format: str | None = None,
     overrides: Iterable[str] = (),
+    skip_hash_check: bool = False,
 ) -> Path:
     """Convert an external checkpoint file into an avgkit checkpoint directory.
 
@@ -194,8 +236,25 @@ def convert_checkpoint(
     path = Path(path)
     if Path(out_dir).exists():  # before reading a multi-GB file, not after
         raise AvgkitError(f"{out_dir} already exists; choose another --out or delete it first")
+    defaults: dict[str, Any] = {}
     if not isinstance(recipe, Recipe):
-        recipe = load_recipe(str(recipe), list(overrides))
+        extra, defaults = _format_defaults(source, list(overrides))
+        recipe = load_recipe(str(recipe), [*extra, *overrides])
+        for key in defaults:  # only where the recipe's component has such an option
+            role, _, option = key.partition(".")
+            from avgkit.build import resolve_config
+            from avgkit.plugins import get_registry
+
+            if option not in type(resolve_config(get_registry(), role, getattr(recipe, role))).model_fields:
+                raise AvgkitError(f"format {source!r} needs {key}, which {role} {getattr(recipe, role).name!r} "
+                                  f"does not have; convert with a recipe whose {role} matches the format")
+    source_sha = sha256_file(path) if path.exists() else None
+    if source_sha is not None:
+        check_known_file(path, source_sha, skip=skip_hash_check)
+    tok_sha = sha256_file(tokenizer_weights) if tokenizer_weights is not None and Path(tokenizer_weights).exists() \
+        else None
+    if tok_sha is not None:
+        check_known_file(Path(tokenizer_weights), tok_sha, skip=skip_hash_check)  # type: ignore[arg-type]
     state = load_external_state_dict(path)
     tok_state = load_external_state_dict(tokenizer_weights) if tokenizer_weights is not None else None
     result = convert_state_dict(
@@ -204,11 +263,13 @@ def convert_checkpoint(
     stored = building_recipe(recipe) if result.tokenizer_state is not None else recipe
     info = {
         "source_file": str(path),
-        "source_sha256": sha256_file(path),
+        "source_sha256": source_sha,
+        "source_sha256_known": KNOWN_FILES.get(path.name),
+        "format_defaults": defaults,
         "format": source,
         "converted_by": result.converted_by,
         "tokenizer_file": str(tokenizer_weights) if tokenizer_weights is not None else None,
-        "tokenizer_sha256": sha256_file(tokenizer_weights) if tokenizer_weights is not None else None,
+        "tokenizer_sha256": tok_sha,
         "recipe": recipe.name,
         "tensors": {"source": len(state), "model": len(result.model_state or {}),
                     "tokenizer": len(result.tokenizer_state or {})},

@@ -84,16 +84,61 @@ def atomic_write_json(
     return atomic_write_text(path, json.dumps(data, indent=indent, sort_keys=sort_keys, default=default) + "\n")
 
 
+_SAFETENSORS_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "uint16": "U16", "uint32": "U32", "uint64": "U64",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
+
+
+def _write_canonical_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None) -> None:
+    """A safetensors file whose bytes depend only on the tensors and the metadata.
+
+    The JSON header has sorted keys and no spaces; the data is laid out largest element
+    size first, then by name (the order safetensors itself uses). Identical tensors and
+    metadata therefore give identical files, so their hashes can be compared.
+    """
+    import struct
+
+    import torch
+
+    entries = []
+    for name, t in tensors.items():
+        dtype = str(t.dtype).removeprefix("torch.")
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        entries.append((name, t))
+    entries.sort(key=lambda e: (-e[1].element_size(), e[0]))
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    offset = 0
+    for name, t in entries:
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(text)))
+        handle.write(text)
+        for _, t in entries:
+            if t.numel():
+                handle.write(t.reshape(-1).view(torch.uint8).numpy().data)
+
+
 def save_safetensors(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> Path:
     """A safetensors file, written atomically (tensors detached, moved to CPU, made contiguous).
 
-    Tensors that share storage must be deduplicated first (safetensors refuses them).
+    The bytes depend only on the tensors and metadata (sorted header, fixed layout), so
+    two saves of the same weights hash alike. Tensors that share storage must be
+    deduplicated first.
     """
-    from safetensors.torch import save_file
-
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = dict(metadata) if metadata is not None else None
-    return atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=meta))
+    return atomic_write(path, lambda tmp: _write_canonical_safetensors(tmp, flat, meta))
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

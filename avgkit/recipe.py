@@ -69,6 +69,11 @@ class DataSection(_Strict):
     )
     image_size: int | None = Field(None, description="defaults to the tokenizer's image size")
     augment: Literal["none", "flip", "tencrop"] = "none"
+    val_source: str | None = Field(
+        "auto",
+        description="held-out images for the validation loss: auto (the digits source's held-out fifth; none for "
+        "an image folder), the root of an ImageFolder tree, or null",
+    )
     prepare_batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
 
@@ -94,6 +99,9 @@ class TrainSection(_Strict):
     log_every: int = Field(10, ge=1, description="steps per metrics.jsonl record (losses averaged over them)")
     ckpt_every: int = Field(500, ge=1, description="steps between checkpoints (the last step always saves)")
     keep_last: int = Field(3, ge=1, description="complete checkpoints kept")
+    val_every: int | None = Field(
+        None, ge=1, description="steps between validation losses on data.val_source (default: at each checkpoint)"
+    )
     sample_every: int | None = Field(None, ge=1, description="write a sample grid every this many steps")
     sample_classes: int = Field(10, ge=1, description="rows of the periodic sample grid (classes spread evenly)")
     sample_per_class: int = Field(8, ge=1, description="columns of the periodic sample grid")
@@ -258,14 +266,21 @@ def packaged_recipes() -> dict[str, Path]:
 
 
 def find_recipe(name_or_path: str) -> Path:
+    """A recipe name (packaged) or a file. A bare name is a packaged recipe's even when a
+    file or folder of that name is in the working directory; ``./digits`` means the path."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.exists():
-            raise AvgkitError(f"recipe file not found: {p}")
-        return p
-    known = packaged_recipes()
+    means_path = p.suffix in (".yaml", ".yml") or "/" in name_or_path or name_or_path.startswith(".")
+    known = packaged_recipes() if not means_path else {}
     if name_or_path in known:
         return known[name_or_path]
+    if means_path or p.exists():
+        if not p.exists():
+            raise AvgkitError(f"recipe file not found: {p}")
+        if p.is_dir():
+            raise AvgkitError(f"{p} is a folder, not a recipe file; pass a recipe's .yaml file or a recipe name "
+                              f"(`avgkit recipes ls` lists them)")
+        return p
+    known = known or packaged_recipes()
     raise AvgkitError(
         f"no recipe named {name_or_path!r}{did_you_mean(name_or_path, known)}; `avgkit recipes ls` lists them"
     )
@@ -280,7 +295,7 @@ def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> Recipe:
     return validate_recipe(raw, f"{path} with {' '.join(overrides)}" if overrides else str(path))
 
 
-def recipe_changes(old_text: str, recipe: Recipe, limit: int = 4) -> str:
+def recipe_changes(old_text: str, recipe: Recipe | dict[str, Any], limit: int = 4) -> str:
     """``key: old -> new`` for the first keys that differ between a stored recipe and ``recipe``."""
 
     def flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -292,7 +307,7 @@ def recipe_changes(old_text: str, recipe: Recipe, limit: int = 4) -> str:
         before = flat(yaml.safe_load(old_text) or {})
     except yaml.YAMLError:
         return "the stored recipe.yaml was unreadable"
-    after = flat(recipe.to_dict())
+    after = flat(recipe if isinstance(recipe, dict) else recipe.to_dict())
     diff = [f"{k}: {before.get(k)} -> {after.get(k)}" for k in sorted(set(before) | set(after))
             if before.get(k) != after.get(k)]
     return ", ".join(diff[:limit]) + (f" and {len(diff) - limit} more" if len(diff) > limit else "")

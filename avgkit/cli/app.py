@@ -205,8 +205,13 @@ def main(argv: list[str] | None = None) -> None:
         get_manager().register_commands(app)
         app(args=argv, prog_name="avgkit")
     except AvgkitError as err:
+        from avgkit.stop import Interrupted
+
         if os.environ.get("AVGKIT_DEBUG"):
             raise
+        if isinstance(err, Interrupted):  # stopped on a signal after saving its work
+            typer.echo(str(err), err=True)
+            sys.exit(err.exit_code)
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -16,11 +16,14 @@ nothing executed) is split among the recipe's components by their plugins. The o
 holds recipe.yaml, model.safetensors, tokenizer.safetensors (when the file carries
 tokenizer weights, or --tokenizer-weights is given) and convert.json; `avgkit sample`
 and avgkit.api.load read it. Keys no component uses, missing keys and mis-shaped keys
-are reported by name. Trailing key=value arguments override the recipe.
+are reported by name. Trailing key=value arguments override the recipe; a format may
+imply options (--format aim: backbone.positions=reference, the released sampler's
+convention), noted in convert.json. Official files known by name are checked against
+their published SHA-256.
 
 Examples:
 
-  avgkit convert aim_b.safetensors --format aim --recipe aim-b --out ckpt/aim-b backbone.positions=reference
+  avgkit convert aim_b.safetensors --format aim --recipe aim-b --out ckpt/aim-b
 
   avgkit convert aim_l.safetensors --format aim --recipe aim-l --out ckpt/aim-l --tokenizer-weights vq_ds16_c2i.pt
 
@@ -39,6 +42,8 @@ def convert_cmd(
         None, "--tokenizer-weights", help="tokenizer weights file to include (e.g. vq_ds16_c2i.pt)"),
     tokenizer_format: Optional[str] = typer.Option(
         None, "--tokenizer-format", help="format of --tokenizer-weights (default: the tokenizer's name)"),
+    skip_hash_check: bool = typer.Option(
+        False, "--skip-hash-check", help="convert an official file (known by name) whose SHA-256 differs"),
 ) -> None:
     from avgkit.convert import convert_checkpoint
     from avgkit.errors import AvgkitError, did_you_mean
@@ -51,7 +56,8 @@ def convert_cmd(
             f"{', '.join(formats) or 'none'} (`avgkit plugins` lists the plugins)"
         )
     target = convert_checkpoint(source_file, fmt, recipe, out, tokenizer_weights=tokenizer_weights,
-                                tokenizer_format=tokenizer_format, overrides=overrides or [])
+                                tokenizer_format=tokenizer_format, overrides=overrides or [],
+                                skip_hash_check=skip_hash_check)
     written = ", ".join(sorted(p.name for p in target.iterdir()))
     typer.echo(f"wrote {target}: {written}")
     if (target / "model.safetensors").exists():

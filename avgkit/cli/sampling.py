@@ -51,6 +51,8 @@ def sample_cmd(
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast)"),
     step: Optional[int] = typer.Option(None, "--step", help="checkpoint step of a run (default: the latest complete one)"),
     ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="EMA weights (default: when present and eval.use_ema)"),
+    tokenizer: Optional[Path] = typer.Option(
+        None, "--tokenizer", help="tokenizer weights to decode with instead of the run's own (checked) copy"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: samples/<checkpoint name>)"),
     png: bool = typer.Option(True, "--png/--no-png", help="write one PNG per image"),
     grid_classes: int = typer.Option(10, "--grid-classes", help="rows of grid.png (first classes)"),
@@ -65,10 +67,12 @@ def sample_cmd(
     for name, value in (("--batch-size", batch_size), ("--shard-size", shard_size)):
         if value is not None and value < 1:
             raise AvgkitError(f"{name} must be at least 1 (got {value})")
+    if out is not None and out.exists() and not out.is_dir():
+        raise AvgkitError(f"--out {out} is a file; pass a folder for the samples")
     resolve_device(device)  # a clear error before any process group is joined
     env = setup(device)
     try:
-        gen = load(checkpoint, device=env.device, ema="auto" if ema is None else ema, step=step)
+        gen = load(checkpoint, device=env.device, ema="auto" if ema is None else ema, step=step, tokenizer=tokenizer)
         labels = gen.labels(classes, per_class, seed=seed)
         request = SampleRequest(
             labels=labels,

@@ -55,6 +55,7 @@ def eval_cmd(
     device: Optional[str] = typer.Option(None, help="where features are computed: cpu | cuda | cuda:N (default: a GPU when present)"),
     seed: Optional[int] = typer.Option(None, help="sampling seed, recorded in the report"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint the samples came from, hashed into the report"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a report already in --out"),
 ) -> None:
     """FID / IS / precision / recall of samples against reference statistics (cached by hash).
 
@@ -78,7 +79,7 @@ def eval_cmd(
     report = run_eval(
         samples, reference, out, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
         extractor=extractor, weights_path=weights, batch_size=batch_size, device=device, seed=seed,
-        checkpoint=checkpoint, sampling=sampling,
+        checkpoint=checkpoint, sampling=sampling, overwrite=overwrite,
     )
     for key, value in report.get("metrics", {}).items():
         typer.echo(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
@@ -110,20 +111,23 @@ def sweep_cmd(
         return
     from avgkit.train.pipeline import run_recipe
 
+    from avgkit.build import resolved_recipe_dict, resolved_recipe_yaml
+    from avgkit.train.checkpoint import latest_checkpoint
+
     for r in recipes:
         typer.echo(f"== {r.name}")
-        done = (r.run_dir / "eval.json").exists()
-        if done and not resume:
-            stored = r.run_dir / "recipe.yaml"
-            text = stored.read_text() if stored.is_file() else None
-            if text is not None and text != r.to_yaml():
+        stored = r.run_dir / "recipe.yaml"
+        text = stored.read_text() if stored.is_file() else None
+        if (r.run_dir / "eval.json").exists():
+            if text == resolved_recipe_yaml(r):  # finished with these settings: its results stand
+                typer.echo("   already finished; skipped")
+                continue
+            if not resume:
                 raise AvgkitError(
-                    f"{r.run_dir} finished with another recipe ({recipe_changes(text, r)}); pass --out "
-                    f"for a new sweep folder, or --resume to continue these runs with the new settings"
+                    f"{r.run_dir} finished with another recipe ({recipe_changes(text or '', resolved_recipe_dict(r))});"
+                    f" pass --out for a new sweep folder, or --resume to continue these runs with the new settings"
                 )
-            typer.echo("   already finished; skipped")
-            continue
-        run_recipe(r, resume=resume or r.run_dir.exists())
+        run_recipe(r, resume=latest_checkpoint(r.run_dir / "checkpoints") is not None)
     root = recipes[0].run_dir.parent
     result = compare_runs([r.run_dir for r in recipes], root)
     _print_table(result)

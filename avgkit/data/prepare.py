@@ -24,6 +24,7 @@ from avgkit.data.sources import Augmentation, ImageSource, SkippedImage, Unreada
 from avgkit.data.store import SKIPPED_LABEL, CodeStore, StoreError, StoreMeta
 from avgkit.errors import AvgkitError
 from avgkit.interfaces import Tokenizer
+from avgkit.stop import Interrupted, StopSignals, signal_name
 
 
 @dataclass
@@ -214,7 +215,20 @@ def prepare(
         n_images = 0
         if len(indices):
             bar = _Progress(len(store), resumed, progress)
+            stop = StopSignals("finishing the chunk being encoded, then stopping")
+            user_on_chunk = on_chunk
+
+            def on_chunk(chunk: int) -> None:  # noqa: F811 - the caller's callback, then the stop check
+                if user_on_chunk is not None:
+                    user_on_chunk(chunk)
+                if stop.requested:
+                    done = int(store.done_mask().sum())
+                    raise Interrupted(
+                        f"stopped by {signal_name(stop.signum or 0)} with {done} of {len(store)} images encoded into "
+                        f"{path}; run the same command again to continue", stop.signum or 0)
+
             try:
+                stop.__enter__()
                 n_images = _encode_chunks(
                     store,
                     source,
@@ -232,6 +246,7 @@ def prepare(
                     bar=bar,
                 )
             finally:
+                stop.__exit__(None, None, None)
                 bar.close()
         labels = store.read_labels()
         for i in np.flatnonzero(labels == SKIPPED_LABEL):  # unreadable in an earlier run

@@ -83,6 +83,8 @@ class StoreMeta:
     complete: bool = False
     class_counts: list[int] | None = None
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: ``"sha256:<hex>"`` of the codes and labels, computed once when extraction finishes
+    fingerprint: str | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -107,7 +109,7 @@ class StoreMeta:
     def identity(self) -> dict[str, Any]:
         """The fields that decide which codes go in; a resumed run must match them."""
         d = self.to_dict()
-        for k in ("complete", "class_counts", "skipped"):
+        for k in ("complete", "class_counts", "skipped", "fingerprint"):
             d.pop(k)
         return d
 
@@ -345,8 +347,35 @@ class CodeStore:
         counts = np.bincount(labels[labels >= 0], minlength=self.meta.num_classes)
         self.meta.class_counts = [int(c) for c in counts]
         self.meta.skipped = sorted(skipped, key=lambda s: s["index"])
+        self.meta.fingerprint = self.content_fingerprint()
         self.meta.complete = True
         self._group.attrs.update({_ATTR_KEY: self.meta.to_dict()})
+
+    def ensure_fingerprint(self) -> str:
+        """The stored fingerprint; a store finished by an older version gets it now (opened ``r+``)."""
+        if self.meta.fingerprint is None:
+            self.meta.fingerprint = self.content_fingerprint()
+            self._group.attrs.update({_ATTR_KEY: self.meta.to_dict()})
+        return self.meta.fingerprint
+
+    def content_fingerprint(self, chunks_per_read: int = 64) -> str:
+        """``"sha256:<hex>"`` over every item's codes and label (read chunk by chunk).
+
+        Computed once, when extraction finishes, and kept in the store's metadata, so a run
+        can record which codes it trained on and compare them later without re-reading.
+        """
+        import hashlib
+
+        digest = hashlib.sha256()
+        done = self.done_mask()
+        for start in range(0, self.num_chunks, chunks_per_read):
+            group = list(range(start, min(self.num_chunks, start + chunks_per_read)))
+            codes = self.read_chunks(group, done=done)
+            for c in group:
+                s, e = self.chunk_bounds(c)
+                digest.update(np.ascontiguousarray(codes[c]).tobytes())
+                digest.update(np.asarray(self.labels[s:e], dtype=np.int64).tobytes())
+        return f"sha256:{digest.hexdigest()}"
 
     def cleanup_partial_files(self) -> int:
         """Remove temporary files left by writes that a crash interrupted."""

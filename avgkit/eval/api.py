@@ -198,6 +198,7 @@ def run_eval(
     cache: bool = True,
     progress: bool = True,
     name: str = "eval",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate saved samples and write ``<name>.json``, ``<name>.md`` and ``<name>_grid.png``.
 
@@ -210,8 +211,13 @@ def run_eval(
     """
     out_dir = Path(out_dir)
     samples_path = Path(samples_path)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AvgkitError(f"--out {out_dir} is a file; pass a folder for the report")
     if samples_path.is_dir() and out_dir.resolve().is_relative_to(samples_path.resolve()):
         raise AvgkitError(f"report folder {out_dir} is inside the samples folder: write it elsewhere")
+    if (out_dir / f"{name}.json").exists() and not overwrite:
+        raise AvgkitError(f"{out_dir / (name + '.json')} already holds a report; pass --out for another folder, or "
+                          f"--overwrite to replace it")
     result = evaluate(
         samples_path,
         reference_path,

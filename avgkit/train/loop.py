@@ -27,6 +27,7 @@ from avgkit.build import ARModel
 from avgkit.errors import AvgkitError
 from avgkit.interfaces import Sampler, Tokenizer
 from avgkit.recipe import TrainSection
+from avgkit.stop import Interrupted, StopSignals, signal_name
 from avgkit.train import checkpoint as ckpt
 from avgkit.train.data import StepBatches
 from avgkit.train.distributed import DistEnv
@@ -74,6 +75,11 @@ class TrainResult:
     def final_loss(self) -> float | None:
         return self.records[-1]["loss"] if self.records else None
 
+    @property
+    def final_val_loss(self) -> float | None:
+        vals = [r["val_loss"] for r in self.records if "val_loss" in r]
+        return vals[-1] if vals else None
+
 
 @dataclass
 class _Window:
@@ -112,8 +118,11 @@ class Trainer:
         progress: bool = True,
         callbacks: Sequence[StepCallback] = (),
         title: str = "",
+        val_data: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         self.env = env or DistEnv(device=next(model.parameters()).device)
+        #: held-out ``(codes, labels)`` for the validation loss (every rank computes it alike)
+        self.val_data = val_data
         self.cfg = cfg
         self.model = model.to(self.env.device).train()
         self.batches = batches
@@ -224,6 +233,11 @@ class Trainer:
                 f"{self.run_dir} already holds checkpoints (last: step {latest.step}); pass --resume to continue, "
                 f"or set output_dir to a new folder"
             )
+        if latest is None and resume:
+            raise AvgkitError(
+                f"--resume: {self.run_dir} holds no complete checkpoint to resume from; run without --resume to "
+                f"start training"
+            )
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.remove_partial(self.ckpt_root)
@@ -275,35 +289,54 @@ class Trainer:
         last_ckpt: Path | None = found
         t_start = time.monotonic()
         elapsed0 = self.elapsed
+        stop = StopSignals("saving a checkpoint after this step, then stopping")
         try:
-            while self.step < cfg.steps:
-                loss, grad_norm = self._train_step()
-                self.step += 1
-                self.elapsed = elapsed0 + time.monotonic() - t_start
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                window.add(loss, grad_norm)
-                last = self.step == cfg.steps
-                is_ckpt = self.step % cfg.ckpt_every == 0 or last
-                record = None
-                if self.step % cfg.log_every == 0 or is_ckpt:
-                    record = self._log(window, tokens_per_step)
-                    window = _Window()
-                    records.append(record)
-                    if metrics is not None:
-                        metrics.append(record)
-                if is_ckpt:
-                    saved = self.save()
-                    last_ckpt = saved or last_ckpt
-                    if run_dir is not None and metrics is not None:
-                        plot_loss(metrics.read(), run_dir / "loss.png", self.title)
-                if cfg.sample_every and (self.step % cfg.sample_every == 0 or last) and run_dir is not None:
-                    grid = self.sample_grid(run_dir / "samples" / f"{ckpt.step_dir_name(self.step)}.png")
-                    if grid is not None:
-                        progress.write(f"samples: {grid}")
-                progress.update(self.step, record)
-                for callback in self.callbacks:
-                    callback(self.step, record)
+            with stop:
+                while self.step < cfg.steps:
+                    loss, grad_norm = self._train_step()
+                    self.step += 1
+                    self.elapsed = elapsed0 + time.monotonic() - t_start
+                    if self.ema is not None:
+                        self.ema.update(self.model, self.step - 1)
+                    window.add(loss, grad_norm)
+                    stopping = stop.agreed(env, self._label_group)  # every rank stops at the same step
+                    last = self.step == cfg.steps
+                    is_ckpt = self.step % cfg.ckpt_every == 0 or last or stopping is not None
+                    is_val = self.val_data is not None and (
+                        self.step % (cfg.val_every or cfg.ckpt_every) == 0 or last or stopping is not None
+                    )
+                    record = None
+                    if self.step % cfg.log_every == 0 or is_ckpt or is_val:
+                        record = self._log(window, tokens_per_step)
+                        if is_val:
+                            record["val_loss"] = self.validation_loss()
+                        window = _Window()
+                        records.append(record)
+                        if metrics is not None:
+                            metrics.append(record)
+                    if is_ckpt:
+                        saved = self.save()
+                        last_ckpt = saved or last_ckpt
+                        if run_dir is not None and metrics is not None:
+                            plot_loss(metrics.read(), run_dir / "loss.png", self.title)
+                    if stopping is not None:
+                        if env.distributed:
+                            from avgkit.train.distributed import barrier
+
+                            barrier(env)  # the checkpoint is written before any rank leaves
+                        where = f"; saved {last_ckpt}" if last_ckpt is not None and self.writes else ""
+                        raise Interrupted(
+                            f"stopped by {signal_name(stopping)} at step {self.step} of {cfg.steps}{where}; "
+                            f"continue with the same command and --resume",
+                            stopping,
+                        )
+                    if cfg.sample_every and (self.step % cfg.sample_every == 0 or last) and run_dir is not None:
+                        grid = self.sample_grid(run_dir / "samples" / f"{ckpt.step_dir_name(self.step)}.png")
+                        if grid is not None:
+                            progress.write(f"samples: {grid}")
+                    progress.update(self.step, record)
+                    for callback in self.callbacks:
+                        callback(self.step, record)
         finally:
             progress.close()
         if env.distributed:
@@ -311,6 +344,25 @@ class Trainer:
 
             barrier(env)
         return TrainResult(self.step, records, last_ckpt, self.elapsed)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean cross-entropy per token on the held-out codes (true labels, no dropout, no RNG use)."""
+        assert self.val_data is not None
+        codes, labels = self.val_data
+        model, was_training = self.model, self.model.training
+        model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.env.device)
+        try:
+            for start in range(0, len(codes), self.cfg.batch_size):
+                c = codes[start : start + self.cfg.batch_size].to(self.env.device)
+                lab = labels[start : start + self.cfg.batch_size].to(self.env.device)
+                with autocast_context(self.env.device, self.amp_dtype):
+                    logits = model(c, lab)
+                total += F.cross_entropy(logits.float().flatten(0, 1), c.flatten(), reduction="sum").double()
+        finally:
+            model.train(was_training)
+        return float(total) / max(1, codes.numel())
 
     def _train_step(self) -> tuple[Tensor, Tensor]:
         cfg, env = self.cfg, self.env

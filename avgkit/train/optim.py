@@ -164,11 +164,22 @@ def build_optimizer(model: nn.Module, cfg: TrainSection, *, device: torch.device
 M = TypeVar("M", bound=nn.Module)
 
 
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The decay of EMA update number ``updates`` (0-based): ``min(decay, (1 + n) / (10 + n))``.
+
+    The warm-up keeps a short run's average from being dominated by the random
+    initialisation: the first update keeps 10 % of the old weights, the 90th about 92 %,
+    and ``decay`` (e.g. 0.9999) applies once the warm-up value exceeds it.
+    """
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
 class EMA(Generic[M]):
-    """Exponential moving average of a model's weights, kept in fp32.
+    """Exponential moving average of a model's weights, kept in fp32, with a warm-up.
 
     ``module`` is a full copy of the model (same structure and state-dict keys, ties
     preserved) so it can be sampled from directly; buffers are copied, not averaged.
+    Update ``n`` uses :func:`ema_decay_at` (``decay`` after the warm-up).
     """
 
     def __init__(self, model: M, decay: float) -> None:
@@ -183,9 +194,11 @@ class EMA(Generic[M]):
         return [dst[n] for n in src], [src[n] for n in src]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, updates: int | None = None) -> None:
+        """One EMA step; ``updates`` counts the earlier ones (``None``: no warm-up, plain ``decay``)."""
+        decay = self.decay if updates is None else ema_decay_at(self.decay, updates)
         ema, live = self._pairs
-        torch._foreach_lerp_(ema, [p.detach().float() for p in live], 1.0 - self.decay)
+        torch._foreach_lerp_(ema, [p.detach().float() for p in live], 1.0 - decay)
         for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import sys
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from avgkit.build import ARModel, Components, build, parameter_counts, resolve_config
 from avgkit.errors import AvgkitError
@@ -56,22 +58,53 @@ def _say(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- run dir
-def _write_run_files(recipe: Recipe, run_dir: Path, resume: bool) -> None:
+def _write_run_files(recipe: Recipe, run_dir: Path, resume: bool, registry: Registry) -> None:
+    from avgkit.build import resolved_recipe_dict
     from avgkit.plugins import get_manager
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    text = recipe.to_yaml()
+    resolved = resolved_recipe_dict(recipe, registry)
+    text = yaml.safe_dump(resolved, sort_keys=False)
     old = run_dir / "recipe.yaml"
     if resume and old.exists() and old.read_text() != text:
         kept = _keep_previous_recipe(run_dir, old.read_text())
-        changes = recipe_changes(old.read_text(), recipe)
+        changes = recipe_changes(old.read_text(), resolved)
         _say(f"note: resuming with a changed recipe ({changes}); the one before is kept as {kept}")
+        lr_note = _schedule_change(old.read_text(), recipe)
+        if lr_note:
+            _say(f"note: {lr_note}")
     atomic_write_text(old, text)
     infos = [
         {"name": i.name, "version": i.version, "api_version": i.api_version, "module": i.module, "builtin": i.builtin}
         for i in get_manager().infos.values()
     ]
     atomic_write_text(run_dir / "plugins.json", json.dumps(infos, indent=2) + "\n")
+
+
+def _schedule_change(old_text: str, recipe: Recipe) -> str | None:
+    """What a resume does to the learning rate, when the schedule's settings changed.
+
+    The rule: the learning rate is a function of the step and the current recipe's
+    train section, so a resume follows the new schedule from the checkpoint's step on
+    (warm-up, then the decay stretched to end at the new ``train.steps``).
+    """
+    from avgkit.recipe import TrainSection
+    from avgkit.train.optim import lr_at
+
+    latest = ckpt.latest_checkpoint(recipe.run_dir / "checkpoints")
+    try:
+        before = TrainSection.model_validate((yaml.safe_load(old_text) or {}).get("train") or {})
+    except Exception:  # noqa: BLE001 - an unreadable old recipe: nothing to compare
+        return None
+    if latest is None:
+        return None
+    step, now = latest.step, recipe.train
+    old_lr, new_lr = lr_at(step, before), lr_at(step, now)
+    if math.isclose(old_lr, new_lr, rel_tol=1e-9, abs_tol=0.0):
+        return None
+    return (f"the learning rate at step {step} changes from {old_lr:.3g} to {new_lr:.3g}: the {now.schedule} schedule "
+            f"now runs over {now.steps} steps (warm-up {now.warmup_steps}); a run trained straight to {now.steps} "
+            f"steps does better than an extended one")
 
 
 def _keep_previous_recipe(run_dir: Path, text: str) -> Path:
@@ -88,7 +121,15 @@ def _check_resumable(recipe: Recipe, registry: Registry) -> None:
     """On --resume, refuse a recipe whose model does not fit the last checkpoint before anything is written."""
     latest = ckpt.latest_checkpoint(recipe.run_dir / "checkpoints")
     if latest is None:
-        return
+        raise AvgkitError(
+            f"--resume: {recipe.run_dir} holds no complete checkpoint to resume from; run without --resume to "
+            f"start training"
+        )
+    if recipe.train.steps < latest.step:
+        raise AvgkitError(
+            f"train.steps={recipe.train.steps} is below step {latest.step}, which {recipe.run_dir} has reached; pass "
+            f"train.steps={latest.step} or more, or sample the run as it is with `avgkit sample {recipe.run_dir}`"
+        )
     comps = build(recipe, device="meta", registry=registry)
     ckpt.check_fits(ARModel(comps.backbone, comps.conditioner), latest.path / "model.safetensors",
                     fix=f"delete {latest.path} to resume from the one before, or start afresh in a new output_dir")
@@ -177,7 +218,12 @@ def ensure_tokenizer_weights(recipe: Recipe, registry: Registry, env: DistEnv, *
             from avgkit.data.sources import DigitsSource
 
             eval_images = DigitsSource(size, "test").images
-        out_dir = recipe.run_dir / "tokenizer"
+        # one work folder per tokenizer, training settings and data: a finished run of other
+        # settings is never reused
+        key = hashlib.sha256(json.dumps(
+            {"tokenizer": cfg.model_dump(mode="json", exclude={"weights"}), "train": train_cfg.model_dump(mode="json"),
+             "name": ref.name, "source": source.describe()}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        out_dir = recipe.run_dir / "tokenizer" / f"{ref.name}-{key}"
         _say(f"training tokenizer {ref.name!r} on {len(images)} images -> {path}")
         made = Path(
             # the recipe's weights path is where the result goes, not a starting point
@@ -211,6 +257,10 @@ class TrainData:
     dataset: Any
     class_names: list[str]
     description: str
+    #: the code store's content fingerprint (``None``: encoded in memory)
+    fingerprint: str | None = None
+    #: the source's description (``ImageSource.describe()``)
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 def _encode_in_memory(recipe: Recipe, comps: Components, env: DistEnv) -> TrainData:
@@ -229,7 +279,8 @@ def _encode_in_memory(recipe: Recipe, comps: Components, env: DistEnv) -> TrainD
             x = images[start : start + data_cfg.prepare_batch_size].to(env.device)
             codes.append(tok.encode(x).cpu())
     data = TensorCodes(torch.cat(codes), labels, num_classes=len(source.class_names))
-    return TrainData(data, list(source.class_names), f"{len(data)} images of {data_cfg.source} encoded in memory")
+    return TrainData(data, list(source.class_names), f"{len(data)} images of {data_cfg.source} encoded in memory",
+                     source=source.describe())
 
 
 def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Path | None, progress: bool) -> TrainData:
@@ -249,7 +300,9 @@ def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Pat
                 complete = CodeStore.open(store_path, verify=False).meta.complete
             except StoreError:
                 complete = False
-        if not complete:
+        if complete:
+            _check_store_source(CodeStore.open(store_path, verify=False), data, tok.image_size, tok.channels)
+        else:
             source = open_source(data, tok.image_size, tok.channels)
             _check_source(source, comps)
             _say(f"encoding {data.source} into {store_path}")
@@ -267,6 +320,7 @@ def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Pat
                 weights=wid,
             )
             _say(str(report))
+        CodeStore.open(store_path, mode="r+", verify=False).ensure_fingerprint()
     barrier(env)
     store = CodeStore.open(store_path)
     store.check_compatible(
@@ -278,7 +332,35 @@ def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Pat
         resolution=tok.image_size,
     )
     dataset = CodeDataset(store_path)
-    return TrainData(dataset, list(store.meta.class_names), store.summary())
+    return TrainData(dataset, list(store.meta.class_names), store.summary(), store.meta.fingerprint,
+                     dict(store.meta.source))
+
+
+def _describe_source(src: dict[str, Any]) -> str:
+    if src.get("kind") == "digits":
+        return "the built-in digits"
+    return str(src.get("root", src))
+
+
+def _check_store_source(store: Any, data: DataSection, image_size: int, channels: int) -> None:
+    """Refuse a finished store encoded from another ``data.source`` (a moved image folder is recognised)."""
+    src = store.meta.source
+    if data.source == "digits":
+        same = src.get("kind") == "digits"
+    else:
+        same = src.get("kind") == "imagefolder" and (
+            src.get("root") == data.source or Path(src.get("root", "")).resolve() == Path(data.source).resolve()
+        )
+        if not same and src.get("kind") == "imagefolder" and Path(data.source).is_dir():
+            from avgkit.data.sources import ImageFolderSource
+
+            listing = ImageFolderSource(data.source, image_size, channels).describe().get("listing_sha256")
+            same = listing == src.get("listing_sha256")  # the same files, moved
+    if not same:
+        raise AvgkitError(
+            f"code store {store.path} was encoded from {_describe_source(src)} but data.source is {data.source!r}; "
+            f"set data.source back, or set data.store to a new path to encode {data.source}"
+        )
 
 
 def load_train_data(
@@ -322,6 +404,83 @@ def _check_source(source: Any, comps: Components) -> None:
     _check_classes(len(source.class_names), comps)
 
 
+# ----------------------------------------------------------------------------- validation
+def _val_name(data: DataSection | None) -> str | None:
+    if data is None or data.val_source is None:
+        return None
+    if data.val_source == "auto":
+        return "the digits the training split leaves out" if data.source == "digits" else None
+    return data.val_source
+
+
+def validation_codes(recipe: Recipe, comps: Components, env: DistEnv) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Held-out images (``data.val_source``) encoded in memory, or ``None`` for no validation loss.
+
+    ``auto`` takes the built-in digits' test split (every fifth image, which the training
+    split never holds, so the training set is unchanged); an ImageFolder root is encoded
+    at every start, so keep it small (a few thousand images).
+    """
+    data = recipe.data
+    if _val_name(data) is None:
+        return None
+    assert data is not None and data.val_source is not None
+    from avgkit.data.sources import DigitsSource, ImageFolderSource
+
+    tok = comps.tokenizer
+    if data.val_source == "auto":
+        source: Any = DigitsSource(tok.image_size, "test")
+    else:
+        source = ImageFolderSource(data.val_source, tok.image_size, tok.channels)
+    images, labels = _source_images(source)
+    codes = []
+    with torch.inference_mode():
+        for start in range(0, len(images), data.prepare_batch_size):
+            codes.append(tok.encode(images[start : start + data.prepare_batch_size].to(env.device)).cpu())
+    return torch.cat(codes).long(), labels
+
+
+# ----------------------------------------------------------------------------- inputs
+def _record_inputs(recipe: Recipe, run_dir: Path, weights: Path | None, data: TrainData, resume: bool) -> None:
+    """Write ``inputs.json``, pinning the tokenizer into the run; on resume, refuse changed inputs first."""
+    from avgkit.inputs import INPUTS_FILE, RUN_TOKENIZER_FILE, file_record, read_inputs, short
+    from avgkit.io import atomic_write_json, sha256_file
+
+    before = read_inputs(run_dir) if resume else None
+    record: dict[str, Any] = {"recipe": {"sha256": sha256_file(run_dir / "recipe.yaml")}}
+    if weights is not None:
+        tok = file_record(weights)
+        old = (before or {}).get("tokenizer")
+        if old and old["sha256"] != tok["sha256"]:
+            raise AvgkitError(
+                f"tokenizer weights {weights} are not the ones run {run_dir} was trained with ({short(tok['sha256'])} "
+                f"now, {short(old['sha256'])} then; the run keeps its copy as {run_dir / old['file']}); point "
+                f"tokenizer.weights at that copy, or start a new run in another output_dir"
+            )
+        inside = weights.resolve().is_relative_to(run_dir.resolve())
+        copy = weights if inside else run_dir / RUN_TOKENIZER_FILE
+        if not inside and not (copy.is_file() and file_record(copy)["sha256"] == tok["sha256"]):
+            atomic_write(copy, lambda tmp: shutil.copyfile(weights, tmp))
+        record["tokenizer"] = {"file": str(copy.resolve().relative_to(run_dir.resolve())), "from": str(weights),
+                               **file_record(copy)}
+    if data.fingerprint is not None:
+        old_store = (before or {}).get("code_store") or {}
+        if old_store.get("fingerprint") and old_store["fingerprint"] != data.fingerprint:
+            raise AvgkitError(
+                f"code store {recipe.data.store if recipe.data else ''} holds other codes than run {run_dir} was "
+                f"trained on ({short(data.fingerprint)} now, {short(old_store['fingerprint'])} then, from "
+                f"{old_store.get('path')}); point data.store at the original store, or start a new run"
+            )
+        record["code_store"] = {"path": recipe.data.store if recipe.data else None, "fingerprint": data.fingerprint}
+    old_source = (before or {}).get("data_source") or {}
+    if data.fingerprint is None and old_source.get("description") not in (None, data.source):
+        raise AvgkitError(
+            f"data.source {recipe.data.source if recipe.data else None!r} is not the data run {run_dir} was trained "
+            f"on ({old_source.get('source')!r}); set data.source back, or start a new run"
+        )
+    record["data_source"] = {"source": recipe.data.source if recipe.data else None, "description": data.source}
+    atomic_write_json(run_dir / INPUTS_FILE, record, indent=1)
+
+
 # ----------------------------------------------------------------------------- final eval
 def digit_classifier_class() -> type:
     """``avgkit.eval.digits.DigitClassifier``; a missing dependency is a one-line error."""
@@ -338,36 +497,53 @@ def digit_classifier_class() -> type:
 GRID_COLUMNS = 16
 
 
+#: How eval.json, the summary and the grids name a set of weights.
+WEIGHTS_NAMES = {"ema": "EMA weights", "model": "raw weights"}
+
+
+def _sample_and_score(
+    recipe: Recipe, comps: Components, model: ARModel, labels: torch.Tensor, env: DistEnv
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    from avgkit.train.samples import generate_images
+
+    ev = recipe.eval
+    images = generate_images(model.backbone, model.conditioner, comps.sampler, comps.tokenizer, labels, seed=ev.seed,
+                             batch_size=ev.batch_size, device=env.device)
+    score: dict[str, Any] = {}
+    if ev.classifier == "digits":
+        clf = digit_classifier_class()()
+        correct = torch.as_tensor(clf.predict(images)) == labels
+        score["class_accuracy"] = float(correct.float().mean())
+        score["per_class_accuracy"] = {
+            str(c): float(correct[labels == c].float().mean()) for c in sorted(set(labels.tolist()))
+        }
+    return images, score
+
+
 def final_samples(
     recipe: Recipe,
     comps: Components,
-    model: ARModel,
+    models: Sequence[tuple[str, ARModel]],
     class_names: Sequence[str],
     run_dir: Path,
     env: DistEnv,
     train_result: TrainResult,
-    weights_label: str,
 ) -> dict[str, Any]:
-    """Sample, write ``samples.png`` and ``eval.json``; returns the eval record."""
+    """Sample and score every set of weights in ``models`` (``("ema", m)``, ``("model", m)``).
+
+    The first is the run's result: ``samples.png`` and the top-level scores of
+    ``eval.json``; the others get ``samples-<name>.png``. Every grid title and the
+    record name the weights; ``by_weights`` holds each set's scores.
+    """
     from avgkit.sample.images import save_labelled_grid, to_uint8_hwc
-    from avgkit.train.samples import generate_images, grid_labels
+    from avgkit.train.samples import grid_labels
 
     ev = recipe.eval
-    num_classes = model.conditioner.num_classes
+    num_classes = models[0][1].conditioner.num_classes
     if ev.classifier == "digits":
         labels = torch.arange(num_classes).repeat_interleave(ev.samples_per_class)
     else:
         labels = grid_labels(num_classes, ev.grid_classes, ev.samples_per_class)
-    images = generate_images(
-        model.backbone,
-        model.conditioner,
-        comps.sampler,
-        comps.tokenizer,
-        labels,
-        seed=ev.seed,
-        batch_size=ev.batch_size,
-        device=env.device,
-    )
     shown_classes = torch.unique(labels)[: ev.grid_classes]
     # at most GRID_COLUMNS samples of each class in the picture (all of them are evaluated)
     rank = torch.zeros_like(labels)
@@ -375,35 +551,38 @@ def final_samples(
         where = labels == c
         rank[where] = torch.arange(int(where.sum()))
     shown = torch.isin(labels, shown_classes) & (rank < GRID_COLUMNS)
-    png = save_labelled_grid(
-        to_uint8_hwc(images[shown]),
-        labels[shown].tolist(),
-        run_dir / "samples.png",
-        title=f"{recipe.name} step {train_result.step}",
-        class_names=class_names,
-    )
+    by_weights: dict[str, dict[str, Any]] = {}
+    primary = models[0][0]
+    for name, model in models:
+        images, score = _sample_and_score(recipe, comps, model, labels, env)
+        png = save_labelled_grid(
+            to_uint8_hwc(images[shown]),
+            labels[shown].tolist(),
+            run_dir / ("samples.png" if name == primary else f"samples-{name}.png"),
+            title=f"{recipe.name} step {train_result.step}, {WEIGHTS_NAMES.get(name, name)}",
+            class_names=class_names,
+        )
+        by_weights[name] = {"samples_png": str(png), **score}
     record: dict[str, Any] = {
         "step": train_result.step,
         "checkpoint": str(train_result.checkpoint) if train_result.checkpoint else None,
-        "weights": weights_label,
+        "weights": primary,
         "samples": len(labels),
         "samples_per_class": ev.samples_per_class,
         "classes": sorted(set(labels.tolist())),
         "sampler": recipe.sampler.flat(),
         "seed": ev.seed,
-        "samples_png": str(png),
+        "samples_png": by_weights[primary]["samples_png"],
     }
     if train_result.final_loss is not None:
         record["final_train_loss"] = train_result.final_loss
+    if train_result.final_val_loss is not None:
+        record["final_val_loss"] = train_result.final_val_loss
     if ev.classifier == "digits":
-        clf = digit_classifier_class()()
-        pred = torch.as_tensor(clf.predict(images))
-        correct = pred == labels
         record["classifier"] = "digits-svc (avgkit.eval.digits.DigitClassifier)"
-        record["class_accuracy"] = float(correct.float().mean())
-        record["per_class_accuracy"] = {
-            str(c): float(correct[labels == c].float().mean()) for c in sorted(set(labels.tolist()))
-        }
+        record["class_accuracy"] = by_weights[primary]["class_accuracy"]
+        record["per_class_accuracy"] = by_weights[primary]["per_class_accuracy"]
+    record["by_weights"] = by_weights
     atomic_write_text(run_dir / "eval.json", json.dumps(record, indent=2) + "\n")
     return record
 
@@ -434,7 +613,46 @@ def run_recipe(
         teardown(env)
 
 
+#: What a run writes at its start; a run that fails before its first checkpoint removes them.
+_RUN_FILES = ("recipe.yaml", "plugins.json", "inputs.json", "metrics.jsonl", "loss.png")
+
+
 def _run(
+    recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progress: bool, callbacks: Sequence[StepCallback]
+) -> RunResult:
+    from avgkit.locking import FolderLock
+    from avgkit.stop import Interrupted
+
+    run_dir = recipe.run_dir
+    existed = run_dir.exists()
+    lock = FolderLock(run_dir, "run").acquire() if env.is_main else None
+    try:
+        return _run_locked(recipe, resume, env, registry, progress, callbacks)
+    except Interrupted:
+        raise
+    except BaseException:
+        if env.is_main:
+            _remove_debris(run_dir, existed)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+            if not existed and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {lock.path.name}:
+                lock.path.unlink(missing_ok=True)  # a run that wrote nothing leaves no folder
+                run_dir.rmdir()
+
+
+def _remove_debris(run_dir: Path, existed: bool) -> None:
+    """After a failure before the first checkpoint, remove what the run wrote (kept inputs stay)."""
+    if ckpt.latest_checkpoint(run_dir / "checkpoints") is not None:
+        return  # a resumable run: everything stays
+    for name in _RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in ("checkpoints", "samples"):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
+
+
+def _run_locked(
     recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progress: bool, callbacks: Sequence[StepCallback]
 ) -> RunResult:
     run_dir = recipe.run_dir
@@ -444,7 +662,7 @@ def _run(
     if resume:
         _check_resumable(recipe, registry)
     if env.is_main:
-        _write_run_files(recipe, run_dir, resume)
+        _write_run_files(recipe, run_dir, resume, registry)
     weights = ensure_tokenizer_weights(recipe, registry, env, progress=progress)
     seed_everything(recipe.train.seed)
     comps = build(recipe, device=env.device, registry=registry)
@@ -455,6 +673,8 @@ def _run(
             f"set tokenizer.weights to a weights file, or add a tokenizer.train: block to train it"
         )
     data = load_train_data(recipe, comps, env, weights, progress=progress)
+    if env.is_main:
+        _record_inputs(recipe, run_dir, weights, data, resume)
     model = ARModel(comps.backbone, comps.conditioner)
     if env.is_main:
         counts = parameter_counts(comps)
@@ -476,10 +696,14 @@ def _run(
         num_workers=recipe.data.num_workers if recipe.data else 0,
         pin_memory=env.device.type == "cuda",
     )
+    val_data = validation_codes(recipe, comps, env)
+    if val_data is not None and env.is_main:
+        _say(f"validation: {len(val_data[0])} held-out images ({_val_name(recipe.data)})")
     trainer = Trainer(
         model,
         batches,
         cfg,
+        val_data=val_data,
         env=env,
         run_dir=run_dir,
         sampler=comps.sampler,
@@ -494,11 +718,12 @@ def _run(
     files = {"run_dir": str(run_dir)}
     record: dict[str, Any] = {}
     if env.is_main:
-        ema = trainer.ema if recipe.eval.use_ema else None
-        final_model = ema.module if ema is not None else model
-        record = final_samples(
-            recipe, comps, final_model, data.class_names, run_dir, env, result, "ema" if ema is not None else "model"
-        )
+        # with EMA on, both sets are sampled and scored: the EMA weights first when eval.use_ema
+        models: list[tuple[str, ARModel]] = [("model", model)]
+        if trainer.ema is not None:
+            ema_pair = ("ema", trainer.ema.module)
+            models = [ema_pair, *models] if recipe.eval.use_ema else [*models, ema_pair]
+        record = final_samples(recipe, comps, models, data.class_names, run_dir, env, result)
         files.update(
             {
                 "recipe": str(run_dir / "recipe.yaml"),
@@ -522,8 +747,14 @@ def _print_summary(record: dict[str, Any], files: dict[str, str], result: TrainR
     lines = [f"trained {result.step} steps in {result.seconds:.0f} s"]
     if result.final_loss is not None:
         lines[0] += f", final loss {result.final_loss:.4f}"
+    if result.final_val_loss is not None:
+        lines[0] += f", validation loss {result.final_val_loss:.4f}"
     if "class_accuracy" in record:
-        lines.append(f"digit-classifier accuracy of {record['samples']} samples: {record['class_accuracy']:.3f}")
+        scores = [f"{record['by_weights'][w]['class_accuracy']:.3f} ({WEIGHTS_NAMES.get(w, w)})"
+                  for w in record["by_weights"]]
+        lines.append(f"digit-classifier accuracy of {record['samples']} samples: {', '.join(scores)}")
+    else:
+        lines.append(f"samples from the {WEIGHTS_NAMES.get(record['weights'], record['weights'])}")
     width = max(len(k) for k in files)
     lines.append("wrote:")
     lines += [f"  {k:<{width}}  {v}" for k, v in files.items() if v]

@@ -148,6 +148,10 @@ def plot_loss(records: Iterable[dict[str, Any]], path: Path, title: str = "") ->
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(steps, losses, lw=1.2, color="tab:blue", label="train loss")
+    val = [(r["step"], r["val_loss"]) for r in records if math.isfinite(r.get("val_loss", math.nan))]
+    if val:  # held-out codes: a gap that widens is memorisation
+        ax.plot(*zip(*val, strict=True), lw=1.2, color="tab:orange", marker="o", ms=2.5, label="validation loss")
+        ax.legend(fontsize=8, loc="upper right")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     if title:

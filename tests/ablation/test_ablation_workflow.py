@@ -47,6 +47,15 @@ def test_sweep_over_conditioners_then_compare(tmp_path):
     globbed = subprocess.run([sys.executable, "-m", "avgkit", "compare", *map(str, sorted(out.iterdir())),
                               "--out", str(tmp_path / "cmp2")], capture_output=True, text=True, timeout=120)
     assert globbed.returncode == 0 and "skipping 3 file(s)" in globbed.stderr, globbed.stderr[-2000:]
+    # --resume keeps finished points as they are: no sampling or evaluation is redone
+    stamps = {d: (d / "eval.json").stat().st_mtime_ns for d in out.iterdir() if d.is_dir()}
+    resumed = subprocess.run(
+        [sys.executable, "-m", "avgkit", "sweep", str(recipe), "-g", "conditioner=" + ",".join(forms), "--out", str(out),
+         "--resume"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.count("already finished; skipped") == len(forms)
+    assert stamps == {d: (d / "eval.json").stat().st_mtime_ns for d in stamps}
     # the same sweep with other settings is refused, not reported with the old results
     changed = subprocess.run(
         [sys.executable, "-m", "avgkit", "sweep", str(recipe), "-g", "conditioner=" + ",".join(forms), "--out", str(out),

@@ -38,3 +38,30 @@ def test_safetensors_and_sha256(tmp_path):
     assert torch.equal(load_file(str(path))["t"], t)
     (tmp_path / "abc").write_bytes(b"abc")
     assert sha256_file(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_identical_tensors_and_metadata_give_identical_bytes(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    state = {f"layer{i}.w": torch.full((3, 2), float(i)) for i in range(6)}
+    state["half"] = torch.ones(5, dtype=torch.bfloat16)
+    state["flag"] = torch.tensor(True)
+    meta = {f"key{i}": str(i) for i in range(8)}
+    paths = [save_safetensors(tmp_path / f"{n}.safetensors", state, meta) for n in range(4)]
+    # another process too (a hash map's order may depend on a per-process seed)
+    code = ("import sys, torch; from avgkit.io import save_safetensors\n"
+            f"state = {{f'layer{{i}}.w': torch.full((3, 2), float(i)) for i in range(6)}}\n"
+            "state['half'] = torch.ones(5, dtype=torch.bfloat16); state['flag'] = torch.tensor(True)\n"
+            f"save_safetensors(sys.argv[1], dict(reversed(list(state.items()))), "
+            f"{{f'key{{i}}': str(i) for i in reversed(range(8))}})\n")
+    other = tmp_path / "other.safetensors"
+    subprocess.run([sys.executable, "-c", code, str(other)], check=True)
+    blobs = {p.read_bytes() for p in [*paths, other]}
+    assert len(blobs) == 1
+    loaded = load_file(str(paths[0]))
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    with safe_open(str(paths[0]), framework="pt") as f:
+        assert f.metadata() == meta

@@ -126,3 +126,13 @@ def test_unreadable_recipe_files_are_one_line_errors(tmp_path):
         with pytest.raises(AvgkitError, match=words) as info:
             read_yaml(tmp_path / name)
         assert "\n" not in str(info.value)
+
+
+def test_a_recipe_name_wins_over_a_folder_of_that_name_unless_a_path_is_meant(tmp_path, monkeypatch):
+    from avgkit.recipe import find_recipe, packaged_recipes
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()  # e.g. a run folder
+    assert find_recipe("digits") == packaged_recipes()["digits"]
+    with pytest.raises(AvgkitError, match=r"^digits is a folder, not a recipe file; pass a recipe's .yaml file"):
+        find_recipe("./digits")

@@ -157,3 +157,24 @@ def test_resume_after_sigkill_equals_clean_run(tmp_path):
     assert report.encoded + report.resumed == 200
     assert not list(crashed.rglob("*.partial"))
     _assert_same_store(crashed, clean)
+
+
+def test_a_signal_stops_after_the_chunk_being_encoded_and_a_rerun_continues(tmp_path):
+    import os
+
+    from avgkit.stop import Interrupted
+
+    src, tok = NoiseSource(n=40), PatchMeanTokenizer()
+
+    def interrupt(chunk):
+        if chunk == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted, match=r"stopped by SIGTERM with 16 of 40 images encoded into .*s.zarr; run the "
+                                          r"same command again"):
+        prepare(src, tok, tmp_path / "s.zarr", weights="random:7", tokenizer_name="patch", on_chunk=interrupt,
+                **PREPARE_KW)
+    report = prepare(src, tok, tmp_path / "s.zarr", weights="random:7", tokenizer_name="patch", **PREPARE_KW)
+    assert (report.resumed, report.encoded) == (16, 24)
+    np.testing.assert_array_equal(CodeStore.open(tmp_path / "s.zarr").read_codes(), _encode_all(src, tok, 40))
+    assert CodeStore.open(tmp_path / "s.zarr").meta.fingerprint.startswith("sha256:")

@@ -46,3 +46,19 @@ def test_eval_cli_on_an_npz_with_the_digits_extractor(tmp_path):
     no_ref = subprocess.run([sys.executable, "-m", "avgkit", "eval", str(tmp_path / "samples.npz"), "--extractor",
                              "digits", "--metrics", "fid"], capture_output=True, text=True, timeout=120)
     assert no_ref.returncode == 2 and "pass -r/--reference" in no_ref.stderr
+
+
+def test_an_earlier_report_is_kept_unless_overwrite_and_out_must_be_a_folder(tmp_path):
+    import pytest
+
+    from avgkit.errors import AvgkitError
+    from avgkit.eval import run_eval
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "eval.json").write_text("{}")
+    with pytest.raises(AvgkitError, match=r"eval.json already holds a report; pass --out .* or --overwrite"):
+        run_eval(tmp_path / "samples.npz", "digits:train", tmp_path / "report", extractor="digits")
+    assert (tmp_path / "report" / "eval.json").read_text() == "{}"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AvgkitError, match=r"--out .*file is a file; pass a folder"):
+        run_eval(tmp_path / "samples.npz", "digits:train", tmp_path / "file", extractor="digits")

@@ -134,3 +134,9 @@ def test_sample_errors_are_one_line(toy_run, tmp_path, cli, args, words):
     code, _, err = cli("sample", str(toy_run), "--device", "cpu", "--quiet", "--out", str(tmp_path / "o"), *args) \
         if "--device" not in args else cli("sample", str(toy_run), "--quiet", "--out", str(tmp_path / "o"), *args)
     assert code == 2 and words in err and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_out_pointing_at_a_file_is_one_line(toy_run, tmp_path, cli):
+    (tmp_path / "taken").write_text("x")
+    code, _, err = cli("sample", str(toy_run), "--out", str(tmp_path / "taken"))
+    assert code == 2 and "is a file; pass a folder" in err and len(err.strip().splitlines()) == 1

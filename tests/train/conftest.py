@@ -42,3 +42,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fake_vq_plugins():
+    """The built-ins plus a tokenizer with a weights file and a registered trainer (``fake-vq``)."""
+    import fake_tokenizer_plugin
+
+    from avgkit import plugins
+
+    plugins.reset(plugins.PluginManager(entry_points=False, extra=[("fakevq", fake_tokenizer_plugin)]))
+    fake_tokenizer_plugin.TRAIN_CALLS.clear()
+    yield fake_tokenizer_plugin
+    plugins.reset()

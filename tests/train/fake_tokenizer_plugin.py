@@ -31,13 +31,16 @@ class FakeVQ(ToyPatchTokenizer):
 
 
 def train_fake_vq(tok_cfg, train_cfg, images, out_dir, *, eval_images=None, resume=True, progress=True) -> Path:
+    out = Path(out_dir)
+    done = out / "fake-vq.safetensors"
+    if resume and done.is_file():  # a finished run in out_dir is reused, as a real trainer does
+        return done
     TRAIN_CALLS.append(
         {"n": len(images), "eval": None if eval_images is None else len(eval_images), "epochs": train_cfg.epochs}
     )
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({"mean": images.mean().reshape(())}, str(out / "fake-vq.safetensors"))
-    return out / "fake-vq.safetensors"
+    save_file({"mean": (images.mean() * train_cfg.epochs).reshape(())}, str(done))
+    return done
 
 
 @hookimpl

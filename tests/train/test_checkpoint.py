@@ -96,6 +96,11 @@ def test_corrupt_checkpoint_names_file_and_fix(registry, tmp_path):
         _trainer(registry, run).fit(resume=True)
 
 
+def test_resume_without_a_checkpoint_is_refused(registry, tmp_path):
+    with pytest.raises(AvgkitError, match="holds no complete checkpoint to resume from"):
+        _trainer(registry, tmp_path / "run").fit(resume=True)
+
+
 def test_refuses_to_overwrite_without_resume(registry, tmp_path):
     _trainer(registry, tmp_path / "run", steps=3).fit()
     with pytest.raises(AvgkitError, match="--resume"):

@@ -127,6 +127,20 @@ def test_ema_is_fp32_average_and_keeps_ties():
     torch.testing.assert_close(ema.module.block.in_proj.weight, expected)
 
 
+def test_ema_warms_up_so_a_short_run_is_not_its_initialisation():
+    from avgkit.train.optim import ema_decay_at
+
+    assert [ema_decay_at(0.999, n) for n in (0, 1, 90)] == pytest.approx([0.1, 2 / 11, 91 / 100])
+    assert ema_decay_at(0.9, 10_000) == 0.9
+    live = _TinyLM()
+    ema = EMA(live, decay=0.999)
+    start = ema.module.block.in_proj.weight.clone()
+    with torch.no_grad():
+        live.block.in_proj.weight.add_(1.0)
+    ema.update(live, 0)  # the first update keeps a tenth of the start, not 99.9 %
+    torch.testing.assert_close(ema.module.block.in_proj.weight, 0.1 * start + 0.9 * live.block.in_proj.weight)
+
+
 def test_groups_on_aim_model_when_installed():
     """The rule on the real AiM-L stack (Mamba-2 + adaLN-group), when those plugins are installed."""
     from avgkit.errors import AvgkitError

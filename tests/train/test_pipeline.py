@@ -7,7 +7,6 @@ import json
 import pytest
 from train_helpers import toy_recipe
 
-from avgkit import plugins
 from avgkit.errors import AvgkitError
 from avgkit.train.pipeline import run_recipe
 
@@ -48,11 +47,18 @@ def test_in_memory_digits_with_classifier(tmp_path, builtin_plugins, capsys):
         assert (run / name).is_file(), name
     record = json.loads((run / "eval.json").read_text())
     assert record["samples"] == 20 and record["weights"] == "ema"
+    # with EMA on, both sets of weights are sampled and scored, each named
+    assert set(record["by_weights"]) == {"ema", "model"} and (run / "samples-model.png").is_file()
+    assert record["by_weights"]["ema"]["class_accuracy"] == record["class_accuracy"]
+    # a validation loss on the held-out digits, beside the training loss (at each checkpoint)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics if "val_loss" in r] == [4, 8] and record["final_val_loss"] > 0
     assert 0.0 <= record["class_accuracy"] <= 1.0 and len(record["per_class_accuracy"]) == 10
     assert result.eval["class_accuracy"] == record["class_accuracy"]
     assert [p["name"] for p in json.loads((run / "plugins.json").read_text())] == ["avgkit"]
     out = capsys.readouterr().out
-    assert "digit-classifier accuracy" in out and str(run / "eval.json") in out
+    assert "(EMA weights)" in out and "(raw weights)" in out and str(run / "eval.json") in out
+    assert "validation loss" in out
 
 
 def test_zarr_store_is_prepared_then_reused(tmp_path, builtin_plugins, capsys):
@@ -75,16 +81,6 @@ def test_zarr_store_is_prepared_then_reused(tmp_path, builtin_plugins, capsys):
     )
     with pytest.raises(AvgkitError, match="re-run prepare"):
         run_recipe(other, progress=False)
-
-
-@pytest.fixture
-def fake_vq_plugins():
-    import fake_tokenizer_plugin
-
-    plugins.reset(plugins.PluginManager(entry_points=False, extra=[("fakevq", fake_tokenizer_plugin)]))
-    fake_tokenizer_plugin.TRAIN_CALLS.clear()
-    yield fake_tokenizer_plugin
-    plugins.reset()
 
 
 def test_tokenizer_is_trained_when_missing_then_reused(tmp_path, fake_vq_plugins):
@@ -153,6 +149,24 @@ def test_resume_checks_the_model_first_and_keeps_every_earlier_recipe(tmp_path, 
         assert f"train.steps: {steps - 2} -> {steps}" in capsys.readouterr().err
         assert (run / f"recipe.previous-{n}.yaml").is_file()
     assert (run / "recipe.previous-1.yaml").read_text() == stored
+    # fewer steps than the run has made: refused with the fix
+    with pytest.raises(AvgkitError, match="train.steps=5 is below step 8, which .* has reached; pass train.steps=8"):
+        run_recipe(first.model_copy(update={"train": first.train.model_copy(update={"steps": 5})}), resume=True,
+                   progress=False)
+
+
+def test_resuming_with_more_steps_says_what_happens_to_the_learning_rate(tmp_path, builtin_plugins, capsys):
+    run = tmp_path / "run"
+    train = {**TRAIN, "steps": 4, "sample_every": None, "schedule": "cosine", "lr": 1e-3}
+    first = toy_recipe(data={"source": "digits", "store": None}, train=train, eval={"samples_per_class": 1},
+                       output_dir=str(run))
+    run_recipe(first, progress=False)
+    capsys.readouterr()
+    longer = first.model_copy(update={"train": first.train.model_copy(update={"steps": 8})})
+    run_recipe(longer, resume=True, progress=False)
+    err = capsys.readouterr().err
+    # the cosine reached 0 at step 4; stretched over 8 steps it is back at half the peak there
+    assert "the learning rate at step 4 changes from 0 to 0.0005: the cosine schedule now runs over 8 steps" in err
 
 
 def test_a_tokenizer_with_parameters_but_no_weights_is_refused(tmp_path, fake_vq_plugins):

@@ -66,19 +66,32 @@ def write_recipe(path: Path, **sections: Any) -> Path:
     return path
 
 
-#: A child process running a recipe: ``driver.py RECIPE [--resume] [--delay SECONDS]``.
-#: ``--delay`` sleeps after every step so that a test can kill it mid-run.
+#: A child process running a recipe: ``driver.py RECIPE [--resume] [--delay SECONDS] [--pids DIR]``.
+#: ``--delay`` sleeps after every step so that a test can kill it mid-run; ``--pids`` writes
+#: ``DIR/<rank>.pid`` once training runs, so that a test can signal one process.
 DRIVER = textwrap.dedent(
     """\
-    import sys, time
+    import os, sys, time
+    from pathlib import Path
     import torch
     torch.set_num_threads(1)
     from avgkit.recipe import load_recipe
+    from avgkit.stop import Interrupted
     from avgkit.train.pipeline import run_recipe
 
     args = sys.argv[1:]
     delay = float(args[args.index("--delay") + 1]) if "--delay" in args else 0.0
-    callbacks = [lambda step, record: time.sleep(delay)] if delay else []
-    run_recipe(load_recipe(args[0]), resume="--resume" in args, progress=True, callbacks=callbacks)
+    pids = Path(args[args.index("--pids") + 1]) if "--pids" in args else None
+
+    def callback(step, record):
+        if pids is not None and step == 1:
+            (pids / f"{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
+        time.sleep(delay)
+
+    try:
+        run_recipe(load_recipe(args[0]), resume="--resume" in args, progress=True, callbacks=[callback])
+    except Interrupted as err:
+        print(err, file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
     """
 )
