@@ -1,11 +1,14 @@
 """Typed registration: (role, name) -> factory + pydantic config + presets.
 
 The registry is filled by the plugin manager (:mod:`avgkit.plugins`) from the
-registration hooks; it never imports a plugin itself.
+registration hooks; it never imports a plugin itself. A factory or config may be
+registered as a ``"package.module:attr"`` string: it is imported the first time the
+component is built (or its options are read), so registering stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,15 +40,59 @@ class ConditionerConfig(ComponentConfig):
     label_dropout: float = Field(0.1, ge=0.0, le=1.0, description="training probability of the null label (CFG)")
 
 
+def load_object(ref: str, *, who: str) -> Any:
+    """The object a ``"package.module:attr"`` reference names (``attr`` may be dotted)."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise AvgkitError(f"{who}: {ref!r} is not a 'package.module:attr' reference")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as err:  # a plugin bug must name the plugin, not crash anonymously
+        raise AvgkitError(f"{who}: importing {module_name!r} failed: {type(err).__name__}: {err}") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AvgkitError(f"{who}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
 @dataclass
 class ComponentSpec:
+    """One registered component. ``factory``/``config`` import a lazy reference on first use."""
+
     role: str
     name: str
-    factory: Callable[..., Any]
-    config: type[BaseModel]
+    factory_ref: Callable[..., Any] | str
+    config_ref: type[BaseModel] | str
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
     plugin: str = "?"
+
+    @property
+    def who(self) -> str:
+        return f"plugin {self.plugin!r}, {self.role} {self.name!r}"
+
+    @property
+    def loaded(self) -> bool:
+        """Whether nothing is left to import (factory and config are objects)."""
+        return not isinstance(self.factory_ref, str) and not isinstance(self.config_ref, str)
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        if isinstance(self.factory_ref, str):
+            obj = load_object(self.factory_ref, who=self.who)
+            if not callable(obj):
+                raise AvgkitError(f"{self.who}: factory {self.factory_ref!r} is not callable")
+            self.factory_ref = obj
+        return self.factory_ref
+
+    @property
+    def config(self) -> type[BaseModel]:
+        if isinstance(self.config_ref, str):
+            obj = load_object(self.config_ref, who=self.who)
+            _check_config(obj, self.who)
+            self.config_ref = obj
+        return self.config_ref
 
     def resolve(self, preset: str | None = None, options: Mapping[str, Any] | None = None) -> BaseModel:
         """Validate ``preset`` values overlaid with ``options`` into a config instance."""
@@ -61,6 +108,11 @@ class ComponentSpec:
             return self.config(**values)
         except ValidationError as err:
             raise AvgkitError(_explain(err, f"{self.role} {self.name!r}", self.config)) from None
+
+
+def _check_config(config: Any, who: str) -> None:
+    if not (isinstance(config, type) and issubclass(config, BaseModel)):
+        raise AvgkitError(f"{who}: needs a pydantic config class, got {config!r}")
 
 
 def _explain(err: ValidationError, where: str, model: type[BaseModel]) -> str:
@@ -88,8 +140,13 @@ class Registry:
                 f"{spec.role} {spec.name!r} is registered twice: by plugin {other!r} and by plugin "
                 f"{spec.plugin!r}; uninstall one of them or rename the component"
             )
-        if not (isinstance(spec.config, type) and issubclass(spec.config, BaseModel)):
-            raise AvgkitError(f"plugin {spec.plugin!r}: {spec.role} {spec.name!r} needs a pydantic config class")
+        for ref in (spec.factory_ref, spec.config_ref):
+            if isinstance(ref, str) and (ref.count(":") != 1 or ref.startswith(":") or ref.endswith(":")):
+                raise AvgkitError(f"{spec.who}: {ref!r} is not a 'package.module:attr' reference")
+        if not isinstance(spec.config_ref, str):
+            _check_config(spec.config_ref, spec.who)
+        if not isinstance(spec.factory_ref, str) and not callable(spec.factory_ref):
+            raise AvgkitError(f"{spec.who}: the factory {spec.factory_ref!r} is not callable")
         table[spec.name] = spec
 
     def register_callback(self, role: str, plugin: str) -> Callable[..., None]:
@@ -97,9 +154,9 @@ class Registry:
 
         def register(
             name: str,
-            factory: Callable[..., Any],
+            factory: Callable[..., Any] | str,
             *,
-            config: type[BaseModel],
+            config: type[BaseModel] | str,
             presets: Mapping[str, Mapping[str, Any]] | None = None,
             description: str = "",
         ) -> None:
