@@ -9,6 +9,14 @@ being that component's options (validated against its own config model)::
 
 Command-line overrides are ``key.sub=value`` with YAML values
 (``train.steps=100``, ``conditioner=adaln-group``, ``conditioner.groups=8``).
+
+A recipe may start from another with ``base:`` (a packaged recipe name, or a path
+ending in ``.yaml`` relative to the recipe's own folder), and change only what
+differs; see :func:`read_recipe`::
+
+    base: aim-b
+    name: aim-b-adaln-single
+    conditioner: adaln-single
 """
 
 from __future__ import annotations
@@ -199,7 +207,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         node = out
         for depth, key in enumerate(keys[:-1]):
             child = node.get(key)
-            if isinstance(child, str) and depth == 0 and key in ("tokenizer", "backbone", "conditioner", "sampler"):
+            if isinstance(child, str) and depth == 0 and key in COMPONENT_KEYS:
                 child = ComponentRef.model_validate(child).flat()
             if child is None:
                 child = {"name": "ar"} if (depth, key) == (0, "sampler") else {}
@@ -242,6 +250,87 @@ def read_yaml(path: Path) -> Any:
         raise AvgkitError(f"{path} is not valid YAML ({err})") from None
 
 
+COMPONENT_KEYS = ("tokenizer", "backbone", "conditioner", "sampler")
+
+
+def _component_mapping(value: Any) -> Any:
+    """A component written as ``name`` or ``name:preset`` as a mapping (other values unchanged)."""
+    if isinstance(value, str):
+        return ComponentRef.model_validate(value).flat()
+    return value
+
+
+def merge_recipes(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` laid over ``base``: mappings merge key by key, anything else replaces.
+
+    A component section (tokenizer, backbone, conditioner, sampler) that names another
+    component than the base's starts afresh: ``backbone: {name: my-net}`` over a base's
+    ``{name: mamba2, preset: digits}`` keeps neither the preset nor mamba2's options.
+    """
+
+    def merge(a: Any, b: Any) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for key, value in b.items():
+                out[key] = merge(a[key], value) if key in a else value
+            return out
+        return b
+
+    out = dict(base)
+    for key, value in child.items():
+        if key in COMPONENT_KEYS and key in base:
+            old, new = _component_mapping(base[key]), _component_mapping(value)
+            if isinstance(old, dict) and isinstance(new, dict) and new.get("name", old.get("name")) == old.get("name"):
+                out[key] = merge(old, new)
+                continue
+            out[key] = new
+        else:
+            out[key] = merge(base[key], value) if key in base else value
+    return out
+
+
+def _base_path(ref: Any, path: Path) -> Path:
+    if not isinstance(ref, str) or not ref.strip():
+        raise AvgkitError(f"{path}: base must be a recipe name or a .yaml path, got {ref!r}")
+    if ref.endswith((".yaml", ".yml")):
+        target = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+        if not target.is_file():
+            raise AvgkitError(f"{path}: base recipe file not found: {target}")
+        return target
+    known = packaged_recipes()
+    if ref not in known:
+        raise AvgkitError(
+            f"{path}: base names no recipe {ref!r}{did_you_mean(ref, known)}; give a packaged recipe name "
+            f"(`avgkit recipes ls`) or a path ending in .yaml"
+        )
+    return known[ref]
+
+
+def read_recipe(path: Path, _chain: tuple[Path, ...] = ()) -> Any:
+    """The raw mapping of a recipe file with its ``base:`` chain merged in (``base`` removed).
+
+    ``base`` is one recipe or a list of them, merged in order, then the file's own keys
+    on top; a base may have a base. A cycle is refused.
+    """
+    path = Path(path)
+    key = path.resolve()
+    if key in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain[_chain.index(key):], key))
+        raise AvgkitError(f"recipe bases form a cycle: {cycle}; remove one of these base: keys")
+    raw = read_yaml(path)
+    if not isinstance(raw, dict) or "base" not in raw:
+        return raw
+    raw = dict(raw)
+    refs = raw.pop("base")
+    merged: dict[str, Any] = {}
+    for ref in refs if isinstance(refs, list) else [refs]:
+        parent = read_recipe(_base_path(ref, path), (*_chain, key))
+        if not isinstance(parent, dict):
+            raise AvgkitError(f"{path}: base {ref!r} is not a recipe mapping")
+        merged = merge_recipes(merged, parent)
+    return merge_recipes(merged, raw)
+
+
 def recipe_dirs() -> list[Path]:
     from avgkit.plugins import get_manager
 
@@ -273,7 +362,7 @@ def find_recipe(name_or_path: str) -> Path:
 
 def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> Recipe:
     path = find_recipe(name_or_path)
-    raw = read_yaml(path)
+    raw = read_recipe(path)
     if isinstance(raw, dict):
         raw = apply_overrides(raw, overrides)
     # a mistake may be in the file or in an override: say both were read

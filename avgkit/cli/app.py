@@ -99,12 +99,12 @@ def ls_cmd(
 @recipes_app.command("ls")
 def recipes_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     """List packaged recipes."""
-    from avgkit.recipe import packaged_recipes, read_yaml
+    from avgkit.recipe import packaged_recipes, read_recipe
 
     found = packaged_recipes()
     rows = []
     for name, path in found.items():
-        raw = read_yaml(path)
+        raw = read_recipe(path)
         rows.append({"name": name, "path": str(path), "description": (raw or {}).get("description", "")})
     if as_json:
         echo_json(rows)
