@@ -30,6 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from avgkit.errors import AvgkitError, did_you_mean
 
+#: the recipe keys that name a component
+COMPONENT_KEYS = ("tokenizer", "backbone", "conditioner", "sampler")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -76,9 +79,11 @@ class DataSection(_Strict):
         "null encodes the source in memory at every start (small data sets only)",
     )
     image_size: int | None = Field(None, description="defaults to the tokenizer's image size")
-    augment: Literal["none", "flip", "tencrop"] = "none"
-    prepare_batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(0, ge=0)
+    augment: Literal["none", "flip", "tencrop"] = Field(
+        "none", description="codes stored per image: none, flip (2 views) or tencrop (10 views, the paper's)"
+    )
+    prepare_batch_size: int = Field(64, ge=1, description="images per tokenizer batch while encoding the store")
+    num_workers: int = Field(0, ge=0, description="image-loading worker processes while encoding")
 
 
 class TrainSection(_Strict):
@@ -88,16 +93,18 @@ class TrainSection(_Strict):
     lr: float = Field(1e-4, gt=0, description="peak learning rate (per base_batch with lr_scaling: linear)")
     lr_scaling: Literal["none", "linear"] = Field("none", description="linear: lr * batch_size / base_batch")
     base_batch: int = Field(256, ge=1, description="batch that lr refers to under linear scaling")
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW (beta1, beta2)")
     weight_decay: float = Field(0.05, ge=0, description="AdamW decay of weight matrices (not norms, biases, tables)")
     warmup_steps: int = Field(0, ge=0, description="linear warmup from lr/warmup_steps to lr")
-    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "linear", description="lr after warmup: constant, or a linear / cosine decay to min_lr_ratio * lr"
+    )
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak")
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null disables clipping")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.9999")
     compile: bool = Field(False, description="torch.compile the training forward pass")
-    seed: int = 0
+    seed: int = Field(0, description="seeds initialisation, data order and label dropout")
     device: str = Field("auto", description="auto (each rank's GPU, else CPU), cpu, cuda or cuda:N")
     log_every: int = Field(10, ge=1, description="steps per metrics.jsonl record (losses averaged over them)")
     ckpt_every: int = Field(500, ge=1, description="steps between checkpoints (the last step always saves)")
@@ -110,7 +117,7 @@ class TrainSection(_Strict):
 class EvalSection(_Strict):
     samples_per_class: int = Field(10, ge=1, description="final samples drawn per class after training")
     batch_size: int = Field(100, ge=1, description="images sampled at once")
-    seed: int = 0
+    seed: int = Field(0, description="sampling seed (image i depends only on the seed, i and its class)")
     classifier: Literal["none", "digits"] = Field(
         "none", description="digits: class accuracy of the samples under an independent digit classifier"
     )
@@ -121,15 +128,16 @@ class EvalSection(_Strict):
 
 
 class Recipe(_Strict):
-    name: str
-    description: str = ""
-    tokenizer: ComponentRef
-    backbone: ComponentRef
-    conditioner: ComponentRef
-    sampler: ComponentRef = Field(default_factory=lambda: ComponentRef(name="ar"))
-    data: DataSection | None = None
-    train: TrainSection = Field(default_factory=TrainSection)
-    eval: EvalSection = Field(default_factory=EvalSection)
+    name: str = Field(description="the recipe's name (no '/'); a packaged recipe's equals its file name")
+    description: str = Field("", description="one line for `avgkit recipes ls`")
+    tokenizer: ComponentRef = Field(description="images <-> codes (see components)")
+    backbone: ComponentRef = Field(description="the sequence model (see components)")
+    conditioner: ComponentRef = Field(description="class labels -> prefix and modulation (see components)")
+    sampler: ComponentRef = Field(default_factory=lambda: ComponentRef(name="ar"),
+                                  description="how codes are drawn from the backbone (see components)")
+    data: DataSection | None = Field(None, description="the training images and their code store (see data)")
+    train: TrainSection = Field(default_factory=TrainSection, description="see train")
+    eval: EvalSection = Field(default_factory=EvalSection, description="see eval")
     output_dir: str | None = Field(None, description="run directory; default runs/<name>")
 
     @field_validator("name")
@@ -151,6 +159,28 @@ class Recipe(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def resolved_dict(recipe: Recipe, *, components: bool = True) -> dict[str, Any]:
+    """Every key of ``recipe``, nulls included (what ``avgkit recipes show`` prints).
+
+    With ``components``, each component lists every option of its config, as its
+    preset and defaults fill them (this imports the component's config).
+    """
+    d = recipe.model_dump(mode="json")
+    for role in COMPONENT_KEYS:
+        ref: ComponentRef = getattr(recipe, role)
+        flat: dict[str, Any] = {"name": ref.name, "preset": ref.preset}
+        if components:
+            from avgkit.plugins import get_registry
+
+            flat.update(get_registry().get(role, ref.name).resolve(ref.preset, ref.options).model_dump(mode="json"))
+        else:
+            flat.update(ref.options)
+        if role == "tokenizer":
+            flat["train"] = ref.train
+        d[role] = flat
+    return d
 
 
 # ----------------------------------------------------------------------------- loading
@@ -248,9 +278,6 @@ def read_yaml(path: Path) -> Any:
         raise AvgkitError(f"{path}:{where} is not valid YAML ({problem})") from None
     except ValueError as err:  # a scalar the loader cannot build, e.g. the date 2020-13-01
         raise AvgkitError(f"{path} is not valid YAML ({err})") from None
-
-
-COMPONENT_KEYS = ("tokenizer", "backbone", "conditioner", "sampler")
 
 
 def _component_mapping(value: Any) -> Any:

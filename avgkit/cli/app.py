@@ -50,20 +50,9 @@ def _role(kind: str) -> str:
     return role
 
 
-def _type_name(annotation: Any) -> str:
-    """``int``, ``int | None``, ``one of a, b`` (a Literal's choices), ..."""
-    import types
-    import typing
-
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is typing.Literal:
-        return "one of " + ", ".join(str(a) for a in args)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
-    return getattr(annotation, "__name__", str(annotation))
-
-
 def _options(spec: Any) -> list[dict[str, Any]]:
+    from avgkit.recipe_schema import type_name as _type_name
+
     out = []
     for name, field in spec.config.model_fields.items():
         default = field.default if not field.is_required() else "(required)"
@@ -117,11 +106,43 @@ def recipes_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 def recipes_show(
     recipe: str = typer.Argument(..., help="recipe name or path"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+    as_written: bool = typer.Option(False, "--as-written",
+                                    help="components as the recipe writes them, without their preset and defaults"),
 ) -> None:
-    """Print a recipe, resolved with overrides and validated."""
-    from avgkit.recipe import load_recipe
+    """Print a recipe resolved (bases merged, overrides applied) and validated: every key, nulls
+    included, and each component's options as its preset and defaults fill them.
 
-    typer.echo(load_recipe(recipe, overrides or []).to_yaml(), nl=False)
+    Examples:
+
+      avgkit recipes show digits
+
+      avgkit recipes show aim-l train.steps=10 --as-written
+    """
+    import yaml
+
+    from avgkit.recipe import load_recipe, resolved_dict
+
+    r = load_recipe(recipe, overrides or [])
+    text = yaml.safe_dump(resolved_dict(r, components=not as_written), sort_keys=False)
+    typer.echo(text, nl=False)
+
+
+@recipes_app.command("schema")
+def recipes_schema(
+    section: Optional[str] = typer.Argument(None, help="recipe | components | data | train | eval (default: all)"),
+) -> None:
+    """Every key a recipe may hold, with its type, default and meaning (Markdown; docs/recipe-schema.md
+    is this command's output).
+
+    Examples:
+
+      avgkit recipes schema train
+
+      avgkit recipes schema > docs/recipe-schema.md
+    """
+    from avgkit.recipe_schema import render
+
+    typer.echo(render(section), nl=False)
 
 
 @recipes_app.command("cp")

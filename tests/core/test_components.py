@@ -85,7 +85,7 @@ def test_tokenizer_round_trip_shapes(name):
 def test_ls_options_shows_choices_and_optional_types():
     from typing import Literal
 
-    from avgkit.cli.app import _type_name
+    from avgkit.recipe_schema import type_name as _type_name
 
     assert _type_name(Literal["fp32", "bf16"]) == "one of fp32, bf16"
     assert _type_name(int | None) == "int | None" and _type_name(float) == "float"
