@@ -26,7 +26,14 @@ def echo_json(data: Any) -> None:
 # ----------------------------------------------------------------------------- plugins
 @app.command("plugins")
 def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """List installed plugins, their versions and what each registers."""
+    """List installed plugins, their versions and what each registers.
+
+    Examples:
+
+      avgkit plugins
+
+      AVGKIT_DISABLE_PLUGINS=transformer avgkit plugins --json
+    """
     from avgkit.plugins import get_manager
 
     infos = list(get_manager().infos.values())
@@ -67,7 +74,14 @@ def ls_cmd(
     options: bool = typer.Option(False, "--options", help="show each component's options"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """List registered components of one kind, with presets (and options)."""
+    """List registered components of one kind, with presets (and options).
+
+    Examples:
+
+      avgkit ls backbones
+
+      avgkit ls conditioners --options
+    """
     from avgkit.plugins import get_registry
 
     specs = get_registry().specs(_role(kind))
@@ -87,7 +101,14 @@ def ls_cmd(
 # ----------------------------------------------------------------------------- recipes
 @recipes_app.command("ls")
 def recipes_ls(as_json: bool = typer.Option(False, "--json")) -> None:
-    """List packaged recipes."""
+    """List packaged recipes (avgkit's and every plugin's).
+
+    Examples:
+
+      avgkit recipes ls
+
+      avgkit recipes ls --json
+    """
     from avgkit.recipe import packaged_recipes, read_recipe
 
     found = packaged_recipes()
@@ -147,7 +168,14 @@ def recipes_schema(
 
 @recipes_app.command("cp")
 def recipes_cp(recipe: str = typer.Argument(...), dest: Path = typer.Argument(..., help="file or folder")) -> None:
-    """Copy a packaged recipe to edit it."""
+    """Copy a packaged recipe to edit it.
+
+    Examples:
+
+      avgkit recipes cp aim-b my-aim-b.yaml
+
+      avgkit recipes cp digits configs/
+    """
     from avgkit.recipe import find_recipe
 
     src = find_recipe(recipe)
@@ -162,7 +190,14 @@ def recipes_cp(recipe: str = typer.Argument(...), dest: Path = typer.Argument(..
 def recipes_validate(
     recipes: list[str] = typer.Argument(..., help="recipe names or paths"),
 ) -> None:
-    """Validate recipes: schema, component names and options, and component agreement."""
+    """Validate recipes: schema, component names and options, and component agreement.
+
+    Examples:
+
+      avgkit recipes validate my-aim-b.yaml
+
+      avgkit recipes validate digits aim-b aim-l
+    """
     from avgkit.build import build
     from avgkit.recipe import load_recipe
 
@@ -195,7 +230,20 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="continue from the run directory's last complete checkpoint"),
     as_json: bool = typer.Option(False, "--json", help="with --dry-run: machine-readable output"),
 ) -> None:
-    """Train a recipe (or inspect it with --dry-run)."""
+    """Train a recipe (or inspect it with --dry-run).
+
+    Examples:
+
+      avgkit train digits
+
+      avgkit train aim-b --dry-run
+
+      avgkit train digits train.steps=200 conditioner=adaln-single output_dir=runs/digits-single
+
+      avgkit train digits --resume
+
+      torchrun --nproc_per_node 8 -m avgkit.train aim-b
+    """
     from avgkit.build import build, parameter_counts
     from avgkit.recipe import load_recipe
 

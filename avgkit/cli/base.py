@@ -66,5 +66,12 @@ def _main(
     pass
 
 
-recipes_app = typer.Typer(help="List, show, copy and validate recipes.", no_args_is_help=True)
+recipes_app = typer.Typer(
+    help="List, show, copy, validate and describe recipes.\n\n"
+    "Examples:\n\n"
+    "  avgkit recipes ls\n\n"
+    "  avgkit recipes show digits train.steps=100\n\n"
+    "  avgkit recipes schema train",
+    no_args_is_help=True,
+)
 app.add_typer(recipes_app, name="recipes")
