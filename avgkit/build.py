@@ -95,6 +95,14 @@ def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Regis
             cond_cfg, dim=backbone.dim, num_layers=backbone.num_layers
         )
     sampler = registry.get("sampler", recipe.sampler.name).factory(samp_cfg)
+    for role, built, base in (("tokenizer", tokenizer, Tokenizer), ("backbone", backbone, Backbone),
+                              ("conditioner", conditioner, Conditioner)):
+        if not isinstance(built, base):
+            spec = registry.get(role, getattr(recipe, role).name)
+            raise AvgkitError(
+                f"{role} {spec.name!r} (plugin {spec.plugin!r}) built a {type(built).__name__}, which does not subclass "
+                f"avgkit.interfaces.{base.__name__}; its class must subclass it (see the plugin guide, docs/plugins.md)"
+            )
     check_agreement(tokenizer, backbone, conditioner)
     if str(device) != "meta":
         tokenizer.to(device)
