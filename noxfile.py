@@ -2,7 +2,9 @@
 
 Every session installs avgkit and the first-party plugins (each its own package,
 registered through entry points exactly like a third-party plugin) into its own
-virtual environment, so a fresh machine needs nothing but Python and nox.
+virtual environment, so a fresh machine needs nothing but Python and nox. On a
+machine without a GPU, ``AVGKIT_TORCH_INDEX=https://download.pytorch.org/whl/cpu``
+installs the CPU build of PyTorch instead of the CUDA wheels.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ PLUGINS = ["plugins/mamba", "plugins/adaln", "plugins/llamagen", "plugins/transf
 
 
 def install(session: nox.Session, extras: str = "dev") -> None:
+    torch_index = os.environ.get("AVGKIT_TORCH_INDEX")  # e.g. https://download.pytorch.org/whl/cpu
+    if torch_index:  # PyTorch from that index first; avgkit's install then keeps it
+        session.install("torch", "torchvision", "--index-url", torch_index)
     session.install("-e", f".[{extras}]")
     # plugins depend on avgkit, already installed above
     session.install("--no-deps", *[arg for p in PLUGINS for arg in ("-e", p)])
