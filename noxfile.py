@@ -16,7 +16,7 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-PLUGINS = ["plugins/mamba", "plugins/adaln", "plugins/llamagen", "plugins/transformer"]
+PLUGINS = ["plugins/mamba", "plugins/adaln", "plugins/llamagen", "plugins/transformer", "plugins/loggers"]
 
 
 def install(session: nox.Session, extras: str = "dev") -> None:
@@ -32,6 +32,8 @@ def install(session: nox.Session, extras: str = "dev") -> None:
 def tests(session: nox.Session) -> None:
     """The CPU test suite (GPU tests are skipped without CUDA)."""
     install(session)
+    # the loggers plugin's extras, so its tests run against the real packages (wandb offline)
+    session.install("tensorboard>=2.14", "wandb>=0.16")
     workers = os.environ.get("AVGKIT_TEST_WORKERS", "2")
     session.run("pytest", "-n", workers, "--durations=15", *session.posargs)
 

@@ -76,6 +76,9 @@ def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Regis
         from avgkit.plugins import get_registry
 
         registry = get_registry()
+    from avgkit.loggers import check_loggers
+
+    check_loggers(recipe, registry)  # a misspelt logger fails now, not after the data is prepared
     ctx = torch.device(device) if str(device) == "meta" else contextlib.nullcontext()
     tok_cfg = resolve_config(registry, "tokenizer", recipe.tokenizer)
     with ctx:

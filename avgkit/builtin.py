@@ -45,6 +45,13 @@ def avgkit_register_conditioners(register):
 
 
 @hookimpl
+def avgkit_register_metric_loggers(register):
+    register("jsonl", "avgkit.loggers:JsonlLogger", config="avgkit.loggers:JsonlLoggerConfig",
+             description="each record and sample-grid path as a JSON line in another file (metrics.jsonl is always "
+                         "written)")
+
+
+@hookimpl
 def avgkit_recipe_dirs():
     # the repository's recipes/ (source checkouts) and the copies packaged with avgkit
     here = Path(__file__).resolve().parent

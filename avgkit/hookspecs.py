@@ -90,6 +90,18 @@ def avgkit_register_tokenizer_trainers(register: Callable[..., None]) -> None:
 
 
 @hookspec
+def avgkit_register_metric_loggers(register: Callable[..., None]) -> None:
+    """Register metric loggers (experiment trackers), chosen by a recipe's ``loggers:`` list.
+
+    ``register(name, factory, *, config, presets=None, description="")`` where
+    ``factory(config, *, run_dir, recipe) -> avgkit.loggers.MetricLogger`` (methods
+    ``log_metrics(step, metrics)``, ``log_images(step, images)`` and ``close()``) and
+    ``config`` subclasses ``avgkit.loggers.LoggerConfig``. Only the main process builds
+    loggers; ``metrics.jsonl`` is written whatever the list says (API 1.1).
+    """
+
+
+@hookspec
 def avgkit_recipe_dirs() -> list[Path]:
     """Folders of packaged ``*.yaml`` recipes that ``avgkit recipes ls`` lists."""
     raise NotImplementedError

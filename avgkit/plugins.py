@@ -30,6 +30,7 @@ _ROLE_HOOKS = {
     "conditioner": "avgkit_register_conditioners",
     "sampler": "avgkit_register_samplers",
     "tokenizer_trainer": "avgkit_register_tokenizer_trainers",
+    "metric_logger": "avgkit_register_metric_loggers",
 }
 
 

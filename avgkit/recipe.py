@@ -138,6 +138,11 @@ class Recipe(_Strict):
     data: DataSection | None = Field(None, description="the training images and their code store (see data)")
     train: TrainSection = Field(default_factory=TrainSection, description="see train")
     eval: EvalSection = Field(default_factory=EvalSection, description="see eval")
+    loggers: list[ComponentRef] = Field(
+        default_factory=list,
+        description="metric loggers fed the training records and sample grids, e.g. [tensorboard, wandb] "
+        "(`avgkit ls loggers`); metrics.jsonl is always written",
+    )
     output_dir: str | None = Field(None, description="run directory; default runs/<name>")
 
     @field_validator("name")
@@ -155,6 +160,10 @@ class Recipe(_Strict):
         d = self.model_dump(mode="json", exclude_none=True)
         for role in ("tokenizer", "backbone", "conditioner", "sampler"):
             d[role] = getattr(self, role).flat()
+        if self.loggers:
+            d["loggers"] = [ref.flat() for ref in self.loggers]
+        else:
+            d.pop("loggers", None)  # recipes without loggers keep the text they always had
         return d
 
     def to_yaml(self) -> str:
@@ -180,6 +189,17 @@ def resolved_dict(recipe: Recipe, *, components: bool = True) -> dict[str, Any]:
         if role == "tokenizer":
             flat["train"] = ref.train
         d[role] = flat
+    loggers = []
+    for ref in recipe.loggers:
+        flat = {"name": ref.name, "preset": ref.preset}
+        if components:
+            from avgkit.plugins import get_registry
+
+            flat.update(get_registry().get("metric_logger", ref.name).resolve(ref.preset, ref.options).model_dump(mode="json"))
+        else:
+            flat.update(ref.options)
+        loggers.append(flat)
+    d["loggers"] = loggers
     return d
 
 

@@ -17,9 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from avgkit.errors import AvgkitError, did_you_mean
 
-Role = Literal["tokenizer", "backbone", "conditioner", "sampler", "tokenizer_trainer"]
+Role = Literal["tokenizer", "backbone", "conditioner", "sampler", "tokenizer_trainer", "metric_logger"]
 ROLES: tuple[str, ...] = ("tokenizer", "backbone", "conditioner", "sampler")
-PLURAL = {"tokenizers": "tokenizer", "backbones": "backbone", "conditioners": "conditioner", "samplers": "sampler"}
+#: what `avgkit ls` lists: the model roles and the metric loggers
+LISTED: tuple[str, ...] = (*ROLES, "metric_logger")
+PLURAL = {"tokenizers": "tokenizer", "backbones": "backbone", "conditioners": "conditioner", "samplers": "sampler",
+          "loggers": "metric_logger"}
 
 
 class ComponentConfig(BaseModel):
@@ -128,7 +131,7 @@ def _explain(err: ValidationError, where: str, model: type[BaseModel]) -> str:
 
 class Registry:
     def __init__(self, disabled_plugins: tuple[str, ...] = ()) -> None:
-        self._specs: dict[str, dict[str, ComponentSpec]] = {r: {} for r in (*ROLES, "tokenizer_trainer")}
+        self._specs: dict[str, dict[str, ComponentSpec]] = {r: {} for r in (*LISTED, "tokenizer_trainer")}
         #: installed plugins left out by AVGKIT_DISABLE_PLUGINS (named when a component is unknown)
         self.disabled_plugins = disabled_plugins
 
@@ -173,7 +176,8 @@ class Registry:
                 hint = f" (installed: {known})"
             off = ",".join(self.disabled_plugins)
             why = f" (AVGKIT_DISABLE_PLUGINS={off} is set: is it from a disabled plugin?)" if off else ""
-            raise AvgkitError(f"unknown {role} {name!r}{hint}; `avgkit ls {role}s` lists them{why}")
+            listing = {"metric_logger": "loggers"}.get(role, f"{role}s")
+            raise AvgkitError(f"unknown {role.replace('_', ' ')} {name!r}{hint}; `avgkit ls {listing}` lists them{why}")
         return table[name]
 
     def names(self, role: str) -> list[str]:

@@ -49,10 +49,10 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="machine-read
 
 # ----------------------------------------------------------------------------- ls
 def _role(kind: str) -> str:
-    from avgkit.registry import PLURAL, ROLES
+    from avgkit.registry import LISTED, PLURAL
 
     role = PLURAL.get(kind, kind)
-    if role not in ROLES:
+    if role not in LISTED:
         raise AvgkitError(f"unknown component kind {kind!r}{did_you_mean(kind, PLURAL)}")
     return role
 
@@ -70,7 +70,7 @@ def _options(spec: Any) -> list[dict[str, Any]]:
 
 @app.command("ls")
 def ls_cmd(
-    kind: str = typer.Argument(..., help="backbones | tokenizers | conditioners | samplers"),
+    kind: str = typer.Argument(..., help="backbones | tokenizers | conditioners | samplers | loggers"),
     options: bool = typer.Option(False, "--options", help="show each component's options"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
@@ -81,6 +81,8 @@ def ls_cmd(
       avgkit ls backbones
 
       avgkit ls conditioners --options
+
+      avgkit ls loggers
     """
     from avgkit.plugins import get_registry
 

@@ -463,7 +463,10 @@ def _run(
             f"on {env.world_size} x {env.device}; data: {data.description}"
         )
 
+    from avgkit.loggers import open_loggers
     from avgkit.train.data import StepBatches
+
+    loggers = open_loggers(recipe, run_dir, registry) if env.is_main and recipe.loggers else None
 
     cfg = recipe.train
     batches = StepBatches(
@@ -488,6 +491,7 @@ def _run(
         progress=progress,
         callbacks=callbacks,
         title=recipe.name,
+        loggers=loggers,
     )
     result = trainer.fit(resume=resume)
 
@@ -499,6 +503,10 @@ def _run(
         record = final_samples(
             recipe, comps, final_model, data.class_names, run_dir, env, result, "ema" if ema is not None else "model"
         )
+        if loggers:
+            loggers.log_metrics(result.step, record, prefix="eval/")
+            loggers.log_images(result.step, {"final_samples": run_dir / "samples.png"})
+            loggers.close()
         files.update(
             {
                 "recipe": str(run_dir / "recipe.yaml"),

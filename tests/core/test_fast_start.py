@@ -25,7 +25,7 @@ print("\\n@@" + json.dumps({"code": code, "heavy": heavy}))
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["ls", "backbones"], ["ls", "conditioners"],
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["ls", "backbones"], ["ls", "conditioners"], ["ls", "loggers"],
                                   ["plugins"], ["recipes", "ls"]])
 def test_light_commands_do_not_import_torch(args):
     out = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=120)
@@ -91,9 +91,9 @@ def test_first_party_plugins_register_lazily():
     from avgkit.plugins import PluginManager
 
     pm = PluginManager()
-    for role in ("backbone", "conditioner", "sampler", "tokenizer"):
+    for role in ("backbone", "conditioner", "sampler", "tokenizer", "metric_logger"):
         for spec in pm.registry.specs(role):
-            if spec.plugin in ("avgkit", "mamba", "adaln", "llamagen", "transformer"):
+            if spec.plugin in ("avgkit", "mamba", "adaln", "llamagen", "transformer", "loggers"):
                 assert isinstance(spec.factory_ref, str), f"{spec.who} imports its factory at registration"
 
 
