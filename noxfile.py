@@ -2,7 +2,9 @@
 
 Every session installs avgkit and the first-party plugins (each its own package,
 registered through entry points exactly like a third-party plugin) into its own
-virtual environment, so a fresh machine needs nothing but Python and nox.
+virtual environment, so a fresh machine needs nothing but Python and nox. On a
+machine without a GPU, ``AVGKIT_TORCH_INDEX=https://download.pytorch.org/whl/cpu``
+installs the CPU build of PyTorch instead of the CUDA wheels.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-PLUGINS = ["plugins/mamba", "plugins/adaln", "plugins/llamagen", "plugins/transformer"]
+PLUGINS = ["plugins/mamba", "plugins/adaln", "plugins/llamagen", "plugins/transformer", "plugins/loggers"]
 
 
 def install(session: nox.Session, extras: str = "dev") -> None:
+    torch_index = os.environ.get("AVGKIT_TORCH_INDEX")  # e.g. https://download.pytorch.org/whl/cpu
+    if torch_index:  # PyTorch from that index first; avgkit's install then keeps it
+        session.install("torch", "torchvision", "--index-url", torch_index)
     session.install("-e", f".[{extras}]")
     # plugins depend on avgkit, already installed above
     session.install("--no-deps", *[arg for p in PLUGINS for arg in ("-e", p)])
@@ -27,6 +32,8 @@ def install(session: nox.Session, extras: str = "dev") -> None:
 def tests(session: nox.Session) -> None:
     """The CPU test suite (GPU tests are skipped without CUDA), then the wheels installed and used."""
     install(session)
+    # the loggers plugin's extras, so its tests run against the real packages (wandb offline)
+    session.install("tensorboard>=2.14", "wandb>=0.16")
     workers = os.environ.get("AVGKIT_TEST_WORKERS", "2")
     session.run("pytest", "-n", workers, "--durations=15", *session.posargs)
     if not session.posargs:  # the whole suite: then the wheels, installed as users install them

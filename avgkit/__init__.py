@@ -1,7 +1,6 @@
 """avgkit: a plugin toolkit for autoregressive visual generation."""
 
-from avgkit.hookspecs import hookimpl
-from avgkit.interfaces import API_VERSION
+from avgkit.hookspecs import API_VERSION, hookimpl
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,7 @@ import yaml
 
 from avgkit.errors import AvgkitError
 from avgkit.io import atomic_write
-from avgkit.recipe import Recipe, apply_overrides, find_recipe, read_yaml, validate_recipe
+from avgkit.recipe import Recipe, apply_overrides, find_recipe, read_recipe, validate_recipe
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
@@ -41,7 +41,7 @@ def _slug(text: str) -> str:
 def sweep_recipes(recipe: str, grid: dict[str, list[str]], fixed: Sequence[str] = (), out: str | None = None) -> list[Recipe]:
     """One validated recipe per grid point (cartesian product), each with its own run directory."""
     path = find_recipe(recipe)
-    raw = read_yaml(path)
+    raw = read_recipe(path)
     if not isinstance(raw, dict):
         raise AvgkitError(f"{path}: a recipe must be a YAML mapping")
     base_name = raw.get("name", path.stem)

@@ -123,6 +123,9 @@ def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Regis
         from avgkit.plugins import get_registry
 
         registry = get_registry()
+    from avgkit.loggers import check_loggers
+
+    check_loggers(recipe, registry)  # a misspelt logger fails now, not after the data is prepared
     ctx = torch.device(device) if str(device) == "meta" else contextlib.nullcontext()
     tok_cfg = resolve_config(registry, "tokenizer", recipe.tokenizer)
     with ctx:
@@ -144,6 +147,14 @@ def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Regis
                             registry.get("conditioner", recipe.conditioner.name).factory,
                             cond_cfg, dim=backbone.dim, num_layers=backbone.num_layers)
     sampler = _make("sampler", recipe.sampler.name, registry.get("sampler", recipe.sampler.name).factory, samp_cfg)
+    for role, built, base in (("tokenizer", tokenizer, Tokenizer), ("backbone", backbone, Backbone),
+                              ("conditioner", conditioner, Conditioner)):
+        if not isinstance(built, base):
+            spec = registry.get(role, getattr(recipe, role).name)
+            raise AvgkitError(
+                f"{role} {spec.name!r} (plugin {spec.plugin!r}) built a {type(built).__name__}, which does not subclass "
+                f"avgkit.interfaces.{base.__name__}; its class must subclass it (see the plugin guide, docs/plugins.md)"
+            )
     check_agreement(tokenizer, backbone, conditioner)
     if str(device) != "meta":
         tokenizer.to(device)

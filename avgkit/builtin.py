@@ -1,23 +1,25 @@
-"""avgkit's own components, registered through the same hooks as any plugin."""
+"""avgkit's own components, registered through the same hooks as any plugin.
+
+Factories and configs are ``"module:attr"`` references: nothing here imports torch,
+so ``avgkit --help``, ``avgkit ls`` and ``avgkit plugins`` start quickly.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from avgkit.hookspecs import hookimpl
-from avgkit.interfaces import API_VERSION
+from avgkit.hookspecs import API_VERSION, hookimpl
 
 AVGKIT_API_VERSION = API_VERSION
+_TOYS = "avgkit.testing.toys"
 
 
 @hookimpl
 def avgkit_register_samplers(register):
-    from avgkit.sample.ar import ARSampler, ARSamplerConfig
-
     register(
         "ar",
-        ARSampler,
-        config=ARSamplerConfig,
+        "avgkit.sample.ar:ARSampler",
+        config="avgkit.sample.ar:ARSamplerConfig",
         presets={"llamagen": {"cfg_scale": 2.0}, "aim-readme": {"cfg_scale": 5.0, "top_k": 600, "top_p": 0.98}},
         description="raster-order sampler with CFG, temperature, top-k, top-p and per-image seeds",
     )
@@ -25,27 +27,28 @@ def avgkit_register_samplers(register):
 
 @hookimpl
 def avgkit_register_tokenizers(register):
-    from avgkit.testing.toys import ToyPatchConfig, ToyPatchTokenizer
-
-    register("toy-patch", ToyPatchTokenizer, config=ToyPatchConfig, presets={"tiny": {}},
+    register("toy-patch", f"{_TOYS}:ToyPatchTokenizer", config=f"{_TOYS}:ToyPatchConfig", presets={"tiny": {}},
              description="parameter-free patch-intensity quantiser for tests")
 
 
 @hookimpl
 def avgkit_register_backbones(register):
-    from avgkit.testing.toys import ToyGRUBackbone, ToyGRUConfig
-
-    register("toy-gru", ToyGRUBackbone, config=ToyGRUConfig, presets={"tiny": {"dim": 32, "layers": 2}},
+    register("toy-gru", f"{_TOYS}:ToyGRUBackbone", config=f"{_TOYS}:ToyGRUConfig", presets={"tiny": {"dim": 32, "layers": 2}},
              description="tiny GRU backbone honouring adaLN modulation, for tests")
 
 
 @hookimpl
 def avgkit_register_conditioners(register):
-    from avgkit.testing.toys import ToyClassConditioner, ToyClassConfig
-
-    register("toy-class", ToyClassConditioner, config=ToyClassConfig,
+    register("toy-class", f"{_TOYS}:ToyClassConditioner", config=f"{_TOYS}:ToyClassConfig",
              presets={"tiny": {}, "token-only": {"modulate": False}},
              description="class-embedding prefix with optional adaLN-single, for tests")
+
+
+@hookimpl
+def avgkit_register_metric_loggers(register):
+    register("jsonl", "avgkit.loggers:JsonlLogger", config="avgkit.loggers:JsonlLoggerConfig",
+             description="each record and sample-grid path as a JSON line in another file (metrics.jsonl is always "
+                         "written)")
 
 
 @hookimpl

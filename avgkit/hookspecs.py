@@ -1,18 +1,24 @@
 """Every hook a plugin can implement. This module is the only place hooks are defined.
 
 A plugin is a module registered under the ``avgkit`` entry-point group that declares
-``AVGKIT_API_VERSION = "1.0"`` and implements any of these hooks with
+``AVGKIT_API_VERSION = "1.1"`` and implements any of these hooks with
 ``@avgkit.hookimpl``. Registration hooks receive a ``register`` callback, so one
 plugin can register many components and the registry knows which plugin each came
 from::
 
     from avgkit import hookimpl
 
-    AVGKIT_API_VERSION = "1.0"
+    AVGKIT_API_VERSION = "1.1"
 
     @hookimpl
     def avgkit_register_backbones(register):
-        register("my-net", build_my_net, config=MyNetConfig, presets={"tiny": {...}})
+        register("my-net", "my_pkg.model:MyNet", config="my_pkg.model:MyNetConfig", presets={"tiny": {...}})
+
+``factory`` and ``config`` are the objects themselves or ``"package.module:attr"``
+strings, imported only when the component is first built or its options are first
+needed. Every plugin is loaded on each ``avgkit`` start (``--help``, ``ls``,
+``plugins``), so a plugin module and whatever registration needs (names, presets,
+descriptions) must not import torch or the model code.
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
+
+#: Version of the plugin API (these hooks, the ``register`` callbacks and
+#: ``avgkit.interfaces``). A plugin declares the version it was written for as the module
+#: attribute ``AVGKIT_API_VERSION``: another major version, or a newer minor one than
+#: this avgkit's, is refused. 1.1 added lazy ``"module:attr"`` factories and configs.
+API_VERSION = "1.1"
 
 hookspec = pluggy.HookspecMarker("avgkit")
 hookimpl = pluggy.HookimplMarker("avgkit")
@@ -33,8 +45,10 @@ def avgkit_register_tokenizers(register: Callable[..., None]) -> None:
 
     ``register(name, factory, *, config, presets=None, description="")`` where
     ``factory(config) -> avgkit.interfaces.Tokenizer`` and ``config`` is a pydantic
-    model class (``extra="forbid"``) validating the component's options. ``presets``
-    maps a preset name (``"vq-16"``) to option values.
+    model class (``extra="forbid"``) validating the component's options. Either may be
+    given as a ``"package.module:attr"`` string, imported when first used (API 1.1), so
+    that registering imports nothing heavy. ``presets`` maps a preset name
+    (``"vq-16"``) to option values.
     """
 
 
@@ -72,6 +86,18 @@ def avgkit_register_tokenizer_trainers(register: Callable[..., None]) -> None:
     ``train_fn(tokenizer_config, train_config, images, out_dir, *, eval_images=None,
     resume=True, progress=True) -> Path`` trains on ``images`` ((N, C, H, W) floats in
     [-1, 1]) and returns the path of the trained weights (safetensors).
+    """
+
+
+@hookspec
+def avgkit_register_metric_loggers(register: Callable[..., None]) -> None:
+    """Register metric loggers (experiment trackers), chosen by a recipe's ``loggers:`` list.
+
+    ``register(name, factory, *, config, presets=None, description="")`` where
+    ``factory(config, *, run_dir, recipe) -> avgkit.loggers.MetricLogger`` (methods
+    ``log_metrics(step, metrics)``, ``log_images(step, images)`` and ``close()``) and
+    ``config`` subclasses ``avgkit.loggers.LoggerConfig``. Only the main process builds
+    loggers; ``metrics.jsonl`` is written whatever the list says (API 1.1).
     """
 
 

@@ -19,9 +19,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast, runtime_ch
 import torch
 from torch import Tensor, nn
 
-#: Version of this contract. A plugin declares the version it was written for as the
-#: module attribute ``AVGKIT_API_VERSION``; a different major version is refused.
-API_VERSION = "1.0"
+from avgkit.hookspecs import API_VERSION  # the plugin API version (defined beside the hooks)
 
 
 class Modulation(NamedTuple):

@@ -20,7 +20,7 @@ import pluggy
 
 from avgkit import hookspecs
 from avgkit.errors import AvgkitError, did_you_mean
-from avgkit.interfaces import API_VERSION
+from avgkit.hookspecs import API_VERSION
 from avgkit.registry import Registry
 
 ENTRY_POINT_GROUP = "avgkit"
@@ -30,6 +30,7 @@ _ROLE_HOOKS = {
     "conditioner": "avgkit_register_conditioners",
     "sampler": "avgkit_register_samplers",
     "tokenizer_trainer": "avgkit_register_tokenizer_trainers",
+    "metric_logger": "avgkit_register_metric_loggers",
 }
 
 
@@ -50,7 +51,7 @@ def _check_api(name: str, module: ModuleType) -> str:
             f"plugin {name!r} ({module.__name__}) does not declare AVGKIT_API_VERSION; "
             f"add AVGKIT_API_VERSION = {API_VERSION!r} to the module"
         )
-    if str(declared).split(".")[0] != API_VERSION.split(".")[0]:
+    if not _compatible(str(declared), API_VERSION):
         raise AvgkitError(
             f"plugin {name!r} was written for avgkit API {declared}, this avgkit speaks {API_VERSION}; "
             f"upgrade the plugin or avgkit, or set AVGKIT_DISABLE_PLUGINS={name}"
@@ -83,6 +84,20 @@ def _check_hooks(name: str, module: ModuleType, pm: pluggy.PluginManager) -> Non
             f"plugin {name!r} ({module.__name__}) defines {unmarked[0]!r} without @avgkit.hookimpl, so it is never "
             "called; decorate it"
         )
+
+
+def _compatible(declared: str, ours: str) -> bool:
+    """Same major version, and not a newer minor one (whose features this avgkit lacks)."""
+
+    def parts(v: str) -> tuple[int, int]:
+        major, _, minor = v.partition(".")
+        try:
+            return int(major), int(minor or 0)
+        except ValueError:
+            return -1, 0
+
+    d, o = parts(declared), parts(ours)
+    return d[0] == o[0] and d[1] <= o[1]
 
 
 class PluginManager:

@@ -9,6 +9,14 @@ being that component's options (validated against its own config model)::
 
 Command-line overrides are ``key.sub=value`` with YAML values
 (``train.steps=100``, ``conditioner=adaln-group``, ``conditioner.groups=8``).
+
+A recipe may start from another with ``base:`` (a packaged recipe name, or a path
+ending in ``.yaml`` relative to the recipe's own folder), and change only what
+differs; see :func:`read_recipe`::
+
+    base: aim-b
+    name: aim-b-adaln-single
+    conditioner: adaln-single
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from avgkit.errors import AvgkitError, did_you_mean
+
+#: the recipe keys that name a component
+COMPONENT_KEYS = ("tokenizer", "backbone", "conditioner", "sampler")
 
 
 class _Strict(BaseModel):
@@ -68,14 +79,16 @@ class DataSection(_Strict):
         "null encodes the source in memory at every start (small data sets only)",
     )
     image_size: int | None = Field(None, description="defaults to the tokenizer's image size")
-    augment: Literal["none", "flip", "tencrop"] = "none"
+    augment: Literal["none", "flip", "tencrop"] = Field(
+        "none", description="codes stored per image: none, flip (2 views) or tencrop (10 views, the paper's)"
+    )
     val_source: str | None = Field(
         "auto",
         description="held-out images for the validation loss: auto (the digits source's held-out fifth; none for "
         "an image folder), the root of an ImageFolder tree, or null",
     )
-    prepare_batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(0, ge=0)
+    prepare_batch_size: int = Field(64, ge=1, description="images per tokenizer batch while encoding the store")
+    num_workers: int = Field(0, ge=0, description="image-loading worker processes while encoding")
 
 
 class TrainSection(_Strict):
@@ -85,16 +98,18 @@ class TrainSection(_Strict):
     lr: float = Field(1e-4, gt=0, description="peak learning rate (per base_batch with lr_scaling: linear)")
     lr_scaling: Literal["none", "linear"] = Field("none", description="linear: lr * batch_size / base_batch")
     base_batch: int = Field(256, ge=1, description="batch that lr refers to under linear scaling")
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW (beta1, beta2)")
     weight_decay: float = Field(0.05, ge=0, description="AdamW decay of weight matrices (not norms, biases, tables)")
     warmup_steps: int = Field(0, ge=0, description="linear warmup from lr/warmup_steps to lr")
-    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "linear", description="lr after warmup: constant, or a linear / cosine decay to min_lr_ratio * lr"
+    )
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak")
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null disables clipping")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.9999")
     compile: bool = Field(False, description="torch.compile the training forward pass")
-    seed: int = 0
+    seed: int = Field(0, description="seeds initialisation, data order and label dropout")
     device: str = Field("auto", description="auto (each rank's GPU, else CPU), cpu, cuda or cuda:N")
     log_every: int = Field(10, ge=1, description="steps per metrics.jsonl record (losses averaged over them)")
     ckpt_every: int = Field(500, ge=1, description="steps between checkpoints (the last step always saves)")
@@ -110,7 +125,7 @@ class TrainSection(_Strict):
 class EvalSection(_Strict):
     samples_per_class: int = Field(10, ge=1, description="final samples drawn per class after training")
     batch_size: int = Field(100, ge=1, description="images sampled at once")
-    seed: int = 0
+    seed: int = Field(0, description="sampling seed (image i depends only on the seed, i and its class)")
     classifier: Literal["none", "digits"] = Field(
         "none", description="digits: class accuracy of the samples under an independent digit classifier"
     )
@@ -121,15 +136,21 @@ class EvalSection(_Strict):
 
 
 class Recipe(_Strict):
-    name: str
-    description: str = ""
-    tokenizer: ComponentRef
-    backbone: ComponentRef
-    conditioner: ComponentRef
-    sampler: ComponentRef = Field(default_factory=lambda: ComponentRef(name="ar"))
-    data: DataSection | None = None
-    train: TrainSection = Field(default_factory=TrainSection)
-    eval: EvalSection = Field(default_factory=EvalSection)
+    name: str = Field(description="the recipe's name (no '/'); a packaged recipe's equals its file name")
+    description: str = Field("", description="one line for `avgkit recipes ls`")
+    tokenizer: ComponentRef = Field(description="images <-> codes (see components)")
+    backbone: ComponentRef = Field(description="the sequence model (see components)")
+    conditioner: ComponentRef = Field(description="class labels -> prefix and modulation (see components)")
+    sampler: ComponentRef = Field(default_factory=lambda: ComponentRef(name="ar"),
+                                  description="how codes are drawn from the backbone (see components)")
+    data: DataSection | None = Field(None, description="the training images and their code store (see data)")
+    train: TrainSection = Field(default_factory=TrainSection, description="see train")
+    eval: EvalSection = Field(default_factory=EvalSection, description="see eval")
+    loggers: list[ComponentRef] = Field(
+        default_factory=list,
+        description="metric loggers fed the training records and sample grids, e.g. [tensorboard, wandb] "
+        "(`avgkit ls loggers`); metrics.jsonl is always written",
+    )
     output_dir: str | None = Field(None, description="run directory; default runs/<name>")
 
     @field_validator("name")
@@ -147,10 +168,47 @@ class Recipe(_Strict):
         d = self.model_dump(mode="json", exclude_none=True)
         for role in ("tokenizer", "backbone", "conditioner", "sampler"):
             d[role] = getattr(self, role).flat()
+        if self.loggers:
+            d["loggers"] = [ref.flat() for ref in self.loggers]
+        else:
+            d.pop("loggers", None)  # recipes without loggers keep the text they always had
         return d
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def resolved_dict(recipe: Recipe, *, components: bool = True) -> dict[str, Any]:
+    """Every key of ``recipe``, nulls included (what ``avgkit recipes show`` prints).
+
+    With ``components``, each component lists every option of its config, as its
+    preset and defaults fill them (this imports the component's config).
+    """
+    d = recipe.model_dump(mode="json")
+    for role in COMPONENT_KEYS:
+        ref: ComponentRef = getattr(recipe, role)
+        flat: dict[str, Any] = {"name": ref.name, "preset": ref.preset}
+        if components:
+            from avgkit.plugins import get_registry
+
+            flat.update(get_registry().get(role, ref.name).resolve(ref.preset, ref.options).model_dump(mode="json"))
+        else:
+            flat.update(ref.options)
+        if role == "tokenizer":
+            flat["train"] = ref.train
+        d[role] = flat
+    loggers = []
+    for ref in recipe.loggers:
+        flat = {"name": ref.name, "preset": ref.preset}
+        if components:
+            from avgkit.plugins import get_registry
+
+            flat.update(get_registry().get("metric_logger", ref.name).resolve(ref.preset, ref.options).model_dump(mode="json"))
+        else:
+            flat.update(ref.options)
+        loggers.append(flat)
+    d["loggers"] = loggers
+    return d
 
 
 # ----------------------------------------------------------------------------- loading
@@ -207,7 +265,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         node = out
         for depth, key in enumerate(keys[:-1]):
             child = node.get(key)
-            if isinstance(child, str) and depth == 0 and key in ("tokenizer", "backbone", "conditioner", "sampler"):
+            if isinstance(child, str) and depth == 0 and key in COMPONENT_KEYS:
                 child = ComponentRef.model_validate(child).flat()
             if child is None:
                 child = {"name": "ar"} if (depth, key) == (0, "sampler") else {}
@@ -250,6 +308,84 @@ def read_yaml(path: Path) -> Any:
         raise AvgkitError(f"{path} is not valid YAML ({err})") from None
 
 
+def _component_mapping(value: Any) -> Any:
+    """A component written as ``name`` or ``name:preset`` as a mapping (other values unchanged)."""
+    if isinstance(value, str):
+        return ComponentRef.model_validate(value).flat()
+    return value
+
+
+def merge_recipes(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` laid over ``base``: mappings merge key by key, anything else replaces.
+
+    A component section (tokenizer, backbone, conditioner, sampler) that names another
+    component than the base's starts afresh: ``backbone: {name: my-net}`` over a base's
+    ``{name: mamba2, preset: digits}`` keeps neither the preset nor mamba2's options.
+    """
+
+    def merge(a: Any, b: Any) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for key, value in b.items():
+                out[key] = merge(a[key], value) if key in a else value
+            return out
+        return b
+
+    out = dict(base)
+    for key, value in child.items():
+        if key in COMPONENT_KEYS and key in base:
+            old, new = _component_mapping(base[key]), _component_mapping(value)
+            if isinstance(old, dict) and isinstance(new, dict) and new.get("name", old.get("name")) == old.get("name"):
+                out[key] = merge(old, new)
+                continue
+            out[key] = new
+        else:
+            out[key] = merge(base[key], value) if key in base else value
+    return out
+
+
+def _base_path(ref: Any, path: Path) -> Path:
+    if not isinstance(ref, str) or not ref.strip():
+        raise AvgkitError(f"{path}: base must be a recipe name or a .yaml path, got {ref!r}")
+    if ref.endswith((".yaml", ".yml")):
+        target = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+        if not target.is_file():
+            raise AvgkitError(f"{path}: base recipe file not found: {target}")
+        return target
+    known = packaged_recipes()
+    if ref not in known:
+        raise AvgkitError(
+            f"{path}: base names no recipe {ref!r}{did_you_mean(ref, known)}; give a packaged recipe name "
+            f"(`avgkit recipes ls`) or a path ending in .yaml"
+        )
+    return known[ref]
+
+
+def read_recipe(path: Path, _chain: tuple[Path, ...] = ()) -> Any:
+    """The raw mapping of a recipe file with its ``base:`` chain merged in (``base`` removed).
+
+    ``base`` is one recipe or a list of them, merged in order, then the file's own keys
+    on top; a base may have a base. A cycle is refused.
+    """
+    path = Path(path)
+    key = path.resolve()
+    if key in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain[_chain.index(key):], key))
+        raise AvgkitError(f"recipe bases form a cycle: {cycle}; remove one of these base: keys")
+    raw = read_yaml(path)
+    if not isinstance(raw, dict) or "base" not in raw:
+        return raw
+    raw = dict(raw)
+    refs = raw.pop("base")
+    merged: dict[str, Any] = {}
+    for ref in refs if isinstance(refs, list) else [refs]:
+        parent = read_recipe(_base_path(ref, path), (*_chain, key))
+        if not isinstance(parent, dict):
+            raise AvgkitError(f"{path}: base {ref!r} is not a recipe mapping")
+        merged = merge_recipes(merged, parent)
+    return merge_recipes(merged, raw)
+
+
 def recipe_dirs() -> list[Path]:
     from avgkit.plugins import get_manager
 
@@ -288,7 +424,7 @@ def find_recipe(name_or_path: str) -> Path:
 
 def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> Recipe:
     path = find_recipe(name_or_path)
-    raw = read_yaml(path)
+    raw = read_recipe(path)
     if isinstance(raw, dict):
         raw = apply_overrides(raw, overrides)
     # a mistake may be in the file or in an override: say both were read

@@ -1,11 +1,14 @@
 """Typed registration: (role, name) -> factory + pydantic config + presets.
 
 The registry is filled by the plugin manager (:mod:`avgkit.plugins`) from the
-registration hooks; it never imports a plugin itself.
+registration hooks; it never imports a plugin itself. A factory or config may be
+registered as a ``"package.module:attr"`` string: it is imported the first time the
+component is built (or its options are read), so registering stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,9 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from avgkit.errors import AvgkitError, did_you_mean
 
-Role = Literal["tokenizer", "backbone", "conditioner", "sampler", "tokenizer_trainer"]
+Role = Literal["tokenizer", "backbone", "conditioner", "sampler", "tokenizer_trainer", "metric_logger"]
 ROLES: tuple[str, ...] = ("tokenizer", "backbone", "conditioner", "sampler")
-PLURAL = {"tokenizers": "tokenizer", "backbones": "backbone", "conditioners": "conditioner", "samplers": "sampler"}
+#: what `avgkit ls` lists: the model roles and the metric loggers
+LISTED: tuple[str, ...] = (*ROLES, "metric_logger")
+PLURAL = {"tokenizers": "tokenizer", "backbones": "backbone", "conditioners": "conditioner", "samplers": "sampler",
+          "loggers": "metric_logger"}
 
 
 class ComponentConfig(BaseModel):
@@ -37,15 +43,59 @@ class ConditionerConfig(ComponentConfig):
     label_dropout: float = Field(0.1, ge=0.0, le=1.0, description="training probability of the null label (CFG)")
 
 
+def load_object(ref: str, *, who: str) -> Any:
+    """The object a ``"package.module:attr"`` reference names (``attr`` may be dotted)."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise AvgkitError(f"{who}: {ref!r} is not a 'package.module:attr' reference")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as err:  # a plugin bug must name the plugin, not crash anonymously
+        raise AvgkitError(f"{who}: importing {module_name!r} failed: {type(err).__name__}: {err}") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AvgkitError(f"{who}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
 @dataclass
 class ComponentSpec:
+    """One registered component. ``factory``/``config`` import a lazy reference on first use."""
+
     role: str
     name: str
-    factory: Callable[..., Any]
-    config: type[BaseModel]
+    factory_ref: Callable[..., Any] | str
+    config_ref: type[BaseModel] | str
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
     plugin: str = "?"
+
+    @property
+    def who(self) -> str:
+        return f"plugin {self.plugin!r}, {self.role} {self.name!r}"
+
+    @property
+    def loaded(self) -> bool:
+        """Whether nothing is left to import (factory and config are objects)."""
+        return not isinstance(self.factory_ref, str) and not isinstance(self.config_ref, str)
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        if isinstance(self.factory_ref, str):
+            obj = load_object(self.factory_ref, who=self.who)
+            if not callable(obj):
+                raise AvgkitError(f"{self.who}: factory {self.factory_ref!r} is not callable")
+            self.factory_ref = obj
+        return self.factory_ref
+
+    @property
+    def config(self) -> type[BaseModel]:
+        if isinstance(self.config_ref, str):
+            obj = load_object(self.config_ref, who=self.who)
+            _check_config(obj, self.who)
+            self.config_ref = obj
+        return self.config_ref
 
     def resolve(self, preset: str | None = None, options: Mapping[str, Any] | None = None) -> BaseModel:
         """Validate ``preset`` values overlaid with ``options`` into a config instance."""
@@ -63,6 +113,11 @@ class ComponentSpec:
             raise AvgkitError(_explain(err, f"{self.role} {self.name!r}", self.config)) from None
 
 
+def _check_config(config: Any, who: str) -> None:
+    if not (isinstance(config, type) and issubclass(config, BaseModel)):
+        raise AvgkitError(f"{who}: needs a pydantic config class, got {config!r}")
+
+
 def _explain(err: ValidationError, where: str, model: type[BaseModel]) -> str:
     """First validation problem as one line, with a did-you-mean for unknown keys."""
     e = err.errors()[0]
@@ -76,7 +131,7 @@ def _explain(err: ValidationError, where: str, model: type[BaseModel]) -> str:
 
 class Registry:
     def __init__(self, disabled_plugins: tuple[str, ...] = ()) -> None:
-        self._specs: dict[str, dict[str, ComponentSpec]] = {r: {} for r in (*ROLES, "tokenizer_trainer")}
+        self._specs: dict[str, dict[str, ComponentSpec]] = {r: {} for r in (*LISTED, "tokenizer_trainer")}
         #: installed plugins left out by AVGKIT_DISABLE_PLUGINS (named when a component is unknown)
         self.disabled_plugins = disabled_plugins
 
@@ -88,8 +143,13 @@ class Registry:
                 f"{spec.role} {spec.name!r} is registered twice: by plugin {other!r} and by plugin "
                 f"{spec.plugin!r}; uninstall one of them or rename the component"
             )
-        if not (isinstance(spec.config, type) and issubclass(spec.config, BaseModel)):
-            raise AvgkitError(f"plugin {spec.plugin!r}: {spec.role} {spec.name!r} needs a pydantic config class")
+        for ref in (spec.factory_ref, spec.config_ref):
+            if isinstance(ref, str) and (ref.count(":") != 1 or ref.startswith(":") or ref.endswith(":")):
+                raise AvgkitError(f"{spec.who}: {ref!r} is not a 'package.module:attr' reference")
+        if not isinstance(spec.config_ref, str):
+            _check_config(spec.config_ref, spec.who)
+        if not isinstance(spec.factory_ref, str) and not callable(spec.factory_ref):
+            raise AvgkitError(f"{spec.who}: the factory {spec.factory_ref!r} is not callable")
         table[spec.name] = spec
 
     def register_callback(self, role: str, plugin: str) -> Callable[..., None]:
@@ -97,9 +157,9 @@ class Registry:
 
         def register(
             name: str,
-            factory: Callable[..., Any],
+            factory: Callable[..., Any] | str,
             *,
-            config: type[BaseModel],
+            config: type[BaseModel] | str,
             presets: Mapping[str, Mapping[str, Any]] | None = None,
             description: str = "",
         ) -> None:
@@ -116,7 +176,8 @@ class Registry:
                 hint = f" (installed: {known})"
             off = ",".join(self.disabled_plugins)
             why = f" (AVGKIT_DISABLE_PLUGINS={off} is set: is it from a disabled plugin?)" if off else ""
-            raise AvgkitError(f"unknown {role} {name!r}{hint}; `avgkit ls {role}s` lists them{why}")
+            listing = {"metric_logger": "loggers"}.get(role, f"{role}s")
+            raise AvgkitError(f"unknown {role.replace('_', ' ')} {name!r}{hint}; `avgkit ls {listing}` lists them{why}")
         return table[name]
 
     def names(self, role: str) -> list[str]:

@@ -26,7 +26,14 @@ def echo_json(data: Any) -> None:
 # ----------------------------------------------------------------------------- plugins
 @app.command("plugins")
 def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """List installed plugins, their versions and what each registers."""
+    """List installed plugins, their versions and what each registers.
+
+    Examples:
+
+      avgkit plugins
+
+      AVGKIT_DISABLE_PLUGINS=transformer avgkit plugins --json
+    """
     from avgkit.plugins import get_manager
 
     infos = list(get_manager().infos.values())
@@ -42,28 +49,17 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="machine-read
 
 # ----------------------------------------------------------------------------- ls
 def _role(kind: str) -> str:
-    from avgkit.registry import PLURAL, ROLES
+    from avgkit.registry import LISTED, PLURAL
 
     role = PLURAL.get(kind, kind)
-    if role not in ROLES:
+    if role not in LISTED:
         raise AvgkitError(f"unknown component kind {kind!r}{did_you_mean(kind, PLURAL)}")
     return role
 
 
-def _type_name(annotation: Any) -> str:
-    """``int``, ``int | None``, ``one of a, b`` (a Literal's choices), ..."""
-    import types
-    import typing
-
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is typing.Literal:
-        return "one of " + ", ".join(str(a) for a in args)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
-    return getattr(annotation, "__name__", str(annotation))
-
-
 def _options(spec: Any) -> list[dict[str, Any]]:
+    from avgkit.recipe_schema import type_name as _type_name
+
     out = []
     for name, field in spec.config.model_fields.items():
         default = field.default if not field.is_required() else "(required)"
@@ -74,11 +70,20 @@ def _options(spec: Any) -> list[dict[str, Any]]:
 
 @app.command("ls")
 def ls_cmd(
-    kind: str = typer.Argument(..., help="backbones | tokenizers | conditioners | samplers"),
+    kind: str = typer.Argument(..., help="backbones | tokenizers | conditioners | samplers | loggers"),
     options: bool = typer.Option(False, "--options", help="show each component's options"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """List registered components of one kind, with presets (and options)."""
+    """List registered components of one kind, with presets (and options).
+
+    Examples:
+
+      avgkit ls backbones
+
+      avgkit ls conditioners --options
+
+      avgkit ls loggers
+    """
     from avgkit.plugins import get_registry
 
     specs = get_registry().specs(_role(kind))
@@ -98,13 +103,20 @@ def ls_cmd(
 # ----------------------------------------------------------------------------- recipes
 @recipes_app.command("ls")
 def recipes_ls(as_json: bool = typer.Option(False, "--json")) -> None:
-    """List packaged recipes."""
-    from avgkit.recipe import packaged_recipes, read_yaml
+    """List packaged recipes (avgkit's and every plugin's).
+
+    Examples:
+
+      avgkit recipes ls
+
+      avgkit recipes ls --json
+    """
+    from avgkit.recipe import packaged_recipes, read_recipe
 
     found = packaged_recipes()
     rows = []
     for name, path in found.items():
-        raw = read_yaml(path)
+        raw = read_recipe(path)
         rows.append({"name": name, "path": str(path), "description": (raw or {}).get("description", "")})
     if as_json:
         echo_json(rows)
@@ -117,16 +129,55 @@ def recipes_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 def recipes_show(
     recipe: str = typer.Argument(..., help="recipe name or path"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+    as_written: bool = typer.Option(False, "--as-written",
+                                    help="components as the recipe writes them, without their preset and defaults"),
 ) -> None:
-    """Print a recipe, resolved with overrides and validated."""
-    from avgkit.recipe import load_recipe
+    """Print a recipe resolved (bases merged, overrides applied) and validated: every key, nulls
+    included, and each component's options as its preset and defaults fill them.
 
-    typer.echo(load_recipe(recipe, overrides or []).to_yaml(), nl=False)
+    Examples:
+
+      avgkit recipes show digits
+
+      avgkit recipes show aim-l train.steps=10 --as-written
+    """
+    import yaml
+
+    from avgkit.recipe import load_recipe, resolved_dict
+
+    r = load_recipe(recipe, overrides or [])
+    text = yaml.safe_dump(resolved_dict(r, components=not as_written), sort_keys=False)
+    typer.echo(text, nl=False)
+
+
+@recipes_app.command("schema")
+def recipes_schema(
+    section: Optional[str] = typer.Argument(None, help="recipe | components | data | train | eval (default: all)"),
+) -> None:
+    """Every key a recipe may hold, with its type, default and meaning (Markdown; docs/recipe-schema.md
+    is this command's output).
+
+    Examples:
+
+      avgkit recipes schema train
+
+      avgkit recipes schema > docs/recipe-schema.md
+    """
+    from avgkit.recipe_schema import render
+
+    typer.echo(render(section), nl=False)
 
 
 @recipes_app.command("cp")
 def recipes_cp(recipe: str = typer.Argument(...), dest: Path = typer.Argument(..., help="file or folder")) -> None:
-    """Copy a packaged recipe to edit it."""
+    """Copy a packaged recipe to edit it.
+
+    Examples:
+
+      avgkit recipes cp aim-b my-aim-b.yaml
+
+      avgkit recipes cp digits configs/
+    """
     from avgkit.recipe import find_recipe
 
     src = find_recipe(recipe)
@@ -141,7 +192,14 @@ def recipes_cp(recipe: str = typer.Argument(...), dest: Path = typer.Argument(..
 def recipes_validate(
     recipes: list[str] = typer.Argument(..., help="recipe names or paths"),
 ) -> None:
-    """Validate recipes: schema, component names and options, and component agreement."""
+    """Validate recipes: schema, component names and options, and component agreement.
+
+    Examples:
+
+      avgkit recipes validate my-aim-b.yaml
+
+      avgkit recipes validate digits aim-b aim-l
+    """
     from avgkit.build import build
     from avgkit.recipe import load_recipe
 
@@ -174,7 +232,20 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="continue from the run directory's last complete checkpoint"),
     as_json: bool = typer.Option(False, "--json", help="with --dry-run: machine-readable output"),
 ) -> None:
-    """Train a recipe (or inspect it with --dry-run)."""
+    """Train a recipe (or inspect it with --dry-run).
+
+    Examples:
+
+      avgkit train digits
+
+      avgkit train aim-b --dry-run
+
+      avgkit train digits train.steps=200 conditioner=adaln-single output_dir=runs/digits-single
+
+      avgkit train digits --resume
+
+      torchrun --nproc_per_node 8 -m avgkit.train aim-b
+    """
     from avgkit.build import build, parameter_counts
     from avgkit.recipe import load_recipe
 

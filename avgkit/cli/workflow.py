@@ -20,7 +20,11 @@ def prepare_cmd(
     """Encode the recipe's images once into its zarr code store (trains the tokenizer first if the
     recipe says how). Resumable: after an interruption, run the same command again.
 
-    Example: avgkit prepare digits
+    Examples:
+
+      avgkit prepare digits
+
+      avgkit prepare aim-b --device cuda data.prepare_batch_size=512
     """
     from avgkit.build import build
     from avgkit.plugins import get_registry
@@ -59,8 +63,11 @@ def eval_cmd(
 ) -> None:
     """FID / IS / precision / recall of samples against reference statistics (cached by hash).
 
-    Example: avgkit eval samples/samples.npz -r VIRTUAL_imagenet256_labeled.npz
-    --weights weights-inception-2015-12-05-6726825d.pth
+    Examples:
+
+      avgkit eval samples/digits -r digits:train --extractor digits
+
+      avgkit eval samples/samples.npz -r VIRTUAL_imagenet256_labeled.npz --weights weights-inception-2015-12-05-6726825d.pth
     """
     if not samples.exists():
         raise AvgkitError(f"samples not found: {samples}")
@@ -97,7 +104,11 @@ def sweep_cmd(
 ) -> None:
     """Train one run per point of a grid of recipe overrides, then compare them.
 
-    Example: avgkit sweep digits -g conditioner=adaln,adaln-single,adaln-group,class-token -s train.steps=200
+    Examples:
+
+      avgkit sweep digits -g conditioner=adaln,adaln-single,adaln-group,class-token -s train.steps=200
+
+      avgkit sweep digits -g train.lr=1e-3,2e-3 -g train.batch_size=32,64 --dry-run
     """
     from avgkit.ablation import compare_runs, parse_grid, sweep_recipes
     from avgkit.build import build, parameter_counts
@@ -109,10 +120,9 @@ def sweep_cmd(
         typer.echo(f"{r.name:<48} {n['total']:>14,} params ({n['non_embedding']:,} non-embedding) -> {r.run_dir}")
     if dry_run:
         return
-    from avgkit.train.pipeline import run_recipe
-
     from avgkit.build import resolved_recipe_dict, resolved_recipe_yaml
     from avgkit.train.checkpoint import latest_checkpoint
+    from avgkit.train.pipeline import run_recipe
 
     for r in recipes:
         typer.echo(f"== {r.name}")
@@ -140,7 +150,11 @@ def compare_cmd(
 ) -> None:
     """Table of runs (parameters, final loss, tokens/s, metrics) and their loss curves.
 
-    Example: avgkit compare runs/digits-sweep/*/ --out runs/digits-sweep
+    Examples:
+
+      avgkit compare runs/digits-sweep/*/ --out runs/digits-sweep
+
+      avgkit compare runs/digits runs/digits-single
     """
     from avgkit.ablation import compare_runs
 

@@ -26,6 +26,7 @@ from torch import Tensor
 from avgkit.build import ARModel
 from avgkit.errors import AvgkitError
 from avgkit.interfaces import Sampler, Tokenizer
+from avgkit.loggers import MetricLoggers
 from avgkit.recipe import TrainSection
 from avgkit.stop import Interrupted, StopSignals, signal_name
 from avgkit.train import checkpoint as ckpt
@@ -119,6 +120,7 @@ class Trainer:
         callbacks: Sequence[StepCallback] = (),
         title: str = "",
         val_data: tuple[Tensor, Tensor] | None = None,
+        loggers: MetricLoggers | None = None,
     ) -> None:
         self.env = env or DistEnv(device=next(model.parameters()).device)
         #: held-out ``(codes, labels)`` for the validation loss (every rank computes it alike)
@@ -131,6 +133,7 @@ class Trainer:
         self.class_names = list(class_names) if class_names is not None else None
         self.callbacks = list(callbacks)
         self.title = title
+        self.loggers = loggers  # the recipe's metric loggers (main process), besides metrics.jsonl
         self.show_progress = progress and self.env.is_main
         self.amp_dtype = resolve_precision(cfg.precision, self.env.device)
         self.groups = param_groups(model)
@@ -314,6 +317,8 @@ class Trainer:
                         records.append(record)
                         if metrics is not None:
                             metrics.append(record)
+                        if self.loggers:
+                            self.loggers.log_metrics(self.step, record, prefix="train/")
                     if is_ckpt:
                         saved = self.save()
                         last_ckpt = saved or last_ckpt
@@ -334,6 +339,8 @@ class Trainer:
                         grid = self.sample_grid(run_dir / "samples" / f"{ckpt.step_dir_name(self.step)}.png")
                         if grid is not None:
                             progress.write(f"samples: {grid}")
+                            if self.loggers:
+                                self.loggers.log_images(self.step, {"samples": grid})
                     progress.update(self.step, record)
                     for callback in self.callbacks:
                         callback(self.step, record)

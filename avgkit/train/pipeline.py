@@ -683,7 +683,10 @@ def _run_locked(
             f"on {env.world_size} x {env.device}; data: {data.description}"
         )
 
+    from avgkit.loggers import open_loggers
     from avgkit.train.data import StepBatches
+
+    loggers = open_loggers(recipe, run_dir, registry) if env.is_main and recipe.loggers else None
 
     cfg = recipe.train
     batches = StepBatches(
@@ -712,6 +715,7 @@ def _run_locked(
         progress=progress,
         callbacks=callbacks,
         title=recipe.name,
+        loggers=loggers,
     )
     result = trainer.fit(resume=resume)
 
@@ -724,6 +728,10 @@ def _run_locked(
             ema_pair = ("ema", trainer.ema.module)
             models = [ema_pair, *models] if recipe.eval.use_ema else [*models, ema_pair]
         record = final_samples(recipe, comps, models, data.class_names, run_dir, env, result)
+        if loggers:
+            loggers.log_metrics(result.step, record, prefix="eval/")
+            loggers.log_images(result.step, {"final_samples": run_dir / "samples.png"})
+            loggers.close()
         files.update(
             {
                 "recipe": str(run_dir / "recipe.yaml"),

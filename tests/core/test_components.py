@@ -85,7 +85,32 @@ def test_tokenizer_round_trip_shapes(name):
 def test_ls_options_shows_choices_and_optional_types():
     from typing import Literal
 
-    from avgkit.cli.app import _type_name
+    from avgkit.recipe_schema import type_name as _type_name
 
     assert _type_name(Literal["fp32", "bf16"]) == "one of fp32, bf16"
     assert _type_name(int | None) == "int | None" and _type_name(float) == "float"
+
+
+def test_a_component_that_does_not_subclass_its_role_is_refused():
+    import pytest
+    from torch import nn
+
+    from avgkit.build import build
+    from avgkit.errors import AvgkitError
+    from avgkit.plugins import PluginManager
+    from avgkit.recipe import validate_recipe
+    from avgkit.registry import BackboneConfig
+
+    class NotABackbone(nn.Module):  # has the attributes, lacks the base class
+        dim, num_layers, vocab_size, num_tokens = 8, 1, 16, 16
+
+        def __init__(self, config):
+            super().__init__()
+
+    pm = PluginManager(entry_points=False)
+    pm.registry.register_callback("backbone", "mine")("plain", NotABackbone, config=BackboneConfig)
+    recipe = validate_recipe({"name": "t", "tokenizer": "toy-patch", "backbone": "plain",
+                              "conditioner": {"name": "toy-class", "num_classes": 10}})
+    with pytest.raises(AvgkitError, match=r"backbone 'plain' \(plugin 'mine'\) built a NotABackbone, which does not "
+                                          r"subclass avgkit.interfaces.Backbone"):
+        build(recipe, device="meta", registry=pm.registry)

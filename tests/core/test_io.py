@@ -53,10 +53,10 @@ def test_identical_tensors_and_metadata_give_identical_bytes(tmp_path):
     paths = [save_safetensors(tmp_path / f"{n}.safetensors", state, meta) for n in range(4)]
     # another process too (a hash map's order may depend on a per-process seed)
     code = ("import sys, torch; from avgkit.io import save_safetensors\n"
-            f"state = {{f'layer{{i}}.w': torch.full((3, 2), float(i)) for i in range(6)}}\n"
+            "state = {f'layer{i}.w': torch.full((3, 2), float(i)) for i in range(6)}\n"
             "state['half'] = torch.ones(5, dtype=torch.bfloat16); state['flag'] = torch.tensor(True)\n"
-            f"save_safetensors(sys.argv[1], dict(reversed(list(state.items()))), "
-            f"{{f'key{{i}}': str(i) for i in reversed(range(8))}})\n")
+            "save_safetensors(sys.argv[1], dict(reversed(list(state.items()))), "
+            "{f'key{i}': str(i) for i in reversed(range(8))})\n")
     other = tmp_path / "other.safetensors"
     subprocess.run([sys.executable, "-c", code, str(other)], check=True)
     blobs = {p.read_bytes() for p in [*paths, other]}

@@ -47,6 +47,10 @@ def avgkit_register_tokenizer_trainers(register):
     register("fake-tok", lambda *a, **k: None, config=ComponentConfig)
 
 @hookimpl
+def avgkit_register_metric_loggers(register):
+    register("fake-logger", "avgkit.loggers:JsonlLogger", config="avgkit.loggers:JsonlLoggerConfig")
+
+@hookimpl
 def avgkit_recipe_dirs():
     return [Path(__file__).parent / "fake_recipes"]
 
@@ -85,7 +89,7 @@ def test_fake_plugin_exercises_every_hook(fake_plugin, tmp_path):
     assert info.version == "9.9.9"
     assert info.registers == {
         "tokenizer": ["fake-tok"], "backbone": ["fake-net"], "conditioner": ["fake-cond"],
-        "sampler": ["fake-sampler"], "tokenizer_trainer": ["fake-tok"],
+        "sampler": ["fake-sampler"], "tokenizer_trainer": ["fake-tok"], "metric_logger": ["fake-logger"],
     }
     assert pm.registry.get("backbone", "fake-net").resolve("small").dim == 8
     assert any(p.name == "fake_recipes" for p in pm.recipe_dirs())

@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 from avgkit import hookimpl
-from avgkit_adaln.conditioner import (
-    AdaLNConditioner,
-    AdaLNConfig,
-    AdaLNGroupConditioner,
-    AdaLNGroupConfig,
-    AdaLNSingleConfig,
-    ClassTokenConditioner,
-    ClassTokenConfig,
-)
 
-AVGKIT_API_VERSION = "1.0"
+AVGKIT_API_VERSION = "1.1"
+_C = "avgkit_adaln.conditioner"  # imported when a conditioner is built, not at registration
 
 NAMES = ("adaln", "adaln-group", "adaln-single", "class-token")
 
 
 @hookimpl
 def avgkit_register_conditioners(register):
-    register("adaln", AdaLNConditioner, config=AdaLNConfig, presets={"imagenet": {"num_classes": 1000}},
+    register("adaln", f"{_C}:AdaLNConditioner", config=f"{_C}:AdaLNConfig", presets={"imagenet": {"num_classes": 1000}},
              description="per-layer adaLN: a zero-initialised projection per block (AiM-B)")
-    register("adaln-group", AdaLNGroupConditioner, config=AdaLNGroupConfig,
+    register("adaln-group", f"{_C}:AdaLNGroupConditioner", config=f"{_C}:AdaLNGroupConfig",
              presets={"imagenet": {"num_classes": 1000, "groups": 4}},
              description="adaLN-group(G): one shared projection to G sets, block i uses set i mod G plus its table")
-    register("adaln-single", AdaLNGroupConditioner, config=AdaLNSingleConfig,
+    register("adaln-single", f"{_C}:AdaLNGroupConditioner", config=f"{_C}:AdaLNSingleConfig",
              presets={"imagenet": {"num_classes": 1000}},
              description="adaLN-single: one shared projection for every block plus per-block tables")
-    register("class-token", ClassTokenConditioner, config=ClassTokenConfig,
+    register("class-token", f"{_C}:ClassTokenConditioner", config=f"{_C}:ClassTokenConfig",
              presets={"imagenet": {"num_classes": 1000}},
              description="class embedding as the first token only, no modulation (in-context, LlamaGen)")
 

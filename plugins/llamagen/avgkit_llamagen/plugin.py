@@ -4,24 +4,22 @@ from __future__ import annotations
 
 from avgkit import hookimpl
 
-AVGKIT_API_VERSION = "1.0"
+AVGKIT_API_VERSION = "1.1"
 NAME = "llamagen-vq"
 
 
 @hookimpl
 def avgkit_register_tokenizers(register):
     from avgkit_llamagen.config import VQConfig
-    from avgkit_llamagen.presets import PRESETS, build_tokenizer
+    from avgkit_llamagen.presets import PRESETS  # plain data; the model loads when built
 
-    register(NAME, build_tokenizer, config=VQConfig, presets=PRESETS,
+    register(NAME, "avgkit_llamagen.presets:build_tokenizer", config=VQConfig, presets=PRESETS,
              description="LlamaGen VQ (l2-normalised codebook): vq-16 (AiM), vq-8, digits")
 
 
 @hookimpl
 def avgkit_register_tokenizer_trainers(register):
-    from avgkit_llamagen.train import VQTrainConfig, train_vq
-
-    register(NAME, train_vq, config=VQTrainConfig)
+    register(NAME, "avgkit_llamagen.train:train_vq", config="avgkit_llamagen.train:VQTrainConfig")
 
 
 @hookimpl

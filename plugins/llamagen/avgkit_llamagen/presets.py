@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import VQConfig
 from .errors import VQError
-from .vq_model import LlamaGenVQ
+
+if TYPE_CHECKING:  # the model (torch) is imported when a tokenizer is built
+    from .vq_model import LlamaGenVQ
 
 __all__ = ["PRESETS", "VQConfig", "build_tokenizer", "preset"]
 
@@ -46,6 +48,8 @@ def preset(name: str, **overrides: Any) -> VQConfig:
 
 def build_tokenizer(config: VQConfig) -> LlamaGenVQ:
     """Registry factory: build the tokenizer and load ``config.weights`` when set (eval mode)."""
+    from .vq_model import LlamaGenVQ
+
     model = LlamaGenVQ(config)
     # on the meta device (dry runs, validation) nothing is read
     if config.weights and not next(model.parameters()).is_meta:

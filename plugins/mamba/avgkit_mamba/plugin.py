@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from avgkit import hookimpl
 
-AVGKIT_API_VERSION = "1.0"
+AVGKIT_API_VERSION = "1.1"
 
 
 @hookimpl
 def avgkit_register_backbones(register):
-    from avgkit_mamba.backbone import MambaBackbone, MambaBackboneConfig
-    from avgkit_mamba.presets import PRESETS
+    from avgkit_mamba.presets import PRESETS  # plain data; the model (torch, Triton) loads when built
 
-    register("mamba2", MambaBackbone, config=MambaBackboneConfig, presets=PRESETS,
+    register("mamba2", "avgkit_mamba.backbone:MambaBackbone", config="avgkit_mamba.backbone:MambaBackboneConfig",
+             presets=PRESETS,
              description="AiM: Mamba-2 blocks with adaLN modulation, learned positions, tied head")
 
 

@@ -5,18 +5,16 @@ from __future__ import annotations
 from avgkit import hookimpl
 from avgkit_transformer.config import PRESETS, TransformerConfig
 
-AVGKIT_API_VERSION = "1.0"
+AVGKIT_API_VERSION = "1.1"
 
 NAME = "transformer"
 
 
 @hookimpl
 def avgkit_register_backbones(register):
-    from avgkit_transformer.model import TransformerBackbone
-
     register(
         NAME,
-        TransformerBackbone,
+        "avgkit_transformer.model:TransformerBackbone",  # imported when built: registering stays torch-free
         config=TransformerConfig,
         presets=PRESETS,
         description="LlamaGen-style GPT: RMSNorm, SwiGLU, 2D RoPE, KV cache; honours adaLN modulation",

@@ -1,0 +1,1 @@
+"""Metric loggers for avgkit: TensorBoard and Weights & Biases."""
