@@ -21,6 +21,7 @@ import yaml
 from avgkit.errors import AvgkitError
 from avgkit.io import atomic_write
 from avgkit.recipe import Recipe, apply_overrides, find_recipe, read_recipe, validate_recipe
+from avgkit.runs.layout import RunDir
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
@@ -60,7 +61,7 @@ def sweep_recipes(recipe: str, grid: dict[str, list[str]], fixed: Sequence[str] 
 def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     """What one run recorded: parameters, final loss, throughput, evaluation metrics."""
     run = Path(run_dir)
-    recipe_file = run / "recipe.yaml"
+    recipe_file = RunDir(run).recipe
     if not recipe_file.exists():
         raise AvgkitError(f"{run} is not a run directory (no recipe.yaml); pass the folder `avgkit train` wrote")
     recipe = validate_recipe(yaml.safe_load(recipe_file.read_text()), str(recipe_file))
@@ -68,7 +69,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     from avgkit.train.report import read_metrics
 
     counts = parameter_counts(build(recipe, device="meta"))
-    records = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+    records = [r for r in read_metrics(RunDir(run).metrics) if "loss" in r]
     tail = records[-max(1, len(records) // 10):] if records else []
     speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
     row: dict[str, Any] = {
@@ -83,7 +84,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
         "final_loss": statistics.fmean(r["loss"] for r in tail) if tail else None,
         "tokens_per_s": statistics.median(speeds) if speeds else None,
     }
-    eval_file = run / "eval.json"
+    eval_file = RunDir(run).eval
     if eval_file.exists():
         data = json.loads(eval_file.read_text())
         metrics = data.get("metrics", data)

@@ -16,7 +16,6 @@ the batch size fixed where bit-identical images matter.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,42 +25,14 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor
 
-from avgkit.checkpoints import LoadedCheckpoint, load_checkpoint
 from avgkit.errors import AvgkitError
+from avgkit.runs.loading import LoadedCheckpoint, load_checkpoint
+from avgkit.runtime.device import precision_context, resolve_device
 from avgkit.sample.classes import label_list, parse_classes
 
 #: Sampler options ``generate`` / ``sample_codes`` accept as keyword arguments.
 SAMPLER_OPTIONS = ("cfg_scale", "cfg_schedule", "temperature", "top_k", "top_p", "decode_width")
 ClassSpec = int | str | Sequence[int] | Tensor | np.ndarray
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto``: the current CUDA device when there is one, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise AvgkitError(f"device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AvgkitError(f"device {device!r} asked for but no GPU is visible; use --device cpu or auto")
-    return dev
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise AvgkitError(f"precision {precision!r} is not supported; use fp32 or bf16")
-    return precision
-
-
-def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    check_precision(precision)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 class Generator:
@@ -269,4 +240,4 @@ def load(
     return Generator(load_checkpoint(path, device=dev, ema=ema, step=step, tokenizer=tokenizer), dev)
 
 
-__all__ = ["Generator", "SAMPLER_OPTIONS", "load", "resolve_device"]
+__all__ = ["Generator", "SAMPLER_OPTIONS", "load"]

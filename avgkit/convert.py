@@ -228,10 +228,10 @@ def convert_checkpoint(
     :func:`avgkit.api.load` read the result. The file is read without executing code.
     """
     from avgkit import __version__
-    from avgkit.checkpoints import write_checkpoint_dir
     from avgkit.io import sha256_file
     from avgkit.plugins import get_manager
     from avgkit.recipe import Recipe, load_recipe
+    from avgkit.runs.loading import write_checkpoint_dir
 
     path = Path(path)
     if Path(out_dir).exists():  # before reading a multi-GB file, not after

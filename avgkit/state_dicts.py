@@ -1,6 +1,6 @@
 """Strict state-dict checks: missing, unexpected and mis-shaped keys named in one line.
 
-Shared by checkpoint loading (:mod:`avgkit.checkpoints`) and external conversion
+Shared by checkpoint loading (:mod:`avgkit.runs.loading`) and external conversion
 (:mod:`avgkit.convert`).
 """
 

@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         get_manager().register_commands(app)
         app(args=argv, prog_name="avgkit")
     except AvgkitError as err:
-        from avgkit.stop import Interrupted
+        from avgkit.runtime.stop import Interrupted
 
         if os.environ.get("AVGKIT_DEBUG"):
             raise

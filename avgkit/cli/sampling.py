@@ -60,9 +60,10 @@ def sample_cmd(
     clean_shards: bool = typer.Option(False, "--clean-shards", help="delete shards after merging (a rerun then starts over)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
 ) -> None:
-    from avgkit.api import load, resolve_device
+    from avgkit.api import load
+    from avgkit.runtime.device import resolve_device
+    from avgkit.runtime.distributed import setup, teardown
     from avgkit.sample.job import SampleRequest, run_sample_job
-    from avgkit.train.distributed import setup, teardown
 
     for name, value in (("--batch-size", batch_size), ("--shard-size", shard_size)):
         if value is not None and value < 1:

@@ -9,6 +9,7 @@ import typer
 
 from avgkit.cli.base import app
 from avgkit.errors import AvgkitError
+from avgkit.runs.layout import RunDir
 
 
 @app.command("prepare")
@@ -29,7 +30,7 @@ def prepare_cmd(
     from avgkit.build import build
     from avgkit.plugins import get_registry
     from avgkit.recipe import load_recipe
-    from avgkit.train.distributed import setup, teardown
+    from avgkit.runtime.distributed import setup, teardown
     from avgkit.train.pipeline import ensure_tokenizer_weights, load_train_data
 
     r = load_recipe(recipe, overrides or [])
@@ -121,12 +122,12 @@ def sweep_cmd(
     if dry_run:
         return
     from avgkit.build import resolved_recipe_dict, resolved_recipe_yaml
-    from avgkit.train.checkpoint import latest_checkpoint
+    from avgkit.runs.checkpoint import latest_checkpoint
     from avgkit.train.pipeline import run_recipe
 
     for r in recipes:
         typer.echo(f"== {r.name}")
-        stored = r.run_dir / "recipe.yaml"
+        stored = RunDir(r.run_dir).recipe
         text = stored.read_text() if stored.is_file() else None
         if (r.run_dir / "eval.json").exists():
             if text == resolved_recipe_yaml(r):  # finished with these settings: its results stand

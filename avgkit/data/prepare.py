@@ -24,7 +24,7 @@ from avgkit.data.sources import Augmentation, ImageSource, SkippedImage, Unreada
 from avgkit.data.store import SKIPPED_LABEL, CodeStore, StoreError, StoreMeta
 from avgkit.errors import AvgkitError
 from avgkit.interfaces import Tokenizer
-from avgkit.stop import Interrupted, StopSignals, signal_name
+from avgkit.runtime.stop import Interrupted, StopSignals, signal_name
 
 
 @dataclass

@@ -33,6 +33,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from avgkit.eval.files import AvgkitError, weights_dir
 from avgkit.eval.images import ImageSet, open_images
 from avgkit.io import sha256_file
+from avgkit.runtime.device import resolve_device
 
 __all__ = [
     "INCEPTION_ID",
@@ -170,13 +171,6 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return int(self.pool.shape[0])
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class ImageFeatureExtractor:

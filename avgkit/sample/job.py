@@ -43,11 +43,11 @@ import torch
 
 from avgkit.errors import AvgkitError
 from avgkit.io import atomic_write_json, sha256_file
+from avgkit.runtime.distributed import DistEnv, barrier, broadcast_json
 from avgkit.sample.groups import in_fixed_groups
 from avgkit.sample.images import grid_selection, save_labelled_grid, save_pngs, to_uint8_hwc
 from avgkit.sample.npz import Member, read_npz, write_npz
 from avgkit.sample.progress import SampleProgress
-from avgkit.train.distributed import DistEnv, barrier, broadcast_json
 
 JOB_FILE = "job.json"
 SHARD_DIR = "shards"
@@ -280,7 +280,7 @@ def run_sample_job(
     carries the record; other ranks get an empty one).
     """
     from avgkit import __version__
-    from avgkit.api import check_precision
+    from avgkit.runtime.device import check_precision
 
     check_precision(request.precision)
     env = env or DistEnv(device=gen.device)

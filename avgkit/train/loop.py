@@ -28,10 +28,12 @@ from avgkit.errors import AvgkitError
 from avgkit.interfaces import Sampler, Tokenizer
 from avgkit.loggers import MetricLoggers
 from avgkit.recipe import TrainSection
-from avgkit.stop import Interrupted, StopSignals, signal_name
-from avgkit.train import checkpoint as ckpt
+from avgkit.runs import checkpoint as ckpt
+from avgkit.runs.layout import RunDir
+from avgkit.runtime.device import autocast, autocast_dtype
+from avgkit.runtime.distributed import DistEnv
+from avgkit.runtime.stop import Interrupted, StopSignals, signal_name
 from avgkit.train.data import StepBatches
-from avgkit.train.distributed import DistEnv
 from avgkit.train.optim import EMA, build_optimizer, lr_at, param_groups, set_lr
 from avgkit.train.report import MetricsLog, Progress, plot_loss
 
@@ -40,19 +42,6 @@ StepCallback = Callable[[int, "dict[str, Any] | None"], None]
 
 #: Offset that separates the label-dropout stream from other uses of ``train.seed``.
 _DROPOUT_SEED_OFFSET = 0x1ABE1
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or ``None`` for fp32 (``auto``: bf16 on CUDA, fp32 elsewhere)."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    return torch.bfloat16
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def token_loss(logits: Tensor, codes: Tensor) -> Tensor:
@@ -135,7 +124,7 @@ class Trainer:
         self.title = title
         self.loggers = loggers  # the recipe's metric loggers (main process), besides metrics.jsonl
         self.show_progress = progress and self.env.is_main
-        self.amp_dtype = resolve_precision(cfg.precision, self.env.device)
+        self.amp_dtype = autocast_dtype(cfg.precision, self.env.device)
         self.groups = param_groups(model)
         self.optimizer = build_optimizer(model, cfg, device=self.env.device)
         self.params = [*self.groups.decay, *self.groups.no_decay]
@@ -158,7 +147,7 @@ class Trainer:
     # ------------------------------------------------------------------ paths
     @property
     def ckpt_root(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / "checkpoints"
+        return None if self.run_dir is None else RunDir(self.run_dir).checkpoints
 
     @property
     def writes(self) -> bool:
@@ -250,8 +239,8 @@ class Trainer:
     def sample_grid(self, path: Path) -> Path | None:
         if self.sampler is None or self.tokenizer is None:
             return None
+        from avgkit.sample.grids import generate_images, grid_labels
         from avgkit.sample.images import save_labelled_grid, to_uint8_hwc
-        from avgkit.train.samples import generate_images, grid_labels
 
         source = self.ema.module if self.ema else self.model
         cond = source.conditioner
@@ -277,7 +266,7 @@ class Trainer:
         if found is not None:
             self.resume_from(found)
         run_dir = self.run_dir if self.writes else None
-        metrics = MetricsLog(run_dir / "metrics.jsonl") if run_dir is not None else None
+        metrics = MetricsLog(RunDir(run_dir).metrics) if run_dir is not None else None
         if metrics is not None and found is not None:
             metrics.truncate_after(self.step)  # drop records written after the checkpoint
         elif metrics is not None:
@@ -323,10 +312,10 @@ class Trainer:
                         saved = self.save()
                         last_ckpt = saved or last_ckpt
                         if run_dir is not None and metrics is not None:
-                            plot_loss(metrics.read(), run_dir / "loss.png", self.title)
+                            plot_loss(metrics.read(), RunDir(run_dir).loss_plot, self.title)
                     if stopping is not None:
                         if env.distributed:
-                            from avgkit.train.distributed import barrier
+                            from avgkit.runtime.distributed import barrier
 
                             barrier(env)  # the checkpoint is written before any rank leaves
                         where = f"; saved {last_ckpt}" if last_ckpt is not None and self.writes else ""
@@ -336,7 +325,7 @@ class Trainer:
                             stopping,
                         )
                     if cfg.sample_every and (self.step % cfg.sample_every == 0 or last) and run_dir is not None:
-                        grid = self.sample_grid(run_dir / "samples" / f"{ckpt.step_dir_name(self.step)}.png")
+                        grid = self.sample_grid(RunDir(run_dir).step_samples(self.step))
                         if grid is not None:
                             progress.write(f"samples: {grid}")
                             if self.loggers:
@@ -347,7 +336,7 @@ class Trainer:
         finally:
             progress.close()
         if env.distributed:
-            from avgkit.train.distributed import barrier
+            from avgkit.runtime.distributed import barrier
 
             barrier(env)
         return TrainResult(self.step, records, last_ckpt, self.elapsed)
@@ -364,7 +353,7 @@ class Trainer:
             for start in range(0, len(codes), self.cfg.batch_size):
                 c = codes[start : start + self.cfg.batch_size].to(self.env.device)
                 lab = labels[start : start + self.cfg.batch_size].to(self.env.device)
-                with autocast_context(self.env.device, self.amp_dtype):
+                with autocast(self.env.device, self.amp_dtype):
                     logits = model(c, lab)
                 total += F.cross_entropy(logits.float().flatten(0, 1), c.flatten(), reduction="sum").double()
         finally:
@@ -381,7 +370,7 @@ class Trainer:
             codes = batch.codes.to(env.device, non_blocking=True)
             lab = lab.to(env.device, non_blocking=True)
             with contextlib.nullcontext() if self.ddp is None or i == accum - 1 else self.ddp.no_sync():
-                with autocast_context(env.device, self.amp_dtype):
+                with autocast(env.device, self.amp_dtype):
                     logits = self.forward(codes, lab)
                 loss = token_loss(logits, codes)
                 (loss / accum).backward()
@@ -394,7 +383,7 @@ class Trainer:
         return total / accum, grad_norm.detach()
 
     def _log(self, window: _Window, tokens_per_step: int) -> dict[str, Any]:
-        from avgkit.train.distributed import all_reduce_mean
+        from avgkit.runtime.distributed import all_reduce_mean
 
         assert window.loss is not None and window.grad_norm is not None  # a window is logged after add()
         loss = all_reduce_mean(window.loss.detach().clone(), self.env) / window.steps

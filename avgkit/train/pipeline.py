@@ -38,8 +38,19 @@ from avgkit.errors import AvgkitError
 from avgkit.io import atomic_write, atomic_write_text
 from avgkit.recipe import DataSection, Recipe, recipe_changes
 from avgkit.registry import Registry
-from avgkit.train import checkpoint as ckpt
-from avgkit.train.distributed import DistEnv, barrier, broadcast_json, setup, teardown
+from avgkit.runs import checkpoint as ckpt
+from avgkit.runs.layout import (
+    CHECKPOINTS_DIR,
+    INPUTS_FILE,
+    LOSS_PLOT,
+    METRICS_FILE,
+    MODEL_FILE,
+    PLUGINS_FILE,
+    RECIPE_FILE,
+    SAMPLES_DIR,
+    RunDir,
+)
+from avgkit.runtime.distributed import DistEnv, barrier, broadcast_json, setup, teardown
 from avgkit.train.loop import StepCallback, Trainer, TrainResult
 
 
@@ -65,7 +76,7 @@ def _write_run_files(recipe: Recipe, run_dir: Path, resume: bool, registry: Regi
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = resolved_recipe_dict(recipe, registry)
     text = yaml.safe_dump(resolved, sort_keys=False)
-    old = run_dir / "recipe.yaml"
+    old = RunDir(run_dir).recipe
     if resume and old.exists() and old.read_text() != text:
         kept = _keep_previous_recipe(run_dir, old.read_text())
         changes = recipe_changes(old.read_text(), resolved)
@@ -78,7 +89,7 @@ def _write_run_files(recipe: Recipe, run_dir: Path, resume: bool, registry: Regi
         {"name": i.name, "version": i.version, "api_version": i.api_version, "module": i.module, "builtin": i.builtin}
         for i in get_manager().infos.values()
     ]
-    atomic_write_text(run_dir / "plugins.json", json.dumps(infos, indent=2) + "\n")
+    atomic_write_text(RunDir(run_dir).plugins, json.dumps(infos, indent=2) + "\n")
 
 
 def _schedule_change(old_text: str, recipe: Recipe) -> str | None:
@@ -91,7 +102,7 @@ def _schedule_change(old_text: str, recipe: Recipe) -> str | None:
     from avgkit.recipe import TrainSection
     from avgkit.train.optim import lr_at
 
-    latest = ckpt.latest_checkpoint(recipe.run_dir / "checkpoints")
+    latest = ckpt.latest_checkpoint(RunDir(recipe.run_dir).checkpoints)
     try:
         before = TrainSection.model_validate((yaml.safe_load(old_text) or {}).get("train") or {})
     except Exception:  # noqa: BLE001 - an unreadable old recipe: nothing to compare
@@ -119,7 +130,7 @@ def _keep_previous_recipe(run_dir: Path, text: str) -> Path:
 
 def _check_resumable(recipe: Recipe, registry: Registry) -> None:
     """On --resume, refuse a recipe whose model does not fit the last checkpoint before anything is written."""
-    latest = ckpt.latest_checkpoint(recipe.run_dir / "checkpoints")
+    latest = ckpt.latest_checkpoint(RunDir(recipe.run_dir).checkpoints)
     if latest is None:
         raise AvgkitError(
             f"--resume: {recipe.run_dir} holds no complete checkpoint to resume from; run without --resume to "
@@ -131,12 +142,12 @@ def _check_resumable(recipe: Recipe, registry: Registry) -> None:
             f"train.steps={latest.step} or more, or sample the run as it is with `avgkit sample {recipe.run_dir}`"
         )
     comps = build(recipe, device="meta", registry=registry)
-    ckpt.check_fits(ARModel(comps.backbone, comps.conditioner), latest.path / "model.safetensors",
+    ckpt.check_fits(ARModel(comps.backbone, comps.conditioner), latest.path / MODEL_FILE,
                     fix=f"delete {latest.path} to resume from the one before, or start afresh in a new output_dir")
 
 
 def _check_fresh(recipe: Recipe, resume: bool) -> None:
-    latest = ckpt.latest_checkpoint(recipe.run_dir / "checkpoints")
+    latest = ckpt.latest_checkpoint(RunDir(recipe.run_dir).checkpoints)
     if latest is not None and not resume:
         raise AvgkitError(
             f"{recipe.run_dir} already holds checkpoints (last: step {latest.step}); pass --resume to continue, "
@@ -442,11 +453,11 @@ def validation_codes(recipe: Recipe, comps: Components, env: DistEnv) -> tuple[t
 # ----------------------------------------------------------------------------- inputs
 def _record_inputs(recipe: Recipe, run_dir: Path, weights: Path | None, data: TrainData, resume: bool) -> None:
     """Write ``inputs.json``, pinning the tokenizer into the run; on resume, refuse changed inputs first."""
-    from avgkit.inputs import INPUTS_FILE, RUN_TOKENIZER_FILE, file_record, read_inputs, short
     from avgkit.io import atomic_write_json, sha256_file
+    from avgkit.runs.inputs import INPUTS_FILE, RUN_TOKENIZER_FILE, file_record, read_inputs, short
 
     before = read_inputs(run_dir) if resume else None
-    record: dict[str, Any] = {"recipe": {"sha256": sha256_file(run_dir / "recipe.yaml")}}
+    record: dict[str, Any] = {"recipe": {"sha256": sha256_file(RunDir(run_dir).recipe)}}
     if weights is not None:
         tok = file_record(weights)
         old = (before or {}).get("tokenizer")
@@ -504,7 +515,7 @@ WEIGHTS_NAMES = {"ema": "EMA weights", "model": "raw weights"}
 def _sample_and_score(
     recipe: Recipe, comps: Components, model: ARModel, labels: torch.Tensor, env: DistEnv
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    from avgkit.train.samples import generate_images
+    from avgkit.sample.grids import generate_images
 
     ev = recipe.eval
     images = generate_images(model.backbone, model.conditioner, comps.sampler, comps.tokenizer, labels, seed=ev.seed,
@@ -535,8 +546,8 @@ def final_samples(
     ``eval.json``; the others get ``samples-<name>.png``. Every grid title and the
     record name the weights; ``by_weights`` holds each set's scores.
     """
+    from avgkit.sample.grids import grid_labels
     from avgkit.sample.images import save_labelled_grid, to_uint8_hwc
-    from avgkit.train.samples import grid_labels
 
     ev = recipe.eval
     num_classes = models[0][1].conditioner.num_classes
@@ -558,7 +569,7 @@ def final_samples(
         png = save_labelled_grid(
             to_uint8_hwc(images[shown]),
             labels[shown].tolist(),
-            run_dir / ("samples.png" if name == primary else f"samples-{name}.png"),
+            RunDir(run_dir).samples(None if name == primary else name),
             title=f"{recipe.name} step {train_result.step}, {WEIGHTS_NAMES.get(name, name)}",
             class_names=class_names,
         )
@@ -583,7 +594,7 @@ def final_samples(
         record["class_accuracy"] = by_weights[primary]["class_accuracy"]
         record["per_class_accuracy"] = by_weights[primary]["per_class_accuracy"]
     record["by_weights"] = by_weights
-    atomic_write_text(run_dir / "eval.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(RunDir(run_dir).eval, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -614,14 +625,14 @@ def run_recipe(
 
 
 #: What a run writes at its start; a run that fails before its first checkpoint removes them.
-_RUN_FILES = ("recipe.yaml", "plugins.json", "inputs.json", "metrics.jsonl", "loss.png")
+_RUN_FILES = (RECIPE_FILE, PLUGINS_FILE, INPUTS_FILE, METRICS_FILE, LOSS_PLOT)
 
 
 def _run(
     recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progress: bool, callbacks: Sequence[StepCallback]
 ) -> RunResult:
-    from avgkit.locking import FolderLock
-    from avgkit.stop import Interrupted
+    from avgkit.runs.lock import FolderLock
+    from avgkit.runtime.stop import Interrupted
 
     run_dir = recipe.run_dir
     existed = run_dir.exists()
@@ -644,11 +655,11 @@ def _run(
 
 def _remove_debris(run_dir: Path, existed: bool) -> None:
     """After a failure before the first checkpoint, remove what the run wrote (kept inputs stay)."""
-    if ckpt.latest_checkpoint(run_dir / "checkpoints") is not None:
+    if ckpt.latest_checkpoint(RunDir(run_dir).checkpoints) is not None:
         return  # a resumable run: everything stays
     for name in _RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    for folder in ("checkpoints", "samples"):
+    for folder in (CHECKPOINTS_DIR, SAMPLES_DIR):
         shutil.rmtree(run_dir / folder, ignore_errors=True)
 
 
@@ -730,16 +741,16 @@ def _run_locked(
         record = final_samples(recipe, comps, models, data.class_names, run_dir, env, result)
         if loggers:
             loggers.log_metrics(result.step, record, prefix="eval/")
-            loggers.log_images(result.step, {"final_samples": run_dir / "samples.png"})
+            loggers.log_images(result.step, {"final_samples": RunDir(run_dir).samples()})
             loggers.close()
         files.update(
             {
-                "recipe": str(run_dir / "recipe.yaml"),
-                "metrics": str(run_dir / "metrics.jsonl"),
-                "loss_curve": str(run_dir / "loss.png"),
+                "recipe": str(RunDir(run_dir).recipe),
+                "metrics": str(RunDir(run_dir).metrics),
+                "loss_curve": str(RunDir(run_dir).loss_plot),
                 "checkpoint": str(result.checkpoint) if result.checkpoint else "",
-                "samples": str(run_dir / "samples.png"),
-                "eval": str(run_dir / "eval.json"),
+                "samples": str(RunDir(run_dir).samples()),
+                "eval": str(RunDir(run_dir).eval),
             }
         )
         if weights is not None:

@@ -65,11 +65,12 @@ def sample_tokens(run: Path) -> list[list[int]]:
 
 
 def main(out: Path) -> None:
-    from avgkit.recipe import validate_recipe
-    from avgkit.train.pipeline import run_recipe
     from avgkit_llamagen.config import VQConfig
     from avgkit_llamagen.loading import load_tokenizer
     from avgkit_llamagen.train import VQTrainConfig, train_vq
+
+    from avgkit.recipe import validate_recipe
+    from avgkit.train.pipeline import run_recipe
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

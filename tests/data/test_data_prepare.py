@@ -162,7 +162,7 @@ def test_resume_after_sigkill_equals_clean_run(tmp_path):
 def test_a_signal_stops_after_the_chunk_being_encoded_and_a_rerun_continues(tmp_path):
     import os
 
-    from avgkit.stop import Interrupted
+    from avgkit.runtime.stop import Interrupted
 
     src, tok = NoiseSource(n=40), PatchMeanTokenizer()
 

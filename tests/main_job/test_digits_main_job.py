@@ -32,7 +32,7 @@ def test_digits_recipe_learns_the_classes(tmp_path):
     from avgkit.build import build
     from avgkit.eval.digits import DigitClassifier
     from avgkit.recipe import load_recipe
-    from avgkit.train.samples import generate_images
+    from avgkit.sample.grids import generate_images
 
     recipe = load_recipe("digits", [*paths, *SHORT])
     torch.manual_seed(recipe.train.seed)

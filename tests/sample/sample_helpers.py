@@ -29,7 +29,7 @@ def make_run_dir(root: Path, *, steps: tuple[int, ...] = (5,), ema: bool = False
     """A run directory in ``avgkit train``'s layout with random toy weights per step."""
     from avgkit.build import build
     from avgkit.recipe import validate_recipe
-    from avgkit.train.checkpoint import save_checkpoint
+    from avgkit.runs.checkpoint import save_checkpoint
 
     r = validate_recipe(recipe or TOY_RECIPE)
     root.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import torch
 
 import avgkit.api as api
 from avgkit.errors import AvgkitError
-from avgkit.train.checkpoint import MARKER, load_tensors
+from avgkit.runs.checkpoint import MARKER, load_tensors
 
 
 def _model_state(gen):

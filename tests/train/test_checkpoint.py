@@ -11,7 +11,7 @@ from torch import nn
 from train_helpers import random_codes, toy_model, train_cfg
 
 from avgkit.errors import AvgkitError
-from avgkit.train import checkpoint as ckpt
+from avgkit.runs import checkpoint as ckpt
 from avgkit.train.data import StepBatches, TensorCodes
 from avgkit.train.loop import Trainer
 

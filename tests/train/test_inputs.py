@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from train_helpers import toy_recipe
 
-from avgkit.checkpoints import load_checkpoint
 from avgkit.errors import AvgkitError
+from avgkit.runs.loading import load_checkpoint
 from avgkit.train.pipeline import run_recipe
 
 TRAIN = {"steps": 2, "batch_size": 8, "lr": 3e-3, "log_every": 1, "ckpt_every": 2, "device": "cpu"}
@@ -25,7 +25,7 @@ def _fake(tmp_path, weights, run, *, epochs=1, store=None):
 
 def test_a_changed_tokenizer_setting_trains_a_new_tokenizer(tmp_path, fake_vq_plugins):
     from avgkit.plugins import get_registry
-    from avgkit.train.distributed import DistEnv
+    from avgkit.runtime.distributed import DistEnv
     from avgkit.train.pipeline import ensure_tokenizer_weights
 
     run = tmp_path / "run"

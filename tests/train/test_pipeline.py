@@ -112,7 +112,7 @@ def test_missing_weights_without_train_block(tmp_path, fake_vq_plugins):
 def test_a_run_with_relative_paths_loads_from_anywhere_and_after_a_move(tmp_path, fake_vq_plugins, monkeypatch):
     import shutil
 
-    from avgkit.checkpoints import load_checkpoint
+    from avgkit.runs.loading import load_checkpoint
 
     monkeypatch.chdir(tmp_path)
     recipe = toy_recipe(

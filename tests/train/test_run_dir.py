@@ -11,11 +11,11 @@ import yaml
 from train_helpers import subprocess_env, toy_recipe
 
 from avgkit.errors import AvgkitError
-from avgkit.locking import FolderLock, LockedError
+from avgkit.runs.lock import FolderLock, LockedError
 from avgkit.train.pipeline import run_recipe
 
 TRAIN = {"steps": 2, "batch_size": 8, "lr": 3e-3, "log_every": 1, "ckpt_every": 2, "device": "cpu"}
-HOLD = ("import sys, time\nfrom avgkit.locking import FolderLock\nFolderLock(sys.argv[1]).acquire()\n"
+HOLD = ("import sys, time\nfrom avgkit.runs.lock import FolderLock\nFolderLock(sys.argv[1]).acquire()\n"
         "print('held', flush=True)\ntime.sleep(120)\n")
 
 
@@ -61,7 +61,7 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path, builtin_plugins):
 
 def test_the_stored_recipe_is_fully_resolved(tmp_path, builtin_plugins):
     from avgkit.build import build
-    from avgkit.checkpoints import read_recipe, resolve_checkpoint
+    from avgkit.runs.loading import read_recipe, resolve_checkpoint
 
     run_recipe(_recipe(tmp_path), progress=False)
     stored = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())

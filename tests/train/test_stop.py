@@ -11,8 +11,8 @@ import time
 import pytest
 from train_helpers import subprocess_env, write_recipe
 
-from avgkit.stop import Interrupted, StopSignals
-from avgkit.train import checkpoint as ckpt
+from avgkit.runs import checkpoint as ckpt
+from avgkit.runtime.stop import Interrupted, StopSignals
 from avgkit.train.report import read_metrics
 
 SECTIONS = dict(

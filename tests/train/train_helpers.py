@@ -76,7 +76,7 @@ DRIVER = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from avgkit.recipe import load_recipe
-    from avgkit.stop import Interrupted
+    from avgkit.runtime.stop import Interrupted
     from avgkit.train.pipeline import run_recipe
 
     args = sys.argv[1:]

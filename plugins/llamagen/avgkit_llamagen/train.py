@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from avgkit.io import atomic_write_json
+from avgkit.runtime.device import resolve_device
 
 from .checkpoint import checkpoint_info, completed_steps, load_checkpoint, save_checkpoint
 from .config import VQConfig
@@ -162,12 +163,6 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p, 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _check_images(images: Tensor, cfg: VQConfig, what: str) -> None:
@@ -310,7 +305,7 @@ def train_vq(
     if train.threads:
         torch.set_num_threads(train.threads)
     try:
-        run = _Run(cfg, train, _resolve_device(train.device))
+        run = _Run(cfg, train, resolve_device(train.device, option="train.device"))
         start = 0
         if done:
             if checkpoint_info(ckpt_dir, done[-1])["vq_config"] != cfg.architecture():

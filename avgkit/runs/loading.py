@@ -2,7 +2,7 @@
 
 Two layouts are accepted, both safetensors + YAML only (nothing is ever unpickled):
 
-* a training run directory written by ``avgkit train`` (see :mod:`avgkit.train.checkpoint`)::
+* a training run directory written by ``avgkit train`` (see :mod:`avgkit.runs.checkpoint`)::
 
       recipe.yaml
       checkpoints/step-XXXXXX/{model,ema}.safetensors + COMPLETE
@@ -37,13 +37,9 @@ from avgkit.errors import AvgkitError
 from avgkit.io import atomic_write_json, atomic_write_text, fsync_path
 from avgkit.recipe import Recipe, read_yaml, validate_recipe
 from avgkit.state_dicts import check_state_dict
-from avgkit.train import checkpoint as train_ckpt
+from avgkit.runs import checkpoint as train_ckpt
+from avgkit.runs.layout import CONVERT_INFO_FILE, EMA_FILE, MODEL_FILE, RECIPE_FILE, TOKENIZER_FILE
 
-RECIPE_FILE = "recipe.yaml"
-MODEL_FILE = "model.safetensors"
-EMA_FILE = "ema.safetensors"
-TOKENIZER_FILE = "tokenizer.safetensors"
-CONVERT_INFO_FILE = "convert.json"
 
 
 @dataclass(frozen=True)
@@ -244,7 +240,7 @@ def load_checkpoint(
     file on purpose (it replaces the run's or the converted checkpoint's own).
     """
     from avgkit.build import ARModel, build
-    from avgkit.inputs import check_recipe, pinned_tokenizer, read_inputs
+    from avgkit.runs.inputs import check_recipe, pinned_tokenizer, read_inputs
 
     ref = resolve_checkpoint(path, step)
     if ref.model_path is None:

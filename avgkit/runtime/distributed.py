@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from avgkit.errors import AvgkitError
+from avgkit.runtime.device import resolve_device
 
 #: How long ranks wait for each other at a barrier (tokenizer training and code
 #: extraction run on rank 0 while the others wait).
@@ -50,30 +51,12 @@ def _env_int(name: str, default: int) -> int:
         raise AvgkitError(f"environment variable {name}={value!r} is not an integer; unset it or fix it") from None
 
 
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this rank's CUDA device when available, else CPU; or an explicit device."""
-    if preference == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        device = torch.device(preference)
-    except RuntimeError:
-        raise AvgkitError(f"train.device {preference!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise AvgkitError("train.device asks for CUDA but no GPU is visible; set train.device=auto or cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    return device
-
-
 def setup(device_preference: str = "auto") -> DistEnv:
     """Join the process group when launched by ``torchrun``; otherwise a single process."""
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
-    device = pick_device(device_preference, local_rank)
+    device = resolve_device(device_preference, local_rank=local_rank, option="train.device")
     if world <= 1:
         return DistEnv(device=device)
     if device.type == "cuda":

@@ -40,19 +40,22 @@ from torch import Tensor, nn
 
 from avgkit.errors import AvgkitError
 from avgkit.io import atomic_write_json, atomic_write_text, fsync_path, save_safetensors
+from avgkit.runs.layout import (
+    COMPLETE_MARKER,
+    EMA_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    TRAINER_FILE,
+    step_dir_name,
+)
 
-MARKER = "COMPLETE"
+MARKER = COMPLETE_MARKER
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _ALIASES_KEY = "avgkit.aliases"
 
 
 class CheckpointError(AvgkitError):
     """A checkpoint that cannot be read: names the file and the fix."""
-
-
-# ----------------------------------------------------------------------------- names
-def step_dir_name(step: int) -> str:
-    return f"step-{step:06d}"
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -299,12 +302,12 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     meta = {"format": "avgkit-checkpoint", "step": str(step)}
-    save_tensors(tmp / "model.safetensors", model.state_dict(), meta)
+    save_tensors(tmp / MODEL_FILE, model.state_dict(), meta)
     if ema is not None:
-        save_tensors(tmp / "ema.safetensors", ema.state_dict(), meta)
+        save_tensors(tmp / EMA_FILE, ema.state_dict(), meta)
     opt_tensors, opt_meta = optimizer_to_safetensors(optimizer)
-    save_tensors(tmp / "optimizer.safetensors", opt_tensors, {**meta, **opt_meta})
-    atomic_write_json(tmp / "trainer.json", dict(trainer_state), indent=1)
+    save_tensors(tmp / OPTIMIZER_FILE, opt_tensors, {**meta, **opt_meta})
+    atomic_write_json(tmp / TRAINER_FILE, dict(trainer_state), indent=1)
     fsync_path(tmp)
     if final.exists():  # an unmarked folder of the same step from an interrupted run
         shutil.rmtree(final)
@@ -325,7 +328,7 @@ def prune(ckpt_root: Path, keep_last: int) -> None:
 
 
 def read_trainer_state(ckpt: Path, fix: str) -> dict[str, Any]:
-    path = ckpt / "trainer.json"
+    path = ckpt / TRAINER_FILE
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing; {fix}")
     try:
@@ -344,15 +347,15 @@ def load_checkpoint(
     """Load weights (and optimizer / EMA) from a checkpoint folder; returns trainer.json."""
     fix = f"delete {ckpt} to resume from the previous checkpoint, or start afresh without --resume"
     state = read_trainer_state(ckpt, fix)
-    load_module_state(model, ckpt / "model.safetensors", fix=fix)
+    load_module_state(model, ckpt / MODEL_FILE, fix=fix)
     if ema is not None:
-        ema_path = ckpt / "ema.safetensors"
+        ema_path = ckpt / EMA_FILE
         if ema_path.exists():
             load_module_state(ema, ema_path, fix=fix)
         else:  # EMA switched on for a resumed run: start it from the weights
             ema.load_state_dict(model.state_dict())
     if optimizer is not None:
-        path = ckpt / "optimizer.safetensors"
+        path = ckpt / OPTIMIZER_FILE
         tensors, meta = load_tensors(path, fix=fix)
         optimizer_from_safetensors(optimizer, tensors, meta, path, fix)
     return state
@@ -362,5 +365,5 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
     """Load ``model.safetensors`` / ``ema.safetensors`` (or a checkpoint folder) into ``model``."""
     path = Path(path)
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = path / MODEL_FILE
     load_module_state(model, path, fix="pass a model.safetensors written by avgkit train")

@@ -24,10 +24,10 @@ from typing import Any
 
 from avgkit.errors import AvgkitError
 from avgkit.io import sha256_file
+from avgkit.runs.layout import INPUTS_FILE, RECIPE_FILE, TOKENIZER_FILE
 
-INPUTS_FILE = "inputs.json"
 #: The run's own copy of its tokenizer weights (the same name a converted checkpoint uses).
-RUN_TOKENIZER_FILE = "tokenizer.safetensors"
+RUN_TOKENIZER_FILE = TOKENIZER_FILE
 
 
 def short(digest: str) -> str:
@@ -63,7 +63,7 @@ def read_inputs(run_dir: str | Path) -> dict[str, Any] | None:
 def check_recipe(run_dir: Path, inputs: dict[str, Any]) -> None:
     """Refuse a run whose recipe.yaml was edited after it was trained."""
     want = (inputs.get("recipe") or {}).get("sha256")
-    path = run_dir / "recipe.yaml"
+    path = run_dir / RECIPE_FILE
     if want and path.is_file():
         have = sha256_file(path)
         if have != want:

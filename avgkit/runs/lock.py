@@ -25,8 +25,8 @@ from pathlib import Path
 from types import TracebackType
 
 from avgkit.errors import AvgkitError
+from avgkit.runs.layout import LOCK_FILE
 
-LOCK_FILE = ".lock"
 
 
 class LockedError(AvgkitError):
