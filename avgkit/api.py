@@ -208,11 +208,11 @@ class Generator:
                 on_batch(part.stop - part.start)
         images = torch.cat(out)
         if output == "pil":
-            from avgkit.sample.images import to_pil
+            from avgkit.images import to_pil
 
             return to_pil(images)
         if output == "uint8":
-            from avgkit.sample.images import to_uint8_hwc
+            from avgkit.images import to_uint8_hwc
 
             return to_uint8_hwc(images)
         return images

@@ -23,8 +23,8 @@ else
 fi
 mkdir -p "$OUT/ddp"
 export PYTHONUNBUFFERED=1
-"$PYTHON" -m avgkit.train digits train.steps="$STEPS" output_dir="$WORK/ddp_1gpu" "${EXTRA[@]}" 2>&1 | tail -n 15
-"$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 -m avgkit.train digits train.steps="$STEPS" \
+"$PYTHON" -m avgkit train digits train.steps="$STEPS" output_dir="$WORK/ddp_1gpu" "${EXTRA[@]}" 2>&1 | tail -n 15
+"$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 -m avgkit train digits train.steps="$STEPS" \
   output_dir="$WORK/ddp_2gpu" "${EXTRA[@]}" 2>&1 | tail -n 15
 for run in 1gpu 2gpu; do
   cp "$WORK/ddp_$run/metrics.jsonl" "$OUT/ddp/metrics_$run.jsonl"

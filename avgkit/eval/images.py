@@ -134,7 +134,7 @@ def save_image_grid(images: Tensor | np.ndarray, path: str | Path, nrow: int | N
 
     ``nrow`` images per row; by default as many as make the grid square.
     """
-    from avgkit.sample.images import tile_grid
+    from avgkit.images import tile_grid
 
     cells = to_uint8_rgb(images).permute(0, 2, 3, 1).numpy()
     n = len(cells)

@@ -1,4 +1,4 @@
-"""Sampling during and after training (grids are drawn by :func:`avgkit.sample.images.save_labelled_grid`)."""
+"""Sampling during and after training (grids are drawn by :func:`avgkit.images.save_labelled_grid`)."""
 
 from __future__ import annotations
 

@@ -42,10 +42,10 @@ import numpy as np
 import torch
 
 from avgkit.errors import AvgkitError
+from avgkit.images import grid_selection, save_labelled_grid, save_pngs, to_uint8_hwc
 from avgkit.io import atomic_write_json, sha256_file
 from avgkit.runtime.distributed import DistEnv, barrier, broadcast_json
 from avgkit.sample.groups import in_fixed_groups
-from avgkit.sample.images import grid_selection, save_labelled_grid, save_pngs, to_uint8_hwc
 from avgkit.sample.npz import Member, read_npz, write_npz
 from avgkit.sample.progress import SampleProgress
 

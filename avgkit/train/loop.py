@@ -239,8 +239,8 @@ class Trainer:
     def sample_grid(self, path: Path) -> Path | None:
         if self.sampler is None or self.tokenizer is None:
             return None
+        from avgkit.images import save_labelled_grid, to_uint8_hwc
         from avgkit.sample.grids import generate_images, grid_labels
-        from avgkit.sample.images import save_labelled_grid, to_uint8_hwc
 
         source = self.ema.module if self.ema else self.model
         cond = source.conditioner

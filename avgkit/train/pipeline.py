@@ -546,8 +546,8 @@ def final_samples(
     ``eval.json``; the others get ``samples-<name>.png``. Every grid title and the
     record name the weights; ``by_weights`` holds each set's scores.
     """
+    from avgkit.images import save_labelled_grid, to_uint8_hwc
     from avgkit.sample.grids import grid_labels
-    from avgkit.sample.images import save_labelled_grid, to_uint8_hwc
 
     ev = recipe.eval
     num_classes = models[0][1].conditioner.num_classes

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from avgkit.errors import AvgkitError
+from avgkit.images import grid_selection, save_labelled_grid, to_uint8_hwc
 from avgkit.sample.classes import label_list, parse_classes
-from avgkit.sample.images import grid_selection, save_labelled_grid, to_uint8_hwc
 from avgkit.sample.npz import Member, read_npz, write_npz
 
 
@@ -116,7 +116,7 @@ def test_progress_lines_and_bar():
 
 
 def test_grid_font_keeps_spaces():
-    from avgkit.sample.images import label_font
+    from avgkit.images import label_font
 
     font = label_font()
     assert font.getlength("digits step 600") > font.getlength("digitsstep600")

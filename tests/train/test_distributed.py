@@ -39,7 +39,8 @@ def test_two_processes_match_one(tmp_path, builtin_plugins):
         "--nproc_per_node",
         "2",
         "-m",
-        "avgkit.train",
+        "avgkit",
+        "train",
         str(two),
     ]
     ddp = subprocess.Popen(launch, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -53,7 +53,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, driver, builtin_plugins)
     assert 10 <= max(logged) < 30, "killed too late to test anything"
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "avgkit.train", str(cut), "--resume"],
+        [sys.executable, "-m", "avgkit", "train", str(cut), "--resume"],
         env=env,
         capture_output=True,
         text=True,
