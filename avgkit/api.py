@@ -30,15 +30,13 @@ from avgkit.runs.loading import LoadedCheckpoint, load_checkpoint
 from avgkit.runtime.device import precision_context, resolve_device
 from avgkit.sample.classes import label_list, parse_classes
 
-#: Sampler options ``generate`` / ``sample_codes`` accept as keyword arguments.
-SAMPLER_OPTIONS = ("cfg_scale", "cfg_schedule", "temperature", "top_k", "top_p", "decode_width")
 ClassSpec = int | str | Sequence[int] | Tensor | np.ndarray
 
 
 class Generator:
     """A loaded model (tokenizer, backbone, conditioner) with the recipe's sampler settings."""
 
-    def __init__(self, loaded: LoadedCheckpoint, device: torch.device) -> None:
+    def __init__(self, loaded: LoadedCheckpoint, device: torch.device, sampler: str | None = None) -> None:
         comps = loaded.components
         self.recipe = loaded.recipe
         self.checkpoint = loaded.ref
@@ -49,6 +47,12 @@ class Generator:
         self.backbone = comps.backbone
         self.conditioner = comps.conditioner
         self.device = device
+        #: the sampler that draws: the recipe's, unless another registered one is named
+        self.sampler_name = sampler or self.recipe.sampler.name
+        if sampler is not None:
+            from avgkit.plugins import get_registry
+
+            get_registry().get("sampler", sampler)  # an unknown name fails here, with "did you mean"
         # samplers by settings: a sampler may cache per-batch-size state (CUDA graphs) across calls
         self._samplers: dict[str, Any] = {}
 
@@ -71,13 +75,21 @@ class Generator:
         return self.recipe.eval.batch_size
 
     # ------------------------------------------------------------------ sampler
-    def sampler_config(self, **overrides: Any) -> BaseModel:
-        """The recipe's sampler options with ``overrides`` (``None`` values ignored) applied."""
+    def sampler_config(self, **options: Any) -> BaseModel:
+        """The sampler's options: the recipe's, with ``options`` (``None`` values ignored) applied.
+
+        The sampler's own config validates them, so any registered sampler's options are
+        accepted here and an unknown one is a one-line error naming the sampler. Another
+        sampler than the recipe's starts from its own defaults.
+        """
         from avgkit.plugins import get_registry
 
         ref = self.recipe.sampler
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return get_registry().get("sampler", ref.name).resolve(ref.preset, {**ref.options, **given})
+        given = {k: v for k, v in options.items() if v is not None}
+        spec = get_registry().get("sampler", self.sampler_name)
+        if self.sampler_name != ref.name:
+            return spec.resolve(None, given)
+        return spec.resolve(ref.preset, {**ref.options, **given})
 
     def make_sampler(self, **overrides: Any) -> Any:
         """The sampler for these settings (one instance per distinct settings, reused)."""
@@ -86,7 +98,7 @@ class Generator:
         cfg = self.sampler_config(**overrides)
         key = cfg.model_dump_json()
         if key not in self._samplers:
-            self._samplers[key] = get_registry().get("sampler", self.recipe.sampler.name).factory(cfg)
+            self._samplers[key] = get_registry().get("sampler", self.sampler_name).factory(cfg)
         return self._samplers[key]
 
     def labels(self, classes: ClassSpec, n_per_class: int = 1, *, seed: int = 0) -> np.ndarray:
@@ -151,23 +163,19 @@ class Generator:
         classes: ClassSpec,
         *,
         n_per_class: int = 1,
-        cfg_scale: float | None = None,
-        cfg_schedule: str | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        decode_width: int | None = None,
         seed: int = 0,
         batch_size: int | None = None,
         start_index: int = 0,
         precision: str = "fp32",
+        **options: Any,
     ) -> Tensor:
-        """Token ids ``(N, num_tokens)`` (CPU, int64); ``None`` options keep the recipe's values."""
-        batches = self._request_codes(
-            classes, n_per_class, seed, batch_size, start_index, precision,
-            cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
-            decode_width=decode_width,
-        )
+        """Token ids ``(N, num_tokens)`` (CPU, int64).
+
+        ``options`` are the sampler's own (the built-in one: ``cfg_scale``, ``cfg_schedule``,
+        ``temperature``, ``top_k``, ``top_p``, ``decode_width``, ``cuda_graph``, ``compile``;
+        ``avgkit ls samplers --options`` lists every sampler's); ``None`` keeps the recipe's value.
+        """
+        batches = self._request_codes(classes, n_per_class, seed, batch_size, start_index, precision, **options)
         return torch.cat([codes.cpu() for _, codes in batches])
 
     def generate(
@@ -175,32 +183,24 @@ class Generator:
         classes: ClassSpec,
         *,
         n_per_class: int = 1,
-        cfg_scale: float | None = None,
-        cfg_schedule: str | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        decode_width: int | None = None,
         seed: int = 0,
         batch_size: int | None = None,
         start_index: int = 0,
         precision: str = "fp32",
         output: Literal["tensor", "pil", "uint8"] = "tensor",
         on_batch: Callable[[int], None] | None = None,
+        **options: Any,
     ) -> Tensor | list | np.ndarray:
         """Images of ``classes`` (``n_per_class`` each, class by class).
 
         ``output``: ``"tensor"`` (``(N, C, H, W)`` float in ``[-1, 1]``), ``"pil"`` (a list
         of PIL images) or ``"uint8"`` (``(N, H, W, 3)``, the ``samples.npz`` layout).
-        ``on_batch(n)`` is called after each batch of ``n`` images.
+        ``on_batch(n)`` is called after each batch of ``n`` images. ``options`` are the
+        sampler's own, as for :meth:`sample_codes`.
         """
         if output not in ("tensor", "pil", "uint8"):
             raise AvgkitError(f"output {output!r} is not one of tensor, pil, uint8")
-        batches = self._request_codes(
-            classes, n_per_class, seed, batch_size, start_index, precision,
-            cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
-            decode_width=decode_width,
-        )
+        batches = self._request_codes(classes, n_per_class, seed, batch_size, start_index, precision, **options)
         out = []
         for part, codes in batches:
             out.append(self.decode(codes, precision))
@@ -226,7 +226,7 @@ class Generator:
 
 def load(
     path: str | Path, device: str | torch.device = "auto", ema: bool | Literal["auto"] = "auto", *,
-    step: int | None = None, tokenizer: str | Path | None = None,
+    step: int | None = None, tokenizer: str | Path | None = None, sampler: str | None = None,
 ) -> Generator:
     """A :class:`Generator` from a training run directory or an ``avgkit convert`` output.
 
@@ -234,10 +234,11 @@ def load(
     chooses the EMA weights (``"auto"``: when present and the recipe's ``eval.use_ema``).
     Weights are safetensors only and must match the rebuilt components key for key. A
     run's tokenizer is its own copy, checked against the hash the run recorded;
-    ``tokenizer`` loads another weights file instead, on purpose.
+    ``tokenizer`` loads another weights file instead, on purpose. ``sampler`` names another
+    registered sampler than the recipe's.
     """
     dev = resolve_device(device)
-    return Generator(load_checkpoint(path, device=dev, ema=ema, step=step, tokenizer=tokenizer), dev)
+    return Generator(load_checkpoint(path, device=dev, ema=ema, step=step, tokenizer=tokenizer), dev, sampler)
 
 
-__all__ = ["Generator", "SAMPLER_OPTIONS", "load"]
+__all__ = ["Generator", "load"]

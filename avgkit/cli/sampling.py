@@ -20,13 +20,18 @@ are written in shards: rerun the same command to resume, with another --batch-si
 need be (the job keeps its shard size and decode width, so its images stay the same);
 under torchrun each process takes its own shards.
 
-Sampler options left unset keep the recipe's values (its `sampler:` section).
+Sampler options left unset keep the recipe's values (its `sampler:` section). Any
+option of the sampler goes in as `-o key=value` (`avgkit ls samplers --options` lists
+them); --cfg, --top-k and the other flags below are shortcuts for the built-in sampler's.
+`--sampler NAME` draws with another registered sampler, from its own defaults.
 
 Examples:
 
   avgkit sample runs/digits --classes 0-9 --per-class 8
 
   avgkit sample ckpt/aim-b --classes 207,360 --per-class 4 --cfg 4 --top-k 600 --out samples/dogs
+
+  avgkit sample runs/digits --classes 3 --per-class 16 -o compile=true -o cfg_schedule=linear
 
   torchrun --nproc_per_node 8 -m avgkit sample ckpt/aim-xl --classes all --per-class 50 --cfg 5 --top-k 600 --top-p 0.98 --out samples/aim-xl-50k
 """
@@ -44,6 +49,9 @@ def sample_cmd(
     top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus mass (1: all)"),
     decode_width: Optional[int] = typer.Option(
         None, "--decode-width", help="decode in groups of exactly this many images, so GPU images do not depend on --batch-size (a job pins its first --batch-size)"),
+    option: Optional[list[str]] = typer.Option(
+        None, "--option", "-o", help="a sampler option as key=value (repeatable), validated by the sampler's config"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="a registered sampler instead of the recipe's"),
     seed: int = typer.Option(0, "--seed", help="image i uses (seed, i); random:N classes are drawn with it too"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per sampler call (default: recipe eval.batch_size)"),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", help="images per resumable shard (default: the batch size)"),
@@ -73,13 +81,17 @@ def sample_cmd(
     resolve_device(device)  # a clear error before any process group is joined
     env = setup(device)
     try:
-        gen = load(checkpoint, device=env.device, ema="auto" if ema is None else ema, step=step, tokenizer=tokenizer)
+        gen = load(checkpoint, device=env.device, ema="auto" if ema is None else ema, step=step, tokenizer=tokenizer,
+                   sampler=sampler)
         labels = gen.labels(classes, per_class, seed=seed)
+        options = sampler_options(option or [], {"cfg_scale": cfg, "cfg_schedule": cfg_schedule,
+                                                 "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                                                 "decode_width": decode_width})
+        gen.sampler_config(**options)  # the sampler's config judges them, before any work
         request = SampleRequest(
             labels=labels,
             seed=seed,
-            sampler={"cfg_scale": cfg, "cfg_schedule": cfg_schedule, "temperature": temperature, "top_k": top_k,
-                     "top_p": top_p, "decode_width": decode_width},
+            sampler=options,
             batch_size=batch_size or gen.default_batch_size,
             shard_size=shard_size,
             precision=precision,
@@ -97,3 +109,18 @@ def sample_cmd(
     if env.is_main and not quiet:
         rate = f", {result.images_per_s:.2f} images/s" if result.images_per_s else ""
         typer.echo(f"{result.num_images} images in {result.out_dir} (sampled now: {result.sampled}{rate})")
+
+
+def sampler_options(pairs: list[str], shortcuts: dict[str, object]) -> dict[str, object]:
+    """``-o key=value`` options (values read as YAML) merged with the shortcut flags that were given."""
+    from avgkit.recipe import parse_override
+
+    given = {k: v for k, v in shortcuts.items() if v is not None}
+    options: dict[str, object] = {}
+    for text in pairs:
+        keys, value = parse_override(text)
+        key = ".".join(keys)
+        if key in given:
+            raise AvgkitError(f"sampler option {key} is given twice (-o {text} and its shortcut flag); keep one")
+        options[key] = value
+    return {**given, **options}

@@ -303,7 +303,7 @@ def run_sample_job(
     image_hw = (height, width)
 
     hashes = broadcast_json(_weights_hashes(gen) if env.is_main else None, env)
-    sampler_record = {"name": gen.recipe.sampler.name, **sampler_cfg.model_dump(mode="json")}
+    sampler_record = {"name": gen.sampler_name, **sampler_cfg.model_dump(mode="json")}
     identity = {
         "format": JOB_FORMAT,
         **hashes,
