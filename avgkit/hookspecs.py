@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pluggy
 
@@ -39,8 +39,29 @@ hookspec = pluggy.HookspecMarker("avgkit")
 hookimpl = pluggy.HookimplMarker("avgkit")
 
 
+class Register(Protocol):
+    """The ``register`` callback every registration hook receives (one per role and plugin).
+
+    ``name``: the component's registry name; ``factory``: a class or function building it
+    from a config instance (or ``"package.module:attr"``); ``config``: its pydantic options
+    model (or such a string); ``presets``: named option sets; ``description``: one line
+    for ``avgkit ls``. Registering the same (role, name) twice is an error naming both
+    plugins.
+    """
+
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[..., Any] | str,
+        *,
+        config: type | str,
+        presets: Mapping[str, Mapping[str, Any]] | None = None,
+        description: str = "",
+    ) -> None: ...
+
+
 @hookspec
-def avgkit_register_tokenizers(register: Callable[..., None]) -> None:
+def avgkit_register_tokenizers(register: Register) -> None:
     """Register tokenizers.
 
     ``register(name, factory, *, config, presets=None, description="")`` where
@@ -53,7 +74,7 @@ def avgkit_register_tokenizers(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def avgkit_register_backbones(register: Callable[..., None]) -> None:
+def avgkit_register_backbones(register: Register) -> None:
     """Register sequence backbones.
 
     ``factory(config) -> avgkit.interfaces.Backbone``. The config model must subclass
@@ -63,7 +84,7 @@ def avgkit_register_backbones(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def avgkit_register_conditioners(register: Callable[..., None]) -> None:
+def avgkit_register_conditioners(register: Register) -> None:
     """Register conditioners.
 
     ``factory(config, *, dim, num_layers) -> avgkit.interfaces.Conditioner``, where
@@ -74,12 +95,12 @@ def avgkit_register_conditioners(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def avgkit_register_samplers(register: Callable[..., None]) -> None:
+def avgkit_register_samplers(register: Register) -> None:
     """Register samplers: ``factory(config) -> avgkit.interfaces.Sampler``."""
 
 
 @hookspec
-def avgkit_register_tokenizer_trainers(register: Callable[..., None]) -> None:
+def avgkit_register_tokenizer_trainers(register: Register) -> None:
     """Register a trainer for a tokenizer registered under the same name.
 
     ``register(tokenizer_name, train_fn, *, config)`` where
@@ -90,7 +111,7 @@ def avgkit_register_tokenizer_trainers(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def avgkit_register_metric_loggers(register: Callable[..., None]) -> None:
+def avgkit_register_metric_loggers(register: Register) -> None:
     """Register metric loggers (experiment trackers), chosen by a recipe's ``loggers:`` list.
 
     ``register(name, factory, *, config, presets=None, description="")`` where

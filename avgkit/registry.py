@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from avgkit.errors import AvgkitError, did_you_mean
+from avgkit.hookspecs import Register
 
 Role = Literal["tokenizer", "backbone", "conditioner", "sampler", "tokenizer_trainer", "metric_logger"]
 ROLES: tuple[str, ...] = ("tokenizer", "backbone", "conditioner", "sampler")
@@ -152,7 +153,7 @@ class Registry:
             raise AvgkitError(f"{spec.who}: the factory {spec.factory_ref!r} is not callable")
         table[spec.name] = spec
 
-    def register_callback(self, role: str, plugin: str) -> Callable[..., None]:
+    def register_callback(self, role: str, plugin: str) -> Register:
         """The ``register`` function handed to a registration hook of ``plugin``."""
 
         def register(
