@@ -1,14 +1,14 @@
 """Every hook a plugin can implement. This module is the only place hooks are defined.
 
 A plugin is a module registered under the ``avgkit`` entry-point group that declares
-``AVGKIT_API_VERSION = "1.0"`` and implements any of these hooks with
+``AVGKIT_API_VERSION = "1.1"`` and implements any of these hooks with
 ``@avgkit.hookimpl``. Registration hooks receive a ``register`` callback, so one
 plugin can register many components and the registry knows which plugin each came
 from::
 
     from avgkit import hookimpl
 
-    AVGKIT_API_VERSION = "1.0"
+    AVGKIT_API_VERSION = "1.1"
 
     @hookimpl
     def avgkit_register_backbones(register):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from avgkit import hookimpl
 
-AVGKIT_API_VERSION = "1.0"
+AVGKIT_API_VERSION = "1.1"
 
 
 @hookimpl

@@ -5,7 +5,7 @@ from __future__ import annotations
 from avgkit import hookimpl
 from avgkit_transformer.config import PRESETS, TransformerConfig
 
-AVGKIT_API_VERSION = "1.0"
+AVGKIT_API_VERSION = "1.1"
 
 NAME = "transformer"
 
