@@ -14,7 +14,7 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-PLUGINS = ["plugins/mamba", "plugins/adaln", "plugins/llamagen", "plugins/transformer"]
+PLUGINS = ["plugins/mamba", "plugins/adaln", "plugins/llamagen", "plugins/transformer", "plugins/text"]
 
 
 def install(session: nox.Session, extras: str = "dev") -> None:
