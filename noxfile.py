@@ -40,6 +40,13 @@ def digits(session: nox.Session) -> None:
     session.run("avgkit", "train", "digits", *session.posargs)
 
 
+@nox.session(name="text-digits")
+def text_digits(session: nox.Session) -> None:
+    """Text-to-image on real handwriting: two-digit numbers from their words, scored seen and held out."""
+    install(session, extras="all")
+    session.run("python", "-m", "avgkit.demos.text_digits", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
