@@ -121,3 +121,23 @@ def test_frozen_pretrained_encoder(tmp_path, kind):
     assert cond.null(2).prefix.shape == (2, 2, 32)
     with pytest.raises(AvgkitError, match="no config.json"):
         _text(encoder=kind, path=str(tmp_path / "missing"))
+
+
+def test_training_loop_on_captions():
+    """The generic loop trains on caption ids through a caption table, with condition dropout."""
+    from avgkit.build import ARModel
+    from avgkit.data.captions import CaptionTable
+    from avgkit.recipe import TrainSection
+    from avgkit.train.data import StepBatches, TensorCodes
+    from avgkit.train.loop import Trainer
+
+    cond, backbone = _text(label_dropout=0.5), _mamba()
+    codes = torch.randint(0, 16, (32, 8), generator=torch.Generator().manual_seed(0))
+    ids = torch.arange(32) % 3
+    cfg = TrainSection(steps=3, batch_size=8, lr=1e-3, precision="fp32", log_every=1, ckpt_every=100)
+    batches = StepBatches(TensorCodes(codes, ids), batch_size=8, grad_accum=1, rank=0, world_size=1, seed=0)
+    before = cond.pool.weight.detach().clone()
+    trainer = Trainer(ARModel(backbone, cond), batches, cfg, progress=False,
+                      conditions=CaptionTable(["forty-two", "seven", "ninety"], cond))
+    result = trainer.fit()
+    assert result.step == 3 and not torch.equal(before, cond.pool.weight)
