@@ -16,7 +16,8 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-PLUGINS = ["plugins/mamba", "plugins/adaln", "plugins/llamagen", "plugins/transformer", "plugins/loggers"]
+PLUGINS = ["plugins/mamba", "plugins/adaln", "plugins/llamagen", "plugins/transformer", "plugins/loggers",
+           "plugins/text"]
 
 
 def install(session: nox.Session, extras: str = "dev") -> None:
@@ -45,6 +46,13 @@ def digits(session: nox.Session) -> None:
     """The main job on built-in data: tokenizer, codes, a small AiM, samples and their accuracy."""
     install(session, extras="all")
     session.run("avgkit", "train", "digits", *session.posargs)
+
+
+@nox.session(name="text-digits")
+def text_digits(session: nox.Session) -> None:
+    """Text-to-image on real handwriting: two-digit numbers from their words, scored seen and held out."""
+    install(session, extras="all")
+    session.run("python", "-m", "avgkit.demos.text_digits", *session.posargs)
 
 
 @nox.session

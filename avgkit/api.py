@@ -119,7 +119,9 @@ class Generator:
         precision: str = "fp32",
     ) -> Iterator[tuple[slice, Tensor]]:
         """Codes for ``labels`` (image ``indices`` seed each row), ``batch_size`` rows at a time."""
-        labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        from avgkit.conditions import Conditions
+
+        labels_t: Any = labels if isinstance(labels, Conditions) else torch.as_tensor(np.asarray(labels), dtype=torch.long)
         index_t = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         if labels_t.shape != index_t.shape:
             raise AvgkitError("labels and indices must have the same length")
@@ -140,19 +142,29 @@ class Generator:
             images = self.tokenizer.decode(codes.to(self.device))
         return images.float().clamp(-1, 1).cpu()
 
+    def prompt_conditions(self, prompts: Sequence[str], n_per_prompt: int = 1) -> Any:
+        """The condition batch of ``prompts`` (each ``n_per_prompt`` times, prompt by prompt)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise AvgkitError("no prompts given; pass prompts=[\"forty-two\", ...]")
+        return self.conditioner.tokenize([p for p in prompts for _ in range(n_per_prompt)])
+
     def _request_codes(
         self,
-        classes: ClassSpec,
+        classes: ClassSpec | None,
         n_per_class: int,
         seed: int,
         batch_size: int | None,
         start_index: int,
         precision: str,
+        prompts: Sequence[str] | None = None,
         **sampler_options: Any,
     ) -> Iterator[tuple[slice, Tensor]]:
         """The batches of codes of one request: its labels class by class, image ``i`` seeded
         by index ``start_index + i``."""
-        labels = self.labels(classes, n_per_class, seed=seed)
+        labels: Any = (self.prompt_conditions(prompts, n_per_class) if prompts is not None
+                       else self.labels(classes, n_per_class, seed=seed))  # type: ignore[arg-type]
         sampler = self.make_sampler(**sampler_options)
         indices = np.arange(start_index, start_index + len(labels))
         return self.iter_codes(labels, indices, sampler=sampler, seed=seed,
@@ -180,8 +192,9 @@ class Generator:
 
     def generate(
         self,
-        classes: ClassSpec,
+        classes: ClassSpec | None = None,
         *,
+        prompts: Sequence[str] | None = None,
         n_per_class: int = 1,
         seed: int = 0,
         batch_size: int | None = None,
@@ -191,7 +204,10 @@ class Generator:
         on_batch: Callable[[int], None] | None = None,
         **options: Any,
     ) -> Tensor | list | np.ndarray:
-        """Images of ``classes`` (``n_per_class`` each, class by class).
+        """Images of ``classes`` (``n_per_class`` each, class by class), or of text ``prompts``.
+
+        ``prompts`` (a text conditioner's run) replaces ``classes``: ``n_per_class``
+        images of each prompt, prompt by prompt.
 
         ``output``: ``"tensor"`` (``(N, C, H, W)`` float in ``[-1, 1]``), ``"pil"`` (a list
         of PIL images) or ``"uint8"`` (``(N, H, W, 3)``, the ``samples.npz`` layout).
@@ -200,7 +216,10 @@ class Generator:
         """
         if output not in ("tensor", "pil", "uint8"):
             raise AvgkitError(f"output {output!r} is not one of tensor, pil, uint8")
-        batches = self._request_codes(classes, n_per_class, seed, batch_size, start_index, precision, **options)
+        if (classes is None) == (prompts is None):
+            raise AvgkitError("generate needs classes or prompts (one of them); e.g. generate(prompts=[\"forty-two\"])")
+        batches = self._request_codes(classes, n_per_class, seed, batch_size, start_index, precision, prompts=prompts,
+                                      **options)
         out = []
         for part, codes in batches:
             out.append(self.decode(codes, precision))

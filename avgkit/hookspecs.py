@@ -32,8 +32,10 @@ import pluggy
 #: Version of the plugin API (these hooks, the ``register`` callbacks and
 #: ``avgkit.interfaces``). A plugin declares the version it was written for as the module
 #: attribute ``AVGKIT_API_VERSION``: another major version, or a newer minor one than
-#: this avgkit's, is refused. 1.1 added lazy ``"module:attr"`` factories and configs.
-API_VERSION = "1.1"
+#: this avgkit's, is refused. 1.1 added lazy ``"module:attr"`` factories and configs; 1.2
+#: condition batches beyond class ids (token ids or embeddings with masks, avgkit.conditions)
+#: and the prefix mask of a ``Conditioning``.
+API_VERSION = "1.2"
 
 hookspec = pluggy.HookspecMarker("avgkit")
 hookimpl = pluggy.HookimplMarker("avgkit")

@@ -38,11 +38,15 @@ class Conditioning:
     """Everything a backbone receives from a conditioner for one batch.
 
     * ``prefix``: ``(B, P, D)`` vectors occupying the first ``P`` sequence positions
-      (AiM: ``P = 1``, the class embedding).
+      (AiM: ``P = 1``, the class embedding; a caption: one vector per text token).
     * ``layers``: ``(L, B, 3, D)`` per-block (shift, scale, gate), or ``None`` when the
       conditioner modulates nothing (class token only). Stored stacked so that a
       batch can be sliced, concatenated and captured in a CUDA graph as one tensor.
     * ``final``: ``(B, 2, D)`` (shift, scale) for the final norm, or ``None``.
+    * ``prefix_mask``: ``(B, P)`` bool, True where a prefix vector is real and False
+      where it is padding, or ``None`` when every vector is real. A backbone that sets
+      ``accepts_prefix_mask`` gives the same logits whatever the amount of padding and
+      wherever it sits; every row keeps at least one real vector.
 
     Backbones read it through :meth:`modulation` and :meth:`final_modulation` only.
     """
@@ -50,6 +54,7 @@ class Conditioning:
     prefix: Tensor
     layers: Tensor | None = None
     final: Tensor | None = None
+    prefix_mask: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -77,23 +82,69 @@ class Conditioning:
             self.prefix.index_select(0, index),
             None if self.layers is None else self.layers.index_select(1, index),
             None if self.final is None else self.final.index_select(0, index),
+            None if self.prefix_mask is None else self.prefix_mask.index_select(0, index),
         )
+
+    def mask(self) -> Tensor:
+        """``prefix_mask``, or all True when there is none."""
+        if self.prefix_mask is not None:
+            return self.prefix_mask
+        return torch.ones(self.prefix.shape[:2], dtype=torch.bool, device=self.prefix.device)
+
+    def padded_to(self, length: int) -> Conditioning:
+        """The same conditioning with its prefix left-padded (zeros, mask False) to ``length``."""
+        p = self.prefix_len
+        if length == p:
+            return self
+        if length < p:
+            raise ValueError(f"cannot pad a prefix of {p} vectors to {length}")
+        b = self.batch_size
+        pad = self.prefix.new_zeros(b, length - p, self.prefix.shape[2])
+        mask = torch.cat([torch.zeros(b, length - p, dtype=torch.bool, device=self.prefix.device), self.mask()], 1)
+        return Conditioning(torch.cat([pad, self.prefix], 1), self.layers, self.final, mask)
+
+    def left_aligned(self) -> Conditioning:
+        """Padding moved before the real vectors of each row (their order kept).
+
+        A recurrent backbone then starts every row with its padding, where the state
+        is still zero, and ends the prefix on real vectors.
+        """
+        if self.prefix_mask is None:
+            return self
+        order = torch.sort(self.prefix_mask.to(torch.int8), dim=1, stable=True).indices
+        prefix = self.prefix.gather(1, order[..., None].expand_as(self.prefix))
+        return Conditioning(prefix, self.layers, self.final, self.prefix_mask.gather(1, order))
 
     @staticmethod
     def cat(parts: Sequence[Conditioning]) -> Conditioning:
-        """Concatenate batches (the sampler puts conditioned and null rows together)."""
+        """Concatenate batches (the sampler puts conditioned and null rows together).
+
+        Prefixes of different lengths are left-padded to the longest (with a mask).
+        """
         first = parts[0]
+        length = max(p.prefix_len for p in parts)
+        if any(p.prefix_mask is not None or p.prefix_len != length for p in parts):
+            parts = [p.padded_to(length) for p in parts]
+            mask: Tensor | None = torch.cat([p.mask() for p in parts], 0)
+        else:
+            mask = None
         return Conditioning(
             torch.cat([p.prefix for p in parts], 0),
             None if first.layers is None else torch.cat([cast(Tensor, p.layers) for p in parts], 1),
             None if first.final is None else torch.cat([cast(Tensor, p.final) for p in parts], 0),
+            mask,
         )
 
     def to(self, *args: Any, **kwargs: Any) -> Conditioning:
+        mask = self.prefix_mask
+        if mask is not None:  # a dtype argument must not turn the mask into floats
+            device = kwargs.get("device") or next((a for a in args if isinstance(a, (str, torch.device))), None)
+            mask = mask.to(device) if device is not None else mask
         return Conditioning(
             self.prefix.to(*args, **kwargs),
             None if self.layers is None else self.layers.to(*args, **kwargs),
             None if self.final is None else self.final.to(*args, **kwargs),
+            mask,
         )
 
     def clone(self) -> Conditioning:
@@ -101,6 +152,7 @@ class Conditioning:
             self.prefix.clone(),
             None if self.layers is None else self.layers.clone(),
             None if self.final is None else self.final.clone(),
+            None if self.prefix_mask is None else self.prefix_mask.clone(),
         )
 
     def copy_(self, src: Conditioning) -> Conditioning:
@@ -112,6 +164,8 @@ class Conditioning:
         if self.final is not None:
             assert src.final is not None
             self.final.copy_(src.final)
+        if self.prefix_mask is not None:
+            self.prefix_mask.copy_(src.mask())
         return self
 
 
@@ -139,18 +193,25 @@ class Tokenizer(nn.Module):
 
 
 class Conditioner(nn.Module):
-    """Turns labels into a :class:`Conditioning`; owns the null condition for CFG.
+    """Turns a condition batch into a :class:`Conditioning`; owns the null condition for CFG.
 
-    Built with the backbone's ``dim`` and ``num_layers``. Labels are ``(B,)`` int64
-    in ``[0, num_classes)``; the null label is ``num_classes``.
+    Built with the backbone's ``dim`` and ``num_layers``. A class-conditional
+    conditioner takes labels ``(B,)`` int64 in ``[0, num_classes)``, the null label
+    being ``num_classes``. A conditioner that also (or only) takes the other kinds of
+    :class:`avgkit.conditions.Conditions` (token ids with a mask, precomputed
+    embeddings with a mask) lists them in ``condition_kinds``, and handles rows whose
+    ``null`` flag is set as the null condition.
     """
 
     num_classes: int
     dim: int
     num_layers: int
     prefix_len: int = 1
-    #: probability of replacing a label by the null label in training (CFG dropout)
+    #: probability of replacing a condition by the null condition in training (CFG dropout)
     label_dropout: float = 0.0
+    #: the kinds of condition batch ``forward`` takes: "class" is a ``(B,)`` label tensor,
+    #: "tokens" and "embeddings" are :class:`avgkit.conditions.Conditions`
+    condition_kinds: tuple[str, ...] = ("class",)
 
     @property
     def null_label(self) -> int:
@@ -158,6 +219,14 @@ class Conditioner(nn.Module):
 
     def forward(self, labels: Tensor) -> Conditioning:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def drop_mask(self, batch_size: int, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> Tensor:
+        """``(B,)`` bool: which rows training turns into the null condition (``label_dropout``)."""
+        if self.label_dropout <= 0:
+            return torch.zeros(batch_size, dtype=torch.bool, device=device)
+        u = torch.rand((batch_size,), generator=generator, device=generator.device if generator else device)
+        return u.to(device) < self.label_dropout
 
     def drop_labels(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Training-time label dropout: each label becomes null with ``label_dropout``.
@@ -170,6 +239,17 @@ class Conditioner(nn.Module):
         u = torch.rand(labels.shape, generator=generator, device=generator.device if generator else labels.device)
         drop = u.to(labels.device) < self.label_dropout
         return torch.where(drop, torch.full_like(labels, self.null_label), labels)
+
+    def drop_conditions(self, batch: Any, generator: torch.Generator | None = None) -> Any:
+        """Condition dropout for any batch: labels go to the null label, other kinds get ``null`` rows."""
+        if isinstance(batch, Tensor):
+            return self.drop_labels(batch, generator)
+        return batch.with_null(self.drop_mask(len(batch), generator, batch.device))
+
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        """Captions -> :class:`avgkit.conditions.Conditions` of token ids (text conditioners only)."""
+        raise TypeError(f"conditioner {type(self).__name__} takes {', '.join(self.condition_kinds)} conditions, "
+                        f"not text; pair the recipe with a text conditioner (conditioner: text)")
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Class tables, excluded from "non-embedding" parameter counts."""
@@ -213,6 +293,8 @@ class Backbone(nn.Module, Generic[StateT]):
     num_layers: int
     vocab_size: int
     num_tokens: int
+    #: whether the backbone honours ``Conditioning.prefix_mask`` (padded, variable-length prefixes)
+    accepts_prefix_mask: bool = False
 
     def forward(self, codes: Tensor, cond: Conditioning) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -250,12 +332,15 @@ class Sampler(Protocol):
         self,
         backbone: Backbone,
         conditioner: Conditioner,
-        labels: Tensor,
+        labels: Any,
         *,
         seed: int = 0,
         index: Tensor | None = None,
     ) -> Tensor:
-        """Codes ``(B, N)``; row ``r`` depends only on (seed, ``index[r]``, ``labels[r]``)."""
+        """Codes ``(B, N)``; row ``r`` depends only on (seed, ``index[r]``, ``labels[r]``).
+
+        ``labels`` is a class-id tensor or an :class:`avgkit.conditions.Conditions` batch.
+        """
         ...
 
 

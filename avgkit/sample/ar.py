@@ -175,7 +175,8 @@ class ARSampler:
         )
 
     def _graph_run(self, backbone: Backbone, cond: Conditioning, batch: int, dtype: torch.dtype | None) -> _Run:
-        key = (id(backbone), batch, dtype, cond.prefix.shape, cond.layers is None, str(cond.prefix.device))
+        key = (id(backbone), batch, dtype, cond.prefix.shape, cond.layers is None, cond.prefix_mask is None,
+               str(cond.prefix.device))
         run = self._graphs.get(key)
         if run is not None and run.backbone is backbone:
             return run

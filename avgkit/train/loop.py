@@ -110,10 +110,13 @@ class Trainer:
         title: str = "",
         val_data: tuple[Tensor, Tensor] | None = None,
         loggers: MetricLoggers | None = None,
+        conditions: Callable[[Tensor], Any] | None = None,
     ) -> None:
         self.env = env or DistEnv(device=next(model.parameters()).device)
         #: held-out ``(codes, labels)`` for the validation loss (every rank computes it alike)
         self.val_data = val_data
+        #: caption ids -> condition batch (``avgkit.data.captions.CaptionTable``); None: labels are class ids
+        self.conditions = conditions
         self.cfg = cfg
         self.model = model.to(self.env.device).train()
         self.batches = batches
@@ -154,6 +157,10 @@ class Trainer:
         return self.run_dir is not None and self.env.is_main
 
     # ------------------------------------------------------------------ labels
+    def _condition(self, labels: Tensor) -> Any:
+        """What the conditioner takes for these labels (class ids as they are, caption ids looked up)."""
+        return labels if self.conditions is None else self.conditions(labels).to(labels.device)
+
     def _drop_labels(self, micro_labels: list[Tensor]) -> list[Tensor]:
         """Label dropout drawn over the global batch, returned for this rank's micro-batches.
 
@@ -168,7 +175,11 @@ class Trainer:
             global_labels = torch.stack(parts, 1).flatten()
         else:
             global_labels = local
-        dropped = self.model.conditioner.drop_labels(global_labels, self.dropout_gen)
+        if self.conditions is None:
+            dropped = self.model.conditioner.drop_labels(global_labels, self.dropout_gen)
+        else:  # caption ids: a dropped one becomes -1, the null condition
+            drop = self.model.conditioner.drop_mask(len(global_labels), self.dropout_gen, global_labels.device)
+            dropped = torch.where(drop, torch.full_like(global_labels, -1), global_labels)
         mine = dropped.view(-1, world)[:, rank] if world > 1 else dropped
         return list(mine.split([len(m) for m in micro_labels]))
 
@@ -352,7 +363,7 @@ class Trainer:
         try:
             for start in range(0, len(codes), self.cfg.batch_size):
                 c = codes[start : start + self.cfg.batch_size].to(self.env.device)
-                lab = labels[start : start + self.cfg.batch_size].to(self.env.device)
+                lab = self._condition(labels[start : start + self.cfg.batch_size].to(self.env.device))
                 with autocast(self.env.device, self.amp_dtype):
                     logits = model(c, lab)
                 total += F.cross_entropy(logits.float().flatten(0, 1), c.flatten(), reduction="sum").double()
@@ -368,7 +379,7 @@ class Trainer:
         total = torch.zeros((), device=env.device)
         for i, (batch, lab) in enumerate(zip(micro, labels, strict=True)):
             codes = batch.codes.to(env.device, non_blocking=True)
-            lab = lab.to(env.device, non_blocking=True)
+            lab = self._condition(lab.to(env.device, non_blocking=True))
             with contextlib.nullcontext() if self.ddp is None or i == accum - 1 else self.ddp.no_sync():
                 with autocast(env.device, self.amp_dtype):
                     logits = self.forward(codes, lab)

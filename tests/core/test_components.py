@@ -57,7 +57,8 @@ def test_conditioner_gives_a_conditioning(name):
     spec = reg.get("conditioner", name)
     cfg = spec.resolve(_smallest(spec), {"num_classes": 10} if "num_classes" in spec.config.model_fields else {})
     cond = spec.factory(cfg, dim=16, num_layers=3)
-    c = cond(torch.tensor([0, 9]))
+    # class conditioners take label ids; a text conditioner its tokenized captions
+    c = cond(torch.tensor([0, 9]) if "class" in cond.condition_kinds else cond.tokenize(["forty two", "seven"]))
     assert c.prefix.shape[0] == 2 and c.prefix.shape[-1] == 16
     if c.layers is not None:
         assert c.layers.shape == (3, 2, 3, 16)

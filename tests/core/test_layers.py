@@ -25,7 +25,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("sampling and evaluation", ("avgkit.sample", "avgkit.eval")),
     ("testing kit", ("avgkit.testing",)),
     ("training", ("avgkit.train",)),
-    ("facades", ("avgkit.api", "avgkit.convert", "avgkit.ablation")),
+    ("facades", ("avgkit.api", "avgkit.convert", "avgkit.ablation", "avgkit.demos")),
     ("command line", ("avgkit.cli", "avgkit.__main__")),
 ]
 REGISTRATION = "avgkit.builtin"

@@ -384,6 +384,52 @@ def check_cuda_graph_step(case: BackboneCase) -> None:
                          "teacher forcing", 1e-4)
 
 
+#: the longest prefix :func:`check_padded_prefix` hands a backbone (3 real vectors + 3 of padding)
+PADDED_PREFIX_LEN = 6
+
+
+def check_padded_prefix(case: BackboneCase) -> None:
+    """A padded prefix gives each row the logits of its real vectors alone, in training and decoding.
+
+    Rows carry 1 to 3 real prefix vectors, padded to 6 on the left, on the right or
+    both, with large random values in the padding; forward and prefill + steps must
+    match the forward pass of each row's unpadded prefix. A recurrent state must not
+    absorb padded positions. Backbones that leave ``accepts_prefix_mask`` False skip.
+    """
+    backbone, conditioner = case.build()
+    if not getattr(backbone, "accepts_prefix_mask", False):
+        raise ConformanceSkip("the backbone does not accept padded prefixes (accepts_prefix_mask is False)")
+    codes, labels = case.inputs(backbone, conditioner)
+    gen = torch.Generator().manual_seed(case.seed + 11)
+    with torch.no_grad():
+        cond = conditioner(labels)
+        b, d = cond.batch_size, cond.prefix.shape[-1]
+        extra = (torch.randn(b, 2, d, generator=gen) * 0.5).to(cond.prefix)
+        real = torch.cat([extra, cond.prefix[:, -1:]], 1)  # (B, 3, D): the last vector is the condition's own
+        counts = [1 + (r % 3) for r in range(b)]
+        expected = []
+        for r in range(b):
+            one = Conditioning(real[r : r + 1, 3 - counts[r] :], None if cond.layers is None else cond.layers[:, r : r + 1],
+                               None if cond.final is None else cond.final[r : r + 1])
+            expected.append(backbone(codes[r : r + 1], one))
+        want = torch.cat(expected)
+        for layout in ("left", "right", "both"):
+            prefix = (torch.randn(b, PADDED_PREFIX_LEN, d, generator=gen) * 3).to(cond.prefix)
+            mask = torch.zeros(b, PADDED_PREFIX_LEN, dtype=torch.bool)
+            for r in range(b):
+                n = counts[r]
+                start = {"left": PADDED_PREFIX_LEN - n, "right": 0, "both": (PADDED_PREFIX_LEN - n) // 2}[layout]
+                prefix[r, start : start + n] = real[r, 3 - n :]
+                mask[r, start : start + n] = True
+            padded = Conditioning(prefix, cond.layers, cond.final, mask.to(prefix.device))
+            got = backbone(codes, padded)
+            assert_close(got, want, f"{case.where} forward logits change when the prefix is padded ({layout}): "
+                         "padded positions must not reach real ones", case.atol)
+            decoded = _decode(backbone, padded, codes)
+            assert_close(decoded, want, f"{case.where} prefill + step logits change when the prefix is padded "
+                         f"({layout}): the decoding state must not absorb padded positions", case.atol)
+
+
 def check_sampling(case: BackboneCase) -> None:
     """Through the built-in AR sampler with CFG: same seed -> same codes; rows ignore their batch."""
     from avgkit.sample.ar import ARSampler, ARSamplerConfig
@@ -423,6 +469,7 @@ BACKBONE_CHECKS: dict[str, Callable[[BackboneCase], None]] = {
     "cuda_matches_cpu": check_cuda_matches_cpu,
     "cuda_graph_step": check_cuda_graph_step,
     "sampling": check_sampling,
+    "padded_prefix": check_padded_prefix,
 }
 
 

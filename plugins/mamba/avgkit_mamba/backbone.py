@@ -139,13 +139,15 @@ class Block(nn.Module):
     def _gate(y: Tensor, m: Modulation | None) -> Tensor:
         return y if m is None else m.gate.unsqueeze(1).to(y.dtype) * y
 
-    def forward(self, h: Tensor, residual: Tensor | None, m: Modulation | None, state=None) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, residual: Tensor | None, m: Modulation | None, state=None,
+                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.recompute and torch.is_grad_enabled():
             # training: the add/norm/modulate chain's fp32 intermediates are recomputed in backward
             x, residual = checkpoint(self._pre, h, residual, m, use_reentrant=False)
         else:
             x, residual = self._pre(h, residual, m)
-        return self._gate(self.mixer(x, state=state), m), residual
+        y = self.mixer(x, state=state) if mask is None else self.mixer(x, state=state, mask=mask)
+        return self._gate(y, m), residual
 
     def step(self, y: Tensor, gate: Tensor | None, residual: Tensor | None, m: Modulation | None, state,
              length: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -171,6 +173,8 @@ class FinalLayer(nn.Module):
 
 
 class MambaBackbone(Backbone):
+    accepts_prefix_mask = True
+
     def __init__(self, config: MambaBackboneConfig) -> None:
         super().__init__()
         if config.vocab_size is None or config.num_tokens is None:
@@ -225,13 +229,23 @@ class MambaBackbone(Backbone):
         return F.linear(x, weight)
 
     # ------------------------------------------------------------------ training
+    @staticmethod
+    def _sequence_mask(cond: Conditioning, extra: int) -> Tensor | None:
+        """(B, P + extra) bool over [prefix, tokens], or None without prefix padding."""
+        if cond.prefix_mask is None:
+            return None
+        ones = torch.ones(cond.batch_size, extra, dtype=torch.bool, device=cond.prefix_mask.device)
+        return torch.cat([cond.prefix_mask, ones], 1)
+
     def forward(self, codes: Tensor, cond: Conditioning) -> Tensor:
         n = codes.shape[1]
+        cond = cond.left_aligned()  # padding first, where the recurrent state is still zero
+        mask = self._sequence_mask(cond, n - 1)
         rows = torch.arange(n - 1, device=codes.device)
         h = torch.cat([cond.prefix.to(self.embeddings.word_embeddings.weight.dtype), self._embed(codes[:, :-1], rows)], 1)
         residual = None
         for i, block in enumerate(self.layers):
-            h, residual = block(h, residual, cond.modulation(i))
+            h, residual = block(h, residual, cond.modulation(i), mask=mask)
         return self._head(h, residual, cond)[:, cond.prefix_len - 1 :]
 
     # ------------------------------------------------------------------ generation
@@ -255,11 +269,13 @@ class MambaBackbone(Backbone):
                 raise AvgkitError(f"conditioning prefix has {cond.prefix_len} vectors but the dual-form caches hold "
                                  f"{self.config.max_prefix_len}; set backbone max_prefix_len: {cond.prefix_len}")
             state.length.fill_(cond.prefix_len)
+        cond = cond.left_aligned()
+        mask = self._sequence_mask(cond, 0)
         h, residual = cond.prefix.to(self.embeddings.word_embeddings.weight.dtype), None
         for layer_state in state.layers:
             layer_state.zero_()
         for i, block in enumerate(self.layers):
-            h, residual = block(h, residual, cond.modulation(i), state=state.layers[i])
+            h, residual = block(h, residual, cond.modulation(i), state=state.layers[i], mask=mask)
         state.position.fill_(1 if self.config.positions == "reference" else 0)
         return self._head(h[:, -1:], residual[:, -1:], cond)[:, 0]
 

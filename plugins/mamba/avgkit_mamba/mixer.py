@@ -189,14 +189,22 @@ class Mamba2Mixer(nn.Module):
         # in fp32 even for half-precision weights, or exp would overflow to -inf
         return -torch.exp(self.A_log.float())
 
-    def forward(self, x: Tensor, state: Mamba2State | None = None) -> Tensor:
+    def forward(self, x: Tensor, state: Mamba2State | None = None, mask: Tensor | None = None) -> Tensor:
         """(B, L, d_model) -> (B, L, d_model).
 
         With ``state``: start from it and write the final conv and SSM states into it
         (prefill); a fresh (zero) state gives the same output as no state.
+
+        ``mask`` (B, L) bool marks real positions; padded ones (False, all before the real
+        ones of their row, over a zero state) have their conv inputs and conv outputs
+        zeroed, so they enter neither the conv window nor the SSM state: the real
+        positions' outputs are those of the sequence without the padding.
         """
         b, seqlen, _ = x.shape
         z, xBC, dt = self._split(self.in_proj(x))
+        keep = None if mask is None else mask[..., None].to(xBC.dtype)
+        if keep is not None:
+            xBC = xBC * keep
         weight = self.conv1d.weight.squeeze(1)
         if state is None:
             xBC = conv_torch.causal_conv1d(xBC.transpose(1, 2), weight, self.conv1d.bias)
@@ -206,6 +214,8 @@ class Mamba2Mixer(nn.Module):
             )
             state.conv.copy_(conv_final)
         xBC = xBC.transpose(1, 2).contiguous()  # (B, L, conv_dim): head dims contiguous for the scan
+        if keep is not None:
+            xBC = xBC * keep  # padded positions add dt * B * x = 0 to the SSM state
         xs, Bs, Cs = self._split_xbc(xBC)
         if isinstance(state, Mamba2DualState):
             self._fill_dual(state, xs, Bs, dt)

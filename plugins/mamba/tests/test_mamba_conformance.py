@@ -28,4 +28,4 @@ class TestTinyMambaDualForm(BackboneSuite):
     num_tokens = 12
 
     def make_backbone(self):
-        return _tiny(decode_form="dual", ngroups=2)
+        return _tiny(decode_form="dual", ngroups=2, max_prefix_len=6)

@@ -104,7 +104,7 @@ class Attention(nn.Module):
                 k,
                 v,
                 attn_mask=mask,
-                is_causal=cache is None,
+                is_causal=cache is None and mask is None,
                 dropout_p=self.attn_dropout if self.training else 0.0,
                 enable_gqa=self.kv_heads != self.heads,
             )

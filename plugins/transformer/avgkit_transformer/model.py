@@ -38,6 +38,8 @@ class KVCacheState:
     pos: Tensor
     batch_size: int
     prefix_len: int = 0
+    #: (B, max_len) bool, False at padded prefix positions; None while the prefix has no padding
+    key_valid: Tensor | None = None
 
     @property
     def max_len(self) -> int:
@@ -49,7 +51,15 @@ class KVCacheState:
 
 
 class TransformerBackbone(Backbone):
-    """LlamaGen-style GPT: RMSNorm, SwiGLU, 2D RoPE, causal SDPA, untied (or tied) head."""
+    """LlamaGen-style GPT: RMSNorm, SwiGLU, 2D RoPE, causal SDPA, untied (or tied) head.
+
+    A padded prefix (``cond.prefix_mask``) is masked out of attention: no position
+    attends to a padded key except the padded position itself (which keeps its softmax
+    finite), and prefix positions carry no position, so the logits do not depend on
+    the amount or place of the padding.
+    """
+
+    accepts_prefix_mask = True
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -110,13 +120,27 @@ class TransformerBackbone(Backbone):
 
     # ------------------------------------------------------------------ training
     def forward(self, codes: Tensor, cond: Conditioning) -> Tensor:
+        cond = cond.left_aligned()  # the last prefix position, which predicts token 0, is a real one
         prefix = self._prefix(cond)
         p = prefix.shape[1]
         x = self.token_dropout(torch.cat([prefix, self.tok_embed(codes[:, :-1])], dim=1))
-        table = self._table(torch.arange(x.shape[1], device=x.device), p)
+        t = x.shape[1]
+        positions = torch.arange(t, device=x.device)
+        table = self._table(positions, p)
+        mask = None
+        if cond.prefix_mask is not None:
+            valid = torch.cat([cond.prefix_mask, cond.prefix_mask.new_ones(x.shape[0], t - p)], 1)
+            mask = self._padded_mask(valid, positions, positions)
         for i, block in enumerate(self.blocks):
-            x = block(x, table, cond.modulation(i))
+            x = block(x, table, cond.modulation(i), mask=mask)
         return self._head(x[:, p - 1 :], cond)
+
+    @staticmethod
+    def _padded_mask(valid: Tensor, queries: Tensor, keys: Tensor) -> Tensor:
+        """(B, 1, Tq, Tk) bool: causal, no padded key, except a position's own."""
+        causal = keys[None, :] <= queries[:, None]
+        own = keys[None, :] == queries[:, None]
+        return (causal[None] & (valid[:, None, :] | own[None]))[:, None]
 
     # ------------------------------------------------------------------ generation
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> KVCacheState:
@@ -137,13 +161,17 @@ class TransformerBackbone(Backbone):
     def _decode(self, state: KVCacheState, x: Tensor, positions: Tensor, cond: Conditioning) -> Tensor:
         table = self._table(positions, state.prefix_len)
         keys = torch.arange(state.max_len, device=x.device)
-        mask = keys[None, :] <= positions[:, None]  # (T, max_len): causal over the filled cache
+        if state.key_valid is not None:
+            mask = self._padded_mask(state.key_valid, positions, keys)
+        else:
+            mask = keys[None, :] <= positions[:, None]  # (T, max_len): causal over the filled cache
         x = x.to(state.dtype)
         for i, block in enumerate(self.blocks):
             x = block(x, table, cond.modulation(i), (state.keys[i], state.values[i]), positions, mask)
         return self._head(x[:, -1:], cond)[:, 0]
 
     def prefill(self, state: KVCacheState, cond: Conditioning) -> Tensor:
+        cond = cond.left_aligned()
         prefix = self._prefix(cond)
         p = prefix.shape[1]
         if p > self.config.max_prefix_len:
@@ -154,6 +182,13 @@ class TransformerBackbone(Backbone):
         if cond.batch_size != state.batch_size:
             raise TransformerError(f"conditioning batch {cond.batch_size} != decoding state batch {state.batch_size}")
         state.prefix_len = p
+        if cond.prefix_mask is not None:
+            if state.key_valid is None:  # allocated once, then rewritten in place (a captured step reads it)
+                state.key_valid = torch.ones(state.batch_size, state.max_len, dtype=torch.bool, device=state.pos.device)
+            state.key_valid.fill_(True)
+            state.key_valid[:, :p] = cond.prefix_mask
+        else:
+            state.key_valid = None
         logits = self._decode(state, self.token_dropout(prefix), torch.arange(p, device=state.pos.device), cond)
         state.pos.fill_(p)
         return logits
@@ -166,8 +201,9 @@ class TransformerBackbone(Backbone):
 
     def select_state(self, state: KVCacheState, index: Tensor) -> KVCacheState:
         index = index.to(state.pos.device)
+        valid = None if state.key_valid is None else state.key_valid.index_select(0, index)
         return KVCacheState([k.index_select(0, index) for k in state.keys], [v.index_select(0, index) for v in state.values],
-                            state.pos.clone(), int(index.numel()), state.prefix_len)
+                            state.pos.clone(), int(index.numel()), state.prefix_len, valid)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The token table (also the head when tied); an untied head counts as non-embedding."""

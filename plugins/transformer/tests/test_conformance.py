@@ -14,7 +14,7 @@ class TestTinyTransformer(BackboneSuite):
     num_tokens = 16
 
     def make_backbone(self) -> TransformerBackbone:
-        return TransformerBackbone(TransformerConfig(**PRESETS["tiny"], vocab_size=16, num_tokens=16))
+        return TransformerBackbone(TransformerConfig(**PRESETS["tiny"], vocab_size=16, num_tokens=16, max_prefix_len=6))
 
 
 def test_variant_conforms():

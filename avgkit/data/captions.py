@@ -1,0 +1,121 @@
+"""Captioned data: an ImageFolder tree with a captions file, and caption ids -> condition batches.
+
+Layout::
+
+    root/
+      captions.jsonl        one JSON object a line: {"path": "a/0001.png", "caption": "a red bird"}
+      a/0001.png ...        images anywhere under root (paths relative to it)
+
+A captioned source numbers its distinct captions (sorted) and gives each image the id
+of its caption as its label, so the code store, the loader and the training loop carry
+caption ids exactly as they carry class ids; the store's ``class_names`` are the
+captions. :class:`CaptionTable` turns caption ids into what a text conditioner takes:
+its own token ids, or features a frozen encoder computed once (``-1`` is the null
+condition, what condition dropout gives).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from avgkit.conditions import Conditions
+from avgkit.errors import AvgkitError
+
+CAPTIONS_FILE = "captions.jsonl"
+
+
+def read_captions(root: str | Path, file: str | Path | None = None) -> list[tuple[str, str]]:
+    """``(relative path, caption)`` pairs of a captions JSONL file (default ``root/captions.jsonl``)."""
+    path = Path(file) if file is not None else Path(root) / CAPTIONS_FILE
+    if not path.is_file():
+        raise AvgkitError(f"captions file {path} not found; write one JSON object a line with keys path and caption")
+    pairs = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            pairs.append((str(item["path"]), str(item["caption"])))
+        except (ValueError, KeyError, TypeError):
+            raise AvgkitError(f"{path} line {n} is not a JSON object with keys path and caption; fix or remove "
+                              f"that line") from None
+    if not pairs:
+        raise AvgkitError(f"captions file {path} holds no captions; add lines like {{\"path\": ..., \"caption\": ...}}")
+    return pairs
+
+
+class CaptionedFolder:
+    """Images of an ImageFolder tree named by a captions file; labels are caption ids."""
+
+    def __init__(self, root: str | Path, image_size: int, channels: int = 3, captions: str | Path | None = None):
+        from PIL import Image
+
+        self.root = Path(root)
+        self.pairs = read_captions(self.root, captions)
+        self.class_names = sorted({c for _, c in self.pairs})
+        ids = {c: i for i, c in enumerate(self.class_names)}
+        self.labels = [ids[c] for _, c in self.pairs]
+        self.image_size, self.channels = image_size, channels
+        self._open = Image.open
+        missing = [p for p, _ in self.pairs if not (self.root / p).is_file()]
+        if missing:
+            raise AvgkitError(f"{len(missing)} captioned images are missing under {self.root} (first: {missing[0]}); "
+                              f"fix the paths in the captions file")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        import numpy as np
+
+        image = self._open(self.root / self.pairs[index][0]).convert("L" if self.channels == 1 else "RGB")
+        image = image.resize((self.image_size, self.image_size))
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+        x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
+        return x, self.labels[index]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "captioned-folder", "root": str(self.root), "num_items": len(self),
+                "captions": len(self.class_names)}
+
+
+class CaptionTable:
+    """Caption ids ``(B,)`` -> :class:`Conditions` (``-1``: the null condition).
+
+    Tokenized once by ``conditioner.tokenize``; with ``features`` ``(C, T, E)`` and
+    ``mask`` ``(C, T)`` (a frozen encoder's output, extracted once) it hands out
+    embeddings instead of token ids.
+    """
+
+    def __init__(self, captions: Sequence[str], conditioner: Any = None, *, features: Tensor | None = None,
+                 mask: Tensor | None = None) -> None:
+        self.captions = list(captions)
+        if features is not None:
+            if mask is None or len(features) != len(self.captions):
+                raise AvgkitError(f"caption features hold {len(features)} rows for {len(self.captions)} captions; "
+                                  f"extract them again")
+            self.table = Conditions.embeddings(features, mask)
+        elif conditioner is not None:
+            self.table = conditioner.tokenize(self.captions)
+        else:
+            raise AvgkitError("a caption table needs the conditioner (to tokenize) or precomputed features")
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __call__(self, ids: Tensor) -> Conditions:
+        ids = ids.cpu()
+        if len(ids) and int(ids.max()) >= len(self.captions):
+            raise AvgkitError(f"caption id {int(ids.max())} is past the {len(self.captions)} captions of this data; "
+                              f"was the code store made from other captions?")
+        rows = self.table.index_select(0, ids.clamp(min=0))
+        return rows.with_null(ids < 0)
+
+
+__all__ = ["CAPTIONS_FILE", "CaptionTable", "CaptionedFolder", "read_captions"]

@@ -1,0 +1,121 @@
+"""The two-digit numbers demo: two real handwritten digits side by side, captioned in words.
+
+Each image is 32x64 pixels: a scikit-learn digit for the tens on the left, one for the
+units on the right, captioned "forty-two" (or "forty" for 40). The numbers run from 20
+to 99; :data:`HELD_OUT` is never trained on, and each of its tens words and units words
+appears in training, so the demo measures whether a model composes words it has seen
+into numbers it has not.
+
+Codes: a square tokenizer encodes each 32x32 half; :class:`SideBySide` lays the two
+``h x w`` grids out as one ``h x 2w`` raster (row ``r`` = left row ``r``, then right row
+``r``), the grid a tokenizer of the whole 32x64 image has, and decodes it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from avgkit.interfaces import Tokenizer
+
+UNITS = ["", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+NUMBERS = list(range(20, 100))
+#: never trained on; every tens and units word of these appears in the training captions
+HELD_OUT = (23, 37, 41, 56, 64, 78, 85, 92)
+TRAIN_NUMBERS = [n for n in NUMBERS if n not in HELD_OUT]
+
+
+def number_words(n: int) -> str:
+    """``42 -> "forty-two"``, ``40 -> "forty"`` (20..99)."""
+    if not 20 <= n <= 99:
+        raise ValueError(f"the numbers demo spells 20..99, not {n}")
+    tens, units = divmod(n, 10)
+    return TENS[tens] + (f"-{UNITS[units]}" if units else "")
+
+
+def words_number(caption: str) -> int | None:
+    """The inverse of :func:`number_words` (``None`` for anything else)."""
+    table = {number_words(n): n for n in NUMBERS}
+    return table.get(caption.strip().lower())
+
+
+def check_held_out_words() -> None:
+    """Every held-out number's words appear in the training captions (a demo invariant)."""
+    seen = {w for n in TRAIN_NUMBERS for w in number_words(n).split("-")}
+    for n in HELD_OUT:
+        missing = [w for w in number_words(n).split("-") if w not in seen]
+        if missing:
+            raise AssertionError(f"held-out {n} uses words never trained on: {missing}")
+
+
+def side_by_side(left: Tensor, right: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Two ``(B, h*w)`` raster codes -> ``(B, h*2w)`` raster codes of the joined grid."""
+    h, w = grid
+    return torch.cat([left.view(-1, h, w), right.view(-1, h, w)], 2).reshape(len(left), h * 2 * w)
+
+
+def split_sides(codes: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    h, w = grid
+    joined = codes.view(-1, h, 2 * w)
+    return joined[..., :w].reshape(-1, h * w), joined[..., w:].reshape(-1, h * w)
+
+
+class SideBySide(Tokenizer):
+    """A square tokenizer applied to the two halves of a ``(H, 2H)`` image: an ``(h, 2w)`` grid."""
+
+    def __init__(self, inner: Tokenizer) -> None:
+        super().__init__()
+        self.inner = inner
+        self.codebook_size = inner.codebook_size
+        self.grid = (inner.grid[0], 2 * inner.grid[1])
+        self.image_size = inner.image_size
+        self.image_shape = (inner.image_size, 2 * inner.image_size)
+        self.channels = inner.channels
+
+    def encode(self, images: Tensor) -> Tensor:
+        s = self.inner.image_size
+        if tuple(images.shape[-2:]) != (s, 2 * s):
+            raise ValueError(f"side-by-side images must be {s}x{2 * s}, got {tuple(images.shape[-2:])}")
+        return side_by_side(self.inner.encode(images[..., :s]), self.inner.encode(images[..., s:]), self.inner.grid)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        left, right = split_sides(codes, self.inner.grid)
+        return torch.cat([self.inner.decode(left), self.inner.decode(right)], -1)
+
+
+def make_pairs(labels: Tensor, numbers: Sequence[int], per_number: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """For each number, ``per_number`` random (tens image, units image) index pairs of a digit pool.
+
+    Returns ``(left indices, right indices, number)`` over ``len(numbers) * per_number`` items.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    by_digit = [torch.nonzero(labels == d).flatten() for d in range(10)]
+    left, right, which = [], [], []
+    for n in numbers:
+        t, u = divmod(n, 10)
+        left.append(by_digit[t][torch.randint(len(by_digit[t]), (per_number,), generator=gen)])
+        right.append(by_digit[u][torch.randint(len(by_digit[u]), (per_number,), generator=gen)])
+        which.append(torch.full((per_number,), n))
+    return torch.cat(left), torch.cat(right), torch.cat(which)
+
+
+def number_images(images: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """``(N, C, S, 2S)`` images from a digit pool ``(M, C, S, S)`` and index pairs."""
+    return torch.cat([images[left], images[right]], -1)
+
+
+def halves_correct(classifier: object, images: Tensor, numbers: Tensor) -> Tensor:
+    """``(N,)`` bool: the digit classifier reads both halves of each image as its number's digits."""
+    s = images.shape[-2]
+    tens = torch.as_tensor(classifier.predict(images[..., :s]))  # type: ignore[attr-defined]
+    units = torch.as_tensor(classifier.predict(images[..., s:]))  # type: ignore[attr-defined]
+    return (tens == numbers // 10) & (units == numbers % 10)
+
+
+__all__ = [
+    "HELD_OUT", "NUMBERS", "TRAIN_NUMBERS", "SideBySide", "check_held_out_words", "halves_correct", "make_pairs",
+    "number_images", "number_words", "side_by_side", "split_sides", "words_number",
+]

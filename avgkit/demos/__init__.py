@@ -1,0 +1,1 @@
+"""Runnable demos built from registered components (no plugin is imported)."""

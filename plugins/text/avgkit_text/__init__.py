@@ -1,0 +1,1 @@
+"""avgkit text conditioner."""

@@ -1,0 +1,85 @@
+"""Condition batches, padded conditioning, caption tables and the numbers demo's data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from avgkit.conditions import Conditions
+from avgkit.data.captions import CaptionTable, read_captions
+from avgkit.data.numbers import (
+    HELD_OUT,
+    TRAIN_NUMBERS,
+    check_held_out_words,
+    make_pairs,
+    number_words,
+    side_by_side,
+    split_sides,
+    words_number,
+)
+from avgkit.errors import AvgkitError
+from avgkit.interfaces import Conditioner, Conditioning
+
+
+def test_conditioning_cat_pads_left_and_aligns():
+    a = Conditioning(torch.ones(2, 3, 4))
+    b = Conditioning(torch.full((1, 1, 4), 2.0))
+    both = Conditioning.cat([a, b])
+    assert both.prefix.shape == (3, 3, 4)
+    assert both.prefix_mask.tolist() == [[True] * 3, [True] * 3, [False, False, True]]
+    right = Conditioning(torch.arange(3.0).view(1, 3, 1), prefix_mask=torch.tensor([[True, False, False]]))
+    aligned = right.left_aligned()
+    assert aligned.prefix_mask.tolist() == [[False, False, True]] and aligned.prefix[0, -1, 0] == 0.0
+    assert Conditioning.cat([a, a]).prefix_mask is None  # no padding, no mask: the class path is unchanged
+
+
+def test_conditions_rows():
+    c = Conditions.tokens(torch.tensor([[1, 2], [3, 0]]), torch.tensor([[True, True], [True, False]]))
+    assert len(c) == 2 and c[1:].values.tolist() == [[3, 0]]
+    d = Conditions.cat([c, Conditions.tokens(torch.tensor([[5, 6, 7]]))])
+    assert d.values.shape == (3, 3) and d.mask[0].tolist() == [True, True, False]
+    assert c.expand_last(2).values.tolist() == [[1, 2], [3, 0], [3, 0], [3, 0]]
+    assert c.with_null(torch.tensor([False, True])).null.tolist() == [False, True]
+    labels = Conditions.classes(torch.tensor([1, 2])).with_null(torch.tensor([True, False])).labels(10)
+    assert labels.tolist() == [10, 2]
+    with pytest.raises(ValueError, match="mask"):
+        Conditions.tokens(torch.zeros(2, 3), torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_class_conditioner_refuses_text():
+    with pytest.raises(TypeError, match="text conditioner"):
+        Conditioner().tokenize(["seven"])
+
+
+class _Tok:
+    def tokenize(self, texts):
+        return Conditions.tokens(torch.tensor([[len(t)] for t in texts]))
+
+
+def test_caption_table_and_captions_file(tmp_path):
+    table = CaptionTable(["a", "bb"], _Tok())
+    batch = table(torch.tensor([1, -1, 0]))
+    assert batch.values[:, 0].tolist() == [2, 1, 1] and batch.null.tolist() == [False, True, False]
+    with pytest.raises(AvgkitError, match="past the 2 captions"):
+        table(torch.tensor([2]))
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"path": "x.png", "caption": "a cat"}) + "\nnot json\n")
+    with pytest.raises(AvgkitError, match="line 2"):
+        read_captions(tmp_path)
+
+
+def test_numbers_words_and_held_out():
+    assert number_words(42) == "forty-two" and number_words(70) == "seventy" and words_number("Forty-Two") == 42
+    check_held_out_words()
+    assert not set(HELD_OUT) & set(TRAIN_NUMBERS) and len(TRAIN_NUMBERS) + len(HELD_OUT) == 80
+    left, right, which = make_pairs(torch.arange(100) % 10, [42, 57], 3)
+    assert ((left % 10) == which // 10).all() and ((right % 10) == which % 10).all()
+
+
+def test_side_by_side_grid_roundtrip():
+    left, right = torch.arange(16).view(1, 16), 100 + torch.arange(16).view(1, 16)
+    joined = side_by_side(left, right, (4, 4))
+    assert joined.shape == (1, 32) and joined[0, :8].tolist() == [0, 1, 2, 3, 100, 101, 102, 103]
+    l2, r2 = split_sides(joined, (4, 4))
+    assert torch.equal(l2, left) and torch.equal(r2, right)
