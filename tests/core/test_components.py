@@ -63,7 +63,10 @@ def test_conditioner_gives_a_conditioning(name):
     if c.layers is not None:
         assert c.layers.shape == (3, 2, 3, 16)
     null = cond.null(2)
-    assert null.prefix.shape == c.prefix.shape
+    if "class" in cond.condition_kinds:
+        assert null.prefix.shape == c.prefix.shape
+    else:  # captions vary in length; the sampler left-pads prefixes to one length
+        assert null.prefix.shape[0] == 2 and null.prefix.shape[-1] == 16
 
 
 @pytest.mark.parametrize("name", get_registry().names("tokenizer"))
