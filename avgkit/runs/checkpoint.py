@@ -284,17 +284,24 @@ def remove_partial(ckpt_root: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def save_checkpoint(
+def save_state(
     ckpt_root: Path,
     step: int,
     *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    trainer_state: Mapping[str, Any],
-    ema: nn.Module | None = None,
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    state: Mapping[str, Any],
     keep_last: int | None = None,
 ) -> Path:
-    """Write ``checkpoints/step-XXXXXX`` atomically; prune to the last ``keep_last``."""
+    """Write ``ckpt_root/step-XXXXXX`` atomically: ``<name>.safetensors`` per module and per
+    optimizer, ``trainer.json`` holding ``state``, ``COMPLETE`` last; prune to ``keep_last``.
+
+    Any trainer's checkpoint (avgkit's own, a plugin's tokenizer trainer) is written this
+    way: safetensors and JSON only, a crash leaves a complete checkpoint or an ignored one.
+    """
+    names = [*modules, *optimizers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"module and optimizer names must differ: {names}")
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_dir_name(step)
     tmp = ckpt_root / (final.name + ".tmp")
@@ -302,12 +309,12 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     meta = {"format": "avgkit-checkpoint", "step": str(step)}
-    save_tensors(tmp / MODEL_FILE, model.state_dict(), meta)
-    if ema is not None:
-        save_tensors(tmp / EMA_FILE, ema.state_dict(), meta)
-    opt_tensors, opt_meta = optimizer_to_safetensors(optimizer)
-    save_tensors(tmp / OPTIMIZER_FILE, opt_tensors, {**meta, **opt_meta})
-    atomic_write_json(tmp / TRAINER_FILE, dict(trainer_state), indent=1)
+    for name, module in modules.items():
+        save_tensors(tmp / f"{name}.safetensors", module.state_dict(), meta)
+    for name, optimizer in optimizers.items():
+        opt_tensors, opt_meta = optimizer_to_safetensors(optimizer)
+        save_tensors(tmp / f"{name}.safetensors", opt_tensors, {**meta, **opt_meta})
+    atomic_write_json(tmp / TRAINER_FILE, dict(state), indent=1)
     fsync_path(tmp)
     if final.exists():  # an unmarked folder of the same step from an interrupted run
         shutil.rmtree(final)
@@ -318,6 +325,41 @@ def save_checkpoint(
     if keep_last is not None:
         prune(ckpt_root, keep_last)
     return final
+
+
+def load_state(
+    ckpt: Path,
+    *,
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    fix: str | None = None,
+) -> dict[str, Any]:
+    """Load a :func:`save_state` checkpoint into ``modules`` and ``optimizers``; returns its state."""
+    fix = fix or f"delete {ckpt} to resume from the previous checkpoint, or start afresh without --resume"
+    state = read_trainer_state(ckpt, fix)
+    for name, module in modules.items():
+        load_module_state(module, ckpt / f"{name}.safetensors", fix=fix)
+    for name, optimizer in (optimizers or {}).items():
+        path = ckpt / f"{name}.safetensors"
+        tensors, meta = load_tensors(path, fix=fix)
+        optimizer_from_safetensors(optimizer, tensors, meta, path, fix)
+    return state
+
+
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: Mapping[str, Any],
+    ema: nn.Module | None = None,
+    keep_last: int | None = None,
+) -> Path:
+    """The AR trainer's checkpoint: ``model``, ``ema`` and ``optimizer`` files (see :func:`save_state`)."""
+    modules = {"model": model} if ema is None else {"model": model, "ema": ema}
+    return save_state(ckpt_root, step, modules=modules, optimizers={"optimizer": optimizer}, state=trainer_state,
+                      keep_last=keep_last)
 
 
 def prune(ckpt_root: Path, keep_last: int) -> None:

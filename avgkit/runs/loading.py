@@ -36,10 +36,9 @@ from torch import Tensor, nn
 from avgkit.errors import AvgkitError
 from avgkit.io import atomic_write_json, atomic_write_text, fsync_path
 from avgkit.recipe import Recipe, read_yaml, validate_recipe
-from avgkit.state_dicts import check_state_dict
 from avgkit.runs import checkpoint as train_ckpt
 from avgkit.runs.layout import CONVERT_INFO_FILE, EMA_FILE, MODEL_FILE, RECIPE_FILE, TOKENIZER_FILE
-
+from avgkit.state_dicts import check_state_dict
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from avgkit.errors import AvgkitError
 from avgkit.runs.layout import LOCK_FILE
 
 
-
 class LockedError(AvgkitError):
     """Another live process holds the folder's lock."""
 

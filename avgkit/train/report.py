@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
 from avgkit.io import atomic_write, atomic_write_text
+from avgkit.runtime.progress import StepProgress
 
 
 class MetricsLog:
@@ -58,15 +57,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def format_rate(tokens_per_s: float) -> str:
     if tokens_per_s >= 1e6:
         return f"{tokens_per_s / 1e6:.2f}M"
@@ -75,63 +65,20 @@ def format_rate(tokens_per_s: float) -> str:
     return f"{tokens_per_s:.0f}"
 
 
-class Progress:
-    """tqdm bar on a terminal, plain periodic lines otherwise; silent when disabled."""
+class Progress(StepProgress):
+    """The AR trainer's progress: loss, learning rate, gradient norm and tokens/s of logged steps."""
 
     def __init__(self, total: int, initial: int, *, enabled: bool = True, stream: TextIO | None = None) -> None:
-        self.total, self.initial = total, initial
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.bar = None
-        self.t0 = time.monotonic()
-        if enabled and getattr(self.stream, "isatty", lambda: False)():
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:  # plain lines without tqdm
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(
-                    total=total, initial=initial, desc="train", unit="step", file=self.stream, dynamic_ncols=True
-                )
+        super().__init__(total, initial, desc="train", enabled=enabled, stream=stream)
 
-    def update(self, step: int, record: dict[str, Any] | None) -> None:
-        """Called after every step; ``record`` is set on logged steps."""
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            if record is not None:
-                self.bar.set_postfix(
-                    loss=f"{record['loss']:.4f}",
-                    lr=f"{record['lr']:.2e}",
-                    tok_s=format_rate(record["tokens_per_s"]),
-                    refresh=False,
-                )
-            return
+    def update(self, step: int, record: dict[str, Any] | None = None) -> None:  # type: ignore[override]
+        values = None
         if record is not None:
-            done = step - self.initial
-            rate = done / max(time.monotonic() - self.t0, 1e-9)
-            eta = (self.total - step) / rate if rate > 0 else float("inf")
-            print(
-                f"step {step}/{self.total}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
-                f"grad {record['grad_norm']:.3f}  {format_rate(record['tokens_per_s'])} tok/s  "
-                f"eta {format_duration(eta)}",
-                file=self.stream,
-                flush=True,
-            )
-
-    def write(self, message: str) -> None:
-        """A message that does not break the bar."""
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(message, file=self.stream)
-        else:
-            print(message, file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+            values = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
+            if self.bar is None:
+                values["grad"] = f"{record['grad_norm']:.3f}"
+            values["tok/s"] = format_rate(record["tokens_per_s"])
+        super().update(step, values)
 
 
 def plot_loss(records: Iterable[dict[str, Any]], path: Path, title: str = "") -> Path | None:

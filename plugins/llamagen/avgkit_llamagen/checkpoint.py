@@ -1,9 +1,11 @@
-"""Trainer checkpoints: tensors in one safetensors file, everything else in a JSON beside it.
+"""The tokenizer trainer's checkpoints: avgkit's trainer checkpoints, plus the older layout.
 
-``checkpoints/step-00001000.safetensors`` holds every module's state dict and every
-optimizer's tensors (prefixed ``name/``); ``step-00001000.json`` holds the step, the RNG
-states, the optimizers' param groups and the configs. Both are written atomically and
-the JSON last, so a checkpoint counts only once its JSON exists; older ones are pruned.
+Checkpoints are written with :func:`avgkit.runs.checkpoint.save_state`:
+``checkpoints/step-XXXXXX/`` holding one safetensors file per module (``model``, ``ema``,
+``disc``) and per optimizer (``opt``, ``disc_opt``), ``trainer.json`` (step, RNG states,
+configs) and ``COMPLETE`` last. Work folders of earlier versions kept everything in
+``step-XXXXXXXX.safetensors`` + ``step-XXXXXXXX.json``; they are still read (and
+resumed from), never written.
 """
 
 from __future__ import annotations
@@ -19,93 +21,63 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from avgkit.io import atomic_write_json, save_safetensors
+from avgkit.runs import checkpoint as ckpt
 
 from .errors import VQError
 
-_NAME = re.compile(r"step-(\d{8})\.json$")
+_LEGACY = re.compile(r"step-(\d{8})\.json$")
 
 
-def _paths(folder: Path, step: int) -> tuple[Path, Path]:
+def _legacy_paths(folder: Path, step: int) -> tuple[Path, Path]:
     stem = folder / f"step-{step:08d}"
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def completed_steps(folder: Path) -> list[int]:
-    """Steps of the complete checkpoints in ``folder``, oldest first."""
+def _legacy_steps(folder: Path) -> list[int]:
     if not folder.is_dir():
         return []
-    steps = []
-    for p in folder.iterdir():
-        m = _NAME.match(p.name)
-        if m and _paths(folder, int(m.group(1)))[0].is_file():
-            steps.append(int(m.group(1)))
-    return sorted(steps)
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _LEGACY.match(p.name))
+                  and _legacy_paths(folder, int(m.group(1)))[0].is_file())
 
 
-def rng_state() -> dict[str, Any]:
-    def enc(t: Tensor) -> str:
-        return base64.b64encode(t.numpy().tobytes()).decode()
-
-    state: dict[str, Any] = {"torch": enc(torch.get_rng_state())}
-    if torch.cuda.is_available():
-        state["cuda"] = [enc(s) for s in torch.cuda.get_rng_state_all()]
-    return state
+def completed_steps(folder: Path) -> list[int]:
+    """Steps of the complete checkpoints in ``folder`` (either layout), oldest first."""
+    return sorted({c.step for c in ckpt.list_checkpoints(folder)} | set(_legacy_steps(folder)))
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    def dec(s: str) -> Tensor:
-        return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
-
-    torch.set_rng_state(dec(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([dec(s) for s in state["cuda"]])
-
-
-def save_checkpoint(
-    folder: Path,
-    step: int,
-    modules: dict[str, nn.Module],
-    optimizers: dict[str, Optimizer],
-    info: dict[str, Any],
-    keep: int = 2,
-) -> Path:
-    """Write checkpoint ``step`` and delete all but the newest ``keep`` complete ones."""
-    tensors: dict[str, Tensor] = {}
-    for name, module in modules.items():
-        for k, v in module.state_dict().items():
-            tensors[f"{name}/{k}"] = v
-    opt_info: dict[str, Any] = {}
-    for name, opt in optimizers.items():
-        sd = opt.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for idx, entry in sd["state"].items():
-            for k, v in entry.items():
-                if isinstance(v, Tensor):
-                    tensors[f"{name}/{idx}/{k}"] = v
-                else:
-                    scalars.setdefault(str(idx), {})[k] = v
-        opt_info[name] = {"param_groups": sd["param_groups"], "scalars": scalars}
-    folder.mkdir(parents=True, exist_ok=True)
-    tensor_path, json_path = _paths(folder, step)
-    save_safetensors(tensor_path, tensors)
-    atomic_write_json(json_path, {**info, "step": step, "rng": rng_state(), "optimizers": opt_info}, indent=1, sort_keys=True)
-    for old in completed_steps(folder)[:-keep] if keep > 0 else []:
-        for p in _paths(folder, old)[::-1]:  # JSON first: the checkpoint stops counting at once
+def save_checkpoint(folder: Path, step: int, modules: dict[str, nn.Module], optimizers: dict[str, Optimizer],
+                    info: dict[str, Any], keep: int = 2) -> Path:
+    """Write checkpoint ``step`` (avgkit's layout) and keep the newest ``keep`` complete ones."""
+    path = ckpt.save_state(folder, step, modules=modules, optimizers=optimizers,
+                           state={**info, "step": step, "rng": ckpt.capture_rng()}, keep_last=keep)
+    for old in _legacy_steps(folder):  # an older layout's checkpoints are superseded now
+        for p in _legacy_paths(folder, old)[::-1]:
             p.unlink(missing_ok=True)
-    return tensor_path
+    return path
 
 
 def checkpoint_info(folder: Path, step: int) -> dict[str, Any]:
-    """The JSON half of checkpoint ``step`` (configs, step, RNG, optimizer groups)."""
-    return json.loads(_paths(folder, step)[1].read_text())
+    """The JSON of checkpoint ``step``: configs, step, RNG."""
+    new = folder / ckpt.step_dir_name(step)
+    if (new / ckpt.MARKER).is_file():
+        return ckpt.read_trainer_state(new, f"delete {new} to resume from the checkpoint before it")
+    return json.loads(_legacy_paths(folder, step)[1].read_text())
 
 
-def load_checkpoint(
-    folder: Path, step: int, modules: dict[str, nn.Module], optimizers: dict[str, Optimizer]
-) -> dict[str, Any]:
+def load_checkpoint(folder: Path, step: int, modules: dict[str, nn.Module],
+                    optimizers: dict[str, Optimizer]) -> dict[str, Any]:
     """Restore modules, optimizers and RNG from checkpoint ``step``; returns its JSON."""
-    tensor_path = _paths(folder, step)[0]
+    new = folder / ckpt.step_dir_name(step)
+    if (new / ckpt.MARKER).is_file():
+        info = ckpt.load_state(new, modules=modules, optimizers=optimizers)
+        ckpt.restore_rng(info["rng"])
+        return info
+    return _load_legacy(folder, step, modules, optimizers)
+
+
+def _load_legacy(folder: Path, step: int, modules: dict[str, nn.Module], optimizers: dict[str, Optimizer]
+                 ) -> dict[str, Any]:
+    tensor_path = _legacy_paths(folder, step)[0]
     info = checkpoint_info(folder, step)
     tensors = safetensors.torch.load_file(str(tensor_path))
     for name, module in modules.items():
@@ -126,5 +98,11 @@ def load_checkpoint(
         for idx, scalars in meta["scalars"].items():
             state.setdefault(int(idx), {}).update(scalars)
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    set_rng_state(info["rng"])
+
+    def dec(s: str) -> Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+    torch.set_rng_state(dec(info["rng"]["torch"]))
+    if "cuda" in info["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([dec(s) for s in info["rng"]["cuda"]])
     return info

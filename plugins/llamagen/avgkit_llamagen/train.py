@@ -18,7 +18,7 @@ Output folder::
     reconstructions.png       originals over reconstructions
     report.json               held-out PSNR and codebook usage (when eval images are given)
     metrics.jsonl             losses every ``log_every`` steps
-    checkpoints/step-*.{safetensors,json}   trainer state for resuming
+    checkpoints/step-XXXXXX/               trainer state for resuming (avgkit.runs.checkpoint.save_state)
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ from torch import Tensor, nn
 
 from avgkit.io import atomic_write_json
 from avgkit.runtime.device import resolve_device
+from avgkit.runtime.progress import StepProgress
 
 from .checkpoint import checkpoint_info, completed_steps, load_checkpoint, save_checkpoint
 from .config import VQConfig
 from .discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from .errors import VQError
 from .loading import load_weights, save_weights
-from .progress import Progress
 from .report import VQReport, reconstruction_report, save_reconstruction_grid
 from .vq_model import LlamaGenVQ
 
@@ -335,7 +335,7 @@ def _loop(run: _Run, images: Tensor, out: Path, start: int, progress: bool) -> N
     metrics_path = out / "metrics.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     _trim_metrics(metrics_path, start)
-    bar = Progress(t.steps, start, t.log_every, enabled=progress)
+    bar = StepProgress(t.steps, start, desc="vq", enabled=progress)
     sums: dict[str, float] = {}
     count = 0
     info = {"vq_config": run.cfg.architecture(), "train_config": t.model_dump(mode="json")}
