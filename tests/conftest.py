@@ -23,6 +23,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def builtin_plugins():
+    """Make the process-wide plugin manager see avgkit's built-ins only (toy components, the AR sampler)."""
+    from avgkit import plugins
+
+    plugins.reset(plugins.PluginManager(entry_points=False))
+    yield
+    plugins.reset()
+
+
+@pytest.fixture
 def fake_plugin(tmp_path, monkeypatch):
     """Install a plugin module through a real ``avgkit`` entry point (a dist-info on sys.path).
 

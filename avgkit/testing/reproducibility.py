@@ -14,7 +14,7 @@ from torch import Tensor
 from avgkit.interfaces import Backbone, Conditioner
 from avgkit.sample.ar import ARSampler, ARSamplerConfig
 
-__all__ = ["first_difference", "sample_runs"]
+__all__ = ["assert_reproducible", "first_difference", "sample_runs"]
 
 
 def sample_runs(backbone: Backbone, conditioner: Conditioner, config: ARSamplerConfig, *, n: int, part: int,
@@ -39,3 +39,15 @@ def first_difference(ref: Tensor, other: Tensor) -> str | None:
     rows = (ref != other).any(1).nonzero()[:, 0]
     first = int((ref[rows[0]] != other[rows[0]]).nonzero()[0, 0])
     return f"{len(rows)} of {len(ref)} images differ (image {int(rows[0])} first at token {first})"
+
+
+def assert_reproducible(backbone: Backbone, conditioner: Conditioner, *, path: str, n: int = 16, part: int = 4,
+                        decode_width: int = 8) -> None:
+    """The paper's sampling settings (CFG 2, top-k 600, top-p 0.98) on one code path (``eager``,
+    ``graph`` or ``compiled``): the same tokens on a repeated call and in calls of ``part``."""
+    config = ARSamplerConfig(cfg_scale=2.0, top_k=600, top_p=0.98, decode_width=decode_width,
+                             cuda_graph=path != "eager", compile=path == "compiled")
+    runs = sample_runs(backbone, conditioner, config, n=n, part=part)
+    for other in ("again", "parts"):
+        problem = first_difference(runs["once"], runs[other])
+        assert problem is None, f"{path}: {'a repeated call' if other == 'again' else f'calls of {part}'}: {problem}"

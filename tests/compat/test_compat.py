@@ -23,16 +23,6 @@ EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 
 
 @pytest.fixture
-def builtin_plugins():
-    """The fixture's run uses avgkit's built-in components only: installed plugins stay out."""
-    from avgkit import plugins
-
-    plugins.reset(plugins.PluginManager(entry_points=False))
-    yield
-    plugins.reset()
-
-
-@pytest.fixture
 def old_run(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(FIXTURE / "run", run)

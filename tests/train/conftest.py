@@ -17,16 +17,6 @@ def registry():
 
 
 @pytest.fixture
-def builtin_plugins():
-    """Make the process-wide plugin manager see the built-ins only, for the pipeline."""
-    from avgkit import plugins
-
-    plugins.reset(plugins.PluginManager(entry_points=False))
-    yield
-    plugins.reset()
-
-
-@pytest.fixture
 def driver(tmp_path) -> list[str]:
     path = tmp_path / "driver.py"
     path.write_text(DRIVER)

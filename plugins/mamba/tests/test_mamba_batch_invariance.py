@@ -43,7 +43,7 @@ def test_aim_b_samples_are_reproducible_on_the_gpu(path):
     """AiM-B at full size (random weights, bf16 state) with the paper's settings: CFG 2, top-k 600,
     top-p 0.98. The same image on a repeated call and in calls of another size, per code path."""
     from avgkit.plugins import get_registry
-    from avgkit.testing.reproducibility import first_difference, sample_runs
+    from avgkit.testing.reproducibility import assert_reproducible
 
     reg = get_registry()
     spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln")
@@ -55,8 +55,4 @@ def test_aim_b_samples_are_reproducible_on_the_gpu(path):
             if p.abs().sum() == 0:
                 p.normal_(std=0.02)
     backbone, cond = backbone.cuda().bfloat16().eval(), cond.cuda().bfloat16().eval()
-    config = ARSamplerConfig(cfg_scale=2.0, top_k=600, top_p=0.98, decode_width=8, cuda_graph=path != "eager",
-                             compile=path == "compiled")
-    runs = sample_runs(backbone, cond, config, n=16, part=4)
-    assert first_difference(runs["once"], runs["again"]) is None, first_difference(runs["once"], runs["again"])
-    assert first_difference(runs["once"], runs["parts"]) is None, first_difference(runs["once"], runs["parts"])
+    assert_reproducible(backbone, cond, path=path)

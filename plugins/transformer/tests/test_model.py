@@ -194,8 +194,7 @@ def test_gpt_b_samples_are_reproducible_on_the_gpu(path):
     """GPT-B at full size (random weights and head, bf16) with CFG 2, top-k 600, top-p 0.98: the same image on
     a repeated call and in calls of another size, per code path."""
     from avgkit.plugins import get_registry
-    from avgkit.sample.ar import ARSamplerConfig
-    from avgkit.testing.reproducibility import first_difference, sample_runs
+    from avgkit.testing.reproducibility import assert_reproducible
 
     reg = get_registry()
     spec, cspec = reg.get("backbone", "transformer"), reg.get("conditioner", "class-token")
@@ -204,11 +203,7 @@ def test_gpt_b_samples_are_reproducible_on_the_gpu(path):
     torch.nn.init.normal_(backbone.head.weight, std=0.02)
     cond = cspec.factory(cspec.resolve(None, {"num_classes": 1000}), dim=backbone.dim, num_layers=backbone.num_layers)
     backbone, cond = backbone.cuda().bfloat16().eval(), cond.cuda().bfloat16().eval()
-    config = ARSamplerConfig(cfg_scale=2.0, top_k=600, top_p=0.98, decode_width=8, cuda_graph=path != "eager",
-                             compile=path == "compiled")
-    runs = sample_runs(backbone, cond, config, n=16, part=4)
-    assert first_difference(runs["once"], runs["again"]) is None, first_difference(runs["once"], runs["again"])
-    assert first_difference(runs["once"], runs["parts"]) is None, first_difference(runs["once"], runs["parts"])
+    assert_reproducible(backbone, cond, path=path)
 
 
 def test_compiled_step_writes_the_cache_without_rewriting_it():
