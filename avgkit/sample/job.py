@@ -45,6 +45,7 @@ from avgkit.errors import AvgkitError
 from avgkit.images import grid_selection, save_labelled_grid, save_pngs, to_uint8_hwc
 from avgkit.io import atomic_write_json, sha256_file
 from avgkit.runtime.distributed import DistEnv, barrier, broadcast_json
+from avgkit.runtime.stop import Interrupted, StopSignals, signal_name
 from avgkit.sample.groups import in_fixed_groups
 from avgkit.sample.npz import Member, read_npz, write_npz
 from avgkit.sample.progress import SampleProgress
@@ -177,6 +178,15 @@ def _job_sampler_options(gen: Any, request: SampleRequest,
         return options, before
     options[DECODE_WIDTH] = min(request.batch_size, len(request.labels))  # no padding past the job's end
     return options, None
+
+
+def _stop_group(env: DistEnv) -> Any:
+    """A CPU process group for agreeing to stop (the sampling group may be NCCL)."""
+    if not env.distributed:
+        return None
+    import torch.distributed as dist
+
+    return dist.new_group(backend="gloo")
 
 
 def _write_shard(out_dir: Path, shard: int, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
@@ -360,18 +370,33 @@ def run_sample_job(
 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avgkit-shard-writer")
     pending: deque[Future] = deque()
+    # every rank takes part in the same number of stop checks (one per round of shards)
+    rounds = -(-len(todo) // env.world_size)
+    group = _stop_group(env)
+    stop = StopSignals("finishing the shard being sampled, then stopping")
     try:
-        for s in mine:
-            lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-            parts = []
-            for part, codes in gen.iter_codes(labels[lo:hi], np.arange(lo, hi), sampler=sampler, seed=request.seed,
-                                              batch_size=request.batch_size, precision=request.precision):
-                parts.append(to_uint8_hwc(decode(codes)))
-                report.advance(part.stop - part.start, note=f" [shard {s + 1}/{num_shards}]")
-            pending.append(writer.submit(_write_shard, out, s, np.concatenate(parts), labels[lo:hi],
-                                         np.arange(lo, hi, dtype=np.int64), request.write_png))
-            while len(pending) > MAX_PENDING_WRITES:
-                pending.popleft().result()
+        with stop:
+            for i in range(rounds):
+                if i < len(mine):
+                    s = mine[i]
+                    lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+                    parts = []
+                    for part, codes in gen.iter_codes(labels[lo:hi], np.arange(lo, hi), sampler=sampler,
+                                                      seed=request.seed, batch_size=request.batch_size,
+                                                      precision=request.precision):
+                        parts.append(to_uint8_hwc(decode(codes)))
+                        report.advance(part.stop - part.start, note=f" [shard {s + 1}/{num_shards}]")
+                    pending.append(writer.submit(_write_shard, out, s, np.concatenate(parts), labels[lo:hi],
+                                                 np.arange(lo, hi, dtype=np.int64), request.write_png))
+                    while len(pending) > MAX_PENDING_WRITES:
+                        pending.popleft().result()
+                stopping = stop.agreed(env, group)
+                if stopping is not None and i + 1 < rounds:
+                    while pending:  # the shards sampled so far are kept
+                        pending.popleft().result()
+                    raise Interrupted(f"stopped by {signal_name(stopping)} after {(i + 1) * env.world_size} of "
+                                      f"{len(todo)} shards to sample; run the same command again to continue",
+                                      stopping)
         while pending:
             pending.popleft().result()
     finally:
