@@ -272,6 +272,61 @@ class DigitsSource(_SourceBase):
         return DigitsSource(image_size, self.split)
 
 
+# --------------------------------------------------------------------------- a recipe's data.source
+#: the name of the built-in source in ``data.source``
+BUILTIN_DIGITS = "digits"
+
+
+def open_source(source: str, image_size: int, channels: int = 3, split: str = "train") -> ImageSource:
+    """``data.source`` at ``image_size``: the built-in digits (``split`` train or test) or an ImageFolder root,
+    read with the tokenizer's ``channels`` (grey or RGB)."""
+    if source == BUILTIN_DIGITS:
+        return DigitsSource(image_size, split)
+    return ImageFolderSource(source, image_size, channels)
+
+
+def held_out_source(source: str, image_size: int, channels: int = 3) -> ImageSource | None:
+    """Images ``source`` keeps out of training, when it has such a split (the digits' test split)."""
+    return DigitsSource(image_size, "test") if source == BUILTIN_DIGITS else None
+
+
+def held_out_name(source: str) -> str | None:
+    """What :func:`held_out_source` holds, in words (``None`` when there is none)."""
+    return "the digits the training split leaves out" if source == BUILTIN_DIGITS else None
+
+
+def source_images(source: ImageSource) -> tuple[Tensor, Tensor]:
+    """Every readable image of a source as one tensor, with its labels (small data sets only)."""
+    images, labels = [], []
+    for _, image, label in source:
+        images.append(image)
+        labels.append(label)
+    if not images:
+        raise AvgkitError("the data source holds no readable images; check data.source")
+    return torch.stack(images), torch.as_tensor(labels, dtype=torch.int64)
+
+
+def describe_recorded(recorded: dict[str, Any]) -> str:
+    """A source's recorded description (``describe()``) in words."""
+    if recorded.get("kind") == "digits":
+        return "the built-in digits"
+    return str(recorded.get("root", recorded))
+
+
+def is_same_source(recorded: dict[str, Any], source: str, image_size: int, channels: int = 3) -> bool:
+    """Whether ``data.source`` names the source a store recorded (an image folder moved with its files counts)."""
+    if source == BUILTIN_DIGITS:
+        return recorded.get("kind") == "digits"
+    if recorded.get("kind") != "imagefolder":
+        return False
+    if recorded.get("root") == source or Path(recorded.get("root", "")).resolve() == Path(source).resolve():
+        return True
+    if Path(source).is_dir():  # the same files, moved
+        return ImageFolderSource(source, image_size, channels).describe().get("listing_sha256") == recorded.get(
+            "listing_sha256")
+    return False
+
+
 # --------------------------------------------------------------------------- augmentation
 def five_crop_boxes(size: int, crop: int) -> list[tuple[int, int]]:
     """``(top, left)`` of the corner and center crops: tl, tr, bl, br, center.

@@ -34,7 +34,16 @@ import torch
 import yaml
 
 from avgkit.build import ARModel, Components, build, parameter_counts, resolve_config
+from avgkit.data.sources import (
+    describe_recorded,
+    held_out_name,
+    held_out_source,
+    is_same_source,
+    open_source,
+    source_images,
+)
 from avgkit.errors import AvgkitError
+from avgkit.eval.scorers import SampleScorer, get_scorer
 from avgkit.io import atomic_write, atomic_write_text
 from avgkit.recipe import DataSection, Recipe, recipe_changes
 from avgkit.registry import Registry
@@ -128,9 +137,19 @@ def _keep_previous_recipe(run_dir: Path, text: str) -> Path:
     return path
 
 
-def _check_resumable(recipe: Recipe, registry: Registry) -> None:
-    """On --resume, refuse a recipe whose model does not fit the last checkpoint before anything is written."""
+def _check_start(recipe: Recipe, resume: bool, registry: Registry) -> None:
+    """A fresh run needs a folder without checkpoints; a resumed one a checkpoint its model fits.
+
+    Checked before anything is written, so a refused start leaves the run as it was.
+    """
     latest = ckpt.latest_checkpoint(RunDir(recipe.run_dir).checkpoints)
+    if not resume:
+        if latest is not None:
+            raise AvgkitError(
+                f"{recipe.run_dir} already holds checkpoints (last: step {latest.step}); pass --resume to continue, "
+                f"or set output_dir to a new folder"
+            )
+        return
     if latest is None:
         raise AvgkitError(
             f"--resume: {recipe.run_dir} holds no complete checkpoint to resume from; run without --resume to "
@@ -146,15 +165,6 @@ def _check_resumable(recipe: Recipe, registry: Registry) -> None:
                     fix=f"delete {latest.path} to resume from the one before, or start afresh in a new output_dir")
 
 
-def _check_fresh(recipe: Recipe, resume: bool) -> None:
-    latest = ckpt.latest_checkpoint(RunDir(recipe.run_dir).checkpoints)
-    if latest is not None and not resume:
-        raise AvgkitError(
-            f"{recipe.run_dir} already holds checkpoints (last: step {latest.step}); pass --resume to continue, "
-            f"or set output_dir to a new folder"
-        )
-
-
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -162,29 +172,6 @@ def seed_everything(seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------- sources
-def open_source(data: DataSection, image_size: int, channels: int = 3):
-    """The recipe's image source at ``image_size`` (``digits`` or an ImageFolder root).
-
-    An ImageFolder tree is read with the tokenizer's ``channels`` (grey or RGB).
-    """
-    from avgkit.data.sources import DigitsSource, ImageFolderSource
-
-    if data.source == "digits":
-        return DigitsSource(image_size, "train")
-    return ImageFolderSource(data.source, image_size, channels)
-
-
-def _source_images(source: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every readable image of a source as one tensor (small data sets only)."""
-    images, labels = [], []
-    for _, image, label in source:
-        images.append(image)
-        labels.append(label)
-    if not images:
-        raise AvgkitError("the data source holds no readable images; check data.source")
-    return torch.stack(images), torch.as_tensor(labels, dtype=torch.int64)
-
-
 def _tokenizer_image_size(cfg: Any, data: DataSection) -> int:
     size = getattr(cfg, "image_size", None) or data.image_size
     if size is None:
@@ -222,13 +209,11 @@ def ensure_tokenizer_weights(recipe: Recipe, registry: Registry, env: DistEnv, *
     train_cfg = spec.resolve(None, ref.train)
     if env.is_main:
         size = _tokenizer_image_size(cfg, recipe.data)
-        source = open_source(recipe.data, size, getattr(cfg, "channels", 3))
-        images, _ = _source_images(source)
-        eval_images = None
-        if recipe.data.source == "digits":
-            from avgkit.data.sources import DigitsSource
-
-            eval_images = DigitsSource(size, "test").images
+        channels = getattr(cfg, "channels", 3)
+        source = open_source(recipe.data.source, size, channels)
+        images, _ = source_images(source)
+        held_out = held_out_source(recipe.data.source, size, channels)
+        eval_images = source_images(held_out)[0] if held_out is not None else None
         # one work folder per tokenizer, training settings and data: a finished run of other
         # settings is never reused
         key = hashlib.sha256(json.dumps(
@@ -280,9 +265,9 @@ def _encode_in_memory(recipe: Recipe, comps: Components, env: DistEnv) -> TrainD
     data_cfg = recipe.data
     assert data_cfg is not None
     tok = comps.tokenizer
-    source = open_source(data_cfg, tok.image_size, tok.channels)
+    source = open_source(data_cfg.source, tok.image_size, tok.channels)
     _check_source(source, comps)
-    images, labels = _source_images(source)
+    images, labels = source_images(source)
     codes = []
     tok.eval()
     with torch.inference_mode():
@@ -314,7 +299,7 @@ def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Pat
         if complete:
             _check_store_source(CodeStore.open(store_path, verify=False), data, tok.image_size, tok.channels)
         else:
-            source = open_source(data, tok.image_size, tok.channels)
+            source = open_source(data.source, tok.image_size, tok.channels)
             _check_source(source, comps)
             _say(f"encoding {data.source} into {store_path}")
             report = prepare(
@@ -347,30 +332,12 @@ def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Pat
                      dict(store.meta.source))
 
 
-def _describe_source(src: dict[str, Any]) -> str:
-    if src.get("kind") == "digits":
-        return "the built-in digits"
-    return str(src.get("root", src))
-
-
 def _check_store_source(store: Any, data: DataSection, image_size: int, channels: int) -> None:
     """Refuse a finished store encoded from another ``data.source`` (a moved image folder is recognised)."""
-    src = store.meta.source
-    if data.source == "digits":
-        same = src.get("kind") == "digits"
-    else:
-        same = src.get("kind") == "imagefolder" and (
-            src.get("root") == data.source or Path(src.get("root", "")).resolve() == Path(data.source).resolve()
-        )
-        if not same and src.get("kind") == "imagefolder" and Path(data.source).is_dir():
-            from avgkit.data.sources import ImageFolderSource
-
-            listing = ImageFolderSource(data.source, image_size, channels).describe().get("listing_sha256")
-            same = listing == src.get("listing_sha256")  # the same files, moved
-    if not same:
+    if not is_same_source(store.meta.source, data.source, image_size, channels):
         raise AvgkitError(
-            f"code store {store.path} was encoded from {_describe_source(src)} but data.source is {data.source!r}; "
-            f"set data.source back, or set data.store to a new path to encode {data.source}"
+            f"code store {store.path} was encoded from {describe_recorded(store.meta.source)} but data.source is "
+            f"{data.source!r}; set data.source back, or set data.store to a new path to encode {data.source}"
         )
 
 
@@ -420,7 +387,7 @@ def _val_name(data: DataSection | None) -> str | None:
     if data is None or data.val_source is None:
         return None
     if data.val_source == "auto":
-        return "the digits the training split leaves out" if data.source == "digits" else None
+        return held_out_name(data.source)
     return data.val_source
 
 
@@ -435,14 +402,13 @@ def validation_codes(recipe: Recipe, comps: Components, env: DistEnv) -> tuple[t
     if _val_name(data) is None:
         return None
     assert data is not None and data.val_source is not None
-    from avgkit.data.sources import DigitsSource, ImageFolderSource
-
     tok = comps.tokenizer
     if data.val_source == "auto":
-        source: Any = DigitsSource(tok.image_size, "test")
+        source = held_out_source(data.source, tok.image_size, tok.channels)
+        assert source is not None  # _val_name said there is one
     else:
-        source = ImageFolderSource(data.val_source, tok.image_size, tok.channels)
-    images, labels = _source_images(source)
+        source = open_source(data.val_source, tok.image_size, tok.channels)
+    images, labels = source_images(source)
     codes = []
     with torch.inference_mode():
         for start in range(0, len(images), data.prepare_batch_size):
@@ -493,18 +459,6 @@ def _record_inputs(recipe: Recipe, run_dir: Path, weights: Path | None, data: Tr
 
 
 # ----------------------------------------------------------------------------- final eval
-def digit_classifier_class() -> type:
-    """``avgkit.eval.digits.DigitClassifier``; a missing dependency is a one-line error."""
-    try:
-        from avgkit.eval.digits import DigitClassifier
-    except ImportError as err:
-        raise AvgkitError(
-            f"eval.classifier=digits needs the evaluation extras ({err}); pip install 'avgkit[eval,digits]' "
-            f"or set eval.classifier=none"
-        ) from None
-    return DigitClassifier
-
-
 GRID_COLUMNS = 16
 
 
@@ -513,22 +467,14 @@ WEIGHTS_NAMES = {"ema": "EMA weights", "model": "raw weights"}
 
 
 def _sample_and_score(
-    recipe: Recipe, comps: Components, model: ARModel, labels: torch.Tensor, env: DistEnv
+    recipe: Recipe, comps: Components, model: ARModel, labels: torch.Tensor, env: DistEnv, scorer: SampleScorer | None
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     from avgkit.sample.grids import generate_images
 
     ev = recipe.eval
     images = generate_images(model.backbone, model.conditioner, comps.sampler, comps.tokenizer, labels, seed=ev.seed,
                              batch_size=ev.batch_size, device=env.device)
-    score: dict[str, Any] = {}
-    if ev.classifier == "digits":
-        clf = digit_classifier_class()()
-        correct = torch.as_tensor(clf.predict(images)) == labels
-        score["class_accuracy"] = float(correct.float().mean())
-        score["per_class_accuracy"] = {
-            str(c): float(correct[labels == c].float().mean()) for c in sorted(set(labels.tolist()))
-        }
-    return images, score
+    return images, ({} if scorer is None else scorer.score(images, labels))
 
 
 def final_samples(
@@ -550,9 +496,10 @@ def final_samples(
     from avgkit.sample.grids import grid_labels
 
     ev = recipe.eval
+    scorer = get_scorer(ev.classifier)
     num_classes = models[0][1].conditioner.num_classes
-    if ev.classifier == "digits":
-        labels = torch.arange(num_classes).repeat_interleave(ev.samples_per_class)
+    if scorer is not None:
+        labels = scorer.labels(num_classes, ev.samples_per_class, ev.grid_classes)
     else:
         labels = grid_labels(num_classes, ev.grid_classes, ev.samples_per_class)
     shown_classes = torch.unique(labels)[: ev.grid_classes]
@@ -565,7 +512,7 @@ def final_samples(
     by_weights: dict[str, dict[str, Any]] = {}
     primary = models[0][0]
     for name, model in models:
-        images, score = _sample_and_score(recipe, comps, model, labels, env)
+        images, score = _sample_and_score(recipe, comps, model, labels, env, scorer)
         png = save_labelled_grid(
             to_uint8_hwc(images[shown]),
             labels[shown].tolist(),
@@ -589,10 +536,9 @@ def final_samples(
         record["final_train_loss"] = train_result.final_loss
     if train_result.final_val_loss is not None:
         record["final_val_loss"] = train_result.final_val_loss
-    if ev.classifier == "digits":
-        record["classifier"] = "digits-svc (avgkit.eval.digits.DigitClassifier)"
-        record["class_accuracy"] = by_weights[primary]["class_accuracy"]
-        record["per_class_accuracy"] = by_weights[primary]["per_class_accuracy"]
+    if scorer is not None:
+        record["classifier"] = scorer.description
+        record.update({k: v for k, v in by_weights[primary].items() if k != "samples_png"})
     record["by_weights"] = by_weights
     atomic_write_text(RunDir(run_dir).eval, json.dumps(record, indent=2) + "\n")
     return record
@@ -663,42 +609,71 @@ def _remove_debris(run_dir: Path, existed: bool) -> None:
         shutil.rmtree(run_dir / folder, ignore_errors=True)
 
 
-def _run_locked(
-    recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progress: bool, callbacks: Sequence[StepCallback]
-) -> RunResult:
-    run_dir = recipe.run_dir
-    _check_fresh(recipe, resume)
-    if recipe.eval.classifier == "digits":
-        digit_classifier_class()  # fail before training, not after it
-    if resume:
-        _check_resumable(recipe, registry)
-    if env.is_main:
-        _write_run_files(recipe, run_dir, resume, registry)
-    weights = ensure_tokenizer_weights(recipe, registry, env, progress=progress)
+@dataclass
+class _Run:
+    """What the stages of one run hand each other."""
+
+    recipe: Recipe
+    resume: bool
+    env: DistEnv
+    registry: Registry
+    progress: bool
+    callbacks: Sequence[StepCallback]
+    weights: Path | None = None
+    comps: Components | None = None
+    data: TrainData | None = None
+    trainer: Trainer | None = None
+    result: TrainResult | None = None
+    loggers: Any = None
+    record: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _stage_check(run: _Run) -> None:
+    """Refuse what would fail later before anything is written; then write the run's own files."""
+    recipe = run.recipe
+    _check_start(recipe, run.resume, run.registry)
+    get_scorer(recipe.eval.classifier)  # a missing dependency fails before training, not after it
+    if run.env.is_main:
+        _write_run_files(recipe, recipe.run_dir, run.resume, run.registry)
+
+
+def _stage_tokenizer(run: _Run) -> None:
+    """Train the tokenizer or reuse its weights, then build every component."""
+    recipe, env = run.recipe, run.env
+    run.weights = ensure_tokenizer_weights(recipe, run.registry, env, progress=run.progress)
     seed_everything(recipe.train.seed)
-    comps = build(recipe, device=env.device, registry=registry)
+    run.comps = comps = build(recipe, device=env.device, registry=run.registry)
     comps.tokenizer.requires_grad_(False).eval()
-    if weights is None and comps.tokenizer.state_dict():  # learned state, yet nothing to load it from
+    if run.weights is None and comps.tokenizer.state_dict():  # learned state, yet nothing to load it from
         raise AvgkitError(
             f"tokenizer {recipe.tokenizer.name!r} has no weights, so its codes would come from random parameters; "
             f"set tokenizer.weights to a weights file, or add a tokenizer.train: block to train it"
         )
-    data = load_train_data(recipe, comps, env, weights, progress=progress)
+
+
+def _stage_data(run: _Run) -> None:
+    """Encode the images into codes (or reuse the store) and record what the run is made from."""
+    recipe, env, comps = run.recipe, run.env, run.comps
+    assert comps is not None
+    run.data = data = load_train_data(recipe, comps, env, run.weights, progress=run.progress)
     if env.is_main:
-        _record_inputs(recipe, run_dir, weights, data, resume)
-    model = ARModel(comps.backbone, comps.conditioner)
-    if env.is_main:
+        _record_inputs(recipe, recipe.run_dir, run.weights, data, run.resume)
         counts = parameter_counts(comps)
         _say(
             f"{recipe.name}: {counts['total']:,} parameters ({counts['non_embedding']:,} non-embedding) "
             f"on {env.world_size} x {env.device}; data: {data.description}"
         )
 
+
+def _stage_train(run: _Run) -> None:
+    """The AR training loop, from the last checkpoint when resuming."""
     from avgkit.loggers import open_loggers
     from avgkit.train.data import StepBatches
 
-    loggers = open_loggers(recipe, run_dir, registry) if env.is_main and recipe.loggers else None
-
+    recipe, env, comps, data = run.recipe, run.env, run.comps, run.data
+    assert comps is not None and data is not None
+    run.loggers = open_loggers(recipe, recipe.run_dir, run.registry) if env.is_main and recipe.loggers else None
     cfg = recipe.train
     batches = StepBatches(
         data.dataset,
@@ -713,65 +688,89 @@ def _run_locked(
     val_data = validation_codes(recipe, comps, env)
     if val_data is not None and env.is_main:
         _say(f"validation: {len(val_data[0])} held-out images ({_val_name(recipe.data)})")
-    trainer = Trainer(
-        model,
+    run.trainer = Trainer(
+        ARModel(comps.backbone, comps.conditioner),
         batches,
         cfg,
         val_data=val_data,
         env=env,
-        run_dir=run_dir,
+        run_dir=recipe.run_dir,
         sampler=comps.sampler,
         tokenizer=comps.tokenizer,
         class_names=data.class_names,
-        progress=progress,
-        callbacks=callbacks,
+        progress=run.progress,
+        callbacks=run.callbacks,
         title=recipe.name,
-        loggers=loggers,
+        loggers=run.loggers,
     )
-    result = trainer.fit(resume=resume)
+    run.result = run.trainer.fit(resume=run.resume)
 
-    files = {"run_dir": str(run_dir)}
-    record: dict[str, Any] = {}
+
+def _stage_evaluate(run: _Run) -> None:
+    """Sample and score the final weights (EMA and raw when EMA is on), then the summary."""
+    recipe, env, comps, data, trainer, result = run.recipe, run.env, run.comps, run.data, run.trainer, run.result
+    assert comps is not None and data is not None and trainer is not None and result is not None
+    run_dir = RunDir(recipe.run_dir)
+    run.files = {"run_dir": str(run_dir.root)}
     if env.is_main:
         # with EMA on, both sets are sampled and scored: the EMA weights first when eval.use_ema
-        models: list[tuple[str, ARModel]] = [("model", model)]
+        models: list[tuple[str, ARModel]] = [("model", trainer.model)]
         if trainer.ema is not None:
             ema_pair = ("ema", trainer.ema.module)
             models = [ema_pair, *models] if recipe.eval.use_ema else [*models, ema_pair]
-        record = final_samples(recipe, comps, models, data.class_names, run_dir, env, result)
-        if loggers:
-            loggers.log_metrics(result.step, record, prefix="eval/")
-            loggers.log_images(result.step, {"final_samples": RunDir(run_dir).samples()})
-            loggers.close()
-        files.update(
-            {
-                "recipe": str(RunDir(run_dir).recipe),
-                "metrics": str(RunDir(run_dir).metrics),
-                "loss_curve": str(RunDir(run_dir).loss_plot),
-                "checkpoint": str(result.checkpoint) if result.checkpoint else "",
-                "samples": str(RunDir(run_dir).samples()),
-                "eval": str(RunDir(run_dir).eval),
-            }
-        )
-        if weights is not None:
-            files["tokenizer_weights"] = str(weights)
+        run.record = final_samples(recipe, comps, models, data.class_names, run_dir.root, env, result)
+        if run.loggers:
+            run.loggers.log_metrics(result.step, run.record, prefix="eval/")
+            run.loggers.log_images(result.step, {"final_samples": run_dir.samples()})
+            run.loggers.close()
+        run.files.update({
+            "recipe": str(run_dir.recipe),
+            "metrics": str(run_dir.metrics),
+            "loss_curve": str(run_dir.loss_plot),
+            "checkpoint": str(result.checkpoint) if result.checkpoint else "",
+            "samples": str(run_dir.samples()),
+            "eval": str(run_dir.eval),
+        })
+        if run.weights is not None:
+            run.files["tokenizer_weights"] = str(run.weights)
         if recipe.data and recipe.data.store:
-            files["code_store"] = recipe.data.store
-        _print_summary(record, files, result)
-    record = broadcast_json(record, env)
-    return RunResult(run_dir, result, record, files)
+            run.files["code_store"] = recipe.data.store
+        _print_summary(run.record, run.files, result, recipe.eval.classifier)
+    run.record = broadcast_json(run.record, env)
 
 
-def _print_summary(record: dict[str, Any], files: dict[str, str], result: TrainResult) -> None:
+#: The stages of ``avgkit train``, in order; each hands what it made to the next through
+#: :class:`_Run`. ``avgkit prepare`` runs the tokenizer and data stages' functions alone.
+STAGES = (
+    ("check", _stage_check),
+    ("tokenizer", _stage_tokenizer),
+    ("data", _stage_data),
+    ("train", _stage_train),
+    ("evaluate", _stage_evaluate),
+)
+
+
+def _run_locked(
+    recipe: Recipe, resume: bool, env: DistEnv, registry: Registry, progress: bool, callbacks: Sequence[StepCallback]
+) -> RunResult:
+    run = _Run(recipe, resume, env, registry, progress, callbacks)
+    for _name, stage in STAGES:
+        stage(run)
+    assert run.result is not None
+    return RunResult(recipe.run_dir, run.result, run.record, run.files)
+
+
+def _print_summary(record: dict[str, Any], files: dict[str, str], result: TrainResult, classifier: str) -> None:
     lines = [f"trained {result.step} steps in {result.seconds:.0f} s"]
     if result.final_loss is not None:
         lines[0] += f", final loss {result.final_loss:.4f}"
     if result.final_val_loss is not None:
         lines[0] += f", validation loss {result.final_val_loss:.4f}"
-    if "class_accuracy" in record:
-        scores = [f"{record['by_weights'][w]['class_accuracy']:.3f} ({WEIGHTS_NAMES.get(w, w)})"
+    scorer = get_scorer(classifier)
+    if scorer is not None:
+        scores = [f"{record['by_weights'][w][scorer.headline]:.3f} ({WEIGHTS_NAMES.get(w, w)})"
                   for w in record["by_weights"]]
-        lines.append(f"digit-classifier accuracy of {record['samples']} samples: {', '.join(scores)}")
+        lines.append(f"{scorer.title} of {record['samples']} samples: {', '.join(scores)}")
     else:
         lines.append(f"samples from the {WEIGHTS_NAMES.get(record['weights'], record['weights'])}")
     width = max(len(k) for k in files)
