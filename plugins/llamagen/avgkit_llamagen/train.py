@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from avgkit.io import atomic_write_json
 from avgkit.runtime.device import resolve_device
 from avgkit.runtime.progress import StepProgress
+from avgkit.runtime.stop import Interrupted, StopSignals, signal_name
 
 from .checkpoint import checkpoint_info, completed_steps, load_checkpoint, save_checkpoint
 from .config import VQConfig
@@ -339,8 +340,9 @@ def _loop(run: _Run, images: Tensor, out: Path, start: int, progress: bool) -> N
     sums: dict[str, float] = {}
     count = 0
     info = {"vq_config": run.cfg.architecture(), "train_config": t.model_dump(mode="json")}
+    stop = StopSignals("saving a checkpoint after this step, then stopping")
     try:
-        with metrics_path.open("a") as log:
+        with metrics_path.open("a") as log, stop:
             for step in range(start, t.steps):
                 x = images[order.indices(step)].to(run.device, torch.float32, non_blocking=True)
                 x = x.contiguous(memory_format=run.memory_format)
@@ -356,10 +358,14 @@ def _loop(run: _Run, images: Tensor, out: Path, start: int, progress: bool) -> N
                     log.flush()
                     sums, count = {}, 0
                 bar.update(step + 1, shown)
-                if (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps:
+                if (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps or stop.requested:
                     save_checkpoint(
                         out / "checkpoints", step + 1, run.modules(), run.optimizers(), info, t.keep_checkpoints
                     )
+                if stop.requested and step + 1 < t.steps:
+                    raise Interrupted(
+                        f"stopped by {signal_name(stop.signum or 0)} at tokenizer step {step + 1} of {t.steps}; saved a "
+                        f"checkpoint in {out / 'checkpoints'}; run the same command again to continue", stop.signum or 0)
     finally:
         bar.close()
 

@@ -58,6 +58,34 @@ def test_resumed_run_is_bit_identical(tmp_path):
     assert metrics(tmp_path / "other")[1]["loss"] != a[1]["loss"]
 
 
+def test_a_stop_signal_saves_a_checkpoint_and_the_rerun_ends_where_a_straight_run_does(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from avgkit.runtime.stop import Interrupted
+    from avgkit_llamagen import train as vq_train
+
+    cfg = tiny_config()
+    full = train_vq(cfg, quick(), IMAGES, tmp_path / "full", progress=False)
+    step = vq_train._Run.step
+
+    def step_then_signal(self, x, i):
+        out = step(self, x, i)
+        if i == 1:  # during the second step, as a cluster's preemption notice would arrive
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(vq_train._Run, "step", step_then_signal)
+    with pytest.raises(Interrupted, match="stopped by SIGTERM at tokenizer step 2 of 6") as stopped:
+        train_vq(cfg, quick(), IMAGES, tmp_path / "cut", progress=False)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert completed_steps(tmp_path / "cut" / "checkpoints") == [2]  # not a checkpoint step: saved on the signal
+    monkeypatch.setattr(vq_train._Run, "step", step)
+    resumed = train_vq(cfg, quick(), IMAGES, tmp_path / "cut", progress=False)
+    wa, wb = safetensors.torch.load_file(str(full)), safetensors.torch.load_file(str(resumed))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_outputs_and_checkpoint_pruning(tmp_path, capsys):
     cfg = tiny_config()
     train = quick(steps=8, ckpt_every=2, keep_checkpoints=2, disc_start=None, ema_decay=None, log_every=4)
