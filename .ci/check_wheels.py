@@ -34,7 +34,7 @@ def run(*cmd: str | Path, cwd: Path | None = None, capture: bool = False) -> str
 
 def main() -> None:
     start = time.perf_counter()
-    work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="avgkit-wheels-"))
+    work = (Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="avgkit-wheels-"))).resolve()
     shutil.rmtree(work, ignore_errors=True)
     dist, env, outside = work / "dist", work / "env", work / "elsewhere"
     outside.mkdir(parents=True)
@@ -51,7 +51,7 @@ def main() -> None:
     run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", *wheels)
     where = run(python, "-c", "import avgkit, avgkit_mamba; print(avgkit.__file__, avgkit_mamba.__file__)",
                 cwd=outside, capture=True)
-    assert str(ROOT) not in where and str(env) in where, f"not the installed wheels: {where}"
+    assert all(Path(f).is_relative_to(fresh_site) for f in where.split()), f"not the installed wheels: {where}"
     recipes = run(env / "bin" / "avgkit", "recipes", "ls", cwd=outside, capture=True)
     assert "digits" in recipes and "aim-b" in recipes, recipes
     dry = run(env / "bin" / "avgkit", "train", "digits", "--dry-run", cwd=outside, capture=True)
