@@ -16,8 +16,8 @@ class PeakMemory(TorchDispatchMode):
 
     ``peak`` is the largest sum of live storages (bytes) created inside the block, forward
     and backward alike; tensors that existed before it (parameters, inputs) are not
-    counted. Works where ``torch.cuda.max_memory_allocated`` does not (the CPU, meta
-    tensors are skipped)::
+    counted. Works where ``torch.cuda.max_memory_allocated`` does not: on the CPU, and on
+    the meta device, where it counts what the same code would allocate without running it::
 
         with PeakMemory() as mem:
             loss(model).backward()
@@ -36,7 +36,7 @@ class PeakMemory(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
                 if storage not in self._live:
                     n = storage.nbytes()

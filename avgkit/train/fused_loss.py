@@ -19,6 +19,8 @@ of its last linear map (B, N, D), one row per image token, and that map's weight
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -32,7 +34,7 @@ def default_chunk_rows(vocab: int) -> int:
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     dev = x.device.type
-    if torch.is_autocast_enabled(dev):
+    if dev in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return x.dtype
 
@@ -94,5 +96,6 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, *, chunk_ro
     rows = x.reshape(-1, x.shape[-1])
     need_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     chunk = chunk_rows or default_chunk_rows(weight.shape[0])
-    with torch.autocast(x.device.type, enabled=False):
+    off = torch.autocast(x.device.type, enabled=False) if x.device.type != "meta" else contextlib.nullcontext()
+    with off:
         return _LinearCrossEntropy.apply(rows, weight, targets.reshape(-1), chunk, dtype, need_grad)

@@ -62,6 +62,11 @@ def _activation_memory(report: dict[str, Any]) -> None:
     assert plain["recompute_norms"] is False and recomputed["recompute_norms"] is True
     assert 0 < recomputed["block_MiB_batch2"] < plain["block_MiB_batch2"]
     assert "saved_by_recompute_GiB_aim_b_24_layers_batch64" in saved
+    peak = {(r["loss"], r["activation_checkpointing"]): r for r in report["peak"]}
+    assert set(peak) == {("plain", "none"), ("chunked", "none"), ("chunked", "every_n"), ("chunked", "blocks")}
+    kept = {k: r["kept_for_backward_MiB"] for k, r in peak.items()}
+    assert kept[("chunked", "blocks")] < kept[("chunked", "every_n")] < kept[("chunked", "none")], kept
+    assert all(r["peak_GiB"] >= 0 and r["params"] == peak[("plain", "none")]["params"] for r in peak.values())
 
 
 def _data_loader(report: dict[str, Any]) -> None:
