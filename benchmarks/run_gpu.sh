@@ -23,11 +23,15 @@ CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | grep -o -i
 CARD=${CARD:-gpu}
 LLAMAGEN_ROOT=${LLAMAGEN_ROOT:-.ref/llamagen-ce98ec4}
 AIM_ROOT=${AIM_ROOT:-.ref/aim-0a91c60}
+MAMBA_ROOT=${MAMBA_ROOT:-.ref/mamba-2.3.2}  # mamba-ssm's Python sources (its Triton kernels), when not installed
 [ -f "$AIM_ROOT/models/aim.py" ] || { echo "no AiM checkout at $AIM_ROOT: its rows are skipped"; AIM_ROOT=; }
 AR=${AIM_ROOT:+--aim-root $AIM_ROOT}
 [ -d "$LLAMAGEN_ROOT/autoregressive" ] || { echo "no LlamaGen checkout at $LLAMAGEN_ROOT: its rows are skipped"; LLAMAGEN_ROOT=; }
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+if [ -d "$MAMBA_ROOT/mamba_ssm" ] && ! python3 -c "import mamba_ssm" >/dev/null 2>&1; then
+  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(realpath "$MAMBA_ROOT")"
 fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plugins/mamba -e plugins/adaln \
   -e plugins/llamagen -e plugins/transformer
