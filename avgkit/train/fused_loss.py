@@ -83,7 +83,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return gx, gw, None, None, None, None
 
 
-@torch.compiler.disable  # a Python loop over chunks: runs eagerly between compiled graphs
 def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, *, chunk_rows: int | None = None) -> Tensor:
     """``F.cross_entropy(F.linear(x, weight).float(), targets)`` without materialising the logits.
 
