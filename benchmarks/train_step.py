@@ -7,7 +7,8 @@ timed in the same process:
 * ``avgkit <preset> <variant>``: avgkit's model; variants ``plain`` (the full fp32
   logits, as before the chunked loss), ``chunked`` (the output layer and loss by
   chunks, the trainer's default), ``ckpt`` (chunked, every block checkpointed),
-  ``compile`` (chunked, ``torch.compile`` of the model);
+  ``ckpt2`` (chunked, every second block checkpointed), ``compile`` (chunked,
+  ``torch.compile`` of the model);
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
   (``Stage2Trainer.compute_loss``), from the checkout ``--aim-root`` points at
   (github.com/hp-l33/AiM; its code is imported from there, never copied); their
@@ -66,6 +67,7 @@ CONDITIONER = {"aim-b": ("adaln", {}), "aim-l": ("adaln-group", {"groups": 4}),
 AIM_NAMES = {"aim-b": "AiM-B", "aim-l": "AiM-L", "aim-xl": "AiM-XL"}  # presets the reference code builds
 VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
             "ckpt": {"fused": True, "activation_checkpointing": "blocks"},
+            "ckpt2": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2},
             "compile": {"fused": True, "compile": True}}
 SMOKE = {"vocab": 64, "tokens": 16, "batch": 2, "window_steps": 1, "windows": 2, "warmup_steps": 0, "matmul": 256}
 MATMUL = 8192
@@ -402,8 +404,7 @@ def main() -> None:
         flops = None
         for variant in variants:
             spec = VARIANTS[variant]
-            opts = {**extra, **({"activation_checkpointing": spec["activation_checkpointing"]}
-                                if "activation_checkpointing" in spec else {})}
+            opts = {**extra, **{k: spec[k] for k in ("activation_checkpointing", "checkpoint_every") if k in spec}}
             model = build(preset, device=device, vocab=vocab, tokens=tokens, **opts)
             model.fused_loss = spec["fused"]
             flops = flops or flops_per_token(model, tokens)
