@@ -22,6 +22,8 @@ Model FLOPs per token = 6 x the parameters that act on every token (all but the
 per-image adaLN projections and tables, the class table and the position table) + 3 x
 the SSD scan's forward FLOPs; MFU divides by the bf16 8192^3 matmul rate measured in
 the same run (``matmul_tflops``). ``mfu_6n`` (6 x all parameters) is reported beside it.
+Every row of a preset is credited the same FLOPs per token (avgkit's count for that
+architecture, which the reference rows share).
 
     python benchmarks/train_step.py [--presets aim-b,aim-l] [--variants plain,chunked,ckpt] [--aim-root DIR]
     python benchmarks/train_step.py --profile benchmarks/results/train_step_profile   # one AiM-B step by kernel
