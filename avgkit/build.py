@@ -27,12 +27,38 @@ class ARModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.conditioner = conditioner
+        #: ``forward(..., loss=True)`` forms the logits by chunks where the backbone allows it
+        self.fused_loss = True
 
-    def forward(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.backbone(codes, self.conditioner(labels))
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor, *, loss: bool = False) -> torch.Tensor:
+        """Logits (B, N, V); with ``loss=True`` the mean cross-entropy of ``codes`` under teacher forcing.
+
+        The loss comes from the logits formed by chunks (never all at once) when the
+        backbone exposes its head (``head_features``), else from the full logits.
+        """
+        cond = self.conditioner(labels)
+        if not loss:
+            return self.backbone(codes, cond)
+        if self.fused_loss and callable(getattr(self.backbone, "head_features", None)):
+            from avgkit.losses import linear_cross_entropy
+
+            hidden, weight = self.backbone.head_features(codes, cond)
+            check_logits_shape(hidden, codes, "head features")
+            return linear_cross_entropy(hidden, weight, codes)
+        logits = self.backbone(codes, cond)
+        check_logits_shape(logits, codes, "logits")
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         return [*self.backbone.embedding_parameters(), *self.conditioner.embedding_parameters()]
+
+
+def check_logits_shape(out: torch.Tensor, codes: torch.Tensor, what: str = "logits") -> None:
+    if out.shape[:2] != codes.shape:
+        raise AvgkitError(
+            f"the backbone returned {what} of shape {tuple(out.shape)} for codes {tuple(codes.shape)}; "
+            f"it must return (B, N, ...) with one row per image token"
+        )
 
 
 @dataclass

@@ -5,10 +5,13 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick]
+#   bash benchmarks/run_gpu.sh [--quick | --training]
 # --quick (at most 8 minutes on one H100 or H200): kernel checks, the reproducibility
 # matrix, sampling against LlamaGen at batch 64, a short AiM-B training run and the
-# GPU-marked tests. Without it, everything at every size (several calls' worth).
+# GPU-marked tests. --training (one call, about 10 minutes): the training-step rows against
+# the AiM authors' trainer step (their code where AIM_ROOT points, default .ref/aim-0a91c60)
+# and the mamba-ssm stack, one AiM-B step by kernel, AiM-1B at batch 64, and the digits
+# precision check. Without either, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
 set -uo pipefail
@@ -19,9 +22,16 @@ CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | grep -o -i
   | head -n1 | tr '[:upper:]' '[:lower:]')
 CARD=${CARD:-gpu}
 LLAMAGEN_ROOT=${LLAMAGEN_ROOT:-.ref/llamagen-ce98ec4}
+AIM_ROOT=${AIM_ROOT:-.ref/aim-0a91c60}
+MAMBA_ROOT=${MAMBA_ROOT:-.ref/mamba-2.3.2}  # mamba-ssm's Python sources (its Triton kernels), when not installed
+[ -f "$AIM_ROOT/models/aim.py" ] || { echo "no AiM checkout at $AIM_ROOT: its rows are skipped"; AIM_ROOT=; }
+AR=${AIM_ROOT:+--aim-root $AIM_ROOT}
 [ -d "$LLAMAGEN_ROOT/autoregressive" ] || { echo "no LlamaGen checkout at $LLAMAGEN_ROOT: its rows are skipped"; LLAMAGEN_ROOT=; }
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+if [ -d "$MAMBA_ROOT/mamba_ssm" ] && ! python3 -c "import mamba_ssm" >/dev/null 2>&1; then
+  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(realpath "$MAMBA_ROOT")"
 fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plugins/mamba -e plugins/adaln \
   -e plugins/llamagen -e plugins/transformer
@@ -42,6 +52,18 @@ if [ "$QUICK" = "--quick" ]; then
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
+if [ "$QUICK" = "--training" ]; then  # the parts in order of need; each has its own time limit
+  LIMIT=300 run benchmarks/train_step.py --presets aim-b,aim-l --variants plain,chunked,ckpt --window-steps 4 $AR \
+    --profile "$OUT/train_step_profile_aim_b_$CARD" --out "$OUT/train_step_$CARD.json"
+  LIMIT=90 run benchmarks/train_step.py --presets aim-1b --variants chunked,ckpt2,ckpt --no-reference \
+    --window-steps 2 --warmup-steps 1 --out "$OUT/train_step_1b_$CARD.json"
+  LIMIT=130 run benchmarks/precision_check.py --paths today,bf16 --work /tmp/precision \
+    --out "$OUT/precision_check_$CARD.json"
+  LIMIT=60 run benchmarks/train_step.py --presets aim-b --variants compile --no-reference \
+    --out "$OUT/train_step_compile_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
 kernels_and_sampling() {
   run plugins/mamba/scripts/gpu_check.py --out "$OUT/mamba_gpu_check_$CARD.json"
   run benchmarks/reproducibility.py --out "$OUT/reproducibility_$CARD.json"
@@ -51,7 +73,8 @@ kernels_and_sampling() {
   gpu_tests
 }
 training_and_startup() {
-  run benchmarks/train_step.py --presets aim-b,aim-l,aim-xl,aim-1b --out "$OUT/train_step_$CARD.json"
+  run benchmarks/train_step.py --presets aim-b,aim-l,aim-xl,aim-1b $AR --profile "$OUT/train_step_profile_aim_b_$CARD" \
+    --out "$OUT/train_step_$CARD.json"
   run benchmarks/vq_encode.py --out "$OUT/vq_encode_$CARD.json"
   run benchmarks/startup.py --out "$OUT/startup_$CARD.json"
   [ -n "${WITH_SCAN:-}" ] && run benchmarks/ssd_scan.py --out "$OUT/ssd_scan_$CARD.json"

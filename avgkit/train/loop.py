@@ -146,6 +146,7 @@ class Trainer:
             if dist.get_backend() != "gloo":  # labels are gathered on the CPU
                 self._label_group = cast("dist.ProcessGroup", dist.new_group(backend="gloo"))  # every rank joins
         self.forward = torch.compile(net) if cfg.compile else net
+        model.fused_loss = cfg.fused_loss
 
     # ------------------------------------------------------------------ paths
     @property
@@ -382,8 +383,7 @@ class Trainer:
             lab = self._condition(lab.to(env.device, non_blocking=True))
             with contextlib.nullcontext() if self.ddp is None or i == accum - 1 else self.ddp.no_sync():
                 with autocast(env.device, self.amp_dtype):
-                    logits = self.forward(codes, lab)
-                loss = token_loss(logits, codes)
+                    loss = self.forward(codes, lab, loss=True)  # fp32 cross-entropy, logits by chunks
                 (loss / accum).backward()
             total += loss.detach()
         clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf

@@ -62,6 +62,11 @@ def _activation_memory(report: dict[str, Any]) -> None:
     assert plain["recompute_norms"] is False and recomputed["recompute_norms"] is True
     assert 0 < recomputed["block_MiB_batch2"] < plain["block_MiB_batch2"]
     assert "saved_by_recompute_GiB_aim_b_24_layers_batch64" in saved
+    peak = {(r["loss"], r["activation_checkpointing"]): r for r in report["peak"]}
+    assert set(peak) == {("plain", "none"), ("chunked", "none"), ("chunked", "every_n"), ("chunked", "blocks")}
+    kept = {k: r["kept_for_backward_MiB"] for k, r in peak.items()}
+    assert kept[("chunked", "blocks")] < kept[("chunked", "every_n")] < kept[("chunked", "none")], kept
+    assert all(r["peak_GiB"] >= 0 and r["params"] == peak[("plain", "none")]["params"] for r in peak.values())
 
 
 def _data_loader(report: dict[str, Any]) -> None:
@@ -88,9 +93,27 @@ def _state_memory(report: dict[str, Any]) -> None:
 
 
 def _train_step(report: dict[str, Any]) -> None:
-    _rows(1, "tokens_per_s", "step_s", "first_step_s", "peak_mem_gib", "mfu_6n", "mfu_full")(report)
-    assert report["rows"][0]["model"] == "avgkit tiny" and report["rows"][0]["tokens_per_s"] > 0
-    assert any("reference rows" in note for note in report["notes"]), report["notes"]  # no GPU: none
+    _rows(4, "tokens_per_s", "tokens_per_s_spread", "windows", "step_s", "first_step_s", "peak_mem_gib", "mfu",
+          "mfu_6n")(report)
+    names = [r["model"] for r in report["rows"]]
+    assert names == ["avgkit tiny plain", "avgkit tiny chunked", "avgkit tiny ckpt", "AiM reference tiny"], names
+    for row in report["rows"]:
+        low, high = row["tokens_per_s_spread"]
+        assert row["windows"] >= 2 and low <= row["tokens_per_s"] <= high, row
+        assert 0 < row["token_params"] < row["params"] and row["mfu"] > 0, row  # tables and adaLN left out
+    assert report["rows"][0]["vs_aim_reference"] > 0 and report["matmul_tflops"] > 0
+    assert any("mamba-ssm stack" in note for note in report["notes"]), report["notes"]  # no GPU: none
+    assert any("no causal-conv1d" in note for note in report["notes"]), report["notes"]
+    assert set(report["profile"]) == {"tiny chunked"} and report["profile"]["tiny chunked"]["total_self_ms"] > 0
+
+
+def _precision_check(report: dict[str, Any]) -> None:
+    assert [(r["path"], r["seed"]) for r in report["rows"]] == [
+        (p, s) for p in ("today", "bf16", "bf16-residual") for s in (0, 1)]
+    assert all(r["final_loss"] > 0 and r["final_val_loss"] > 0 for r in report["rows"]), report["rows"]
+    today = report["verdict"]["today"]["final_val_loss"]
+    assert today["within_spread"] and today["mean_minus_today"] == 0
+    assert set(report["verdict"]) == {"today", "bf16", "bf16-residual"}
 
 
 def _vq_encode(report: dict[str, Any]) -> None:
@@ -192,6 +215,110 @@ def generate(model, cond, max_new_tokens, emb_masks=None, cfg_scale=1.0, cfg_int
 }
 
 
+# Stand-in for the AiM authors' public code (what benchmarks/train_step.py imports from --aim-root): their
+# AiM(MambaConfig) / AiM_models constructors, forward(codes, labels) -> (logits, target), the per-layer
+# use_mem_eff_path switch, and their trainer's compute_loss, with a tiny model behind them.
+AIM_STUB = {
+    "models/__init__.py": "",
+    "models/stage2/__init__.py": "",
+    "models/stage2/config_mamba.py": '''
+from dataclasses import dataclass
+
+@dataclass
+class MambaConfig:
+    d_model: int = 1024
+    n_layer: int = 48
+    vocab_size: int = 16384
+    num_classes: int = 1000
+    num_tokens: int = 256
+    adaln_group: bool = False
+    num_groups: int = 1
+''',
+    "models/aim.py": '''
+import torch
+from torch import nn
+from .stage2.config_mamba import MambaConfig
+
+class Mixer(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.use_mem_eff_path = True  # the fused path needs causal-conv1d
+        self.in_proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        assert not self.use_mem_eff_path, "without causal-conv1d the harness must take the unfused path"
+        return self.in_proj(x)
+
+class Layer(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.mixer = Mixer(d)
+
+class Backbone(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.cls_embed = nn.Embedding(c.num_classes + 1, c.d_model)
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.d_model)
+        self.layers = nn.ModuleList(Layer(c.d_model) for _ in range(c.n_layer))
+
+class Output:
+    def __init__(self, logits):
+        self.logits = logits
+
+class LMHead(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.backbone = Backbone(c)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.num_tokens = c.num_tokens
+
+    def forward(self, input_ids, cond):
+        assert input_ids.dtype == torch.long and input_ids.shape[1] == self.num_tokens - 1, input_ids.shape
+        assert cond.shape == (input_ids.shape[0], 1) and cond.dtype == torch.long, cond.shape
+        h = torch.cat([self.backbone.cls_embed(cond), self.backbone.word_embeddings(input_ids)], 1)
+        for layer in self.backbone.layers:
+            h = h + layer.mixer(h)
+        return Output(self.lm_head(h))
+
+class AiM(nn.Module):
+    def __init__(self, config: MambaConfig):
+        super().__init__()
+        self.vqvae = nn.Linear(2, 2).requires_grad_(False)  # the frozen tokenizer
+        self.mamba = LMHead(config)
+
+    def forward(self, x, c):
+        assert torch.is_autocast_enabled(x.device.type), "the reference trains under bf16 autocast"
+        code = x.squeeze(1)
+        cond = c.view(-1, 1).contiguous().long()
+        logits = self.mamba(code[:, :-1], cond=cond).logits
+        return logits[:, cond.shape[1] - 1:], code
+
+def AiM_B(**kwargs):
+    return AiM(MambaConfig(d_model=64, n_layer=2, **kwargs))
+
+AiM_models = {"AiM-B": AiM_B}
+''',
+    "trainer.py": '''
+import torch
+from transformers import Trainer
+
+class Stage2Trainer(Trainer):
+    def compute_loss(self, model, inputs, return_outputs=False):
+        logits, target = model(inputs["inputs"], inputs["labels"])
+        logits = logits.view(-1, logits.shape[-1])
+        target = target.view(-1)
+        loss = torch.nn.CrossEntropyLoss()(logits, target)
+        return (loss, None) if return_outputs else loss
+''',
+}
+
+
+def _aim_stub(tmp: Path) -> None:
+    for name, text in AIM_STUB.items():
+        (tmp / "aim" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "aim" / name).write_text(text)
+
+
 def _llamagen_stub(tmp: Path) -> None:
     for name, text in LLAMAGEN_STUB.items():
         (tmp / "llamagen" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -208,11 +335,17 @@ CASES: list[Smoke] = [
     Smoke("benchmarks/ssd_scan.py", keys=("gpu", "triton", "shape", "results"), check=_ssd_scan),
     Smoke("benchmarks/startup.py", keys=(*ENVIRONMENT, "model", "rows"), check=_startup),
     Smoke("benchmarks/state_memory.py", keys=(*ENVIRONMENT, "dtype", "rows"), check=_state_memory),
-    Smoke("benchmarks/train_step.py", keys=(*ENVIRONMENT, "rows", "notes"), check=_train_step),
+    Smoke("benchmarks/train_step.py", args=("--smoke", "--aim-root", "{tmp}/aim", "--profile", "{tmp}/profile",
+                                            "--out", "{tmp}/out.json"),
+          keys=(*ENVIRONMENT, "matmul_tflops", "timing", "rows", "notes", "profile"), check=_train_step,
+          files=("profile.txt", "profile.json"), setup=_aim_stub),
     Smoke("benchmarks/vq_encode.py", keys=(*ENVIRONMENT, "tokenizer", "image_size", "rows"), check=_vq_encode),
     Smoke("plugins/mamba/scripts/gpu_check.py", keys=("gpu", "all_ok", "checks", "step_timing"), check=_gpu_check),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_llamagen_stub),
+    Smoke("benchmarks/precision_check.py", args=("--smoke", "--work", "{tmp}/runs", "--out", "{tmp}/out.json"),
+          keys=(*ENVIRONMENT, "recipe", "seeds", "paths", "rows", "verdict"), check=_precision_check,
+          timeout=400.0, slow=True),
     Smoke("benchmarks/reproducibility.py", keys=(*ENVIRONMENT, "diagnosis", "matrix", "notes"),
           check=_reproducibility, slow=True),
     Smoke("benchmarks/ddp_check.sh", args=("--smoke",), result="ddp/summary.json",

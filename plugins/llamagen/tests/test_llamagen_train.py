@@ -62,8 +62,9 @@ def test_a_stop_signal_saves_a_checkpoint_and_the_rerun_ends_where_a_straight_ru
     import os
     import signal
 
-    from avgkit.runtime.stop import Interrupted
     from avgkit_llamagen import train as vq_train
+
+    from avgkit.runtime.stop import Interrupted
 
     cfg = tiny_config()
     full = train_vq(cfg, quick(), IMAGES, tmp_path / "full", progress=False)

@@ -64,6 +64,11 @@ class MambaBackboneConfig(BackboneConfig):
         True, description="training: recompute the norms' fp32 intermediates in backward instead of keeping them "
         "(about half a layer's activation memory, for a few elementwise passes more)"
     )
+    activation_checkpointing: Literal["none", "blocks", "every_n"] = Field(
+        "none", description="training: keep only the inputs of checkpointed blocks and recompute the rest in "
+        "backward (every block, or one block in checkpoint_every); less memory for about one forward more"
+    )
+    checkpoint_every: int = Field(2, ge=1, description="activation_checkpointing every_n: checkpoint blocks 0, n, 2n, ...")
 
 
 class RMSNorm(nn.Module):
@@ -140,8 +145,15 @@ class Block(nn.Module):
         return y if m is None else m.gate.unsqueeze(1).to(y.dtype) * y
 
     def forward(self, h: Tensor, residual: Tensor | None, m: Modulation | None, state=None,
-                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.recompute and torch.is_grad_enabled():
+                mask: Tensor | None = None, *, checkpointed: bool = False) -> tuple[Tensor, Tensor]:
+        if checkpointed and state is None and torch.is_grad_enabled():
+            # the whole block is recomputed in backward: only its inputs are kept
+            return checkpoint(self._forward, h, residual, m, False, None, mask, use_reentrant=False)
+        return self._forward(h, residual, m, self.recompute, state, mask)
+
+    def _forward(self, h: Tensor, residual: Tensor | None, m: Modulation | None, recompute: bool,
+                 state=None, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if recompute and torch.is_grad_enabled():
             # training: the add/norm/modulate chain's fp32 intermediates are recomputed in backward
             x, residual = checkpoint(self._pre, h, residual, m, use_reentrant=False)
         else:
@@ -205,6 +217,10 @@ class MambaBackbone(Backbone):
         if self.lm_head is not None:
             nn.init.normal_(self.lm_head.weight, std=std)
 
+    def _checkpointed(self, i: int) -> bool:
+        mode = self.config.activation_checkpointing
+        return self.training and (mode == "blocks" or (mode == "every_n" and i % self.config.checkpoint_every == 0))
+
     def embedding_parameters(self) -> list[nn.Parameter]:
         e = self.embeddings
         return [e.word_embeddings.weight] + ([e.position_embeddings.weight] if e.position_embeddings is not None else [])
@@ -217,16 +233,22 @@ class MambaBackbone(Backbone):
         return self.token_dropout(x)
 
     def _head(self, h: Tensor, residual: Tensor, cond: Conditioning) -> Tensor:
-        return self._logits(self.norm_f((h + residual).to(self.norm_f.weight.dtype)), cond)
+        return F.linear(*self._head_input(h, residual, cond))
 
-    def _logits(self, x: Tensor, cond: Conditioning) -> Tensor:
-        """norm_f's output -> final norm, final modulation, head."""
+    def _head_input(self, h: Tensor, residual: Tensor, cond: Conditioning) -> tuple[Tensor, Tensor]:
+        return self._final(self.norm_f((h + residual).to(self.norm_f.weight.dtype)), cond)
+
+    def _final(self, x: Tensor, cond: Conditioning) -> tuple[Tensor, Tensor]:
+        """norm_f's output -> (final norm and final modulation, the head's weight)."""
         x = self.final_layer.norm_final(x)
         m = cond.final_modulation()
         if m is not None:
             x = modulate(x, m).to(x.dtype)
-        weight = self.embeddings.word_embeddings.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, weight)
+        return x, self.embeddings.word_embeddings.weight if self.lm_head is None else self.lm_head.weight
+
+    def _logits(self, x: Tensor, cond: Conditioning) -> Tensor:
+        """norm_f's output -> final norm, final modulation, head."""
+        return F.linear(*self._final(x, cond))
 
     # ------------------------------------------------------------------ training
     @staticmethod
@@ -237,7 +259,7 @@ class MambaBackbone(Backbone):
         ones = torch.ones(cond.batch_size, extra, dtype=torch.bool, device=cond.prefix_mask.device)
         return torch.cat([cond.prefix_mask, ones], 1)
 
-    def forward(self, codes: Tensor, cond: Conditioning) -> Tensor:
+    def _trunk(self, codes: Tensor, cond: Conditioning) -> tuple[Tensor, Tensor]:
         n = codes.shape[1]
         cond = cond.left_aligned()  # padding first, where the recurrent state is still zero
         mask = self._sequence_mask(cond, n - 1)
@@ -245,8 +267,16 @@ class MambaBackbone(Backbone):
         h = torch.cat([cond.prefix.to(self.embeddings.word_embeddings.weight.dtype), self._embed(codes[:, :-1], rows)], 1)
         residual = None
         for i, block in enumerate(self.layers):
-            h, residual = block(h, residual, cond.modulation(i), mask=mask)
-        return self._head(h, residual, cond)[:, cond.prefix_len - 1 :]
+            h, residual = block(h, residual, cond.modulation(i), mask=mask, checkpointed=self._checkpointed(i))
+        p = cond.prefix_len - 1  # rows before it predict no image token
+        return h[:, p:], residual[:, p:]
+
+    def forward(self, codes: Tensor, cond: Conditioning) -> Tensor:
+        return self._head(*self._trunk(codes, cond), cond)
+
+    def head_features(self, codes: Tensor, cond: Conditioning) -> tuple[Tensor, Tensor]:
+        """The head's input (B, N, D) and weight (V, D): the training loss forms the logits by chunks."""
+        return self._head_input(*self._trunk(codes, cond), cond)
 
     # ------------------------------------------------------------------ generation
     def init_state(self, batch_size, *, device=None, dtype=None) -> MambaDecodeState:

@@ -40,6 +40,11 @@ class TransformerConfig(BackboneConfig):
     tie_head: bool = Field(False, description="share the output head with the token embedding (LlamaGen: untied)")
     init_std: float = Field(0.02, gt=0, description="std of the normal init of linear and embedding weights")
     zero_head: bool = Field(True, description="zero-initialise the output head (LlamaGen)")
+    activation_checkpointing: Literal["none", "blocks", "every_n"] = Field(
+        "none", description="training: keep only the inputs of checkpointed blocks and recompute the rest in "
+        "backward (every block, or one block in checkpoint_every); less memory for about one forward more"
+    )
+    checkpoint_every: int = Field(2, ge=1, description="activation_checkpointing every_n: checkpoint blocks 0, n, 2n, ...")
 
     @model_validator(mode="after")
     def _check_shapes(self) -> TransformerConfig:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from avgkit.interfaces import Backbone, Conditioning
 from avgkit_transformer.config import TransformerConfig
@@ -108,7 +109,10 @@ class TransformerBackbone(Backbone):
         )
 
     def _head(self, x: Tensor, cond: Conditioning) -> Tensor:
-        return self.head(modulate(self.norm_f(x), cond.final_modulation())).float()
+        return self.head(self._head_input(x, cond)).float()
+
+    def _head_input(self, x: Tensor, cond: Conditioning) -> Tensor:
+        return modulate(self.norm_f(x), cond.final_modulation())
 
     def _prefix(self, cond: Conditioning) -> Tensor:
         if cond.prefix.shape[-1] != self.dim:
@@ -119,7 +123,12 @@ class TransformerBackbone(Backbone):
         return cond.prefix.to(self.tok_embed.weight.dtype)
 
     # ------------------------------------------------------------------ training
-    def forward(self, codes: Tensor, cond: Conditioning) -> Tensor:
+    def _checkpointed(self, i: int) -> bool:
+        mode = self.config.activation_checkpointing
+        return (self.training and torch.is_grad_enabled()
+                and (mode == "blocks" or (mode == "every_n" and i % self.config.checkpoint_every == 0)))
+
+    def _trunk(self, codes: Tensor, cond: Conditioning) -> Tensor:
         cond = cond.left_aligned()  # the last prefix position, which predicts token 0, is a real one
         prefix = self._prefix(cond)
         p = prefix.shape[1]
@@ -132,8 +141,18 @@ class TransformerBackbone(Backbone):
             valid = torch.cat([cond.prefix_mask, cond.prefix_mask.new_ones(x.shape[0], t - p)], 1)
             mask = self._padded_mask(valid, positions, positions)
         for i, block in enumerate(self.blocks):
-            x = block(x, table, cond.modulation(i), mask=mask)
-        return self._head(x[:, p - 1 :], cond)
+            if self._checkpointed(i):  # only the block's input is kept; the rest is recomputed in backward
+                x = checkpoint(block, x, table, cond.modulation(i), None, None, mask, use_reentrant=False)
+            else:
+                x = block(x, table, cond.modulation(i), mask=mask)
+        return x[:, p - 1 :]
+
+    def forward(self, codes: Tensor, cond: Conditioning) -> Tensor:
+        return self._head(self._trunk(codes, cond), cond)
+
+    def head_features(self, codes: Tensor, cond: Conditioning) -> tuple[Tensor, Tensor]:
+        """The head's input (B, N, D) and weight (V, D): the training loss forms the logits by chunks."""
+        return self._head_input(self._trunk(codes, cond), cond), self.head.weight
 
     @staticmethod
     def _padded_mask(valid: Tensor, queries: Tensor, keys: Tensor) -> Tensor:
