@@ -54,7 +54,10 @@ class MambaBackboneConfig(BackboneConfig):
     token_drop: float = Field(0.0, ge=0, lt=1, description="training: dropout rate on the input embeddings")
     initializer_range: float = Field(0.02, description="std of the normal init of the embedding tables and an untied head")
     impl: Literal["auto", "torch", "triton"] = Field("auto", description="scan kernels: triton on GPU, torch on CPU")
-    state_dtype: Literal["fp32", "bf16", "model"] = Field("fp32", description="dtype of the SSM decoding state")
+    state_dtype: Literal["fp32", "bf16", "model", "int8"] = Field(
+        "fp32", description="dtype of the SSM decoding state: fp32, bf16, the model's dtype, or int8 with an fp32 "
+        "scale per (head, head-dim row) (one byte a value; accuracy gate in docs/backbone-mamba.md)"
+    )
     decode_form: Literal["recurrent", "dual"] = Field(
         "recurrent", description="decoding layout: the constant-size SSM state, or per-token caches read by the "
         "dual (quadratic) form, fewer bytes per step for short images (docs/benchmarks.md)"
@@ -244,7 +247,8 @@ class MambaBackbone(Backbone):
             layers = [b.mixer.allocate_dual_state(batch_size, max_len, device=device, dtype=model_dtype)
                       for b in self.layers]
             return MambaDecodeState(layers, position, batch_size, torch.zeros(1, dtype=torch.long, device=device))
-        ssm_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype}[self.config.state_dtype]
+        ssm_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype,
+                     "int8": torch.int8}[self.config.state_dtype]
         layers = [b.mixer.allocate_state(batch_size, device=device, dtype=model_dtype, ssm_dtype=ssm_dtype)
                   for b in self.layers]
         return MambaDecodeState(layers, position, batch_size)

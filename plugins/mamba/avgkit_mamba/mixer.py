@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from avgkit_mamba.norm import GatedRMSNorm
 from avgkit_mamba.ops import conv_torch, ssd_torch
 from avgkit_mamba.ops.dispatch import IMPLS, chunk_scan, fused_step, resolve_impl
+from avgkit_mamba.ops.state_quant import load_state, store_state_
 
 __all__ = ["Mamba2DualState", "Mamba2Mixer", "Mamba2State"]
 
@@ -34,11 +35,14 @@ class Mamba2State:
     """Decoding state of one mixer: the conv window and the SSM state, fixed size.
 
     ``conv`` (B, conv_dim, d_conv) holds the last ``d_conv`` conv inputs (oldest
-    first); ``ssm`` (B, nheads, headdim, d_state). Both are updated in place.
+    first); ``ssm`` (B, nheads, headdim, d_state). A one-byte state is int8 ``ssm`` with
+    ``scale`` (B, nheads, headdim) fp32 beside it (:mod:`avgkit_mamba.ops.state_quant`).
+    All are allocated once and updated in place.
     """
 
     conv: Tensor
     ssm: Tensor
+    scale: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -46,12 +50,23 @@ class Mamba2State:
 
     def select(self, index: Tensor) -> Mamba2State:
         """A new state holding rows ``index``."""
-        return Mamba2State(self.conv.index_select(0, index), self.ssm.index_select(0, index))
+        scale = None if self.scale is None else self.scale.index_select(0, index)
+        return Mamba2State(self.conv.index_select(0, index), self.ssm.index_select(0, index), scale)
 
     def zero_(self) -> Mamba2State:
         self.conv.zero_()
         self.ssm.zero_()
+        if self.scale is not None:
+            self.scale.zero_()
         return self
+
+    def ssm_values(self) -> Tensor:
+        """The SSM state as values (fp32 when quantised, else as stored)."""
+        return self.ssm if self.scale is None else load_state(self.ssm, self.scale)
+
+    def store_ssm_(self, values: Tensor) -> None:
+        """Write SSM state values in place (quantised per row when the state is int8)."""
+        store_state_(self.ssm, self.scale, values)
 
 
 @dataclass
@@ -155,11 +170,19 @@ class Mamba2Mixer(nn.Module):
         dtype: torch.dtype | None = None,
         ssm_dtype: torch.dtype = torch.float32,
     ) -> Mamba2State:
-        """Zeroed decoding state: conv in ``dtype`` (default: conv weight dtype), SSM in ``ssm_dtype``."""
+        """Zeroed decoding state: conv in ``dtype`` (default: conv weight dtype), SSM in ``ssm_dtype``.
+
+        ``ssm_dtype=torch.int8`` gives the one-byte state, with its fp32 row scales.
+        """
         device = self.conv1d.weight.device if device is None else device
         conv = torch.zeros(batch, self.conv_dim, self.d_conv, device=device, dtype=dtype or self.conv1d.weight.dtype)
         ssm = torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_dtype)
-        return Mamba2State(conv, ssm)
+        scale = None
+        if ssm_dtype == torch.int8:
+            scale = torch.zeros(batch, self.nheads, self.headdim, device=device, dtype=torch.float32)
+        elif not ssm_dtype.is_floating_point:
+            raise ValueError(f"SSM state dtype {ssm_dtype} is not supported; use a float dtype or torch.int8")
+        return Mamba2State(conv, ssm, scale)
 
     def allocate_dual_state(
         self, batch: int, max_len: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -220,13 +243,13 @@ class Mamba2Mixer(nn.Module):
             D=self.D,
             dt_bias=self.dt_bias,
             dt_softplus=True,
-            initial_states=None if state is None else state.ssm,
+            initial_states=None if state is None else state.ssm_values(),
             return_final_states=state is not None,
             impl=self.impl,
         )
         if state is not None:
             y, ssm_final = result
-            state.ssm.copy_(ssm_final)
+            state.store_ssm_(ssm_final)
         else:
             y = result
         y = self.norm(y.reshape(b, seqlen, self.d_inner), z)
@@ -259,6 +282,7 @@ class Mamba2Mixer(nn.Module):
             y = decode_step_triton(
                 zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log,
                 self.D, self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups,
+                state_scale=state.scale,
             )
             return self.out_proj(y)
         z, xBC, dt = self._split(zxbcdt)
@@ -276,6 +300,7 @@ class Mamba2Mixer(nn.Module):
             self.headdim,
             self.ngroups,
             impl=self.impl,
+            state_scale=state.scale,
         )
         return self.out_proj(self.norm(y))
 

@@ -124,6 +124,7 @@ def fused_step_torch(
     z: Tensor | None,
     headdim: int,
     ngroups: int,
+    state_scale: Tensor | None = None,
 ) -> Tensor:
     """Reference for the fused decode step: conv_step, then ssd_step (states in place)."""
     ssd_torch.check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
@@ -143,6 +144,7 @@ def fused_step_torch(
         z=None if z is None else z.reshape(b, nheads, headdim),
         dt_bias=dt_bias,
         dt_softplus=True,
+        state_scale=state_scale,
     )
     return y.reshape(b, d_inner)
 
@@ -161,17 +163,19 @@ def fused_step(
     headdim: int,
     ngroups: int,
     impl: str = "auto",
+    state_scale: Tensor | None = None,
 ) -> Tensor:
     """One decode step of a Mamba-2 layer after ``in_proj``, states updated in place.
 
     xBC (b, conv_dim) before the conv, dt (b, h) raw (bias and softplus applied here),
     conv_state (b, conv_dim, w), conv_weight (conv_dim, w), ssm_state (b, h, p, n),
-    z (b, h*p) or None: when given the output is gated by ``silu(z)``.
+    z (b, h*p) or None: when given the output is gated by ``silu(z)``; ``state_scale``
+    (b, h, p) fp32 beside an int8 ``ssm_state`` (:mod:`avgkit_mamba.ops.state_quant`).
     Returns y (b, h*p) in ``xBC.dtype``.
     """
     args = (xBC, dt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_bias, z, headdim, ngroups)
     if resolve_impl(impl, xBC.device) == "triton":
         from avgkit_mamba.ops.triton_step import fused_step_triton
 
-        return fused_step_triton(*args)
-    return fused_step_torch(*args)
+        return fused_step_triton(*args, state_scale=state_scale)
+    return fused_step_torch(*args, state_scale=state_scale)
