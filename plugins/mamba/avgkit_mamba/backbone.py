@@ -32,7 +32,8 @@ from avgkit.errors import AvgkitError
 from avgkit.interfaces import Backbone, Conditioning, Modulation
 from avgkit.registry import BackboneConfig
 from avgkit_mamba.mixer import Mamba2Mixer
-from avgkit_mamba.ops.dispatch import resolve_impl
+from avgkit_mamba.ops.dispatch import add_norm_modulate
+from avgkit_mamba.ops.norm_torch import rms_norm
 
 
 class MambaBackboneConfig(BackboneConfig):
@@ -76,9 +77,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(self.weight.dtype if x.dtype == torch.float32 else x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Embeddings(nn.Module):
@@ -106,18 +105,11 @@ def add_norm_step(y: Tensor, gate: Tensor | None, residual: Tensor | None, norm:
                   impl: str, residual_in_fp32: bool) -> tuple[Tensor, Tensor]:
     """One decoding token's boundary: the previous block's ungated output ``y`` (B, D) -> (x, residual).
 
-    One fused kernel on the Triton path; otherwise exactly :func:`add_norm` after ``gate * y``.
+    The same as :func:`add_norm` after ``gate * y``; the op (one fused kernel on the
+    Triton path) is chosen by :func:`avgkit_mamba.ops.dispatch.add_norm_modulate`.
     """
-    if resolve_impl(impl, y.device) == "triton":
-        from avgkit_mamba.ops.triton_norm import add_norm_modulate_triton
-
-        return add_norm_modulate_triton(
-            y, gate, residual, norm.weight, None if m is None else m.shift, None if m is None else m.scale,
-            norm.eps, torch.float32 if residual_in_fp32 else y.dtype,
-        )
-    h = y if gate is None else gate.to(y.dtype) * y
-    x, residual = add_norm(h[:, None], None if residual is None else residual[:, None], norm, m, residual_in_fp32)
-    return x[:, 0], residual[:, 0]
+    return add_norm_modulate(y, gate, residual, norm.weight, norm.eps, None if m is None else m.shift,
+                             None if m is None else m.scale, residual_in_fp32, impl)
 
 
 class Block(nn.Module):

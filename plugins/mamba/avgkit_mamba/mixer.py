@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from avgkit_mamba.norm import GatedRMSNorm
 from avgkit_mamba.ops import conv_torch, ssd_torch
-from avgkit_mamba.ops.dispatch import IMPLS, chunk_scan, fused_step, resolve_impl
+from avgkit_mamba.ops.dispatch import IMPLS, chunk_scan, decode_step, dual_step
 from avgkit_mamba.ops.state_quant import load_state, store_state_
 
 __all__ = ["Mamba2DualState", "Mamba2Mixer", "Mamba2State"]
@@ -275,54 +275,20 @@ class Mamba2Mixer(nn.Module):
             if length is None:
                 raise ValueError("a dual-form step needs length, the number of tokens already cached")
             return self.out_proj(self._dual_step(zxbcdt, state, length))
-        if resolve_impl(self.impl, x.device) == "triton":
-            from avgkit_mamba.ops.triton_step import decode_step_triton
-
-            # conv, scan, gate and the norm in two launches, reading in_proj's output in place
-            y = decode_step_triton(
-                zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log,
-                self.D, self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups,
-                state_scale=state.scale,
-            )
-            return self.out_proj(y)
-        z, xBC, dt = self._split(zxbcdt)
-        y = fused_step(
-            xBC,
-            dt,
-            state.conv,
-            self.conv1d.weight.squeeze(1),
-            self.conv1d.bias,
-            state.ssm,
-            self._A(),
-            self.D,
-            self.dt_bias,
-            z,  # gate inside the step, so the norm below runs without z
-            self.headdim,
-            self.ngroups,
-            impl=self.impl,
+        # one decode_step: both paths gate by z and apply the mixer's grouped norm
+        y = decode_step(
+            zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log, self.D,
+            self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups, impl=self.impl,
             state_scale=state.scale,
         )
-        return self.out_proj(self.norm(y))
+        return self.out_proj(y)
 
     def _dual_step(self, zxbcdt: Tensor, state: Mamba2DualState, length: Tensor) -> Tensor:
-        weight = self.conv1d.weight.squeeze(1)
-        if resolve_impl(self.impl, zxbcdt.device) == "triton":
-            from avgkit_mamba.ops.triton_dual import dual_step_triton
-
-            return dual_step_triton(
-                zxbcdt, state.conv, weight, self.conv1d.bias, state.x, state.b, state.dt, state.cum, length,
-                self.A_log, self.D, self.dt_bias, self.norm.weight, self.norm.eps, self.ngroups,
-            )
-        z, xBC, dt = self._split(zxbcdt)
-        xBC = conv_torch.conv_step(xBC, state.conv, weight, self.conv1d.bias, activation="silu")
-        xs, Bs, Cs = self._split_xbc(xBC)
-        b = xs.shape[0]
-        y = ssd_torch.ssd_dual_step(
-            state.x, state.b, state.dt, state.cum, length, xs.reshape(b, self.nheads, self.headdim), dt, self._A(),
-            Bs.reshape(b, self.ngroups, self.d_state), Cs.reshape(b, self.ngroups, self.d_state), D=self.D,
-            z=z.reshape(b, self.nheads, self.headdim), dt_bias=self.dt_bias,
+        return dual_step(
+            zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.x, state.b, state.dt,
+            state.cum, length, self.A_log, self.D, self.dt_bias, self.norm.weight, self.norm.eps, self.ngroups,
+            impl=self.impl,
         )
-        return self.norm(y.reshape(b, self.d_inner))
 
     def extra_repr(self) -> str:
         return (
