@@ -59,6 +59,10 @@ class MambaBackboneConfig(BackboneConfig):
         "fp32", description="dtype of the SSM decoding state: fp32, bf16, the model's dtype, or int8 with an fp32 "
         "scale per (head, head-dim row) (one byte a value; accuracy gate in docs/backbone-mamba.md)"
     )
+    step_kernel: Literal["two-launch", "one-launch"] = Field(
+        "two-launch", description="Triton decode step: two launches per layer (measured), or one launch with split "
+        "state tiles and the next tile's load in flight (not yet measured on a GPU; docs/backbone-mamba.md)"
+    )
     decode_form: Literal["recurrent", "dual"] = Field(
         "recurrent", description="decoding layout: the constant-size SSM state, or per-token caches read by the "
         "dual (quadratic) form, fewer bytes per step for short images (docs/benchmarks.md)"
@@ -122,7 +126,7 @@ class Block(nn.Module):
         self.norm = RMSNorm(c.d_model, c.norm_eps)
         self.mixer = Mamba2Mixer(
             c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, headdim=c.headdim,
-            ngroups=c.ngroups, chunk_size=c.chunk_size, impl=c.impl,
+            ngroups=c.ngroups, chunk_size=c.chunk_size, impl=c.impl, step_kernel=c.step_kernel,
         )
         self.mixer.norm.recompute = c.recompute_norms
         self.layer_idx = layer_idx

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from avgkit_mamba.norm import GatedRMSNorm
 from avgkit_mamba.ops import conv_torch, ssd_torch
-from avgkit_mamba.ops.dispatch import IMPLS, chunk_scan, decode_step, dual_step
+from avgkit_mamba.ops.dispatch import IMPLS, STEP_KERNELS, chunk_scan, decode_step, dual_step
 from avgkit_mamba.ops.state_quant import load_state, store_state_
 
 __all__ = ["Mamba2DualState", "Mamba2Mixer", "Mamba2State"]
@@ -103,7 +103,8 @@ class Mamba2Mixer(nn.Module):
     """Mamba-2 mixer: in_proj -> causal conv -> SSD scan -> gated RMSNorm -> out_proj.
 
     ``impl`` picks the kernels ("auto", "torch" or "triton"; see
-    :mod:`avgkit_mamba.ops.dispatch`) and may be changed after construction.
+    :mod:`avgkit_mamba.ops.dispatch`) and ``step_kernel`` the Triton decode step
+    ("two-launch" or "one-launch"); both may be changed after construction.
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class Mamba2Mixer(nn.Module):
         chunk_size: int = 256,
         norm_eps: float = 1e-5,
         impl: str = "auto",
+        step_kernel: str = "two-launch",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -141,6 +143,9 @@ class Mamba2Mixer(nn.Module):
         self.d_inner, self.nheads = d_inner, nheads
         self.conv_dim = d_inner + 2 * ngroups * d_state
         self.impl = impl
+        if step_kernel not in STEP_KERNELS:
+            raise ValueError(f"unknown decode step kernel {step_kernel!r}; use one of {', '.join(STEP_KERNELS)}")
+        self.step_kernel = step_kernel
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + nheads, bias=False, **factory)
         self.conv1d = nn.Conv1d(
@@ -279,7 +284,7 @@ class Mamba2Mixer(nn.Module):
         y = decode_step(
             zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log, self.D,
             self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups, impl=self.impl,
-            state_scale=state.scale,
+            state_scale=state.scale, kernel=self.step_kernel,
         )
         return self.out_proj(y)
 

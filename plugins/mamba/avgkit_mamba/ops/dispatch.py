@@ -6,7 +6,7 @@ The mixer and the backbone call these functions and never choose a path themselv
 |---|---|---|
 | :func:`chunk_scan` (training, prefill) | ``ssd_torch.ssd_chunk_scan`` | ``triton_ssd`` |
 | :func:`fused_step` (conv + SSM update + skip + gate) | :func:`fused_step_torch` | ``triton_step.fused_step_triton`` |
-| :func:`decode_step` (a mixer's step from ``in_proj``'s output, with its norm) | :func:`decode_step_torch` | ``triton_step.decode_step_triton`` |
+| :func:`decode_step` (a mixer's step from ``in_proj``'s output, with its norm) | :func:`decode_step_torch` | ``triton_step.decode_step_triton``, or ``triton_step_fused`` (``kernel="one-launch"``) |
 | :func:`dual_step` (the same from the dual-form caches) | :func:`dual_step_torch` | ``triton_dual`` |
 | :func:`add_norm_modulate` (a decode step's block boundary) | ``norm_torch.add_norm_modulate`` | ``triton_norm`` |
 
@@ -37,9 +37,12 @@ except ImportError:  # pragma: no cover - standalone use of the ops
 
 Impl = Literal["auto", "torch", "triton"]
 IMPLS = ("auto", "torch", "triton")
+#: Triton kernels of a mixer's decode step (:func:`decode_step`)
+STEP_KERNELS = ("two-launch", "one-launch")
 
 __all__ = [
     "IMPLS",
+    "STEP_KERNELS",
     "Impl",
     "add_norm_modulate",
     "chunk_scan",
@@ -252,17 +255,26 @@ def decode_step(
     ngroups: int,
     impl: str = "auto",
     state_scale: Tensor | None = None,
+    kernel: str = "two-launch",
 ) -> Tensor:
     """A mixer's decode step between ``in_proj`` and ``out_proj``, states updated in place.
 
     ``zxbcdt`` (b, 2*d_inner + 2*ngroups*d_state + nheads) is the ``in_proj`` output;
     ``conv_weight`` (conv_dim, w); returns ``rmsnorm(y * silu(z)) * norm_weight`` over
     groups of ``d_inner / ngroups`` channels, (b, d_inner) in ``zxbcdt.dtype``.
-    ``state_scale`` as in :func:`fused_step`.
+    ``state_scale`` as in :func:`fused_step`. ``kernel`` picks the Triton kernel:
+    ``"two-launch"`` (:mod:`triton_step`, measured, the default) or ``"one-launch"``
+    (:mod:`triton_step_fused`, not yet measured on a GPU); the torch path ignores it.
     """
+    if kernel not in STEP_KERNELS:
+        raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
     args = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, norm_eps,
             headdim, ngroups)
     if resolve_impl(impl, zxbcdt.device) == "triton":
+        if kernel == "one-launch":
+            from avgkit_mamba.ops.triton_step_fused import decode_step_fused_triton
+
+            return decode_step_fused_triton(*args, state_scale=state_scale)
         from avgkit_mamba.ops.triton_step import decode_step_triton
 
         # conv, scan, gate and the norm in two launches, reading in_proj's output in place
