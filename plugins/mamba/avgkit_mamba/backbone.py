@@ -65,7 +65,8 @@ class MambaBackboneConfig(BackboneConfig):
     )
     decode_form: Literal["recurrent", "dual"] = Field(
         "recurrent", description="decoding layout: the constant-size SSM state, or per-token caches read by the "
-        "dual (quadratic) form, fewer bytes per step for short images (docs/benchmarks.md)"
+        "dual (quadratic) form (measured slower, with twice the memory; kept as a tested alternative, "
+        "docs/backbone-mamba.md)"
     )
     max_prefix_len: int = Field(1, ge=1, description="dual form: longest conditioning prefix the caches hold")
     recompute_norms: bool = Field(
