@@ -20,6 +20,7 @@ nats, top-1 agreement >= 99%; and the digits accuracy within two standard errors
 difference (sqrt(2) x the binomial SE) of the fp32 state's.
 
     python benchmarks/state_precision.py --digits-run runs/digits [--out FILE]
+    python benchmarks/state_precision.py --reuse-decode EARLIER.json --digits-run runs/digits   # digits only
     python benchmarks/state_precision.py --smoke      # tiny model, 16 tokens (numbers mean nothing)
 """
 
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--digits-per-class", type=int, default=100)
     ap.add_argument("--digits-batch", type=int, default=500)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--reuse-decode", default=None,
+                    help="take the decode-path part from an earlier result JSON of this script (run the digits only)")
     ap.add_argument("--out", default=None)
     add_smoke_flag(ap)
     args = ap.parse_args(argv)
@@ -171,8 +174,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--digits-run {args.digits_run} is not a directory; train one with `avgkit train digits`",
               file=sys.stderr)
         return 2
+    if args.reuse_decode:
+        import json
+
+        earlier = json.loads(Path(args.reuse_decode).read_text())
+        dec = {**earlier["decode_path"], "from": str(args.reuse_decode),
+               "environment": earlier.get("environment"), "torch_threads": earlier.get("torch_threads")}
+    else:
+        dec = decode_path(preset, steps, batch, vocab, classes, horizons)
     result: dict[str, Any] = {"smoke": args.smoke, "gate": GATE, "torch_threads": torch.get_num_threads(),
-                              "decode_path": decode_path(preset, steps, batch, vocab, classes, horizons)}
+                              "decode_path": dec}
     if args.digits_run is not None:
         result["digits"] = digits(args.digits_run, args.digits_per_class, args.digits_batch)
     result["verdict"] = apply_gate(result)

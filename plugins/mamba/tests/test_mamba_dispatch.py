@@ -56,3 +56,18 @@ def test_decode_step_torch_is_the_fused_step_then_the_mixer_norm() -> None:
     with pytest.raises(ValueError, match="expected"):
         dispatch.decode_step(zxbcdt[:, 1:], conv, weight, bias, ssm, A_log, D, dt_bias, norm.weight, norm.eps, p, g,
                              impl="torch")
+
+
+def test_step_kernel_option_reaches_the_mixers_and_is_checked() -> None:
+    from avgkit.errors import AvgkitError
+    from avgkit.plugins import get_registry
+    from avgkit_mamba.mixer import Mamba2Mixer
+
+    spec = get_registry().get("backbone", "mamba2")
+    bb = spec.factory(spec.resolve("tiny", {"vocab_size": 16, "num_tokens": 4, "step_kernel": "one-launch"}))
+    assert {blk.mixer.step_kernel for blk in bb.layers} == {"one-launch"}
+    with pytest.raises(ValueError, match="unknown decode step kernel 'fast'"):
+        Mamba2Mixer(32, d_state=16, headdim=8, step_kernel="fast")
+    with pytest.raises(AvgkitError, match="use one of two-launch, one-launch"):
+        dispatch.decode_step(torch.zeros(1, 1), None, None, None, torch.zeros(1, 1, 1, 1), None, None, None, None,
+                             1e-5, 1, 1, impl="torch", kernel="fast")
