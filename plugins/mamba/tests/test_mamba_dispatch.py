@@ -59,9 +59,10 @@ def test_decode_step_torch_is_the_fused_step_then_the_mixer_norm() -> None:
 
 
 def test_step_kernel_option_reaches_the_mixers_and_is_checked() -> None:
+    from avgkit_mamba.mixer import Mamba2Mixer
+
     from avgkit.errors import AvgkitError
     from avgkit.plugins import get_registry
-    from avgkit_mamba.mixer import Mamba2Mixer
 
     spec = get_registry().get("backbone", "mamba2")
     bb = spec.factory(spec.resolve("tiny", {"vocab_size": 16, "num_tokens": 4, "step_kernel": "one-launch"}))
