@@ -13,7 +13,10 @@ fullgraph=True)``), from a checkout of the public LlamaGen code that ``--llamage
 points at (commit ce98ec4 was measured). avgkit's transformer runs through avgkit's
 sampler with ``compile`` on: inductor kernels replayed from the step's CUDA graph.
 AiM rows also report the memory floor of their state layout (weights read once per step
-plus the state read and written, at the copy bandwidth measured in the same run).
+plus the state read and written, at the copy bandwidth measured in the same run). AiM-B's
+decoding variants (bf16 or int8 state, two-launch or one-launch step kernel) are timed
+interleaved at each ``--variants`` batch size, and ``--profile`` records a per-kernel
+profile of one step for each of them (before: bf16 two-launch).
 
     python benchmarks/sampling.py [--quick] [--llamagen-root DIR] [--filters none|paper] [--out FILE]
     python benchmarks/sampling.py --smoke        # the same code path on the CPU, tiny models
@@ -51,10 +54,11 @@ def _params(module: nn.Module) -> int:
 
 
 def build_aim(preset: str, *, tokens: int = TOKENS, state_dtype: str = "bf16", impl: str = "auto",
-              decode_form: str = "recurrent", device: str = "cuda", vocab: int = VOCAB, classes: int = CLASSES):
+              decode_form: str = "recurrent", device: str = "cuda", vocab: int = VOCAB, classes: int = CLASSES,
+              step_kernel: str = "two-launch"):
     """(backbone, conditioner) of an AiM preset, random weights, bf16 (see ``common.build_sampling_aim``)."""
     return build_sampling_aim(preset, device=device, vocab=vocab, tokens=tokens, classes=classes,
-                              state_dtype=state_dtype, impl=impl, decode_form=decode_form)
+                              state_dtype=state_dtype, impl=impl, decode_form=decode_form, step_kernel=step_kernel)
 
 
 def build_gpt(preset: str, *, tokens: int = TOKENS, device: str = "cuda", vocab: int = VOCAB,
@@ -183,7 +187,9 @@ def floor_bytes(backbone, batch2: int) -> int:
     if getattr(state, "length", None) is not None:
         return weights + sum(2 * size(s.conv) + (size(s.x) + size(s.b) + size(s.dt) + size(s.cum)) // 2
                              for s in state.layers)
-    return weights + 2 * sum(size(s.conv) + size(s.ssm) for s in state.layers)
+    # conv window, SSM state and (one-byte state) its row scales, each read and written
+    return weights + 2 * sum(size(s.conv) + size(s.ssm) + (0 if s.scale is None else size(s.scale))
+                             for s in state.layers)
 
 
 def kernel_profile(backbone, cond, batch, sampler_cfg, top: int = 12) -> list[dict]:
@@ -245,6 +251,35 @@ def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig
     return rows
 
 
+#: decoding variants timed interleaved against the bf16 two-launch baseline: (state dtype, step kernel)
+STEP_VARIANTS = (("bf16", "two-launch"), ("int8", "two-launch"), ("bf16", "one-launch"), ("int8", "one-launch"))
+
+
+def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str,
+                  bw: float | None, shape: dict) -> list[dict]:
+    """The decoding state and step kernel compared in one process, interleaved per batch size.
+
+    Each row reports its fraction of the floor of its own state layout (int8: half the
+    state bytes of bf16, plus the row scales).
+    """
+    rows = []
+    for b in batches:
+        entries = []
+        for state_dtype, kernel in STEP_VARIANTS:
+            bb, cond = build_aim(shape.get("aim", preset), tokens=shape["tokens"], device=device,
+                                 vocab=shape["vocab"], classes=shape["classes"], state_dtype=state_dtype,
+                                 step_kernel=kernel)
+            entries.append({"name": f"avgkit {preset} {state_dtype}-state {kernel}", "batch": b,
+                            "tokens": shape["tokens"], "params": _params(bb) + _params(cond), "backbone": bb,
+                            "cfg": cfg.cfg_scale != 1, "call": avgkit_sampler(bb, cond, b, cfg, device),
+                            "extra": {"state_dtype": state_dtype, "step_kernel": kernel}})
+        rows += interleaved(entries, repeats, device, bw)
+        del entries
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 def aim_rows(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str, bw: float | None,
              shape: dict, state_dtype: str = "bf16", tag: str = "") -> list[dict]:
     bb, cond = build_aim(shape.get("aim", preset), tokens=shape["tokens"], device=device, vocab=shape["vocab"],
@@ -269,7 +304,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--transformers", default=None, help="comma-separated transformer presets (default by mode)")
     ap.add_argument("--aim", default=None, help="comma-separated AiM presets (default by mode)")
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default by mode)")
-    ap.add_argument("--profile", action="store_true", help="a per-kernel profile of one AiM-B step at batch 64")
+    ap.add_argument("--profile", action="store_true",
+                    help="a per-kernel profile of one AiM-B step at batch 64, for each state dtype and step kernel")
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated batch sizes at which AiM-B's state dtypes and step kernels are compared "
+                         "interleaved (default: 16,64; --quick: 64; none to skip)")
     ap.add_argument("--smoke", action="store_true", help="the harness on the CPU with tiny models")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -307,10 +346,15 @@ def main(argv: list[str] | None = None) -> None:
                 del bb, cond, ref
             else:
                 notes.append("mamba-ssm not importable: reference stack not measured")
+        if preset == "aim-b" and args.variants != "none":
+            vb = ([int(b) for b in args.variants.split(",")] if args.variants else batches[:1] if args.smoke
+                  else [64] if args.quick else [16, 64])
+            rows += step_variants(preset, vb, cfg, repeats, device, bw, shape)
         if preset == "aim-b" and args.profile and not args.smoke:
-            bb, cond = build_aim(preset)
-            profiles["aim-b b64"] = kernel_profile(bb, cond, 64, cfg)
-            del bb, cond
+            for state_dtype, kernel in STEP_VARIANTS:  # before (bf16, two-launch) and after
+                bb, cond = build_aim(preset, state_dtype=state_dtype, step_kernel=kernel)
+                profiles[f"aim-b b64 {state_dtype}-state {kernel}"] = kernel_profile(bb, cond, 64, cfg)
+                del bb, cond
         if device == "cuda":
             torch.cuda.empty_cache()
     name = "sampling_smoke" if args.smoke else "sampling_quick" if args.quick else "sampling"

@@ -127,6 +127,19 @@ def _gpu_check(report: dict[str, Any]) -> None:
     cases = {r["case"].split(" ")[0] for r in report["checks"]}
     assert {"tiny:", "decode", "Mamba2Mixer(16)", "AiM"} <= cases, cases  # scan, step, mixer, backbone decode
     assert report["step_timing"] and {"triton_ms", "torch_ms"} <= set(report["step_timing"][0])
+    pairs = {(r["state"], r["kernel"]) for r in report["decode_kernel_timing"]}
+    assert pairs == {(s, k) for s in ("fp32", "bf16", "int8") for k in ("two-launch", "one-launch")}, pairs
+    assert all(r["state_bytes"] > 0 for r in report["decode_kernel_timing"])
+
+
+def _state_precision(report: dict[str, Any]) -> None:
+    rows = report["decode_path"]["rows"]
+    assert set(rows) == {"fp32", "bf16", "int8"}, rows
+    for sd, by_horizon in rows.items():
+        assert set(by_horizon) == {"8", "16"}, by_horizon
+        assert by_horizon["16"]["top1_agree"] >= 0.99 and by_horizon["16"]["kl_max"] < 1e-3, (sd, by_horizon)
+    assert rows["fp32"]["16"]["max_logit_err"] < 1e-4  # fp32 state: decode = teacher forcing to rounding
+    assert all(v["passes"] for v in report["verdict"].values()), report["verdict"]
 
 
 def _ddp(report: dict[str, Any]) -> None:
@@ -137,7 +150,9 @@ def _ddp(report: dict[str, Any]) -> None:
 
 def _sampling(report: dict[str, Any]) -> None:
     names = [r["model"] for r in report["rows"]]
-    assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b bf16-state"], names
+    assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b bf16-state",
+                     "avgkit aim-b bf16-state two-launch", "avgkit aim-b int8-state two-launch",
+                     "avgkit aim-b bf16-state one-launch", "avgkit aim-b int8-state one-launch"], names
     for row in report["rows"]:
         assert row["repeats"] >= 2 and row["spread_s"][0] <= row["median_s"] <= row["spread_s"][1], row
     avgkit_gpt, llamagen = report["rows"][:2]
@@ -334,6 +349,8 @@ CASES: list[Smoke] = [
           files=("img/sampling_h200.png", "img/sequence_length_h200.png", "img/train_step_h200.png")),
     Smoke("benchmarks/ssd_scan.py", keys=("gpu", "triton", "shape", "results"), check=_ssd_scan),
     Smoke("benchmarks/startup.py", keys=(*ENVIRONMENT, "model", "rows"), check=_startup),
+    Smoke("benchmarks/state_precision.py", keys=(*ENVIRONMENT, "decode_path", "gate", "verdict"),
+          check=_state_precision),
     Smoke("benchmarks/state_memory.py", keys=(*ENVIRONMENT, "dtype", "rows"), check=_state_memory),
     Smoke("benchmarks/train_step.py", args=("--smoke", "--aim-root", "{tmp}/aim", "--profile", "{tmp}/profile",
                                             "--out", "{tmp}/out.json"),

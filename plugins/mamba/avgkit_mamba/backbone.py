@@ -32,7 +32,8 @@ from avgkit.errors import AvgkitError
 from avgkit.interfaces import Backbone, Conditioning, Modulation
 from avgkit.registry import BackboneConfig
 from avgkit_mamba.mixer import Mamba2Mixer
-from avgkit_mamba.ops.dispatch import resolve_impl
+from avgkit_mamba.ops.dispatch import add_norm_modulate
+from avgkit_mamba.ops.norm_torch import rms_norm
 
 
 class MambaBackboneConfig(BackboneConfig):
@@ -54,10 +55,18 @@ class MambaBackboneConfig(BackboneConfig):
     token_drop: float = Field(0.0, ge=0, lt=1, description="training: dropout rate on the input embeddings")
     initializer_range: float = Field(0.02, description="std of the normal init of the embedding tables and an untied head")
     impl: Literal["auto", "torch", "triton"] = Field("auto", description="scan kernels: triton on GPU, torch on CPU")
-    state_dtype: Literal["fp32", "bf16", "model"] = Field("fp32", description="dtype of the SSM decoding state")
+    state_dtype: Literal["fp32", "bf16", "model", "int8"] = Field(
+        "fp32", description="dtype of the SSM decoding state: fp32, bf16, the model's dtype, or int8 with an fp32 "
+        "scale per (head, head-dim row) (one byte a value; accuracy gate in docs/backbone-mamba.md)"
+    )
+    step_kernel: Literal["two-launch", "one-launch"] = Field(
+        "two-launch", description="Triton decode step: two launches per layer (measured), or one launch with split "
+        "state tiles and the next tile's load in flight (not yet measured on a GPU; docs/backbone-mamba.md)"
+    )
     decode_form: Literal["recurrent", "dual"] = Field(
         "recurrent", description="decoding layout: the constant-size SSM state, or per-token caches read by the "
-        "dual (quadratic) form, fewer bytes per step for short images (docs/benchmarks.md)"
+        "dual (quadratic) form (measured slower, with twice the memory; kept as a tested alternative, "
+        "docs/backbone-mamba.md)"
     )
     max_prefix_len: int = Field(1, ge=1, description="dual form: longest conditioning prefix the caches hold")
     recompute_norms: bool = Field(
@@ -78,9 +87,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(self.weight.dtype if x.dtype == torch.float32 else x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Embeddings(nn.Module):
@@ -108,18 +115,11 @@ def add_norm_step(y: Tensor, gate: Tensor | None, residual: Tensor | None, norm:
                   impl: str, residual_in_fp32: bool) -> tuple[Tensor, Tensor]:
     """One decoding token's boundary: the previous block's ungated output ``y`` (B, D) -> (x, residual).
 
-    One fused kernel on the Triton path; otherwise exactly :func:`add_norm` after ``gate * y``.
+    The same as :func:`add_norm` after ``gate * y``; the op (one fused kernel on the
+    Triton path) is chosen by :func:`avgkit_mamba.ops.dispatch.add_norm_modulate`.
     """
-    if resolve_impl(impl, y.device) == "triton":
-        from avgkit_mamba.ops.triton_norm import add_norm_modulate_triton
-
-        return add_norm_modulate_triton(
-            y, gate, residual, norm.weight, None if m is None else m.shift, None if m is None else m.scale,
-            norm.eps, torch.float32 if residual_in_fp32 else y.dtype,
-        )
-    h = y if gate is None else gate.to(y.dtype) * y
-    x, residual = add_norm(h[:, None], None if residual is None else residual[:, None], norm, m, residual_in_fp32)
-    return x[:, 0], residual[:, 0]
+    return add_norm_modulate(y, gate, residual, norm.weight, norm.eps, None if m is None else m.shift,
+                             None if m is None else m.scale, residual_in_fp32, impl)
 
 
 class Block(nn.Module):
@@ -132,7 +132,7 @@ class Block(nn.Module):
         self.norm = RMSNorm(c.d_model, c.norm_eps)
         self.mixer = Mamba2Mixer(
             c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, headdim=c.headdim,
-            ngroups=c.ngroups, chunk_size=c.chunk_size, impl=c.impl,
+            ngroups=c.ngroups, chunk_size=c.chunk_size, impl=c.impl, step_kernel=c.step_kernel,
         )
         self.mixer.norm.recompute = c.recompute_norms
         self.layer_idx = layer_idx
@@ -288,7 +288,8 @@ class MambaBackbone(Backbone):
             layers = [b.mixer.allocate_dual_state(batch_size, max_len, device=device, dtype=model_dtype)
                       for b in self.layers]
             return MambaDecodeState(layers, position, batch_size, torch.zeros(1, dtype=torch.long, device=device))
-        ssm_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype}[self.config.state_dtype]
+        ssm_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype,
+                     "int8": torch.int8}[self.config.state_dtype]
         layers = [b.mixer.allocate_state(batch_size, device=device, dtype=model_dtype, ssm_dtype=ssm_dtype)
                   for b in self.layers]
         return MambaDecodeState(layers, position, batch_size)

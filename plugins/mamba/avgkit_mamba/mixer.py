@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from avgkit_mamba.norm import GatedRMSNorm
 from avgkit_mamba.ops import conv_torch, ssd_torch
-from avgkit_mamba.ops.dispatch import IMPLS, chunk_scan, fused_step, resolve_impl
+from avgkit_mamba.ops.dispatch import IMPLS, STEP_KERNELS, chunk_scan, decode_step, dual_step
+from avgkit_mamba.ops.state_quant import load_state, store_state_
 
 __all__ = ["Mamba2DualState", "Mamba2Mixer", "Mamba2State"]
 
@@ -34,11 +35,14 @@ class Mamba2State:
     """Decoding state of one mixer: the conv window and the SSM state, fixed size.
 
     ``conv`` (B, conv_dim, d_conv) holds the last ``d_conv`` conv inputs (oldest
-    first); ``ssm`` (B, nheads, headdim, d_state). Both are updated in place.
+    first); ``ssm`` (B, nheads, headdim, d_state). A one-byte state is int8 ``ssm`` with
+    ``scale`` (B, nheads, headdim) fp32 beside it (:mod:`avgkit_mamba.ops.state_quant`).
+    All are allocated once and updated in place.
     """
 
     conv: Tensor
     ssm: Tensor
+    scale: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -46,12 +50,23 @@ class Mamba2State:
 
     def select(self, index: Tensor) -> Mamba2State:
         """A new state holding rows ``index``."""
-        return Mamba2State(self.conv.index_select(0, index), self.ssm.index_select(0, index))
+        scale = None if self.scale is None else self.scale.index_select(0, index)
+        return Mamba2State(self.conv.index_select(0, index), self.ssm.index_select(0, index), scale)
 
     def zero_(self) -> Mamba2State:
         self.conv.zero_()
         self.ssm.zero_()
+        if self.scale is not None:
+            self.scale.zero_()
         return self
+
+    def ssm_values(self) -> Tensor:
+        """The SSM state as values (fp32 when quantised, else as stored)."""
+        return self.ssm if self.scale is None else load_state(self.ssm, self.scale)
+
+    def store_ssm_(self, values: Tensor) -> None:
+        """Write SSM state values in place (quantised per row when the state is int8)."""
+        store_state_(self.ssm, self.scale, values)
 
 
 @dataclass
@@ -88,7 +103,8 @@ class Mamba2Mixer(nn.Module):
     """Mamba-2 mixer: in_proj -> causal conv -> SSD scan -> gated RMSNorm -> out_proj.
 
     ``impl`` picks the kernels ("auto", "torch" or "triton"; see
-    :mod:`avgkit_mamba.ops.dispatch`) and may be changed after construction.
+    :mod:`avgkit_mamba.ops.dispatch`) and ``step_kernel`` the Triton decode step
+    ("two-launch" or "one-launch"); both may be changed after construction.
     """
 
     def __init__(
@@ -106,6 +122,7 @@ class Mamba2Mixer(nn.Module):
         chunk_size: int = 256,
         norm_eps: float = 1e-5,
         impl: str = "auto",
+        step_kernel: str = "two-launch",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -126,6 +143,9 @@ class Mamba2Mixer(nn.Module):
         self.d_inner, self.nheads = d_inner, nheads
         self.conv_dim = d_inner + 2 * ngroups * d_state
         self.impl = impl
+        if step_kernel not in STEP_KERNELS:
+            raise ValueError(f"unknown decode step kernel {step_kernel!r}; use one of {', '.join(STEP_KERNELS)}")
+        self.step_kernel = step_kernel
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + nheads, bias=False, **factory)
         self.conv1d = nn.Conv1d(
@@ -155,11 +175,19 @@ class Mamba2Mixer(nn.Module):
         dtype: torch.dtype | None = None,
         ssm_dtype: torch.dtype = torch.float32,
     ) -> Mamba2State:
-        """Zeroed decoding state: conv in ``dtype`` (default: conv weight dtype), SSM in ``ssm_dtype``."""
+        """Zeroed decoding state: conv in ``dtype`` (default: conv weight dtype), SSM in ``ssm_dtype``.
+
+        ``ssm_dtype=torch.int8`` gives the one-byte state, with its fp32 row scales.
+        """
         device = self.conv1d.weight.device if device is None else device
         conv = torch.zeros(batch, self.conv_dim, self.d_conv, device=device, dtype=dtype or self.conv1d.weight.dtype)
         ssm = torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_dtype)
-        return Mamba2State(conv, ssm)
+        scale = None
+        if ssm_dtype == torch.int8:
+            scale = torch.zeros(batch, self.nheads, self.headdim, device=device, dtype=torch.float32)
+        elif not ssm_dtype.is_floating_point:
+            raise ValueError(f"SSM state dtype {ssm_dtype} is not supported; use a float dtype or torch.int8")
+        return Mamba2State(conv, ssm, scale)
 
     def allocate_dual_state(
         self, batch: int, max_len: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -230,13 +258,13 @@ class Mamba2Mixer(nn.Module):
             D=self.D,
             dt_bias=self.dt_bias,
             dt_softplus=True,
-            initial_states=None if state is None else state.ssm,
+            initial_states=None if state is None else state.ssm_values(),
             return_final_states=state is not None,
             impl=self.impl,
         )
         if state is not None:
             y, ssm_final = result
-            state.ssm.copy_(ssm_final)
+            state.store_ssm_(ssm_final)
         else:
             y = result
         y = self.norm(y.reshape(b, seqlen, self.d_inner), z)
@@ -262,52 +290,20 @@ class Mamba2Mixer(nn.Module):
             if length is None:
                 raise ValueError("a dual-form step needs length, the number of tokens already cached")
             return self.out_proj(self._dual_step(zxbcdt, state, length))
-        if resolve_impl(self.impl, x.device) == "triton":
-            from avgkit_mamba.ops.triton_step import decode_step_triton
-
-            # conv, scan, gate and the norm in two launches, reading in_proj's output in place
-            y = decode_step_triton(
-                zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log,
-                self.D, self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups,
-            )
-            return self.out_proj(y)
-        z, xBC, dt = self._split(zxbcdt)
-        y = fused_step(
-            xBC,
-            dt,
-            state.conv,
-            self.conv1d.weight.squeeze(1),
-            self.conv1d.bias,
-            state.ssm,
-            self._A(),
-            self.D,
-            self.dt_bias,
-            z,  # gate inside the step, so the norm below runs without z
-            self.headdim,
-            self.ngroups,
-            impl=self.impl,
+        # one decode_step: both paths gate by z and apply the mixer's grouped norm
+        y = decode_step(
+            zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log, self.D,
+            self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups, impl=self.impl,
+            state_scale=state.scale, kernel=self.step_kernel,
         )
-        return self.out_proj(self.norm(y))
+        return self.out_proj(y)
 
     def _dual_step(self, zxbcdt: Tensor, state: Mamba2DualState, length: Tensor) -> Tensor:
-        weight = self.conv1d.weight.squeeze(1)
-        if resolve_impl(self.impl, zxbcdt.device) == "triton":
-            from avgkit_mamba.ops.triton_dual import dual_step_triton
-
-            return dual_step_triton(
-                zxbcdt, state.conv, weight, self.conv1d.bias, state.x, state.b, state.dt, state.cum, length,
-                self.A_log, self.D, self.dt_bias, self.norm.weight, self.norm.eps, self.ngroups,
-            )
-        z, xBC, dt = self._split(zxbcdt)
-        xBC = conv_torch.conv_step(xBC, state.conv, weight, self.conv1d.bias, activation="silu")
-        xs, Bs, Cs = self._split_xbc(xBC)
-        b = xs.shape[0]
-        y = ssd_torch.ssd_dual_step(
-            state.x, state.b, state.dt, state.cum, length, xs.reshape(b, self.nheads, self.headdim), dt, self._A(),
-            Bs.reshape(b, self.ngroups, self.d_state), Cs.reshape(b, self.ngroups, self.d_state), D=self.D,
-            z=z.reshape(b, self.nheads, self.headdim), dt_bias=self.dt_bias,
+        return dual_step(
+            zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.x, state.b, state.dt,
+            state.cum, length, self.A_log, self.D, self.dt_bias, self.norm.weight, self.norm.eps, self.ngroups,
+            impl=self.impl,
         )
-        return self.norm(y.reshape(b, self.d_inner))
 
     def extra_repr(self) -> str:
         return (

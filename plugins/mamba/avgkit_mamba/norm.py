@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from avgkit_mamba.ops.norm_torch import gated_rms_norm
 
 __all__ = ["GatedRMSNorm"]
 
@@ -42,12 +43,7 @@ class GatedRMSNorm(nn.Module):
         return self._norm(x, z)
 
     def _norm(self, x: Tensor, z: Tensor | None) -> Tensor:
-        xf = x.float()
-        if z is not None:
-            xf = xf * F.silu(z.float())
-        grouped = xf.unflatten(-1, (-1, self.group_size))
-        normed = grouped * torch.rsqrt(grouped.square().mean(-1, keepdim=True) + self.eps)
-        return (normed.flatten(-2) * self.weight.float()).to(x.dtype)
+        return gated_rms_norm(x, z, self.weight, self.eps, self.group_size)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, group_size={self.group_size}"

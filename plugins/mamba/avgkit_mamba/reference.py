@@ -50,6 +50,9 @@ class ReferenceMixer(nn.Module):
         self.impl = "torch"  # block boundaries (add, norm, modulate) run unfused around it
 
     def allocate_state(self, batch: int, device=None, dtype=None, ssm_dtype=torch.float32) -> Mamba2State:
+        if not ssm_dtype.is_floating_point:
+            raise ValueError(f"mamba-ssm's step has no {ssm_dtype} state; use state_dtype fp32 or bf16 with the "
+                             "reference stack")
         w = self.inner.conv1d.weight
         conv = torch.zeros(batch, self.conv_dim, self.d_conv, device=device or w.device, dtype=dtype or w.dtype)
         ssm = torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device or w.device, dtype=ssm_dtype)

@@ -9,6 +9,12 @@ max |b|; tolerance 1e-4 in fp32, 2e-2 in bf16. Prints a table and writes JSON.
     python plugins/mamba/scripts/gpu_check.py --out gpu_check.json [--quick]
     python plugins/mamba/scripts/gpu_check.py --smoke --out FILE   # tiny fp32 shapes, CPU, Triton interpreted
 
+The decode step is also checked for each state dtype (fp32, bf16, int8) and each Triton
+kernel (``two-launch``, the default, and ``one-launch``), and timed per layer at batch
+32/128/512 interleaved in one process: ``decode_kernel_timing`` gives ms, the bytes the
+step must move, the state bandwidth and its fraction of the copy bandwidth measured in
+the same run.
+
 Exit status 1 when any check fails. ``--smoke`` runs every check and timing on the CPU
 under the Triton interpreter at tiny sizes, so that the script is known to run before
 a GPU is at hand (its timings mean nothing).
@@ -210,6 +216,125 @@ def time_step(batch: int, nheads: int, dtype: torch.dtype, reps: int = 50, ssm_d
             "ssm_dtype": str(ssm_dtype).removeprefix("torch."), **out}
 
 
+STATE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+
+
+def _decode_step_problem(batch: int, nheads: int, state: str, dtype: torch.dtype, *, p: int, n: int,
+                         device: torch.device | str, seed: int = 0) -> dict:
+    """Inputs of one mixer decode step (AiM-like ranges) with a state of dtype ``state``."""
+    from avgkit_mamba.ops.state_quant import quantize_rows_
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, device=device)  # noqa: E731
+    w, d_inner = 4, nheads * p
+    conv_dim = d_inner + 2 * n
+    values = r(batch, nheads, p, n)
+    scale = None
+    if state == "int8":
+        ssm, scale = torch.empty(values.shape, dtype=torch.int8, device=device), torch.empty(values.shape[:3],
+                                                                                              device=device)
+        quantize_rows_(values, ssm, scale)
+    else:
+        ssm = values.to(STATE_DTYPES[state])
+    return {
+        "zxbcdt": r(batch, d_inner + conv_dim + nheads).to(dtype), "conv_state": r(batch, conv_dim, w).to(dtype),
+        "conv_weight": r(conv_dim, w) * 0.5, "conv_bias": r(conv_dim) * 0.1, "ssm_state": ssm,
+        "A_log": torch.rand(nheads, generator=g, device=device) * 2.77, "D": torch.ones(nheads, device=device),
+        "dt_bias": r(nheads) * 0.5 - 3, "norm_weight": 1 + 0.1 * r(d_inner), "norm_eps": 1e-5, "headdim": p,
+        "ngroups": 1, "state_scale": scale,
+    }
+
+
+def _clone_problem(t: dict) -> dict:
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+
+
+def _state_values(t: dict) -> torch.Tensor:
+    from avgkit_mamba.ops.state_quant import load_state
+
+    return load_state(t["ssm_state"], t["state_scale"])
+
+
+def check_decode_kernels(batch: int, nheads: int, dtype: torch.dtype, *, p: int = 64, n: int = 128, iters: int = 3,
+                         device: torch.device | str = "cuda", states: tuple[str, ...] = ("fp32", "bf16", "int8"),
+                         kernels: tuple[str, ...] = ("two-launch", "one-launch")) -> list[dict]:
+    """Each Triton decode-step kernel and state dtype against the torch step, ``iters`` steps in a row."""
+    from avgkit_mamba.ops.dispatch import decode_step
+
+    rows = []
+    for state in states:
+        for kernel in kernels:
+            ours = _decode_step_problem(batch, nheads, state, dtype, p=p, n=n, device=device)
+            ref = _clone_problem(ours)
+            for i in range(iters):
+                g = torch.Generator(device=device).manual_seed(100 + i)
+                z = torch.randn(ours["zxbcdt"].shape, generator=g, device=device).to(dtype)
+                y = decode_step(**{**ours, "zxbcdt": z}, impl="triton", kernel=kernel)
+                y_ref = decode_step(**{**ref, "zxbcdt": z}, impl="torch")
+                # one int8 quantum is 1/127 of a row's maximum; bf16 rounds at 2^-8. A value that rounds the
+                # other way in one path changes the next step's output by as much, so y gets the state's tolerance
+                state_tol = {"fp32": TOL[torch.float32], "bf16": 1e-2, "int8": 8e-3}[state]
+                for key, got, want, tol in (("y", y, y_ref, max(TOL[dtype], state_tol)),
+                                            ("conv_state", ours["conv_state"], ref["conv_state"], 1e-5),
+                                            ("ssm_state", _state_values(ours), _state_values(ref), state_tol)):
+                    err = rel_err(got, want)
+                    rows.append({"case": f"decode {kernel} {state}-state b{batch} h{nheads} #{i}",
+                                 "dtype": str(dtype).removeprefix("torch."), "tensor": key, "rel_err": err,
+                                 "tol": tol, "ok": err <= tol, "first_call_s": None})
+    return rows
+
+
+def state_bytes(t: dict) -> dict:
+    """Bytes one decode step must read and write for a layer: SSM state (+ scales) and conv window, in and out."""
+    def size(x: torch.Tensor | None) -> int:
+        return 0 if x is None else x.numel() * x.element_size()
+
+    state = 2 * (size(t["ssm_state"]) + size(t["state_scale"]) + size(t["conv_state"]))
+    io = size(t["zxbcdt"]) + t["zxbcdt"].shape[0] * t["ssm_state"].shape[1] * t["headdim"] * t["zxbcdt"].element_size()
+    return {"state_bytes": state, "io_bytes": io}
+
+
+def time_decode_kernels(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat16, *, p: int = 64, n: int = 128,
+                        reps: int = 50, warmup: int = 3, rounds: int = 5, device: torch.device | str = "cuda",
+                        bandwidth: float | None = None, states: tuple[str, ...] = ("bf16", "int8", "fp32"),
+                        kernels: tuple[str, ...] = ("two-launch", "one-launch")) -> list[dict]:
+    """Median ms of one layer's decode step per (state dtype, kernel), timed interleaved over ``rounds``.
+
+    Each round times every (state, kernel) pair once (median of ``reps`` calls); a row
+    reports the median over rounds and its spread, the bytes the step must move, the
+    achieved state bandwidth and, given the copy bandwidth, the fraction of it.
+    """
+    from avgkit_mamba.ops.dispatch import decode_step
+
+    problems = {(s, k): _decode_step_problem(batch, nheads, s, dtype, p=p, n=n, device=device)
+                for s in states for k in kernels}
+    times: dict[tuple, list[float]] = {key: [] for key in problems}
+    for _ in range(rounds):
+        for key, t in problems.items():
+            times[key].append(median_ms(lambda t=t, k=key[1]: decode_step(**t, impl="triton", kernel=k), device,
+                                        warmup, reps))
+    rows = []
+    for (state, kernel), ts in times.items():
+        ms = sorted(ts)[len(ts) // 2]
+        b = state_bytes(problems[(state, kernel)])
+        row = {"batch": batch, "nheads": nheads, "state": state, "kernel": kernel, "ms": round(ms, 4),
+               "spread_ms": [round(min(ts), 4), round(max(ts), 4)], "rounds": len(ts), **b,
+               "state_GB_s": round(b["state_bytes"] / ms / 1e6, 1)}
+        if bandwidth:
+            row["fraction_of_copy_bandwidth"] = round(b["state_bytes"] / (ms / 1e3) / bandwidth, 3)
+        rows.append(row)
+    return rows
+
+
+def copy_bandwidth(gib: float = 2.0) -> float:
+    """Device copy bandwidth in bytes/s, read + write counted (as benchmarks/common.py measures it)."""
+    n = int(gib * 2**30) // 4
+    src = torch.empty(n, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), "cuda", 3, 10)
+    return 2 * n * 4 / (ms / 1e3)
+
+
 def check_mixer(dtype: torch.dtype, *, d_model: int = 768, batch: int = 4, length: int = 64, prefill: int = 40,
                 device: torch.device | str = "cuda", **mixer_options) -> list[dict]:
     """Mamba2Mixer(768) on the GPU: triton vs torch forward/backward, then prefill + steps vs forward."""
@@ -244,14 +369,16 @@ def check_mixer(dtype: torch.dtype, *, d_model: int = 768, batch: int = 4, lengt
 
 
 def check_backbone_decode(dtype: torch.dtype, steps: int = 48, *, preset: str = "aim-b", n_layer: int = 4,
-                          batch: int = 32, vocab: int = 16384, device: torch.device | str = "cuda") -> list[dict]:
-    """A 4-layer d768 AiM (adaLN-group 2) decoding with the fused Triton path vs the PyTorch ops."""
+                          batch: int = 32, vocab: int = 16384, device: torch.device | str = "cuda",
+                          state_dtype: str = "fp32", step_kernel: str = "two-launch") -> list[dict]:
+    """A 4-layer d768 AiM (adaLN-group 2) decoding with the fused Triton path vs the PyTorch ops (same state)."""
     from avgkit.plugins import get_registry
 
     reg = get_registry()
     spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
     torch.manual_seed(0)
-    bb = spec.factory(spec.resolve(preset, {"n_layer": n_layer, "vocab_size": vocab, "num_tokens": steps + 1}))
+    bb = spec.factory(spec.resolve(preset, {"n_layer": n_layer, "vocab_size": vocab, "num_tokens": steps + 1,
+                                            "state_dtype": state_dtype, "step_kernel": step_kernel}))
     cond_mod = cspec.factory(cspec.resolve(None, {"num_classes": 1000, "groups": 2}), dim=bb.dim, num_layers=n_layer)
     with torch.no_grad():
         for prm in cond_mod.parameters():
@@ -270,8 +397,9 @@ def check_backbone_decode(dtype: torch.dtype, steps: int = 48, *, preset: str = 
             logits[impl] = torch.stack(out, 1).float()
     err = rel_err(logits["triton"], logits["torch"])
     agree = (logits["triton"].argmax(-1) == logits["torch"].argmax(-1)).float().mean().item()
-    tol = 3 * TOL[dtype]
-    case = f"AiM d{bb.dim}x{n_layer} decode, {steps} steps"
+    tol = 3 * TOL[dtype] * (10 if state_dtype == "int8" else 1)  # int8: one quantum may round either way
+    case = f"AiM d{bb.dim}x{n_layer} decode, {steps} steps" + (
+        "" if (state_dtype, step_kernel) == ("fp32", "two-launch") else f", {state_dtype} state, {step_kernel}")
     d = str(dtype).removeprefix("torch.")
     return [{"case": case, "dtype": d, "tensor": "logits", "rel_err": err, "tol": tol, "ok": err <= tol,
              "first_call_s": None},
@@ -310,12 +438,18 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
         if args.smoke:
             rows += check_step(2, iters=1, dtype=dtype, device=device, **layer)
+            rows += check_decode_kernels(2, iters=2, dtype=dtype, device=device, **layer)
             rows += check_mixer(dtype, device=device, **SMOKE_MIXER)
             rows += check_backbone_decode(dtype, device=device, **SMOKE_DECODE)
+            rows += check_backbone_decode(dtype, device=device, state_dtype="int8", step_kernel="one-launch",
+                                          **SMOKE_DECODE)
         else:
             rows += check_step(16 if args.quick else 128, 24, dtype)
+            rows += check_decode_kernels(16 if args.quick else 128, 24, dtype)
             rows += check_mixer(dtype)
             rows += check_backbone_decode(dtype)
+            for state_dtype, kernel in (("int8", "two-launch"), ("bf16", "one-launch"), ("int8", "one-launch")):
+                rows += check_backbone_decode(dtype, state_dtype=state_dtype, step_kernel=kernel)
     print(f"{'case':<36} {'dtype':<9} {'tensor':<16} {'rel err':>9} {'tol':>7}  ok")
     for r in rows:
         print(f"{r['case']:<36} {r['dtype']:<9} {r['tensor']:<16} {r['rel_err']:>9.2e} {r['tol']:>7.0e}  "
@@ -329,8 +463,20 @@ def main(argv: list[str] | None = None) -> int:
             time_step(b, 24, torch.bfloat16, ssm_dtype=torch.bfloat16) for b in (32, 128, 512)]
     for s in step_timing:
         print(f"decode step {s}")
+    # the decode-step kernels compared in one process: bytes moved, bandwidth, fraction of the copy bandwidth
+    bandwidth = None if args.smoke else copy_bandwidth()
+    if args.smoke:
+        kernel_timing = time_decode_kernels(2, dtype=torch.float32, reps=1, warmup=0, rounds=2, device=device,
+                                            **layer)
+    else:
+        print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
+        kernel_timing = [r for b in (32, 128, 512) for r in time_decode_kernels(b, 24, bandwidth=bandwidth)]
+    for s in kernel_timing:
+        print(f"decode kernels {s}")
     report = {
         "step_timing": step_timing,
+        "decode_kernel_timing": kernel_timing,
+        "copy_bandwidth_Bps": bandwidth,
         "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "none (CPU smoke run, Triton interpreted)",
         "torch": torch.__version__,
         "triton": triton.__version__,

@@ -1,6 +1,6 @@
 """Triton kernels on the CPU interpreter, against the torch ops and the goldens.
 
-Run as ``python mamba_interpret_checks.py {scan,step,decode,compile}``: it sets ``TRITON_INTERPRET=1``
+Run as ``python mamba_interpret_checks.py {scan,step,decode,compile,int8,fused}``: it sets ``TRITON_INTERPRET=1``
 before Triton is imported (which is why the tests run it in a subprocess), prints one
 line per check and exits non-zero on the first mismatch. Shapes are tiny: the
 interpreter runs each program in Python.
@@ -105,6 +105,155 @@ def step_checks() -> None:
             check(f"step {label} #{i} y", max_rel_err(y, y_ref), 1e-5)
             check(f"step {label} #{i} conv state", max_rel_err(conv.float(), conv_ref.float()), 1e-6)
             check(f"step {label} #{i} ssm state", max_rel_err(ssm, ssm_ref), 1e-5)
+
+
+def int8_state_checks() -> None:
+    """The one-byte state: the Triton step quantises like the torch reference, to one quantum."""
+    from avgkit_mamba.ops.state_quant import dequantize_rows, quantize_rows_
+    from avgkit_mamba.ops.triton_step import decode_step_triton
+
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    # n = 24: a masked d_state tail (BLOCK_N 32) must not enter the row maximum
+    for b, h, p, g, n in ((2, 4, 8, 2, 16), (1, 2, 8, 1, 24)):
+        w = 4
+        conv_dim = h * p + 2 * g * n
+        weight, bias = r(conv_dim, w), r(conv_dim)
+        A, D, dt_bias = -torch.rand(h, generator=gen) * 3, r(h), r(h) * 0.5
+        conv = r(b, conv_dim, w)
+        q, scale = torch.zeros(b, h, p, n, dtype=torch.int8), torch.zeros(b, h, p)
+        quantize_rows_(r(b, h, p, n), q, scale)
+        q[0, 0, 0] = 0  # an all-zero row: scale 0, stays finite
+        scale[0, 0, 0] = 0
+        conv_ref, q_ref, scale_ref = conv.clone(), q.clone(), scale.clone()
+        for i in range(3):
+            xbc, dt, z = r(b, conv_dim), r(b, h) - 1.0, r(b, h * p)
+            y = fused_step(xbc, dt, conv, weight, bias, q, A, D, dt_bias, z, p, g, impl="triton", state_scale=scale)
+            y_ref = fused_step_torch(xbc, dt, conv_ref, weight, bias, q_ref, A, D, dt_bias, z, p, g,
+                                     state_scale=scale_ref)
+            label = f"int8 step h{h} n{n} #{i}"
+            check(f"{label} y", max_rel_err(y, y_ref), 1e-4)
+            check(f"{label} scales", max_rel_err(scale, scale_ref), 1e-5)
+            check(f"{label} state (one quantum = 8e-3)", max_rel_err(dequantize_rows(q, scale),
+                                                                    dequantize_rows(q_ref, scale_ref)), 8e-3)
+            check(f"{label} int8 values differing", (q != q_ref).float().mean().item(), 1e-2)
+            if q.abs().max() != 127:
+                raise SystemExit(f"FAILED: {label}: the row maximum must be stored as 127")
+
+    # the whole mixer step (in_proj output in place, A_log, norm) and a backbone: triton vs torch
+    from avgkit.plugins import get_registry
+
+    b, h, p, g, n, w = 2, 4, 8, 2, 16, 4
+    d_inner, conv_dim = h * p, h * p + 2 * g * n
+    weight, bias = r(conv_dim, w), r(conv_dim)
+    A_log, D, dt_bias, nw = torch.rand(h, generator=gen), r(h), r(h) * 0.5, 1 + 0.1 * r(d_inner)
+    conv = r(b, conv_dim, w)
+    q, scale = torch.zeros(b, h, p, n, dtype=torch.int8), torch.zeros(b, h, p)
+    quantize_rows_(r(b, h, p, n), q, scale)
+    q_ref, scale_ref, conv_ref = q.clone(), scale.clone(), conv.clone()
+    zxbcdt = r(b, d_inner + conv_dim + h)
+    out = decode_step_triton(zxbcdt, conv, weight, bias, q, A_log, D, dt_bias, nw, 1e-5, p, g, state_scale=scale)
+    z, xbc, dt = zxbcdt.split([d_inner, conv_dim, h], dim=-1)
+    from avgkit_mamba.norm import GatedRMSNorm
+
+    norm = GatedRMSNorm(d_inner, group_size=d_inner // g)
+    with torch.no_grad():
+        norm.weight.copy_(nw)
+        y_ref = fused_step_torch(xbc, dt, conv_ref, weight, bias, q_ref, -torch.exp(A_log), D, dt_bias, z, p, g,
+                                 state_scale=scale_ref)
+        check("int8 decode step normed y", max_rel_err(out, norm(y_ref)), 1e-4)
+    check("int8 decode step state", max_rel_err(dequantize_rows(q, scale), dequantize_rows(q_ref, scale_ref)), 8e-3)
+
+    reg = get_registry()
+    spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
+    torch.manual_seed(0)
+    bb = spec.factory(spec.resolve("tiny", {"vocab_size": 32, "num_tokens": 6, "impl": "triton",
+                                            "state_dtype": "int8"})).eval()
+    cond_mod = cspec.factory(cspec.resolve(None, {"num_classes": 10, "groups": 2}), dim=bb.dim,
+                             num_layers=bb.num_layers).eval()
+    with torch.no_grad():
+        for prm in cond_mod.parameters():
+            prm.add_(torch.randn_like(prm) * 0.05)
+        cond = cond_mod(torch.tensor([1, 7]))
+        codes = torch.randint(0, 32, (2, 6), generator=gen)
+        logits = {}
+        for impl in ("triton", "torch"):
+            for blk in bb.layers:
+                blk.mixer.impl = impl
+            state = bb.init_state(2)
+            if state.layers[0].ssm.dtype != torch.int8 or state.layers[0].scale is None:
+                raise SystemExit("FAILED: state_dtype int8 did not allocate an int8 state with scales")
+            out = [bb.prefill(state, cond)] + [bb.step(state, codes[:, k], cond) for k in range(5)]
+            logits[impl] = torch.stack(out, 1)
+        check("int8 backbone decode logits triton vs torch", max_rel_err(logits["triton"], logits["torch"]), 1e-4)
+        check("int8 backbone decode vs teacher forcing", max_rel_err(logits["triton"], bb(codes, cond)), 2e-3)
+
+
+def fused_checks() -> None:
+    """The one-launch decode step (split tiles, next load in flight, last program of a group normalises)."""
+    from avgkit_mamba.ops.dispatch import decode_step_torch
+    from avgkit_mamba.ops.state_quant import dequantize_rows, quantize_rows_
+    from avgkit_mamba.ops.triton_step_fused import _COUNTERS, decode_step_fused_triton
+
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    # (b, h, p, g, n, block_p, tiles, state): two tiles per program with a ragged tail (p 24 = 8 + 8 + 8 over
+    # chunks of 16), groups, one-byte state
+    cases = ((2, 4, 8, 2, 16, 8, 1, torch.float32), (1, 2, 24, 1, 16, 8, 2, torch.float32),
+             (2, 4, 16, 2, 16, 4, 2, torch.int8), (1, 2, 8, 1, 24, 8, 1, torch.float16))
+    for b, h, p, g, n, block_p, tiles, sdt in cases:
+        w = 4
+        d_inner, conv_dim = h * p, h * p + 2 * g * n
+        weight, bias = r(conv_dim, w), r(conv_dim)
+        A_log, D, dt_bias, nw = torch.rand(h, generator=gen), r(h), r(h) * 0.5, 1 + 0.1 * r(d_inner)
+        conv = r(b, conv_dim, w)
+        scale = None
+        if sdt == torch.int8:
+            ssm, scale = torch.zeros(b, h, p, n, dtype=torch.int8), torch.zeros(b, h, p)
+            quantize_rows_(r(b, h, p, n), ssm, scale)
+        else:
+            ssm = r(b, h, p, n).to(sdt)
+        conv_ref, ssm_ref = conv.clone(), ssm.clone()
+        scale_ref = None if scale is None else scale.clone()
+        label = f"one-launch b{b} h{h} p{p} g{g} n{n} tile {block_p}x{tiles} {str(sdt)[6:]}"
+        for i in range(2):
+            zxbcdt = r(b, d_inner + conv_dim + h)
+            out = decode_step_fused_triton(zxbcdt, conv, weight, bias, ssm, A_log, D, dt_bias, nw, 1e-5, p, g,
+                                           state_scale=scale, block_p=block_p, tiles=tiles)
+            ref = decode_step_torch(zxbcdt, conv_ref, weight, bias, ssm_ref, A_log, D, dt_bias, nw, 1e-5, p, g,
+                                    state_scale=scale_ref)
+            check(f"{label} #{i} y", max_rel_err(out, ref), 1e-4 if sdt == torch.int8 else 1e-5)
+            check(f"{label} #{i} conv state", max_rel_err(conv, conv_ref), 1e-6)
+            got = ssm.float() if scale is None else dequantize_rows(ssm, scale)
+            want = ssm_ref.float() if scale is None else dequantize_rows(ssm_ref, scale_ref)
+            check(f"{label} #{i} ssm state", max_rel_err(got, want), 8e-3 if sdt == torch.int8 else 1e-3
+                  if sdt == torch.float16 else 1e-5)
+        if any(int(c.abs().sum()) for c in _COUNTERS.values()):
+            raise SystemExit("FAILED: the arrival counters were not reset to zero")
+
+    # a backbone decoding with step_kernel one-launch == the torch path
+    from avgkit.plugins import get_registry
+
+    reg = get_registry()
+    spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
+    for state_dtype in ("fp32", "int8"):
+        torch.manual_seed(0)
+        bb = spec.factory(spec.resolve("tiny", {"vocab_size": 32, "num_tokens": 5, "impl": "triton", "ngroups": 2,
+                                                "step_kernel": "one-launch", "state_dtype": state_dtype})).eval()
+        cond_mod = cspec.factory(cspec.resolve(None, {"num_classes": 10, "groups": 2}), dim=bb.dim,
+                                 num_layers=bb.num_layers).eval()
+        with torch.no_grad():
+            cond = cond_mod(torch.tensor([1, 7]))
+            codes = torch.randint(0, 32, (2, 5), generator=gen)
+            logits = {}
+            for impl in ("triton", "torch"):
+                for blk in bb.layers:
+                    blk.mixer.impl = impl
+                state = bb.init_state(2)
+                out = [bb.prefill(state, cond)] + [bb.step(state, codes[:, k], cond) for k in range(4)]
+                logits[impl] = torch.stack(out, 1)
+        check(f"one-launch backbone {state_dtype} triton vs torch", max_rel_err(logits["triton"], logits["torch"]),
+              1e-4 if state_dtype == "int8" else 1e-5)
 
 
 def decode_checks() -> None:
@@ -262,5 +411,6 @@ def compile_checks() -> None:
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "scan"
-    {"scan": scan_checks, "step": step_checks, "decode": decode_checks, "compile": compile_checks}[which]()
+    {"scan": scan_checks, "step": step_checks, "decode": decode_checks, "compile": compile_checks,
+     "int8": int8_state_checks, "fused": fused_checks}[which]()
     print("OK")

@@ -1,4 +1,14 @@
-"""Choosing between the PyTorch and Triton implementations of each op.
+"""Choosing between the PyTorch and Triton implementations of each op: the only place that does.
+
+The mixer and the backbone call these functions and never choose a path themselves:
+
+| op | PyTorch | Triton |
+|---|---|---|
+| :func:`chunk_scan` (training, prefill) | ``ssd_torch.ssd_chunk_scan`` | ``triton_ssd`` |
+| :func:`fused_step` (conv + SSM update + skip + gate) | :func:`fused_step_torch` | ``triton_step.fused_step_triton`` |
+| :func:`decode_step` (a mixer's step from ``in_proj``'s output, with its norm) | :func:`decode_step_torch` | ``triton_step.decode_step_triton``, or ``triton_step_fused`` (``kernel="one-launch"``) |
+| :func:`dual_step` (the same from the dual-form caches) | :func:`dual_step_torch` | ``triton_dual`` |
+| :func:`add_norm_modulate` (a decode step's block boundary) | ``norm_torch.add_norm_modulate`` | ``triton_norm`` |
 
 ``impl`` is one of ``"auto"`` (Triton on a CUDA tensor when Triton imports, else
 PyTorch), ``"torch"`` or ``"triton"``. Triton modules are imported on first use only,
@@ -18,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from avgkit_mamba.ops import conv_torch, ssd_torch
+from avgkit_mamba.ops import conv_torch, norm_torch, ssd_torch
 
 try:  # the core's error type when avgkit is installed
     from avgkit.errors import AvgkitError as _ImplError
@@ -27,8 +37,24 @@ except ImportError:  # pragma: no cover - standalone use of the ops
 
 Impl = Literal["auto", "torch", "triton"]
 IMPLS = ("auto", "torch", "triton")
+#: Triton kernels of a mixer's decode step (:func:`decode_step`)
+STEP_KERNELS = ("two-launch", "one-launch")
 
-__all__ = ["IMPLS", "Impl", "chunk_scan", "fused_step", "resolve_impl", "triton_available"]
+__all__ = [
+    "IMPLS",
+    "STEP_KERNELS",
+    "Impl",
+    "add_norm_modulate",
+    "chunk_scan",
+    "decode_step",
+    "decode_step_torch",
+    "dual_step",
+    "dual_step_torch",
+    "fused_step",
+    "fused_step_torch",
+    "resolve_impl",
+    "triton_available",
+]
 
 
 _TRITON_OK: bool | None = None
@@ -124,6 +150,7 @@ def fused_step_torch(
     z: Tensor | None,
     headdim: int,
     ngroups: int,
+    state_scale: Tensor | None = None,
 ) -> Tensor:
     """Reference for the fused decode step: conv_step, then ssd_step (states in place)."""
     ssd_torch.check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
@@ -143,6 +170,7 @@ def fused_step_torch(
         z=None if z is None else z.reshape(b, nheads, headdim),
         dt_bias=dt_bias,
         dt_softplus=True,
+        state_scale=state_scale,
     )
     return y.reshape(b, d_inner)
 
@@ -161,17 +189,178 @@ def fused_step(
     headdim: int,
     ngroups: int,
     impl: str = "auto",
+    state_scale: Tensor | None = None,
 ) -> Tensor:
     """One decode step of a Mamba-2 layer after ``in_proj``, states updated in place.
 
     xBC (b, conv_dim) before the conv, dt (b, h) raw (bias and softplus applied here),
     conv_state (b, conv_dim, w), conv_weight (conv_dim, w), ssm_state (b, h, p, n),
-    z (b, h*p) or None: when given the output is gated by ``silu(z)``.
+    z (b, h*p) or None: when given the output is gated by ``silu(z)``; ``state_scale``
+    (b, h, p) fp32 beside an int8 ``ssm_state`` (:mod:`avgkit_mamba.ops.state_quant`).
     Returns y (b, h*p) in ``xBC.dtype``.
     """
     args = (xBC, dt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_bias, z, headdim, ngroups)
     if resolve_impl(impl, xBC.device) == "triton":
         from avgkit_mamba.ops.triton_step import fused_step_triton
 
-        return fused_step_triton(*args)
-    return fused_step_torch(*args)
+        return fused_step_triton(*args, state_scale=state_scale)
+    return fused_step_torch(*args, state_scale=state_scale)
+
+
+def _split_zxbcdt(zxbcdt: Tensor, d_inner: int, conv_dim: int, nheads: int) -> tuple[Tensor, Tensor, Tensor]:
+    if zxbcdt.shape[-1] != d_inner + conv_dim + nheads:
+        raise ValueError(f"zxbcdt has {zxbcdt.shape[-1]} columns; expected {d_inner + conv_dim + nheads} "
+                         "(z | x B C | dt, the in_proj output)")
+    z, xBC, dt = torch.split(zxbcdt, [d_inner, conv_dim, nheads], dim=-1)
+    return z, xBC, dt
+
+
+def decode_step_torch(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    ssm_state: Tensor,
+    A_log: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    norm_weight: Tensor,
+    norm_eps: float,
+    headdim: int,
+    ngroups: int,
+    state_scale: Tensor | None = None,
+) -> Tensor:
+    """Reference of :func:`decode_step`: split, :func:`fused_step_torch` (gated by ``z``), grouped RMSNorm."""
+    nheads, _, dstate = ssm_state.shape[1:]
+    d_inner = nheads * headdim
+    z, xBC, dt = _split_zxbcdt(zxbcdt, d_inner, d_inner + 2 * ngroups * dstate, nheads)
+    A = -torch.exp(A_log.float())  # in fp32 even for half-precision weights, or exp would overflow to -inf
+    y = fused_step_torch(xBC, dt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_bias, z, headdim, ngroups,
+                         state_scale=state_scale)
+    return norm_torch.gated_rms_norm(y, None, norm_weight, norm_eps, d_inner // ngroups)
+
+
+def decode_step(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    ssm_state: Tensor,
+    A_log: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    norm_weight: Tensor,
+    norm_eps: float,
+    headdim: int,
+    ngroups: int,
+    impl: str = "auto",
+    state_scale: Tensor | None = None,
+    kernel: str = "two-launch",
+) -> Tensor:
+    """A mixer's decode step between ``in_proj`` and ``out_proj``, states updated in place.
+
+    ``zxbcdt`` (b, 2*d_inner + 2*ngroups*d_state + nheads) is the ``in_proj`` output;
+    ``conv_weight`` (conv_dim, w); returns ``rmsnorm(y * silu(z)) * norm_weight`` over
+    groups of ``d_inner / ngroups`` channels, (b, d_inner) in ``zxbcdt.dtype``.
+    ``state_scale`` as in :func:`fused_step`. ``kernel`` picks the Triton kernel:
+    ``"two-launch"`` (:mod:`triton_step`, measured, the default) or ``"one-launch"``
+    (:mod:`triton_step_fused`, not yet measured on a GPU); the torch path ignores it.
+    """
+    if kernel not in STEP_KERNELS:
+        raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
+    args = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, norm_eps,
+            headdim, ngroups)
+    if resolve_impl(impl, zxbcdt.device) == "triton":
+        if kernel == "one-launch":
+            from avgkit_mamba.ops.triton_step_fused import decode_step_fused_triton
+
+            return decode_step_fused_triton(*args, state_scale=state_scale)
+        from avgkit_mamba.ops.triton_step import decode_step_triton
+
+        # conv, scan, gate and the norm in two launches, reading in_proj's output in place
+        return decode_step_triton(*args, state_scale=state_scale)
+    return decode_step_torch(*args, state_scale=state_scale)
+
+
+def dual_step_torch(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    cache_x: Tensor,
+    cache_b: Tensor,
+    cache_dt: Tensor,
+    cache_cum: Tensor,
+    length: Tensor,
+    A_log: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    norm_weight: Tensor,
+    norm_eps: float,
+    ngroups: int,
+) -> Tensor:
+    """Reference of :func:`dual_step`: conv_step, ``ssd_torch.ssd_dual_step``, grouped RMSNorm."""
+    b, _, nheads, headdim = cache_x.shape
+    dstate = cache_b.shape[-1]
+    d_inner = nheads * headdim
+    z, xBC, dt = _split_zxbcdt(zxbcdt, d_inner, d_inner + 2 * ngroups * dstate, nheads)
+    xBC = conv_torch.conv_step(xBC, conv_state, conv_weight, conv_bias, activation="silu")
+    xs, Bs, Cs = torch.split(xBC, [d_inner, ngroups * dstate, ngroups * dstate], dim=-1)
+    y = ssd_torch.ssd_dual_step(
+        cache_x, cache_b, cache_dt, cache_cum, length, xs.reshape(b, nheads, headdim), dt, -torch.exp(A_log.float()),
+        Bs.reshape(b, ngroups, dstate), Cs.reshape(b, ngroups, dstate), D=D, z=z.reshape(b, nheads, headdim),
+        dt_bias=dt_bias,
+    )
+    return norm_torch.gated_rms_norm(y.reshape(b, d_inner), None, norm_weight, norm_eps, d_inner // ngroups)
+
+
+def dual_step(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    cache_x: Tensor,
+    cache_b: Tensor,
+    cache_dt: Tensor,
+    cache_cum: Tensor,
+    length: Tensor,
+    A_log: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    norm_weight: Tensor,
+    norm_eps: float,
+    ngroups: int,
+    impl: str = "auto",
+) -> Tensor:
+    """A mixer's dual-form decode step between ``in_proj`` and ``out_proj`` (caches as ``Mamba2DualState``).
+
+    ``length`` (1,) int64 is this token's row; the caches are appended in place. Returns
+    what :func:`decode_step` returns.
+    """
+    args = (zxbcdt, conv_state, conv_weight, conv_bias, cache_x, cache_b, cache_dt, cache_cum, length, A_log, D,
+            dt_bias, norm_weight, norm_eps, ngroups)
+    if resolve_impl(impl, zxbcdt.device) == "triton":
+        from avgkit_mamba.ops.triton_dual import dual_step_triton
+
+        return dual_step_triton(*args)
+    return dual_step_torch(*args)
+
+
+def add_norm_modulate(
+    y: Tensor,
+    gate: Tensor | None,
+    residual: Tensor | None,
+    weight: Tensor,
+    eps: float,
+    shift: Tensor | None,
+    scale: Tensor | None,
+    residual_in_fp32: bool,
+    impl: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """A decode step's block boundary over (B, D); see :func:`avgkit_mamba.ops.norm_torch.add_norm_modulate`."""
+    if resolve_impl(impl, y.device) == "triton":
+        from avgkit_mamba.ops.triton_norm import add_norm_modulate_triton
+
+        return add_norm_modulate_triton(y, gate, residual, weight, shift, scale, eps,
+                                        torch.float32 if residual_in_fp32 else y.dtype)
+    return norm_torch.add_norm_modulate(y, gate, residual, weight, eps, shift, scale, residual_in_fp32)

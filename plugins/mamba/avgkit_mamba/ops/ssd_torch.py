@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from avgkit_mamba.ops.state_quant import load_state, store_state_
+
 __all__ = ["check_scan_shapes", "check_step_shapes", "process_dt", "ssd_chunk_scan", "ssd_scan_naive", "ssd_step"]
 
 
@@ -199,12 +201,14 @@ def ssd_step(
     z: Tensor | None = None,
     dt_bias: Tensor | None = None,
     dt_softplus: bool = False,
+    state_scale: Tensor | None = None,
 ) -> Tensor:
     """One-token SSM update, ``state`` (b,h,p,n) modified in place.
 
-    Args: x (b,h,p), dt (b,h), A (h,), B and C (b,g,n), D (h,), z (b,h,p), dt_bias (h,).
+    Args: x (b,h,p), dt (b,h), A (h,), B and C (b,g,n), D (h,), z (b,h,p), dt_bias (h,);
+    ``state_scale`` (b,h,p) fp32 for an int8 state (:mod:`avgkit_mamba.ops.state_quant`).
     Returns y (b,h,p) in ``x.dtype``. The update is computed in fp32 and rounded once
-    into the state's dtype; y reads the unrounded new state.
+    into the state's dtype (quantised per row for int8); y reads the unrounded new state.
     """
     h = x.shape[1]
     ct = _compute_dtype(x) if state.dtype != torch.float64 else torch.float64
@@ -213,8 +217,8 @@ def ssd_step(
     Ch = _heads_from_groups(C.to(ct), h, 1)
     xf = x.to(ct)
     decay = torch.exp(dtp * A.to(ct))[:, :, None, None]
-    new_state = decay * state.to(ct) + (dtp[:, :, None] * xf)[..., None] * Bh[:, :, None, :]
-    state.copy_(new_state)
+    new_state = decay * load_state(state, state_scale, ct) + (dtp[:, :, None] * xf)[..., None] * Bh[:, :, None, :]
+    store_state_(state, state_scale, new_state)
     y = torch.einsum("bhpn,bhn->bhp", new_state, Ch)
     return _skip_and_gate(y, x, D, z, ct)
 

@@ -17,8 +17,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from avgkit_mamba.ops.triton_common import _conv_inputs, _softplus
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
-from avgkit_mamba.ops.triton_step import _conv_inputs, _launch_epilogue, _softplus
+from avgkit_mamba.ops.triton_step import _launch_epilogue
 
 __all__ = ["dual_step_triton"]
 

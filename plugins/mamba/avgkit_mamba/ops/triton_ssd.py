@@ -31,21 +31,13 @@ import triton.language as tl
 from torch import Tensor
 
 from avgkit_mamba.ops.ssd_torch import check_scan_shapes
+from avgkit_mamba.ops.triton_common import _softplus
 from avgkit_mamba.ops.triton_launch import INTERPRET, Launcher, Meta, last_dim_contiguous
 
 __all__ = ["chunk_scan_triton"]
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@triton.jit
-def _softplus(v):
-    # log1p(exp(v)) without losing the small values (Goldberg's log1p), linear above 20
-    e = tl.exp(tl.minimum(v, 20.0))
-    u = 1.0 + e
-    lp = tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
-    return tl.where(v > 20.0, v, lp)
 
 
 def _p2(n: int) -> int:

@@ -24,75 +24,30 @@ import triton.language as tl
 from torch import Tensor
 
 from avgkit_mamba.ops.ssd_torch import check_step_shapes
+from avgkit_mamba.ops.triton_common import (
+    _conv_inputs,
+    _conv_window,
+    _dequantize_rows,
+    _quantize_rows,
+    _softplus,
+)
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 
 __all__ = ["decode_step_triton", "fused_step_triton"]
 
 
 @triton.jit
-def _conv_window(state_ptr, s_c, s_w, chan, chan_mask, new_ptr, W, BLOCK_W: tl.constexpr):
-    """Shifted window [old[1:], new] (rows = channels) in the state's dtype."""
-    offs_w = tl.arange(0, BLOCK_W)
-    shifted = tl.load(state_ptr + chan[:, None] * s_c + (offs_w[None, :] + 1) * s_w,
-                      mask=chan_mask[:, None] & (offs_w[None, :] + 1 < W), other=0.0)
-    new = tl.load(new_ptr + chan, mask=chan_mask, other=0.0).to(shifted.dtype)
-    return tl.where(offs_w[None, :] == W - 1, new[:, None], shifted)
-
-
-@triton.jit
-def _conv_out(window, w_ptr, bias_ptr, chan, chan_mask, W, HAS_BIAS: tl.constexpr, BLOCK_W: tl.constexpr):
-    """SiLU(bias + sum_k window[:, k] * weight[:, k]) in fp32."""
-    offs_w = tl.arange(0, BLOCK_W)
-    wgt = tl.load(w_ptr + chan[:, None] * W + offs_w[None, :],
-                  mask=chan_mask[:, None] & (offs_w[None, :] < W), other=0.0).to(tl.float32)
-    acc = tl.sum(window.to(tl.float32) * wgt, axis=1)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + chan, mask=chan_mask, other=0.0).to(tl.float32)
-    return acc * tl.sigmoid(acc)
-
-
-@triton.jit
-def _softplus(v):
-    e = tl.exp(tl.minimum(v, 20.0))
-    u = 1.0 + e
-    lp = tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
-    return tl.where(v > 20.0, v, lp)
-
-
-@triton.jit
-def _conv_inputs(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi, ngroups, P, N, W, d_inner,
-                 offs_p, mask_p, offs_n, mask_n, HAS_CONV_BIAS: tl.constexpr, BLOCK_W: tl.constexpr):
-    """This token's x (head ``hi``'s channels ``offs_p``), B and C (group ``gi``) after conv + SiLU.
-
-    The x channels belong to the calling program alone: their window is shifted here. B
-    and C are shared by the group's heads: read from their old windows only (a later
-    launch shifts them).
-    """
-    offs_w = tl.arange(0, BLOCK_W)
-    chan_x = hi * P + offs_p
-    win_x = _conv_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, xbc_row, W, BLOCK_W)
-    x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
-    tl.store(conv_row + chan_x[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_x,
-             mask=mask_p[:, None] & (offs_w[None, :] < W))
-    chan_b = d_inner + gi * N + offs_n
-    chan_c = chan_b + ngroups * N
-    Bv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W),
-                   cw_ptr, cb_ptr, chan_b, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
-    Cv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W),
-                   cw_ptr, cb_ptr, chan_c, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
-    return x, Bv, Cv
-
-
-@triton.jit
 def _step_kernel(
-    xbc_ptr, dt_ptr, z_ptr, conv_ptr, cw_ptr, cb_ptr, ssm_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
+    xbc_ptr, dt_ptr, z_ptr, conv_ptr, cw_ptr, cb_ptr, ssm_ptr, scale_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
     batch, nheads, hpg, P, N, W, d_inner,
     s_xbc_b, s_dt_b, s_dt_h, s_z_b,
     s_cs_b, s_cs_c, s_cs_w,
     s_ss_b, s_ss_h, s_ss_p, s_ss_n,
+    s_sc_b, s_sc_h, s_sc_p,
     s_y_b,
     A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_DT_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_W: tl.constexpr,
 ):
     bi = tl.program_id(0).to(tl.int64)
     hi = tl.program_id(1)
@@ -107,6 +62,9 @@ def _step_kernel(
     s_ptrs = ssm_ptr + bi * s_ss_b + hi * s_ss_h + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
     smask = mask_p[:, None] & mask_n[None, :]
     state = tl.load(s_ptrs, mask=smask, other=0.0)
+    if QUANT:
+        sc_ptrs = scale_ptr + bi * s_sc_b + hi * s_sc_h + offs_p * s_sc_p
+        row_scale = tl.load(sc_ptrs, mask=mask_p, other=0.0)
 
     dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
     if HAS_DT_BIAS:
@@ -120,8 +78,14 @@ def _step_kernel(
     x, Bv, Cv = _conv_inputs(conv_ptr + bi * s_cs_b, xbc_ptr + bi * s_xbc_b, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi,
                              nheads // hpg, P, N, W, d_inner, offs_p, mask_p, offs_n, mask_n, HAS_CONV_BIAS, BLOCK_W)
 
-    state = state.to(tl.float32) * decay + (dt * x)[:, None] * Bv[None, :]
-    tl.store(s_ptrs, state.to(ssm_ptr.dtype.element_ty), mask=smask)
+    if QUANT:
+        state = _dequantize_rows(state, row_scale) * decay + (dt * x)[:, None] * Bv[None, :]
+        q, new_scale = _quantize_rows(state)
+        tl.store(s_ptrs, q, mask=smask)
+        tl.store(sc_ptrs, new_scale, mask=mask_p)
+    else:
+        state = state.to(tl.float32) * decay + (dt * x)[:, None] * Bv[None, :]
+        tl.store(s_ptrs, state.to(ssm_ptr.dtype.element_ty), mask=smask)
     y = tl.sum(state * Cv[None, :], axis=1)
     if HAS_D:
         y += tl.load(D_ptr + hi).to(tl.float32) * x
@@ -175,24 +139,41 @@ def _tile(rows: int, p: int) -> tuple[int, int]:
     return min(block_p, triton.next_power_of_2(p)), warps
 
 
-def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a_is_log, D, dt_bias, y, ngroups):
+def _check_scale(ssm_state: Tensor, state_scale: Tensor | None) -> None:
+    if state_scale is None:
+        if ssm_state.dtype == torch.int8:
+            raise ValueError("an int8 SSM state needs its per-row scales; pass state_scale (b, heads, headdim)")
+        return
+    if ssm_state.dtype != torch.int8 or state_scale.dtype != torch.float32 or \
+            state_scale.shape != ssm_state.shape[:3]:
+        raise ValueError(f"state_scale {state_scale.dtype} {tuple(state_scale.shape)} must be float32 "
+                         f"{tuple(ssm_state.shape[:3])} beside an int8 state (got {ssm_state.dtype})")
+
+
+def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a_is_log, D, dt_bias, y, ngroups,
+                 state_scale=None):
     b = xBC.shape[0]
     _, nheads, p, n = ssm_state.shape
     w = conv_state.shape[-1]
+    _check_scale(ssm_state, state_scale)
+    sc = state_scale if state_scale is not None else A
+    sc_strides = state_scale.stride() if state_scale is not None else (0, 0, 0)
     flags = dict(
         A_IS_LOG=a_is_log, HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_DT_BIAS=dt_bias is not None, BLOCK_N=triton.next_power_of_2(n), BLOCK_W=triton.next_power_of_2(w),
+        HAS_DT_BIAS=dt_bias is not None, QUANT=state_scale is not None, BLOCK_N=triton.next_power_of_2(n),
+        BLOCK_W=triton.next_power_of_2(w),
     )
 
     block_p, warps = (min(triton.next_power_of_2(p), 16), 4) if INTERPRET else _tile(b * nheads, p)
     _step_kernel[(b, nheads, triton.cdiv(p, block_p))](
         xBC, dt, z if z is not None else xBC, conv_state, conv_weight,
-        conv_bias if conv_bias is not None else conv_weight, ssm_state, A,
+        conv_bias if conv_bias is not None else conv_weight, ssm_state, sc, A,
         D if D is not None else A, dt_bias if dt_bias is not None else A, y,
         b, nheads, nheads // ngroups, p, n, w, nheads * p,
         xBC.stride(0), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
+        *sc_strides,
         y.stride(0), **flags, BLOCK_P=block_p, num_warps=warps, num_stages=1,
     )
 
@@ -225,13 +206,15 @@ def fused_step_triton(
     z: Tensor | None,
     headdim: int,
     ngroups: int,
+    state_scale: Tensor | None = None,
 ) -> Tensor:
     """Triton decode step; arguments as :func:`avgkit_mamba.ops.dispatch.fused_step`."""
     check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
     xBC, z = last_dim_contiguous(xBC), last_dim_contiguous(z)
     conv_weight = conv_weight.contiguous()
     y = torch.empty(xBC.shape[0], ssm_state.shape[1] * headdim, device=xBC.device, dtype=xBC.dtype)
-    _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, False, D, dt_bias, y, ngroups)
+    _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, False, D, dt_bias, y, ngroups,
+                 state_scale)
     _launch_epilogue(y, None, 0.0, y, xBC, conv_state, ngroups, ssm_state.shape[-1])
     return y
 
@@ -249,12 +232,14 @@ def decode_step_triton(
     norm_eps: float,
     headdim: int,
     ngroups: int,
+    state_scale: Tensor | None = None,
 ) -> Tensor:
     """A mixer's whole step between ``in_proj`` and ``out_proj``, in two launches.
 
     ``zxbcdt`` (b, 2*d_inner + 2*ngroups*d_state + nheads) is the ``in_proj`` output,
     read in place (no split copies); returns ``rmsnorm(y * silu(z)) * norm_weight``
-    (b, d_inner) in ``zxbcdt.dtype``, states updated in place.
+    (b, d_inner) in ``zxbcdt.dtype``, states updated in place (``state_scale`` beside an
+    int8 ``ssm_state``, see :mod:`avgkit_mamba.ops.state_quant`).
     """
     zxbcdt = last_dim_contiguous(zxbcdt)
     b = zxbcdt.shape[0]
@@ -267,7 +252,7 @@ def decode_step_triton(
     check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
     y = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
     _launch_step(xBC, dt, z, conv_state, conv_weight.contiguous(), conv_bias, ssm_state, A_log, True, D, dt_bias,
-                 y, ngroups)
+                 y, ngroups, state_scale)
     out = torch.empty(b, d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)
     _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, n)
     return out

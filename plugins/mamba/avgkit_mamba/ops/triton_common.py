@@ -1,0 +1,90 @@
+"""Triton jit helpers shared by the Mamba-2 kernels (scan, decode step, dual step).
+
+Each helper has its PyTorch reference named in its docstring; the kernels that use them
+are checked against those references under the interpreter (``tests/mamba_interpret_checks.py``).
+
+* ``_softplus``: ``torch.nn.functional.softplus`` (threshold 20).
+* ``_conv_window`` / ``_conv_out`` / ``_conv_inputs``: one token of the causal depthwise
+  conv, :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
+* ``_dequantize_rows`` / ``_quantize_rows``: the one-byte state,
+  :mod:`avgkit_mamba.ops.state_quant`.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _conv_window(state_ptr, s_c, s_w, chan, chan_mask, new_ptr, W, BLOCK_W: tl.constexpr):
+    """Shifted window [old[1:], new] (rows = channels) in the state's dtype."""
+    offs_w = tl.arange(0, BLOCK_W)
+    shifted = tl.load(state_ptr + chan[:, None] * s_c + (offs_w[None, :] + 1) * s_w,
+                      mask=chan_mask[:, None] & (offs_w[None, :] + 1 < W), other=0.0)
+    new = tl.load(new_ptr + chan, mask=chan_mask, other=0.0).to(shifted.dtype)
+    return tl.where(offs_w[None, :] == W - 1, new[:, None], shifted)
+
+
+@triton.jit
+def _conv_out(window, w_ptr, bias_ptr, chan, chan_mask, W, HAS_BIAS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """SiLU(bias + sum_k window[:, k] * weight[:, k]) in fp32."""
+    offs_w = tl.arange(0, BLOCK_W)
+    wgt = tl.load(w_ptr + chan[:, None] * W + offs_w[None, :],
+                  mask=chan_mask[:, None] & (offs_w[None, :] < W), other=0.0).to(tl.float32)
+    acc = tl.sum(window.to(tl.float32) * wgt, axis=1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + chan, mask=chan_mask, other=0.0).to(tl.float32)
+    return acc * tl.sigmoid(acc)
+
+
+@triton.jit
+def _softplus(v):
+    """log1p(exp(v)) without losing the small values (Goldberg's log1p), linear above 20."""
+    e = tl.exp(tl.minimum(v, 20.0))
+    u = 1.0 + e
+    lp = tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+    return tl.where(v > 20.0, v, lp)
+
+
+@triton.jit
+def _dequantize_rows(q, scale):
+    """int8 rows (BLOCK_P, BLOCK_N) times their fp32 scales -> fp32 (``state_quant.dequantize_rows``)."""
+    return q.to(tl.float32) * scale[:, None]
+
+
+@triton.jit
+def _quantize_rows(v):
+    """fp32 rows -> (int8 rows, fp32 scales) as ``state_quant.quantize_rows_``: absmax / 127 per row.
+
+    Masked-out columns must hold zeros (they do: B is zero there).
+    """
+    absmax = tl.max(tl.abs(v), axis=1)
+    inv = tl.where(absmax > 0, 127.0 / absmax, 0.0)
+    q = tl.floor(v * inv[:, None] + 0.5)
+    q = tl.minimum(tl.maximum(q, -127.0), 127.0)
+    return q.to(tl.int8), absmax / 127.0
+
+
+@triton.jit
+def _conv_inputs(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi, ngroups, P, N, W, d_inner,
+                 offs_p, mask_p, offs_n, mask_n, HAS_CONV_BIAS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This token's x (head ``hi``'s channels ``offs_p``), B and C (group ``gi``) after conv + SiLU.
+
+    The x channels belong to the calling program alone: their window is shifted here. B
+    and C are shared by the group's heads: read from their old windows only (a later
+    launch shifts them).
+    """
+    offs_w = tl.arange(0, BLOCK_W)
+    chan_x = hi * P + offs_p
+    win_x = _conv_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, xbc_row, W, BLOCK_W)
+    x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
+    tl.store(conv_row + chan_x[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_x,
+             mask=mask_p[:, None] & (offs_w[None, :] < W))
+    chan_b = d_inner + gi * N + offs_n
+    chan_c = chan_b + ngroups * N
+    Bv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W),
+                   cw_ptr, cb_ptr, chan_b, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
+    Cv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W),
+                   cw_ptr, cb_ptr, chan_c, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
+    return x, Bv, Cv

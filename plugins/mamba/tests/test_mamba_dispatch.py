@@ -1,0 +1,74 @@
+"""One dispatcher owns every op choice; the shared Triton helpers live in one module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from avgkit_mamba.norm import GatedRMSNorm
+from avgkit_mamba.ops import dispatch
+
+PKG = Path(dispatch.__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("module", ["mixer.py", "backbone.py"])
+def test_model_code_never_chooses_an_implementation(module: str) -> None:
+    tree = ast.parse((PKG / module).read_text())
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names} | {
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "resolve_impl" not in names, f"{module} chooses an op itself; call a function of ops/dispatch.py"
+    assert not [m for m in imported if "triton" in m], f"{module} imports a Triton module; go through ops/dispatch.py"
+
+
+def test_jit_helpers_are_defined_once() -> None:
+    defined: dict[str, list[str]] = {}
+    for path in sorted((PKG / "ops").glob("triton_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and any(
+                    "jit" in ast.unparse(d) for d in node.decorator_list) and "kernel" not in node.name:
+                defined.setdefault(node.name, []).append(path.name)
+    twice = {k: v for k, v in defined.items() if len(v) > 1}
+    assert not twice, f"jit helpers defined in several modules: {twice}; keep them in triton_common.py"
+    assert {"_softplus", "_conv_window", "_quantize_rows"} <= {k for k, v in defined.items() if v == ["triton_common.py"]}
+
+
+def test_decode_step_torch_is_the_fused_step_then_the_mixer_norm() -> None:
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    b, h, p, g, n, w = 2, 4, 8, 2, 16, 4
+    d_inner, conv_dim = h * p, h * p + 2 * g * n
+    weight, bias, A_log, D, dt_bias = r(conv_dim, w), r(conv_dim), torch.rand(h, generator=gen), r(h), r(h)
+    norm = GatedRMSNorm(d_inner, group_size=d_inner // g)
+    conv, ssm = r(b, conv_dim, w), r(b, h, p, n)
+    conv2, ssm2 = conv.clone(), ssm.clone()
+    zxbcdt = r(b, d_inner + conv_dim + h)
+    with torch.no_grad():
+        out = dispatch.decode_step(zxbcdt, conv, weight, bias, ssm, A_log, D, dt_bias, norm.weight, norm.eps, p, g,
+                                   impl="torch")
+        z, xbc, dt = zxbcdt.split([d_inner, conv_dim, h], -1)
+        ref = norm(dispatch.fused_step_torch(xbc, dt, conv2, weight, bias, ssm2, -torch.exp(A_log), D, dt_bias, z, p,
+                                             g))
+    assert torch.equal(out, ref) and torch.equal(ssm, ssm2) and torch.equal(conv, conv2)
+    with pytest.raises(ValueError, match="expected"):
+        dispatch.decode_step(zxbcdt[:, 1:], conv, weight, bias, ssm, A_log, D, dt_bias, norm.weight, norm.eps, p, g,
+                             impl="torch")
+
+
+def test_step_kernel_option_reaches_the_mixers_and_is_checked() -> None:
+    from avgkit_mamba.mixer import Mamba2Mixer
+
+    from avgkit.errors import AvgkitError
+    from avgkit.plugins import get_registry
+
+    spec = get_registry().get("backbone", "mamba2")
+    bb = spec.factory(spec.resolve("tiny", {"vocab_size": 16, "num_tokens": 4, "step_kernel": "one-launch"}))
+    assert {blk.mixer.step_kernel for blk in bb.layers} == {"one-launch"}
+    with pytest.raises(ValueError, match="unknown decode step kernel 'fast'"):
+        Mamba2Mixer(32, d_state=16, headdim=8, step_kernel="fast")
+    with pytest.raises(AvgkitError, match="use one of two-launch, one-launch"):
+        dispatch.decode_step(torch.zeros(1, 1), None, None, None, torch.zeros(1, 1, 1, 1), None, None, None, None,
+                             1e-5, 1, 1, impl="torch", kernel="fast")
