@@ -33,8 +33,9 @@ def install(session: nox.Session, extras: str = "dev") -> None:
 def tests(session: nox.Session) -> None:
     """The CPU test suite (GPU tests are skipped without CUDA), then the wheels installed and used."""
     install(session)
-    # the loggers plugin's extras, so its tests run against the real packages (wandb offline)
-    session.install("tensorboard>=2.14", "wandb>=0.16")
+    # optional extras whose tests run against the real packages: the loggers plugin's
+    # (wandb offline) and the text plugin's frozen encoders (tiny T5/CLIP built locally)
+    session.install("tensorboard>=2.14", "wandb>=0.16", "transformers>=4.40")
     workers = os.environ.get("AVGKIT_TEST_WORKERS", "2")
     session.run("pytest", "-n", workers, "--durations=15", *session.posargs)
     if not session.posargs:  # the whole suite: then the wheels, installed as users install them
