@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from avgkit.cli.base import app
+from avgkit.runs.layout import MODEL_FILE
 
 _HELP = """Convert an official checkpoint into an avgkit checkpoint directory.
 
@@ -60,5 +61,5 @@ def convert_cmd(
                                 skip_hash_check=skip_hash_check)
     written = ", ".join(sorted(p.name for p in target.iterdir()))
     typer.echo(f"wrote {target}: {written}")
-    if (target / "model.safetensors").exists():
+    if (target / MODEL_FILE).exists():
         typer.echo(f"sample with: avgkit sample {target} --classes 0-7 --per-class 4")

@@ -129,7 +129,7 @@ def sweep_cmd(
         typer.echo(f"== {r.name}")
         stored = RunDir(r.run_dir).recipe
         text = stored.read_text() if stored.is_file() else None
-        if (r.run_dir / "eval.json").exists():
+        if RunDir(r.run_dir).eval.exists():
             if text == resolved_recipe_yaml(r):  # finished with these settings: its results stand
                 typer.echo("   already finished; skipped")
                 continue

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from avgkit.io import atomic_write_json
+from avgkit.runs.layout import METRICS_FILE
 from avgkit.runtime.device import resolve_device
 from avgkit.runtime.progress import StepProgress
 from avgkit.runtime.stop import Interrupted, StopSignals, signal_name
@@ -333,7 +334,7 @@ def train_vq(
 def _loop(run: _Run, images: Tensor, out: Path, start: int, progress: bool) -> None:
     t = run.train
     order = BatchOrder(len(images), t.batch_size, t.seed)
-    metrics_path = out / "metrics.jsonl"
+    metrics_path = out / METRICS_FILE
     out.mkdir(parents=True, exist_ok=True)
     _trim_metrics(metrics_path, start)
     bar = StepProgress(t.steps, start, desc="vq", enabled=progress)
