@@ -78,10 +78,10 @@ def run(out: Path, *, steps: int | None = None, samples_per_number: int | None =
     from avgkit.plugins import get_registry
     from avgkit.recipe import TrainSection
     from avgkit.sample.ar import ARSampler, ARSamplerConfig
-    from avgkit.sample.images import save_labelled_grid, to_uint8_hwc
+    from avgkit.images import save_labelled_grid, to_uint8_hwc
     from avgkit.train.data import StepBatches, TensorCodes
     from avgkit.train.loop import Trainer
-    from avgkit.train.samples import generate_images
+    from avgkit.sample.grids import generate_images
 
     s = {**SETTINGS, **(settings or {})}
     t0 = time.monotonic()

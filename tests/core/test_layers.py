@@ -81,3 +81,13 @@ def test_sampling_and_evaluation_stay_apart(one: str, other: str) -> None:
 def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     assert floor_of("avgkit.sample.job") < floor_of("avgkit.train.loop") < floor_of("avgkit.cli.app")
     assert floor_of("avgkit.runs.loading") < floor_of("avgkit.api")
+
+
+def test_every_avgkit_import_names_a_module_that_exists() -> None:
+    """A lazy import of a moved module fails only when its code runs; this finds it at once."""
+    def exists(module: str) -> bool:
+        path = PACKAGE.parent / module.replace(".", "/")
+        return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+    missing = sorted({f"{a} imports {b}" for a, b in EDGES if not exists(b) and not exists(b.rpartition(".")[0])})
+    assert not missing, missing
