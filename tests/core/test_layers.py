@@ -89,5 +89,5 @@ def test_every_avgkit_import_names_a_module_that_exists() -> None:
         path = PACKAGE.parent / module.replace(".", "/")
         return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
-    missing = sorted({f"{a} imports {b}" for a, b in EDGES if not exists(b) and not exists(b.rpartition(".")[0])})
+    missing = sorted({f"{a} imports {b}" for a, b in EDGES if not exists(b)})
     assert not missing, missing
