@@ -81,10 +81,35 @@ def _conv_inputs(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi, ngro
     x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
     tl.store(conv_row + chan_x[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_x,
              mask=mask_p[:, None] & (offs_w[None, :] < W))
+    Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner, offs_n, mask_n,
+                      HAS_CONV_BIAS, BLOCK_W)
+    return x, Bv, Cv
+
+
+@triton.jit
+def _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner, offs_n, mask_n,
+             HAS_CONV_BIAS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Group ``gi``'s B and C after conv + SiLU, from their old windows (shared by the group's heads,
+    so never shifted here)."""
     chan_b = d_inner + gi * N + offs_n
     chan_c = chan_b + ngroups * N
     Bv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W),
                    cw_ptr, cb_ptr, chan_b, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
     Cv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W),
                    cw_ptr, cb_ptr, chan_c, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
-    return x, Bv, Cv
+    return Bv, Cv
+
+
+@triton.jit
+def _shift_bc_windows(conv_row, xbc_row, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner, offs_n, mask_n,
+                      BLOCK_W: tl.constexpr):
+    """Append this token's B and C to group ``gi``'s conv windows, once every head of the group has
+    read the old ones."""
+    offs_w = tl.arange(0, BLOCK_W)
+    wmask = mask_n[:, None] & (offs_w[None, :] < W)
+    chan_b = d_inner + gi * N + offs_n
+    chan_c = chan_b + ngroups * N
+    win_b = _conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W)
+    win_c = _conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W)
+    tl.store(conv_row + chan_b[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_b, mask=wmask)
+    tl.store(conv_row + chan_c[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_c, mask=wmask)

@@ -26,9 +26,9 @@ from torch import Tensor
 from avgkit_mamba.ops.ssd_torch import check_step_shapes
 from avgkit_mamba.ops.triton_common import (
     _conv_inputs,
-    _conv_window,
     _dequantize_rows,
     _quantize_rows,
+    _shift_bc_windows,
     _softplus,
 )
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
@@ -113,17 +113,8 @@ def _epilogue_kernel(
         w = tl.load(nw_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(out_ptr + bi * s_out_b + cols, (y * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_w = tl.arange(0, BLOCK_W)
-    mask_n = offs_n < N
-    wmask = mask_n[:, None] & (offs_w[None, :] < W)
-    conv_row = conv_ptr + bi * s_cs_b
-    xbc_row = xbc_ptr + bi * s_xbc_b
-    chan_b = d_inner + gi * N + offs_n
-    chan_c = chan_b + ngroups * N
-    win_b = _conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W)
-    win_c = _conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W)
-    tl.store(conv_row + chan_b[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_b, mask=wmask)
-    tl.store(conv_row + chan_c[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_c, mask=wmask)
+    _shift_bc_windows(conv_ptr + bi * s_cs_b, xbc_ptr + bi * s_xbc_b, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner,
+                      offs_n, offs_n < N, BLOCK_W)
 
 
 def _tile(rows: int, p: int) -> tuple[int, int]:

@@ -31,7 +31,15 @@ import triton.language as tl
 from torch import Tensor
 
 from avgkit_mamba.ops.ssd_torch import check_step_shapes
-from avgkit_mamba.ops.triton_common import _conv_out, _conv_window, _dequantize_rows, _quantize_rows, _softplus
+from avgkit_mamba.ops.triton_common import (
+    _conv_bc,
+    _conv_out,
+    _conv_window,
+    _dequantize_rows,
+    _quantize_rows,
+    _shift_bc_windows,
+    _softplus,
+)
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 from avgkit_mamba.ops.triton_step import _check_scale
 
@@ -81,12 +89,8 @@ def _fused_step_kernel(
     dt = _softplus(dt)
     decay = tl.exp(dt * -tl.exp(tl.load(A_ptr + hi).to(tl.float32)))  # A = -exp(A_log)
     # the group's B and C from their old windows (the last program of the group shifts them)
-    chan_b = d_inner + gi * N + offs_n
-    chan_c = chan_b + ngroups * N
-    Bv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W),
-                   cw_ptr, cb_ptr, chan_b, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
-    Cv = _conv_out(_conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W),
-                   cw_ptr, cb_ptr, chan_c, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
+    Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner, offs_n, mask_n,
+                      HAS_CONV_BIAS, BLOCK_W)
     if HAS_D:
         d_skip = tl.load(D_ptr + hi).to(tl.float32)
 
@@ -139,11 +143,7 @@ def _fused_step_kernel(
         rstd = tl.rsqrt(tl.sum(yg * yg, axis=0) / group + eps)
         w = tl.load(nw_ptr + cols, mask=mask_g, other=0.0).to(tl.float32)
         tl.store(out_ptr + bi * s_out_b + cols, (yg * rstd * w).to(out_ptr.dtype.element_ty), mask=mask_g)
-        wmask = mask_n[:, None] & (offs_w[None, :] < W)
-        win_b = _conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W)
-        win_c = _conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W)
-        tl.store(conv_row + chan_b[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_b, mask=wmask)
-        tl.store(conv_row + chan_c[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_c, mask=wmask)
+        _shift_bc_windows(conv_row, xbc_row, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner, offs_n, mask_n, BLOCK_W)
         tl.atomic_xchg(cnt, 0, sem="relaxed")
 
 
