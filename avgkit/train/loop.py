@@ -44,16 +44,6 @@ StepCallback = Callable[[int, "dict[str, Any] | None"], None]
 _DROPOUT_SEED_OFFSET = 0x1ABE1
 
 
-def token_loss(logits: Tensor, codes: Tensor) -> Tensor:
-    """Mean cross-entropy over every image token (computed in fp32)."""
-    if logits.shape[:2] != codes.shape:
-        raise AvgkitError(
-            f"the backbone returned logits of shape {tuple(logits.shape)} for codes {tuple(codes.shape)}; "
-            f"it must return (B, N, vocab) with one prediction per image token"
-        )
-    return F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
-
-
 @dataclass
 class TrainResult:
     step: int
