@@ -29,7 +29,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +36,15 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import build_sampling_aim, copy_bandwidth, import_mamba_ssm, write_result  # noqa: E402
+from common import (  # noqa: E402
+    build_sampling_aim,
+    copy_bandwidth,
+    import_mamba_ssm,
+    peak_memory_gib,
+    reset_peak_memory,
+    timed_on,
+    write_result,
+)
 
 from avgkit.plugins import get_registry  # noqa: E402
 from avgkit.sample.ar import ARSampler, ARSamplerConfig  # noqa: E402
@@ -116,17 +123,8 @@ def avgkit_sampler(backbone, cond, batch: int, cfg: ARSamplerConfig, device: str
     return lambda: sampler.sample(backbone, cond, labels, seed=seed)
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _time_once(fn: Callable[[], Any], device: str) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
+    return timed_on(device, fn, repeats=1)[0]
 
 
 PARTIAL: list = []
@@ -140,10 +138,9 @@ def interleaved(entries: list[dict], repeats: int, device: str, bandwidth: float
     """
     firsts = {}
     for e in entries:
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak_memory(device)
         firsts[e["name"]] = _time_once(e["call"], device)
-        e["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
+        e["peak_mem_gib"] = peak_memory_gib(device)
     times: dict[str, list[float]] = {e["name"]: [] for e in entries}
     for _ in range(repeats):
         for e in entries:
