@@ -75,13 +75,13 @@ def run(out: Path, *, steps: int | None = None, samples_per_number: int | None =
         side_by_side,
     )
     from avgkit.data.sources import load_digits_images
+    from avgkit.images import save_labelled_grid, to_uint8_hwc
     from avgkit.plugins import get_registry
     from avgkit.recipe import TrainSection
     from avgkit.sample.ar import ARSampler, ARSamplerConfig
-    from avgkit.images import save_labelled_grid, to_uint8_hwc
+    from avgkit.sample.grids import generate_images
     from avgkit.train.data import StepBatches, TensorCodes
     from avgkit.train.loop import Trainer
-    from avgkit.sample.grids import generate_images
 
     s = {**SETTINGS, **(settings or {})}
     t0 = time.monotonic()
