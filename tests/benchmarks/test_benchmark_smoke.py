@@ -109,11 +109,11 @@ def _train_step(report: dict[str, Any]) -> None:
 
 def _precision_check(report: dict[str, Any]) -> None:
     assert [(r["path"], r["seed"]) for r in report["rows"]] == [
-        (p, s) for p in ("today", "bf16", "bf16-residual") for s in (0, 1)]
+        (p, s) for p in ("today", "bf16") for s in (0, 1)]
     assert all(r["final_loss"] > 0 and r["final_val_loss"] > 0 for r in report["rows"]), report["rows"]
     today = report["verdict"]["today"]["final_val_loss"]
     assert today["within_spread"] and today["mean_minus_today"] == 0
-    assert set(report["verdict"]) == {"today", "bf16", "bf16-residual"}
+    assert set(report["verdict"]) == {"today", "bf16"}
 
 
 def _vq_encode(report: dict[str, Any]) -> None:
@@ -360,7 +360,8 @@ CASES: list[Smoke] = [
     Smoke("plugins/mamba/scripts/gpu_check.py", keys=("gpu", "all_ok", "checks", "step_timing"), check=_gpu_check),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_llamagen_stub),
-    Smoke("benchmarks/precision_check.py", args=("--smoke", "--work", "{tmp}/runs", "--out", "{tmp}/out.json"),
+    Smoke("benchmarks/precision_check.py", args=("--smoke", "--paths", "today,bf16", "--work", "{tmp}/runs", "--out",
+                                                "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "recipe", "seeds", "paths", "rows", "verdict"), check=_precision_check,
           timeout=400.0, slow=True),
     Smoke("benchmarks/reproducibility.py", keys=(*ENVIRONMENT, "diagnosis", "matrix", "notes"),
