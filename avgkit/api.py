@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from torch import Tensor
 
 from avgkit.errors import AvgkitError
+from avgkit.runs.captions import read_captions
 from avgkit.runs.loading import LoadedCheckpoint, load_checkpoint
 from avgkit.runtime.device import precision_context, resolve_device
 from avgkit.sample.classes import label_list, parse_classes
@@ -55,11 +56,20 @@ class Generator:
             get_registry().get("sampler", sampler)  # an unknown name fails here, with "did you mean"
         # samplers by settings: a sampler may cache per-batch-size state (CUDA graphs) across calls
         self._samplers: dict[str, Any] = {}
+        #: a text-conditioned run's training captions (caption id order); None for other runs
+        self.captions: list[str] | None = read_captions(loaded.ref.root) if loaded.ref.kind == "run" else None
 
     # ------------------------------------------------------------------ facts
     @property
     def num_classes(self) -> int:
         return self.conditioner.num_classes
+
+    @property
+    def takes_text(self) -> bool:
+        """Whether the model is conditioned on text (prompts), not on class ids."""
+        from avgkit.data.captions import takes_captions
+
+        return takes_captions(self.conditioner)
 
     @property
     def num_tokens(self) -> int:
@@ -103,6 +113,9 @@ class Generator:
 
     def labels(self, classes: ClassSpec, n_per_class: int = 1, *, seed: int = 0) -> np.ndarray:
         """The label of every image of a request, class by class (see :func:`parse_classes`)."""
+        if self.takes_text:
+            raise AvgkitError(f"{self.recipe.name} is conditioned on text, not classes; give prompts "
+                              f"(generate(prompts=[...]))")
         if isinstance(classes, (Tensor, np.ndarray)):
             classes = [int(c) for c in np.asarray(classes).reshape(-1)]
         return label_list(parse_classes(classes, self.num_classes, seed=seed), n_per_class)
@@ -146,6 +159,9 @@ class Generator:
         """The condition batch of ``prompts`` (each ``n_per_prompt`` times, prompt by prompt)."""
         if isinstance(prompts, str):
             prompts = [prompts]
+        if not self.takes_text:
+            raise AvgkitError(f"{self.recipe.name} is class-conditional (conditioner {self.recipe.conditioner.name!r}); "
+                              f"prompts need a text-conditioned model, so give classes instead")
         if not prompts:
             raise AvgkitError("no prompts given; pass prompts=[\"forty-two\", ...]")
         return self.conditioner.tokenize([p for p in prompts for _ in range(n_per_prompt)])

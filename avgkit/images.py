@@ -41,18 +41,19 @@ def to_pil(images: Tensor) -> list:
     return [Image.fromarray(a) for a in arr]
 
 
-def png_name(index: int, label: int) -> str:
-    return f"{index:06d}-class{label}.png"
+def png_name(index: int, label: int, kind: str = "class") -> str:
+    """``000123-class7.png``; ``kind="prompt"`` names the label a prompt's index (``000123-prompt0.png``)."""
+    return f"{index:06d}-{kind}{label}.png"
 
 
 def save_pngs(images: np.ndarray, labels: np.ndarray | Sequence[int], indices: np.ndarray | Sequence[int],
-              folder: Path) -> None:
-    """One PNG per image, named by its global index and class."""
+              folder: Path, kind: str = "class") -> None:
+    """One PNG per image, named by its global index and class (or prompt, see :func:`png_name`)."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     for img, label, index in zip(images, labels, indices, strict=True):
-        Image.fromarray(img).save(folder / png_name(int(index), int(label)), format="PNG")
+        Image.fromarray(img).save(folder / png_name(int(index), int(label), kind), format="PNG")
 
 
 def tile_grid(

@@ -71,7 +71,11 @@ class ComponentRef(_Strict):
 
 
 class DataSection(_Strict):
-    source: str = Field("digits", description="'digits' (built-in) or the root of an ImageFolder tree")
+    source: str = Field(
+        "digits",
+        description="'digits' or 'text-digits' (built-in), or the root of an ImageFolder tree; a tree holding a "
+        "captions.jsonl ({path, caption} a line) is captioned: its labels are caption ids, for a text conditioner",
+    )
     num_classes: int | None = Field(None, ge=1, description="class labels in the data (sizes the conditioner)")
     store: str | None = Field(
         None,

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from avgkit.cli.base import app
 from avgkit.errors import AvgkitError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from avgkit.api import Generator
 
 _HELP = """Sample images from a run directory or an `avgkit convert` output.
 
@@ -25,9 +30,18 @@ option of the sampler goes in as `-o key=value` (`avgkit ls samplers --options` 
 them); --cfg, --top-k and the other flags below are shortcuts for the built-in sampler's.
 `--sampler NAME` draws with another registered sampler, from its own defaults.
 
+A text-conditioned run samples prompts instead of classes: --prompt TEXT (repeatable)
+and/or --prompts FILE (one prompt a line); --per-class images of each prompt, the
+labels are prompt indices, grid.png has a row per prompt with the prompt beside it,
+and sampling.json lists the prompts.
+
 Examples:
 
   avgkit sample runs/digits --classes 0-9 --per-class 8
+
+  avgkit sample runs/text-digits --prompt forty-two --prompt "fifty-six" --per-class 8 --cfg 3
+
+  avgkit sample runs/captions --prompts prompts.txt --per-class 4
 
   avgkit sample ckpt/aim-b --classes 207,360 --per-class 4 --cfg 4 --top-k 600 --out samples/dogs
 
@@ -40,8 +54,10 @@ Examples:
 @app.command("sample", help=_HELP, no_args_is_help=True)
 def sample_cmd(
     checkpoint: Path = typer.Argument(..., help="training run directory, checkpoints/step-XXXXXX folder, or converted checkpoint"),
-    classes: str = typer.Option("all", "--classes", help="class ids: 1,5,9 | 0-9 | all | random:N"),
-    per_class: int = typer.Option(1, "--per-class", help="images per class"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="class ids: 1,5,9 | 0-9 | all | random:N (default all)"),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="a text prompt (repeatable; text-conditioned runs)"),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="a file of prompts, one a line"),
+    per_class: int = typer.Option(1, "--per-class", help="images per class (or per prompt)"),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="classifier-free guidance scale (1 disables)"),
     cfg_schedule: Optional[str] = typer.Option(None, "--cfg-schedule", help="constant | linear"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="softmax temperature (0: greedy)"),
@@ -63,7 +79,7 @@ def sample_cmd(
         None, "--tokenizer", help="tokenizer weights to decode with instead of the run's own (checked) copy"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: samples/<checkpoint name>)"),
     png: bool = typer.Option(True, "--png/--no-png", help="write one PNG per image"),
-    grid_classes: int = typer.Option(10, "--grid-classes", help="rows of grid.png (first classes)"),
+    grid_classes: int = typer.Option(10, "--grid-classes", help="rows of grid.png (first classes or prompts)"),
     grid_per_class: int = typer.Option(8, "--grid-per-class", help="columns of grid.png"),
     clean_shards: bool = typer.Option(False, "--clean-shards", help="delete shards after merging (a rerun then starts over)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
@@ -78,12 +94,13 @@ def sample_cmd(
             raise AvgkitError(f"{name} must be at least 1 (got {value})")
     if out is not None and out.exists() and not out.is_dir():
         raise AvgkitError(f"--out {out} is a file; pass a folder for the samples")
+    prompts = read_prompts(prompt or [], prompts_file)
     resolve_device(device)  # a clear error before any process group is joined
     env = setup(device)
     try:
         gen = load(checkpoint, device=env.device, ema="auto" if ema is None else ema, step=step, tokenizer=tokenizer,
                    sampler=sampler)
-        labels = gen.labels(classes, per_class, seed=seed)
+        labels = request_labels(gen, checkpoint, classes, prompts, per_class, seed)
         options = sampler_options(option or [], {"cfg_scale": cfg, "cfg_schedule": cfg_schedule,
                                                  "temperature": temperature, "top_k": top_k, "top_p": top_p,
                                                  "decode_width": decode_width})
@@ -99,8 +116,9 @@ def sample_cmd(
             grid_classes=grid_classes,
             grid_per_class=grid_per_class,
             clean_shards=clean_shards,
-            classes_spec=classes,
+            classes_spec=classes if prompts is None else None,
             per_class=per_class,
+            prompts=prompts,
         )
         target = out or Path("samples") / checkpoint.resolve().name
         result = run_sample_job(gen, target, request, env=env, progress=not quiet, command=["avgkit", *sys.argv[1:]])
@@ -109,6 +127,42 @@ def sample_cmd(
     if env.is_main and not quiet:
         rate = f", {result.images_per_s:.2f} images/s" if result.images_per_s else ""
         typer.echo(f"{result.num_images} images in {result.out_dir} (sampled now: {result.sampled}{rate})")
+
+
+def read_prompts(given: list[str], file: Path | None) -> list[str] | None:
+    """The --prompt values, then the lines of the --prompts file (blank lines skipped); None when neither is given."""
+    if not given and file is None:
+        return None
+    prompts = list(given)
+    if file is not None:
+        if not file.is_file():
+            raise AvgkitError(f"prompts file {file} not found; write one prompt a line")
+        lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+        if not any(lines):
+            raise AvgkitError(f"prompts file {file} holds no prompts; write one prompt a line")
+        prompts += [line for line in lines if line]
+    if not all(p.strip() for p in prompts):
+        raise AvgkitError("--prompt is empty; give the text to draw, e.g. --prompt forty-two")
+    return prompts
+
+
+def request_labels(gen: Generator, checkpoint: Path, classes: str | None, prompts: list[str] | None, per_class: int,
+                   seed: int) -> np.ndarray:
+    """The label of every image: class ids, or prompt indices (prompt by prompt) for a text-conditioned run."""
+    from avgkit.sample.classes import label_list
+
+    if gen.takes_text:
+        if classes is not None:
+            raise AvgkitError(f"{checkpoint} is conditioned on text, not classes; pass --prompt TEXT (repeatable) or "
+                              f"--prompts FILE instead of --classes")
+        if prompts is None:
+            raise AvgkitError(f"{checkpoint} is conditioned on text; pass --prompt TEXT (repeatable) or --prompts FILE "
+                              f"(one prompt a line)")
+        return label_list(range(len(prompts)), per_class)
+    if prompts is not None:
+        raise AvgkitError(f"{checkpoint} is class-conditional (conditioner {gen.recipe.conditioner.name!r}); "
+                          f"--prompt and --prompts need a text-conditioned run; pass --classes")
+    return gen.labels(classes or "all", per_class, seed=seed)
 
 
 def sampler_options(pairs: list[str], shortcuts: dict[str, object]) -> dict[str, object]:

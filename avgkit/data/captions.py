@@ -16,15 +16,16 @@ condition, what condition dropout gives).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from avgkit.conditions import Conditions
+from avgkit.data.sources import SkippedImage, UnreadableImageError, _SourceBase, center_crop_pil, pil_to_tensor
 from avgkit.errors import AvgkitError
 
 CAPTIONS_FILE = "captions.jsonl"
@@ -50,19 +51,43 @@ def read_captions(root: str | Path, file: str | Path | None = None) -> list[tupl
     return pairs
 
 
-class CaptionedFolder:
-    """Images of an ImageFolder tree named by a captions file; labels are caption ids."""
+def has_captions(root: str | Path) -> bool:
+    """Whether ``root`` is a captioned image folder (it holds a captions file)."""
+    return (Path(root) / CAPTIONS_FILE).is_file()
+
+
+#: ``describe()`` kinds of the sources whose labels are caption ids
+CAPTIONED_KINDS = ("captioned-folder", "text-digits")
+
+
+def is_captioned(description: dict[str, Any]) -> bool:
+    """Whether a source (by its ``describe()``, as a code store records it) labels images by caption."""
+    return description.get("kind") in CAPTIONED_KINDS
+
+
+def takes_captions(conditioner: Any) -> bool:
+    """Whether a conditioner is conditioned on text: its labels are caption ids, not class ids."""
+    return "class" not in getattr(conditioner, "condition_kinds", ("class",))
+
+
+class CaptionedFolder(_SourceBase):
+    """Images of an ImageFolder tree named by a captions file; labels are caption ids.
+
+    Items follow the captions file's order. Images are read like an ImageFolder's (short
+    side resized, center cropped); :meth:`describe` fingerprints the (path, caption)
+    listing, so a changed captions file is a different source.
+    """
 
     def __init__(self, root: str | Path, image_size: int, channels: int = 3, captions: str | Path | None = None):
-        from PIL import Image
-
-        self.root = Path(root)
+        if channels not in (1, 3):
+            raise AvgkitError(f"images can be read with 1 (grey) or 3 (RGB) channels, not {channels}")
+        self.root = Path(root).expanduser().resolve()
         self.pairs = read_captions(self.root, captions)
         self.class_names = sorted({c for _, c in self.pairs})
         ids = {c: i for i, c in enumerate(self.class_names)}
         self.labels = [ids[c] for _, c in self.pairs]
-        self.image_size, self.channels = image_size, channels
-        self._open = Image.open
+        self.image_size, self.channels = int(image_size), channels
+        self.skipped: list[SkippedImage] = []
         missing = [p for p, _ in self.pairs if not (self.root / p).is_file()]
         if missing:
             raise AvgkitError(f"{len(missing)} captioned images are missing under {self.root} (first: {missing[0]}); "
@@ -71,18 +96,33 @@ class CaptionedFolder:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        import numpy as np
+    def item_path(self, index: int) -> str:
+        return str(self.root / self.pairs[index][0])
 
-        image = self._open(self.root / self.pairs[index][0]).convert("L" if self.channels == 1 else "RGB")
-        image = image.resize((self.image_size, self.image_size))
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
-        x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
-        return x, self.labels[index]
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        path = self.item_path(index)
+        try:
+            with Image.open(path) as f:
+                im = f.convert("RGB" if self.channels == 3 else "L")
+            image = pil_to_tensor(center_crop_pil(im, self.image_size))
+        except Exception as e:  # noqa: BLE001 - any decode failure is the same to us
+            raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
+        return image, self.labels[index]
 
     def describe(self) -> dict[str, Any]:
+        listing = hashlib.sha256("\n".join(f"{p}\t{c}" for p, c in self.pairs).encode()).hexdigest()
         return {"kind": "captioned-folder", "root": str(self.root), "num_items": len(self),
-                "captions": len(self.class_names)}
+                "captions": len(self.class_names), "listing_sha256": listing,
+                **({"channels": self.channels} if self.channels != 3 else {})}
+
+    def at_size(self, image_size: int) -> CaptionedFolder:
+        other = object.__new__(CaptionedFolder)
+        other.__dict__.update(self.__dict__)
+        other.image_size = int(image_size)
+        other.skipped = []
+        return other
 
 
 class CaptionTable:
@@ -118,4 +158,4 @@ class CaptionTable:
         return rows.with_null(ids < 0)
 
 
-__all__ = ["CAPTIONS_FILE", "CaptionTable", "CaptionedFolder", "read_captions"]
+__all__ = ["CAPTIONS_FILE", "CaptionTable", "CaptionedFolder", "has_captions", "is_captioned", "read_captions", "takes_captions"]

@@ -9,15 +9,21 @@ into numbers it has not.
 Codes: a square tokenizer encodes each 32x32 half; :class:`SideBySide` lays the two
 ``h x w`` grids out as one ``h x 2w`` raster (row ``r`` = left row ``r``, then right row
 ``r``), the grid a tokenizer of the whole 32x64 image has, and decodes it back.
+
+:class:`TextDigitsSource` (``data.source: text-digits``) is the same data as a square
+image source for ``avgkit train``: both digits at half size side by side, centered
+vertically, so a square tokenizer encodes the whole image.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from avgkit.data.sources import SkippedImage, _SourceBase, load_digits_images
 from avgkit.interfaces import Tokenizer
 
 UNITS = ["", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -115,7 +121,55 @@ def halves_correct(classifier: object, images: Tensor, numbers: Tensor) -> Tenso
     return (tens == numbers // 10) & (units == numbers % 10)
 
 
+#: ``data.source`` name of :class:`TextDigitsSource`
+TEXT_DIGITS = "text-digits"
+#: images per training number in each split of :class:`TextDigitsSource`
+PER_NUMBER = {"train": 48, "test": 4}
+
+
+class TextDigitsSource(_SourceBase):
+    """The training numbers as a captioned square source: ``(1, S, S)`` images, labels are caption ids.
+
+    Split ``train`` pairs the scikit-learn training digits, ``test`` the held-out ones
+    (the same captions, so its labels share the training ids). :data:`HELD_OUT` numbers
+    are in neither: they are for sampling by prompt.
+    """
+
+    channels = 1
+
+    def __init__(self, image_size: int = 32, split: str = "train") -> None:
+        if image_size % 2:
+            raise ValueError(f"text-digits images hold two half-size digits: the size must be even, not {image_size}")
+        if split not in PER_NUMBER:
+            raise ValueError(f"text-digits has the splits {', '.join(PER_NUMBER)}, not {split!r}")
+        self.image_size, self.split = int(image_size), split
+        self.class_names = sorted(number_words(n) for n in TRAIN_NUMBERS)
+        digits, labels = load_digits_images(image_size // 2, split)
+        left, right, numbers = make_pairs(labels, TRAIN_NUMBERS, PER_NUMBER[split], seed=0)
+        half, top = image_size // 2, image_size // 4
+        self.images = torch.full((len(numbers), 1, image_size, image_size), -1.0)
+        self.images[..., top : top + half, :] = number_images(digits, left, right)
+        ids = {c: i for i, c in enumerate(self.class_names)}
+        self.labels = torch.as_tensor([ids[number_words(int(n))] for n in numbers])
+        self.skipped: list[SkippedImage] = []
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+    def item_path(self, index: int) -> str:
+        return f"{TEXT_DIGITS}[{self.split}][{index}]"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": TEXT_DIGITS, "split": self.split, "num_items": len(self), "held_out": list(HELD_OUT)}
+
+    def at_size(self, image_size: int) -> TextDigitsSource:
+        return TextDigitsSource(image_size, self.split)
+
+
 __all__ = [
-    "HELD_OUT", "NUMBERS", "TRAIN_NUMBERS", "SideBySide", "check_held_out_words", "halves_correct", "make_pairs",
+    "HELD_OUT", "NUMBERS", "PER_NUMBER", "TEXT_DIGITS", "TRAIN_NUMBERS", "SideBySide", "TextDigitsSource", "check_held_out_words", "halves_correct", "make_pairs",
     "number_images", "number_words", "side_by_side", "split_sides", "words_number",
 ]

@@ -5,11 +5,14 @@ finished items and decode images in parallel workers. ``iter(source)`` yields
 ``(index, image, label)`` and records unreadable files in ``source.skipped`` instead of
 dropping them silently.
 
-Two sources ship with the core:
+Sources that ship with the core:
 
 * :class:`ImageFolderSource`: the ImageNet layout (one sub-folder per class, folder
   names sorted to label ids), RGB, short side resized then center cropped.
+* :class:`avgkit.data.captions.CaptionedFolder`: an image folder with a ``captions.jsonl``;
+  labels are caption ids (for text conditioners).
 * :class:`DigitsSource`: scikit-learn's 8x8 digits, upsampled (no download needed).
+* :class:`avgkit.data.numbers.TextDigitsSource`: two-digit numbers captioned in words.
 
 Augmentation (:func:`get_augmentation`) turns one loaded image into ``A`` views:
 ``none`` (1), ``flip`` (image + mirror, 2) or ``tencrop`` (LlamaGen's scheme, 10).
@@ -278,20 +281,34 @@ BUILTIN_DIGITS = "digits"
 
 
 def open_source(source: str, image_size: int, channels: int = 3, split: str = "train") -> ImageSource:
-    """``data.source`` at ``image_size``: the built-in digits (``split`` train or test) or an ImageFolder root,
+    """``data.source`` at ``image_size``: the built-in digits or text-digits (``split`` train or test), a
+    captioned folder (one holding ``captions.jsonl``: labels are caption ids) or an ImageFolder root,
     read with the tokenizer's ``channels`` (grey or RGB)."""
+    from avgkit.data.captions import CaptionedFolder, has_captions
+    from avgkit.data.numbers import TEXT_DIGITS, TextDigitsSource
+
     if source == BUILTIN_DIGITS:
         return DigitsSource(image_size, split)
+    if source == TEXT_DIGITS:
+        return TextDigitsSource(image_size, split)
+    if has_captions(source):
+        return CaptionedFolder(source, image_size, channels)
     return ImageFolderSource(source, image_size, channels)
 
 
 def held_out_source(source: str, image_size: int, channels: int = 3) -> ImageSource | None:
-    """Images ``source`` keeps out of training, when it has such a split (the digits' test split)."""
-    return DigitsSource(image_size, "test") if source == BUILTIN_DIGITS else None
+    """Images ``source`` keeps out of training, when it has such a split (the built-in sources' test split)."""
+    from avgkit.data.numbers import TEXT_DIGITS
+
+    return open_source(source, image_size, channels, "test") if source in (BUILTIN_DIGITS, TEXT_DIGITS) else None
 
 
 def held_out_name(source: str) -> str | None:
     """What :func:`held_out_source` holds, in words (``None`` when there is none)."""
+    from avgkit.data.numbers import TEXT_DIGITS
+
+    if source == TEXT_DIGITS:
+        return "the training numbers drawn with the digits the training split leaves out"
     return "the digits the training split leaves out" if source == BUILTIN_DIGITS else None
 
 
@@ -310,20 +327,26 @@ def describe_recorded(recorded: dict[str, Any]) -> str:
     """A source's recorded description (``describe()``) in words."""
     if recorded.get("kind") == "digits":
         return "the built-in digits"
+    if recorded.get("kind") == "text-digits":
+        return "the built-in text-digits"
     return str(recorded.get("root", recorded))
 
 
 def is_same_source(recorded: dict[str, Any], source: str, image_size: int, channels: int = 3) -> bool:
     """Whether ``data.source`` names the source a store recorded (an image folder moved with its files counts)."""
-    if source == BUILTIN_DIGITS:
-        return recorded.get("kind") == "digits"
-    if recorded.get("kind") != "imagefolder":
+    from avgkit.data.numbers import TEXT_DIGITS
+
+    if source in (BUILTIN_DIGITS, TEXT_DIGITS):
+        return recorded.get("kind") == source
+    from avgkit.data.captions import has_captions
+
+    kind = "captioned-folder" if has_captions(source) else "imagefolder"
+    if recorded.get("kind") != kind:
         return False
     if recorded.get("root") == source or Path(recorded.get("root", "")).resolve() == Path(source).resolve():
         return True
     if Path(source).is_dir():  # the same files, moved
-        return ImageFolderSource(source, image_size, channels).describe().get("listing_sha256") == recorded.get(
-            "listing_sha256")
+        return open_source(source, image_size, channels).describe().get("listing_sha256") == recorded.get("listing_sha256")
     return False
 
 

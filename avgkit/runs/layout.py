@@ -5,6 +5,7 @@ A training run (``avgkit train``)::
     recipe.yaml               the resolved recipe (recipe.previous-N.yaml: earlier ones)
     plugins.json              installed plugins and versions
     inputs.json               content hashes of what the run was made from (avgkit.runs.inputs)
+    captions.json             a text-conditioned run's caption table: caption id -> caption (avgkit.runs.captions)
     tokenizer.safetensors     the run's own copy of its tokenizer weights
     metrics.jsonl             one JSON record per logged step
     loss.png                  loss curve
@@ -25,6 +26,7 @@ from pathlib import Path
 RECIPE_FILE = "recipe.yaml"
 PLUGINS_FILE = "plugins.json"
 INPUTS_FILE = "inputs.json"
+CAPTIONS_FILE = "captions.json"
 TOKENIZER_FILE = "tokenizer.safetensors"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -71,6 +73,10 @@ class RunDir:
     @property
     def inputs(self) -> Path:
         return self.root / INPUTS_FILE
+
+    @property
+    def captions(self) -> Path:
+        return self.root / CAPTIONS_FILE
 
     @property
     def tokenizer(self) -> Path:

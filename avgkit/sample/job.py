@@ -4,10 +4,15 @@ Layout of an output folder::
 
     job.json              what decides the images (weights hashes, labels, seed, sampler, ...)
     shards/shard-00012.npz  images [12 * shard_size, ...) of the job, written atomically
-    images/000123-class207.png   one PNG per image (unless disabled)
+    images/000123-class207.png   one PNG per image (unless disabled; 000123-prompt0.png for prompts)
     samples.npz           ADM format: arr_0 uint8 N x H x W x 3, arr_1 int64 labels
     grid.png              a labelled grid: the first images of the first classes
     sampling.json         every setting, the checkpoint and its hash, avgkit version, speed
+
+A job from text prompts (a text-conditioned model) labels image ``i`` with the index
+of its prompt in ``request.prompts``: the labels of ``samples.npz``, the PNG names and
+the grid rows (captioned by the prompt) are prompt indices, and ``sampling.json``
+lists the prompts.
 
 Image ``i`` draws its random numbers from (seed, i) alone and is conditioned on label
 ``i`` alone, so shards are pure storage: rerunning the same command skips shards already
@@ -78,6 +83,8 @@ class SampleRequest:
     #: recorded only: how the labels were asked for
     classes_spec: str | None = None
     per_class: int | None = None
+    #: text prompts: then ``labels`` are indices into this list
+    prompts: list[str] | None = None
 
 
 @dataclass
@@ -190,10 +197,10 @@ def _stop_group(env: DistEnv) -> Any:
 
 
 def _write_shard(out_dir: Path, shard: int, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
-                 write_png: bool) -> None:
+                 write_png: bool, kind: str = "class") -> None:
     # PNGs first: a shard file on disk means everything of that shard is complete
     if write_png:
-        save_pngs(images, labels, indices, out_dir / IMAGES_DIR)
+        save_pngs(images, labels, indices, out_dir / IMAGES_DIR, kind)
     write_npz(shard_path(out_dir, shard), {"arr_0": images, "arr_1": labels, "arr_2": indices})
 
 
@@ -233,8 +240,10 @@ def merge_shards(out_dir: Path, labels: np.ndarray, shard_size: int, image_hw: t
 
 
 def write_grid(out_dir: Path, labels: np.ndarray, shard_size: int, image_hw: tuple[int, int],
-               max_classes: int, per_class: int, title: str | None = None) -> Path | None:
-    """``grid.png`` from the first ``per_class`` images of the first ``max_classes`` classes."""
+               max_classes: int, per_class: int, title: str | None = None,
+               names: Sequence[str] | None = None) -> Path | None:
+    """``grid.png`` from the first ``per_class`` images of the first ``max_classes`` classes,
+    a row each, labelled with ``names[label]`` (the prompts of a prompt job) or the class id."""
     chosen = grid_selection(labels, max_classes, per_class)
     if len(chosen) == 0:
         return None
@@ -246,7 +255,17 @@ def write_grid(out_dir: Path, labels: np.ndarray, shard_size: int, image_hw: tup
             lo, hi = s * shard_size, min(len(labels), (s + 1) * shard_size)
             cache = {s: _read_shard(out_dir, s, labels[lo:hi], image_hw)}
         images.append(cache[s][i - s * shard_size])
-    return save_labelled_grid(np.stack(images), labels[chosen], out_dir / GRID_FILE, title=title)
+    return save_labelled_grid(np.stack(images), labels[chosen], out_dir / GRID_FILE, title=title, class_names=names)
+
+
+def _prompt_record(prompts: Sequence[str], captions: Sequence[str] | None) -> dict[str, Any]:
+    """sampling.json's prompts (label ``i`` is ``prompts[i]``), and which were training captions
+    when the run recorded its caption table."""
+    record: dict[str, Any] = {"prompts": list(prompts)}
+    if captions is not None:
+        seen = set(captions)
+        record["prompts_in_training"] = [p in seen for p in prompts]
+    return record
 
 
 def _timing(out_dir: Path, warmup_s: float, sampled: int, wall: float, rate: float | None) -> dict[str, Any]:
@@ -299,6 +318,15 @@ def run_sample_job(
     n = len(labels)
     if n == 0:
         raise AvgkitError("nothing to sample: the label list is empty")
+    prompts = request.prompts
+    if prompts is not None and not (len(prompts) and 0 <= labels.min() and labels.max() < len(prompts)):
+        raise AvgkitError(f"prompt jobs label images by prompt index, 0..{len(prompts) - 1}")
+    # a prompt job's labels are prompt indices: the sampler gets the prompts' condition rows
+    table = gen.prompt_conditions(prompts) if prompts is not None else None
+
+    def conditions(lo: int, hi: int) -> Any:
+        part = labels[lo:hi]
+        return part if table is None else table.index_select(0, torch.as_tensor(part))
     old, problem = broadcast_json(_read_job(out) if env.is_main else None, env)
     if problem:
         raise AvgkitError(problem)
@@ -324,6 +352,8 @@ def run_sample_job(
         "precision": request.precision,
         "shard_size": shard_size,
         "image_shape": [height, width, 3],
+        # only prompt jobs carry the key, so class jobs recorded before it still match
+        **({"prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()} if prompts is not None else {}),
     }
     decode_width = sampler_record.get(DECODE_WIDTH)
 
@@ -359,7 +389,7 @@ def run_sample_job(
         t = time.perf_counter()
         lo = mine[0] * shard_size
         k = min(request.batch_size if gen.device.type == "cuda" else 2, request.batch_size, n - lo)
-        for _, codes in gen.iter_codes(labels[lo : lo + k], np.arange(lo, lo + k), sampler=sampler,
+        for _, codes in gen.iter_codes(conditions(lo, lo + k), np.arange(lo, lo + k), sampler=sampler,
                                        seed=request.seed, batch_size=k, precision=request.precision):
             decode(codes)
         _sync(gen.device)
@@ -381,13 +411,14 @@ def run_sample_job(
                     s = mine[i]
                     lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
                     parts = []
-                    for part, codes in gen.iter_codes(labels[lo:hi], np.arange(lo, hi), sampler=sampler,
+                    for part, codes in gen.iter_codes(conditions(lo, hi), np.arange(lo, hi), sampler=sampler,
                                                       seed=request.seed, batch_size=request.batch_size,
                                                       precision=request.precision):
                         parts.append(to_uint8_hwc(decode(codes)))
                         report.advance(part.stop - part.start, note=f" [shard {s + 1}/{num_shards}]")
                     pending.append(writer.submit(_write_shard, out, s, np.concatenate(parts), labels[lo:hi],
-                                                 np.arange(lo, hi, dtype=np.int64), request.write_png))
+                                                 np.arange(lo, hi, dtype=np.int64), request.write_png,
+                                                 "class" if prompts is None else "prompt"))
                     while len(pending) > MAX_PENDING_WRITES:
                         pending.popleft().result()
                 stopping = stop.agreed(env, group)
@@ -412,7 +443,7 @@ def run_sample_job(
     merge_shards(out, labels, shard_size, image_hw)
     cfg_scale = getattr(sampler_cfg, "cfg_scale", None)
     title = f"{gen.recipe.name} seed {request.seed}" + (f" cfg {cfg_scale:g}" if cfg_scale is not None else "")
-    grid = write_grid(out, labels, shard_size, image_hw, request.grid_classes, request.grid_per_class, title)
+    grid = write_grid(out, labels, shard_size, image_hw, request.grid_classes, request.grid_per_class, title, prompts)
     classes = list(dict.fromkeys(labels.tolist()))
     record = {
         "avgkit_version": __version__,
@@ -425,6 +456,7 @@ def run_sample_job(
         "classes": request.classes_spec,
         "class_ids": classes,
         "per_class": request.per_class,
+        **(_prompt_record(prompts, getattr(gen, "captions", None)) if prompts is not None else {}),
         "num_images": n,
         "image_shape": [height, width, 3],
         "precision": request.precision,

@@ -246,13 +246,14 @@ class Trainer:
 
         source = self.ema.module if self.ema else self.model
         cond = source.conditioner
-        labels = grid_labels(cond.num_classes, self.cfg.sample_classes, self.cfg.sample_per_class)
+        rows = cond.num_classes if self.conditions is None else len(self.conditions)  # type: ignore[arg-type]
+        labels = grid_labels(rows, self.cfg.sample_classes, self.cfg.sample_per_class)
         images = generate_images(
             source.backbone,
             cond,
             self.sampler,
             self.tokenizer,
-            labels,
+            self._condition(labels),
             seed=self.cfg.seed,
             batch_size=max(1, len(labels)),
             device=self.env.device,

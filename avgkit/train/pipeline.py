@@ -13,6 +13,11 @@
    ``samples.png`` and ``eval.json`` (with the digit-classifier accuracy when
    ``eval.classifier`` is ``digits``).
 
+A recipe whose conditioner is conditioned on text trains on captioned data (an image
+folder with a ``captions.jsonl``, or ``text-digits``): the codes' labels are caption ids,
+the run records its caption table (``captions.json``) and the training loop and the
+final samples look the captions up in it.
+
 Only rank 0 writes; the other ranks wait for it at each stage.
 """
 
@@ -24,7 +29,7 @@ import math
 import random
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ from avgkit.recipe import DataSection, Recipe, recipe_changes
 from avgkit.registry import Registry
 from avgkit.runs import checkpoint as ckpt
 from avgkit.runs.layout import (
+    CAPTIONS_FILE,
     CHECKPOINTS_DIR,
     INPUTS_FILE,
     LOSS_PLOT,
@@ -361,11 +367,33 @@ def load_train_data(
         out = _encode_in_memory(recipe, comps, env)
     else:
         out = _prepare_store(recipe, comps, env, weights, progress)
+    _check_labels(out.source, comps)
     _check_classes(len(out.class_names), comps)
     return out
 
 
+def _check_labels(description: dict[str, Any], comps: Components) -> None:
+    """Class ids for a class conditioner, caption ids for a text conditioner."""
+    from avgkit.data.captions import is_captioned, takes_captions
+
+    where = describe_recorded(description)
+    if takes_captions(comps.conditioner) and not is_captioned(description):
+        raise AvgkitError(
+            f"the conditioner is conditioned on text but {where} has class labels; point data.source at an image "
+            f"folder with a captions.jsonl ({{\"path\": ..., \"caption\": ...}} a line), or at text-digits"
+        )
+    if is_captioned(description) and not takes_captions(comps.conditioner):
+        raise AvgkitError(
+            f"{where} is captioned (its labels are captions) but the conditioner takes class ids; use a text "
+            f"conditioner (conditioner: text), or a data.source without captions"
+        )
+
+
 def _check_classes(found: int, comps: Components) -> None:
+    from avgkit.data.captions import takes_captions
+
+    if takes_captions(comps.conditioner):  # caption ids: as many as the data has
+        return
     num_classes = comps.conditioner.num_classes
     if found > num_classes:
         raise AvgkitError(
@@ -379,6 +407,7 @@ def _check_source(source: Any, comps: Components) -> None:
     from avgkit.data.prepare import check_channels
 
     check_channels(source, comps.tokenizer)
+    _check_labels(source.describe(), comps)
     _check_classes(len(source.class_names), comps)
 
 
@@ -391,12 +420,14 @@ def _val_name(data: DataSection | None) -> str | None:
     return data.val_source
 
 
-def validation_codes(recipe: Recipe, comps: Components, env: DistEnv) -> tuple[torch.Tensor, torch.Tensor] | None:
+def validation_codes(recipe: Recipe, comps: Components, env: DistEnv,
+                     captions: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Held-out images (``data.val_source``) encoded in memory, or ``None`` for no validation loss.
 
-    ``auto`` takes the built-in digits' test split (every fifth image, which the training
+    ``auto`` takes the built-in sources' test split (every fifth digit, which the training
     split never holds, so the training set is unchanged); an ImageFolder root is encoded
-    at every start, so keep it small (a few thousand images).
+    at every start, so keep it small (a few thousand images). For a text run,
+    ``captions`` is the run's caption table: the held-out captions are looked up in it.
     """
     data = recipe.data
     if _val_name(data) is None:
@@ -409,11 +440,25 @@ def validation_codes(recipe: Recipe, comps: Components, env: DistEnv) -> tuple[t
     else:
         source = open_source(data.val_source, tok.image_size, tok.channels)
     images, labels = source_images(source)
+    if captions is not None:
+        labels = _caption_ids(source.class_names, labels, captions, data.val_source)
     codes = []
     with torch.inference_mode():
         for start in range(0, len(images), data.prepare_batch_size):
             codes.append(tok.encode(images[start : start + data.prepare_batch_size].to(env.device)).cpu())
     return torch.cat(codes).long(), labels
+
+
+def _caption_ids(names: Sequence[str], labels: torch.Tensor, captions: Sequence[str], where: str) -> torch.Tensor:
+    """A held-out source's caption ids as ids of the run's caption table."""
+    ids = {c: i for i, c in enumerate(captions)}
+    unknown = sorted({names[i] for i in labels.tolist()} - ids.keys())
+    if unknown:
+        raise AvgkitError(
+            f"data.val_source {where}: {len(unknown)} caption(s) are not training captions (first: {unknown[0]!r}); "
+            f"the validation loss needs the training captions, so sample new ones with `avgkit sample --prompt`"
+        )
+    return torch.as_tensor([ids[names[i]] for i in labels.tolist()], dtype=torch.int64)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -467,12 +512,14 @@ WEIGHTS_NAMES = {"ema": "EMA weights", "model": "raw weights"}
 
 
 def _sample_and_score(
-    recipe: Recipe, comps: Components, model: ARModel, labels: torch.Tensor, env: DistEnv, scorer: SampleScorer | None
+    recipe: Recipe, comps: Components, model: ARModel, labels: torch.Tensor, env: DistEnv, scorer: SampleScorer | None,
+    conditions: Callable[[torch.Tensor], Any] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     from avgkit.sample.grids import generate_images
 
     ev = recipe.eval
-    images = generate_images(model.backbone, model.conditioner, comps.sampler, comps.tokenizer, labels, seed=ev.seed,
+    cond = labels if conditions is None else conditions(labels)
+    images = generate_images(model.backbone, model.conditioner, comps.sampler, comps.tokenizer, cond, seed=ev.seed,
                              batch_size=ev.batch_size, device=env.device)
     return images, ({} if scorer is None else scorer.score(images, labels))
 
@@ -485,19 +532,21 @@ def final_samples(
     run_dir: Path,
     env: DistEnv,
     train_result: TrainResult,
+    conditions: Callable[[torch.Tensor], Any] | None = None,
 ) -> dict[str, Any]:
     """Sample and score every set of weights in ``models`` (``("ema", m)``, ``("model", m)``).
 
     The first is the run's result: ``samples.png`` and the top-level scores of
     ``eval.json``; the others get ``samples-<name>.png``. Every grid title and the
-    record name the weights; ``by_weights`` holds each set's scores.
+    record name the weights; ``by_weights`` holds each set's scores. For a text run,
+    ``conditions`` turns caption ids (``class_names`` are the captions) into conditions.
     """
     from avgkit.images import save_labelled_grid, to_uint8_hwc
     from avgkit.sample.grids import grid_labels
 
     ev = recipe.eval
     scorer = get_scorer(ev.classifier)
-    num_classes = models[0][1].conditioner.num_classes
+    num_classes = len(class_names) if conditions is not None else models[0][1].conditioner.num_classes
     if scorer is not None:
         labels = scorer.labels(num_classes, ev.samples_per_class, ev.grid_classes)
     else:
@@ -512,7 +561,7 @@ def final_samples(
     by_weights: dict[str, dict[str, Any]] = {}
     primary = models[0][0]
     for name, model in models:
-        images, score = _sample_and_score(recipe, comps, model, labels, env, scorer)
+        images, score = _sample_and_score(recipe, comps, model, labels, env, scorer, conditions)
         png = save_labelled_grid(
             to_uint8_hwc(images[shown]),
             labels[shown].tolist(),
@@ -528,6 +577,7 @@ def final_samples(
         "samples": len(labels),
         "samples_per_class": ev.samples_per_class,
         "classes": sorted(set(labels.tolist())),
+        **({"captions": [class_names[c] for c in sorted(set(labels.tolist()))]} if conditions is not None else {}),
         "sampler": recipe.sampler.flat(),
         "seed": ev.seed,
         "samples_png": by_weights[primary]["samples_png"],
@@ -571,7 +621,7 @@ def run_recipe(
 
 
 #: What a run writes at its start; a run that fails before its first checkpoint removes them.
-_RUN_FILES = (RECIPE_FILE, PLUGINS_FILE, INPUTS_FILE, METRICS_FILE, LOSS_PLOT)
+_RUN_FILES = (RECIPE_FILE, PLUGINS_FILE, INPUTS_FILE, CAPTIONS_FILE, METRICS_FILE, LOSS_PLOT)
 
 
 def _run(
@@ -623,6 +673,8 @@ class _Run:
     comps: Components | None = None
     data: TrainData | None = None
     trainer: Trainer | None = None
+    #: a text run's caption ids -> conditions (``None``: labels are class ids)
+    conditions: Any = None
     result: TrainResult | None = None
     loggers: Any = None
     record: dict[str, Any] = field(default_factory=dict)
@@ -653,10 +705,21 @@ def _stage_tokenizer(run: _Run) -> None:
 
 
 def _stage_data(run: _Run) -> None:
-    """Encode the images into codes (or reuse the store) and record what the run is made from."""
+    """Encode the images into codes (or reuse the store) and record what the run is made from
+    (a text run: its caption table too)."""
+    from avgkit.data.captions import CaptionTable, takes_captions
+    from avgkit.runs.captions import write_captions
+
     recipe, env, comps = run.recipe, run.env, run.comps
     assert comps is not None
     run.data = data = load_train_data(recipe, comps, env, run.weights, progress=run.progress)
+    if takes_captions(comps.conditioner):
+        if recipe.eval.classifier != "none":
+            raise AvgkitError(f"eval.classifier={recipe.eval.classifier} scores class-conditional samples; set "
+                              f"eval.classifier=none for a text-conditioned run")
+        run.conditions = CaptionTable(data.class_names, comps.conditioner)
+        if env.is_main:
+            write_captions(recipe.run_dir, data.class_names)
     if env.is_main:
         _record_inputs(recipe, recipe.run_dir, run.weights, data, run.resume)
         counts = parameter_counts(comps)
@@ -685,7 +748,7 @@ def _stage_train(run: _Run) -> None:
         num_workers=recipe.data.num_workers if recipe.data else 0,
         pin_memory=env.device.type == "cuda",
     )
-    val_data = validation_codes(recipe, comps, env)
+    val_data = validation_codes(recipe, comps, env, data.class_names if run.conditions is not None else None)
     if val_data is not None and env.is_main:
         _say(f"validation: {len(val_data[0])} held-out images ({_val_name(recipe.data)})")
     run.trainer = Trainer(
@@ -702,6 +765,7 @@ def _stage_train(run: _Run) -> None:
         callbacks=run.callbacks,
         title=recipe.name,
         loggers=run.loggers,
+        conditions=run.conditions,
     )
     run.result = run.trainer.fit(resume=run.resume)
 
@@ -718,7 +782,8 @@ def _stage_evaluate(run: _Run) -> None:
         if trainer.ema is not None:
             ema_pair = ("ema", trainer.ema.module)
             models = [ema_pair, *models] if recipe.eval.use_ema else [*models, ema_pair]
-        run.record = final_samples(recipe, comps, models, data.class_names, run_dir.root, env, result)
+        run.record = final_samples(recipe, comps, models, data.class_names, run_dir.root, env, result,
+                                   run.conditions)
         if run.loggers:
             run.loggers.log_metrics(result.step, run.record, prefix="eval/")
             run.loggers.log_images(result.step, {"final_samples": run_dir.samples()})
@@ -731,6 +796,8 @@ def _stage_evaluate(run: _Run) -> None:
             "samples": str(run_dir.samples()),
             "eval": str(run_dir.eval),
         })
+        if run.conditions is not None:
+            run.files["captions"] = str(run_dir.captions)
         if run.weights is not None:
             run.files["tokenizer_weights"] = str(run.weights)
         if recipe.data and recipe.data.store:

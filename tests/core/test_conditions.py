@@ -83,3 +83,36 @@ def test_side_by_side_grid_roundtrip():
     assert joined.shape == (1, 32) and joined[0, :8].tolist() == [0, 1, 2, 3, 100, 101, 102, 103]
     l2, r2 = split_sides(joined, (4, 4))
     assert torch.equal(l2, left) and torch.equal(r2, right)
+
+
+def test_text_digits_source_is_captioned_square_and_leaves_the_held_out_numbers_out():
+    from avgkit.data.captions import is_captioned
+    from avgkit.data.sources import held_out_source, is_same_source, open_source
+
+    train, test = open_source("text-digits", 32), held_out_source("text-digits", 32)
+    assert is_captioned(train.describe()) and train.channels == 1 and len(train) == 48 * len(TRAIN_NUMBERS)
+    assert train.class_names == test.class_names == sorted(number_words(n) for n in TRAIN_NUMBERS)
+    assert not {number_words(n) for n in HELD_OUT} & set(train.class_names)
+    image, label = train[0]
+    assert image.shape == (1, 32, 32) and train.class_names[label] == number_words(20)
+    assert (image[:, :8] == -1).all() and (image[:, 24:] == -1).all() and (image[:, 8:24] > -1).any()
+    assert is_same_source(train.describe(), "text-digits", 32) and not is_same_source(train.describe(), "digits", 32)
+
+
+def test_captioned_folder_reads_like_an_image_folder(tmp_path):
+    from PIL import Image
+
+    from avgkit.data.captions import CaptionedFolder, has_captions
+    from avgkit.data.sources import is_same_source, open_source
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (12, 8), (255, 0, 0)).save(tmp_path / "a" / "x.png")
+    (tmp_path / "a" / "y.png").write_bytes(b"not a png")
+    lines = [{"path": "a/x.png", "caption": "red"}, {"path": "a/y.png", "caption": "broken"}]
+    (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    source = open_source(str(tmp_path), 4)
+    assert isinstance(source, CaptionedFolder) and has_captions(tmp_path) and source.class_names == ["broken", "red"]
+    items = list(source)
+    assert len(items) == 1 and items[0][1].shape == (3, 4, 4) and items[0][2] == 1
+    assert source.skipped[0].path.endswith("y.png")
+    assert is_same_source(source.describe(), str(tmp_path), 4) and source.at_size(8)[0][0].shape == (3, 8, 8)

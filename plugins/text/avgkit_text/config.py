@@ -10,6 +10,8 @@ from avgkit.registry import ConditionerConfig
 
 
 class TextConditionerConfig(ConditionerConfig):
+    # captions, not class ids, are the conditions: a run needs no class count
+    num_classes: int = Field(0, ge=0, description="unused (the conditions are captions); leave at 0")
     encoder: Literal["words", "bytes", "t5", "clip"] = Field(
         "words", description="words or bytes: a small trainable encoder; t5 or clip: a frozen pretrained one at path")
     path: str | None = Field(None, description="local folder of the pretrained encoder and its tokenizer (t5, clip)")
