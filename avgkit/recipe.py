@@ -113,6 +113,10 @@ class TrainSection(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.9999")
     compile: bool = Field(False, description="torch.compile the training forward pass")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp (a full replica per process) or fsdp (parameters, gradients and "
+        "optimizer state sharded per backbone block; sharded checkpoints)"
+    )
     fused_loss: bool = Field(
         True, description="form the output layer's logits and the loss by chunks of tokens, never all at once "
         "(backbones that expose their head; the others train on full logits)"

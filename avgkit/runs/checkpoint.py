@@ -16,7 +16,8 @@ Layout of a run directory::
 
 A checkpoint is written into ``step-XXXXXX.tmp/``, every file fsynced, the folder
 renamed, then ``COMPLETE`` written and fsynced; a crash at any point leaves either a
-complete checkpoint or one that is ignored. Nothing is ever unpickled.
+complete checkpoint or one that is ignored. Nothing is ever unpickled. Sharded
+(``train.parallel: fsdp``) checkpoints follow the same protocol: :mod:`avgkit.runs.sharded`.
 """
 
 from __future__ import annotations

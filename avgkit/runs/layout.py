@@ -13,6 +13,8 @@ A training run (``avgkit train``)::
     samples.png, eval.json    final samples and scores (samples-<weights>.png for the other weights)
     .lock                     the one writer's lock (avgkit.runs.lock)
     checkpoints/step-XXXXXX/  model / ema / optimizer .safetensors, trainer.json, COMPLETE last
+                              (train.parallel=fsdp: shard-RRRRR-of-WWWWW.safetensors per rank,
+                              shards.json, and model / ema .safetensors consolidated from them)
 
 A converted checkpoint (``avgkit convert``) holds recipe.yaml, model.safetensors,
 tokenizer.safetensors (optional) and convert.json.
@@ -42,6 +44,13 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
 #: written last into a checkpoint folder: only such checkpoints are read
 COMPLETE_MARKER = "COMPLETE"
+#: the index of a sharded checkpoint (world size, every tensor's shape and rows per rank)
+SHARD_INDEX_FILE = "shards.json"
+
+
+def shard_file(rank: int, world_size: int) -> str:
+    """One rank's file of a sharded checkpoint: ``shard-00001-of-00002.safetensors``."""
+    return f"shard-{rank:05d}-of-{world_size:05d}.safetensors"
 
 
 def step_dir_name(step: int) -> str:

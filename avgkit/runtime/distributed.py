@@ -1,4 +1,4 @@
-"""Process-group setup for ``torchrun`` launches (DDP), and helpers that also work alone.
+"""Process-group setup for ``torchrun`` launches (DDP, FSDP), and helpers that also work alone.
 
 A launch is distributed when ``WORLD_SIZE`` > 1 is set in the environment (``torchrun``
 sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``).
@@ -7,6 +7,7 @@ NCCL is used on CUDA, gloo on CPU. Only rank 0 writes files.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from dataclasses import dataclass
@@ -51,13 +52,22 @@ def _env_int(name: str, default: int) -> int:
         raise AvgkitError(f"environment variable {name}={value!r} is not an integer; unset it or fix it") from None
 
 
-def setup(device_preference: str = "auto") -> DistEnv:
-    """Join the process group when launched by ``torchrun``; otherwise a single process."""
+def setup(device_preference: str = "auto", *, parallel: str = "ddp") -> DistEnv:
+    """Join the process group when launched by ``torchrun``; otherwise a single process.
+
+    ``parallel="fsdp"`` needs a process group even on one process (FSDP shards over
+    it), so it must be launched by ``torchrun``.
+    """
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
     device = resolve_device(device_preference, local_rank=local_rank, option="train.device")
-    if world <= 1:
+    if parallel == "fsdp" and "WORLD_SIZE" not in os.environ and not dist.is_initialized():
+        raise AvgkitError(
+            "train.parallel=fsdp needs a process group: launch with torchrun (`torchrun --nproc-per-node N -m avgkit "
+            "train ...`, N may be 1), or use train.parallel=ddp"
+        )
+    if world <= 1 and parallel != "fsdp":
         return DistEnv(device=device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -75,6 +85,9 @@ def setup(device_preference: str = "auto") -> DistEnv:
 
 def teardown(env: DistEnv) -> None:
     if env.initialized_here and dist.is_initialized():
+        # FSDP's module states are reference cycles that keep the group's last gloo work (and its
+        # tensors) alive; freed during interpreter shutdown instead, that work can abort the process
+        gc.collect()
         dist.destroy_process_group()
 
 

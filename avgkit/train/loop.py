@@ -4,8 +4,9 @@ Per optimizer step, each rank takes its ``grad_accum`` micro-batches of codes an
 labels, drops labels to the null class with the conditioner's ``drop_labels`` (one
 seeded generator, drawn over the *global* batch so the result does not depend on the
 number of processes), and minimises the cross-entropy of every image token under
-teacher forcing. Gradients are averaged over ranks (DDP) and accumulation steps, so
-the update equals that of one process holding the whole global batch.
+teacher forcing. Gradients are averaged over ranks (DDP, or FSDP's reduce-scatter with
+``train.parallel: fsdp``) and accumulation steps, so the update equals that of one
+process holding the whole global batch.
 """
 
 from __future__ import annotations
@@ -118,23 +119,39 @@ class Trainer:
         self.loggers = loggers  # the recipe's metric loggers (main process), besides metrics.jsonl
         self.show_progress = progress and self.env.is_main
         self.amp_dtype = autocast_dtype(cfg.precision, self.env.device)
+        #: FSDP2: parameters, gradients, optimizer state and EMA sharded over the ranks
+        self.sharded = cfg.parallel == "fsdp"
+        self._template: torch.nn.Module | None = None
+        if self.sharded:
+            from avgkit.train.parallel import fsdp_blocks, plain_template, require_process_group, shard_model
+
+            require_process_group()
+            blocks = fsdp_blocks(model.backbone)
+            self._template = plain_template(self.model)  # what sampling fills with gathered weights
+            shard_model(self.model, blocks, self.env, self.amp_dtype)  # before the optimizer sees the parameters
         self.groups = param_groups(model)
         self.optimizer = build_optimizer(model, cfg, device=self.env.device)
         self.params = [*self.groups.decay, *self.groups.no_decay]
-        self.ema = EMA(model, cfg.ema) if cfg.ema and self.env.is_main else None
+        self.ema: Any = None
+        if cfg.ema and self.sharded:
+            from avgkit.train.parallel import ShardedEMA
+
+            self.ema = ShardedEMA(model, cfg.ema)  # every rank averages its own shards
+        elif cfg.ema and self.env.is_main:
+            self.ema = EMA(model, cfg.ema)
         self.dropout_gen = torch.Generator().manual_seed(cfg.seed + _DROPOUT_SEED_OFFSET)
         self.step = 0
         self.elapsed = 0.0
         self._label_group: dist.ProcessGroup | None = None
         self.ddp = None
         net: torch.nn.Module = model
-        if self.env.distributed:
+        if self.env.distributed and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.env.device.index] if self.env.device.type == "cuda" else None
             self.ddp = net = DistributedDataParallel(model, device_ids=ids)
-            if dist.get_backend() != "gloo":  # labels are gathered on the CPU
-                self._label_group = cast("dist.ProcessGroup", dist.new_group(backend="gloo"))  # every rank joins
+        if self.env.distributed and dist.get_backend() != "gloo":  # labels are gathered on the CPU
+            self._label_group = cast("dist.ProcessGroup", dist.new_group(backend="gloo"))  # every rank joins
         self.forward = torch.compile(net) if cfg.compile else net
         model.fused_loss = cfg.fused_loss
 
@@ -187,11 +204,35 @@ class Trainer:
             "schedule": {"name": self.cfg.schedule, "next_lr": lr_at(self.step, self.cfg)},
             "batch_size": self.cfg.batch_size,
             "world_size": self.env.world_size,
+            "parallel": self.cfg.parallel,
             "elapsed": self.elapsed,
             "rng": ckpt.capture_rng({"label_dropout": self.dropout_gen}),
         }
 
+    def _param_names(self) -> dict[int, str]:
+        return {id(p): n for n, p in self.model.named_parameters()}
+
+    def _reshard(self) -> None:
+        """Put FSDP's sharded parameters back in place: the root keeps its gathered ones after a
+        forward without backward (validation), and names, checkpoints and the EMA refer to the shards."""
+        if self.sharded:
+            cast(Any, self.model).reshard()
+
     def save(self) -> Path | None:
+        if self.sharded and self.ckpt_root is not None:  # every rank writes its shard
+            from avgkit.runs import sharded
+            from avgkit.runs.layout import EMA_FILE, MODEL_FILE
+
+            self._reshard()
+
+            opt_tensors, extra = sharded.optimizer_part(self.optimizer, self._param_names())
+            parts = {"model": self.model.state_dict(keep_vars=True), "optimizer": opt_tensors}
+            if self.ema is not None:
+                parts["ema"] = self.ema.state_dict()
+            return sharded.save_sharded(self.ckpt_root, self.step, env=self.env, parts=parts,
+                                        state=self.trainer_state(), extra=extra,
+                                        consolidate={"model": MODEL_FILE, "ema": EMA_FILE},
+                                        keep_last=self.cfg.keep_last)
         if not self.writes:
             return None
         assert self.ckpt_root is not None
@@ -206,13 +247,67 @@ class Trainer:
         )
 
     def resume_from(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(
-            path, model=self.model, optimizer=self.optimizer, ema=self.ema.module if self.ema else None
-        )
+        from avgkit.runs import sharded
+
+        if sharded.is_sharded(path):
+            state = self._resume_sharded(path)
+        elif self.sharded:
+            raise AvgkitError(
+                f"{path} is a train.parallel=ddp checkpoint; resume it with train.parallel=ddp (a sharded run "
+                f"resumes from sharded checkpoints only)"
+            )
+        else:
+            state = ckpt.load_checkpoint(
+                path, model=self.model, optimizer=self.optimizer, ema=self.ema.module if self.ema else None
+            )
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
         self.batches.load_state_dict(state["loader"])
         ckpt.restore_rng(state["rng"], {"label_dropout": self.dropout_gen})
+
+    def _resume_sharded(self, path: Path) -> dict[str, Any]:
+        """Load a sharded checkpoint on any number of ranks, sharded or not (each rank reads its rows)."""
+        from avgkit.runs import sharded
+
+        fix = f"delete {path} to resume from the previous checkpoint, or start afresh without --resume"
+        state = ckpt.read_trainer_state(path, fix)
+        with sharded.ShardReader(path) as reader:
+            live = self.model.state_dict(keep_vars=True)
+            reader.load_into({f"model.{k}": t for k, t in live.items()}, self.env, what="model")
+            if self.ema is not None:
+                ema_state = self.ema.state_dict() if self.sharded else self.ema.module.state_dict(keep_vars=True)
+                if reader.names("ema"):
+                    reader.load_into({f"ema.{k}": t for k, t in ema_state.items()}, self.env, what="EMA")
+                else:  # EMA switched on for a resumed run: start it from the weights
+                    with torch.no_grad():
+                        for k, t in ema_state.items():
+                            t.copy_(live[k])
+            sharded.load_optimizer(reader, self.optimizer, self._param_names(), self.env)
+        return state
+
+    def sampling_models(self) -> list[tuple[str, torch.nn.Module]] | None:
+        """The current weights (``"model"``) and the EMA's (``"ema"``, when on) as plain modules.
+
+        Under FSDP the full weights are gathered from the shards (a collective: every rank
+        calls it) into fresh copies on rank 0; the other ranks get ``None``.
+        """
+        if not self.sharded:
+            if not self.env.is_main:
+                return None
+            return [("model", self.model), *([("ema", self.ema.module)] if self.ema is not None else [])]
+        from avgkit.train.parallel import gather_state, plain_copy
+
+        assert self._template is not None
+        self._reshard()
+        sources = [("model", self.model.state_dict(keep_vars=True))]
+        if self.ema is not None:
+            sources.append(("ema", self.ema.state_dict()))
+        out = []
+        for name, state in sources:
+            full = gather_state(state, self.env)
+            if full is not None:
+                out.append((name, plain_copy(self._template, full, self.env.device)))
+        return out if self.env.is_main else None
 
     def _prepare_run_dir(self, resume: bool) -> Path | None:
         """Find the checkpoint to resume (every rank), tidy the run directory (rank 0)."""
@@ -244,7 +339,10 @@ class Trainer:
         from avgkit.images import save_labelled_grid, to_uint8_hwc
         from avgkit.sample.grids import generate_images, grid_labels
 
-        source = self.ema.module if self.ema else self.model
+        models = self.sampling_models()  # every rank: gathering shards is collective
+        if models is None:
+            return None
+        source = cast(ARModel, dict(models).get("ema", models[0][1]))
         cond = source.conditioner
         rows = cond.num_classes if self.conditions is None else len(self.conditions)  # type: ignore[arg-type]
         labels = grid_labels(rows, self.cfg.sample_classes, self.cfg.sample_per_class)
@@ -327,8 +425,8 @@ class Trainer:
                             f"continue with the same command and --resume",
                             stopping,
                         )
-                    if cfg.sample_every and (self.step % cfg.sample_every == 0 or last) and run_dir is not None:
-                        grid = self.sample_grid(RunDir(run_dir).step_samples(self.step))
+                    if cfg.sample_every and (self.step % cfg.sample_every == 0 or last) and self.run_dir is not None:
+                        grid = self.sample_grid(RunDir(self.run_dir).step_samples(self.step))
                         if grid is not None:
                             progress.write(f"samples: {grid}")
                             if self.loggers:
@@ -361,6 +459,7 @@ class Trainer:
                 total += F.cross_entropy(logits.float().flatten(0, 1), c.flatten(), reduction="sum").double()
         finally:
             model.train(was_training)
+            self._reshard()
         return float(total) / max(1, codes.numel())
 
     def _train_step(self) -> tuple[Tensor, Tensor]:
@@ -372,13 +471,20 @@ class Trainer:
         for i, (batch, lab) in enumerate(zip(micro, labels, strict=True)):
             codes = batch.codes.to(env.device, non_blocking=True)
             lab = self._condition(lab.to(env.device, non_blocking=True))
+            if self.sharded:  # gradients are reduced after the last micro-batch only, as under DDP
+                cast(Any, self.model).set_requires_gradient_sync(i == accum - 1)
             with contextlib.nullcontext() if self.ddp is None or i == accum - 1 else self.ddp.no_sync():
                 with autocast(env.device, self.amp_dtype):
                     loss = self.forward(codes, lab, loss=True)  # fp32 cross-entropy, logits by chunks
                 (loss / accum).backward()
             total += loss.detach()
         clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        # the global norm: with sharded (DTensor) gradients each rank's partial norms are combined
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if self.sharded:
+            from avgkit.train.parallel import full_value
+
+            grad_norm = full_value(grad_norm)
         set_lr(self.optimizer, lr_at(self.step, cfg))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

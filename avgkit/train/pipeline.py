@@ -32,7 +32,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -613,7 +613,7 @@ def run_recipe(
         from avgkit.plugins import get_registry
 
         registry = get_registry()
-    env = setup(recipe.train.device)
+    env = setup(recipe.train.device, parallel=recipe.train.parallel)
     try:
         return _run(recipe, resume, env, registry, progress and env.is_main, callbacks)
     finally:
@@ -686,6 +686,10 @@ def _stage_check(run: _Run) -> None:
     recipe = run.recipe
     _check_start(recipe, run.resume, run.registry)
     get_scorer(recipe.eval.classifier)  # a missing dependency fails before training, not after it
+    if recipe.train.parallel == "fsdp":  # a backbone FSDP cannot shard is refused before anything is written
+        from avgkit.train.parallel import fsdp_blocks
+
+        fsdp_blocks(build(recipe, device="meta", registry=run.registry).backbone)
     if run.env.is_main:
         _write_run_files(recipe, recipe.run_dir, run.resume, run.registry)
 
@@ -776,12 +780,13 @@ def _stage_evaluate(run: _Run) -> None:
     assert comps is not None and data is not None and trainer is not None and result is not None
     run_dir = RunDir(recipe.run_dir)
     run.files = {"run_dir": str(run_dir.root)}
+    weights = trainer.sampling_models()  # every rank: under FSDP the shards are gathered to rank 0
     if env.is_main:
+        assert weights is not None
         # with EMA on, both sets are sampled and scored: the EMA weights first when eval.use_ema
-        models: list[tuple[str, ARModel]] = [("model", trainer.model)]
-        if trainer.ema is not None:
-            ema_pair = ("ema", trainer.ema.module)
-            models = [ema_pair, *models] if recipe.eval.use_ema else [*models, ema_pair]
+        models = [(name, cast(ARModel, m)) for name, m in weights]
+        if recipe.eval.use_ema:
+            models.sort(key=lambda pair: pair[0] != "ema")
         run.record = final_samples(recipe, comps, models, data.class_names, run_dir.root, env, result,
                                    run.conditions)
         if run.loggers:
