@@ -25,7 +25,7 @@ from typing import Any
 from torch import Tensor
 
 from avgkit.conditions import Conditions
-from avgkit.data.sources import SkippedImage, UnreadableImageError, _SourceBase, center_crop_pil, pil_to_tensor
+from avgkit.data.sources import SkippedImage, _SourceBase, read_image
 from avgkit.errors import AvgkitError
 
 CAPTIONS_FILE = "captions.jsonl"
@@ -100,16 +100,7 @@ class CaptionedFolder(_SourceBase):
         return str(self.root / self.pairs[index][0])
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        from PIL import Image
-
-        path = self.item_path(index)
-        try:
-            with Image.open(path) as f:
-                im = f.convert("RGB" if self.channels == 3 else "L")
-            image = pil_to_tensor(center_crop_pil(im, self.image_size))
-        except Exception as e:  # noqa: BLE001 - any decode failure is the same to us
-            raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
-        return image, self.labels[index]
+        return read_image(self.item_path(index), self.channels, self.image_size), self.labels[index]
 
     def describe(self) -> dict[str, Any]:
         listing = hashlib.sha256("\n".join(f"{p}\t{c}" for p, c in self.pairs).encode()).hexdigest()

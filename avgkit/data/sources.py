@@ -129,6 +129,20 @@ def pil_to_tensor(image: Any) -> Tensor:
     return t / 127.5 - 1.0
 
 
+def read_image(path: str, channels: int, image_size: int) -> Tensor:
+    """One image file as ``(C, H, W)`` in ``[-1, 1]``, center-cropped; any decode failure is
+    an :class:`UnreadableImageError` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as f:
+            # also forces a full decode, surfacing truncation
+            im = f.convert("RGB" if channels == 3 else "L")
+        return pil_to_tensor(center_crop_pil(im, image_size))
+    except Exception as e:  # noqa: BLE001 - any decode failure is the same to us
+        raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
+
+
 # --------------------------------------------------------------------------- image folder
 def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
@@ -180,17 +194,7 @@ class ImageFolderSource(_SourceBase):
         return self._items[index][1]
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        from PIL import Image
-
-        path = self.item_path(index)
-        try:
-            with Image.open(path) as f:
-                # also forces a full decode, surfacing truncation
-                im = f.convert("RGB" if self.channels == 3 else "L")
-            image = pil_to_tensor(center_crop_pil(im, self.image_size))
-        except Exception as e:  # noqa: BLE001 - any decode failure is the same to us
-            raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
-        return image, self._items[index][1]
+        return read_image(self.item_path(index), self.channels, self.image_size), self._items[index][1]
 
     def describe(self) -> dict[str, Any]:
         listing = hashlib.sha256("\n".join(f"{p}\t{c}" for p, c in self._items).encode()).hexdigest()

@@ -316,16 +316,25 @@ def save_state(
         opt_tensors, opt_meta = optimizer_to_safetensors(optimizer)
         save_tensors(tmp / f"{name}.safetensors", opt_tensors, {**meta, **opt_meta})
     atomic_write_json(tmp / TRAINER_FILE, dict(state), indent=1)
+    publish(tmp, final, step, keep_last)
+    return final
+
+
+def publish(tmp: Path, final: Path, step: int, keep_last: int | None) -> None:
+    """Move a fully written ``tmp`` checkpoint folder to ``final``, mark it complete, prune the old ones.
+
+    Every rename is synced before the marker is written, so a crash leaves either a
+    complete, marked checkpoint or an unmarked folder that loading ignores.
+    """
     fsync_path(tmp)
     if final.exists():  # an unmarked folder of the same step from an interrupted run
         shutil.rmtree(final)
     os.replace(tmp, final)
-    fsync_path(ckpt_root)
+    fsync_path(final.parent)
     atomic_write_text(final / MARKER, f"{step}\n")
     fsync_path(final)
     if keep_last is not None:
-        prune(ckpt_root, keep_last)
-    return final
+        prune(final.parent, keep_last)
 
 
 def load_state(

@@ -27,7 +27,6 @@ number the rows are regrouped; a plain (unsharded) target reads the full tensor.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -38,8 +37,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from avgkit.io import atomic_write_json, atomic_write_text, fsync_path
-from avgkit.runs.checkpoint import MARKER, CheckpointError, prune, save_tensors
+from avgkit.io import atomic_write_json
+from avgkit.runs.checkpoint import CheckpointError, publish, save_tensors
 from avgkit.runs.layout import SHARD_INDEX_FILE, TRAINER_FILE, shard_file, step_dir_name
 from avgkit.runtime.distributed import DistEnv, all_gather_cat, barrier
 
@@ -150,15 +149,7 @@ def save_sharded(
                     save_tensors(tmp / filename, reader.full_part(part),
                                  {"format": "avgkit-checkpoint", "step": str(step)})
         atomic_write_json(tmp / TRAINER_FILE, dict(state), indent=1)
-        fsync_path(tmp)
-        if final.exists():  # an unmarked folder of the same step from an interrupted run
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_path(ckpt_root)
-        atomic_write_text(final / MARKER, f"{step}\n")
-        fsync_path(final)
-        if keep_last is not None:
-            prune(ckpt_root, keep_last)
+        publish(tmp, final, step, keep_last)
     barrier(env)  # no rank goes on before the checkpoint is complete
     return final
 
