@@ -114,7 +114,14 @@ def number_images(images: Tensor, left: Tensor, right: Tensor) -> Tensor:
 
 
 def halves_correct(classifier: object, images: Tensor, numbers: Tensor) -> Tensor:
-    """``(N,)`` bool: the digit classifier reads both halves of each image as its number's digits."""
+    """``(N,)`` bool: the digit classifier reads both halves of each image as its number's digits.
+
+    Takes the demo's ``(S, 2S)`` images, or :class:`TextDigitsSource`'s square ones (two
+    half-size digits side by side in the middle rows).
+    """
+    if images.shape[-1] == images.shape[-2]:
+        half, top = images.shape[-1] // 2, images.shape[-1] // 4
+        images = images[..., top : top + half, :]
     s = images.shape[-2]
     tens = torch.as_tensor(classifier.predict(images[..., :s]))  # type: ignore[attr-defined]
     units = torch.as_tensor(classifier.predict(images[..., s:]))  # type: ignore[attr-defined]
