@@ -95,8 +95,15 @@ def test_text_digits_source_is_captioned_square_and_leaves_the_held_out_numbers_
     assert not {number_words(n) for n in HELD_OUT} & set(train.class_names)
     image, label = train[0]
     assert image.shape == (1, 32, 32) and train.class_names[label] == number_words(20)
-    assert (image[:, :8] == -1).all() and (image[:, 24:] == -1).all() and (image[:, 8:24] > -1).any()
+    # each digit fills its half: stretched from 8x8 to 32 high and 16 wide
+    from avgkit.data.numbers import tall_digits
+
+    digits, labels = tall_digits(32, "train")
+    assert any(torch.equal(image[..., :16], d) for d in digits[labels == 2])
+    assert any(torch.equal(image[..., 16:], d) for d in digits[labels == 0])
     assert is_same_source(train.describe(), "text-digits", 32) and not is_same_source(train.describe(), "digits", 32)
+    # a store encoded from an earlier layout of text-digits is another source
+    assert not is_same_source({**train.describe(), "layout": None}, "text-digits", 32)
 
 
 def test_captioned_folder_reads_like_an_image_folder(tmp_path):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from avgkit.data.numbers import HELD_OUT, NUMBERS, TextDigitsSource, number_words
-from avgkit.data.sources import load_digits_images
+from avgkit.data.numbers import HELD_OUT, NUMBERS, TextDigitsSource, number_words, tall_digits
 from avgkit.errors import AvgkitError
 from avgkit.eval.scorers import TextDigitsScorer, get_scorer
 
@@ -20,17 +20,15 @@ def scorer():
 
 @pytest.fixture(scope="module")
 def pool(scorer):
-    """For each digit, real 16 px training digits that the classifier reads correctly."""
-    digits, labels = load_digits_images(16, "train")
-    read = torch.as_tensor(scorer._digits.classifier().predict(digits))
+    """For each digit, real training digits (32 high, 16 wide) that the classifier reads correctly."""
+    digits, labels = tall_digits(32, "train")
+    read = torch.as_tensor(scorer._digits.classifier().predict(F.avg_pool2d(digits, (2, 1))))
     return [digits[(labels == d) & (read == d)][:PER_NUMBER] for d in range(10)]
 
 
 def _numbers_image(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """TextDigitsSource's layout: two 16 px digits side by side in the middle rows of 32x32."""
-    image = torch.full((1, 32, 32), -1.0)
-    image[:, 8:24] = torch.cat([left, right], -1)
-    return image
+    """TextDigitsSource's layout: two digits at half width side by side in 32x32."""
+    return torch.cat([left, right], -1)
 
 
 def _images(pool, swap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
