@@ -11,7 +11,8 @@
 3. training (:class:`avgkit.train.loop.Trainer`), on one process or under ``torchrun``;
 4. the final samples: ``eval.samples_per_class`` per class with the recipe's sampler,
    ``samples.png`` and ``eval.json`` (with the digit-classifier accuracy when
-   ``eval.classifier`` is ``digits``).
+   ``eval.classifier`` is ``digits``; for ``text-digits``, every number's prompt sampled
+   and both halves read, at CFG 1 and the recipe's CFG).
 
 A recipe whose conditioner is conditioned on text trains on captioned data (an image
 folder with a ``captions.jsonl``, or ``text-digits``): the codes' labels are caption ids,
