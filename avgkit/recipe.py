@@ -138,8 +138,10 @@ class EvalSection(_Strict):
     samples_per_class: int = Field(10, ge=1, description="final samples drawn per class after training")
     batch_size: int = Field(100, ge=1, description="images sampled at once")
     seed: int = Field(0, description="sampling seed (image i depends only on the seed, i and its class)")
-    classifier: Literal["none", "digits"] = Field(
-        "none", description="digits: class accuracy of the samples under an independent digit classifier"
+    classifier: Literal["none", "digits", "text-digits"] = Field(
+        "none", description="digits: class accuracy of the samples under an independent digit classifier; "
+        "text-digits: every number 20-99 sampled by its words, both halves read by that classifier, accuracy on "
+        "seen and held-out numbers at CFG 1 and the sampler's CFG"
     )
     grid_classes: int = Field(
         10, ge=1, description="classes sampled (spread evenly) when no classifier needs all; rows of samples.png"

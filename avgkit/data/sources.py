@@ -332,7 +332,9 @@ def describe_recorded(recorded: dict[str, Any]) -> str:
     if recorded.get("kind") == "digits":
         return "the built-in digits"
     if recorded.get("kind") == "text-digits":
-        return "the built-in text-digits"
+        from avgkit.data.numbers import LAYOUT
+
+        return "the built-in text-digits" + ("" if recorded.get("layout") == LAYOUT else " of an earlier layout")
     return str(recorded.get("root", recorded))
 
 
@@ -340,7 +342,11 @@ def is_same_source(recorded: dict[str, Any], source: str, image_size: int, chann
     """Whether ``data.source`` names the source a store recorded (an image folder moved with its files counts)."""
     from avgkit.data.numbers import TEXT_DIGITS
 
-    if source in (BUILTIN_DIGITS, TEXT_DIGITS):
+    if source == TEXT_DIGITS:
+        from avgkit.data.numbers import LAYOUT
+
+        return recorded.get("kind") == source and recorded.get("layout") == LAYOUT
+    if source == BUILTIN_DIGITS:
         return recorded.get("kind") == source
     from avgkit.data.captions import has_captions
 

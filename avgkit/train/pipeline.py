@@ -11,7 +11,8 @@
 3. training (:class:`avgkit.train.loop.Trainer`), on one process or under ``torchrun``;
 4. the final samples: ``eval.samples_per_class`` per class with the recipe's sampler,
    ``samples.png`` and ``eval.json`` (with the digit-classifier accuracy when
-   ``eval.classifier`` is ``digits``).
+   ``eval.classifier`` is ``digits``; for ``text-digits``, every number's prompt sampled
+   and both halves read, at CFG 1 and the recipe's CFG).
 
 A recipe whose conditioner is conditioned on text trains on captioned data (an image
 folder with a ``captions.jsonl``, or ``text-digits``): the codes' labels are caption ids,
@@ -48,7 +49,7 @@ from avgkit.data.sources import (
     source_images,
 )
 from avgkit.errors import AvgkitError
-from avgkit.eval.scorers import SampleScorer, get_scorer
+from avgkit.eval.scorers import WEIGHTS_NAMES, SampleScorer, get_scorer
 from avgkit.io import atomic_write, atomic_write_text
 from avgkit.recipe import DataSection, Recipe, recipe_changes
 from avgkit.registry import Registry
@@ -507,21 +508,31 @@ def _record_inputs(recipe: Recipe, run_dir: Path, weights: Path | None, data: Tr
 GRID_COLUMNS = 16
 
 
-#: How eval.json, the summary and the grids name a set of weights.
-WEIGHTS_NAMES = {"ema": "EMA weights", "model": "raw weights"}
-
 
 def _sample_and_score(
     recipe: Recipe, comps: Components, model: ARModel, labels: torch.Tensor, env: DistEnv, scorer: SampleScorer | None,
-    conditions: Callable[[torch.Tensor], Any] | None = None,
+    conditions: Callable[[torch.Tensor], Any] | None = None, sampler: Any = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     from avgkit.sample.grids import generate_images
 
     ev = recipe.eval
     cond = labels if conditions is None else conditions(labels)
-    images = generate_images(model.backbone, model.conditioner, comps.sampler, comps.tokenizer, cond, seed=ev.seed,
-                             batch_size=ev.batch_size, device=env.device)
+    images = generate_images(model.backbone, model.conditioner, sampler or comps.sampler, comps.tokenizer, cond,
+                             seed=ev.seed, batch_size=ev.batch_size, device=env.device)
     return images, ({} if scorer is None else scorer.score(images, labels))
+
+
+def _cfg_scale(sampler: Any) -> float | None:
+    """The sampler's guidance scale (``None``: it has none)."""
+    scale = getattr(getattr(sampler, "config", None), "cfg_scale", None)
+    return None if scale is None else float(scale)
+
+
+def _sampler_at(sampler: Any, scale: float | None) -> Any:
+    """The recipe's sampler at another guidance scale, its other settings kept."""
+    if scale is None or _cfg_scale(sampler) in (None, scale):
+        return sampler
+    return type(sampler)(sampler.config.model_copy(update={"cfg_scale": scale}))
 
 
 def final_samples(
@@ -539,37 +550,54 @@ def final_samples(
     The first is the run's result: ``samples.png`` and the top-level scores of
     ``eval.json``; the others get ``samples-<name>.png``. Every grid title and the
     record name the weights; ``by_weights`` holds each set's scores. For a text run,
-    ``conditions`` turns caption ids (``class_names`` are the captions) into conditions.
+    ``conditions`` turns caption ids (``class_names`` are the captions) into conditions;
+    a text scorer samples its own prompts instead. A scorer that asks for several
+    guidance scales gets each set's scores at each in ``by_cfg``; the top-level scores and
+    the grids are at the recipe's.
     """
     from avgkit.images import save_labelled_grid, to_uint8_hwc
     from avgkit.sample.grids import grid_labels
 
     ev = recipe.eval
     scorer = get_scorer(ev.classifier)
+    trained_captions = list(class_names) if conditions is not None else None
+    prompts = scorer.prompts() if scorer is not None else None
+    if prompts is not None:  # the scorer's prompts, trained on or not: labels index them
+        from avgkit.data.captions import CaptionTable
+
+        conditions = CaptionTable(prompts, models[0][1].conditioner)
+        class_names = prompts
     num_classes = len(class_names) if conditions is not None else models[0][1].conditioner.num_classes
     if scorer is not None:
         labels = scorer.labels(num_classes, ev.samples_per_class, ev.grid_classes)
+        shown_classes = scorer.grid_rows(labels, ev.grid_classes)
+        row_names = scorer.row_names(list(class_names)) if class_names else None
     else:
         labels = grid_labels(num_classes, ev.grid_classes, ev.samples_per_class)
-    shown_classes = torch.unique(labels)[: ev.grid_classes]
-    # at most GRID_COLUMNS samples of each class in the picture (all of them are evaluated)
-    rank = torch.zeros_like(labels)
-    for c in shown_classes:
-        where = labels == c
-        rank[where] = torch.arange(int(where.sum()))
-    shown = torch.isin(labels, shown_classes) & (rank < GRID_COLUMNS)
+        shown_classes = torch.unique(labels)[: ev.grid_classes].tolist()
+        row_names = list(class_names)
+    # at most GRID_COLUMNS samples of each class in the picture, rows in the scorer's order
+    # (all of them are evaluated)
+    shown = torch.cat([torch.nonzero(labels == c).flatten()[:GRID_COLUMNS] for c in shown_classes])
+    recipe_scale = _cfg_scale(comps.sampler)
+    scales = scorer.cfg_scales(recipe_scale) if scorer is not None else [None]
     by_weights: dict[str, dict[str, Any]] = {}
     primary = models[0][0]
     for name, model in models:
-        images, score = _sample_and_score(recipe, comps, model, labels, env, scorer, conditions)
+        by_cfg: dict[str, dict[str, Any]] = {}
+        for scale in scales:  # the recipe's scale last: its images make the grid
+            images, score = _sample_and_score(recipe, comps, model, labels, env, scorer, conditions,
+                                              _sampler_at(comps.sampler, scale))
+            by_cfg["sampler" if scale is None else f"{scale:g}"] = score
         png = save_labelled_grid(
             to_uint8_hwc(images[shown]),
             labels[shown].tolist(),
             RunDir(run_dir).samples(None if name == primary else name),
-            title=f"{recipe.name} step {train_result.step}, {WEIGHTS_NAMES.get(name, name)}",
-            class_names=class_names,
+            title=f"{recipe.name} step {train_result.step}, {WEIGHTS_NAMES.get(name, name)}"
+                  + (f", CFG {recipe_scale:g}" if len(scales) > 1 and recipe_scale is not None else ""),
+            class_names=row_names,
         )
-        by_weights[name] = {"samples_png": str(png), **score}
+        by_weights[name] = {"samples_png": str(png), **score, **({"by_cfg": by_cfg} if len(scales) > 1 else {})}
     record: dict[str, Any] = {
         "step": train_result.step,
         "checkpoint": str(train_result.checkpoint) if train_result.checkpoint else None,
@@ -578,6 +606,8 @@ def final_samples(
         "samples_per_class": ev.samples_per_class,
         "classes": sorted(set(labels.tolist())),
         **({"captions": [class_names[c] for c in sorted(set(labels.tolist()))]} if conditions is not None else {}),
+        **({"prompts_in_training": [p in trained_captions for p in prompts]}
+           if prompts is not None and trained_captions is not None else {}),
         "sampler": recipe.sampler.flat(),
         "seed": ev.seed,
         "samples_png": by_weights[primary]["samples_png"],
@@ -588,6 +618,8 @@ def final_samples(
         record["final_val_loss"] = train_result.final_val_loss
     if scorer is not None:
         record["classifier"] = scorer.description
+        if len(scales) > 1:
+            record["cfg_scales"] = scales
         record.update({k: v for k, v in by_weights[primary].items() if k != "samples_png"})
     record["by_weights"] = by_weights
     atomic_write_text(RunDir(run_dir).eval, json.dumps(record, indent=2) + "\n")
@@ -717,10 +749,15 @@ def _stage_data(run: _Run) -> None:
     recipe, env, comps = run.recipe, run.env, run.comps
     assert comps is not None
     run.data = data = load_train_data(recipe, comps, env, run.weights, progress=run.progress)
-    if takes_captions(comps.conditioner):
-        if recipe.eval.classifier != "none":
-            raise AvgkitError(f"eval.classifier={recipe.eval.classifier} scores class-conditional samples; set "
-                              f"eval.classifier=none for a text-conditioned run")
+    scorer = get_scorer(recipe.eval.classifier)
+    text = takes_captions(comps.conditioner)
+    if scorer is not None and scorer.conditions != ("text" if text else "class"):
+        kind = "text-conditioned" if scorer.conditions == "text" else "class-conditional"
+        raise AvgkitError(f"eval.classifier={recipe.eval.classifier} scores {kind} samples; set eval.classifier=none "
+                          f"(or a classifier for a {'text-conditioned' if text else 'class-conditional'} run)")
+    if scorer is not None:
+        scorer.check_data(data.source)
+    if text:
         run.conditions = CaptionTable(data.class_names, comps.conditioner)
         if env.is_main:
             write_captions(recipe.run_dir, data.class_names)
@@ -840,9 +877,7 @@ def _print_summary(record: dict[str, Any], files: dict[str, str], result: TrainR
         lines[0] += f", validation loss {result.final_val_loss:.4f}"
     scorer = get_scorer(classifier)
     if scorer is not None:
-        scores = [f"{record['by_weights'][w][scorer.headline]:.3f} ({WEIGHTS_NAMES.get(w, w)})"
-                  for w in record["by_weights"]]
-        lines.append(f"{scorer.title} of {record['samples']} samples: {', '.join(scores)}")
+        lines += scorer.summary(record)
     else:
         lines.append(f"samples from the {WEIGHTS_NAMES.get(record['weights'], record['weights'])}")
     width = max(len(k) for k in files)

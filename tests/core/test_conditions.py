@@ -11,6 +11,7 @@ from avgkit.conditions import Conditions
 from avgkit.data.captions import CaptionTable, read_captions
 from avgkit.data.numbers import (
     HELD_OUT,
+    PER_NUMBER,
     TRAIN_NUMBERS,
     check_held_out_words,
     make_pairs,
@@ -90,13 +91,21 @@ def test_text_digits_source_is_captioned_square_and_leaves_the_held_out_numbers_
     from avgkit.data.sources import held_out_source, is_same_source, open_source
 
     train, test = open_source("text-digits", 32), held_out_source("text-digits", 32)
-    assert is_captioned(train.describe()) and train.channels == 1 and len(train) == 48 * len(TRAIN_NUMBERS)
+    assert is_captioned(train.describe()) and train.channels == 1
+    assert len(train) == PER_NUMBER["train"] * len(TRAIN_NUMBERS) and len(test) == 4 * len(TRAIN_NUMBERS)
     assert train.class_names == test.class_names == sorted(number_words(n) for n in TRAIN_NUMBERS)
     assert not {number_words(n) for n in HELD_OUT} & set(train.class_names)
     image, label = train[0]
     assert image.shape == (1, 32, 32) and train.class_names[label] == number_words(20)
-    assert (image[:, :8] == -1).all() and (image[:, 24:] == -1).all() and (image[:, 8:24] > -1).any()
+    # each digit fills its half: stretched from 8x8 to 32 high and 16 wide
+    from avgkit.data.numbers import tall_digits
+
+    digits, labels = tall_digits(32, "train")
+    assert any(torch.equal(image[..., :16], d) for d in digits[labels == 2])
+    assert any(torch.equal(image[..., 16:], d) for d in digits[labels == 0])
     assert is_same_source(train.describe(), "text-digits", 32) and not is_same_source(train.describe(), "digits", 32)
+    # a store encoded from an earlier layout of text-digits is another source
+    assert not is_same_source({**train.describe(), "layout": None}, "text-digits", 32)
 
 
 def test_captioned_folder_reads_like_an_image_folder(tmp_path):

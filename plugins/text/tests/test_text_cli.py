@@ -181,3 +181,43 @@ def test_validation_captions_must_be_training_captions(tmp_path, capsys):
 def test_packaged_text_digits_recipe_builds(capsys):
     code, err = _avgkit(capsys, "train", "text-digits", "--dry-run")
     assert code == 0, err
+
+
+def test_text_digits_run_scores_seen_and_held_out_numbers(tmp_path):
+    """eval.classifier=text-digits: every number 20-99 sampled by its words at CFG 1 and the recipe's, both halves read."""
+    path = _recipe(
+        tmp_path,
+        tokenizer={"name": "toy-patch", "image_size": 32, "patch": 8, "levels": 16},
+        data={"source": "text-digits", "store": None, "val_source": None},
+        eval={"samples_per_class": 2, "batch_size": 160, "grid_classes": 10, "classifier": "text-digits"},
+    )
+    torch.set_num_threads(1)
+    result = CliRunner().invoke(app, ["train", str(path)], prog_name="avgkit")
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    run = tmp_path / "run"
+    record = json.loads((run / "eval.json").read_text())
+    assert record["classifier"].startswith("text-digits") and record["cfg_scales"] == [1.0, 2.0]
+    assert record["samples"] == 160 and len(record["captions"]) == 80 and "forty-one" in record["captions"]
+    held = [c for c, seen in zip(record["captions"], record["prompts_in_training"], strict=True) if not seen]
+    assert held == ["twenty-three", "thirty-seven", "forty-one", "fifty-six", "sixty-four", "seventy-eight",
+                    "eighty-five", "ninety-two"]
+    for scores in (record, *record["by_cfg"].values()):
+        assert 0 <= scores["seen_accuracy"] <= 1 and 0 <= scores["held_out_accuracy"] <= 1
+        assert len(scores["per_number"]) == 80
+    assert set(record["by_cfg"]) == {"1", "2"} and record["held_out_accuracy"] == record["by_cfg"]["2"]["held_out_accuracy"]
+    assert "CFG 1: seen " in result.output and "CFG 2: seen " in result.output and "held-out " in result.output
+    from PIL import Image
+
+    grid = Image.open(run / "samples.png")
+    assert grid.height >= 10 * 64  # a row per shown number: the eight held out, then seen ones
+
+
+@pytest.mark.parametrize("classifier, words", [
+    ("text-digits", "reads the numbers of data.source: text-digits"),
+    ("digits", "eval.classifier=digits scores class-conditional samples"),
+])
+def test_text_scorers_fit_their_runs(tmp_path, capsys, classifier, words):
+    _captioned_folder(tmp_path / "pics")
+    path = _recipe(tmp_path, eval={"samples_per_class": 1, "classifier": classifier})
+    code, err = _avgkit(capsys, "train", str(path))
+    assert code == 2 and words in err, err
