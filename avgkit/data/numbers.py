@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avgkit.data.sources import SkippedImage, _SourceBase, load_digits_images
+from avgkit.data.sources import InMemorySource, SkippedImage, load_digits_images
 from avgkit.interfaces import Tokenizer
 
 UNITS = ["", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -146,7 +146,7 @@ PER_NUMBER = {"train": 400, "test": 4}
 LAYOUT = "tall-halves"
 
 
-class TextDigitsSource(_SourceBase):
+class TextDigitsSource(InMemorySource):
     """The training numbers as a captioned square source: ``(1, S, S)`` images, labels are caption ids.
 
     Each digit fills half the width and the whole height (``S x S/2``, stretched from
@@ -160,6 +160,7 @@ class TextDigitsSource(_SourceBase):
     """
 
     channels = 1
+    kind = TEXT_DIGITS
 
     def __init__(self, image_size: int = 32, split: str = "train") -> None:
         if image_size % 2:
@@ -174,15 +175,6 @@ class TextDigitsSource(_SourceBase):
         ids = {c: i for i, c in enumerate(self.class_names)}
         self.labels = torch.as_tensor([ids[number_words(int(n))] for n in numbers])
         self.skipped: list[SkippedImage] = []
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.images[index], int(self.labels[index])
-
-    def item_path(self, index: int) -> str:
-        return f"{TEXT_DIGITS}[{self.split}][{index}]"
 
     def describe(self) -> dict[str, Any]:
         return {"kind": TEXT_DIGITS, "layout": LAYOUT, "split": self.split, "num_items": len(self),

@@ -102,6 +102,28 @@ class _SourceBase:
             yield i, image, label
 
 
+class InMemorySource(_SourceBase):
+    """A source whose images are one tensor already in memory (the built-in digit sources).
+
+    Subclasses set ``images`` (N, C, H, W), ``labels`` (N,), ``split`` and ``kind`` (the
+    name items are reported under).
+    """
+
+    kind: str
+    split: str
+    images: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+    def item_path(self, index: int) -> str:
+        return f"{self.kind}[{self.split}][{index}]"
+
+
 # --------------------------------------------------------------------------- resizing
 def center_crop_pil(image: Any, size: int) -> Any:
     """Resize the short side to ``size`` and crop the center square (ADM's recipe).
@@ -251,10 +273,11 @@ def load_digits_images(size: int = 32, split: str = "train") -> tuple[Tensor, Te
     return x.clamp_(-1.0, 1.0).contiguous(), labels
 
 
-class DigitsSource(_SourceBase):
+class DigitsSource(InMemorySource):
     """The built-in digits as a source (one channel, classes ``"0"``..``"9"``)."""
 
     channels = 1
+    kind = "digits"
 
     def __init__(self, image_size: int = 32, split: str = "train") -> None:
         self.image_size = int(image_size)
@@ -262,15 +285,6 @@ class DigitsSource(_SourceBase):
         self.images, self.labels = load_digits_images(self.image_size, split)
         self.class_names = [str(d) for d in range(10)]
         self.skipped: list[SkippedImage] = []
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.images[index], int(self.labels[index])
-
-    def item_path(self, index: int) -> str:
-        return f"digits[{self.split}][{index}]"
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "digits", "split": self.split, "num_items": len(self), "test_every": DIGITS_TEST_EVERY}
