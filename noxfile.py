@@ -53,7 +53,7 @@ def digits(session: nox.Session) -> None:
 def text_digits(session: nox.Session) -> None:
     """Text-to-image on real handwriting: two-digit numbers from their words, scored seen and held out."""
     install(session, extras="all")
-    session.run("python", "-m", "avgkit.demos.text_digits", *session.posargs)
+    session.run("avgkit", "train", "text-digits", *session.posargs)
 
 
 @nox.session

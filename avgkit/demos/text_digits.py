@@ -1,6 +1,6 @@
 """Text-to-image on real handwriting: two-digit numbers from their words, on the CPU in minutes.
 
-    python -m avgkit.demos.text_digits --out runs/text-digits      (nox -s text-digits)
+    python -m avgkit.demos.text_digits --out runs/text-digits-demo   (the recipe: avgkit train text-digits)
 
 1. the ``llamagen-vq`` ``digits`` tokenizer, trained on the scikit-learn training digits
    (reused when ``<out>/tokenizer.safetensors`` exists);
@@ -151,7 +151,7 @@ def run(out: Path, *, steps: int | None = None, samples_per_number: int | None =
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/text-digits", help="output folder")
+    parser.add_argument("--out", default="runs/text-digits-demo", help="output folder")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     parser.add_argument("--samples-per-number", type=int, default=None, help="samples drawn per number for the score")
     args = parser.parse_args(argv)
