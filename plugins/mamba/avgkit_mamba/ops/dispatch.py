@@ -207,14 +207,6 @@ def fused_step(
     return fused_step_torch(*args, state_scale=state_scale)
 
 
-def _split_zxbcdt(zxbcdt: Tensor, d_inner: int, conv_dim: int, nheads: int) -> tuple[Tensor, Tensor, Tensor]:
-    if zxbcdt.shape[-1] != d_inner + conv_dim + nheads:
-        raise ValueError(f"zxbcdt has {zxbcdt.shape[-1]} columns; expected {d_inner + conv_dim + nheads} "
-                         "(z | x B C | dt, the in_proj output)")
-    z, xBC, dt = torch.split(zxbcdt, [d_inner, conv_dim, nheads], dim=-1)
-    return z, xBC, dt
-
-
 def decode_step_torch(
     zxbcdt: Tensor,
     conv_state: Tensor,
@@ -233,7 +225,7 @@ def decode_step_torch(
     """Reference of :func:`decode_step`: split, :func:`fused_step_torch` (gated by ``z``), grouped RMSNorm."""
     nheads, _, dstate = ssm_state.shape[1:]
     d_inner = nheads * headdim
-    z, xBC, dt = _split_zxbcdt(zxbcdt, d_inner, d_inner + 2 * ngroups * dstate, nheads)
+    z, xBC, dt = ssd_torch.split_zxbcdt(zxbcdt, nheads, headdim, ngroups, dstate)
     A = -torch.exp(A_log.float())  # in fp32 even for half-precision weights, or exp would overflow to -inf
     y = fused_step_torch(xBC, dt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_bias, z, headdim, ngroups,
                          state_scale=state_scale)
@@ -303,7 +295,7 @@ def dual_step_torch(
     b, _, nheads, headdim = cache_x.shape
     dstate = cache_b.shape[-1]
     d_inner = nheads * headdim
-    z, xBC, dt = _split_zxbcdt(zxbcdt, d_inner, d_inner + 2 * ngroups * dstate, nheads)
+    z, xBC, dt = ssd_torch.split_zxbcdt(zxbcdt, nheads, headdim, ngroups, dstate)
     xBC = conv_torch.conv_step(xBC, conv_state, conv_weight, conv_bias, activation="silu")
     xs, Bs, Cs = torch.split(xBC, [d_inner, ngroups * dstate, ngroups * dstate], dim=-1)
     y = ssd_torch.ssd_dual_step(

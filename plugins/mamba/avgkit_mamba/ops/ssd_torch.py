@@ -71,6 +71,20 @@ def check_scan_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) ->
     _check_groups(h, B.shape[2])
 
 
+def split_zxbcdt(zxbcdt: Tensor, nheads: int, headdim: int, ngroups: int, dstate: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``in_proj``'s output (b, cols) -> views ``z`` (b, d_inner), ``xBC`` (b, conv_dim), ``dt`` (b, nheads).
+
+    The one column check of every decode step (torch, Triton, dual form).
+    """
+    d_inner = nheads * headdim
+    conv_dim = d_inner + 2 * ngroups * dstate
+    if zxbcdt.shape[-1] != d_inner + conv_dim + nheads:
+        raise ValueError(f"zxbcdt has {zxbcdt.shape[-1]} columns; expected {d_inner + conv_dim + nheads} "
+                         "(z | x B C | dt, the in_proj output)")
+    z, xBC, dt = torch.split(zxbcdt, [d_inner, conv_dim, nheads], dim=-1)
+    return z, xBC, dt
+
+
 def check_step_shapes(
     xBC: Tensor, conv_state: Tensor, conv_weight: Tensor, ssm_state: Tensor, headdim: int, ngroups: int
 ) -> None:

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from avgkit_mamba.ops.ssd_torch import split_zxbcdt
 from avgkit_mamba.ops.triton_common import _conv_inputs, _softplus
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 from avgkit_mamba.ops.triton_step import _launch_epilogue
@@ -114,8 +115,7 @@ def dual_step_triton(
     _, _, nheads, p = cache_x.shape
     n = cache_b.shape[-1]
     d_inner = nheads * p
-    conv_dim = d_inner + 2 * ngroups * n
-    z, xBC, dt = zxbcdt[:, :d_inner], zxbcdt[:, d_inner:d_inner + conv_dim], zxbcdt[:, d_inner + conv_dim:]
+    z, xBC, dt = split_zxbcdt(zxbcdt, nheads, p, ngroups, n)
     w = conv_state.shape[-1]
     conv_weight = conv_weight.contiguous()
     y = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)

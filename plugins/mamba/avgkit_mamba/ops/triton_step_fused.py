@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from avgkit_mamba.ops.ssd_torch import check_step_shapes
+from avgkit_mamba.ops.ssd_torch import check_step_shapes, split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
     _conv_bc,
     _conv_out,
@@ -194,10 +194,7 @@ def decode_step_fused_triton(
     b = zxbcdt.shape[0]
     _, nheads, p, n = ssm_state.shape
     d_inner = nheads * p
-    conv_dim = d_inner + 2 * ngroups * n
-    if zxbcdt.shape[1] != d_inner + conv_dim + nheads:
-        raise ValueError(f"zxbcdt has {zxbcdt.shape[1]} columns; expected {d_inner + conv_dim + nheads}")
-    z, xBC, dt = zxbcdt[:, :d_inner], zxbcdt[:, d_inner:d_inner + conv_dim], zxbcdt[:, d_inner + conv_dim:]
+    z, xBC, dt = split_zxbcdt(zxbcdt, nheads, p, ngroups, n)
     check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
     _check_scale(ssm_state, state_scale)
     rule_p, rule_tiles, rule_warps = tile_rule(b * nheads, p)
