@@ -29,6 +29,18 @@ def check(name: str, err: float, tol: float) -> None:
         raise SystemExit(f"FAILED: {name}: {err:.3e} > {tol:.0e}")
 
 
+def decode_logits_by_impl(bb, cond, codes: Tensor) -> dict[str, Tensor]:
+    """Prefill + a step per later code, once with every mixer on Triton and once on torch: (B, T, V) each."""
+    logits = {}
+    for impl in ("triton", "torch"):
+        for blk in bb.layers:
+            blk.mixer.impl = impl
+        state = bb.init_state(codes.shape[0])
+        out = [bb.prefill(state, cond)] + [bb.step(state, codes[:, k], cond) for k in range(codes.shape[1] - 1)]
+        logits[impl] = torch.stack(out, 1)
+    return logits
+
+
 def run_scan(fn, t: dict, chunk: int, final: bool, **kw) -> tuple[Tensor, Tensor | None, dict]:
     """y, final states and the leaves (with their .grad) after a fixed random loss."""
     leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in t.items()}
@@ -176,15 +188,10 @@ def int8_state_checks() -> None:
             prm.add_(torch.randn_like(prm) * 0.05)
         cond = cond_mod(torch.tensor([1, 7]))
         codes = torch.randint(0, 32, (2, 6), generator=gen)
-        logits = {}
-        for impl in ("triton", "torch"):
-            for blk in bb.layers:
-                blk.mixer.impl = impl
-            state = bb.init_state(2)
-            if state.layers[0].ssm.dtype != torch.int8 or state.layers[0].scale is None:
-                raise SystemExit("FAILED: state_dtype int8 did not allocate an int8 state with scales")
-            out = [bb.prefill(state, cond)] + [bb.step(state, codes[:, k], cond) for k in range(5)]
-            logits[impl] = torch.stack(out, 1)
+        state = bb.init_state(2)
+        if state.layers[0].ssm.dtype != torch.int8 or state.layers[0].scale is None:
+            raise SystemExit("FAILED: state_dtype int8 did not allocate an int8 state with scales")
+        logits = decode_logits_by_impl(bb, cond, codes)
         check("int8 backbone decode logits triton vs torch", max_rel_err(logits["triton"], logits["torch"]), 1e-4)
         check("int8 backbone decode vs teacher forcing", max_rel_err(logits["triton"], bb(codes, cond)), 2e-3)
 
@@ -245,13 +252,7 @@ def fused_checks() -> None:
         with torch.no_grad():
             cond = cond_mod(torch.tensor([1, 7]))
             codes = torch.randint(0, 32, (2, 5), generator=gen)
-            logits = {}
-            for impl in ("triton", "torch"):
-                for blk in bb.layers:
-                    blk.mixer.impl = impl
-                state = bb.init_state(2)
-                out = [bb.prefill(state, cond)] + [bb.step(state, codes[:, k], cond) for k in range(4)]
-                logits[impl] = torch.stack(out, 1)
+            logits = decode_logits_by_impl(bb, cond, codes)
         check(f"one-launch backbone {state_dtype} triton vs torch", max_rel_err(logits["triton"], logits["torch"]),
               1e-4 if state_dtype == "int8" else 1e-5)
 
