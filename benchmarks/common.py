@@ -101,13 +101,14 @@ def timed(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def write_result(name: str, data: dict[str, Any], out: str | None = None) -> Path:
+def write_result(name: str, data: dict[str, Any], out: str | None = None, quiet: bool = False) -> Path:
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"environment": environment(), **data}, indent=2, default=str))
     tmp.replace(path)
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
     return path
 
 

@@ -3,10 +3,11 @@
 Two parts, both on AiM-B and GPT-B (random weights, bf16, CFG 2):
 
 * ``diagnose``: the same work twice from identical inputs, compared bit for bit at each
-  stage in order: prefill logits and every tensor of the decoding state; a few decoding
-  steps from cloned states, with every module's inputs and outputs recorded by forward
-  hooks (the first module whose output differs although its inputs agree is the
-  culprit); the filter-and-draw on one set of logits; whole sampling calls.
+  stage in order: prefill logits and every tensor of the decoding state; every decoding
+  step of an image run twice from the same state (a differing step is re-run with every
+  module's inputs and outputs recorded by forward hooks: the first module whose output
+  differs although its inputs agree is the culprit); the filter-and-draw on one set of
+  logits; whole sampling calls.
 * ``matrix``: for each code path (eager, CUDA graph, compiled step in the graph) and
   filter setting (none; top-k 600 + top-p 0.98), 64 images (image i of class i) sampled
   twice, and again in calls of 16, all with ``decode_width`` 32: the number of images
@@ -110,9 +111,41 @@ def _cond_batch(cond_model, labels: torch.Tensor) -> Conditioning:
     return Conditioning.cat([cond_model(labels), cond_model.null(labels.shape[0], labels.device)]).to(torch.bfloat16)
 
 
-def diagnose(name: str, backbone, cond_model, device: str, steps: int = 4) -> dict:
+def lockstep(backbone, state, logits, cond, steps: int, detail: int = 3) -> dict:
+    """Every decoding step run twice from the same state and token; the steps that differ.
+
+    The second copy is re-aligned after a differing step, so each step is judged on its
+    own; the first ``detail`` differing steps are re-run under forward hooks to name the
+    first module whose output differs.
+    """
+    s1, s2 = state, copy.deepcopy(state)
+    tok = logits.float().argmax(-1)
+    differing: list[dict] = []
+    count = 0
+    for k in range(steps):
+        pre = copy.deepcopy(s1) if len(differing) < detail else None
+        l1, l2 = backbone.step(s1, tok, cond), backbone.step(s2, tok, cond)
+        logit_diff, state_diff = _diff(l1, l2), _first_state_diff(s1, s2)
+        if logit_diff or state_diff:
+            count += 1
+            if pre is not None:
+                recs = []
+                for s in (pre, copy.deepcopy(pre)):
+                    rec = _Recorder(backbone)
+                    backbone.step(s, tok, cond)
+                    rec.close()
+                    recs.append(rec)
+                differing.append({"step": k + 1, "logits": logit_diff, "state": state_diff,
+                                  "first_module": _first_module_diff(*recs)})
+            s2 = copy.deepcopy(s1)
+        tok = l1.float().argmax(-1)
+    return {"checked": steps, "differing": count, "first": differing}
+
+
+def diagnose(name: str, backbone, cond_model, device: str, steps: int | None = None) -> dict:
     """The same prefill, steps and draws twice from identical inputs; the first stage that differs."""
     labels = torch.arange(N_IMAGES, device=device) % cond_model.num_classes
+    steps = backbone.num_tokens - 1 if steps is None else steps
     out: dict[str, Any] = {"model": name}
     with torch.inference_mode():
         cond = _cond_batch(cond_model, labels)
@@ -121,24 +154,9 @@ def diagnose(name: str, backbone, cond_model, device: str, steps: int = 4) -> di
         la, lb = backbone.prefill(sa, cond), backbone.prefill(sb, cond)
         out["prefill_logits"] = _diff(la, lb)
         out["prefill_state"] = _first_state_diff(sa, sb)
-        # steps from identical (cloned) states, fed the same tokens
-        step_report = []
-        s1, s2 = copy.deepcopy(sa), copy.deepcopy(sa)
-        tok = la.float().argmax(-1)
-        for k in range(steps):
-            ra = _Recorder(backbone)
-            l1 = backbone.step(s1, tok, cond)
-            ra.close()
-            rb = _Recorder(backbone)
-            l2 = backbone.step(s2, tok, cond)
-            rb.close()
-            entry = {"step": k + 1, "logits": _diff(l1, l2), "state": _first_state_diff(s1, s2),
-                     "first_module": _first_module_diff(ra, rb)}
-            step_report.append(entry)
-            if entry["logits"] or entry["state"]:
-                s2 = copy.deepcopy(s1)  # re-align, so each step is judged on its own
-            tok = l1.float().argmax(-1)
-        out["steps"] = step_report
+        out["prefill_state_tensors_differing"] = [n for (n, a), (_, b) in zip(_tensors(sa), _tensors(sb), strict=True)
+                                                  if not torch.equal(a, b)]
+        out["steps"] = lockstep(backbone, copy.deepcopy(sa), la, cond, steps)
         # the draw alone, on one set of guided logits, with the paper's filters
         cond_l, uncond_l = la.float().chunk(2)
         guided = uncond_l + 2.0 * (cond_l - uncond_l)
@@ -160,8 +178,8 @@ def diagnose(name: str, backbone, cond_model, device: str, steps: int = 4) -> di
     return out
 
 
-def matrix(name: str, backbone, cond_model, device: str, paths: list[str], notes: list[str]) -> list[dict]:
-    rows = []
+def matrix(name: str, backbone, cond_model, device: str, paths: list[str], notes: list[str], rows: list[dict],
+           save=lambda: None) -> list[dict]:
     for path in paths:
         if path == "graph" and device != "cuda":
             continue
@@ -180,6 +198,7 @@ def matrix(name: str, backbone, cond_model, device: str, paths: list[str], notes
                    "seconds": round(time.perf_counter() - t0, 1)}
             print(json.dumps(row), flush=True)
             rows.append(row)
+            save()
     return rows
 
 
@@ -200,16 +219,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parts", default="diagnose,matrix")
     ap.add_argument("--models", default="aim-b,gpt-b")
     ap.add_argument("--paths", default="eager,graph,compiled")
+    ap.add_argument("--torch-deterministic", action="store_true",
+                    help="torch.use_deterministic_algorithms(True) with CUBLAS_WORKSPACE_CONFIG=:4096:8 (does "
+                         "PyTorch's own deterministic mode change the answer?)")
     ap.add_argument("--smoke", action="store_true", help="the procedure on the CPU with tiny models")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     device = "cpu" if args.smoke else "cuda"
+    if args.torch_deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if args.smoke:  # a few images, the paper's filters only: the procedure, not a measurement
         global N_IMAGES, WIDTH, PART, FILTERS
         N_IMAGES, WIDTH, PART, FILTERS = 4, 2, 1, {"paper": FILTERS["paper"]}
     shape = {"vocab": SMOKE["vocab"], "tokens": SMOKE["tokens"], "classes": SMOKE["classes"]} if args.smoke else {}
     parts, notes = args.parts.split(","), []
-    result: dict[str, Any] = {"diagnosis": [], "matrix": [], "notes": notes}
+    result: dict[str, Any] = {"diagnosis": [], "matrix": [], "notes": notes,
+                              "torch_deterministic": args.torch_deterministic}
+
+    def save() -> None:  # after every row: a run stopped at its time limit keeps what it measured
+        write_result("reproducibility_smoke" if args.smoke else "reproducibility", result, args.out, quiet=True)
+
     for name in args.models.split(","):
         preset = SMOKE["aim" if name.startswith("aim") else "gpt"] if args.smoke else name
         if name.startswith("aim"):
@@ -218,8 +248,9 @@ def main(argv: list[str] | None = None) -> None:
             bb, cond = build_gpt(preset, device=device, **shape)
         if "diagnose" in parts:
             result["diagnosis"].append(diagnose(name, bb, cond, device))
+            save()
         if "matrix" in parts:
-            result["matrix"] += matrix(name, bb, cond, device, args.paths.split(","), notes)
+            matrix(name, bb, cond, device, args.paths.split(","), notes, result["matrix"], save)
         del bb, cond
         torch._dynamo.reset()
         if device == "cuda":

@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --training]
+#   bash benchmarks/run_gpu.sh [--quick | --diagnose | --training]
 # --quick (at most 10 minutes on one H100 or H200): where identical runs first differ and
 # the reproducibility matrix, GPT-B against LlamaGen and AiM-B at batch 16/64/256, AiM-B's
 # state and step-kernel variants with a per-kernel profile, the kernel checks. --training (one call, about 10 minutes): the training-step rows against
@@ -48,6 +48,18 @@ if [ "$QUICK" = "--quick" ]; then
   LIMIT=320 run benchmarks/sampling.py $LG --transformers gpt-b --aim aim-b --variants 64 --profile \
     --out "$OUT/sampling_quick_$CARD.json"
   LIMIT=70 run plugins/mamba/scripts/gpu_check.py --quick --out "$OUT/mamba_gpu_check_quick_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--diagnose" ]; then  # where identical GPU runs differ, stage by stage, then the sampling rows
+  LIMIT=80 run plugins/mamba/scripts/gpu_check.py --repeat-only --dtypes bfloat16,float32 \
+    --out "$OUT/scan_repeat_$CARD.json"
+  LIMIT=140 run benchmarks/reproducibility.py --parts diagnose --out "$OUT/reproducibility_diagnose_$CARD.json"
+  LIMIT=50 run benchmarks/sampling.py --transformers none --aim aim-b --variants none \
+    --out "$OUT/sampling_aim_$CARD.json"
+  LIMIT=220 run benchmarks/sampling.py $LG --transformers gpt-b --aim none --out "$OUT/sampling_gpt_$CARD.json"
+  LIMIT=60 run benchmarks/reproducibility.py --parts diagnose --models gpt-b --torch-deterministic \
+    --out "$OUT/reproducibility_diagnose_torchdet_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -290,6 +290,11 @@ def aim_rows(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int
     return rows
 
 
+def _presets(arg: str | None, default: list[str]) -> list[str]:
+    """Comma-separated preset names; ``none`` for no rows of that kind."""
+    return default if arg is None else [p for p in arg.split(",") if p and p != "none"]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="batch 64 only: AiM-B, GPT-B against LlamaGen's GPT-B")
@@ -320,9 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     repeats = 2 if args.smoke else max(5, args.repeats)
     batches = ([int(b) for b in args.batches.split(",")] if args.batches
                else [2] if args.smoke else [64] if args.quick else [16, 64, 256])
-    gpts = args.transformers.split(",") if args.transformers else ["gpt-b"] if args.quick or args.smoke else ["gpt-b",
-                                                                                                            "gpt-l"]
-    aims = args.aim.split(",") if args.aim else ["aim-b"] if args.quick or args.smoke else ["aim-b", "aim-l", "aim-xl"]
+    small = args.quick or args.smoke
+    gpts = _presets(args.transformers, ["gpt-b"] if small else ["gpt-b", "gpt-l"])
+    aims = _presets(args.aim, ["aim-b"] if small else ["aim-b", "aim-l", "aim-xl"])
     rows: list[dict] = []
     notes: list[str] = []
     profiles = {}

@@ -30,9 +30,15 @@ def sample_logits(
         # probabilities are sorted descending here; drop a token once the mass before it reaches top_p
         before = torch.cumsum(probs, dim=-1) - probs
         probs = probs * (before < top_p)
+    pick = _inverse_cdf(probs, u)
+    return pick.squeeze(-1) if idx is None else idx.gather(-1, pick).squeeze(-1)
+
+
+@torch.compiler.disable  # inductor (torch 2.11) fails to generate a float64 scan over a 16384-wide row
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """(B, 1) index of the first token whose float64 CDF exceeds ``u`` times the total mass."""
     cdf = torch.cumsum(probs.double(), dim=-1)
     target = u.to(cdf.device).unsqueeze(-1) * cdf[:, -1:]
     pick = torch.searchsorted(cdf, target, right=True).clamp_(max=probs.shape[-1] - 1)
     # never pick a token whose probability was filtered to zero (u at an edge)
-    pick = torch.where(probs.gather(-1, pick) > 0, pick, probs.argmax(-1, keepdim=True))
-    return pick.squeeze(-1) if idx is None else idx.gather(-1, pick).squeeze(-1)
+    return torch.where(probs.gather(-1, pick) > 0, pick, probs.argmax(-1, keepdim=True))

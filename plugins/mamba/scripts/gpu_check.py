@@ -168,6 +168,66 @@ def check_scan(c: Case, dtype: torch.dtype, device: torch.device | str = "cuda")
     return rows
 
 
+def _repeat_diff(outs: list) -> dict | None:
+    """None when every call gave bitwise the same tensor, else how the worst call differs."""
+    worst = None
+    for o in outs[1:]:
+        if not torch.equal(o, outs[0]):
+            ne = o != outs[0]
+            d = {"elements_differing": int(ne.sum()), "of": o.numel(),
+                 "max_abs": float((o.float() - outs[0].float()).abs().max())}
+            worst = d if worst is None or d["elements_differing"] > worst["elements_differing"] else worst
+    return worst
+
+
+def check_repeat(c: Case, dtype: torch.dtype, device: torch.device | str = "cuda", calls: int = 3) -> list[dict]:
+    """The forward scan and each of its stages, called ``calls`` times on the same inputs.
+
+    A sampler's prefill is this scan with a final state, so any difference here makes GPU
+    samples differ between identical calls. Rows name the first stage that differs.
+    """
+    from avgkit_mamba.ops import triton_ssd as ts
+
+    t = make_inputs(c, dtype, device=device)
+    x, dt, A, B, C = t["x"], t["dt"], t["A"].float().contiguous(), t["B"], t["C"]
+    init = torch.zeros_like(t["initial_states"], dtype=dtype)  # a prefill starts from a zeroed state
+    Q = c.chunk
+    kw = dict(chunk_size=Q, D=t["D"], z=t["z"], dt_bias=t["dt_bias"], dt_softplus=True, initial_states=init,
+              return_final_states=True)
+    stages: dict[str, list] = {}
+    with torch.inference_mode():
+        for _ in range(calls):
+            for impl, fn in (("triton", ts.chunk_scan_triton), ("torch", ssd_chunk_scan)):
+                y, fs = fn(x, dt, A, B, C, **kw)
+                stages.setdefault(f"{impl} scan y", []).append(y)
+                stages.setdefault(f"{impl} scan final", []).append(fs)
+            dtp, acs = ts._dt_cumsum(dt, A, t["dt_bias"], True, Q)
+            stages.setdefault("triton dt_cumsum", []).append(torch.cat([dtp, acs]))
+        dtp, acs = stages["triton dt_cumsum"][0].chunk(2)
+        for _ in range(calls):
+            states = ts._chunk_states(x, B, dtp, acs, Q, to_end=True)
+            stages.setdefault("triton chunk_states", []).append(states.clone())
+            stages.setdefault("triton pass_states", []).append(ts._pass_states(states, acs, init, Q))
+            stages.setdefault("triton cb", []).append(ts._cb(C, B, Q, dtp.shape[2]))
+    synchronize(device)
+    rows = []
+    for name, outs in stages.items():
+        d = _repeat_diff(outs)
+        rows.append({"case": c.name, "dtype": str(dtype).removeprefix("torch."), "tensor": f"repeat: {name}",
+                     "rel_err": 0.0 if d is None else d["max_abs"], "tol": 0.0, "ok": d is None, "diff": d})
+    return rows
+
+
+def repeat_cases(smoke: bool) -> list[Case]:
+    """A sampler's prefill (one prefix token, 128 rows, a zero initial state) and a training-like scan."""
+    if smoke:
+        return [Case("repeat: prefill-like", 4, 1, 2, headdim=8, dstate=16, chunk=8, init=True, final=True),
+                Case("repeat: 2 chunks", 1, 12, 2, headdim=8, dstate=16, chunk=8, init=True, final=True)]
+    return [Case("repeat: AiM-B prefill, 128 rows", 128, 1, 24, init=True, final=True),
+            Case("repeat: AiM-B prefill, 64 rows", 64, 1, 24, init=True, final=True),
+            Case("repeat: AiM-B 1024 tokens", 2, 1024, 24, init=True, final=True)]
+
+
 def check_step(batch: int, nheads: int, dtype: torch.dtype, *, p: int = 64, n: int = 128, iters: int = 3,
                device: torch.device | str = "cuda") -> list[dict]:
     g = torch.Generator(device=device).manual_seed(0)
@@ -411,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="JSON report path")
     parser.add_argument("--quick", action="store_true", help="smaller batches, fewer cases")
+    parser.add_argument("--repeat-only", action="store_true",
+                        help="only the repeat checks: is each scan stage bitwise the same across calls")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny fp32 shapes on the CPU, Triton interpreted: checks that the script runs")
@@ -429,6 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     layer = SMOKE_LAYER if args.smoke else {"nheads": 24, "p": 64, "n": 128}
     rows: list[dict] = []
+    for dtype in dtypes:  # first: a difference here explains irreproducible samples
+        for c in repeat_cases(args.smoke):
+            rows += check_repeat(c, dtype, device)
+    for r in rows:
+        print(f"{r['case']:<36} {r['dtype']:<9} {r['tensor']:<28} {'same' if r['ok'] else r['diff']}", flush=True)
+    if args.repeat_only:
+        return _write_report(args, rows, [], [], None, device)
     for dtype in dtypes:
         for c in cases(args.quick, args.smoke):
             t0 = time.perf_counter()
@@ -454,7 +523,6 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['case']:<36} {r['dtype']:<9} {r['tensor']:<16} {r['rel_err']:>9.2e} {r['tol']:>7.0e}  "
               f"{'yes' if r['ok'] else 'NO'}")
-    import triton
 
     if args.smoke:
         step_timing = [time_step(2, dtype=d, reps=1, warmup=0, device=device, **layer) for d in dtypes]
@@ -473,6 +541,13 @@ def main(argv: list[str] | None = None) -> int:
         kernel_timing = [r for b in (32, 128, 512) for r in time_decode_kernels(b, 24, bandwidth=bandwidth)]
     for s in kernel_timing:
         print(f"decode kernels {s}")
+    return _write_report(args, rows, step_timing, kernel_timing, bandwidth, device)
+
+
+def _write_report(args, rows: list[dict], step_timing: list, kernel_timing: list, bandwidth: float | None,
+                  device: torch.device) -> int:
+    import triton
+
     report = {
         "step_timing": step_timing,
         "decode_kernel_timing": kernel_timing,
