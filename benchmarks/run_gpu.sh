@@ -52,14 +52,15 @@ if [ "$QUICK" = "--quick" ]; then
   exit 0
 fi
 if [ "$QUICK" = "--diagnose" ]; then  # where identical GPU runs differ, stage by stage, then the sampling rows
-  LIMIT=80 run plugins/mamba/scripts/gpu_check.py --repeat-only --dtypes bfloat16,float32 \
+  LIMIT=70 run plugins/mamba/scripts/gpu_check.py --repeat-only --dtypes bfloat16,float32 \
     --out "$OUT/scan_repeat_$CARD.json"
-  LIMIT=140 run benchmarks/reproducibility.py --parts diagnose --out "$OUT/reproducibility_diagnose_$CARD.json"
+  LIMIT=130 run benchmarks/reproducibility.py --parts diagnose --out "$OUT/reproducibility_diagnose_$CARD.json"
+  LIMIT=90 run benchmarks/reproducibility.py --parts diagnose --torch-deterministic \
+    --out "$OUT/reproducibility_diagnose_torchdet_$CARD.json"
   LIMIT=50 run benchmarks/sampling.py --transformers none --aim aim-b --variants none \
     --out "$OUT/sampling_aim_$CARD.json"
-  LIMIT=220 run benchmarks/sampling.py $LG --transformers gpt-b --aim none --out "$OUT/sampling_gpt_$CARD.json"
-  LIMIT=60 run benchmarks/reproducibility.py --parts diagnose --models gpt-b --torch-deterministic \
-    --out "$OUT/reproducibility_diagnose_torchdet_$CARD.json"
+  LIMIT=$((565 - SECONDS + START)) run benchmarks/sampling.py $LG --transformers gpt-b --aim none \
+    --out "$OUT/sampling_gpt_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
