@@ -16,22 +16,29 @@ from avgkit.runs.layout import RunDir
 def prepare_cmd(
     recipe: str = typer.Argument(..., help="recipe name or path"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
-    device: str = typer.Option("auto", help="where the tokenizer encodes: auto | cpu | cuda"),
+    device: str = typer.Option("auto", help="where the tokenizer (and a frozen text encoder) runs: auto | cpu | cuda"),
+    replace_features: bool = typer.Option(
+        False, "--replace-features", help="replace text features of another encoder already in the store"),
 ) -> None:
     """Encode the recipe's images once into its zarr code store (trains the tokenizer first if the
-    recipe says how). Resumable: after an interruption, run the same command again.
+    recipe says how). A text recipe with a frozen encoder (t5, clip) gets the encoder's features
+    of each distinct caption stored beside the codes. Resumable: after an interruption, run the
+    same command again.
 
     Examples:
 
       avgkit prepare digits
 
       avgkit prepare aim-b --device cuda data.prepare_batch_size=512
+
+      avgkit prepare captions-t5.yaml --device cuda --replace-features
     """
     from avgkit.build import build
+    from avgkit.data.features import describe_encoder, recorded_encoder
     from avgkit.plugins import get_registry
     from avgkit.recipe import load_recipe
     from avgkit.runtime.distributed import setup, teardown
-    from avgkit.train.pipeline import ensure_tokenizer_weights, load_train_data
+    from avgkit.train.pipeline import caption_conditions, ensure_tokenizer_weights, load_train_data
 
     r = load_recipe(recipe, overrides or [])
     if r.data is None or r.data.store is None:
@@ -42,9 +49,13 @@ def prepare_cmd(
         comps = build(r, device=env.device)
         comps.tokenizer.requires_grad_(False).eval()
         data = load_train_data(r, comps, env, weights)
+        table = caption_conditions(r, comps, env, data, replace_features=replace_features)
     finally:
         teardown(env)
     typer.echo(f"ready: {r.data.store} ({data.description})")
+    encoder = recorded_encoder(r.data.store) if table is not None else None
+    if encoder is not None:
+        typer.echo(f"text features: {len(table)} captions, {describe_encoder(encoder)}")
 
 
 @app.command("eval")
