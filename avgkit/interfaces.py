@@ -251,6 +251,22 @@ class Conditioner(nn.Module):
         raise TypeError(f"conditioner {type(self).__name__} takes {', '.join(self.condition_kinds)} conditions, "
                         f"not text; pair the recipe with a text conditioner (conditioner: text)")
 
+    def frozen_encoder(self, recorded: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Identity of a frozen text encoder whose features this conditioner takes as "embeddings".
+
+        ``None`` (the default): the conditioner has none, and trains on its own token ids.
+        A conditioner with one returns a JSON-able dict (its ``path`` and ``files`` entries
+        are recorded, the others compared: features of another encoder are refused).
+        ``recorded``: the identity a code store holds, so unchanged files need no new hash.
+        Its features (:meth:`features`) are then extracted once into the code store
+        (:mod:`avgkit.data.features`) and training never runs the encoder.
+        """
+        return None
+
+    def features(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """The frozen encoder's features ``(B, T, E)`` of token ids from :meth:`tokenize`, zero at padding."""
+        raise TypeError(f"conditioner {type(self).__name__} has no frozen encoder to extract features from")
+
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Class tables, excluded from "non-embedding" parameter counts."""
         return []

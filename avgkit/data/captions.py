@@ -121,13 +121,20 @@ class CaptionTable:
 
     Tokenized once by ``conditioner.tokenize``; with ``features`` ``(C, T, E)`` and
     ``mask`` ``(C, T)`` (a frozen encoder's output, extracted once) it hands out
-    embeddings instead of token ids.
+    embeddings instead of token ids; with ``stored`` (the code store's
+    :class:`avgkit.data.features.CaptionFeatures`, too large to hold in memory) it reads
+    each batch's rows from disk.
     """
 
     def __init__(self, captions: Sequence[str], conditioner: Any = None, *, features: Tensor | None = None,
-                 mask: Tensor | None = None) -> None:
+                 mask: Tensor | None = None, stored: Any = None) -> None:
         self.captions = list(captions)
-        if features is not None:
+        self.stored = stored
+        if stored is not None:
+            if len(stored) != len(self.captions):
+                raise AvgkitError(f"the stored caption features hold {len(stored)} rows for {len(self.captions)} "
+                                  f"captions; extract them again")
+        elif features is not None:
             if mask is None or len(features) != len(self.captions):
                 raise AvgkitError(f"caption features hold {len(features)} rows for {len(self.captions)} captions; "
                                   f"extract them again")
@@ -145,6 +152,9 @@ class CaptionTable:
         if len(ids) and int(ids.max()) >= len(self.captions):
             raise AvgkitError(f"caption id {int(ids.max())} is past the {len(self.captions)} captions of this data; "
                               f"was the code store made from other captions?")
+        if self.stored is not None:
+            values, mask = self.stored.read(ids.clamp(min=0).numpy())
+            return Conditions.embeddings(values, mask).with_null(ids < 0)
         rows = self.table.index_select(0, ids.clamp(min=0))
         return rows.with_null(ids < 0)
 

@@ -6,6 +6,8 @@ Layout of ``<path>`` (a local directory)::
     labels  (N,)                 class id; -1 marks an image that could not be read
     done    (N,)  bool           True once the item's codes and label are written
     attrs["avgkit"]              StoreMeta: tokenizer, weights hash, grid, augmentation, ...
+    text_features/               optional: a frozen text encoder's features of each caption
+                                 (avgkit.data.features), added after the codes
 
 All three arrays are chunked along N with the same ``chunk_items`` (``codes`` also one
 view per chunk, so reading view ``a`` of an item touches only that view's bytes).

@@ -17,7 +17,8 @@
 A recipe whose conditioner is conditioned on text trains on captioned data (an image
 folder with a ``captions.jsonl``, or ``text-digits``): the codes' labels are caption ids,
 the run records its caption table (``captions.json``) and the training loop and the
-final samples look the captions up in it.
+final samples look the captions up in it. A frozen text encoder's features of each
+caption are extracted once into the code store beside the codes (step 2).
 
 Only rank 0 writes; the other ranks wait for it at each stage.
 """
@@ -371,6 +372,51 @@ def load_train_data(
     _check_labels(out.source, comps)
     _check_classes(len(out.class_names), comps)
     return out
+
+
+def caption_conditions(recipe: Recipe, comps: Components, env: DistEnv, data: TrainData, *,
+                       replace_features: bool = False) -> Any:
+    """A text run's caption ids -> condition batches (``None`` for a class-conditional run).
+
+    A trainable encoder (``words``, ``bytes``) gets the captions' token ids. A frozen one
+    (``t5``, ``clip``) gets its features of each distinct caption, extracted once: into the
+    code store (resumably, refused when the store's are another encoder's unless
+    ``replace_features``), or in memory when ``data.store`` is null. Training then reads
+    them and never runs the encoder.
+    """
+    from avgkit.data.captions import CaptionTable, takes_captions
+    from avgkit.data.features import (
+        IN_MEMORY_BYTES,
+        encode_captions,
+        extract_features,
+        open_features,
+        recorded_encoder,
+    )
+
+    cond = comps.conditioner
+    if not takes_captions(cond):
+        return None
+    captions = list(data.class_names)
+    store = recipe.data.store if recipe.data is not None else None
+    identity = cond.frozen_encoder(recorded_encoder(store) if store else None)
+    if identity is None:
+        return CaptionTable(captions, cond)
+    batch_size = recipe.data.prepare_batch_size if recipe.data is not None else 64
+    if store is None:
+        tokens = cond.tokenize(captions)
+        values = encode_captions(cond, tokens.values, tokens.mask, identity["dtype"], batch_size)
+        return CaptionTable(captions, features=torch.from_numpy(values), mask=tokens.mask)
+    if env.is_main:
+        report = extract_features(store, cond, captions, identity, batch_size=batch_size, replace=replace_features,
+                                  say=_say)
+        if report.encoded:
+            _say(str(report))
+    barrier(env)
+    found = open_features(store, identity, captions)
+    if found.nbytes <= IN_MEMORY_BYTES:
+        values, mask = found.read_all()
+        return CaptionTable(captions, features=values, mask=mask)
+    return CaptionTable(captions, stored=found)
 
 
 def _check_labels(description: dict[str, Any], comps: Components) -> None:
@@ -743,7 +789,7 @@ def _stage_tokenizer(run: _Run) -> None:
 def _stage_data(run: _Run) -> None:
     """Encode the images into codes (or reuse the store) and record what the run is made from
     (a text run: its caption table too)."""
-    from avgkit.data.captions import CaptionTable, takes_captions
+    from avgkit.data.captions import takes_captions
     from avgkit.runs.captions import write_captions
 
     recipe, env, comps = run.recipe, run.env, run.comps
@@ -758,7 +804,7 @@ def _stage_data(run: _Run) -> None:
     if scorer is not None:
         scorer.check_data(data.source)
     if text:
-        run.conditions = CaptionTable(data.class_names, comps.conditioner)
+        run.conditions = caption_conditions(recipe, comps, env, data)
         if env.is_main:
             write_captions(recipe.run_dir, data.class_names)
     if env.is_main:

@@ -14,8 +14,10 @@ Encoders (``encoder:``):
 * ``bytes``: the caption's UTF-8 bytes, then the same trainable encoder.
 * ``t5`` / ``clip``: a frozen pretrained T5 encoder or CLIP text tower loaded with
   ``transformers`` from the local folder ``path`` (never downloaded); only a projection
-  to the backbone's width is trained. Its features can be extracted once into the
-  code store (:meth:`TextConditioner.features`) so training never runs the encoder.
+  to the backbone's width is trained. ``avgkit prepare`` extracts its features of each
+  distinct caption once into the code store (:meth:`TextConditioner.frozen_encoder`
+  names the encoder, :meth:`TextConditioner.features` computes them), so training never
+  runs the encoder; new prompts at sampling time still do.
 
 The last prefix vector is always real (it is ``c``), so an empty caption and the null
 condition still give the backbone a prefix to start from.
@@ -120,6 +122,26 @@ class TextConditioner(Conditioner):
             self._pretrained.extend(load_pretrained(self.config.encoder, self.config.path))
         model, tok = self._pretrained
         return model, tok
+
+    def frozen_encoder(self, recorded: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The pretrained encoder's identity (``None`` for ``words`` and ``bytes``, which are trained).
+
+        ``kind``, ``sha256`` (of the folder's files: weights, config, tokenizer),
+        ``max_length``, ``dtype`` (of the stored features) and ``width`` decide whether
+        stored features are this encoder's; ``path`` and ``files`` (sizes and modification
+        times, so that ``recorded`` spares hashing unchanged files) are recorded only.
+        """
+        c = self.config
+        if c.encoder not in PRETRAINED:
+            return None
+        from pathlib import Path
+
+        from avgkit_text.pretrained import folder_digest
+
+        assert c.path is not None
+        sha, files = folder_digest(c.path, recorded)
+        return {"kind": c.encoder, "path": str(Path(c.path).resolve()), "sha256": sha, "max_length": c.max_length,
+                "dtype": c.feature_dtype, "width": self.proj.in_features, "files": files}
 
     @torch.no_grad()
     def features(self, ids: Tensor, mask: Tensor) -> Tensor:

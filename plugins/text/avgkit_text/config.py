@@ -15,6 +15,9 @@ class TextConditionerConfig(ConditionerConfig):
     encoder: Literal["words", "bytes", "t5", "clip"] = Field(
         "words", description="words or bytes: a small trainable encoder; t5 or clip: a frozen pretrained one at path")
     path: str | None = Field(None, description="local folder of the pretrained encoder and its tokenizer (t5, clip)")
+    feature_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="t5 / clip: how the features extracted into the code store are kept (float16: half "
+                               "the disk, rounded)")
     max_length: int = Field(32, ge=1, description="longest caption, in tokens; longer ones are cut")
     vocab_size: int = Field(2048, ge=2, description="words: hash buckets of the word table (0 is padding)")
     width: int | None = Field(None, ge=8, description="trainable encoder width; default the backbone's dim")

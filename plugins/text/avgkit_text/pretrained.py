@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from avgkit.errors import AvgkitError
+from avgkit.io import sha256_file
 
 HINT = "pip install 'avgkit-text[hf]'"
 
@@ -28,6 +30,28 @@ def feature_width(kind: str, path: str) -> int:
     if not isinstance(width, int):
         raise AvgkitError(f"{path}/config.json names no d_model or hidden_size; is it a {kind} text encoder?")
     return width
+
+
+def folder_digest(path: str, recorded: dict[str, Any] | None = None) -> tuple[str, dict[str, list[int]]]:
+    """``("sha256:<hex>", files)``: a hash of every file of the encoder's folder (config, weights,
+    tokenizer; hidden files and folders left out) and each file's ``[size, mtime_ns]``.
+
+    ``recorded`` (an earlier identity with ``sha256`` and ``files``): when no file changed
+    size or modification time, its hash is taken as it is, so large weights are hashed once.
+    """
+    folder = _folder(path)
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            st = p.stat()
+            files[rel.as_posix()] = [st.st_size, st.st_mtime_ns]
+    if recorded and recorded.get("files") == files and recorded.get("sha256"):
+        return str(recorded["sha256"]), files
+    digest = hashlib.sha256()
+    for rel in files:
+        digest.update(f"{rel}\0{sha256_file(folder / rel)}\n".encode())
+    return f"sha256:{digest.hexdigest()}", files
 
 
 def load_pretrained(kind: str, path: str) -> tuple[Any, Any]:

@@ -183,7 +183,7 @@ def test_packaged_text_digits_recipe_builds(capsys):
     assert code == 0, err
 
 
-def test_text_digits_run_scores_seen_and_held_out_numbers(tmp_path):
+def test_text_digits_run_scores_seen_and_held_out_numbers(tmp_path, capsys):
     """eval.classifier=text-digits: every number 20-99 sampled by its words at CFG 1 and the recipe's, both halves read."""
     path = _recipe(
         tmp_path,
@@ -210,6 +210,33 @@ def test_text_digits_run_scores_seen_and_held_out_numbers(tmp_path):
 
     grid = Image.open(run / "samples.png")
     assert grid.height >= 10 * 64  # a row per shown number: the eight held out, then seen ones
+
+    # `avgkit eval RUN` scores the run again from its checkpoint: the same record
+    code, err = _avgkit(capsys, "eval", str(run), "--device", "cpu")
+    assert code == 2 and "eval.json already holds a report" in err and "--overwrite" in err, err
+    again = CliRunner().invoke(app, ["eval", str(run), "--device", "cpu", "--overwrite"], prog_name="avgkit")
+    assert again.exit_code == 0, f"{again.output}\n{again.exception!r}"
+    rescored = json.loads((run / "eval.json").read_text())
+    assert record["sampler"].items() <= rescored.pop("sampler").items() and record.pop("sampler")
+    assert rescored == record and "CFG 2: seen " in again.output
+    # other settings, into another folder
+    out = tmp_path / "cfg3"
+    other = CliRunner().invoke(app, ["eval", str(run), "--per-class", "1", "--cfg", "3", "--seed", "5", "--device",
+                                     "cpu", "--out", str(out)], prog_name="avgkit")
+    assert other.exit_code == 0, f"{other.output}\n{other.exception!r}"
+    scored = json.loads((out / "eval.json").read_text())
+    assert scored["cfg_scales"] == [1.0, 3.0] and set(scored["by_cfg"]) == {"1", "3"} and scored["samples"] == 80
+    assert scored["sampler"]["cfg_scale"] == 3.0 and scored["seed"] == 5 and scored["samples_per_class"] == 1
+    assert scored["captions"] == record["captions"] and scored["prompts_in_training"] == record["prompts_in_training"]
+    assert scored["held_out_accuracy"] == scored["by_cfg"]["3"]["held_out_accuracy"] and (out / "samples.png").is_file()
+    for args, words in [(("--classifier", "digits"), "classifier digits scores class-conditional samples"),
+                        (("-r", "digits:train"), "--reference is for scoring samples"),
+                        (("--per-class", "0"), "--per-class must be at least 1")]:
+        code, err = _avgkit(capsys, "eval", str(run), "--device", "cpu", "--out", str(tmp_path / "x"), *args)
+        assert code == 2 and words in err and err.count("\n") == 1, err
+    (tmp_path / "s.npz").write_bytes(b"")
+    code, err = _avgkit(capsys, "eval", str(tmp_path / "s.npz"), "--cfg", "3")
+    assert code == 2 and "--cfg is for scoring a training run" in err, err
 
 
 @pytest.mark.parametrize("classifier, words", [
