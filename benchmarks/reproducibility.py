@@ -14,6 +14,7 @@ Two parts, both on AiM-B and GPT-B (random weights, bf16, CFG 2):
   whose tokens differ from the first call.
 
     python benchmarks/reproducibility.py [--parts diagnose,matrix] [--models aim-b,gpt-b] [--out FILE]
+    python benchmarks/reproducibility.py --parts diagnose --models gpt-b/sdpa   # the step on PyTorch's fused SDPA
     python benchmarks/reproducibility.py --smoke     # the same procedure on the CPU, tiny models
 """
 
@@ -241,11 +242,12 @@ def main(argv: list[str] | None = None) -> None:
         write_result("reproducibility_smoke" if args.smoke else "reproducibility", result, args.out, quiet=True)
 
     for name in args.models.split(","):
-        preset = SMOKE["aim" if name.startswith("aim") else "gpt"] if args.smoke else name
-        if name.startswith("aim"):
+        base, _, variant = name.partition("/")  # gpt-b/sdpa: the step attends with PyTorch's fused kernel
+        preset = SMOKE["aim" if base.startswith("aim") else "gpt"] if args.smoke else base
+        if base.startswith("aim"):
             bb, cond = build_aim(preset, device=device, **shape)
         else:
-            bb, cond = build_gpt(preset, device=device, **shape)
+            bb, cond = build_gpt(preset, device=device, **shape, **({"decode_attention": variant} if variant else {}))
         if "diagnose" in parts:
             result["diagnosis"].append(diagnose(name, bb, cond, device))
             save()

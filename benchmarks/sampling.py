@@ -69,14 +69,14 @@ def build_aim(preset: str, *, tokens: int = TOKENS, state_dtype: str = "bf16", i
 
 
 def build_gpt(preset: str, *, tokens: int = TOKENS, device: str = "cuda", vocab: int = VOCAB,
-              classes: int = CLASSES):
+              classes: int = CLASSES, **options: Any):
     reg = get_registry()
     name = next((n for n in ("llamagen-gpt", "gpt", "transformer") if n in reg.names("backbone")), None)
     if name is None:
         return None, None
     spec = reg.get("backbone", name)
     torch.manual_seed(0)
-    backbone = spec.factory(spec.resolve(preset, {"vocab_size": vocab, "num_tokens": tokens}))
+    backbone = spec.factory(spec.resolve(preset, {"vocab_size": vocab, "num_tokens": tokens, **options}))
     with torch.no_grad():  # LlamaGen zero-initialises the head: every logit would tie
         nn.init.normal_(backbone.head.weight, std=0.02)
     cspec = reg.get("conditioner", "class-token")

@@ -34,11 +34,20 @@ def sample_logits(
     return pick.squeeze(-1) if idx is None else idx.gather(-1, pick).squeeze(-1)
 
 
-@torch.compiler.disable  # inductor (torch 2.11) fails to generate a float64 scan over a 16384-wide row
+@torch.library.custom_op("avgkit::inverse_cdf", mutates_args=())
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
-    """(B, 1) index of the first token whose float64 CDF exceeds ``u`` times the total mass."""
+    """(B, 1) index of the first token whose float64 CDF exceeds ``u`` times the total mass.
+
+    An opaque op to torch.compile (no graph break): inductor (torch 2.11) fails to generate
+    a float64 scan over a 16384-wide row, so this runs PyTorch's own kernels.
+    """
     cdf = torch.cumsum(probs.double(), dim=-1)
     target = u.to(cdf.device).unsqueeze(-1) * cdf[:, -1:]
     pick = torch.searchsorted(cdf, target, right=True).clamp_(max=probs.shape[-1] - 1)
     # never pick a token whose probability was filtered to zero (u at an edge)
     return torch.where(probs.gather(-1, pick) > 0, pick, probs.argmax(-1, keepdim=True))
+
+
+@_inverse_cdf.register_fake
+def _(probs: Tensor, u: Tensor) -> Tensor:
+    return probs.new_empty((probs.shape[0], 1), dtype=torch.long)

@@ -15,13 +15,9 @@ from avgkit.interfaces import Modulation
 from avgkit_transformer.config import TransformerConfig
 from avgkit_transformer.rope import apply_rotary
 
-#: Under torch.compile, a decoding step (cache given) attends with plain matmul + softmax so
-#: inductor generates and fuses the attention itself, as LlamaGen's compiled sampler does;
-#: eager decoding and training keep PyTorch's fused attention.
-COMPILED_DECODE_MATH = True
-
-
 def _math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention as matmul, softmax, matmul: the same bits on every call of the same shapes (cuBLAS without
+    atomics), and under torch.compile inductor fuses it as it does LlamaGen's compiled step."""
     if k.shape[1] != q.shape[1]:  # grouped-query attention: each kv head serves a group of q heads
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
@@ -74,6 +70,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(c.dim, (c.heads + 2 * c.n_kv_heads) * c.head_dim, bias=False)
         self.proj = nn.Linear(c.dim, c.dim, bias=False)
         self.attn_dropout = c.attn_dropout
+        self.decode_math = c.decode_attention == "math"
         self.resid_dropout = nn.Dropout(c.resid_dropout)
 
     def forward(
@@ -96,7 +93,7 @@ class Attention(nn.Module):
             k_cache.index_copy_(2, positions, k.to(k_cache.dtype))
             v_cache.index_copy_(2, positions, v.to(v_cache.dtype))
             k, v = k_cache, v_cache
-        if cache is not None and COMPILED_DECODE_MATH and torch.compiler.is_compiling():
+        if cache is not None and self.decode_math:
             out = _math_attention(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(
