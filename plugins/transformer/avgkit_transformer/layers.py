@@ -15,6 +15,7 @@ from avgkit.interfaces import Modulation
 from avgkit_transformer.config import TransformerConfig
 from avgkit_transformer.rope import apply_rotary
 
+
 def _math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Attention as matmul, softmax, matmul: the same bits on every call of the same shapes (cuBLAS without
     atomics), and under torch.compile inductor fuses it as it does LlamaGen's compiled step."""
