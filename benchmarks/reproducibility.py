@@ -242,10 +242,11 @@ def main(argv: list[str] | None = None) -> None:
         write_result("reproducibility_smoke" if args.smoke else "reproducibility", result, args.out, quiet=True)
 
     for name in args.models.split(","):
-        base, _, variant = name.partition("/")  # gpt-b/sdpa: the step attends with PyTorch's fused kernel
+        # gpt-b/sdpa: the step attends with PyTorch's fused kernel; aim-b/torch: every op on the PyTorch path
+        base, _, variant = name.partition("/")
         preset = SMOKE["aim" if base.startswith("aim") else "gpt"] if args.smoke else base
         if base.startswith("aim"):
-            bb, cond = build_aim(preset, device=device, **shape)
+            bb, cond = build_aim(preset, device=device, **shape, **({"impl": variant} if variant else {}))
         else:
             bb, cond = build_gpt(preset, device=device, **shape, **({"decode_attention": variant} if variant else {}))
         if "diagnose" in parts:

@@ -54,7 +54,7 @@ fi
 if [ "$QUICK" = "--diagnose" ]; then  # where identical GPU runs differ, stage by stage, then the sampling rows
   LIMIT=70 run plugins/mamba/scripts/gpu_check.py --repeat-only --dtypes bfloat16,float32 \
     --out "$OUT/scan_repeat_$CARD.json"
-  LIMIT=150 run benchmarks/reproducibility.py --parts diagnose --models aim-b,gpt-b,gpt-b/sdpa \
+  LIMIT=170 run benchmarks/reproducibility.py --parts diagnose --models aim-b,aim-b/torch,gpt-b,gpt-b/sdpa \
     --out "$OUT/reproducibility_diagnose_$CARD.json"
   LIMIT=80 run benchmarks/reproducibility.py --parts diagnose --models aim-b,gpt-b/sdpa --torch-deterministic \
     --out "$OUT/reproducibility_diagnose_torchdet_$CARD.json"
