@@ -52,16 +52,16 @@ if [ "$QUICK" = "--quick" ]; then
   exit 0
 fi
 if [ "$QUICK" = "--diagnose" ]; then  # where identical GPU runs differ, stage by stage, then the sampling rows
-  LIMIT=70 run plugins/mamba/scripts/gpu_check.py --repeat-only --dtypes bfloat16,float32 \
+  LIMIT=60 run plugins/mamba/scripts/gpu_check.py --repeat-only --dtypes bfloat16,float32 \
     --out "$OUT/scan_repeat_$CARD.json"
   LIMIT=170 run benchmarks/reproducibility.py --parts diagnose --models aim-b,aim-b/torch,gpt-b,gpt-b/sdpa \
     --out "$OUT/reproducibility_diagnose_$CARD.json"
-  LIMIT=80 run benchmarks/reproducibility.py --parts diagnose --models aim-b,gpt-b/sdpa --torch-deterministic \
-    --out "$OUT/reproducibility_diagnose_torchdet_$CARD.json"
-  LIMIT=50 run benchmarks/sampling.py --transformers none --aim aim-b --variants none \
+  LIMIT=45 run benchmarks/sampling.py --transformers none --aim aim-b --variants none \
     --out "$OUT/sampling_aim_$CARD.json"
-  LIMIT=$((565 - SECONDS + START)) run benchmarks/sampling.py $LG --transformers gpt-b --aim none \
+  LIMIT=$((${BUDGET:-565} - SECONDS + START)) run benchmarks/sampling.py $LG --transformers gpt-b --aim none \
     --out "$OUT/sampling_gpt_$CARD.json"
+  [ -n "${TORCH_DET:-}" ] && LIMIT=80 run benchmarks/reproducibility.py --parts diagnose --models aim-b,gpt-b/sdpa \
+    --torch-deterministic --out "$OUT/reproducibility_diagnose_torchdet_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
