@@ -9,8 +9,10 @@ A training run records, when it starts::
     code_store   the zarr store's path and content fingerprint (computed once, when the
                  store was finished, and kept in its metadata)
     data_source  the recipe's data.source and the source's description
+    text_encoder a frozen text encoder's identity (kind, sha256 of its files, max_length,
+                 dtype, width), when the run trains on its stored caption features
 
-A resume compares the tokenizer and the codes with the record and refuses other ones;
+A resume compares the tokenizer, the codes and the text encoder with the record and refuses other ones;
 sampling loads the tokenizer from the run's own copy and checks it. Files are compared
 cheaply: same size and modification time means unchanged; otherwise the file is
 hashed again and its hash compared. A mismatch is one line naming both hashes.

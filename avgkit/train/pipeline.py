@@ -265,6 +265,8 @@ class TrainData:
     fingerprint: str | None = None
     #: the source's description (``ImageSource.describe()``)
     source: dict[str, Any] = field(default_factory=dict)
+    #: the frozen text encoder whose features the run trains on (``None``: none)
+    text_encoder: dict[str, Any] | None = None
 
 
 def _encode_in_memory(recipe: Recipe, comps: Components, env: DistEnv) -> TrainData:
@@ -401,6 +403,7 @@ def caption_conditions(recipe: Recipe, comps: Components, env: DistEnv, data: Tr
     identity = cond.frozen_encoder(recorded_encoder(store) if store else None)
     if identity is None:
         return CaptionTable(captions, cond)
+    data.text_encoder = identity
     batch_size = recipe.data.prepare_batch_size if recipe.data is not None else 64
     if store is None:
         tokens = cond.tokenize(captions)
@@ -547,6 +550,18 @@ def _record_inputs(recipe: Recipe, run_dir: Path, weights: Path | None, data: Tr
             f"on ({old_source.get('source')!r}); set data.source back, or start a new run"
         )
     record["data_source"] = {"source": recipe.data.source if recipe.data else None, "description": data.source}
+    if data.text_encoder is not None:
+        from avgkit.data.features import describe_encoder, encoder_difference
+
+        old_enc = (before or {}).get("text_encoder")
+        key = None if old_enc is None else encoder_difference(old_enc, data.text_encoder)
+        if key is not None:
+            raise AvgkitError(
+                f"text encoder {describe_encoder(data.text_encoder)} is not the one run {run_dir} was trained with "
+                f"({describe_encoder(old_enc)}; they differ in {key}); point conditioner.path at that encoder, or "
+                f"start a new run"
+            )
+        record["text_encoder"] = data.text_encoder
     atomic_write_json(run_dir / INPUTS_FILE, record, indent=1)
 
 

@@ -308,3 +308,21 @@ def test_in_memory_codes_get_features_once_and_trainable_encoders_none(tmp_path,
     _invoke("prepare", str(_recipe(tmp_path, "words", enc, name="words.yaml",
                                    conditioner={"encoder": "words", "path": None})), "--device", "cpu")
     assert (tmp_path / "codes.zarr" / "zarr.json").is_file() and not (tmp_path / "codes.zarr" / GROUP).exists()
+
+
+def test_a_resumed_run_refuses_features_of_another_encoder(tmp_path, capsys):
+    """The run records the encoder it trained on; features replaced in the store since are refused on resume."""
+    _captioned_folder(tmp_path / "pics")
+    first = _encoder(tmp_path / "enc1", "t5", seed=0)
+    other = _encoder(tmp_path / "enc2", "t5", seed=1)
+    torch.set_num_threads(1)
+    _invoke("train", str(_recipe(tmp_path, "t5", first)))
+    recorded = json.loads((tmp_path / "run" / "inputs.json").read_text())["text_encoder"]
+    assert recorded["kind"] == "t5" and recorded["path"] == str(first.resolve())
+    changed = _recipe(tmp_path, "t5", other, name="other.yaml")
+    _invoke("prepare", str(changed), "--device", "cpu", "--replace-features")
+    capsys.readouterr()
+    code, err = _avgkit(capsys, "train", str(changed), "--resume", "train.steps=4")
+    last = err.strip().splitlines()[-1]  # notes on the changed recipe come first
+    assert code == 2 and last.startswith("error: text encoder t5 at "), err
+    assert "is not the one run" in last and "differ in sha256" in last and "point conditioner.path" in last, err
