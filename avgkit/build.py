@@ -157,8 +157,10 @@ def build(recipe: Recipe, *, device: str | torch.device = "cpu", registry: Regis
     with ctx:
         tokenizer = _make("tokenizer", recipe.tokenizer.name, registry.get("tokenizer", recipe.tokenizer.name).factory,
                           tok_cfg)
+    # grid_width: the token grid's columns, for backbones whose config has the field (2D positions)
     bb_cfg = resolve_config(
-        registry, "backbone", recipe.backbone, vocab_size=tokenizer.codebook_size, num_tokens=tokenizer.num_tokens
+        registry, "backbone", recipe.backbone, vocab_size=tokenizer.codebook_size, num_tokens=tokenizer.num_tokens,
+        grid_width=tokenizer.grid[1],
     )
     cond_cfg = resolve_config(registry, "conditioner", recipe.conditioner, source="data.num_classes",
                               num_classes=recipe.data.num_classes if recipe.data else None)

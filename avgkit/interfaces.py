@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from avgkit.hookspecs import API_VERSION  # the plugin API version (defined beside the hooks)
+from avgkit.sizes import image_hw
 
 
 class Modulation(NamedTuple):
@@ -173,17 +174,24 @@ class Tokenizer(nn.Module):
     """Images to discrete codes and back.
 
     Images are float tensors ``(B, C, H, W)`` in ``[-1, 1]``; codes are ``(B, N)``
-    int64 in raster order over ``grid``.
+    int64 in raster order over ``grid`` ``(h, w)``: ``h`` rows of ``w`` tokens.
+    ``image_size`` is an int for a square image or ``(H, W)`` (see
+    :mod:`avgkit.sizes`); :attr:`image_hw` gives ``(H, W)`` either way.
     """
 
     codebook_size: int
     grid: tuple[int, int]
-    image_size: int
+    image_size: int | tuple[int, int]
     channels: int = 3
 
     @property
     def num_tokens(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """``(H, W)`` of the images ``encode`` takes and ``decode`` returns."""
+        return image_hw(self.image_size)
 
     def encode(self, images: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError

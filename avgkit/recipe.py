@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from avgkit.errors import AvgkitError, did_you_mean
+from avgkit.sizes import ImageSize
 
 #: the recipe keys that name a component
 COMPONENT_KEYS = ("tokenizer", "backbone", "conditioner", "sampler")
@@ -82,7 +83,9 @@ class DataSection(_Strict):
         description="zarr code store path (created by `avgkit prepare`, or by `avgkit train` when missing); "
         "null encodes the source in memory at every start (small data sets only)",
     )
-    image_size: int | None = Field(None, description="defaults to the tokenizer's image size")
+    image_size: ImageSize | None = Field(
+        None, description="S (square) or [H, W] in pixels; defaults to the tokenizer's image size, which it must equal"
+    )
     augment: Literal["none", "flip", "tencrop"] = Field(
         "none", description="codes stored per image: none, flip (2 views) or tencrop (10 views, the paper's)"
     )

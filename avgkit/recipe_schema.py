@@ -34,6 +34,8 @@ def type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         return "one of " + ", ".join(str(a) for a in args)
+    if origin is typing.Annotated:  # constraints inside a union (an image size's sides)
+        return type_name(args[0])
     if origin in (typing.Union, types.UnionType):
         return " | ".join("None" if a is type(None) else type_name(a) for a in args)
     if origin is not None:

@@ -27,6 +27,7 @@ from torch import Tensor
 from avgkit.conditions import Conditions
 from avgkit.data.sources import SkippedImage, _SourceBase, read_image
 from avgkit.errors import AvgkitError
+from avgkit.sizes import canonical_size
 
 CAPTIONS_FILE = "captions.jsonl"
 
@@ -78,7 +79,8 @@ class CaptionedFolder(_SourceBase):
     listing, so a changed captions file is a different source.
     """
 
-    def __init__(self, root: str | Path, image_size: int, channels: int = 3, captions: str | Path | None = None):
+    def __init__(self, root: str | Path, image_size: int | tuple[int, int], channels: int = 3,
+                 captions: str | Path | None = None):
         if channels not in (1, 3):
             raise AvgkitError(f"images can be read with 1 (grey) or 3 (RGB) channels, not {channels}")
         self.root = Path(root).expanduser().resolve()
@@ -86,7 +88,7 @@ class CaptionedFolder(_SourceBase):
         self.class_names = sorted({c for _, c in self.pairs})
         ids = {c: i for i, c in enumerate(self.class_names)}
         self.labels = [ids[c] for _, c in self.pairs]
-        self.image_size, self.channels = int(image_size), channels
+        self.image_size, self.channels = canonical_size(image_size), channels
         self.skipped: list[SkippedImage] = []
         missing = [p for p, _ in self.pairs if not (self.root / p).is_file()]
         if missing:
@@ -108,10 +110,10 @@ class CaptionedFolder(_SourceBase):
                 "captions": len(self.class_names), "listing_sha256": listing,
                 **({"channels": self.channels} if self.channels != 3 else {})}
 
-    def at_size(self, image_size: int) -> CaptionedFolder:
+    def at_size(self, image_size: int | tuple[int, int]) -> CaptionedFolder:
         other = object.__new__(CaptionedFolder)
         other.__dict__.update(self.__dict__)
-        other.image_size = int(image_size)
+        other.image_size = canonical_size(image_size)
         other.skipped = []
         return other
 

@@ -6,14 +6,14 @@ to 99; :data:`HELD_OUT` is never trained on, and each of its tens words and unit
 appears in training, so the demo measures whether a model composes words it has seen
 into numbers it has not.
 
-Codes: a square tokenizer encodes each 32x32 half; :class:`SideBySide` lays the two
-``h x w`` grids out as one ``h x 2w`` raster (row ``r`` = left row ``r``, then right row
-``r``), the grid a tokenizer of the whole 32x64 image has, and decodes it back.
+The standalone demo (:mod:`avgkit.demos.text_digits`) encodes each 32x32 half with a
+square tokenizer; :class:`SideBySide` lays the two ``h x w`` grids out as one ``h x 2w``
+raster (row ``r`` = left row ``r``, then right row ``r``), the grid a tokenizer of the
+whole 32x64 image has, and decodes it back.
 
-:class:`TextDigitsSource` (``data.source: text-digits``) is the same data as a square
-image source for ``avgkit train``: both digits at half width and full height side by
-side, so a square tokenizer encodes the whole image and every token draws part of a
-digit.
+:class:`TextDigitsSource` (``data.source: text-digits``) is the same data as an image
+source for ``avgkit train``: whole ``S x 2S`` images, which a tokenizer of that size
+(``image_size: [32, 64]``) encodes as one grid.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from avgkit.data.sources import InMemorySource, SkippedImage, load_digits_images
+from avgkit.errors import AvgkitError
 from avgkit.interfaces import Tokenizer
+from avgkit.sizes import image_hw
 
 UNITS = ["", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
@@ -72,22 +73,24 @@ def split_sides(codes: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
 
 
 class SideBySide(Tokenizer):
-    """A square tokenizer applied to the two halves of a ``(H, 2H)`` image: an ``(h, 2w)`` grid."""
+    """A tokenizer applied to the two halves of an ``(H, 2W)`` image: an ``(h, 2w)`` grid."""
 
     def __init__(self, inner: Tokenizer) -> None:
         super().__init__()
         self.inner = inner
         self.codebook_size = inner.codebook_size
         self.grid = (inner.grid[0], 2 * inner.grid[1])
-        self.image_size = inner.image_size
-        self.image_shape = (inner.image_size, 2 * inner.image_size)
+        h, w = image_hw(inner.image_size)
+        self.image_size = (h, 2 * w)
         self.channels = inner.channels
 
     def encode(self, images: Tensor) -> Tensor:
-        s = self.inner.image_size
-        if tuple(images.shape[-2:]) != (s, 2 * s):
-            raise ValueError(f"side-by-side images must be {s}x{2 * s}, got {tuple(images.shape[-2:])}")
-        return side_by_side(self.inner.encode(images[..., :s]), self.inner.encode(images[..., s:]), self.inner.grid)
+        h, w = image_hw(self.image_size)
+        if tuple(images.shape[-2:]) != (h, w):
+            raise ValueError(f"side-by-side images must be {h}x{w}, got {tuple(images.shape[-2:])}")
+        half = w // 2
+        return side_by_side(self.inner.encode(images[..., :half]), self.inner.encode(images[..., half:]),
+                            self.inner.grid)
 
     def decode(self, codes: Tensor) -> Tensor:
         left, right = split_sides(codes, self.inner.grid)
@@ -118,22 +121,16 @@ def number_images(images: Tensor, left: Tensor, right: Tensor) -> Tensor:
 def halves_correct(classifier: object, images: Tensor, numbers: Tensor) -> Tensor:
     """``(N,)`` bool: the digit classifier reads both halves of each image as its number's digits.
 
-    Takes the demo's ``(S, 2S)`` images, or :class:`TextDigitsSource`'s square ones (each
-    half a digit at half width, averaged back to a square for the classifier).
+    ``images``: ``(N, C, S, 2S)``, the tens digit in the left ``S x S`` half, the units in
+    the right one (:class:`TextDigitsSource`'s layout, and the demo's).
     """
-    if images.shape[-1] == images.shape[-2]:
-        images = F.avg_pool2d(images.float(), (2, 1))
     s = images.shape[-2]
+    if images.shape[-1] != 2 * s:
+        raise ValueError(f"two-digit images are two squares side by side (S x 2S), got "
+                         f"{images.shape[-2]}x{images.shape[-1]}")
     tens = torch.as_tensor(classifier.predict(images[..., :s]))  # type: ignore[attr-defined]
     units = torch.as_tensor(classifier.predict(images[..., s:]))  # type: ignore[attr-defined]
     return (tens == numbers // 10) & (units == numbers % 10)
-
-
-def tall_digits(image_size: int, split: str) -> tuple[Tensor, Tensor]:
-    """The scikit-learn digits of a split at ``image_size`` high and half of it wide (bilinear)."""
-    digits, labels = load_digits_images(8, split)
-    tall = F.interpolate(digits, size=(image_size, image_size // 2), mode="bilinear", align_corners=False)
-    return tall.clamp_(-1.0, 1.0).contiguous(), labels
 
 
 #: ``data.source`` name of :class:`TextDigitsSource`
@@ -143,16 +140,18 @@ TEXT_DIGITS = "text-digits"
 #: loss rose from the first epochs on) instead of drawing the two digits apart.
 PER_NUMBER = {"train": 400, "test": 4}
 #: how :class:`TextDigitsSource` draws a number (recorded, so a store of another layout is refused)
-LAYOUT = "tall-halves"
+LAYOUT = "side-by-side"
+#: the size of the ``text-digits`` recipe's images: two 32x32 digits side by side
+TEXT_DIGITS_SIZE = (32, 64)
 
 
 class TextDigitsSource(InMemorySource):
-    """The training numbers as a captioned square source: ``(1, S, S)`` images, labels are caption ids.
+    """The training numbers as a captioned source: ``(1, S, 2S)`` images, labels are caption ids.
 
-    Each digit fills half the width and the whole height (``S x S/2``, stretched from
-    8x8). Half-size digits centered vertically would leave half the token grid blank and
-    each digit 2x2 tokens, too few for the ``digits`` tokenizer's reconstructions to stay
-    legible; this way each digit gets twice the tokens at the same sequence length.
+    The tens digit fills the left ``S x S`` half, the units digit the right one, each
+    drawn from its 8x8 scikit-learn digit exactly as :class:`~avgkit.data.sources.DigitsSource`
+    draws one digit at ``S``. A tokenizer of the whole image (``image_size: [S, 2S]``)
+    gives each digit half of its grid.
 
     Split ``train`` pairs the scikit-learn training digits, ``test`` the held-out ones
     (the same captions, so its labels share the training ids). :data:`HELD_OUT` numbers
@@ -162,14 +161,18 @@ class TextDigitsSource(InMemorySource):
     channels = 1
     kind = TEXT_DIGITS
 
-    def __init__(self, image_size: int = 32, split: str = "train") -> None:
-        if image_size % 2:
-            raise ValueError(f"text-digits images hold two half-size digits: the size must be even, not {image_size}")
+    def __init__(self, image_size: int | tuple[int, int] = TEXT_DIGITS_SIZE, split: str = "train") -> None:
+        h, w = image_hw(image_size)
+        if w != 2 * h:
+            raise AvgkitError(
+                f"text-digits images are two square digits side by side, S x 2S pixels, not {h}x{w}; "
+                f"set the tokenizer's image_size to [{h}, {2 * h}] (the text-digits recipe: [32, 64])"
+            )
         if split not in PER_NUMBER:
             raise ValueError(f"text-digits has the splits {', '.join(PER_NUMBER)}, not {split!r}")
-        self.image_size, self.split = int(image_size), split
+        self.image_size, self.split = (h, w), split
         self.class_names = sorted(number_words(n) for n in TRAIN_NUMBERS)
-        digits, labels = tall_digits(image_size, split)
+        digits, labels = load_digits_images(h, split)
         left, right, numbers = make_pairs(labels, TRAIN_NUMBERS, PER_NUMBER[split], seed=0)
         self.images = number_images(digits, left, right)
         ids = {c: i for i, c in enumerate(self.class_names)}
@@ -180,11 +183,12 @@ class TextDigitsSource(InMemorySource):
         return {"kind": TEXT_DIGITS, "layout": LAYOUT, "split": self.split, "num_items": len(self),
                 "held_out": list(HELD_OUT)}
 
-    def at_size(self, image_size: int) -> TextDigitsSource:
+    def at_size(self, image_size: int | tuple[int, int]) -> TextDigitsSource:
         return TextDigitsSource(image_size, self.split)
 
 
 __all__ = [
-    "HELD_OUT", "LAYOUT", "NUMBERS", "PER_NUMBER", "TEXT_DIGITS", "TRAIN_NUMBERS", "SideBySide", "TextDigitsSource", "check_held_out_words", "halves_correct", "make_pairs",
-    "number_images", "number_words", "side_by_side", "split_sides", "tall_digits", "words_number",
+    "HELD_OUT", "LAYOUT", "NUMBERS", "PER_NUMBER", "TEXT_DIGITS", "TEXT_DIGITS_SIZE", "TRAIN_NUMBERS", "SideBySide",
+    "TextDigitsSource", "check_held_out_words", "halves_correct", "make_pairs", "number_images", "number_words",
+    "side_by_side", "split_sides", "words_number",
 ]

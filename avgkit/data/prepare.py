@@ -25,6 +25,7 @@ from avgkit.data.store import SKIPPED_LABEL, CodeStore, StoreError, StoreMeta
 from avgkit.errors import AvgkitError
 from avgkit.interfaces import Tokenizer
 from avgkit.runtime.stop import Interrupted, StopSignals, signal_name
+from avgkit.sizes import canonical_size, same_size
 
 
 @dataclass
@@ -67,9 +68,10 @@ class PrepareReport:
 
 
 class _ExtractionItems(Dataset):
-    """Pending items as (index, views (A, C, S, S) or None, label, error) for a DataLoader."""
+    """Pending items as (index, views (A, C, H, W) or None, label, error) for a DataLoader."""
 
-    def __init__(self, source: ImageSource, augmentation: Augmentation, image_size: int, indices: np.ndarray) -> None:
+    def __init__(self, source: ImageSource, augmentation: Augmentation, image_size: int | tuple[int, int],
+                 indices: np.ndarray) -> None:
         self.source = source
         self.augmentation = augmentation
         self.image_size = image_size
@@ -185,10 +187,10 @@ def prepare(
     """
     t0 = time.monotonic()
     aug = get_augmentation(augment)
-    size = int(tokenizer.image_size)
+    size = canonical_size(tokenizer.image_size)
     check_channels(source, tokenizer)
     load_size = aug.load_size(size)
-    if source.image_size != load_size:
+    if not same_size(source.image_size, load_size):
         source = source.at_size(load_size)
     meta = StoreMeta(
         tokenizer=tokenizer_name or getattr(tokenizer, "name", None) or type(tokenizer).__name__,
@@ -271,7 +273,7 @@ def _encode_chunks(
     source: ImageSource,
     tokenizer: Tokenizer,
     aug: Augmentation,
-    size: int,
+    size: int | tuple[int, int],
     indices: np.ndarray,
     chunks: Sequence[int],
     skipped: dict[int, SkippedImage],

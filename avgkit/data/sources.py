@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from avgkit.errors import AvgkitError
+from avgkit.sizes import canonical_size, image_hw, scaled_size, size_text
 
 #: File suffixes treated as images (case-insensitive); other files are ignored.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp"})
@@ -63,7 +64,8 @@ class SkippedImage:
 class ImageSource(Protocol):
     """What extraction needs from a source of labelled images."""
 
-    image_size: int
+    #: ``S`` (square) or ``(H, W)``, see :mod:`avgkit.sizes`
+    image_size: int | tuple[int, int]
     channels: int
     class_names: list[str]
     skipped: list[SkippedImage]
@@ -71,7 +73,7 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        """``(image (C, S, S) float32 in [-1, 1], label)``; raises UnreadableImageError."""
+        """``(image (C, H, W) float32 in [-1, 1], label)``; raises UnreadableImageError."""
         ...
 
     def item_path(self, index: int) -> str:
@@ -82,8 +84,8 @@ class ImageSource(Protocol):
         """JSON-able identity of the source; equal descriptions mean equal items."""
         ...
 
-    def at_size(self, image_size: int) -> ImageSource:
-        """The same items loaded at another side length (augmentations crop larger)."""
+    def at_size(self, image_size: int | tuple[int, int]) -> ImageSource:
+        """The same items loaded at another size (augmentations crop larger)."""
         ...
 
 
@@ -125,21 +127,24 @@ class InMemorySource(_SourceBase):
 
 
 # --------------------------------------------------------------------------- resizing
-def center_crop_pil(image: Any, size: int) -> Any:
-    """Resize the short side to ``size`` and crop the center square (ADM's recipe).
+def center_crop_pil(image: Any, size: int | tuple[int, int]) -> Any:
+    """Resize the image to cover ``size`` and crop its center (ADM's recipe).
 
-    Halving with a box filter first keeps large downscales alias-free, then one bicubic
-    resize lands the short side exactly on ``size``.
+    ``size`` is ``S`` (the short side goes to ``S``, then the center square) or ``(H, W)``
+    (the image is scaled, keeping its aspect, until it covers ``H x W``, then the center
+    ``H x W``). Halving with a box filter first keeps large downscales alias-free, then
+    one bicubic resize lands the covering side exactly on its target.
     """
     from PIL import Image
 
-    while min(image.size) >= 2 * size:
+    h, w = image_hw(size)
+    while image.size[0] >= 2 * w and image.size[1] >= 2 * h:
         image = image.resize((image.size[0] // 2, image.size[1] // 2), resample=Image.Resampling.BOX)
-    scale = size / min(image.size)
+    scale = max(w / image.size[0], h / image.size[1])
     image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.Resampling.BICUBIC)
-    left = (image.size[0] - size) // 2
-    top = (image.size[1] - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    left = (image.size[0] - w) // 2
+    top = (image.size[1] - h) // 2
+    return image.crop((left, top, left + w, top + h))
 
 
 def pil_to_tensor(image: Any) -> Tensor:
@@ -151,7 +156,7 @@ def pil_to_tensor(image: Any) -> Tensor:
     return t / 127.5 - 1.0
 
 
-def read_image(path: str, channels: int, image_size: int) -> Tensor:
+def read_image(path: str, channels: int, image_size: int | tuple[int, int]) -> Tensor:
     """One image file as ``(C, H, W)`` in ``[-1, 1]``, center-cropped; any decode failure is
     an :class:`UnreadableImageError` naming the file."""
     from PIL import Image
@@ -195,14 +200,14 @@ class ImageFolderSource(_SourceBase):
     changed folder is detected when resuming extraction.
     """
 
-    def __init__(self, root: str | os.PathLike[str], image_size: int, channels: int = 3) -> None:
+    def __init__(self, root: str | os.PathLike[str], image_size: int | tuple[int, int], channels: int = 3) -> None:
         if channels not in (1, 3):
             raise AvgkitError(f"images can be read with 1 (grey) or 3 (RGB) channels, not {channels}")
         self.channels = channels
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise AvgkitError(f"image folder {self.root} does not exist; pass the root of an ImageNet-style tree")
-        self.image_size = int(image_size)
+        self.image_size = canonical_size(image_size)
         self.class_names, self._items = _list_image_folder(self.root)
         self.skipped: list[SkippedImage] = []
 
@@ -229,10 +234,10 @@ class ImageFolderSource(_SourceBase):
             **({"channels": self.channels} if self.channels != 3 else {}),
         }
 
-    def at_size(self, image_size: int) -> ImageFolderSource:
+    def at_size(self, image_size: int | tuple[int, int]) -> ImageFolderSource:
         other = object.__new__(ImageFolderSource)
         other.__dict__.update(self.__dict__)
-        other.image_size = int(image_size)
+        other.image_size = canonical_size(image_size)
         other.skipped = []
         return other
 
@@ -252,10 +257,10 @@ def _digits_split_mask(n: int, split: str) -> np.ndarray:
     raise AvgkitError(f"unknown digits split {split!r}; choose from: train, test, all")
 
 
-def load_digits_images(size: int = 32, split: str = "train") -> tuple[Tensor, Tensor]:
-    """scikit-learn's handwritten digits as ``(N, 1, size, size)`` float32 in ``[-1, 1]``.
+def load_digits_images(size: int | tuple[int, int] = 32, split: str = "train") -> tuple[Tensor, Tensor]:
+    """scikit-learn's handwritten digits as ``(N, 1, H, W)`` float32 in ``[-1, 1]`` (``size``: S or (H, W)).
 
-    The 8x8 images (values 0..16) are scaled to ``[-1, 1]`` and bilinearly upsampled.
+    The 8x8 images (values 0..16) are scaled to ``[-1, 1]`` and bilinearly resized.
     Every 5th image (index 4, 9, 14, ...) is held out as ``"test"`` (359 images); the
     other 1438 are ``"train"``; ``"all"`` keeps the original order.
     Returns ``(images, labels int64)``.
@@ -267,8 +272,8 @@ def load_digits_images(size: int = 32, split: str = "train") -> tuple[Tensor, Te
     raw = np.asarray(bunch.images, dtype=np.float32)  # (1797, 8, 8)
     mask = _digits_split_mask(len(raw), split)
     x = torch.from_numpy(raw[mask]).unsqueeze(1) / 8.0 - 1.0
-    if size != 8:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if image_hw(size) != (8, 8):
+        x = F.interpolate(x, size=image_hw(size), mode="bilinear", align_corners=False)
     labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64)[mask])
     return x.clamp_(-1.0, 1.0).contiguous(), labels
 
@@ -279,8 +284,8 @@ class DigitsSource(InMemorySource):
     channels = 1
     kind = "digits"
 
-    def __init__(self, image_size: int = 32, split: str = "train") -> None:
-        self.image_size = int(image_size)
+    def __init__(self, image_size: int | tuple[int, int] = 32, split: str = "train") -> None:
+        self.image_size = canonical_size(image_size)
         self.split = split
         self.images, self.labels = load_digits_images(self.image_size, split)
         self.class_names = [str(d) for d in range(10)]
@@ -289,7 +294,7 @@ class DigitsSource(InMemorySource):
     def describe(self) -> dict[str, Any]:
         return {"kind": "digits", "split": self.split, "num_items": len(self), "test_every": DIGITS_TEST_EVERY}
 
-    def at_size(self, image_size: int) -> DigitsSource:
+    def at_size(self, image_size: int | tuple[int, int]) -> DigitsSource:
         return DigitsSource(image_size, self.split)
 
 
@@ -298,7 +303,8 @@ class DigitsSource(InMemorySource):
 BUILTIN_DIGITS = "digits"
 
 
-def open_source(source: str, image_size: int, channels: int = 3, split: str = "train") -> ImageSource:
+def open_source(source: str, image_size: int | tuple[int, int], channels: int = 3,
+                split: str = "train") -> ImageSource:
     """``data.source`` at ``image_size``: the built-in digits or text-digits (``split`` train or test), a
     captioned folder (one holding ``captions.jsonl``: labels are caption ids) or an ImageFolder root,
     read with the tokenizer's ``channels`` (grey or RGB)."""
@@ -314,7 +320,7 @@ def open_source(source: str, image_size: int, channels: int = 3, split: str = "t
     return ImageFolderSource(source, image_size, channels)
 
 
-def held_out_source(source: str, image_size: int, channels: int = 3) -> ImageSource | None:
+def held_out_source(source: str, image_size: int | tuple[int, int], channels: int = 3) -> ImageSource | None:
     """Images ``source`` keeps out of training, when it has such a split (the built-in sources' test split)."""
     from avgkit.data.numbers import TEXT_DIGITS
 
@@ -352,7 +358,8 @@ def describe_recorded(recorded: dict[str, Any]) -> str:
     return str(recorded.get("root", recorded))
 
 
-def is_same_source(recorded: dict[str, Any], source: str, image_size: int, channels: int = 3) -> bool:
+def is_same_source(recorded: dict[str, Any], source: str, image_size: int | tuple[int, int],
+                   channels: int = 3) -> bool:
     """Whether ``data.source`` names the source a store recorded (an image folder moved with its files counts)."""
     from avgkit.data.numbers import TEXT_DIGITS
 
@@ -375,25 +382,29 @@ def is_same_source(recorded: dict[str, Any], source: str, image_size: int, chann
 
 
 # --------------------------------------------------------------------------- augmentation
-def five_crop_boxes(size: int, crop: int) -> list[tuple[int, int]]:
+def five_crop_boxes(size: int | tuple[int, int], crop: int | tuple[int, int]) -> list[tuple[int, int]]:
     """``(top, left)`` of the corner and center crops: tl, tr, bl, br, center.
 
-    The center offset rounds half to even, as torchvision's ``five_crop`` does.
+    Sizes are ``S`` or ``(H, W)``. The center offset rounds half to even, as
+    torchvision's ``five_crop`` does.
     """
-    far = size - crop
-    mid = int(round(far / 2.0))
-    return [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+    (h, w), (ch, cw) = image_hw(size), image_hw(crop)
+    far_y, far_x = h - ch, w - cw
+    mid_y, mid_x = int(round(far_y / 2.0)), int(round(far_x / 2.0))
+    return [(0, 0), (0, far_x), (far_y, 0), (far_y, far_x), (mid_y, mid_x)]
 
 
-def ten_crop(image: Tensor, crop: int) -> Tensor:
-    """``(C, S, S)`` -> ``(10, C, crop, crop)``: five crops, then the same five boxes of
-    the mirrored image (the order of torchvision's ``TenCrop``, which LlamaGen uses)."""
+def ten_crop(image: Tensor, crop: int | tuple[int, int]) -> Tensor:
+    """``(C, H, W)`` -> ``(10, C, h, w)`` for ``crop`` ``(h, w)`` (or ``S``): five crops, then the
+    same five boxes of the mirrored image (the order of torchvision's ``TenCrop``, which
+    LlamaGen uses)."""
     c, h, w = image.shape
-    if h != w or h < crop:
-        raise AvgkitError(f"ten-crop needs a square image of side >= {crop}, got {h}x{w}")
+    ch, cw = image_hw(crop)
+    if h < ch or w < cw:
+        raise AvgkitError(f"ten-crop needs an image of at least {size_text(crop)}, got {h}x{w}")
     views: list[Tensor] = []
     for img in (image, image.flip(-1)):
-        views.extend(img[:, top : top + crop, left : left + crop] for top, left in five_crop_boxes(h, crop))
+        views.extend(img[:, top : top + ch, left : left + cw] for top, left in five_crop_boxes((h, w), crop))
     return torch.stack(views)
 
 
@@ -401,7 +412,7 @@ def ten_crop(image: Tensor, crop: int) -> Tensor:
 class Augmentation:
     """How one source image becomes ``num_views`` tokenizer inputs.
 
-    ``load_scale``: the source is loaded at ``int(image_size * load_scale)``.
+    ``load_scale``: the source is loaded at ``int(side * load_scale)`` for each side.
     """
 
     name: str
@@ -409,11 +420,11 @@ class Augmentation:
     load_scale: float = 1.0
     description: str = field(default="", compare=False)
 
-    def load_size(self, image_size: int) -> int:
-        return int(image_size * self.load_scale)
+    def load_size(self, image_size: int | tuple[int, int]) -> int | tuple[int, int]:
+        return scaled_size(image_size, self.load_scale)
 
-    def __call__(self, image: Tensor, image_size: int) -> Tensor:
-        """``(C, L, L)`` at :meth:`load_size` -> ``(num_views, C, image_size, image_size)``."""
+    def __call__(self, image: Tensor, image_size: int | tuple[int, int]) -> Tensor:
+        """``(C, ...)`` at :meth:`load_size` -> ``(num_views, C, H, W)`` at ``image_size``."""
         if self.name == "none":
             return image.unsqueeze(0)
         if self.name == "flip":

@@ -32,6 +32,7 @@ import numpy as np
 
 from avgkit.errors import AvgkitError
 from avgkit.io import fsync_path, sha256_file
+from avgkit.sizes import canonical_size, image_hw, size_text
 
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
@@ -72,7 +73,8 @@ class StoreMeta:
     tokenizer: str
     vocab_size: int
     grid: tuple[int, int]
-    resolution: int
+    #: image size: ``S`` (square) or ``(H, W)`` (stored as ``[H, W]``), see :mod:`avgkit.sizes`
+    resolution: int | tuple[int, int]
     class_names: list[str]
     source: dict[str, Any]
     preset: str | None = None
@@ -96,9 +98,14 @@ class StoreMeta:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def __post_init__(self) -> None:
+        self.resolution = canonical_size(self.resolution)  # a square is its side, as stores always held it
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["grid"] = list(self.grid)
+        if not isinstance(self.resolution, int):
+            d["resolution"] = list(self.resolution)
         return d
 
     @classmethod
@@ -477,19 +484,20 @@ class CodeStore:
         tokenizer: str | None = None,
         preset: str | None = None,
         weights: str | None = None,
-        resolution: int | None = None,
+        resolution: int | tuple[int, int] | None = None,
     ) -> None:
         """Raise :class:`IncompatibleStoreError` if the store does not fit a recipe.
 
-        Only the arguments given are checked; the message names the first mismatch.
+        Only the arguments given are checked; the message names the first mismatch. Sizes
+        compare as ``(H, W)`` (``32`` and ``[32, 32]`` are the same) and read ``32x64``.
         """
         m = self.meta
-        checks = [
+        checks: list[tuple[str, Any, Any]] = [
             ("tokenizer", tokenizer, m.tokenizer),
             ("tokenizer preset", preset, m.preset),
             ("vocabulary size", vocab_size, m.vocab_size),
+            ("resolution", None if resolution is None else _Size(resolution), _Size(m.resolution)),
             ("tokens per image", num_tokens, m.num_tokens),
-            ("resolution", resolution, m.resolution),
             ("tokenizer weights", weights, m.weights),
         ]
         for what, want, have in checks:
@@ -505,8 +513,21 @@ class CodeStore:
         return (
             f"{self.path}: {len(self)} items x {m.num_views} view(s) x {m.num_tokens} tokens, "
             f"vocab {m.vocab_size}, tokenizer {m.tokenizer}{':' + m.preset if m.preset else ''}, "
-            f"{m.resolution}px, augmentation {m.augmentation}, {'complete' if m.complete else 'incomplete'}"
+            f"{size_text(m.resolution)}px, augmentation {m.augmentation}, {'complete' if m.complete else 'incomplete'}"
         )
+
+
+class _Size:
+    """An image size in a compatibility check: equal by ``(H, W)``, shown as ``32`` or ``32x64``."""
+
+    def __init__(self, size: Any) -> None:
+        self.hw = image_hw(size)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Size) and self.hw == other.hw
+
+    def __repr__(self) -> str:
+        return size_text(self.hw)
 
 
 def _fsync_files(paths: Iterable[Path]) -> None:

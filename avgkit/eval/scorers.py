@@ -137,8 +137,8 @@ class TextDigitsScorer(ScorerBase):
     """Two-digit numbers drawn from their words (``data.source: text-digits``), read half by half.
 
     Samples every number 20..99 by prompt, the held-out ones included; the digit
-    classifier reads the left half as the tens and the right half as the units, and a
-    sample counts when both are right. Accuracy is reported separately for the numbers
+    classifier reads the left square half of each ``S x 2S`` image as the tens and the
+    right one as the units, and a sample counts when both are right. Accuracy is reported separately for the numbers
     trained on (seen) and the held-out ones, at CFG 1 and at the recipe's CFG.
     """
 

@@ -20,11 +20,12 @@ from torch import Tensor, nn
 
 from avgkit.interfaces import Backbone, Conditioner, Conditioning, Modulation, Tokenizer
 from avgkit.registry import BackboneConfig, ComponentConfig, ConditionerConfig
+from avgkit.sizes import ImageSize, image_hw
 
 
 # --------------------------------------------------------------------------- tokenizer
 class ToyPatchConfig(ComponentConfig):
-    image_size: int = Field(8, ge=1)
+    image_size: ImageSize = Field(8, description="S (square) or [H, W], in pixels")
     patch: int = Field(2, ge=1)
     channels: int = Field(1, ge=1)
     levels: int = Field(16, ge=2, description="codebook size")
@@ -34,14 +35,14 @@ class ToyPatchTokenizer(Tokenizer):
     def __init__(self, config: ToyPatchConfig | None = None) -> None:
         super().__init__()
         c = config or ToyPatchConfig()
-        if c.image_size % c.patch:
+        h, w = image_hw(c.image_size)
+        if h % c.patch or w % c.patch:
             raise ValueError("toy-patch: image_size must be a multiple of patch")
         self.config = c
         self.codebook_size = c.levels
         self.image_size = c.image_size
         self.channels = c.channels
-        g = c.image_size // c.patch
-        self.grid = (g, g)
+        self.grid = (h // c.patch, w // c.patch)
 
     def encode(self, images: Tensor) -> Tensor:
         m = F.avg_pool2d(images.float().mean(1, keepdim=True), self.config.patch)

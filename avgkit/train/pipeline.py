@@ -68,6 +68,7 @@ from avgkit.runs.layout import (
     RunDir,
 )
 from avgkit.runtime.distributed import DistEnv, barrier, broadcast_json, setup, teardown
+from avgkit.sizes import canonical_size, same_size, size_text
 from avgkit.train.loop import StepCallback, Trainer, TrainResult
 
 
@@ -180,11 +181,11 @@ def seed_everything(seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------- sources
-def _tokenizer_image_size(cfg: Any, data: DataSection) -> int:
+def _tokenizer_image_size(cfg: Any, data: DataSection) -> int | tuple[int, int]:
     size = getattr(cfg, "image_size", None) or data.image_size
     if size is None:
         raise AvgkitError("cannot tell the image size: set data.image_size or the tokenizer's image_size")
-    return int(size)
+    return canonical_size(size)
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -342,7 +343,7 @@ def _prepare_store(recipe: Recipe, comps: Components, env: DistEnv, weights: Pat
                      dict(store.meta.source))
 
 
-def _check_store_source(store: Any, data: DataSection, image_size: int, channels: int) -> None:
+def _check_store_source(store: Any, data: DataSection, image_size: int | tuple[int, int], channels: int) -> None:
     """Refuse a finished store encoded from another ``data.source`` (a moved image folder is recognised)."""
     if not is_same_source(store.meta.source, data.source, image_size, channels):
         raise AvgkitError(
@@ -358,10 +359,10 @@ def load_train_data(
     if data is None:
         raise AvgkitError("the recipe has no data: section; add data: {source: digits, store: codes/digits.zarr}")
     tok = comps.tokenizer
-    if data.image_size is not None and data.image_size != tok.image_size:
+    if data.image_size is not None and not same_size(data.image_size, tok.image_size):
         raise AvgkitError(
-            f"data.image_size {data.image_size} differs from the tokenizer's image size {tok.image_size}; "
-            f"remove data.image_size or change the tokenizer"
+            f"data.image_size {size_text(data.image_size)} differs from the tokenizer's image size "
+            f"{size_text(tok.image_size)}; remove data.image_size or change the tokenizer"
         )
     if data.store is None:
         if data.augment != "none":

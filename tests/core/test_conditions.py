@@ -86,26 +86,33 @@ def test_side_by_side_grid_roundtrip():
     assert torch.equal(l2, left) and torch.equal(r2, right)
 
 
-def test_text_digits_source_is_captioned_square_and_leaves_the_held_out_numbers_out():
+def test_text_digits_source_is_two_digits_side_by_side_and_leaves_the_held_out_numbers_out():
     from avgkit.data.captions import is_captioned
-    from avgkit.data.sources import held_out_source, is_same_source, open_source
+    from avgkit.data.sources import held_out_source, is_same_source, load_digits_images, open_source
 
-    train, test = open_source("text-digits", 32), held_out_source("text-digits", 32)
-    assert is_captioned(train.describe()) and train.channels == 1
+    train, test = open_source("text-digits", [32, 64]), held_out_source("text-digits", (32, 64))
+    assert is_captioned(train.describe()) and train.channels == 1 and train.image_size == (32, 64)
     assert len(train) == PER_NUMBER["train"] * len(TRAIN_NUMBERS) and len(test) == 4 * len(TRAIN_NUMBERS)
     assert train.class_names == test.class_names == sorted(number_words(n) for n in TRAIN_NUMBERS)
     assert not {number_words(n) for n in HELD_OUT} & set(train.class_names)
     image, label = train[0]
-    assert image.shape == (1, 32, 32) and train.class_names[label] == number_words(20)
-    # each digit fills its half: stretched from 8x8 to 32 high and 16 wide
-    from avgkit.data.numbers import tall_digits
-
-    digits, labels = tall_digits(32, "train")
-    assert any(torch.equal(image[..., :16], d) for d in digits[labels == 2])
-    assert any(torch.equal(image[..., 16:], d) for d in digits[labels == 0])
-    assert is_same_source(train.describe(), "text-digits", 32) and not is_same_source(train.describe(), "digits", 32)
-    # a store encoded from an earlier layout of text-digits is another source
-    assert not is_same_source({**train.describe(), "layout": None}, "text-digits", 32)
+    assert image.shape == (1, 32, 64) and train.class_names[label] == number_words(20)
+    # each half is a whole training digit drawn as the digits source draws it at 32: the 2 left, the 0 right
+    digits, labels = load_digits_images(32, "train")
+    assert any(torch.equal(image[..., :32], d) for d in digits[labels == 2])
+    assert any(torch.equal(image[..., 32:], d) for d in digits[labels == 0])
+    held, held_labels = load_digits_images(32, "test")
+    t_image, t_label = test[0]
+    tens, units = divmod(words_number(test.class_names[t_label]), 10)
+    assert any(torch.equal(t_image[..., :32], d) for d in held[held_labels == tens])
+    assert any(torch.equal(t_image[..., 32:], d) for d in held[held_labels == units])
+    assert train.at_size((16, 32))[0][0].shape == (1, 16, 32)
+    with pytest.raises(AvgkitError, match=r"S x 2S pixels, not 32x32; set the tokenizer's image_size to \[32, 64\]"):
+        open_source("text-digits", 32)
+    assert is_same_source(train.describe(), "text-digits", (32, 64))
+    assert not is_same_source(train.describe(), "digits", (32, 64))
+    # a store encoded from an earlier layout of text-digits (the stretched square one) is another source
+    assert not is_same_source({**train.describe(), "layout": "tall-halves"}, "text-digits", (32, 64))
 
 
 def test_captioned_folder_reads_like_an_image_folder(tmp_path):

@@ -79,6 +79,17 @@ def test_image_folder_layout_labels_and_crop(image_tree):
     assert gray.shape == (3, 16, 16) and label == 0 and torch.equal(gray[0], gray[1])
 
 
+def test_image_folder_at_a_non_square_size_covers_then_crops_the_center(image_tree):
+    src = ImageFolderSource(image_tree, image_size=[8, 16])
+    assert src.image_size == (8, 16) and ImageFolderSource(image_tree, [16, 16]).image_size == 16
+    img, _ = src[2]  # 20 high x 40 wide, left half black: scaled to exactly 8 x 16
+    assert img.shape == (3, 8, 16) and torch.all(img[:, :, :7] == -1) and torch.all(img[:, :, 9:] == 1)
+    tall = src.at_size((16, 8))[2][0]  # scaled to 16 x 32 to cover 16 high, then the center 8 columns
+    assert tall.shape == (3, 16, 8) and torch.all(tall[:, :, :3] == -1) and torch.all(tall[:, :, 5:] == 1)
+    assert src.at_size((16, 8))[3][0].shape == (3, 16, 8)  # a 30x30 image
+    assert src.at_size((16, 8))[1][0].shape == (3, 16, 8)  # a 16 high x 24 wide one, scaled up
+
+
 def test_image_folder_read_in_grey_for_a_one_channel_tokenizer(image_tree):
     rgb, grey = ImageFolderSource(image_tree, image_size=16), ImageFolderSource(image_tree, 16, channels=1)
     img, label = grey[2]
@@ -136,9 +147,22 @@ def test_ten_crop_matches_torchvision():
     assert torch.equal(ten_crop(img, 32), torch.stack(tvf.ten_crop(img, 32)))
 
 
+def test_ten_crop_of_a_non_square_size_matches_torchvision():
+    img = torch.arange(3 * 11 * 13, dtype=torch.float32).view(3, 11, 13)
+    views = ten_crop(img, (8, 10))
+    assert views.shape == (10, 3, 8, 10)
+    assert five_crop_boxes((11, 13), (8, 10)) == [(0, 0), (0, 3), (3, 0), (3, 3), (2, 2)]
+    assert torch.equal(views[3], img[:, 3:, 3:]) and torch.equal(views[5], img.flip(-1)[:, :8, :10])
+    tvf = pytest.importorskip("torchvision.transforms.functional")
+    assert torch.equal(views, torch.stack(tvf.ten_crop(img, [8, 10])))
+    with pytest.raises(AvgkitError, match="at least 12x10, got 11x13"):
+        ten_crop(img, (12, 10))
+
+
 def test_augmentations():
     tc = get_augmentation("ten-crop")
     assert tc.name == "tencrop" and tc.num_views == 10 and tc.load_size(256) == 281 and tc.load_size(32) == 35
+    assert tc.load_size((32, 64)) == (35, 70) and tc(torch.rand(1, 35, 70), (32, 64)).shape == (10, 1, 32, 64)
     img = torch.rand(1, 35, 35)
     assert tc(img, 32).shape == (10, 1, 32, 32)
     flip = get_augmentation("flip")(img, 35)

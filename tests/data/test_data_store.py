@@ -117,6 +117,30 @@ def test_check_compatible(tmp_path):
     assert isinstance(err, AvgkitError) and "\n" not in str(err)
 
 
+def test_a_non_square_resolution_is_recorded_and_checked(tmp_path):
+    """[H, W] sizes: stored as [32, 64], read back as (32, 64); a store of another size is refused in one line."""
+    path = tmp_path / "s.zarr"
+    store = CodeStore.create(path, _meta(grid=(4, 8), resolution=[32, 64]), 4)
+    _fill(store)
+    again = CodeStore.open(path)
+    assert again.meta.resolution == (32, 64) and dict(again._group.attrs)["avgkit"]["resolution"] == [32, 64]
+    assert "32x64px" in again.summary()
+    again.check_compatible(num_tokens=32, resolution=(32, 64))
+    again.check_compatible(resolution=[32, 64])
+    for other, shown in (((64, 32), "64x32"), (32, "32"), ((32, 32), "32")):
+        with pytest.raises(IncompatibleStoreError, match=rf"resolution 32x64 .* expects {shown}; re-run prepare"):
+            again.check_compatible(num_tokens=32, resolution=other)
+    err = pytest.raises(IncompatibleStoreError, again.check_compatible, resolution=(64, 32)).value
+    assert "\n" not in str(err)
+    # a square is its side whichever way it is written: an int store takes [32, 32]
+    square = CodeStore.create(tmp_path / "q.zarr", _meta(resolution=[32, 32]), 4)
+    assert square.meta.resolution == 32 and square.meta.to_dict()["resolution"] == 32
+    _fill(square)
+    CodeStore.open(tmp_path / "q.zarr").check_compatible(resolution=(32, 32))
+    with pytest.raises(IncompatibleStoreError, match=r"resolution 32 .* expects 32x64"):
+        CodeStore.open(tmp_path / "q.zarr").check_compatible(resolution=(32, 64))
+
+
 def test_incomplete_store_and_missing_chunk(tmp_path):
     path = tmp_path / "s.zarr"
     store = CodeStore.create(path, _meta(), 40, chunk_items=16)

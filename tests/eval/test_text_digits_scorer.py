@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from avgkit.data.numbers import HELD_OUT, NUMBERS, TextDigitsSource, number_words, tall_digits
+from avgkit.data.numbers import HELD_OUT, NUMBERS, TextDigitsSource, halves_correct, number_words
+from avgkit.data.sources import load_digits_images
 from avgkit.errors import AvgkitError
 from avgkit.eval.scorers import TextDigitsScorer, get_scorer
 
@@ -20,14 +20,14 @@ def scorer():
 
 @pytest.fixture(scope="module")
 def pool(scorer):
-    """For each digit, real training digits (32 high, 16 wide) that the classifier reads correctly."""
-    digits, labels = tall_digits(32, "train")
-    read = torch.as_tensor(scorer._digits.classifier().predict(F.avg_pool2d(digits, (2, 1))))
+    """For each digit, real 32x32 training digits that the classifier reads correctly."""
+    digits, labels = load_digits_images(32, "train")
+    read = torch.as_tensor(scorer._digits.classifier().predict(digits))
     return [digits[(labels == d) & (read == d)][:PER_NUMBER] for d in range(10)]
 
 
 def _numbers_image(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """TextDigitsSource's layout: two digits at half width side by side in 32x32."""
+    """TextDigitsSource's layout: two 32x32 digits side by side in 32x64."""
     return torch.cat([left, right], -1)
 
 
@@ -48,7 +48,8 @@ def test_prompts_cover_every_number_and_the_layout_matches_the_source(scorer, po
     labels = scorer.labels(len(prompts), PER_NUMBER, 12)
     assert labels.tolist() == [i for i in range(80) for _ in range(PER_NUMBER)]
     # the scorer reads the source's own layout: its held-out-digit images score like the classifier
-    source = TextDigitsSource(32, "test")
+    source = TextDigitsSource((32, 64), "test")
+    assert source.images.shape[-2:] == (32, 64)
     prompt_ids = torch.as_tensor([prompts.index(source.class_names[c]) for c in source.labels.tolist()])
     score = scorer.score(source.images, prompt_ids)
     assert score["seen_accuracy"] > 0.9 and score["held_out_accuracy"] is None
@@ -73,9 +74,21 @@ def test_swapped_halves_score_zero(scorer, pool):
 
 def test_one_wrong_half_fails_the_number(scorer, pool):
     images, labels = _images(pool)
-    images[..., 16:] = _numbers_image(pool[0][0], pool[0][0])[..., 16:]  # every units digit drawn as 0
+    images[..., 32:] = pool[0][0]  # every units digit drawn as 0
     score = scorer.score(images, labels)
     assert all(v == (1.0 if w.count("-") == 0 else 0.0) for w, v in score["per_number"].items())
+
+
+def test_each_half_is_read_as_it_is(scorer, pool):
+    """The halves go to the classifier unchanged: the same digits read alone give the same answers."""
+    images, labels = _images(pool)
+    clf = scorer._digits.classifier()
+    numbers = torch.as_tensor(NUMBERS)[labels]
+    tens, units = torch.as_tensor(clf.predict(images[..., :32])), torch.as_tensor(clf.predict(images[..., 32:]))
+    assert torch.equal(tens, numbers // 10) and torch.equal(units, numbers % 10)
+    assert halves_correct(clf, images, numbers).all()
+    with pytest.raises(ValueError, match=r"S x 2S\), got 32x32"):
+        halves_correct(clf, images[..., :32], numbers)
 
 
 def test_grid_rows_scales_and_row_names(scorer):

@@ -83,6 +83,40 @@ def test_zarr_store_is_prepared_then_reused(tmp_path, builtin_plugins, capsys):
         run_recipe(other, progress=False)
 
 
+def test_a_non_square_run_then_a_store_of_another_size_is_refused(tmp_path, builtin_plugins):
+    """8x16 images as 4x8 codes through the store, the loop and the final grid; then the same store at 8."""
+    from PIL import Image
+
+    from avgkit.data.store import CodeStore
+
+    store = str(tmp_path / "codes.zarr")
+    wide = toy_recipe(
+        tokenizer={"name": "toy-patch", "image_size": [8, 16], "patch": 2},
+        data={"source": "digits", "store": store},
+        train={**TRAIN, "steps": 4, "sample_every": None},
+        eval={"samples_per_class": 2, "grid_classes": 3},
+        output_dir=str(tmp_path / "a"),
+    )
+    result = run_recipe(wide, progress=False)
+    meta = CodeStore.open(store).meta
+    assert meta.resolution == (8, 16) and meta.grid == (4, 8) and result.train.step == 4
+    from avgkit.images import MIN_CELL
+
+    with Image.open(tmp_path / "a" / "samples.png") as grid:
+        height = grid.size[1]
+    scale = -(-MIN_CELL // 16)  # cells of 8x16 pixels, upscaled until their long side reaches MIN_CELL
+    assert height == 16 + 3 * (8 * scale + 2) + 2  # a title, then 3 rows of cells 8 * scale high, 2 apart
+    square = toy_recipe(
+        tokenizer={"name": "toy-patch", "image_size": 8, "patch": 2},
+        data={"source": "digits", "store": store},
+        train={**TRAIN, "steps": 4},
+        output_dir=str(tmp_path / "b"),
+    )
+    with pytest.raises(AvgkitError, match=r"has resolution 8x16 .* expects 8; re-run prepare") as err:
+        run_recipe(square, progress=False)
+    assert "\n" not in str(err.value)
+
+
 def test_tokenizer_is_trained_when_missing_then_reused(tmp_path, fake_vq_plugins):
     weights = tmp_path / "tok" / "vq.safetensors"
     recipe = toy_recipe(

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from avgkit.interfaces import Tokenizer
+from avgkit.sizes import image_hw
 from avgkit.testing.conformance._common import (
     ConformanceSkip,
     as_factory,
@@ -42,7 +43,7 @@ class TokenizerCase:
 
     def images(self, tok: Tokenizer) -> Tensor:
         gen = torch.Generator().manual_seed(self.seed + 1)
-        x = torch.rand(self.batch_size, tok.channels, tok.image_size, tok.image_size, generator=gen) * 2 - 1
+        x = torch.rand(self.batch_size, tok.channels, *image_hw(tok.image_size), generator=gen) * 2 - 1
         return x.to(self.device)
 
     def codes(self, tok: Tokenizer) -> Tensor:
@@ -52,10 +53,14 @@ class TokenizerCase:
 
 def check_attributes(case: TokenizerCase) -> None:
     tok = case.build()
-    for attr in ("codebook_size", "image_size", "channels"):
+    for attr in ("codebook_size", "channels"):
         value = getattr(tok, attr, None)
         if not isinstance(value, int) or value < 1:
             fail(f"{case.where} tokenizer.{attr} must be a positive int, got {value!r}")
+    size = getattr(tok, "image_size", None)
+    if not (isinstance(size, int) and size >= 1 or isinstance(size, tuple) and len(size) == 2
+            and all(isinstance(s, int) and s >= 1 for s in size)):
+        fail(f"{case.where} tokenizer.image_size must be a positive int or a tuple (H, W) of them, got {size!r}")
     grid = getattr(tok, "grid", None)
     if not (isinstance(grid, tuple) and len(grid) == 2 and all(isinstance(g, int) and g > 0 for g in grid)):
         fail(f"{case.where} tokenizer.grid must be a tuple of two positive ints, got {grid!r}")
@@ -89,7 +94,7 @@ def check_decode(case: TokenizerCase) -> None:
     codes = case.codes(tok)
     with torch.no_grad():
         images = tok.decode(codes)
-    expected = (case.batch_size, tok.channels, tok.image_size, tok.image_size)
+    expected = (case.batch_size, tok.channels, *image_hw(tok.image_size))
     if tuple(images.shape) != expected or not images.is_floating_point():
         fail(f"{case.where} decode gave {images.dtype} {tuple(images.shape)}, expected floating {expected}")
     assert_finite(images, f"{case.where} decoded images")

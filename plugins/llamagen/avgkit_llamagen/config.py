@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from avgkit.registry import ComponentConfig
+from avgkit.sizes import ImageSize, image_hw
 
 
 class VQConfig(ComponentConfig):
@@ -15,7 +16,7 @@ class VQConfig(ComponentConfig):
     without executing code).
     """
 
-    image_size: int = Field(256, ge=1, description="square input size in pixels")
+    image_size: ImageSize = Field(256, description="input size in pixels: S (square) or [H, W]")
     channels: int = Field(3, ge=1, description="image channels (in and out)")
     ch: int = Field(128, ge=1, description="base channel count")
     ch_mult: tuple[int, ...] = Field((1, 1, 2, 2, 4), min_length=1, description="channel multiplier per level")
@@ -35,9 +36,15 @@ class VQConfig(ComponentConfig):
         return 2 ** (len(self.ch_mult) - 1)
 
     @property
+    def image_hw(self) -> tuple[int, int]:
+        """``(H, W)`` in pixels."""
+        return image_hw(self.image_size)
+
+    @property
     def grid(self) -> tuple[int, int]:
-        g = self.image_size // self.downsample
-        return (g, g)
+        """``(h, w)`` tokens: each side divided by the downsampling."""
+        h, w = self.image_hw
+        return (h // self.downsample, w // self.downsample)
 
     def architecture(self) -> dict:
         """Fields that decide the state-dict shapes and the math (everything but ``weights``)."""
@@ -45,10 +52,11 @@ class VQConfig(ComponentConfig):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> VQConfig:
-        if self.image_size % self.downsample:
+        if any(side % self.downsample for side in self.image_hw):
+            shown = self.image_size if isinstance(self.image_size, int) else list(self.image_size)
             raise ValueError(
-                f"image_size {self.image_size} is not divisible by the downsampling factor {self.downsample} "
-                f"(2 ** (len(ch_mult) - 1)); pick an image_size that is a multiple of it"
+                f"image_size {shown} is not divisible by the downsampling factor {self.downsample} "
+                f"(2 ** (len(ch_mult) - 1)); pick an image_size whose sides are multiples of it"
             )
         bad = sorted({c for c in (self.ch, *(self.ch * m for m in self.ch_mult)) if c % self.norm_groups})
         if bad:

@@ -168,7 +168,7 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def _check_images(images: Tensor, cfg: VQConfig, what: str) -> None:
-    want = (cfg.channels, cfg.image_size, cfg.image_size)
+    want = (cfg.channels, *cfg.image_hw)
     if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != want:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise VQError(f"{what} must be a tensor (N, {want[0]}, {want[1]}, {want[2]}) in [-1, 1], got {shape}")

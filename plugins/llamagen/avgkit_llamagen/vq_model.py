@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avgkit.interfaces import Tokenizer
+from avgkit.sizes import size_text
 
 from .config import VQConfig
 from .errors import VQError
@@ -276,11 +277,11 @@ class LlamaGenVQ(Tokenizer):
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
 
     def _check_images(self, images: Tensor) -> Tensor:
-        want = (self.channels, self.image_size, self.image_size)
+        want = (self.channels, *self.image_hw)
         if images.dim() != 4 or tuple(images.shape[1:]) != want:
             raise VQError(
                 f"expected images of shape (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(images.shape)}; "
-                f"resize to image_size {self.image_size} with {self.channels} channel(s)"
+                f"resize to image_size {size_text(self.image_size)} with {self.channels} channel(s)"
             )
         return images.to(self.quant_conv.weight.dtype)
 

@@ -31,7 +31,7 @@ def vq16_like_config(**overrides) -> VQConfig:
     return VQConfig(**values)
 
 
-def smooth_images(n: int, size: int, channels: int = 1, seed: int = 0) -> torch.Tensor:
+def smooth_images(n: int, size: int | tuple[int, int], channels: int = 1, seed: int = 0) -> torch.Tensor:
     """Random blurry images in [-1, 1] (low-res noise upsampled), a stand-in for a small domain."""
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(n, channels, 4, 4, generator=g) * 2 - 1

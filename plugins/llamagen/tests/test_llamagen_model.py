@@ -75,7 +75,9 @@ def test_small_vq16_structure_has_the_official_keys():
 
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
-    [({"image_size": 100}, "not divisible by the downsampling factor 16"), ({"ch": 48}, "norm_groups 32")],
+    [({"image_size": 100}, "not divisible by the downsampling factor 16"),
+     ({"image_size": [256, 200]}, r"image_size \[256, 200\] is not divisible by the downsampling factor 16"),
+     ({"ch": 48}, "norm_groups 32")],
 )
 def test_invalid_configs_are_refused(overrides, fragment):
     with pytest.raises(ValueError, match=fragment):
@@ -185,3 +187,24 @@ def test_bad_inputs_give_clear_errors(tiny):
 def test_build_tokenizer_without_weights_is_in_eval_mode():
     model = build_tokenizer(tiny_config())
     assert isinstance(model, LlamaGenVQ) and not model.training
+
+
+def test_non_square_round_trip_is_a_4x8_grid():
+    """[32, 64] images -> 4x8 codes in raster order (4 rows of 8) -> [32, 64] images."""
+    torch.manual_seed(0)
+    cfg = tiny_config(image_size=[32, 64], ch_mult=(1, 2, 2, 2))  # 8x downsampling
+    tok = LlamaGenVQ(cfg).eval()
+    assert cfg.image_size == (32, 64) and tok.image_hw == (32, 64)
+    assert tok.grid == (4, 8) and tok.num_tokens == 32
+    x = smooth_images(3, (32, 64))
+    codes = tok.encode(x)
+    assert codes.shape == (3, 32)
+    _, _, idx = tok.quantize_images(x)
+    assert idx.shape == (3, 4, 8) and torch.equal(codes, idx.flatten(1))  # row-major over 4 rows of 8
+    images = tok.decode(codes)
+    assert images.shape == (3, 1, 32, 64)
+    assert torch.equal(tok.decode(codes.view(3, 4, 8)), images)
+    with pytest.raises(VQError, match=r"expected codes of shape \(B, 32\) or \(B, 4, 8\)"):
+        tok.decode(codes.view(3, 8, 4)[:, :4])
+    with pytest.raises(VQError, match=r"\(B, 1, 32, 64\), got \(3, 1, 64, 32\); resize to image_size 32x64"):
+        tok.encode(x.transpose(-1, -2))

@@ -163,3 +163,27 @@ def test_int8_state_keeps_top1_agreement():
     assert (low - ref).abs().max() < 5e-3  # measured 5e-4 at logits of magnitude 0.7
     s = bb.init_state(2)
     assert s.layers[0].ssm.dtype == torch.int8 and s.layers[0].scale.shape == s.layers[0].ssm.shape[:3]
+
+
+def test_a_non_square_tokenizer_sizes_the_position_table_and_samples_a_4x8_grid():
+    """A recipe's tokenizer of 4x8 tokens: 4 * 8 learned positions (+1, the reference's offset), 32 codes sampled."""
+    from avgkit.build import build as build_recipe
+    from avgkit.recipe import validate_recipe
+    from avgkit.sample.grids import generate_images
+
+    recipe = validate_recipe({
+        "name": "m", "tokenizer": {"name": "toy-patch", "image_size": [8, 16], "patch": 2},
+        "backbone": "mamba2:tiny", "conditioner": {"name": "adaln-group", "groups": 2, "num_classes": 4},
+    })
+    torch.manual_seed(0)
+    comps = build_recipe(recipe)
+    assert comps.tokenizer.grid == (4, 8) and comps.backbone.num_tokens == 32
+    assert comps.backbone.embeddings.position_embeddings.num_embeddings == 4 * 8 + 1
+    backbone, conditioner = comps.backbone.eval(), comps.conditioner.eval()
+    codes = comps.sampler.sample(backbone, conditioner, torch.tensor([0, 1, 3]))
+    assert codes.shape == (3, 32) and int(codes.min()) >= 0 and int(codes.max()) < 16
+    with torch.no_grad():
+        assert backbone(codes, conditioner(torch.tensor([0, 1, 3]))).shape == (3, 32, 16)
+    images = generate_images(backbone, conditioner, comps.sampler, comps.tokenizer, torch.tensor([2, 3]), seed=0,
+                             batch_size=2, device=torch.device("cpu"))
+    assert images.shape == (2, 1, 8, 16)

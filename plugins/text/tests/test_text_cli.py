@@ -187,7 +187,7 @@ def test_text_digits_run_scores_seen_and_held_out_numbers(tmp_path, capsys):
     """eval.classifier=text-digits: every number 20-99 sampled by its words at CFG 1 and the recipe's, both halves read."""
     path = _recipe(
         tmp_path,
-        tokenizer={"name": "toy-patch", "image_size": 32, "patch": 8, "levels": 16},
+        tokenizer={"name": "toy-patch", "image_size": [32, 64], "patch": 8, "levels": 16},
         data={"source": "text-digits", "store": None, "val_source": None},
         eval={"samples_per_class": 2, "batch_size": 160, "grid_classes": 10, "classifier": "text-digits"},
     )
@@ -209,7 +209,8 @@ def test_text_digits_run_scores_seen_and_held_out_numbers(tmp_path, capsys):
     from PIL import Image
 
     grid = Image.open(run / "samples.png")
-    assert grid.height >= 10 * 64  # a row per shown number: the eight held out, then seen ones
+    assert grid.height >= 10 * 32  # a row per shown number (32x64 images): the eight held out, then seen ones
+    assert grid.width >= 2 * 64
 
     # `avgkit eval RUN` scores the run again from its checkpoint: the same record
     code, err = _avgkit(capsys, "eval", str(run), "--device", "cpu")

@@ -24,7 +24,8 @@ class TransformerConfig(BackboneConfig):
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
     rope_base: float = Field(10000.0, gt=0, description="rotary embedding base")
     grid_width: int | None = Field(
-        None, ge=1, description="token grid width for 2D RoPE; unset = sqrt(num_tokens) (a square grid)"
+        None, ge=1, description="token grid width (columns) for 2D RoPE; taken from the tokenizer's grid when "
+        "unset; built without one, sqrt(num_tokens) (a square grid)"
     )
     prefix_rope: Literal["zero", "identity"] = Field(
         "zero",

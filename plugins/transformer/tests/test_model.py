@@ -129,6 +129,39 @@ def test_builds_from_a_recipe_through_the_registry():
     assert codes.shape == (2, 16)
 
 
+def test_a_non_square_tokenizer_gives_its_grid_width_and_samples_a_4x8_grid():
+    """A recipe's tokenizer of 4x8 tokens: the 2D RoPE uses 8 columns, sampling fills 32 codes."""
+    import avgkit_transformer.plugin as plugin
+
+    from avgkit.build import build
+    from avgkit.errors import AvgkitError
+    from avgkit.plugins import PluginManager
+    from avgkit.recipe import validate_recipe
+    from avgkit.sample.grids import generate_images
+
+    registry = PluginManager(entry_points=False, extra=[("transformer-under-test", plugin)]).registry
+    raw = {"name": "t", "tokenizer": {"name": "toy-patch", "image_size": [8, 16], "patch": 2},
+           "backbone": "transformer:tiny", "conditioner": {"name": "toy-class", "modulate": True}}
+    torch.manual_seed(0)
+    comps = build(validate_recipe(raw), registry=registry)
+    assert comps.tokenizer.grid == (4, 8) and comps.backbone.num_tokens == 32
+    assert comps.backbone.config.grid_width == 8 and comps.backbone.config.width == 8
+    # image token k sits on row k // 8, column k % 8: token 9 (row 1, column 1) turns like row 1 and column 1
+    table = comps.backbone._table(torch.tensor([1 + 9]), 1)
+    freqs = 10000.0 ** (-torch.arange(0, 8, 2).float() / 8)
+    assert torch.allclose(table[0, :, 0], torch.cos(torch.cat([1 * freqs, 1 * freqs])))
+    backbone, conditioner = comps.backbone.eval(), comps.conditioner.eval()
+    codes = comps.sampler.sample(backbone, conditioner, torch.tensor([1, 2, 3]))
+    assert codes.shape == (3, 32) and int(codes.min()) >= 0 and int(codes.max()) < 16
+    images = generate_images(backbone, conditioner, comps.sampler, comps.tokenizer, torch.tensor([1, 2]), seed=0,
+                             batch_size=2, device=torch.device("cpu"))
+    assert images.shape == (2, 1, 8, 16)
+    # a grid_width the tokenizer contradicts is refused before anything runs
+    with pytest.raises(AvgkitError, match="grid_width=4 but the tokenizer gives 8"):
+        build(validate_recipe({**raw, "backbone": {"name": "transformer", "preset": "tiny", "grid_width": 4}}),
+              registry=registry)
+
+
 def test_pairs_with_modulating_conditioner_in_training_mode():
     model = _tiny(token_dropout=0.1, resid_dropout=0.1, ffn_dropout=0.1, drop_path=0.2).train()
     cond = ToyClassConditioner(ToyClassConfig(), dim=64, num_layers=2)

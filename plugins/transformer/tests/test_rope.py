@@ -26,6 +26,19 @@ def test_rows_then_columns_layout():
         assert torch.allclose(table[i, :, 1], torch.sin(angles))
 
 
+def test_a_4x8_grid_turns_by_its_4_rows_and_8_columns():
+    head_dim = 16
+    freqs = inverse_frequencies(head_dim, 10000.0)
+    table = _table(torch.arange(32), width=8, head_dim=head_dim)
+    rows = torch.arange(4).repeat_interleave(8).float()  # 0 x8, 1 x8, 2 x8, 3 x8
+    cols = torch.arange(8).repeat(4).float()  # 0..7 in every row
+    angles = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1)  # row pairs first, then columns
+    assert table.shape == (32, head_dim // 2, 2)
+    assert torch.allclose(table[..., 0], torch.cos(angles)) and torch.allclose(table[..., 1], torch.sin(angles))
+    # read as a square (or any other width), the same 32 cells turn otherwise
+    assert not torch.allclose(table, _table(torch.arange(32), width=4, head_dim=head_dim))
+
+
 @pytest.mark.parametrize("mode, expected", [("zero", (0.0, 0.0)), ("identity", (1.0, 0.0))])
 def test_prefix_rows(mode, expected):
     table = _table([-1, 0, 3], prefix=[True, False, False], mode=mode)
