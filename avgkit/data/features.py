@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avgkit.data.store import CodeStore, StoreError, _fsync_files
+from avgkit.data.store import ChunkedItems, CodeStore, StoreError, _fsync_files
 
 GROUP = "text_features"
 FORMAT_VERSION = 1
@@ -84,7 +84,7 @@ def _mismatch(store_path: Path, key: str, recorded: dict[str, Any], current: dic
         f"the encoder they came from, or run `avgkit prepare <recipe> --replace-features` to extract the recipe's")
 
 
-class CaptionFeatures:
+class CaptionFeatures(ChunkedItems):
     """The ``text_features`` group of one code store; :meth:`open` it, :func:`extract_features` fills it."""
 
     def __init__(self, store_path: Path, group: Any, mode: str) -> None:
@@ -142,9 +142,6 @@ class CaptionFeatures:
         return cls(store_path, group, "r+")
 
     # ------------------------------------------------------------------ geometry
-    def __len__(self) -> int:
-        return int(self.done.shape[0])
-
     @property
     def encoder(self) -> dict[str, Any]:
         return dict(self.meta.get("encoder") or {})
@@ -156,18 +153,6 @@ class CaptionFeatures:
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.values.shape)) * self.values.dtype.itemsize
-
-    @property
-    def chunk_items(self) -> int:
-        return int(self.done.chunks[0])
-
-    @property
-    def num_chunks(self) -> int:
-        return -(-len(self) // self.chunk_items)
-
-    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.chunk_items
-        return start, min(start + self.chunk_items, len(self))
 
     def _chunk_files(self, chunk: int) -> list[Path]:
         """The values, mask and done files of ``chunk`` (``done`` last)."""

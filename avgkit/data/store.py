@@ -151,7 +151,28 @@ def default_chunk_items(num_tokens: int, itemsize: int) -> int:
 
 
 # --------------------------------------------------------------------------- store
-class CodeStore:
+class ChunkedItems:
+    """Items written chunk by chunk, each chunk marked in a ``done`` array of one flag per item."""
+
+    done: Any
+
+    def __len__(self) -> int:
+        return int(self.done.shape[0])
+
+    @property
+    def chunk_items(self) -> int:
+        return int(self.done.chunks[0])
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-len(self) // self.chunk_items)
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_items
+        return start, min(start + self.chunk_items, len(self))
+
+
+class CodeStore(ChunkedItems):
     """A zarr code store on local disk; create with :meth:`create`, read with :meth:`open`."""
 
     def __init__(self, path: Path, group: Any, mode: str) -> None:
@@ -238,9 +259,6 @@ class CodeStore:
         return store
 
     # ------------------------------------------------------------------ geometry
-    def __len__(self) -> int:
-        return int(self.done.shape[0])
-
     @property
     def n_items(self) -> int:
         return len(self)
@@ -256,18 +274,6 @@ class CodeStore:
     @property
     def vocab_size(self) -> int:
         return self.meta.vocab_size
-
-    @property
-    def chunk_items(self) -> int:
-        return int(self.done.chunks[0])
-
-    @property
-    def num_chunks(self) -> int:
-        return -(-len(self) // self.chunk_items)
-
-    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.chunk_items
-        return start, min(start + self.chunk_items, len(self))
 
     def codes_nbytes(self) -> int:
         return int(np.prod(self.codes.shape)) * self.codes.dtype.itemsize

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +10,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from avgkit.cli.app import app, main
+from avgkit.cli.app import app
+from avgkit.testing.cli import run_cli
 
 CAPTIONS = ["a dark square", "a light square", "a light square", "stripes"]
 
@@ -50,19 +50,6 @@ def _recipe(tmp, **changes):
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
-
-
-def _avgkit(capsys, *args):
-    """``avgkit ARGS`` through the entry point, which turns errors into one line: (exit code, stderr)."""
-    old, sys.argv = sys.argv, ["avgkit", *args]
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +118,7 @@ def test_sample_prompts_from_the_command_line(text_run, tmp_path):
 def test_text_run_sampling_errors(text_run, tmp_path, capsys, args, words):
     (tmp_path / "empty.txt").write_text("\n  \n")
     args = tuple(str(tmp_path / "empty.txt") if a == "EMPTY" else a for a in args)
-    code, err = _avgkit(capsys, "sample", str(text_run / "run"), "--device", "cpu", "--quiet",
+    code, err = run_cli(capsys, "sample", str(text_run / "run"), "--device", "cpu", "--quiet",
                         "--out", str(tmp_path / "o"), *args)
     assert code == 2 and words in err and err.startswith("error: ") and err.count("\n") == 1
 
@@ -149,7 +136,7 @@ def test_prompts_for_a_class_conditional_run_are_refused(tmp_path, capsys):
     model = build(recipe).model
     save_checkpoint(run / "checkpoints", 1, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                     trainer_state={"step": 1})
-    code, err = _avgkit(capsys, "sample", str(run), "--prompt", "a cat", "--device", "cpu", "--out",
+    code, err = run_cli(capsys, "sample", str(run), "--prompt", "a cat", "--device", "cpu", "--out",
                         str(tmp_path / "o"))
     assert code == 2 and "is class-conditional" in err and "pass --classes" in err and err.count("\n") == 1
 
@@ -158,10 +145,10 @@ def test_text_conditioner_refuses_class_data_and_captions_refuse_class_condition
     _captioned_folder(tmp_path / "pics")
     path = _recipe(tmp_path, data={"source": "digits", "store": None, "val_source": None},
                    tokenizer={"name": "toy-patch", "image_size": 8, "patch": 2, "levels": 16, "channels": 1})
-    code, err = _avgkit(capsys, "train", str(path))
+    code, err = run_cli(capsys, "train", str(path))
     assert code == 2 and "conditioned on text but the built-in digits has class labels" in err, err
     path = _recipe(tmp_path, conditioner={"name": "adaln", "num_classes": 3})
-    code, err = _avgkit(capsys, "train", str(path))
+    code, err = run_cli(capsys, "train", str(path))
     assert code == 2 and "is captioned" in err and "conditioner: text" in err, err
 
 
@@ -173,13 +160,13 @@ def test_validation_captions_must_be_training_captions(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "val" / "v.png")
     (tmp_path / "val" / "captions.jsonl").write_text(json.dumps({"path": "v.png", "caption": "a circle"}) + "\n")
     path = _recipe(tmp_path, data={"source": str(tmp_path / "pics"), "store": None, "val_source": str(tmp_path / "val")})
-    code, err = _avgkit(capsys, "train", str(path))
+    code, err = run_cli(capsys, "train", str(path))
     assert code == 2 and "not training captions (first: 'a circle')" in err, err
     assert not (tmp_path / "run" / "captions.json").exists()  # a run that failed before training leaves nothing
 
 
 def test_packaged_text_digits_recipe_builds(capsys):
-    code, err = _avgkit(capsys, "train", "text-digits", "--dry-run")
+    code, err = run_cli(capsys, "train", "text-digits", "--dry-run")
     assert code == 0, err
 
 
@@ -213,7 +200,7 @@ def test_text_digits_run_scores_seen_and_held_out_numbers(tmp_path, capsys):
     assert grid.width >= 2 * 64
 
     # `avgkit eval RUN` scores the run again from its checkpoint: the same record
-    code, err = _avgkit(capsys, "eval", str(run), "--device", "cpu")
+    code, err = run_cli(capsys, "eval", str(run), "--device", "cpu")
     assert code == 2 and "eval.json already holds a report" in err and "--overwrite" in err, err
     again = CliRunner().invoke(app, ["eval", str(run), "--device", "cpu", "--overwrite"], prog_name="avgkit")
     assert again.exit_code == 0, f"{again.output}\n{again.exception!r}"
@@ -233,10 +220,10 @@ def test_text_digits_run_scores_seen_and_held_out_numbers(tmp_path, capsys):
     for args, words in [(("--classifier", "digits"), "classifier digits scores class-conditional samples"),
                         (("-r", "digits:train"), "--reference is for scoring samples"),
                         (("--per-class", "0"), "--per-class must be at least 1")]:
-        code, err = _avgkit(capsys, "eval", str(run), "--device", "cpu", "--out", str(tmp_path / "x"), *args)
+        code, err = run_cli(capsys, "eval", str(run), "--device", "cpu", "--out", str(tmp_path / "x"), *args)
         assert code == 2 and words in err and err.count("\n") == 1, err
     (tmp_path / "s.npz").write_bytes(b"")
-    code, err = _avgkit(capsys, "eval", str(tmp_path / "s.npz"), "--cfg", "3")
+    code, err = run_cli(capsys, "eval", str(tmp_path / "s.npz"), "--cfg", "3")
     assert code == 2 and "--cfg is for scoring a training run" in err, err
 
 
@@ -247,5 +234,5 @@ def test_text_digits_run_scores_seen_and_held_out_numbers(tmp_path, capsys):
 def test_text_scorers_fit_their_runs(tmp_path, capsys, classifier, words):
     _captioned_folder(tmp_path / "pics")
     path = _recipe(tmp_path, eval={"samples_per_class": 1, "classifier": classifier})
-    code, err = _avgkit(capsys, "train", str(path))
+    code, err = run_cli(capsys, "train", str(path))
     assert code == 2 and words in err, err

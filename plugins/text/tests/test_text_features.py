@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +10,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from avgkit.cli.app import app, main
+from avgkit.cli.app import app
+from avgkit.testing.cli import invoke_ok, run_cli
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -86,25 +86,6 @@ def _recipe(tmp, kind, encoder_dir, name="recipe.yaml", **changes):
     return path
 
 
-def _avgkit(capsys, *args):
-    """``avgkit ARGS`` through the entry point, which turns errors into one line: (exit code, stderr)."""
-    old, sys.argv = sys.argv, ["avgkit", *args]
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
-
-
-def _invoke(*args):
-    result = CliRunner().invoke(app, list(args), prog_name="avgkit")
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result
-
-
 def _no_encoder(monkeypatch):
     """Make loading a pretrained encoder fail, as it would where the encoder cannot run."""
     import avgkit_text.pretrained
@@ -122,7 +103,7 @@ def test_prepare_stores_the_encoders_features_of_each_caption(tmp_path, kind, mo
     _captioned_folder(tmp_path / "pics")
     enc = _encoder(tmp_path / "enc", kind)
     recipe = _recipe(tmp_path, kind, enc, conditioner={"max_length": 8})
-    out = _invoke("prepare", str(recipe), "--device", "cpu").output
+    out = invoke_ok("prepare", str(recipe), "--device", "cpu").output
     assert f"text features: 5 captions, {kind} at {enc.resolve()}" in out
     found = CaptionFeatures.open(tmp_path / "codes.zarr")
     captions = sorted(set(CAPTIONS))
@@ -141,7 +122,7 @@ def test_prepare_stores_the_encoders_features_of_each_caption(tmp_path, kind, mo
         assert not values[i, n:].any()
     # a second prepare finds them finished and does not load the encoder
     _no_encoder(monkeypatch)
-    _invoke("prepare", str(recipe), "--device", "cpu")
+    invoke_ok("prepare", str(recipe), "--device", "cpu")
     assert (tmp_path / "codes.zarr" / GROUP).is_dir()
 
 
@@ -153,13 +134,13 @@ def test_training_reads_the_stored_features_and_never_runs_the_encoder(tmp_path,
     _captioned_folder(tmp_path / "pics")
     enc = _encoder(tmp_path / "enc", "t5")
     recipe = _recipe(tmp_path, "t5", enc, conditioner={"feature_dtype": "float16"})
-    _invoke("prepare", str(recipe), "--device", "cpu")
+    invoke_ok("prepare", str(recipe), "--device", "cpu")
     found = CaptionFeatures.open(tmp_path / "codes.zarr")
     assert found.values.dtype == np.float16 and found.encoder["dtype"] == "float16"
     real = avgkit_text.pretrained.load_pretrained
     _no_encoder(monkeypatch)
     torch.set_num_threads(1)
-    _invoke("train", str(recipe))  # steps, periodic grids and the final samples: the stored features only
+    invoke_ok("train", str(recipe))  # steps, periodic grids and the final samples: the stored features only
     run = tmp_path / "run"
     assert json.loads((run / "captions.json").read_text())["captions"] == sorted(set(CAPTIONS))
     assert json.loads((run / "eval.json").read_text())["samples"] == 3  # eval.grid_classes captions, one each
@@ -169,7 +150,7 @@ def test_training_reads_the_stored_features_and_never_runs_the_encoder(tmp_path,
                                        "--out", str(tmp_path / "refused")])
     assert refused.exit_code != 0 and "was loaded" in str(refused.exception)
     monkeypatch.setattr(avgkit_text.pretrained, "load_pretrained", real)
-    _invoke("sample", str(run), "--prompt", "dark square", "--prompt", "stripes", "--per-class", "2", "--device",
+    invoke_ok("sample", str(run), "--prompt", "dark square", "--prompt", "stripes", "--per-class", "2", "--device",
             "cpu", "--quiet", "--out", str(tmp_path / "samples"))
     assert np.load(tmp_path / "samples" / "samples.npz")["arr_0"].shape == (4, 8, 8, 3)
 
@@ -180,26 +161,26 @@ def test_features_of_another_encoder_are_refused_until_replaced(tmp_path, capsys
     _captioned_folder(tmp_path / "pics")
     first = _encoder(tmp_path / "enc1", "t5", seed=0)
     other = _encoder(tmp_path / "enc2", "t5", seed=1)  # same shapes, other weights
-    _invoke("prepare", str(_recipe(tmp_path, "t5", first)), "--device", "cpu")
+    invoke_ok("prepare", str(_recipe(tmp_path, "t5", first)), "--device", "cpu")
     before = CaptionFeatures.open(tmp_path / "codes.zarr").read_all()[0]
     changed = _recipe(tmp_path, "t5", other, name="other.yaml")
     capsys.readouterr()  # save_pretrained's progress bars
     for command in ("train", "prepare"):
-        code, err = _avgkit(capsys, command, str(changed))
+        code, err = run_cli(capsys, command, str(changed))
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
         assert "holds the features of another text encoder (sha256 differs" in err and str(first.resolve()) in err
         assert "point conditioner.path at the encoder they came from" in err and "--replace-features" in err
     assert not (tmp_path / "run").exists()
-    code, err = _avgkit(capsys, "train", str(_recipe(tmp_path, "t5", first, name="longer.yaml",
+    code, err = run_cli(capsys, "train", str(_recipe(tmp_path, "t5", first, name="longer.yaml",
                                                      conditioner={"max_length": 4})))
     assert code == 2 and "(max_length differs" in err, err
     # a moved encoder folder is the same encoder
     moved = first.rename(tmp_path / "moved")
-    _invoke("prepare", str(_recipe(tmp_path, "t5", moved, name="moved.yaml")), "--device", "cpu")
+    invoke_ok("prepare", str(_recipe(tmp_path, "t5", moved, name="moved.yaml")), "--device", "cpu")
     found = CaptionFeatures.open(tmp_path / "codes.zarr")
     assert found.encoder["path"] == str(moved.resolve()) and torch.equal(found.read_all()[0], before)
     # --replace-features extracts the recipe's encoder's features instead
-    _invoke("prepare", str(changed), "--device", "cpu", "--replace-features")
+    invoke_ok("prepare", str(changed), "--device", "cpu", "--replace-features")
     found = CaptionFeatures.open(tmp_path / "codes.zarr")
     assert found.encoder["path"] == str(other.resolve())
     captions = sorted(set(CAPTIONS))
@@ -305,7 +286,7 @@ def test_in_memory_codes_get_features_once_and_trainable_encoders_none(tmp_path,
     _no_encoder(monkeypatch)
     assert table(torch.tensor([0, 1])).kind == "embeddings"
 
-    _invoke("prepare", str(_recipe(tmp_path, "words", enc, name="words.yaml",
+    invoke_ok("prepare", str(_recipe(tmp_path, "words", enc, name="words.yaml",
                                    conditioner={"encoder": "words", "path": None})), "--device", "cpu")
     assert (tmp_path / "codes.zarr" / "zarr.json").is_file() and not (tmp_path / "codes.zarr" / GROUP).exists()
 
@@ -316,13 +297,13 @@ def test_a_resumed_run_refuses_features_of_another_encoder(tmp_path, capsys):
     first = _encoder(tmp_path / "enc1", "t5", seed=0)
     other = _encoder(tmp_path / "enc2", "t5", seed=1)
     torch.set_num_threads(1)
-    _invoke("train", str(_recipe(tmp_path, "t5", first)))
+    invoke_ok("train", str(_recipe(tmp_path, "t5", first)))
     recorded = json.loads((tmp_path / "run" / "inputs.json").read_text())["text_encoder"]
     assert recorded["kind"] == "t5" and recorded["path"] == str(first.resolve())
     changed = _recipe(tmp_path, "t5", other, name="other.yaml")
-    _invoke("prepare", str(changed), "--device", "cpu", "--replace-features")
+    invoke_ok("prepare", str(changed), "--device", "cpu", "--replace-features")
     capsys.readouterr()
-    code, err = _avgkit(capsys, "train", str(changed), "--resume", "train.steps=4")
+    code, err = run_cli(capsys, "train", str(changed), "--resume", "train.steps=4")
     last = err.strip().splitlines()[-1]  # notes on the changed recipe come first
     assert code == 2 and last.startswith("error: text encoder t5 at "), err
     assert "is not the one run" in last and "differ in sha256" in last and "point conditioner.path" in last, err
