@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from text_testutil import captioned_folder
 from typer.testing import CliRunner
 
 from avgkit.cli.app import app
@@ -17,20 +18,7 @@ CAPTIONS = ["a dark square", "a light square", "a light square", "stripes"]
 
 
 def _captioned_folder(root):
-    """Four 8x8 grey images in sub-folders, named by a captions file."""
-    from PIL import Image
-
-    rows = []
-    for i, caption in enumerate(CAPTIONS):
-        path = f"set{i % 2}/{i:03d}.png"
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        pixels = np.full((8, 8), 40 if "dark" in caption else 210, dtype=np.uint8)
-        if caption == "stripes":
-            pixels[::2] = 0
-        Image.fromarray(pixels).save(root / path)
-        rows.append(json.dumps({"path": path, "caption": caption}))
-    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
-    return root
+    return captioned_folder(root, CAPTIONS)
 
 
 def _recipe(tmp, **changes):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from text_testutil import captioned_folder
 from typer.testing import CliRunner
 
 from avgkit.cli.app import app
@@ -21,20 +22,7 @@ WORDS = ["a", "dark", "light", "square", "stripes"]
 
 
 def _captioned_folder(root):
-    """Six 8x8 grey images named by a captions file (five distinct captions)."""
-    from PIL import Image
-
-    rows = []
-    for i, caption in enumerate(CAPTIONS):
-        path = f"set{i % 2}/{i:03d}.png"
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        pixels = np.full((8, 8), 40 if "dark" in caption else 210, dtype=np.uint8)
-        if "stripes" in caption:
-            pixels[::2] = 0
-        Image.fromarray(pixels).save(root / path)
-        rows.append(json.dumps({"path": path, "caption": caption}))
-    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
-    return root
+    return captioned_folder(root, CAPTIONS)
 
 
 def _encoder(folder, kind, seed=0):
