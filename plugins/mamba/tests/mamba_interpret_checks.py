@@ -1,6 +1,6 @@
 """Triton kernels on the CPU interpreter, against the torch ops and the goldens.
 
-Run as ``python mamba_interpret_checks.py {scan,step,decode,compile,int8,fused}``: it sets ``TRITON_INTERPRET=1``
+Run as ``python mamba_interpret_checks.py {scan,step,decode,compile,int8,fused,poison}``: it sets ``TRITON_INTERPRET=1``
 before Triton is imported (which is why the tests run it in a subprocess), prints one
 line per check and exits non-zero on the first mismatch. Shapes are tiny: the
 interpreter runs each program in Python.
@@ -409,9 +409,98 @@ def compile_checks() -> None:
         raise SystemExit(f"FAILED: compiled backbone: {missing} parameter gradients missing")
     check("compile aot_eager backbone grads (max)", max(max_rel_err(a, b) for a, b in zip(got[1:], ref[1:], strict=True)), 1e-5)
 
+class _Poisoned:
+    """Within the block, new float tensors from ``torch.empty``, ``empty_like`` and ``Tensor.new_empty`` hold
+    ``value`` instead of whatever memory held: a kernel that reads an element nobody wrote then changes its
+    result (on a GPU that memory differs from call to call, and so would the samples)."""
+
+    def __init__(self, value: float) -> None:
+        self.value, self.saved = value, None
+
+    def _wrap(self, fn):
+        def filled(*args, **kwargs):
+            t = fn(*args, **kwargs)
+            if t.is_floating_point():
+                t.fill_(self.value)
+            return t
+        return filled
+
+    def __enter__(self):
+        self.saved = torch.empty, torch.empty_like, torch.Tensor.new_empty
+        torch.empty, torch.empty_like, torch.Tensor.new_empty = map(self._wrap, self.saved)
+
+    def __exit__(self, *exc):
+        torch.empty, torch.empty_like, torch.Tensor.new_empty = self.saved
+
+
+def poison_checks() -> None:
+    """The scan, prefill and a decoding step read no memory they did not write: poisoned allocations
+    change nothing (the Triton path, at the GPU's block sizes for a one-token prefill)."""
+    import avgkit_mamba.ops.triton_ssd as ts
+    from avgkit.interfaces import Conditioning
+    from avgkit.plugins import get_registry
+
+    def scan(shape, dtype, cap, value):
+        b, L, h, p, n, Q = shape
+        g = torch.Generator().manual_seed(0)
+        r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+        x, dt = r(b, L, h, p).to(dtype), (r(b, L, h) * 0.5 - 2).to(dtype)
+        A = -torch.exp(torch.rand(h, generator=g) * 2.77)
+        B, C = r(b, L, 1, n).to(dtype), r(b, L, 1, n).to(dtype)
+        init = torch.zeros(b, h, p, n, dtype=dtype)  # a prefill starts from a zeroed state
+        saved = ts._interp_block.__defaults__
+        ts._interp_block.__defaults__ = (cap,)  # the GPU's block sizes for the one-token prefill
+        try:
+            with _Poisoned(value) if value is not None else _nothing():
+                return ts.chunk_scan_triton(x, dt, A, B, C, chunk_size=Q, D=torch.ones(h).to(dtype),
+                                            dt_bias=r(h).to(dtype) * 0.1, dt_softplus=True, initial_states=init,
+                                            return_final_states=True)
+        finally:
+            ts._interp_block.__defaults__ = saved
+
+    for shape, cap in (((1, 1, 1, 64, 128, 256), 64), ((1, 40, 2, 16, 32, 16), 16)):
+        for dtype, value in ((torch.float32, 1e4), (torch.bfloat16, float("nan"))):
+            clean = scan(shape, dtype, cap, None)
+            got = scan(shape, dtype, cap, value)
+            same = all(torch.equal(a, b) for a, b in zip(clean, got, strict=True))
+            check(f"poisoned scan {shape[:2]} {str(dtype)[6:]} {value}", 0.0 if same else float("inf"), 0.0)
+
+    reg = get_registry()
+    spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
+    for state_dtype in ("bf16", "int8"):  # the sampling default and the one-byte state
+        torch.manual_seed(0)
+        bb = spec.factory(spec.resolve("tiny", {"vocab_size": 64, "num_tokens": 16, "impl": "triton",
+                                                "state_dtype": state_dtype})).eval()
+        cond_model = cspec.factory(cspec.resolve(None, {"num_classes": 10}), dim=bb.dim,
+                                   num_layers=bb.num_layers).eval()
+        with torch.no_grad():
+            for prm in cond_model.parameters():
+                prm.normal_(std=0.1)
+        labels = torch.arange(4)
+        cond = Conditioning.cat([cond_model(labels), cond_model.null(4, "cpu")])
+
+        def run(value):
+            state = bb.init_state(8, device="cpu")
+            with torch.inference_mode(), (_Poisoned(value) if value is not None else _nothing()):
+                logits = [bb.prefill(state, cond)]
+                logits.append(bb.step(state, logits[-1].argmax(-1), cond))
+            return logits, [t.clone() for s in state.layers for t in (s.conv, s.ssm)]
+
+        clean, got = run(None), run(float("nan"))
+        same = all(torch.equal(a, b) for a, b in zip(clean[0] + clean[1], got[0] + got[1], strict=True))
+        check(f"poisoned prefill + step, {state_dtype} state", 0.0 if same else float("inf"), 0.0)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "scan"
     {"scan": scan_checks, "step": step_checks, "decode": decode_checks, "compile": compile_checks,
-     "int8": int8_state_checks, "fused": fused_checks}[which]()
+     "int8": int8_state_checks, "fused": fused_checks, "poison": poison_checks}[which]()
     print("OK")

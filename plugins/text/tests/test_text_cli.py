@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from text_testutil import captioned_folder
+from text_testutil import captioned_folder, run_cli
 from typer.testing import CliRunner
 
 from avgkit.cli.app import app
-from avgkit.testing.cli import run_cli
 
 CAPTIONS = ["a dark square", "a light square", "a light square", "stripes"]
 

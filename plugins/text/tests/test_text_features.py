@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from text_testutil import captioned_folder
+from text_testutil import captioned_folder, invoke_ok, run_cli
 from typer.testing import CliRunner
 
 from avgkit.cli.app import app
-from avgkit.testing.cli import invoke_ok, run_cli
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
