@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from text_testutil import captioned_folder, run_cli
+from text_testutil import captioned_folder, run_cli, tiny_text_recipe
 from typer.testing import CliRunner
 
 from avgkit.cli.app import app
@@ -21,19 +21,7 @@ def _captioned_folder(root):
 
 
 def _recipe(tmp, **changes):
-    recipe = {
-        "name": "text-tiny",
-        "tokenizer": {"name": "toy-patch", "image_size": 8, "patch": 2, "levels": 16},
-        "backbone": {"name": "mamba2", "preset": "tiny", "d_model": 32, "headdim": 16},
-        "conditioner": {"name": "text", "layers": 1, "width": 16, "heads": 2},
-        "sampler": {"name": "ar", "cfg_scale": 2.0},
-        "data": {"source": str(tmp / "pics"), "store": str(tmp / "codes.zarr"), "val_source": None},
-        "train": {"steps": 2, "batch_size": 4, "lr": 1e-3, "log_every": 1, "ckpt_every": 2, "sample_every": 2,
-                  "sample_classes": 2, "sample_per_class": 2, "device": "cpu", "precision": "fp32"},
-        "eval": {"samples_per_class": 2, "batch_size": 8, "grid_classes": 3},
-        "output_dir": str(tmp / "run"),
-        **changes,
-    }
+    recipe = {**tiny_text_recipe(tmp, "text-tiny", {"layers": 1, "width": 16, "heads": 2}), **changes}
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

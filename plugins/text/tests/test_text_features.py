@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from text_testutil import captioned_folder, invoke_ok, run_cli
+from text_testutil import captioned_folder, invoke_ok, run_cli, tiny_text_recipe
 from typer.testing import CliRunner
 
 from avgkit.cli.app import app
@@ -54,18 +54,7 @@ def _reference_features(folder, kind, caption):
 
 
 def _recipe(tmp, kind, encoder_dir, name="recipe.yaml", **changes):
-    recipe = {
-        "name": "text-frozen",
-        "tokenizer": {"name": "toy-patch", "image_size": 8, "patch": 2, "levels": 16},
-        "backbone": {"name": "mamba2", "preset": "tiny", "d_model": 32, "headdim": 16},
-        "conditioner": {"name": "text", "encoder": kind, "path": str(encoder_dir)},
-        "sampler": {"name": "ar", "cfg_scale": 2.0},
-        "data": {"source": str(tmp / "pics"), "store": str(tmp / "codes.zarr"), "val_source": None},
-        "train": {"steps": 2, "batch_size": 4, "lr": 1e-3, "log_every": 1, "ckpt_every": 2, "sample_every": 2,
-                  "sample_classes": 2, "sample_per_class": 1, "device": "cpu", "precision": "fp32"},
-        "eval": {"samples_per_class": 1, "batch_size": 8, "grid_classes": 3},
-        "output_dir": str(tmp / "run"),
-    }
+    recipe = tiny_text_recipe(tmp, "text-frozen", {"encoder": kind, "path": str(encoder_dir)}, per_class=1)
     for key, value in changes.items():
         recipe[key] = {**recipe[key], **value} if isinstance(value, dict) else value
     path = tmp / name

@@ -27,6 +27,22 @@ def captioned_folder(root, captions):
     return root
 
 
+def tiny_text_recipe(tmp, name: str, conditioner: dict, per_class: int = 2) -> dict:
+    """A recipe training a tiny mamba2 for two steps on ``tmp/pics`` (8x8 images, toy tokenizer) on the CPU."""
+    return {
+        "name": name,
+        "tokenizer": {"name": "toy-patch", "image_size": 8, "patch": 2, "levels": 16},
+        "backbone": {"name": "mamba2", "preset": "tiny", "d_model": 32, "headdim": 16},
+        "conditioner": {"name": "text", **conditioner},
+        "sampler": {"name": "ar", "cfg_scale": 2.0},
+        "data": {"source": str(tmp / "pics"), "store": str(tmp / "codes.zarr"), "val_source": None},
+        "train": {"steps": 2, "batch_size": 4, "lr": 1e-3, "log_every": 1, "ckpt_every": 2, "sample_every": 2,
+                  "sample_classes": 2, "sample_per_class": per_class, "device": "cpu", "precision": "fp32"},
+        "eval": {"samples_per_class": per_class, "batch_size": 8, "grid_classes": 3},
+        "output_dir": str(tmp / "run"),
+    }
+
+
 def run_cli(capsys: Any, *args: str) -> tuple[int, str]:
     """``avgkit ARGS`` through the entry point, which turns errors into one line: (exit code, stderr).
 
