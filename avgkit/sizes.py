@@ -24,7 +24,7 @@ ImageSize = _Side | tuple[_Side, _Side]
 def image_hw(size: Any) -> tuple[int, int]:
     """``(H, W)`` of a size: ``32 -> (32, 32)``, ``[32, 64] -> (32, 64)``."""
     try:
-        if isinstance(size, bool) or any(isinstance(s, bool) for s in _sides(size)):
+        if any(isinstance(s, bool) for s in _sides(size)):
             raise TypeError
         h, w = (operator.index(s) for s in _sides(size))
     except TypeError:

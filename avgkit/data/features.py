@@ -156,18 +156,8 @@ class CaptionFeatures(ChunkedItems):
 
     def _chunk_files(self, chunk: int) -> list[Path]:
         """The values, mask and done files of ``chunk`` (``done`` last)."""
-        return [self.path / a.path.split("/")[-1] / a.metadata.encode_chunk_key(coords)
-                for a, coords in ((self.values, (chunk, 0, 0)), (self.mask, (chunk, 0)), (self.done, (chunk,)))]
-
-    def missing_chunks(self) -> list[int]:
-        """Chunks not all done, or done with a file gone."""
-        done = np.asarray(self.done[:], dtype=bool)
-        out = []
-        for c in range(self.num_chunks):
-            s, e = self.chunk_bounds(c)
-            if not done[s:e].all() or not all(f.is_file() for f in self._chunk_files(c)):
-                out.append(c)
-        return out
+        return [self._file(self.values, (chunk, 0, 0)), self._file(self.mask, (chunk, 0)),
+                self._file(self.done, (chunk,))]
 
     # ------------------------------------------------------------------ writing
     def write_chunk(self, chunk: int, values: np.ndarray, mask: np.ndarray, *, durable: bool = True) -> None:
@@ -263,20 +253,26 @@ def extract_features(
     t0 = time.monotonic()
     store_path = Path(store_path)
     store = CodeStore.open(store_path, mode="r+", verify=False)
+    restarted = False
+
+    def remove_group() -> None:
+        nonlocal restarted
+        shutil.rmtree(store_path / GROUP)
+        restarted = True
+
     with store.writer_lock():
-        restarted = False
         try:
             found = CaptionFeatures.open(store_path, mode="r+")
         except FeatureStoreError:  # cut short while being created: start again
-            found, restarted = None, True
-            shutil.rmtree(store_path / GROUP)
+            found = None
+            remove_group()
         if found is not None:
             key = encoder_difference(found.encoder, identity)
             if key is not None and not replace:
                 raise _mismatch(store_path, key, found.encoder, identity)
             if key is not None or found.meta.get("captions_sha256") != captions_sha256(captions):
-                found, restarted = None, True
-                shutil.rmtree(store_path / GROUP)
+                found = None
+                remove_group()
         if found is not None:
             if found.encoder != identity:  # the same encoder, moved or touched: record where it is now
                 found.meta["encoder"] = identity
@@ -289,8 +285,8 @@ def extract_features(
         tokens = conditioner.tokenize(list(captions))
         assert tokens.mask is not None
         if found is not None and found.length != tokens.values.shape[1]:  # pragma: no cover - same encoder files
-            found, restarted = None, True
-            shutil.rmtree(store_path / GROUP)
+            found = None
+            remove_group()
         if found is None:
             found = CaptionFeatures.create(store_path, identity, captions, tokens.values.shape[1], chunk_items)
         missing = found.missing_chunks()

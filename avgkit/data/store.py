@@ -152,9 +152,39 @@ def default_chunk_items(num_tokens: int, itemsize: int) -> int:
 
 # --------------------------------------------------------------------------- store
 class ChunkedItems:
-    """Items written chunk by chunk, each chunk marked in a ``done`` array of one flag per item."""
+    """Items written chunk by chunk into zarr arrays in folder ``path``, each chunk marked in a
+    ``done`` array of one flag per item (written last). Subclasses list a chunk's files."""
 
+    path: Path
     done: Any
+
+    def _chunk_files(self, chunk: int) -> list[Path]:
+        """Every file that must exist for ``chunk`` to be readable (``done``'s last)."""
+        raise NotImplementedError
+
+    def _file(self, array: Any, coords: tuple[int, ...]) -> Path:
+        return self.path / array.basename / array.metadata.encode_chunk_key(coords)
+
+    def _existing_files(self) -> set[str]:
+        found: set[str] = set()
+        for dirpath, _, filenames in os.walk(self.path):
+            found.update(os.path.join(dirpath, f) for f in filenames)
+        return found
+
+    def done_mask(self) -> np.ndarray:
+        """``(N,)`` bool: items whose chunk is written (chunks never written read False)."""
+        return np.asarray(self.done[:], dtype=bool)
+
+    def missing_chunks(self) -> list[int]:
+        """Chunks not fully done, or marked done but with a chunk file gone."""
+        done = self.done_mask()
+        existing = self._existing_files()
+        out = []
+        for c in range(self.num_chunks):
+            s, e = self.chunk_bounds(c)
+            if not done[s:e].all() or any(str(f) not in existing for f in self._chunk_files(c)):
+                out.append(c)
+        return out
 
     def __len__(self) -> int:
         return int(self.done.shape[0])
@@ -289,30 +319,6 @@ class CodeStore(ChunkedItems):
         files.append(self._file(self.labels, (chunk,)))
         files.append(self._file(self.done, (chunk,)))
         return files
-
-    def _file(self, array: Any, coords: tuple[int, ...]) -> Path:
-        return self.path / array.path / array.metadata.encode_chunk_key(coords)
-
-    def _existing_files(self) -> set[str]:
-        found: set[str] = set()
-        for dirpath, _, filenames in os.walk(self.path):
-            found.update(os.path.join(dirpath, f) for f in filenames)
-        return found
-
-    def done_mask(self) -> np.ndarray:
-        """``(N,)`` bool: items whose codes are written (chunks never written read False)."""
-        return np.asarray(self.done[:], dtype=bool)
-
-    def missing_chunks(self) -> list[int]:
-        """Chunks not fully done, or marked done but with a chunk file gone."""
-        done = self.done_mask()
-        existing = self._existing_files()
-        out = []
-        for c in range(self.num_chunks):
-            s, e = self.chunk_bounds(c)
-            if not done[s:e].all() or any(str(f) not in existing for f in self._chunk_files(c)):
-                out.append(c)
-        return out
 
     def verify(self) -> None:
         """Raise :class:`IncompleteStoreError` naming how much is missing and the fix."""
