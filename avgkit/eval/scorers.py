@@ -20,6 +20,13 @@ from avgkit.errors import AvgkitError
 
 #: How eval.json, the summary and the grids name a set of weights.
 WEIGHTS_NAMES = {"ema": "EMA weights", "model": "raw weights"}
+#: A scorer's ``conditions`` in words.
+CONDITIONED = {"class": "class-conditional", "text": "text-conditioned"}
+
+
+def run_conditions(text: bool) -> str:
+    """The ``conditions`` a scorer of a run needs: ``text`` for a text-conditioned run, else ``class``."""
+    return "text" if text else "class"
 
 
 class SampleScorer(Protocol):

@@ -50,7 +50,7 @@ from avgkit.data.sources import (
     source_images,
 )
 from avgkit.errors import AvgkitError
-from avgkit.eval.scorers import WEIGHTS_NAMES, SampleScorer, get_scorer
+from avgkit.eval.scorers import CONDITIONED, WEIGHTS_NAMES, SampleScorer, get_scorer, run_conditions
 from avgkit.io import atomic_write, atomic_write_text
 from avgkit.recipe import DataSection, Recipe, recipe_changes
 from avgkit.registry import Registry
@@ -813,10 +813,9 @@ def _stage_data(run: _Run) -> None:
     run.data = data = load_train_data(recipe, comps, env, run.weights, progress=run.progress)
     scorer = get_scorer(recipe.eval.classifier)
     text = takes_captions(comps.conditioner)
-    if scorer is not None and scorer.conditions != ("text" if text else "class"):
-        kind = "text-conditioned" if scorer.conditions == "text" else "class-conditional"
-        raise AvgkitError(f"eval.classifier={recipe.eval.classifier} scores {kind} samples; set eval.classifier=none "
-                          f"(or a classifier for a {'text-conditioned' if text else 'class-conditional'} run)")
+    if scorer is not None and scorer.conditions != run_conditions(text):
+        raise AvgkitError(f"eval.classifier={recipe.eval.classifier} scores {CONDITIONED[scorer.conditions]} samples; "
+                          f"set eval.classifier=none (or a classifier for a {CONDITIONED[run_conditions(text)]} run)")
     if scorer is not None:
         scorer.check_data(data.source)
     if text:

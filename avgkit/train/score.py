@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from avgkit.errors import AvgkitError
-from avgkit.eval.scorers import get_scorer
+from avgkit.eval.scorers import CONDITIONED, get_scorer, run_conditions
 from avgkit.runs.layout import RunDir
 
 
@@ -101,10 +101,9 @@ def score_run(
         raise AvgkitError(f"run {run_dir} has eval.classifier=none: nothing to score it with; pass --classifier "
                           f"digits or --classifier text-digits")
     text = takes_captions(comps.conditioner)
-    if scorer.conditions != ("text" if text else "class"):
-        kind = "text-conditioned" if scorer.conditions == "text" else "class-conditional"
-        raise AvgkitError(f"classifier {name} scores {kind} samples, but run {run_dir} is "
-                          f"{'text-conditioned' if text else 'class-conditional'}; pass another --classifier")
+    if scorer.conditions != run_conditions(text):
+        raise AvgkitError(f"classifier {name} scores {CONDITIONED[scorer.conditions]} samples, but run {run_dir} is "
+                          f"{CONDITIONED[run_conditions(text)]}; pass another --classifier")
     inputs = read_inputs(run_dir)
     described = ((inputs or {}).get("data_source") or {}).get("description")
     if described:
