@@ -8,6 +8,7 @@ interpreter runs each program in Python.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -437,6 +438,7 @@ def poison_checks() -> None:
     """The scan, prefill and a decoding step read no memory they did not write: poisoned allocations
     change nothing (the Triton path, at the GPU's block sizes for a one-token prefill)."""
     import avgkit_mamba.ops.triton_ssd as ts
+
     from avgkit.interfaces import Conditioning
     from avgkit.plugins import get_registry
 
@@ -451,7 +453,7 @@ def poison_checks() -> None:
         saved = ts._interp_block.__defaults__
         ts._interp_block.__defaults__ = (cap,)  # the GPU's block sizes for the one-token prefill
         try:
-            with _Poisoned(value) if value is not None else _nothing():
+            with _Poisoned(value) if value is not None else contextlib.nullcontext():
                 return ts.chunk_scan_triton(x, dt, A, B, C, chunk_size=Q, D=torch.ones(h).to(dtype),
                                             dt_bias=r(h).to(dtype) * 0.1, dt_softplus=True, initial_states=init,
                                             return_final_states=True)
@@ -481,7 +483,7 @@ def poison_checks() -> None:
 
         def run(value):
             state = bb.init_state(8, device="cpu")
-            with torch.inference_mode(), (_Poisoned(value) if value is not None else _nothing()):
+            with torch.inference_mode(), (_Poisoned(value) if value is not None else contextlib.nullcontext()):
                 logits = [bb.prefill(state, cond)]
                 logits.append(bb.step(state, logits[-1].argmax(-1), cond))
             return logits, [t.clone() for s in state.layers for t in (s.conv, s.ssm)]
@@ -489,14 +491,6 @@ def poison_checks() -> None:
         clean, got = run(None), run(float("nan"))
         same = all(torch.equal(a, b) for a, b in zip(clean[0] + clean[1], got[0] + got[1], strict=True))
         check(f"poisoned prefill + step, {state_dtype} state", 0.0 if same else float("inf"), 0.0)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
 
 
 if __name__ == "__main__":
