@@ -481,7 +481,7 @@ def poison_checks() -> None:
         labels = torch.arange(4)
         cond = Conditioning.cat([cond_model(labels), cond_model.null(4, "cpu")])
 
-        def run(value):
+        def run(value, bb=bb, cond=cond):
             state = bb.init_state(8, device="cpu")
             with torch.inference_mode(), (_Poisoned(value) if value is not None else contextlib.nullcontext()):
                 logits = [bb.prefill(state, cond)]
