@@ -467,6 +467,24 @@ def poison_checks() -> None:
             same = all(torch.equal(a, b) for a, b in zip(clean, got, strict=True))
             check(f"poisoned scan {shape[:2]} {str(dtype)[6:]} {value}", 0.0 if same else float("inf"), 0.0)
 
+    # Passing states is never in place: on a GPU a program's threads load and store one address
+    # unordered, so an in-place pass read states it had already overwritten (bf16 initial state).
+    g = torch.Generator().manual_seed(2)
+    own = torch.randn(2, 3, 2, 4, 8, generator=g)
+    acs = -torch.rand(2, 2, 3, 4, generator=g).cumsum(-1)
+    for init in (None, torch.randn(2, 2, 4, 8, generator=g).bfloat16()):
+        before = own.clone()
+        entering, final = ts._pass_states(own, acs, init, 4)
+        decay = acs[..., -1].exp().permute(0, 2, 1)[..., None, None]  # (b, c, h, 1, 1)
+        h = torch.zeros_like(own[:, 0]) if init is None else init.float()
+        want = []
+        for c in range(own.shape[1]):
+            want.append(h)
+            h = decay[:, c] * h + own[:, c]
+        same_input = torch.equal(own, before)
+        err = max(max_rel_err(entering, torch.stack(want, 1)), max_rel_err(final, h))
+        check(f"pass states, init {init is not None}", err if same_input else float("inf"), 1e-6)
+
     reg = get_registry()
     spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
     for state_dtype in ("bf16", "int8"):  # the sampling default and the one-byte state

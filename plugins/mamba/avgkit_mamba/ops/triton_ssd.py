@@ -169,11 +169,16 @@ def _chunk_state_kernel(
 
 @triton.jit
 def _state_passing_fwd_kernel(
-    states_ptr, acs_ptr, init_ptr, final_ptr,
+    states_ptr, acs_ptr, init_ptr, entering_ptr, final_ptr,
     nheads, nchunks, Q, dim,
     HAS_INIT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """In place: states[b,c,h] (chunk's own state) -> state entering chunk c; final out."""
+    """states[b,c,h] (chunk's own state) -> entering[b,c,h] (state entering chunk c); final out.
+
+    Never in place: a program's load and store of one address may be done by different
+    threads (the layouts of an fp32 and a bf16 load differ), and nothing orders them, so an
+    in-place version read states it had already overwritten, differently from call to call.
+    """
     bh = tl.program_id(0)
     hi = bh % nheads
     bi = (bh // nheads).to(tl.int64)
@@ -184,9 +189,9 @@ def _state_passing_fwd_kernel(
     else:
         h_state = tl.zeros((BLOCK,), dtype=tl.float32)
     for ci in range(0, nchunks):
-        ptr = states_ptr + ((bi * nchunks + ci) * nheads + hi) * dim + offs
-        own = tl.load(ptr, mask=m, other=0.0)
-        tl.store(ptr, h_state, mask=m)
+        off = ((bi * nchunks + ci) * nheads + hi) * dim + offs
+        own = tl.load(states_ptr + off, mask=m, other=0.0)
+        tl.store(entering_ptr + off, h_state, mask=m)
         decay = tl.exp(tl.load(acs_ptr + ((bi * nheads + hi) * nchunks + ci) * Q + Q - 1))
         h_state = decay * h_state + own
     tl.store(final_ptr + (bi * nheads + hi) * dim + offs, h_state, mask=m)
@@ -270,11 +275,13 @@ def _chunk_scan_fwd_kernel(
 
 @triton.jit
 def _state_passing_bwd_kernel(
-    g_ptr, states_ptr, acs_ptr, dfinal_ptr, dinit_ptr, dlast_ptr,
+    g_ptr, states_ptr, acs_ptr, dfinal_ptr, dinit_ptr, dlast_ptr, dout_ptr,
     nheads, nchunks, Q, dim,
     HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """In place: g[b,c,h] (grad of H_c from the outputs) -> grad of S_c (= grad of H_{c+1}).
+    """g[b,c,h] (grad of H_c from the outputs) -> dout[b,c,h], the grad of S_c (= grad of H_{c+1}).
+
+    Not in place, for the reason the forward pass is not.
 
     Also the grad of acs_last of each chunk through the passing (partial per block)
     and of the initial state.
@@ -298,7 +305,7 @@ def _state_passing_bwd_kernel(
         a_idx = (bi * nheads + hi) * nchunks + ci
         decay = tl.exp(tl.load(acs_ptr + a_idx * Q + Q - 1))
         tl.store(dlast_ptr + a_idx * nblk + blk, decay * tl.sum(dh * h_in, axis=0))
-        tl.store(g_ptr + off, dh, mask=m)
+        tl.store(dout_ptr + off, dh, mask=m)
         dh = g + decay * dh
     if HAS_DINIT:
         tl.store(dinit_ptr + (bi * nheads + hi) * dim + offs, dh, mask=m)
@@ -767,23 +774,22 @@ def _chunk_states(u: Tensor, v: Tensor, dtp: Tensor, acs: Tensor, Q: int, to_end
     return out
 
 
-def _pass_states(chunk_states: Tensor, acs: Tensor, init: Tensor | None, Q: int) -> Tensor:
-    """In place to the states entering each chunk; returns the final state (b,h,p,n) fp32."""
+def _pass_states(chunk_states: Tensor, acs: Tensor, init: Tensor | None, Q: int) -> tuple[Tensor, Tensor]:
+    """The states entering each chunk (b,c,h,p,n) and the final state (b,h,p,n), both fp32."""
     b, nchunks, h, p, n = chunk_states.shape
+    entering = torch.empty_like(chunk_states)
     final = torch.empty(b, h, p, n, device=chunk_states.device, dtype=torch.float32)
     dim = p * n
     _pass_fwd_k(
         lambda m: (b * h, triton.cdiv(dim, m["BLOCK"])),
-        states_ptr=chunk_states, acs_ptr=acs, init_ptr=init if init is not None else final, final_ptr=final,
-        nheads=h, nchunks=nchunks, Q=Q, dim=dim, HAS_INIT=init is not None,
+        states_ptr=chunk_states, acs_ptr=acs, init_ptr=init if init is not None else final,
+        entering_ptr=entering, final_ptr=final, nheads=h, nchunks=nchunks, Q=Q, dim=dim, HAS_INIT=init is not None,
     )
-    return final
+    return entering, final
 
 
 def _states_entering(x: Tensor, B: Tensor, dtp: Tensor, acs: Tensor, init: Tensor | None, Q: int) -> tuple[Tensor, Tensor]:
-    states = _chunk_states(x, B, dtp, acs, Q, to_end=True)
-    final = _pass_states(states, acs, init, Q)
-    return states, final
+    return _pass_states(_chunk_states(x, B, dtp, acs, Q, to_end=True), acs, init, Q)
 
 
 def _fwd(
@@ -850,16 +856,17 @@ def _bwd(
         nblk = triton.cdiv(dim, min(_STATE_BLOCK, _p2(dim)))
         dlast_part = torch.empty(b, h, nchunks, nblk, device=dev, dtype=torch.float32)
         dinit = torch.empty(b, h, p, n, device=dev, dtype=torch.float32) if init is not None else None
+        dout_states = torch.empty_like(dstates)
         _pass_bwd_k(
             lambda m: (b * h, triton.cdiv(dim, m["BLOCK"])),
             g_ptr=dstates, states_ptr=states, acs_ptr=acs,
             dfinal_ptr=dfinal.float().contiguous() if dfinal is not None else acs,
-            dinit_ptr=dinit if dinit is not None else acs, dlast_ptr=dlast_part,
+            dinit_ptr=dinit if dinit is not None else acs, dlast_ptr=dlast_part, dout_ptr=dout_states,
             nheads=h, nchunks=nchunks, Q=Q, dim=dim,
             HAS_DFINAL=dfinal is not None, HAS_DINIT=dinit is not None,
         )
         dlast = dlast_part.sum(-1)
-        # dstates now holds the gradient of each chunk's own state S_c
+        dstates = dout_states  # the gradient of each chunk's own state S_c
 
     cb = _cb(C, B, Q, nchunks)
 
