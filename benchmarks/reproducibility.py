@@ -15,6 +15,7 @@ Two parts, both on AiM-B and GPT-B (random weights, bf16, CFG 2):
 
     python benchmarks/reproducibility.py [--parts diagnose,matrix] [--models aim-b,gpt-b] [--out FILE]
     python benchmarks/reproducibility.py --parts diagnose --models gpt-b/sdpa   # the step on PyTorch's fused SDPA
+    python benchmarks/reproducibility.py --models aim-b/int8,aim-b/one-launch  # the one-byte state, the one-launch step
     python benchmarks/reproducibility.py --smoke     # the same procedure on the CPU, tiny models
 """
 
@@ -242,11 +243,14 @@ def main(argv: list[str] | None = None) -> None:
         write_result("reproducibility_smoke" if args.smoke else "reproducibility", result, args.out, quiet=True)
 
     for name in args.models.split(","):
-        # gpt-b/sdpa: the step attends with PyTorch's fused kernel; aim-b/torch: every op on the PyTorch path
+        # gpt-b/sdpa: the step attends with PyTorch's fused kernel; aim-b/torch: every op on the PyTorch path;
+        # aim-b/int8, aim-b/fp32: that decoding state; aim-b/one-launch: that Triton step kernel
         base, _, variant = name.partition("/")
         preset = SMOKE["aim" if base.startswith("aim") else "gpt"] if args.smoke else base
         if base.startswith("aim"):
-            bb, cond = build_aim(preset, device=device, **shape, **({"impl": variant} if variant else {}))
+            option = ("state_dtype" if variant in ("bf16", "fp32", "int8") else
+                      "step_kernel" if variant in ("two-launch", "one-launch") else "impl")
+            bb, cond = build_aim(preset, device=device, **shape, **({option: variant} if variant else {}))
         else:
             bb, cond = build_gpt(preset, device=device, **shape, **({"decode_attention": variant} if variant else {}))
         if "diagnose" in parts:

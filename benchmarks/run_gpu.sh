@@ -6,9 +6,11 @@
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
 #   bash benchmarks/run_gpu.sh [--quick | --diagnose | --training]
-# --quick (at most 10 minutes on one H100 or H200): where identical runs first differ and
-# the reproducibility matrix, GPT-B against LlamaGen and AiM-B at batch 16/64/256, AiM-B's
-# state and step-kernel variants with a per-kernel profile, the kernel checks. --training (one call, about 10 minutes): the training-step rows against
+# --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
+# repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
+# AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
+# AiM-B's state and step-kernel variants with a per-kernel profile.
+# --training (one call, about 10 minutes): the training-step rows against
 # the AiM authors' trainer step (their code where AIM_ROOT points, default .ref/aim-0a91c60)
 # and the mamba-ssm stack, one AiM-B step by kernel, AiM-1B at batch 64, and the digits
 # precision check. Without either, everything at every size (several calls' worth).
@@ -44,10 +46,13 @@ gpu_tests() {  # the test suite's GPU-marked tests (reproducibility at AiM-B siz
 }
 LG=${LLAMAGEN_ROOT:+--llamagen-root $LLAMAGEN_ROOT}
 if [ "$QUICK" = "--quick" ]; then
-  LIMIT=170 run benchmarks/reproducibility.py --out "$OUT/reproducibility_quick_$CARD.json"
-  LIMIT=320 run benchmarks/sampling.py $LG --transformers gpt-b --aim aim-b --variants 64 --profile \
-    --out "$OUT/sampling_quick_$CARD.json"
-  LIMIT=70 run plugins/mamba/scripts/gpu_check.py --quick --out "$OUT/mamba_gpu_check_quick_$CARD.json"
+  LIMIT=30 run plugins/mamba/scripts/gpu_check.py --repeat-only --dtypes bfloat16 --out "$OUT/scan_repeat_$CARD.json"
+  LIMIT=190 run benchmarks/reproducibility.py --parts matrix --models aim-b,gpt-b \
+    --out "$OUT/reproducibility_matrix_$CARD.json"
+  LIMIT=50 run benchmarks/reproducibility.py --parts diagnose --models aim-b,aim-b/int8 \
+    --out "$OUT/reproducibility_diagnose_$CARD.json"
+  LIMIT=$((${BUDGET:-500} - SECONDS + START)) run benchmarks/sampling.py $LG --transformers gpt-b --aim aim-b \
+    --batches 16,64,256 --variants 64 --profile --out "$OUT/sampling_quick_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -213,19 +213,22 @@ def kernel_profile(backbone, cond, batch, sampler_cfg, top: int = 12) -> list[di
 
 
 def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, root: str | None,
-                           device: str, notes: list, shape: dict) -> list[dict]:
-    """avgkit's transformer (compiled step in the sampler's graph) vs LlamaGen's compiled sampler."""
+                           device: str, notes: list, shape: dict, attentions: tuple[str, ...] = ("auto",)) -> list[dict]:
+    """avgkit's transformer (compiled step in the sampler's graph, each decode attention) vs LlamaGen's compiled sampler."""
     rows = []
     for batch in batches:
         torch._dynamo.reset()  # each batch size compiles afresh, as in a new process
-        gpt, gcond = build_gpt(shape.get("gpt", preset), tokens=shape["tokens"], device=device,
-                               vocab=shape["vocab"], classes=shape["classes"])
-        if gpt is None:
-            notes.append("no transformer backbone plugin installed")
-            return rows
-        entries = [{"name": f"avgkit {preset} compiled", "batch": batch, "tokens": shape["tokens"],
-                    "params": _params(gpt) + _params(gcond),
-                    "call": avgkit_sampler(gpt, gcond, batch, cfg.model_copy(update={"compile": True}), device)}]
+        entries = []
+        for attention in attentions:
+            gpt, gcond = build_gpt(shape.get("gpt", preset), tokens=shape["tokens"], device=device,
+                                   vocab=shape["vocab"], classes=shape["classes"], decode_attention=attention)
+            if gpt is None:
+                notes.append("no transformer backbone plugin installed")
+                return rows
+            label = "" if attention == "auto" else f" ({attention} attention)"
+            entries.append({"name": f"avgkit {preset} compiled{label}", "batch": batch, "tokens": shape["tokens"],
+                            "params": _params(gpt) + _params(gcond),
+                            "call": avgkit_sampler(gpt, gcond, batch, cfg.model_copy(update={"compile": True}), device)})
         if root:
             try:
                 call, n = llamagen_sampler(root, preset, batch, cfg_scale=cfg.cfg_scale, top_k=cfg.top_k,
@@ -242,7 +245,7 @@ def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig
         elif batch == batches[0]:
             notes.append("no --llamagen-root: LlamaGen's compiled sampler not measured")
         rows += interleaved(entries, repeats, device)
-        del gpt, gcond, entries
+        del entries
         if device == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -308,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default by mode)")
     ap.add_argument("--profile", action="store_true",
                     help="a per-kernel profile of one AiM-B step at batch 64, for each state dtype and step kernel")
+    ap.add_argument("--gpt-attention", default="auto",
+                    help="comma-separated decode attentions of avgkit's transformer rows (auto, triton, math, sdpa)")
     ap.add_argument("--variants", default=None,
                     help="comma-separated batch sizes at which AiM-B's state dtypes and step kernels are compared "
                          "interleaved (default: 16,64; --quick: 64; none to skip)")
@@ -332,7 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     notes: list[str] = []
     profiles = {}
     for preset in gpts:
-        rows += transformer_comparison(preset, batches, cfg, repeats, args.llamagen_root, device, notes, shape)
+        rows += transformer_comparison(preset, batches, cfg, repeats, args.llamagen_root, device, notes, shape,
+                                       tuple(args.gpt_attention.split(",")))
     for preset in aims:
         rows += aim_rows(preset, batches, cfg, repeats, device, bw, shape)
         if preset == "aim-b" and not args.quick and not args.smoke:
@@ -363,9 +369,9 @@ def main(argv: list[str] | None = None) -> None:
     write_result(name, {"settings": cfg.model_dump(), "filters": args.filters, "copy_bandwidth_Bps": bw,
                         "llamagen_root": args.llamagen_root, "rows": rows, "kernel_profiles": profiles,
                         "notes": notes}, args.out)
-    print("\n{:<36} {:>6} {:>10} {:>12} {:>9}".format("row", "batch", "images/s", "spread s", "first s"))
+    print("\n{:<46} {:>6} {:>10} {:>12} {:>9}".format("row", "batch", "images/s", "spread s", "first s"))
     for r in rows:
-        print("{:<36} {:>6} {:>10} {:>12} {:>9}".format(r["model"][:36], r["batch"], r["images_per_s"],
+        print("{:<46} {:>6} {:>10} {:>12} {:>9}".format(r["model"][:46], r["batch"], r["images_per_s"],
                                                         "{}-{}".format(*r["spread_s"]), r["first_call_s"]))
 
 

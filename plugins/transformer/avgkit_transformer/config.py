@@ -33,10 +33,11 @@ class TransformerConfig(BackboneConfig):
         "'identity' leaves them unrotated",
     )
     max_prefix_len: int = Field(1, ge=1, description="longest conditioning prefix the decoding cache holds")
-    decode_attention: Literal["math", "sdpa"] = Field(
-        "math", description="attention of a decoding step over the KV cache: 'math' (matmul, softmax, matmul: the "
-        "same bits on every call) or 'sdpa' (PyTorch's fused kernel, whose one-query result can change from call to "
-        "call on a GPU); training always uses sdpa"
+    decode_attention: Literal["auto", "triton", "math", "sdpa"] = Field(
+        "auto", description="attention of a decoding step over the KV cache: 'triton' (one kernel reading only the "
+        "filled keys, the same bits on every call and batch size), 'math' (matmul, softmax, matmul: also the same bits "
+        "on every call), 'auto' (triton on a GPU, math elsewhere) or 'sdpa' (PyTorch's fused kernel, whose one-query "
+        "result can change from call to call on a GPU); training and prefill use sdpa"
     )
     token_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the input embeddings (prefix included)")
     attn_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention weights")

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from avgkit.interfaces import Modulation
 from avgkit_transformer.config import TransformerConfig
+from avgkit_transformer.decode_kernel import decode_attention, triton_available
 from avgkit_transformer.rope import apply_rotary
 
 
@@ -71,7 +72,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(c.dim, (c.heads + 2 * c.n_kv_heads) * c.head_dim, bias=False)
         self.proj = nn.Linear(c.dim, c.dim, bias=False)
         self.attn_dropout = c.attn_dropout
-        self.decode_math = c.decode_attention == "math"
+        self.decode_attention = c.decode_attention
         self.resid_dropout = nn.Dropout(c.resid_dropout)
 
     def forward(
@@ -94,7 +95,10 @@ class Attention(nn.Module):
             k_cache.index_copy_(2, positions, k.to(k_cache.dtype))
             v_cache.index_copy_(2, positions, v.to(v_cache.dtype))
             k, v = k_cache, v_cache
-        if cache is not None and self.decode_math:
+        kind = self._decode_kind(q) if cache is not None else "sdpa"
+        if kind == "triton" and t == 1:
+            out = decode_attention(q, k, v, mask, positions)
+        elif kind in ("math", "triton"):  # a prefill of several positions with the Triton step
             out = _math_attention(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(
@@ -107,6 +111,11 @@ class Attention(nn.Module):
                 enable_gqa=self.kv_heads != self.heads,
             )
         return self.resid_dropout(self.proj(out.transpose(1, 2).reshape(b, t, -1)))
+
+    def _decode_kind(self, q: Tensor) -> str:
+        if self.decode_attention == "auto":
+            return "triton" if q.is_cuda and triton_available() else "math"
+        return self.decode_attention
 
 
 def modulate(x: Tensor, m: Modulation | None) -> Tensor:
