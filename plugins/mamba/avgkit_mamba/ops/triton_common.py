@@ -8,6 +8,12 @@ are checked against those references under the interpreter (``tests/mamba_interp
   conv, :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
 * ``_dequantize_rows`` / ``_quantize_rows``: the one-byte state,
   :mod:`avgkit_mamba.ops.state_quant`.
+
+Window order: a conv window is shifted in place, element ``w + 1`` stored at ``w``. A
+program's threads load and store global memory with no order between them, and the
+store's layout need not match the load's, so a barrier stands between reading the old
+window and writing the shifted one (an in-place pass without one made the scan's states
+differ from call to call on a GPU).
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ def _conv_inputs(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi, ngro
     chan_x = hi * P + offs_p
     win_x = _conv_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, xbc_row, W, BLOCK_W)
     x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
+    tl.debug_barrier()  # the old window is read before it is overwritten (module docstring)
     tl.store(conv_row + chan_x[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_x,
              mask=mask_p[:, None] & (offs_w[None, :] < W))
     Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner, offs_n, mask_n,
@@ -111,5 +118,6 @@ def _shift_bc_windows(conv_row, xbc_row, s_cs_c, s_cs_w, gi, ngroups, N, W, d_in
     chan_c = chan_b + ngroups * N
     win_b = _conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W)
     win_c = _conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W)
+    tl.debug_barrier()  # the old window is read before it is overwritten (module docstring)
     tl.store(conv_row + chan_b[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_b, mask=wmask)
     tl.store(conv_row + chan_c[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_c, mask=wmask)

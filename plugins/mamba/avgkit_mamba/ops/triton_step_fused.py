@@ -109,6 +109,7 @@ def _fused_step_kernel(
         chan_x = hi * P + offs_p
         win_x = _conv_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, xbc_row, W, BLOCK_W)
         x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
+        tl.debug_barrier()  # the old window is read before it is overwritten (triton_common's docstring)
         tl.store(conv_row + chan_x[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_x,
                  mask=mask_p[:, None] & (offs_w[None, :] < W))
         s_ptrs = ssm_head + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
