@@ -189,6 +189,13 @@ def peak_memory_gib(device: torch.device | str) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
 
 
+def allocated_gib(device: torch.device | str) -> float | None:
+    """GiB allocated now on a GPU (what earlier rows of the process still hold); None on the CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    return round(torch.cuda.memory_allocated(device) / 2**30, 2)
+
+
 def empty_cache(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()

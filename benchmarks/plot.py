@@ -73,6 +73,35 @@ def sequence_length(path: Path = RESULTS / "sampling_h200.json", images: Path = 
     return out
 
 
+def baseline(paths: tuple[Path, ...] = (RESULTS / "sampling_quick_h100.json", RESULTS / "sampling_gpt_l_h100.json"),
+             images: Path = IMAGES) -> Path | None:
+    """Images/s per batch: avgkit's compiled transformer, LlamaGen's compiled sampler and AiM, from one card's runs."""
+    rows = [r for p in paths if p.exists() for r in json.loads(p.read_text())["rows"]
+            if r["model"].startswith(("avgkit gpt", "LlamaGen", "avgkit aim-b bf16-state", "avgkit aim-b int8-state"))
+            and not r["model"].endswith("one-launch")]
+    if not rows:
+        return None
+    series: dict[str, dict[int, float]] = {}
+    for r in rows:
+        name = r["model"].removesuffix(" two-launch")
+        series.setdefault(name, {})[r["batch"]] = r["images_per_s"]
+    batches = sorted({b for v in series.values() for b in v})
+    fig, (ax,) = _figure(8, 4)
+    width = 0.8 / len(series)
+    for k, (name, by_batch) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(batches) if b in by_batch]
+        ax.bar(xs, [by_batch[b] for b in batches if b in by_batch], width=width, label=name)
+    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+    ax.set_ylabel("images / s (256 tokens, CFG 2, bf16, one H100)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.08, top=0.97)
+    out = images / "sampling_baseline_h100.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
 def training(paths: tuple[Path, ...] = (RESULTS / "train_step_h200.json", RESULTS / "train_step_1b_h200.json"),
              images: Path = IMAGES) -> Path | None:
     """Training tokens/s per model, avgkit next to the mamba-ssm stack where measured."""
@@ -103,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.smoke and args.images.resolve() == IMAGES.resolve():
         ap.error("--smoke draws into a scratch folder: pass --images DIR")
-    drawn = {fn.__name__: fn(images=args.images) for fn in (sampling, sequence_length, training)}
+    drawn = {fn.__name__: fn(images=args.images) for fn in (sampling, baseline, sequence_length, training)}
     for name, path in drawn.items():
         print(f"{name}: {path}")
     missing = [name for name, path in drawn.items() if path is None]

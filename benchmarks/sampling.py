@@ -37,6 +37,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import (  # noqa: E402
+    allocated_gib,
     build_sampling_aim,
     copy_bandwidth,
     import_mamba_ssm,
@@ -138,6 +139,9 @@ def interleaved(entries: list[dict], repeats: int, device: str, bandwidth: float
     """
     firsts = {}
     for e in entries:
+        # the peak counts what the process already holds (the other entries' models, states and graphs):
+        # held_before_gib says how much of it that was
+        e["held_before_gib"] = allocated_gib(device)
         reset_peak_memory(device)
         firsts[e["name"]] = _time_once(e["call"], device)
         e["peak_mem_gib"] = peak_memory_gib(device)
@@ -153,7 +157,8 @@ def interleaved(entries: list[dict], repeats: int, device: str, bandwidth: float
                "first_call_s": round(firsts[e["name"]], 3), "median_s": round(med, 4),
                "spread_s": [round(min(ts), 4), round(max(ts), 4)], "repeats": len(ts),
                "images_per_s": round(e["batch"] / med, 1), "step_ms": round(1e3 * med / e["tokens"], 3),
-               "peak_mem_gib": e.get("peak_mem_gib"), **e.get("extra", {})}
+               "peak_mem_gib": e.get("peak_mem_gib"), "held_before_gib": e.get("held_before_gib"),
+               **e.get("extra", {})}
         bb = e.get("backbone")
         if bandwidth is not None and bb is not None:
             nbytes = floor_bytes(bb, 2 * e["batch"] if e.get("cfg", True) else e["batch"])
