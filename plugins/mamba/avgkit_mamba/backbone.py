@@ -55,13 +55,14 @@ class MambaBackboneConfig(BackboneConfig):
     token_drop: float = Field(0.0, ge=0, lt=1, description="training: dropout rate on the input embeddings")
     initializer_range: float = Field(0.02, description="std of the normal init of the embedding tables and an untied head")
     impl: Literal["auto", "torch", "triton"] = Field("auto", description="scan kernels: triton on GPU, torch on CPU")
-    state_dtype: Literal["fp32", "bf16", "model", "int8"] = Field(
-        "fp32", description="dtype of the SSM decoding state: fp32, bf16, the model's dtype, or int8 with an fp32 "
-        "scale per (head, head-dim row) (one byte a value; accuracy gate in docs/backbone-mamba.md)"
+    state_dtype: Literal["auto", "fp32", "bf16", "model", "int8"] = Field(
+        "auto", description="dtype of the SSM decoding state: auto (fp32 for an fp32 model, bf16 for a half-precision "
+        "one), fp32, bf16, the model's dtype, or int8 with an fp32 scale per (head, head-dim row) (one byte a value); "
+        "accuracy gate and speed in docs/backbone-mamba.md"
     )
     step_kernel: Literal["two-launch", "one-launch"] = Field(
-        "two-launch", description="Triton decode step: two launches per layer (measured), or one launch with split "
-        "state tiles and the next tile's load in flight (not yet measured on a GPU; docs/backbone-mamba.md)"
+        "two-launch", description="Triton decode step: two launches per layer, or one launch with split state tiles "
+        "and the next tile's load in flight (1.8x slower on an H100; docs/benchmarks.md)"
     )
     decode_form: Literal["recurrent", "dual"] = Field(
         "recurrent", description="decoding layout: the constant-size SSM state, or per-token caches read by the "
@@ -288,7 +289,9 @@ class MambaBackbone(Backbone):
             layers = [b.mixer.allocate_dual_state(batch_size, max_len, device=device, dtype=model_dtype)
                       for b in self.layers]
             return MambaDecodeState(layers, position, batch_size, torch.zeros(1, dtype=torch.long, device=device))
-        ssm_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype,
+        # auto: the state follows the model down to bf16 (gated), never to fp16 (not gated)
+        auto = torch.float32 if model_dtype == torch.float32 else torch.bfloat16
+        ssm_dtype = {"auto": auto, "fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype,
                      "int8": torch.int8}[self.config.state_dtype]
         layers = [b.mixer.allocate_state(batch_size, device=device, dtype=model_dtype, ssm_dtype=ssm_dtype)
                   for b in self.layers]

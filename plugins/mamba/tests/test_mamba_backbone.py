@@ -111,6 +111,15 @@ def test_bf16_state_keeps_top1_agreement():
     assert bb.init_state(2).layers[0].ssm.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize(("model_dtype", "state_dtype"),
+                         [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.bfloat16)])
+def test_default_state_follows_the_model_down_to_bf16(model_dtype, state_dtype):
+    """state_dtype auto: an fp32 model decodes exactly (fp32 state); a half-precision one gets the gated bf16 state."""
+    bb, _ = _tiny()
+    assert bb.config.state_dtype == "auto"
+    assert bb.to(model_dtype).init_state(2).layers[0].ssm.dtype == state_dtype
+
+
 def test_state_is_constant_size_and_rows_select():
     bb, cond = _tiny()
     s = bb.init_state(4)
