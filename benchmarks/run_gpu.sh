@@ -5,11 +5,13 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --diagnose | --training]
+#   bash benchmarks/run_gpu.sh [--quick | --decode | --diagnose | --training]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
 # AiM-B's state and step-kernel variants with a per-kernel profile.
+# --decode (about 9 minutes): the decode kernels against PyTorch (bf16 and int8 states), the
+# state-update tile sweep (gpu_check --tiles), AiM-B's variants and profile beside GPT-B.
 # --training (one call, about 10 minutes): the training-step rows against
 # the AiM authors' trainer step (their code where AIM_ROOT points, default .ref/aim-0a91c60)
 # and the mamba-ssm stack, one AiM-B step by kernel, AiM-1B at batch 64, and the digits
@@ -53,6 +55,14 @@ if [ "$QUICK" = "--quick" ]; then
     --out "$OUT/reproducibility_diagnose_$CARD.json"
   LIMIT=$((${BUDGET:-500} - SECONDS + START)) run benchmarks/sampling.py $LG --transformers gpt-b --aim aim-b \
     --batches 16,64,256 --variants 64 --profile --out "$OUT/sampling_quick_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--decode" ]; then  # AiM decoding work: kernels against PyTorch (int8 included), the tile sweep, rows
+  LIMIT=200 run plugins/mamba/scripts/gpu_check.py --quick --dtypes bfloat16 --out "$OUT/mamba_gpu_check_quick_$CARD.json"
+  LIMIT=150 run plugins/mamba/scripts/gpu_check.py --tiles --out "$OUT/decode_tiles_$CARD.json"
+  LIMIT=$((${BUDGET:-540} - SECONDS + START)) run benchmarks/sampling.py $LG --transformers gpt-b --aim aim-b \
+    --batches 16,64 --variants 16,64 --profile --out "$OUT/sampling_decode_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -40,10 +40,11 @@ class Smoke:
     timeout: float = 180.0
     slow: bool = False  # over ~10 s: marked slow (-m "not slow" leaves it out)
     setup: Callable[[Path], None] | None = None  # prepares {tmp} before the run
+    mode: str = ""  # names a second smoke case of the same script
 
     @property
     def id(self) -> str:
-        return Path(self.script).stem
+        return Path(self.script).stem + (f"-{self.mode}" if self.mode else "")
 
 
 def _rows(n: int, *keys: str) -> Callable[[dict[str, Any]], None]:
@@ -118,6 +119,12 @@ def _precision_check(report: dict[str, Any]) -> None:
 def _vq_encode(report: dict[str, Any]) -> None:
     _rows(2, "precision", "images_per_s", "first_call_s", "peak_mem_gib")(report)
     assert [r["precision"] for r in report["rows"]] == ["fp32", "bf16"]
+
+
+def _gpu_check_tiles(report: dict[str, Any]) -> None:
+    rows = report["decode_kernel_timing"]
+    assert {(r["state"], r["block_p"], r["num_warps"]) for r in rows} == {("bf16", 8, 1), ("int8", 8, 1)}, rows
+    assert all(r["ms"] > 0 and r["state_rel_err"] < 1e-2 for r in rows), rows
 
 
 def _gpu_check(report: dict[str, Any]) -> None:
@@ -346,7 +353,8 @@ CASES: list[Smoke] = [
     Smoke("benchmarks/data_loader.py", keys=("benchmark", "setup", "results", "meets_target", "machine"),
           check=_data_loader),
     Smoke("benchmarks/plot.py", args=("--smoke", "--images", "{tmp}/img"), result=None,
-          files=("img/sampling_h200.png", "img/sequence_length_h200.png", "img/train_step_h200.png")),
+          files=("img/sampling_h200.png", "img/sampling_baseline_h100.png", "img/sequence_length_h200.png",
+                 "img/train_step_h200.png")),
     Smoke("benchmarks/ssd_scan.py", keys=("gpu", "triton", "shape", "results"), check=_ssd_scan),
     Smoke("benchmarks/startup.py", keys=(*ENVIRONMENT, "model", "rows"), check=_startup),
     Smoke("benchmarks/state_precision.py", keys=(*ENVIRONMENT, "decode_path", "gate", "verdict"),
@@ -358,6 +366,8 @@ CASES: list[Smoke] = [
           files=("profile.txt", "profile.json"), setup=_aim_stub),
     Smoke("benchmarks/vq_encode.py", keys=(*ENVIRONMENT, "tokenizer", "image_size", "rows"), check=_vq_encode),
     Smoke("plugins/mamba/scripts/gpu_check.py", keys=("gpu", "all_ok", "checks", "step_timing"), check=_gpu_check),
+    Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
+          keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_llamagen_stub),
     Smoke("benchmarks/precision_check.py", args=("--smoke", "--paths", "today,bf16", "--work", "{tmp}/runs", "--out",

@@ -388,6 +388,52 @@ def time_decode_kernels(batch: int, nheads: int, dtype: torch.dtype = torch.bflo
     return rows
 
 
+#: (BLOCK_P, num_warps) candidates of the two-launch state-update kernel for ``--tiles``
+TILES = [(bp, w) for bp in (8, 16, 32, 64) for w in (1, 2, 4, 8)]
+
+
+def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat16, *, p: int = 64, n: int = 128,
+                      reps: int = 50, warmup: int = 3, rounds: int = 3, device: torch.device | str = "cuda",
+                      bandwidth: float | None = None, states: tuple[str, ...] = ("bf16", "int8"),
+                      tiles: list[tuple[int, int]] = TILES) -> list[dict]:
+    """One layer's two-launch decode step per (state dtype, state tile), timed interleaved, each tile also
+    checked against the torch step (one step from the same inputs): which tile the fixed rule should pick."""
+    from avgkit_mamba.ops import triton_step
+    from avgkit_mamba.ops.dispatch import decode_step
+
+    saved = triton_step._tile
+    problems = {(st, tile): _decode_step_problem(batch, nheads, st, dtype, p=p, n=n, device=device)
+                for st in states for tile in tiles if tile[0] <= p}
+    times: dict[tuple, list[float]] = {key: [] for key in problems}
+    errs: dict[tuple, float] = {}
+    try:
+        for (st, tile), t in problems.items():
+            triton_step._tile = lambda rows, hd, tile=tile: tile
+            ours, ref = _clone_problem(t), _clone_problem(t)
+            decode_step(**ours, impl="triton", kernel="two-launch")
+            decode_step(**ref, impl="torch")
+            errs[(st, tile)] = rel_err(_state_values(ours), _state_values(ref))
+        for _ in range(rounds):
+            for (st, tile), t in problems.items():
+                triton_step._tile = lambda rows, hd, tile=tile: tile
+                times[(st, tile)].append(median_ms(lambda t=t: decode_step(**t, impl="triton", kernel="two-launch"),
+                                                   device, warmup, reps))
+    finally:
+        triton_step._tile = saved
+    rows = []
+    for (st, tile), ts in times.items():
+        ms = sorted(ts)[len(ts) // 2]
+        b = state_bytes(problems[(st, tile)])
+        row = {"batch": batch, "nheads": nheads, "state": st, "block_p": tile[0], "num_warps": tile[1],
+               "rule": tile == saved(batch * nheads, p), "ms": round(ms, 4),
+               "spread_ms": [round(min(ts), 4), round(max(ts), 4)], "state_GB_s": round(b["state_bytes"] / ms / 1e6, 1),
+               "state_rel_err": errs[(st, tile)]}
+        if bandwidth:
+            row["fraction_of_copy_bandwidth"] = round(b["state_bytes"] / (ms / 1e3) / bandwidth, 3)
+        rows.append(row)
+    return rows
+
+
 def copy_bandwidth(gib: float = 2.0) -> float:
     """Device copy bandwidth in bytes/s, read + write counted (as benchmarks/common.py measures it)."""
     n = int(gib * 2**30) // 4
@@ -475,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller batches, fewer cases")
     parser.add_argument("--repeat-only", action="store_true",
                         help="only the repeat checks: is each scan stage bitwise the same across calls")
+    parser.add_argument("--tiles", action="store_true",
+                        help="only the state-update tile sweep (bf16 and int8 states at AiM-B's 128 sequences)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny fp32 shapes on the CPU, Triton interpreted: checks that the script runs")
@@ -493,6 +541,14 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     layer = SMOKE_LAYER if args.smoke else {"nheads": 24, "p": 64, "n": 128}
     rows: list[dict] = []
+    if args.tiles:
+        bandwidth = None if args.smoke else copy_bandwidth()
+        sweep = (time_decode_tiles(2, dtype=torch.float32, reps=1, warmup=0, rounds=1, device=device,
+                                   tiles=[(8, 1), (16, 2)], **layer) if args.smoke
+                 else [r for b in (32, 128) for r in time_decode_tiles(b, 24, bandwidth=bandwidth)])
+        for r in sweep:
+            print(f"tile {r}", flush=True)
+        return _write_report(args, rows, [], sweep, bandwidth, device)
     for dtype in dtypes:  # first: a difference here explains irreproducible samples
         for c in repeat_cases(args.smoke):
             rows += check_repeat(c, dtype, device)
