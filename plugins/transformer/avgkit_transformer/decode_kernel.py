@@ -15,6 +15,7 @@ inside its graph (and its CUDA graph), with no graph break.
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import torch
 from torch import Tensor
@@ -24,21 +25,10 @@ __all__ = ["decode_attention", "triton_available"]
 BLOCK_N = 64
 
 
-_TRITON_OK: bool | None = None
-
-
-@torch.compiler.assume_constant_result  # traced once (no functools.cache: Dynamo warns about tracing it)
+@torch.compiler.assume_constant_result  # traced as a constant (no functools.cache: Dynamo warns about tracing it)
 def triton_available() -> bool:
-    """Whether Triton imports (checked once)."""
-    global _TRITON_OK
-    if _TRITON_OK is None:
-        try:
-            import triton  # noqa: F401
-        except Exception:
-            _TRITON_OK = False
-        else:
-            _TRITON_OK = True
-    return _TRITON_OK
+    """Whether Triton is installed (PyTorch's Linux builds bring it)."""
+    return importlib.util.find_spec("triton") is not None
 
 
 @functools.cache
