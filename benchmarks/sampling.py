@@ -11,7 +11,8 @@ Transformer baseline: LlamaGen's sampler (``autoregressive/models/generate.py``)
 GPT compiled as its ``sample_c2i.py`` does (``torch.compile(mode="reduce-overhead",
 fullgraph=True)``), from a checkout of the public LlamaGen code that ``--llamagen-root``
 points at (commit ce98ec4 was measured). avgkit's transformer runs through avgkit's
-sampler with ``compile`` on: inductor kernels replayed from the step's CUDA graph.
+sampler with ``compile`` on: inductor kernels and its decoding-attention kernel replayed
+from the step's CUDA graph (``--gpt-attention`` adds rows with another ``decode_attention``).
 AiM rows also report the memory floor of their state layout (weights read once per step
 plus the state read and written, at the copy bandwidth measured in the same run). AiM-B's
 decoding variants (bf16 or int8 state, two-launch or one-launch step kernel) are timed
