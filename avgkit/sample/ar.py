@@ -174,9 +174,16 @@ class ARSampler:
             k=torch.ones(1, dtype=torch.long, device=device),
         )
 
+    @staticmethod
+    def _graph_key(backbone: Backbone, cond: Conditioning, batch: int, dtype: torch.dtype | None) -> tuple:
+        """What a captured step depends on; the autocast too, so a step captured in fp32 never replays under bf16."""
+        kind = cond.prefix.device.type
+        autocast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+        return (id(backbone), batch, dtype, autocast, cond.prefix.shape, cond.layers is None,
+                cond.prefix_mask is None, str(cond.prefix.device))
+
     def _graph_run(self, backbone: Backbone, cond: Conditioning, batch: int, dtype: torch.dtype | None) -> _Run:
-        key = (id(backbone), batch, dtype, cond.prefix.shape, cond.layers is None, cond.prefix_mask is None,
-               str(cond.prefix.device))
+        key = self._graph_key(backbone, cond, batch, dtype)
         run = self._graphs.get(key)
         if run is not None and run.backbone is backbone:
             return run

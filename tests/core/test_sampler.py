@@ -110,3 +110,13 @@ def test_reproducibility_check_names_the_first_difference():
     tampered = runs["once"].clone()
     tampered[4, 3] += 1
     assert first_difference(runs["once"], tampered) == "1 of 6 images differ (image 4 first at token 3)"
+
+
+def test_a_captured_step_is_kept_per_autocast():
+    """A step captured in fp32 must not replay under bf16 autocast (nor the reverse): the key holds the autocast."""
+    c = _components()
+    cond = c.conditioner(torch.tensor([1, 2]))
+    plain = ARSampler._graph_key(c.backbone, cond, 2, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ARSampler._graph_key(c.backbone, cond, 2, None) != plain
+    assert ARSampler._graph_key(c.backbone, cond, 2, None) == plain

@@ -57,7 +57,7 @@ class MambaBackboneConfig(BackboneConfig):
     impl: Literal["auto", "torch", "triton"] = Field("auto", description="scan kernels: triton on GPU, torch on CPU")
     state_dtype: Literal["auto", "fp32", "bf16", "model", "int8"] = Field(
         "auto", description="dtype of the SSM decoding state: auto (fp32 for an fp32 model, bf16 for a half-precision "
-        "one), fp32, bf16, the model's dtype, or int8 with an fp32 scale per (head, head-dim row) (one byte a value); "
+        "one or under half-precision autocast), fp32, bf16, the model's dtype, or int8 with an fp32 scale per (head, head-dim row) (one byte a value); "
         "accuracy gate and speed in docs/backbone-mamba.md"
     )
     step_kernel: Literal["two-launch", "one-launch"] = Field(
@@ -289,8 +289,12 @@ class MambaBackbone(Backbone):
             layers = [b.mixer.allocate_dual_state(batch_size, max_len, device=device, dtype=model_dtype)
                       for b in self.layers]
             return MambaDecodeState(layers, position, batch_size, torch.zeros(1, dtype=torch.long, device=device))
-        # auto: the state follows the model down to bf16 (gated), never to fp16 (not gated)
-        auto = torch.float32 if model_dtype == torch.float32 else torch.bfloat16
+        # auto: the state follows the model (its dtype, or the autocast it decodes under) down to bf16, which the
+        # accuracy gate passed, never to fp16, which it did not measure
+        kind = torch.device(device).type
+        half = model_dtype != torch.float32 or (
+            torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) != torch.float32)
+        auto = torch.bfloat16 if half else torch.float32
         ssm_dtype = {"auto": auto, "fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype,
                      "int8": torch.int8}[self.config.state_dtype]
         layers = [b.mixer.allocate_state(batch_size, device=device, dtype=model_dtype, ssm_dtype=ssm_dtype)

@@ -120,6 +120,14 @@ def test_default_state_follows_the_model_down_to_bf16(model_dtype, state_dtype):
     assert bb.to(model_dtype).init_state(2).layers[0].ssm.dtype == state_dtype
 
 
+def test_default_state_is_bf16_under_half_precision_autocast():
+    """--precision bf16 keeps fp32 weights under autocast: the state follows the autocast."""
+    bb, _ = _tiny()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bb.init_state(2).layers[0].ssm.dtype == torch.bfloat16
+    assert bb.init_state(2).layers[0].ssm.dtype == torch.float32
+
+
 def test_state_is_constant_size_and_rows_select():
     bb, cond = _tiny()
     s = bb.init_state(4)
