@@ -167,7 +167,10 @@ class TransformerBackbone(Backbone):
         ref = self.tok_embed.weight
         max_len = c.max_prefix_len + c.num_tokens
         shape = (batch_size, c.n_kv_heads, max_len, c.head_dim)
-        factory = {"device": device if device is not None else ref.device, "dtype": dtype or ref.dtype}
+        device = torch.device(device if device is not None else ref.device)
+        # under half-precision autocast (--precision bf16) the keys and values are half: store them so
+        autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        factory = {"device": device, "dtype": dtype or autocast or ref.dtype}
         keys = [torch.zeros(shape, **factory) for _ in range(c.layers)]
         values = [torch.zeros(shape, **factory) for _ in range(c.layers)]
         pos = torch.zeros((), dtype=torch.long, device=keys[0].device)

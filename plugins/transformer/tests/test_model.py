@@ -33,6 +33,13 @@ def test_cache_is_preallocated_at_full_size():
     assert state.dtype == torch.bfloat16 and state.pos.shape == ()
 
 
+def test_cache_follows_half_precision_autocast():
+    model = _tiny()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.init_state(2).dtype == torch.bfloat16
+    assert model.init_state(2).dtype == torch.float32
+
+
 @torch.no_grad()
 def test_multi_vector_prefix_decodes_like_training():
     model = _tiny(max_prefix_len=2)
