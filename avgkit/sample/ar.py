@@ -13,6 +13,7 @@ not inductor's cudagraph trees, so a backbone that updates its decoding state in
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -58,6 +59,19 @@ class _Run:
     u: Tensor  # (B, N) float64: the uniform each image draws each token with
     k: Tensor  # (1,) int64: index of the token being drawn
     graph: Any = None
+
+
+def _uncached_autocast(kind: str) -> contextlib.AbstractContextManager:
+    """The current autocast without its weight-cast cache, or nothing outside autocast.
+
+    Autocast caches the low-precision copy of each weight until its outermost context
+    exits; a graph captured while the cache is warm would read copies that are freed
+    after this call, and replay whatever the memory then holds. Without the cache the
+    casts are captured with the step, so a replay reads the weights themselves.
+    """
+    if not torch.is_autocast_enabled(kind):
+        return contextlib.nullcontext()
+    return torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False)
 
 
 class ARSampler:
@@ -193,15 +207,16 @@ class ARSampler:
         backbone.prefill(run.state, run.cond)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                run.k.fill_(1)
+        with _uncached_autocast(cond.prefix.device.type):
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    run.k.fill_(1)
+                    step(run)
+            torch.cuda.current_stream().wait_stream(stream)
+            run.k.fill_(1)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
                 step(run)
-        torch.cuda.current_stream().wait_stream(stream)
-        run.k.fill_(1)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step(run)
         run.graph = graph
         self._graphs[key] = run
         return run

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from avgkit.build import build
@@ -120,3 +121,33 @@ def test_a_captured_step_is_kept_per_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert ARSampler._graph_key(c.backbone, cond, 2, None) != plain
     assert ARSampler._graph_key(c.backbone, cond, 2, None) == plain
+
+
+def test_graph_capture_runs_without_the_autocast_weight_cache():
+    from avgkit.sample.ar import _uncached_autocast
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with _uncached_autocast("cpu"):
+            assert not torch.is_autocast_cache_enabled() and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.is_autocast_cache_enabled()
+    with _uncached_autocast("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_graph_captured_under_autocast_replays_in_a_later_autocast():
+    """--precision bf16 samples each batch in its own autocast: the step graph captured in the first must give the
+    same tokens in the second, whatever the memory freed in between now holds."""
+    c = _components()
+    backbone, conditioner = c.backbone.cuda().eval(), c.conditioner.cuda().eval()
+    sampler = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8))
+    labels = torch.arange(4, device="cuda")
+    with torch.inference_mode():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            first = sampler.sample(backbone, conditioner, labels, seed=3)
+        churn = [torch.full((1 << 20,), float(i), device="cuda") for i in range(64)]  # reuse what was freed
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            again = sampler.sample(backbone, conditioner, labels, seed=3)
+        del churn
+    assert torch.equal(first, again)
