@@ -58,5 +58,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def active_autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The dtype autocast casts to on ``device``'s type right now, or None (off, or a type it has none for: meta)."""
+    kind = torch.device(device).type
+    try:
+        return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    except RuntimeError:  # a device type without autocast
+        return None
+
+
 def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     return autocast(device, autocast_dtype(precision, device))

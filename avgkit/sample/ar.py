@@ -23,6 +23,7 @@ from torch import Tensor
 
 from avgkit.interfaces import Backbone, Conditioner, Conditioning
 from avgkit.registry import ComponentConfig
+from avgkit.runtime.device import active_autocast_dtype
 from avgkit.sample.filtering import sample_logits
 from avgkit.sample.groups import in_fixed_groups
 from avgkit.sample.rng import uniform
@@ -69,9 +70,8 @@ def _uncached_autocast(kind: str) -> contextlib.AbstractContextManager:
     after this call, and replay whatever the memory then holds. Without the cache the
     casts are captured with the step, so a replay reads the weights themselves.
     """
-    if not torch.is_autocast_enabled(kind):
-        return contextlib.nullcontext()
-    return torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False)
+    dtype = active_autocast_dtype(kind)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(kind, dtype=dtype, cache_enabled=False)
 
 
 class ARSampler:
@@ -191,9 +191,7 @@ class ARSampler:
     @staticmethod
     def _graph_key(backbone: Backbone, cond: Conditioning, batch: int, dtype: torch.dtype | None) -> tuple:
         """What a captured step depends on; the autocast too, so a step captured in fp32 never replays under bf16."""
-        kind = cond.prefix.device.type
-        autocast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
-        return (id(backbone), batch, dtype, autocast, cond.prefix.shape, cond.layers is None,
+        return (id(backbone), batch, dtype, active_autocast_dtype(cond.prefix.device), cond.prefix.shape, cond.layers is None,
                 cond.prefix_mask is None, str(cond.prefix.device))
 
     def _graph_run(self, backbone: Backbone, cond: Conditioning, batch: int, dtype: torch.dtype | None) -> _Run:

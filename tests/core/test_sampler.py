@@ -151,3 +151,12 @@ def test_a_graph_captured_under_autocast_replays_in_a_later_autocast():
             again = sampler.sample(backbone, conditioner, labels, seed=3)
         del churn
     assert torch.equal(first, again)
+
+
+def test_active_autocast_dtype_answers_for_any_device_type():
+    from avgkit.runtime.device import active_autocast_dtype
+
+    assert active_autocast_dtype("cpu") is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert active_autocast_dtype(torch.device("cpu")) == torch.bfloat16
+        assert active_autocast_dtype("meta") is None  # no autocast for it: a state built on meta has no autocast dtype

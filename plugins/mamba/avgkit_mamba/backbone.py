@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from avgkit.errors import AvgkitError
 from avgkit.interfaces import Backbone, Conditioning, Modulation
 from avgkit.registry import BackboneConfig
+from avgkit.runtime.device import active_autocast_dtype
 from avgkit_mamba.mixer import Mamba2Mixer
 from avgkit_mamba.ops.dispatch import add_norm_modulate
 from avgkit_mamba.ops.norm_torch import rms_norm
@@ -291,9 +292,7 @@ class MambaBackbone(Backbone):
             return MambaDecodeState(layers, position, batch_size, torch.zeros(1, dtype=torch.long, device=device))
         # auto: the state follows the model (its dtype, or the autocast it decodes under) down to bf16, which the
         # accuracy gate passed, never to fp16, which it did not measure
-        kind = torch.device(device).type
-        half = model_dtype != torch.float32 or (
-            torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) != torch.float32)
+        half = model_dtype != torch.float32 or active_autocast_dtype(device) not in (None, torch.float32)
         auto = torch.bfloat16 if half else torch.float32
         ssm_dtype = {"auto": auto, "fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype,
                      "int8": torch.int8}[self.config.state_dtype]

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from avgkit.interfaces import Backbone, Conditioning
+from avgkit.runtime.device import active_autocast_dtype
 from avgkit_transformer.config import TransformerConfig
 from avgkit_transformer.errors import TransformerError
 from avgkit_transformer.layers import Block, RMSNorm, modulate
@@ -169,8 +170,7 @@ class TransformerBackbone(Backbone):
         shape = (batch_size, c.n_kv_heads, max_len, c.head_dim)
         device = torch.device(device if device is not None else ref.device)
         # under half-precision autocast (--precision bf16) the keys and values are half: store them so
-        autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        factory = {"device": device, "dtype": dtype or autocast or ref.dtype}
+        factory = {"device": device, "dtype": dtype or active_autocast_dtype(device) or ref.dtype}
         keys = [torch.zeros(shape, **factory) for _ in range(c.layers)]
         values = [torch.zeros(shape, **factory) for _ in range(c.layers)]
         pos = torch.zeros((), dtype=torch.long, device=keys[0].device)
