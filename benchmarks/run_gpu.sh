@@ -5,11 +5,12 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --decode | --diagnose | --training]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
 # AiM-B's state and step-kernel variants with a per-kernel profile.
+# --baseline (about 6 minutes): GPT-L against LlamaGen at batch 16 and 256, then pytest -m gpu.
 # --decode (about 9 minutes): the decode kernels against PyTorch (bf16 and int8 states), the
 # state-update tile sweep (gpu_check --tiles), AiM-B's variants and profile beside GPT-B.
 # --training (one call, about 10 minutes): the training-step rows against
@@ -55,6 +56,13 @@ if [ "$QUICK" = "--quick" ]; then
     --out "$OUT/reproducibility_diagnose_$CARD.json"
   LIMIT=$((${BUDGET:-500} - SECONDS + START)) run benchmarks/sampling.py $LG --transformers gpt-b --aim aim-b \
     --batches 16,64,256 --variants 64 --profile --out "$OUT/sampling_quick_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--baseline" ]; then  # the rest of the transformer baseline, then the GPU-marked tests (about 6 minutes)
+  LIMIT=200 run benchmarks/sampling.py $LG --transformers gpt-l --aim none --batches 16,256 \
+    --out "$OUT/sampling_gpt_l_16_256_$CARD.json"
+  LIMIT=$((${BUDGET:-420} - SECONDS + START)) gpu_tests
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
