@@ -287,15 +287,17 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
 
 
 def aim_rows(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str, bw: float | None,
-             shape: dict, state_dtype: str = "bf16", tag: str = "") -> list[dict]:
+             shape: dict, state_dtype: str = "bf16", tag: str = "", compiled: bool = False) -> list[dict]:
+    """AiM rows per batch; with ``compiled``, the step through torch.compile beside it, timed interleaved."""
     bb, cond = build_aim(shape.get("aim", preset), tokens=shape["tokens"], device=device, vocab=shape["vocab"],
                          classes=shape["classes"], state_dtype=state_dtype)
-    entries = [{"name": f"avgkit {preset} {state_dtype}-state{tag}", "batch": b, "tokens": shape["tokens"],
-                "params": _params(bb) + _params(cond), "backbone": bb, "cfg": cfg.cfg_scale != 1,
-                "call": avgkit_sampler(bb, cond, b, cfg, device)} for b in batches]
+    variants = [("", cfg)] + ([(" compiled", cfg.model_copy(update={"compile": True}))] if compiled else [])
     rows = []
-    for e in entries:  # one batch at a time: each its own graph and first call
-        rows += interleaved([e], repeats, device, bw)
+    for b in batches:  # one batch at a time: each its own graph and first call
+        rows += interleaved([{"name": f"avgkit {preset} {state_dtype}-state{tag}{label}", "batch": b,
+                              "tokens": shape["tokens"], "params": _params(bb) + _params(cond), "backbone": bb,
+                              "cfg": cfg.cfg_scale != 1, "call": avgkit_sampler(bb, cond, b, c, device)}
+                             for label, c in variants], repeats, device, bw)
     return rows
 
 
@@ -315,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--transformers", default=None, help="comma-separated transformer presets (default by mode)")
     ap.add_argument("--aim", default=None, help="comma-separated AiM presets (default by mode)")
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default by mode)")
+    ap.add_argument("--aim-compile", action="store_true",
+                    help="each AiM row also with its step through torch.compile, timed interleaved")
     ap.add_argument("--profile", action="store_true",
                     help="a per-kernel profile of one AiM-B step at batch 64, for each state dtype and step kernel")
     ap.add_argument("--gpt-attention", default="auto",
@@ -346,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += transformer_comparison(preset, batches, cfg, repeats, args.llamagen_root, device, notes, shape,
                                        tuple(args.gpt_attention.split(",")))
     for preset in aims:
-        rows += aim_rows(preset, batches, cfg, repeats, device, bw, shape)
+        rows += aim_rows(preset, batches, cfg, repeats, device, bw, shape, compiled=args.aim_compile)
         if preset == "aim-b" and not args.quick and not args.smoke:
             rows += aim_rows(preset, [64], cfg, repeats, device, bw, shape, state_dtype="fp32")
             if import_mamba_ssm() is not None:

@@ -157,7 +157,7 @@ def _ddp(report: dict[str, Any]) -> None:
 def _sampling(report: dict[str, Any]) -> None:
     names = [r["model"] for r in report["rows"]]
     assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b bf16-state",
-                     "avgkit aim-b bf16-state two-launch", "avgkit aim-b int8-state two-launch",
+                     "avgkit aim-b bf16-state compiled", "avgkit aim-b bf16-state two-launch", "avgkit aim-b int8-state two-launch",
                      "avgkit aim-b bf16-state one-launch", "avgkit aim-b int8-state one-launch"], names
     for row in report["rows"]:
         assert row["repeats"] >= 2 and row["spread_s"][0] <= row["median_s"] <= row["spread_s"][1], row
@@ -368,7 +368,8 @@ CASES: list[Smoke] = [
     Smoke("plugins/mamba/scripts/gpu_check.py", keys=("gpu", "all_ok", "checks", "step_timing"), check=_gpu_check),
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
-    Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--out", "{tmp}/out.json"),
+    Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--out",
+                                          "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_llamagen_stub),
     Smoke("benchmarks/precision_check.py", args=("--smoke", "--paths", "today,bf16", "--work", "{tmp}/runs", "--out",
                                                 "{tmp}/out.json"),
