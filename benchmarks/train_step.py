@@ -401,6 +401,13 @@ def main() -> None:
     rows: list[dict] = []
     profiles = {}
     size = {"batch": batch, "vocab": vocab, "tokens": tokens}
+    name = "train_step_quick" if args.quick else "train_step"
+
+    def save(quiet: bool = True) -> None:  # after every row: a run stopped at its time limit keeps what it measured
+        _speedups(rows)
+        write_result(name, {"matmul_tflops": round(matmul, 1), "timing": timing, "rows": rows, "notes": notes,
+                            "profile": profiles}, smoke_out(name, args.out, args.smoke), quiet=quiet)
+
     for preset in presets:
         extra = {"chunk_size": 16} if args.smoke else {}
         flops = None
@@ -424,6 +431,7 @@ def main() -> None:
                 profiles[f"{preset} {variant}"] = profile_step(step, device, Path(args.profile),
                                                                f"avgkit {preset} {variant}, batch {batch}")
             rows.append(row)
+            save()
             del model, step
             empty_cache(device)
         if preset not in ref_presets or args.no_reference:
@@ -437,6 +445,7 @@ def main() -> None:
                           flops=flops, matmul=matmul, opt_groups=_reference_decay_groups(model), timing=timing, **size)
                 row.pop("_step")
                 rows.append(row)
+                save()
             except torch.OutOfMemoryError as err:
                 notes.append(f"AiM reference {preset} batch {batch}: out of memory ({str(err).splitlines()[0]})")
             del model, loss
@@ -451,12 +460,10 @@ def main() -> None:
                       device, flops=flops, matmul=matmul, timing=timing, **size)
             row.pop("_step")
             rows.append(row)
+            save()
             del ref, base
             empty_cache(device)
-    _speedups(rows)
-    name = "train_step_quick" if args.quick else "train_step"
-    write_result(name, {"matmul_tflops": round(matmul, 1), "timing": timing, "rows": rows, "notes": notes,
-                        "profile": profiles}, smoke_out(name, args.out, args.smoke))
+    save(quiet=False)
 
 
 def _speedups(rows: list[dict]) -> None:
