@@ -108,12 +108,17 @@ def main() -> None:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="avgkit-precision-"))
     work.mkdir(parents=True, exist_ok=True)
     # the smoke run checks the harness: two baseline seeds (the spread needs two), one for the others
-    rows = [train(work, path, seed, PATHS[path], extra) for path in paths
-            for seed in (seeds if path == paths[0] or not args.smoke else seeds[:1])]
+    out = smoke_out("precision_check", args.out, args.smoke)
+    rows: list[dict] = []
+    for path in paths:
+        for seed in seeds if path == paths[0] or not args.smoke else seeds[:1]:
+            rows.append(train(work, path, seed, PATHS[path], extra))
+            # after every run: a check stopped at its time limit keeps the runs it finished (verdict later)
+            write_result("precision_check", {"recipe": "digits", "seeds": seeds, "rows": rows}, out, quiet=True)
     result = {"recipe": "digits", "seeds": seeds, "paths": {p: PATHS[p] for p in paths}, "rows": rows,
               "verdict": verdicts(rows, paths)}
     print(json.dumps(result["verdict"], indent=2))
-    write_result("precision_check", result, smoke_out("precision_check", args.out, args.smoke))
+    write_result("precision_check", result, out)
 
 
 if __name__ == "__main__":
