@@ -38,17 +38,19 @@ def test_fixed_decode_width_gives_the_same_image_in_any_batch(device, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["eager", "graph", "compiled"])
-def test_aim_b_samples_are_reproducible_on_the_gpu(path):
-    """AiM-B at full size (random weights, bf16 state) with the paper's settings: CFG 2, top-k 600,
-    top-p 0.98. The same image on a repeated call and in calls of another size, per code path."""
+@pytest.mark.parametrize(("path", "state_dtype"),
+                         [("eager", "bf16"), ("graph", "bf16"), ("compiled", "bf16"), ("graph", "int8")])
+def test_aim_b_samples_are_reproducible_on_the_gpu(path, state_dtype):
+    """AiM-B at full size (random weights; the bf16 state, and the one-byte state on the graph path) with the
+    paper's settings: CFG 2, top-k 600, top-p 0.98. The same image on a repeated call and in calls of another
+    size, per code path."""
     from avgkit.plugins import get_registry
     from avgkit.testing.reproducibility import assert_reproducible
 
     reg = get_registry()
     spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln")
     torch.manual_seed(0)
-    backbone = spec.factory(spec.resolve("aim-b", {"vocab_size": 16384, "num_tokens": 256, "state_dtype": "bf16"}))
+    backbone = spec.factory(spec.resolve("aim-b", {"vocab_size": 16384, "num_tokens": 256, "state_dtype": state_dtype}))
     cond = cspec.factory(cspec.resolve(None, {"num_classes": 1000}), dim=backbone.dim, num_layers=backbone.num_layers)
     with torch.no_grad():  # a trained model's modulation is not zero
         for p in cond.parameters():
