@@ -30,7 +30,6 @@ from avgkit.runs.captions import read_captions
 from avgkit.runs.loading import LoadedCheckpoint, load_checkpoint
 from avgkit.runtime.device import precision_context, resolve_device
 from avgkit.sample.classes import label_list, parse_classes
-from avgkit.sizes import image_hw
 
 ClassSpec = int | str | Sequence[int] | Tensor | np.ndarray
 
@@ -79,7 +78,7 @@ class Generator:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of a decoded image."""
-        return (self.tokenizer.channels, *image_hw(self.tokenizer.image_size))
+        return (self.tokenizer.channels, *self.tokenizer.image_hw)
 
     @property
     def default_batch_size(self) -> int:

@@ -80,12 +80,12 @@ class SideBySide(Tokenizer):
         self.inner = inner
         self.codebook_size = inner.codebook_size
         self.grid = (inner.grid[0], 2 * inner.grid[1])
-        h, w = image_hw(inner.image_size)
+        h, w = inner.image_hw
         self.image_size = (h, 2 * w)
         self.channels = inner.channels
 
     def encode(self, images: Tensor) -> Tensor:
-        h, w = image_hw(self.image_size)
+        h, w = self.image_hw
         if tuple(images.shape[-2:]) != (h, w):
             raise ValueError(f"side-by-side images must be {h}x{w}, got {tuple(images.shape[-2:])}")
         half = w // 2

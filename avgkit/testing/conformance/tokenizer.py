@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from avgkit.interfaces import Tokenizer
-from avgkit.sizes import image_hw
 from avgkit.testing.conformance._common import (
     ConformanceSkip,
     as_factory,
@@ -43,7 +42,7 @@ class TokenizerCase:
 
     def images(self, tok: Tokenizer) -> Tensor:
         gen = torch.Generator().manual_seed(self.seed + 1)
-        x = torch.rand(self.batch_size, tok.channels, *image_hw(tok.image_size), generator=gen) * 2 - 1
+        x = torch.rand(self.batch_size, tok.channels, *tok.image_hw, generator=gen) * 2 - 1
         return x.to(self.device)
 
     def codes(self, tok: Tokenizer) -> Tensor:
@@ -94,7 +93,7 @@ def check_decode(case: TokenizerCase) -> None:
     codes = case.codes(tok)
     with torch.no_grad():
         images = tok.decode(codes)
-    expected = (case.batch_size, tok.channels, *image_hw(tok.image_size))
+    expected = (case.batch_size, tok.channels, *tok.image_hw)
     if tuple(images.shape) != expected or not images.is_floating_point():
         fail(f"{case.where} decode gave {images.dtype} {tuple(images.shape)}, expected floating {expected}")
     assert_finite(images, f"{case.where} decoded images")

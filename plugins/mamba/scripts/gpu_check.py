@@ -375,17 +375,20 @@ def time_decode_kernels(batch: int, nheads: int, dtype: torch.dtype = torch.bflo
         for key, t in problems.items():
             times[key].append(median_ms(lambda t=t, k=key[1]: decode_step(**t, impl="triton", kernel=k), device,
                                         warmup, reps))
-    rows = []
-    for (state, kernel), ts in times.items():
-        ms = sorted(ts)[len(ts) // 2]
-        b = state_bytes(problems[(state, kernel)])
-        row = {"batch": batch, "nheads": nheads, "state": state, "kernel": kernel, "ms": round(ms, 4),
-               "spread_ms": [round(min(ts), 4), round(max(ts), 4)], "rounds": len(ts), **b,
-               "state_GB_s": round(b["state_bytes"] / ms / 1e6, 1)}
-        if bandwidth:
-            row["fraction_of_copy_bandwidth"] = round(b["state_bytes"] / (ms / 1e3) / bandwidth, 3)
-        rows.append(row)
-    return rows
+    return [{"batch": batch, "nheads": nheads, "state": state, "kernel": kernel,
+             **_timing_fields(ts, problems[(state, kernel)], bandwidth)} for (state, kernel), ts in times.items()]
+
+
+def _timing_fields(ts: list[float], problem: dict, bandwidth: float | None) -> dict:
+    """A decode-step timing row's numbers: median ms over rounds and spread, bytes moved, state bandwidth and,
+    given the copy bandwidth, the fraction of it."""
+    ms = sorted(ts)[len(ts) // 2]
+    b = state_bytes(problem)
+    row = {"ms": round(ms, 4), "spread_ms": [round(min(ts), 4), round(max(ts), 4)], "rounds": len(ts), **b,
+           "state_GB_s": round(b["state_bytes"] / ms / 1e6, 1)}
+    if bandwidth:
+        row["fraction_of_copy_bandwidth"] = round(b["state_bytes"] / (ms / 1e3) / bandwidth, 3)
+    return row
 
 
 #: (BLOCK_P, num_warps) candidates of the two-launch state-update kernel for ``--tiles``
@@ -420,18 +423,9 @@ def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat
                                                    device, warmup, reps))
     finally:
         triton_step._tile = saved
-    rows = []
-    for (st, tile), ts in times.items():
-        ms = sorted(ts)[len(ts) // 2]
-        b = state_bytes(problems[(st, tile)])
-        row = {"batch": batch, "nheads": nheads, "state": st, "block_p": tile[0], "num_warps": tile[1],
-               "rule": tile == saved(batch * nheads, p), "ms": round(ms, 4),
-               "spread_ms": [round(min(ts), 4), round(max(ts), 4)], "state_GB_s": round(b["state_bytes"] / ms / 1e6, 1),
-               "state_rel_err": errs[(st, tile)]}
-        if bandwidth:
-            row["fraction_of_copy_bandwidth"] = round(b["state_bytes"] / (ms / 1e3) / bandwidth, 3)
-        rows.append(row)
-    return rows
+    return [{"batch": batch, "nheads": nheads, "state": st, "block_p": tile[0], "num_warps": tile[1],
+             "rule": tile == saved(batch * nheads, p), **_timing_fields(ts, problems[(st, tile)], bandwidth),
+             "state_rel_err": errs[(st, tile)]} for (st, tile), ts in times.items()]
 
 
 def copy_bandwidth(gib: float = 2.0) -> float:
