@@ -39,7 +39,7 @@ if [ -d "$MAMBA_ROOT/mamba_ssm" ] && ! python3 -c "import mamba_ssm" >/dev/null 
   export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(realpath "$MAMBA_ROOT")"
 fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plugins/mamba -e plugins/adaln \
-  -e plugins/llamagen -e plugins/transformer
+  -e plugins/llamagen -e plugins/transformer -e plugins/text
 nvidia-smi -L
 START=$SECONDS
 run() { echo "== [$((SECONDS - START)) s] $*"; timeout "${LIMIT:-480}" python3 "$@" 2>&1 | grep -v -i -E 'warn|deprecat'; }
