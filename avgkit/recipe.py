@@ -115,7 +115,15 @@ class TrainSection(_Strict):
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null disables clipping")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.9999")
-    compile: bool = Field(False, description="torch.compile the training forward pass")
+    compile: Literal["off", "model", "blocks"] = Field(
+        "off", description="torch.compile for training: model (the whole forward as one graph), blocks (each "
+        "backbone block on its own: one trace shared by all blocks, much faster to compile); true means model"
+    )
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_bool(cls, value: Any) -> Any:
+        return {True: "model", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp (a full replica per process) or fsdp (parameters, gradients and "
         "optimizer state sharded per backbone block; sharded checkpoints)"

@@ -8,7 +8,8 @@ timed in the same process:
   logits, as before the chunked loss), ``chunked`` (the output layer and loss by
   chunks, the trainer's default), ``ckpt`` (chunked, every block checkpointed),
   ``ckpt2`` (chunked, every second block checkpointed), ``compile`` (chunked,
-  ``torch.compile`` of the model);
+  ``torch.compile`` of the model), ``compile-blocks`` (chunked, each block compiled on
+  its own: ``train.compile: blocks``), ``ckpt2-compile-blocks``;
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
   (``Stage2Trainer.compute_loss``), from the checkout ``--aim-root`` points at
   (github.com/hp-l33/AiM; its code is imported from there, never copied); their
@@ -61,6 +62,7 @@ from common import (  # noqa: E402
 
 from avgkit.build import ARModel  # noqa: E402
 from avgkit.plugins import get_registry  # noqa: E402
+from avgkit.train.regions import backbone_blocks, compile_blocks  # noqa: E402
 
 VOCAB, TOKENS, CLASSES = 16384, 256, 1000
 CONDITIONER = {"aim-b": ("adaln", {}), "aim-l": ("adaln-group", {"groups": 4}),
@@ -70,7 +72,9 @@ AIM_NAMES = {"aim-b": "AiM-B", "aim-l": "AiM-L", "aim-xl": "AiM-XL"}  # presets 
 VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
             "ckpt": {"fused": True, "activation_checkpointing": "blocks"},
             "ckpt2": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2},
-            "compile": {"fused": True, "compile": True}}
+            "compile": {"fused": True, "compile": "model"}, "compile-blocks": {"fused": True, "compile": "blocks"},
+            "ckpt2-compile-blocks": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
+                                     "compile": "blocks"}}
 SMOKE = {"vocab": 64, "tokens": 16, "batch": 2, "window_steps": 1, "windows": 2, "warmup_steps": 0, "matmul": 256}
 MATMUL = 8192
 
@@ -289,8 +293,11 @@ def run(name: str, loss_fn: Callable, params: list, device: torch.device, *, bat
     return row
 
 
-def avgkit_loss(model: ARModel, compiled: bool = False) -> Callable:
-    net = torch.compile(model) if compiled else model
+def avgkit_loss(model: ARModel, compile_: str = "off", backend: str = "inductor") -> Callable:
+    """The trainer's loss call, with ``train.compile``'s choice applied (off, model or blocks)."""
+    if compile_ == "blocks":
+        compile_blocks(backbone_blocks(model.backbone, "compile-blocks", "compile"), backend=backend)
+    net = torch.compile(model, backend=backend) if compile_ == "model" else model
 
     def loss(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         gen = torch.Generator(device=codes.device).manual_seed(1)
@@ -358,6 +365,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="aim-b,aim-l")
     ap.add_argument("--variants", default="plain,chunked,ckpt", help=f"avgkit rows: {', '.join(VARIANTS)}")
+    ap.add_argument("--compile-backend", default="inductor",
+                    help="torch.compile backend of the compile rows (the smoke run uses aot_eager: no C++ build)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--windows", type=int, default=5, help="timing windows (tokens/s is their median)")
     ap.add_argument("--window-steps", type=int, default=5)
@@ -418,7 +427,7 @@ def main() -> None:
             model.fused_loss = spec["fused"]
             flops = flops or flops_per_token(model, tokens)
             try:
-                row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", False)),
+                row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", "off"), args.compile_backend),
                           [p for p in model.parameters() if p.requires_grad], device, flops=flops, matmul=matmul,
                           timing=timing, **size)
             except torch.OutOfMemoryError as err:  # report the size that does not fit, go on

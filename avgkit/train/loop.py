@@ -36,6 +36,7 @@ from avgkit.runtime.distributed import DistEnv
 from avgkit.runtime.stop import Interrupted, StopSignals, signal_name
 from avgkit.train.data import StepBatches
 from avgkit.train.optim import EMA, build_optimizer, lr_at, param_groups, set_lr
+from avgkit.train.regions import backbone_blocks, compile_blocks
 from avgkit.train.report import MetricsLog, Progress, plot_loss
 
 #: ``callback(step, record)`` after every optimizer step; ``record`` is set on logged steps.
@@ -152,7 +153,9 @@ class Trainer:
             self.ddp = net = DistributedDataParallel(model, device_ids=ids)
         if self.env.distributed and dist.get_backend() != "gloo":  # labels are gathered on the CPU
             self._label_group = cast("dist.ProcessGroup", dist.new_group(backend="gloo"))  # every rank joins
-        self.forward = torch.compile(net) if cfg.compile else net
+        if cfg.compile == "blocks":  # after the EMA and the sampling template were copied: they stay eager
+            compile_blocks(backbone_blocks(model.backbone, "train.compile=blocks", "train.compile=model"))
+        self.forward = torch.compile(net) if cfg.compile == "model" else net
         model.fused_loss = cfg.fused_loss
 
     # ------------------------------------------------------------------ paths

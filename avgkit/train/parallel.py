@@ -7,10 +7,9 @@ parameters are gathered for its forward and backward only, and every rank keeps
 blocks compute with bf16 copies of the parameters while the sharded parameters, the
 optimizer and the gradient reduction stay fp32.
 
-A backbone's blocks are the modules its ``fsdp_blocks()`` returns when it has that
-method, else its ``layers`` or ``blocks`` ``nn.ModuleList`` (the Mamba-2 and
-transformer backbones). The EMA of a sharded model is sharded the same way
-(:class:`ShardedEMA`); sampling gathers full copies (:func:`gather_state`).
+The blocks are those :func:`avgkit.train.regions.find_blocks` names. The EMA of a sharded
+model is sharded the same way (:class:`ShardedEMA`); sampling gathers full copies
+(:func:`gather_state`).
 """
 
 from __future__ import annotations
@@ -25,23 +24,12 @@ from torch import Tensor, nn
 
 from avgkit.errors import AvgkitError
 from avgkit.runtime.distributed import DistEnv
-
-BLOCK_LISTS = ("layers", "blocks")
+from avgkit.train.regions import backbone_blocks
 
 
 def fsdp_blocks(backbone: nn.Module) -> list[nn.Module]:
-    """The modules FSDP shards one by one: ``backbone.fsdp_blocks()``, else its layers/blocks list."""
-    hook = getattr(backbone, "fsdp_blocks", None)
-    if callable(hook):
-        return list(hook())
-    for name in BLOCK_LISTS:
-        found = getattr(backbone, name, None)
-        if isinstance(found, nn.ModuleList) and len(found):
-            return list(found)
-    raise AvgkitError(
-        f"train.parallel=fsdp: backbone {type(backbone).__name__} has no block list to shard (an nn.ModuleList "
-        f"named {' or '.join(BLOCK_LISTS)}, or an fsdp_blocks() method); use train.parallel=ddp"
-    )
+    """The modules FSDP shards one by one (:func:`avgkit.train.regions.find_blocks`)."""
+    return backbone_blocks(backbone, "train.parallel=fsdp", "train.parallel=ddp")
 
 
 def require_process_group() -> None:

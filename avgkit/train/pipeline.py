@@ -784,6 +784,11 @@ def _stage_check(run: _Run) -> None:
         from avgkit.train.parallel import fsdp_blocks
 
         fsdp_blocks(build(recipe, device="meta", registry=run.registry).backbone)
+    if recipe.train.compile == "blocks":  # likewise a backbone with no blocks to compile one by one
+        from avgkit.train.regions import backbone_blocks
+
+        backbone_blocks(build(recipe, device="meta", registry=run.registry).backbone, "train.compile=blocks",
+                        "train.compile=model")
     if run.env.is_main:
         _write_run_files(recipe, recipe.run_dir, run.resume, run.registry)
 

@@ -94,10 +94,11 @@ def _state_memory(report: dict[str, Any]) -> None:
 
 
 def _train_step(report: dict[str, Any]) -> None:
-    _rows(4, "tokens_per_s", "tokens_per_s_spread", "windows", "step_s", "first_step_s", "peak_mem_gib", "mfu",
+    _rows(5, "tokens_per_s", "tokens_per_s_spread", "windows", "step_s", "first_step_s", "peak_mem_gib", "mfu",
           "mfu_6n")(report)
     names = [r["model"] for r in report["rows"]]
-    assert names == ["avgkit tiny plain", "avgkit tiny chunked", "avgkit tiny ckpt", "AiM reference tiny"], names
+    assert names == ["avgkit tiny plain", "avgkit tiny chunked", "avgkit tiny ckpt", "avgkit tiny compile-blocks",
+                     "AiM reference tiny"], names
     for row in report["rows"]:
         low, high = row["tokens_per_s_spread"]
         assert row["windows"] >= 2 and low <= row["tokens_per_s"] <= high, row
@@ -361,7 +362,8 @@ CASES: list[Smoke] = [
           check=_state_precision),
     Smoke("benchmarks/state_memory.py", keys=(*ENVIRONMENT, "dtype", "rows"), check=_state_memory),
     Smoke("benchmarks/train_step.py", args=("--smoke", "--aim-root", "{tmp}/aim", "--profile", "{tmp}/profile",
-                                            "--out", "{tmp}/out.json"),
+                                            "--variants", "plain,chunked,ckpt,compile-blocks",
+                                            "--compile-backend", "aot_eager", "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "matmul_tflops", "timing", "rows", "notes", "profile"), check=_train_step,
           files=("profile.txt", "profile.json"), setup=_aim_stub),
     Smoke("benchmarks/vq_encode.py", keys=(*ENVIRONMENT, "tokenizer", "image_size", "rows"), check=_vq_encode),

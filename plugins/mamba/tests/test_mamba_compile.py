@@ -1,4 +1,4 @@
-"""``train.compile: true`` on the AiM backbone (torch kernels, CPU): it compiles and trains like eager.
+"""``train.compile`` (model, blocks) on the AiM backbone (torch kernels, CPU): it compiles and trains like eager.
 
 The Triton scan under ``torch.compile`` is checked on the interpreter (``compile`` group of
 test_mamba_triton_interpret.py).
@@ -6,17 +6,21 @@ test_mamba_triton_interpret.py).
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from avgkit.build import ARModel, build
 from avgkit.plugins import get_registry
 from avgkit.recipe import validate_recipe
 from avgkit.train.data import StepBatches, TensorCodes
 from avgkit.train.loop import Trainer
+from avgkit.train.regions import is_compiled
 
 
-def _losses(compile_: bool) -> list[float]:
+def _trainer(compile_: str) -> Trainer:
     recipe = validate_recipe({
         "name": "compile-check",
         "tokenizer": "toy-patch",
@@ -33,19 +37,45 @@ def _losses(compile_: bool) -> list[float]:
     data = TensorCodes(torch.randint(0, 16, (32, comps.backbone.num_tokens), generator=gen),
                        torch.randint(0, 10, (32,), generator=gen))
     batches = StepBatches(data, batch_size=8, grad_accum=1, rank=0, world_size=1, seed=0)
-    trainer = Trainer(model, batches, recipe.train, progress=False)
-    assert (trainer.forward is not model) == compile_
+    return Trainer(model, batches, recipe.train, progress=False)
+
+
+def _losses(trainer: Trainer) -> list[float]:
     return [r["loss"] for r in trainer.fit().records]
 
 
-def test_train_compile_matches_eager(monkeypatch):
-    # The trainer calls torch.compile(net) (inductor). Inductor works here too (same
-    # losses) but its cold C++ build of this model takes about a minute on CPU, so the
-    # test swaps in aot_eager (Dynamo + AOTAutograd, no codegen); fullgraph: no graph breaks.
+@pytest.fixture
+def aot_eager(monkeypatch):
+    # The trainer compiles with inductor. Inductor works here too (same losses) but its
+    # cold C++ build of this model takes about a minute on CPU, so the tests swap in
+    # aot_eager (Dynamo + AOTAutograd, no codegen); fullgraph: no graph breaks.
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager", fullgraph=True))
-    try:
-        compiled = _losses(True)
-    finally:
-        torch._dynamo.reset()
-    assert compiled == pytest.approx(_losses(False), rel=1e-5, abs=0)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", fullgraph=True))
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def test_train_compile_matches_eager(aot_eager):
+    trainer = _trainer("model")
+    assert trainer.forward is not trainer.model
+    assert _losses(trainer) == pytest.approx(_losses(_trainer("off")), rel=1e-5, abs=0)
+
+
+def test_train_compile_blocks_matches_eager_with_one_trace_for_all_blocks(aot_eager):
+    trainer = _trainer("blocks")
+    blocks = trainer.model.backbone.layers
+    assert trainer.forward is trainer.model and all(is_compiled(b) for b in blocks)
+    assert _losses(trainer) == pytest.approx(_losses(_trainer("off")), rel=1e-5, abs=0)
+    # the first block (no residual yet) and the rest: two traces for the model, however deep
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
+
+
+def test_compiled_blocks_leave_sampling_and_copies_eager(aot_eager):
+    trainer = _trainer("blocks")
+    model = trainer.model
+    assert not any(is_compiled(b) for b in copy.deepcopy(model).backbone.layers)  # an EMA copy runs eager
+    with torch.no_grad():  # validation and sampling: no trace, so the same numbers as an uncompiled model
+        model(torch.zeros(2, model.backbone.num_tokens, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    assert counters["stats"]["calls_captured"] == 0
