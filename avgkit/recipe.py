@@ -115,9 +115,10 @@ class TrainSection(_Strict):
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null disables clipping")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.9999")
-    compile: Literal["off", "model", "blocks"] = Field(
-        "off", description="torch.compile for training: model (the whole forward as one graph), blocks (each "
-        "backbone block on its own: one trace shared by all blocks, much faster to compile); true means model"
+    compile: Literal["auto", "off", "model", "blocks"] = Field(
+        "auto", description="torch.compile for training: blocks (each backbone block on its own: one trace shared "
+        "by all blocks), model (the whole forward as one graph), off; auto: blocks on a GPU, off on the CPU and "
+        "under fsdp; true means model"
     )
     @field_validator("compile", mode="before")
     @classmethod

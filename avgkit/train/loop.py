@@ -36,7 +36,7 @@ from avgkit.runtime.distributed import DistEnv
 from avgkit.runtime.stop import Interrupted, StopSignals, signal_name
 from avgkit.train.data import StepBatches
 from avgkit.train.optim import EMA, build_optimizer, lr_at, param_groups, set_lr
-from avgkit.train.regions import backbone_blocks, compile_blocks
+from avgkit.train.regions import backbone_blocks, compile_blocks, resolve_compile
 from avgkit.train.report import MetricsLog, Progress, plot_loss
 
 #: ``callback(step, record)`` after every optimizer step; ``record`` is set on logged steps.
@@ -153,9 +153,11 @@ class Trainer:
             self.ddp = net = DistributedDataParallel(model, device_ids=ids)
         if self.env.distributed and dist.get_backend() != "gloo":  # labels are gathered on the CPU
             self._label_group = cast("dist.ProcessGroup", dist.new_group(backend="gloo"))  # every rank joins
-        if cfg.compile == "blocks":  # after the EMA and the sampling template were copied: they stay eager
+        #: train.compile resolved for this device: off, model or blocks
+        self.compile = resolve_compile(cfg.compile, self.env.device, self.sharded, model.backbone)
+        if self.compile == "blocks":  # after the EMA and the sampling template were copied: they stay eager
             compile_blocks(backbone_blocks(model.backbone, "train.compile=blocks", "train.compile=model"))
-        self.forward = torch.compile(net) if cfg.compile == "model" else net
+        self.forward = torch.compile(net) if self.compile == "model" else net
         model.fused_loss = cfg.fused_loss
 
     # ------------------------------------------------------------------ paths

@@ -70,6 +70,7 @@ from avgkit.runs.layout import (
 from avgkit.runtime.distributed import DistEnv, barrier, broadcast_json, setup, teardown
 from avgkit.sizes import canonical_size, same_size, size_text
 from avgkit.train.loop import StepCallback, Trainer, TrainResult
+from avgkit.train.regions import resolve_compile
 
 
 @dataclass
@@ -715,6 +716,8 @@ def run_recipe(
 
 
 #: What a run writes at its start; a run that fails before its first checkpoint removes them.
+#: how the run's first line names train.compile's choice (the first step then compiles)
+_COMPILED = {"off": "", "model": ", compiled", "blocks": ", blocks compiled"}
 _RUN_FILES = (RECIPE_FILE, PLUGINS_FILE, INPUTS_FILE, CAPTIONS_FILE, METRICS_FILE, LOSS_PLOT)
 
 
@@ -785,10 +788,8 @@ def _stage_check(run: _Run) -> None:
 
         fsdp_blocks(build(recipe, device="meta", registry=run.registry).backbone)
     if recipe.train.compile == "blocks":  # likewise a backbone with no blocks to compile one by one
-        from avgkit.train.regions import backbone_blocks
-
-        backbone_blocks(build(recipe, device="meta", registry=run.registry).backbone, "train.compile=blocks",
-                        "train.compile=model")
+        resolve_compile("blocks", run.env.device, recipe.train.parallel == "fsdp",
+                        build(recipe, device="meta", registry=run.registry).backbone)
     if run.env.is_main:
         _write_run_files(recipe, recipe.run_dir, run.resume, run.registry)
 
@@ -830,9 +831,10 @@ def _stage_data(run: _Run) -> None:
     if env.is_main:
         _record_inputs(recipe, recipe.run_dir, run.weights, data, run.resume)
         counts = parameter_counts(comps)
+        compiled = resolve_compile(recipe.train.compile, env.device, recipe.train.parallel == "fsdp", comps.backbone)
         _say(
             f"{recipe.name}: {counts['total']:,} parameters ({counts['non_embedding']:,} non-embedding) "
-            f"on {env.world_size} x {env.device}; data: {data.description}"
+            f"on {env.world_size} x {env.device}{_COMPILED[compiled]}; data: {data.description}"
         )
 
 

@@ -1,4 +1,4 @@
-"""A backbone's repeated blocks, and compiling them one by one (``train.compile: blocks``).
+"""A backbone's repeated blocks, and compiling them one by one (``train.compile: blocks``, auto's GPU choice).
 
 The blocks are what ``backbone.fsdp_blocks()`` returns when the backbone has that method,
 else its ``layers`` or ``blocks`` ``nn.ModuleList`` (the Mamba-2 and transformer
@@ -69,6 +69,25 @@ def compile_blocks(blocks: list[nn.Module], **options: Any) -> None:
     for block in blocks:
         # nn.Module calls _compiled_call_impl when set: what Module.compile() sets, with the grad switch added
         block._compiled_call_impl = _TrainingCall(block, options)
+
+
+def resolve_compile(choice: str, device: torch.device, sharded: bool, backbone: nn.Module) -> str:
+    """What ``train.compile`` means for this run: off, model or blocks.
+
+    ``auto`` is blocks on a GPU (AiM-B and AiM-L trained twice as fast as eager on an H200,
+    docs/benchmarks.md) and off on the CPU, where inductor's C++ build costs more than it
+    saves on the runs people make there; off too for a backbone that names no blocks and
+    under FSDP, where compiled blocks have not been checked.
+    """
+    if choice == "auto":
+        usable = device.type == "cuda" and not sharded and find_blocks(backbone) is not None
+        return "blocks" if usable else "off"
+    if choice == "blocks":
+        if sharded:
+            raise AvgkitError("train.compile=blocks is not supported with train.parallel=fsdp (the sharding hooks "
+                              "would enter the compiled blocks); use train.compile=off or model")
+        backbone_blocks(backbone, "train.compile=blocks", "train.compile=model")
+    return choice
 
 
 def is_compiled(block: nn.Module) -> bool:
