@@ -13,10 +13,10 @@
 # --baseline (about 6 minutes): GPT-L against LlamaGen at batch 16 and 256, then pytest -m gpu.
 # --decode (about 9 minutes): the decode kernels against PyTorch (bf16 and int8 states), the
 # state-update tile sweep (gpu_check --tiles), AiM-B's variants and profile beside GPT-B.
-# --training (one call, about 10 minutes): the training-step rows against
+# --training (one call, about 10 minutes): AiM-B and AiM-L eager and with compiled blocks against
 # the AiM authors' trainer step (their code where AIM_ROOT points, default .ref/aim-0a91c60)
-# and the mamba-ssm stack, one AiM-B step by kernel, AiM-1B at batch 64, and the digits
-# precision check. Without either, everything at every size (several calls' worth).
+# and the mamba-ssm stack, the compiled AiM-B step by kernel, AiM-1B at batch 64 with every
+# second block checkpointed, and the digits precision check. Without either, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
 set -uo pipefail
@@ -89,14 +89,13 @@ if [ "$QUICK" = "--diagnose" ]; then  # where identical GPU runs differ, stage b
   exit 0
 fi
 if [ "$QUICK" = "--training" ]; then  # the parts in order of need; each has its own time limit
-  LIMIT=300 run benchmarks/train_step.py --presets aim-b,aim-l --variants plain,chunked,ckpt --window-steps 4 $AR \
-    --profile "$OUT/train_step_profile_aim_b_$CARD" --out "$OUT/train_step_$CARD.json"
-  LIMIT=90 run benchmarks/train_step.py --presets aim-1b --variants chunked,ckpt2,ckpt --no-reference \
+  LIMIT=330 run benchmarks/train_step.py --presets aim-b,aim-l --variants chunked,compile-blocks --window-steps 4 $AR \
+    --profile "$OUT/train_step_profile_aim_b_compiled_$CARD" --profile-variant compile-blocks \
+    --out "$OUT/train_step_$CARD.json"
+  LIMIT=100 run benchmarks/train_step.py --presets aim-1b --variants ckpt2-compile-blocks,ckpt2 --no-reference \
     --window-steps 2 --warmup-steps 1 --out "$OUT/train_step_1b_$CARD.json"
-  LIMIT=130 run benchmarks/precision_check.py --paths today,bf16 --work /tmp/precision \
+  LIMIT=150 run benchmarks/precision_check.py --paths bf16,today --work /tmp/precision \
     --out "$OUT/precision_check_$CARD.json"
-  LIMIT=60 run benchmarks/train_step.py --presets aim-b --variants compile --no-reference \
-    --out "$OUT/train_step_compile_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -365,6 +365,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="aim-b,aim-l")
     ap.add_argument("--variants", default="plain,chunked,ckpt", help=f"avgkit rows: {', '.join(VARIANTS)}")
+    ap.add_argument("--profile-variant", default="chunked", help="the row --profile breaks down by kernel")
     ap.add_argument("--compile-backend", default="inductor",
                     help="torch.compile backend of the compile rows (the smoke run uses aot_eager: no C++ build)")
     ap.add_argument("--batch", type=int, default=64)
@@ -436,7 +437,7 @@ def main() -> None:
                 empty_cache(device)
                 continue
             step = row.pop("_step")
-            if args.profile and variant == "chunked" and preset in ("aim-b", "tiny") and not profiles:
+            if args.profile and variant == args.profile_variant and preset in ("aim-b", "tiny") and not profiles:
                 profiles[f"{preset} {variant}"] = profile_step(step, device, Path(args.profile),
                                                                f"avgkit {preset} {variant}, batch {batch}")
             rows.append(row)

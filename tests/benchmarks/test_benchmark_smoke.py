@@ -110,7 +110,7 @@ def _train_step(report: dict[str, Any]) -> None:
 
 
 def _precision_check(report: dict[str, Any]) -> None:
-    assert [(r["path"], r["seed"]) for r in report["rows"]] == [("today", 0), ("today", 1), ("bf16", 0)]
+    assert [(r["path"], r["seed"]) for r in report["rows"]] == [("today", 0), ("bf16", 0), ("today", 1)]
     assert all(r["final_loss"] > 0 and r["final_val_loss"] > 0 for r in report["rows"]), report["rows"]
     today = report["verdict"]["today"]["final_val_loss"]
     assert today["within_spread"] and today["mean_minus_today"] == 0
