@@ -77,6 +77,30 @@ def median_ms(fn, device: torch.device | str, warmup: int, reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def replayed(fn, device: torch.device | str, calls: int = 20):
+    """``fn`` as the sampler runs it: on a GPU ``calls`` calls captured in one CUDA graph, returned as a replay
+    that does one call's work on average (a single eager call is bound by its launches, not the kernel)."""
+    if torch.device(device).type != "cuda":
+        return fn
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and autotune outside the capture
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return graph.replay
+
+
+def graph_ms(fn, device: torch.device | str, warmup: int, reps: int, calls: int = 20) -> float:
+    """Median milliseconds of one call of a ``replayed`` function (``calls`` per replay on a GPU)."""
+    per = calls if torch.device(device).type == "cuda" else 1
+    return median_ms(fn, device, warmup, reps) / per
+
+
 @dataclass
 class Case:
     name: str
@@ -364,7 +388,9 @@ def time_decode_kernels(batch: int, nheads: int, dtype: torch.dtype = torch.bflo
                         kernels: tuple[str, ...] = ("two-launch", "one-launch")) -> list[dict]:
     """Median ms of one layer's decode step per (state dtype, kernel), timed interleaved over ``rounds``.
 
-    Each round times every (state, kernel) pair once (median of ``reps`` calls); a row
+    Each round times every (state, kernel) pair once (median of ``reps`` replays of a CUDA
+    graph of 20 steps, as the sampler replays its step; eager, one step's launches cost
+    more than its kernels at these sizes, which an earlier tile sweep measured); a row
     reports the median over rounds and its spread, the bytes the step must move, the
     achieved state bandwidth and, given the copy bandwidth, the fraction of it.
     """
@@ -372,11 +398,12 @@ def time_decode_kernels(batch: int, nheads: int, dtype: torch.dtype = torch.bflo
 
     problems = {(s, k): _decode_step_problem(batch, nheads, s, dtype, p=p, n=n, device=device)
                 for s in states for k in kernels}
+    replays = {key: replayed(lambda t=t, k=key[1]: decode_step(**t, impl="triton", kernel=k), device)
+               for key, t in problems.items()}
     times: dict[tuple, list[float]] = {key: [] for key in problems}
     for _ in range(rounds):
-        for key, t in problems.items():
-            times[key].append(median_ms(lambda t=t, k=key[1]: decode_step(**t, impl="triton", kernel=k), device,
-                                        warmup, reps))
+        for key, replay in replays.items():
+            times[key].append(graph_ms(replay, device, warmup, reps))
     return [{"batch": batch, "nheads": nheads, "state": state, "kernel": kernel,
              **_timing_fields(ts, problems[(state, kernel)], bandwidth)} for (state, kernel), ts in times.items()]
 
@@ -418,11 +445,13 @@ def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat
             decode_step(**ours, impl="triton", kernel="two-launch")
             decode_step(**ref, impl="torch")
             errs[(st, tile)] = rel_err(_state_values(ours), _state_values(ref))
+        replays = {}
+        for (st, tile), t in problems.items():  # the tile is fixed when the graph is captured
+            triton_step._tile = lambda rows, hd, tile=tile: tile
+            replays[(st, tile)] = replayed(lambda t=t: decode_step(**t, impl="triton", kernel="two-launch"), device)
         for _ in range(rounds):
-            for (st, tile), t in problems.items():
-                triton_step._tile = lambda rows, hd, tile=tile: tile
-                times[(st, tile)].append(median_ms(lambda t=t: decode_step(**t, impl="triton", kernel="two-launch"),
-                                                   device, warmup, reps))
+            for key, replay in replays.items():
+                times[key].append(graph_ms(replay, device, warmup, reps))
     finally:
         triton_step._tile = saved
     return [{"batch": batch, "nheads": nheads, "state": st, "block_p": tile[0], "num_warps": tile[1],
