@@ -89,13 +89,13 @@ if [ "$QUICK" = "--diagnose" ]; then  # where identical GPU runs differ, stage b
   exit 0
 fi
 if [ "$QUICK" = "--training" ]; then  # the parts in order of need; each has its own time limit
-  LIMIT=330 run benchmarks/train_step.py --presets aim-b,aim-l --variants chunked,compile-blocks --window-steps 4 $AR \
-    --profile "$OUT/train_step_profile_aim_b_compiled_$CARD" --profile-variant compile-blocks \
+  LIMIT=380 run benchmarks/train_step.py --presets aim-b,aim-l --variants chunked,compile-blocks,compile-blocks-shiftconv \
+    --window-steps 4 $AR --profile "$OUT/train_step_profile_aim_b_compiled_$CARD" --profile-variant compile-blocks \
     --out "$OUT/train_step_$CARD.json"
-  LIMIT=100 run benchmarks/train_step.py --presets aim-1b --variants ckpt2-compile-blocks,ckpt2 --no-reference \
+  LIMIT=90 run benchmarks/train_step.py --presets aim-1b --variants ckpt2-compile-blocks,ckpt2 --no-reference \
     --window-steps 2 --warmup-steps 1 --out "$OUT/train_step_1b_$CARD.json"
-  LIMIT=150 run benchmarks/precision_check.py --paths bf16,today --work /tmp/precision \
-    --out "$OUT/precision_check_$CARD.json"
+  LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/precision_check.py --paths today,bf16 \
+    --work /tmp/precision --out "$OUT/precision_check_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

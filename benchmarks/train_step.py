@@ -9,7 +9,8 @@ timed in the same process:
   chunks, the trainer's default), ``ckpt`` (chunked, every block checkpointed),
   ``ckpt2`` (chunked, every second block checkpointed), ``compile`` (chunked,
   ``torch.compile`` of the model), ``compile-blocks`` (chunked, each block compiled on
-  its own: ``train.compile: blocks``), ``ckpt2-compile-blocks``;
+  its own: ``train.compile: blocks``), ``ckpt2-compile-blocks``, ``compile-blocks-shiftconv``
+  (compiled blocks with the conv as shifted multiply-adds that inductor fuses);
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
   (``Stage2Trainer.compute_loss``), from the checkout ``--aim-root`` points at
   (github.com/hp-l33/AiM; its code is imported from there, never copied); their
@@ -48,6 +49,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from avgkit_mamba.ops import conv_torch  # noqa: E402
 from common import (  # noqa: E402
     add_smoke_flag,
     device_for,
@@ -74,7 +76,8 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
             "ckpt2": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2},
             "compile": {"fused": True, "compile": "model"}, "compile-blocks": {"fused": True, "compile": "blocks"},
             "ckpt2-compile-blocks": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
-                                     "compile": "blocks"}}
+                                     "compile": "blocks"},
+            "compile-blocks-shiftconv": {"fused": True, "compile": "blocks", "shift_conv": True}}
 SMOKE = {"vocab": 64, "tokens": 16, "batch": 2, "window_steps": 1, "windows": 2, "warmup_steps": 0, "matmul": 256}
 MATMUL = 8192
 
@@ -427,8 +430,10 @@ def main() -> None:
             model = build(preset, device=device, vocab=vocab, tokens=tokens, **opts)
             model.fused_loss = spec["fused"]
             flops = flops or flops_per_token(model, tokens)
+            conv_torch.SHIFTS_WHEN_COMPILING = spec.get("shift_conv", False)
             try:
-                row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", "off"), args.compile_backend),
+                row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", "off"),
+                                                                    args.compile_backend),
                           [p for p in model.parameters() if p.requires_grad], device, flops=flops, matmul=matmul,
                           timing=timing, **size)
             except torch.OutOfMemoryError as err:  # report the size that does not fit, go on
@@ -436,6 +441,8 @@ def main() -> None:
                 del model
                 empty_cache(device)
                 continue
+            finally:
+                conv_torch.SHIFTS_WHEN_COMPILING = False
             step = row.pop("_step")
             if args.profile and variant == args.profile_variant and preset in ("aim-b", "tiny") and not profiles:
                 profiles[f"{preset} {variant}"] = profile_step(step, device, Path(args.profile),

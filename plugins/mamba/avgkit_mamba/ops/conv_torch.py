@@ -12,6 +12,12 @@ from torch import Tensor
 
 __all__ = ["causal_conv1d", "conv_step"]
 
+#: Under torch.compile on a GPU, convolve by w shifted multiply-adds (which inductor fuses with
+#: the activation, forward and backward) instead of the depthwise conv1d kernel (an opaque call,
+#: about 10% of an eager AiM-B training step). Off until a GPU run measures it
+#: (benchmarks/train_step.py, rows compile-blocks and compile-blocks-shiftconv).
+SHIFTS_WHEN_COMPILING = False
+
 
 def _activate(y: Tensor, activation: str | None) -> Tensor:
     if activation is None:
@@ -44,7 +50,7 @@ def causal_conv1d(
         history = initial_state.to(x.dtype)
     padded = torch.cat([history[:, :, 1:], x], dim=-1)
     wt = weight.to(x.dtype)
-    if x.device.type == "cpu":
+    if x.device.type == "cpu" or (SHIFTS_WHEN_COMPILING and torch.compiler.is_compiling()):
         # w shifted multiply-adds: CPU depthwise conv1d (and above all its backward) is far slower
         length = x.shape[-1]
         y = sum(wt[:, k, None] * padded[:, :, k : k + length] for k in range(w))
