@@ -120,6 +120,7 @@ class TrainSection(_Strict):
         "by all blocks), model (the whole forward as one graph), off; auto: blocks on a GPU, off on the CPU and "
         "under fsdp; true means model"
     )
+
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_bool(cls, value: Any) -> Any:

@@ -715,9 +715,9 @@ def run_recipe(
         teardown(env)
 
 
-#: What a run writes at its start; a run that fails before its first checkpoint removes them.
 #: how the run's first line names train.compile's choice (the first step then compiles)
 _COMPILED = {"off": "", "model": ", compiled", "blocks": ", blocks compiled"}
+#: What a run writes at its start; a run that fails before its first checkpoint removes them.
 _RUN_FILES = (RECIPE_FILE, PLUGINS_FILE, INPUTS_FILE, CAPTIONS_FILE, METRICS_FILE, LOSS_PLOT)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from train_helpers import toy_model
+from train_helpers import toy_model, write_recipe
 
 from avgkit.errors import AvgkitError
 from avgkit.plugins import get_registry
@@ -43,3 +43,21 @@ def test_blocks_is_refused_where_it_cannot_work(backbones):
     assert "\n" not in str(err.value) and "use train.compile=model" in str(err.value)
     with pytest.raises(AvgkitError, match="not supported with train.parallel=fsdp"):
         resolve_compile("blocks", torch.device("cuda", 0), True, stacked)
+
+
+def test_a_recipe_asking_blocks_of_a_backbone_without_them_is_refused_before_writing(tmp_path, builtin_plugins,
+                                                                                      monkeypatch):
+    import avgkit.train.pipeline as pipeline
+    from avgkit.recipe import load_recipe
+    from avgkit.train.pipeline import run_recipe
+
+    def tokenizer_stage(*args, **kwargs):
+        raise AssertionError("the run got past its checks to the tokenizer")
+
+    monkeypatch.setattr(pipeline, "ensure_tokenizer_weights", tokenizer_stage)
+    recipe = write_recipe(tmp_path / "r.yaml", data={"source": "digits", "store": None},
+                          train={"steps": 2, "batch_size": 8, "device": "cpu", "compile": "blocks"},
+                          output_dir=str(tmp_path / "run"))
+    with pytest.raises(AvgkitError, match="train.compile=blocks: backbone ToyGRUBackbone has no block list"):
+        run_recipe(load_recipe(str(recipe)), progress=False)
+    assert not (tmp_path / "run").exists()
