@@ -299,7 +299,7 @@ def run(name: str, loss_fn: Callable, params: list, device: torch.device, *, bat
 def avgkit_loss(model: ARModel, compile_: str = "off", backend: str = "inductor") -> Callable:
     """The trainer's loss call, with ``train.compile``'s choice applied (off, model or blocks)."""
     if compile_ == "blocks":
-        compile_blocks(backbone_blocks(model.backbone, "compile-blocks", "compile"), backend=backend)
+        compile_blocks(backbone_blocks(model.backbone, "compile-blocks", "compile", "compile"), backend=backend)
     net = torch.compile(model, backend=backend) if compile_ == "model" else model
 
     def loss(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

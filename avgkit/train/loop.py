@@ -156,7 +156,7 @@ class Trainer:
         #: train.compile resolved for this device: off, model or blocks
         self.compile = resolve_compile(cfg.compile, self.env.device, self.sharded, model.backbone)
         if self.compile == "blocks":  # after the EMA and the sampling template were copied: they stay eager
-            compile_blocks(backbone_blocks(model.backbone, "train.compile=blocks", "train.compile=model"))
+            compile_blocks(backbone_blocks(model.backbone, "train.compile=blocks", "compile", "train.compile=model"))
         self.forward = torch.compile(net) if self.compile == "model" else net
         model.fused_loss = cfg.fused_loss
 

@@ -29,7 +29,7 @@ from avgkit.train.regions import backbone_blocks
 
 def fsdp_blocks(backbone: nn.Module) -> list[nn.Module]:
     """The modules FSDP shards one by one (:func:`avgkit.train.regions.find_blocks`)."""
-    return backbone_blocks(backbone, "train.parallel=fsdp", "train.parallel=ddp")
+    return backbone_blocks(backbone, "train.parallel=fsdp", "shard", "train.parallel=ddp")
 
 
 def require_process_group() -> None:

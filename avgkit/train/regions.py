@@ -33,12 +33,12 @@ def find_blocks(backbone: nn.Module) -> list[nn.Module] | None:
     return None
 
 
-def backbone_blocks(backbone: nn.Module, purpose: str, instead: str) -> list[nn.Module]:
-    """:func:`find_blocks`, or a one-line error naming ``purpose`` and the setting to use ``instead``."""
+def backbone_blocks(backbone: nn.Module, purpose: str, action: str, instead: str) -> list[nn.Module]:
+    """:func:`find_blocks`, or a one-line error naming ``purpose``, the ``action`` and the setting to use ``instead``."""
     blocks = find_blocks(backbone)
     if blocks is None:
         raise AvgkitError(
-            f"{purpose}: backbone {type(backbone).__name__} has no block list (an nn.ModuleList named "
+            f"{purpose}: backbone {type(backbone).__name__} has no block list to {action} (an nn.ModuleList named "
             f"{' or '.join(BLOCK_LISTS)}, or an fsdp_blocks() method); use {instead}"
         )
     return blocks
@@ -86,7 +86,7 @@ def resolve_compile(choice: str, device: torch.device, sharded: bool, backbone: 
         if sharded:
             raise AvgkitError("train.compile=blocks is not supported with train.parallel=fsdp (the sharding hooks "
                               "would enter the compiled blocks); use train.compile=off or model")
-        backbone_blocks(backbone, "train.compile=blocks", "train.compile=model")
+        backbone_blocks(backbone, "train.compile=blocks", "compile", "train.compile=model")
     return choice
 
 

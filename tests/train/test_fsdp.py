@@ -97,7 +97,7 @@ def test_fsdp_refuses_a_backbone_without_blocks(builtin_plugins):
     from avgkit.train.parallel import fsdp_blocks
 
     model = toy_model(get_registry())  # toy-gru: its GRUs are no block list
-    with pytest.raises(AvgkitError, match="train.parallel=fsdp: backbone ToyGRUBackbone has no block list") as err:
+    with pytest.raises(AvgkitError, match="backbone ToyGRUBackbone has no block list to shard") as err:
         fsdp_blocks(model.backbone)
     assert "\n" not in str(err.value) and "train.parallel=ddp" in str(err.value)
 
@@ -117,7 +117,7 @@ def test_fsdp_recipe_with_unsupported_backbone_is_refused_before_writing(tmp_pat
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(port))
-    with pytest.raises(AvgkitError, match="has no block list"):
+    with pytest.raises(AvgkitError, match="has no block list to shard"):
         run_recipe(load_recipe(str(recipe)), progress=False)
     assert not dist.is_initialized()
     assert not (tmp_path / "run").exists()

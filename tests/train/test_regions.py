@@ -38,7 +38,7 @@ def test_auto_compiles_blocks_on_a_gpu_only(backbones):
 
 def test_blocks_is_refused_where_it_cannot_work(backbones):
     stacked, gru = backbones
-    with pytest.raises(AvgkitError, match="train.compile=blocks: backbone ToyGRUBackbone has no block list") as err:
+    with pytest.raises(AvgkitError, match="train.compile=blocks: backbone ToyGRUBackbone has no block list to compile") as err:
         resolve_compile("blocks", torch.device("cpu"), False, gru)
     assert "\n" not in str(err.value) and "use train.compile=model" in str(err.value)
     with pytest.raises(AvgkitError, match="not supported with train.parallel=fsdp"):
