@@ -15,7 +15,7 @@ sampler with ``compile`` on: inductor kernels and its decoding-attention kernel 
 from the step's CUDA graph (``--gpt-attention`` adds rows with another ``decode_attention``).
 AiM rows also report the memory floor of their state layout (weights read once per step
 plus the state read and written, at the copy bandwidth measured in the same run). AiM-B's
-decoding variants (bf16 or int8 state, two-launch or one-launch step kernel) are timed
+decoding variants (bf16 or int8 state, recurrent or chunked form) are timed
 interleaved at each ``--variants`` batch size, and ``--profile`` records a per-kernel
 profile of one step for each of them (before: bf16 two-launch).
 
@@ -179,7 +179,9 @@ def interleaved(entries: list[dict], repeats: int, device: str, bandwidth: float
 def floor_bytes(backbone, batch2: int) -> int:
     """Bytes one decoding step must move: weights once + the decoding state read and written.
 
-    Dual form: the conv window read and written, and on average half of the token caches read.
+    Dual form: the conv window read and written, and on average half of the token caches
+    read. Chunked form: as the dual form over its window, plus the SSM state (and scales)
+    read every step and written once a window.
     """
     weights = sum(p.numel() * p.element_size() for p in backbone.parameters())
     state = backbone.init_state(batch2)
@@ -188,8 +190,13 @@ def floor_bytes(backbone, batch2: int) -> int:
         return t.numel() * t.element_size()
 
     if getattr(state, "length", None) is not None:
-        return weights + sum(2 * size(s.conv) + (size(s.x) + size(s.b) + size(s.dt) + size(s.cum)) // 2
-                             for s in state.layers)
+        caches = sum(2 * size(s.conv) + (size(s.x) + size(s.b) + size(s.dt) + size(s.cum)) // 2
+                     for s in state.layers)
+        if not hasattr(state.layers[0], "ssm"):  # dual
+            return weights + caches
+        window = state.layers[0].x.shape[1]
+        ssm = sum(size(s.ssm) + (0 if s.scale is None else size(s.scale)) for s in state.layers)
+        return weights + caches + ssm + ssm // window
     # conv window, SSM state and (one-byte state) its row scales, each read and written
     return weights + 2 * sum(size(s.conv) + size(s.ssm) + (0 if s.scale is None else size(s.scale))
                              for s in state.layers)
@@ -257,8 +264,10 @@ def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig
     return rows
 
 
-#: decoding variants timed interleaved against the bf16 two-launch baseline: (state dtype, step kernel)
-STEP_VARIANTS = (("bf16", "two-launch"), ("int8", "two-launch"), ("bf16", "one-launch"), ("int8", "one-launch"))
+#: decoding variants timed interleaved against the bf16 two-launch baseline: (state dtype, step kernel, form)
+#: (the one-launch kernel, measured 1.8x slower on two H100s, is left out; ``--variants`` rows name theirs)
+STEP_VARIANTS = (("bf16", "two-launch", "recurrent"), ("int8", "two-launch", "recurrent"),
+                 ("bf16", "two-launch", "chunked"), ("int8", "two-launch", "chunked"))
 
 
 def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str,
@@ -271,14 +280,15 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
     rows = []
     for b in batches:
         entries = []
-        for state_dtype, kernel in STEP_VARIANTS:
+        for state_dtype, kernel, form in STEP_VARIANTS:
             bb, cond = build_aim(shape.get("aim", preset), tokens=shape["tokens"], device=device,
                                  vocab=shape["vocab"], classes=shape["classes"], state_dtype=state_dtype,
-                                 step_kernel=kernel)
-            entries.append({"name": f"avgkit {preset} {state_dtype}-state {kernel}", "batch": b,
+                                 step_kernel=kernel, decode_form=form)
+            label = kernel if form == "recurrent" else form
+            entries.append({"name": f"avgkit {preset} {state_dtype}-state {label}", "batch": b,
                             "tokens": shape["tokens"], "params": _params(bb) + _params(cond), "backbone": bb,
                             "cfg": cfg.cfg_scale != 1, "call": avgkit_sampler(bb, cond, b, cfg, device),
-                            "extra": {"state_dtype": state_dtype, "step_kernel": kernel}})
+                            "extra": {"state_dtype": state_dtype, "step_kernel": kernel, "decode_form": form}})
         rows += interleaved(entries, repeats, device, bw)
         del entries
         if device == "cuda":
@@ -369,9 +379,9 @@ def main(argv: list[str] | None = None) -> None:
                   else [64] if args.quick else [16, 64])
             rows += step_variants(preset, vb, cfg, repeats, device, bw, shape)
         if preset == "aim-b" and args.profile and not args.smoke:
-            for state_dtype, kernel in STEP_VARIANTS:  # before (bf16, two-launch) and after
-                bb, cond = build_aim(preset, state_dtype=state_dtype, step_kernel=kernel)
-                profiles[f"aim-b b64 {state_dtype}-state {kernel}"] = kernel_profile(bb, cond, 64, cfg)
+            for state_dtype, kernel, form in STEP_VARIANTS:  # before (bf16, two-launch) and after
+                bb, cond = build_aim(preset, state_dtype=state_dtype, step_kernel=kernel, decode_form=form)
+                profiles[f"aim-b b64 {state_dtype}-state {kernel} {form}"] = kernel_profile(bb, cond, 64, cfg)
                 del bb, cond
         if device == "cuda":
             torch.cuda.empty_cache()

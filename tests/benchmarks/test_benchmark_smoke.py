@@ -158,8 +158,9 @@ def _ddp(report: dict[str, Any]) -> None:
 def _sampling(report: dict[str, Any]) -> None:
     names = [r["model"] for r in report["rows"]]
     assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b bf16-state",
-                     "avgkit aim-b bf16-state compiled", "avgkit aim-b bf16-state two-launch", "avgkit aim-b int8-state two-launch",
-                     "avgkit aim-b bf16-state one-launch", "avgkit aim-b int8-state one-launch"], names
+                     "avgkit aim-b bf16-state compiled", "avgkit aim-b bf16-state two-launch",
+                     "avgkit aim-b int8-state two-launch", "avgkit aim-b bf16-state chunked",
+                     "avgkit aim-b int8-state chunked"], names
     for row in report["rows"]:
         assert row["repeats"] >= 2 and row["spread_s"][0] <= row["median_s"] <= row["spread_s"][1], row
     avgkit_gpt, llamagen = report["rows"][:2]

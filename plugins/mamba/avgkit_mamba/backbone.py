@@ -65,11 +65,13 @@ class MambaBackboneConfig(BackboneConfig):
         "two-launch", description="Triton decode step: two launches per layer, or one launch with split state tiles "
         "and the next tile's load in flight (1.8x slower on an H100; docs/benchmarks.md)"
     )
-    decode_form: Literal["recurrent", "dual"] = Field(
-        "recurrent", description="decoding layout: the constant-size SSM state, or per-token caches read by the "
-        "dual (quadratic) form (measured slower, with twice the memory; kept as a tested alternative, "
+    decode_form: Literal["recurrent", "chunked", "dual"] = Field(
+        "recurrent", description="decoding layout: the constant-size SSM state; chunked (the state read every step "
+        "but written once per decode_chunk tokens, the window's tokens from small caches; not yet measured on a "
+        "GPU); or per-token caches read by the dual (quadratic) form (measured slower, with twice the memory; "
         "docs/backbone-mamba.md)"
     )
+    decode_chunk: int = Field(16, ge=2, description="chunked form: tokens per window (the state is written once a window)")
     max_prefix_len: int = Field(1, ge=1, description="dual form: longest conditioning prefix the caches hold")
     recompute_norms: bool = Field(
         True, description="training: recompute the norms' fp32 intermediates in backward instead of keeping them "
@@ -177,7 +179,7 @@ class MambaDecodeState:
     layers: list
     position: Tensor  # (1,) int64 on the device: row of the next image token
     batch_size: int
-    length: Tensor | None = None  # dual form: (1,) int64, tokens already in the caches
+    length: Tensor | None = None  # (1,) int64: dual form, tokens in the caches; chunked, tokens since prefill
 
 
 class FinalLayer(nn.Module):
@@ -296,12 +298,18 @@ class MambaBackbone(Backbone):
         auto = torch.bfloat16 if half else torch.float32
         ssm_dtype = {"auto": auto, "fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype,
                      "int8": torch.int8}[self.config.state_dtype]
+        if self.config.decode_form == "chunked":
+            layers = [b.mixer.allocate_chunked_state(batch_size, self.config.decode_chunk, device=device,
+                                                     dtype=model_dtype, ssm_dtype=ssm_dtype) for b in self.layers]
+            return MambaDecodeState(layers, position, batch_size, torch.zeros(1, dtype=torch.long, device=device))
         layers = [b.mixer.allocate_state(batch_size, device=device, dtype=model_dtype, ssm_dtype=ssm_dtype)
                   for b in self.layers]
         return MambaDecodeState(layers, position, batch_size)
 
     def prefill(self, state: MambaDecodeState, cond: Conditioning) -> Tensor:
-        if state.length is not None:
+        if state.length is not None and self.config.decode_form == "chunked":
+            state.length.zero_()  # the prefix goes into the SSM state: the first window starts empty
+        elif state.length is not None:
             if cond.prefix_len > self.config.max_prefix_len:
                 raise AvgkitError(f"conditioning prefix has {cond.prefix_len} vectors but the dual-form caches hold "
                                  f"{self.config.max_prefix_len}; set backbone max_prefix_len: {cond.prefix_len}")

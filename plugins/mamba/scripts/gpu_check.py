@@ -503,7 +503,8 @@ def check_mixer(dtype: torch.dtype, *, d_model: int = 768, batch: int = 4, lengt
 
 def check_backbone_decode(dtype: torch.dtype, steps: int = 48, *, preset: str = "aim-b", n_layer: int = 4,
                           batch: int = 32, vocab: int = 16384, device: torch.device | str = "cuda",
-                          state_dtype: str = "fp32", step_kernel: str = "two-launch") -> list[dict]:
+                          state_dtype: str = "fp32", step_kernel: str = "two-launch",
+                          decode_form: str = "recurrent") -> list[dict]:
     """A 4-layer d768 AiM (adaLN-group 2) decoding with the fused Triton path vs the PyTorch ops (same state)."""
     from avgkit.plugins import get_registry
 
@@ -511,7 +512,8 @@ def check_backbone_decode(dtype: torch.dtype, steps: int = 48, *, preset: str = 
     spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
     torch.manual_seed(0)
     bb = spec.factory(spec.resolve(preset, {"n_layer": n_layer, "vocab_size": vocab, "num_tokens": steps + 1,
-                                            "state_dtype": state_dtype, "step_kernel": step_kernel}))
+                                            "state_dtype": state_dtype, "step_kernel": step_kernel,
+                                            "decode_form": decode_form}))
     cond_mod = cspec.factory(cspec.resolve(None, {"num_classes": 1000, "groups": 2}), dim=bb.dim, num_layers=n_layer)
     with torch.no_grad():
         for prm in cond_mod.parameters():
@@ -532,7 +534,8 @@ def check_backbone_decode(dtype: torch.dtype, steps: int = 48, *, preset: str = 
     agree = (logits["triton"].argmax(-1) == logits["torch"].argmax(-1)).float().mean().item()
     tol = 3 * TOL[dtype] * (10 if state_dtype == "int8" else 1)  # int8: one quantum may round either way
     case = f"AiM d{bb.dim}x{n_layer} decode, {steps} steps" + (
-        "" if (state_dtype, step_kernel) == ("fp32", "two-launch") else f", {state_dtype} state, {step_kernel}")
+        "" if (state_dtype, step_kernel) == ("fp32", "two-launch") else f", {state_dtype} state, {step_kernel}") + (
+        "" if decode_form == "recurrent" else f", {decode_form} form")
     d = str(dtype).removeprefix("torch.")
     return [{"case": case, "dtype": d, "tensor": "logits", "rel_err": err, "tol": tol, "ok": err <= tol,
              "first_call_s": None},
@@ -597,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += check_backbone_decode(dtype, device=device, **SMOKE_DECODE)
             rows += check_backbone_decode(dtype, device=device, state_dtype="int8", step_kernel="one-launch",
                                           **SMOKE_DECODE)
+            rows += check_backbone_decode(dtype, device=device, state_dtype="int8", decode_form="chunked",
+                                          **SMOKE_DECODE)
         else:
             rows += check_step(16 if args.quick else 128, 24, dtype)
             rows += check_decode_kernels(16 if args.quick else 128, 24, dtype)
@@ -604,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += check_backbone_decode(dtype)
             for state_dtype, kernel in (("int8", "two-launch"), ("bf16", "one-launch"), ("int8", "one-launch")):
                 rows += check_backbone_decode(dtype, state_dtype=state_dtype, step_kernel=kernel)
+            for state_dtype in ("fp32", "bf16", "int8"):  # the chunked form: 48 steps fold three times
+                rows += check_backbone_decode(dtype, state_dtype=state_dtype, decode_form="chunked")
     print(f"{'case':<36} {'dtype':<9} {'tensor':<16} {'rel err':>9} {'tol':>7}  ok")
     for r in rows:
         print(f"{r['case']:<36} {r['dtype']:<9} {r['tensor']:<16} {r['rel_err']:>9.2e} {r['tol']:>7.0e}  "

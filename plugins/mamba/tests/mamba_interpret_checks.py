@@ -346,6 +346,25 @@ def decode_checks() -> None:
         check("dual decode vs recurrent", max_rel_err(logits["triton dual"], logits["torch recurrent"]), 1e-5)
         check("dual decode vs teacher forcing", max_rel_err(logits["triton dual"], bb(codes, cond)), 1e-4)
 
+    # the chunked form (window 4: 11 steps fold twice and leave a partial window), each state dtype: Triton
+    # against its torch reference; fp32 against the recurrent state too
+    with torch.no_grad():
+        for state_dtype, tol in (("fp32", 1e-5), ("bf16", 1e-3), ("int8", 1e-3)):
+            logits = {}
+            for label, impl, form in (("triton", "triton", "chunked"), ("torch", "torch", "chunked"),
+                                      ("recurrent", "torch", "recurrent")):
+                bb.config = bb.config.model_copy(update={"decode_form": form, "decode_chunk": 4,
+                                                         "state_dtype": state_dtype})
+                for blk in bb.layers:
+                    blk.mixer.impl = impl
+                state = bb.init_state(2)
+                out = [bb.prefill(state, cond)] + [bb.step(state, codes[:, k], cond) for k in range(11)]
+                logits[label] = torch.stack(out, 1)
+            check(f"chunked decode {state_dtype} triton vs torch", max_rel_err(logits["triton"], logits["torch"]),
+                  tol)
+            check(f"chunked decode {state_dtype} vs recurrent", max_rel_err(logits["triton"], logits["recurrent"]),
+                  tol)
+
 
 def compile_checks() -> None:
     """torch.compile through the Triton scan (its custom ops are opaque graph nodes) = eager."""

@@ -164,6 +164,42 @@ def test_dual_form_decodes_like_the_recurrent_state():
         torch.testing.assert_close(a, dual.step(s, codes[:, 1], c)[idx])
 
 
+@pytest.mark.parametrize("window", [2, 5])
+def test_chunked_form_decodes_like_the_recurrent_state(window):
+    """24 tokens cross several windows (the state folds at each window's end, a partial one is left)."""
+    bb, cond = _tiny()
+    chunked, _ = _tiny(decode_form="chunked", decode_chunk=window)
+    chunked.load_state_dict(bb.state_dict())
+    codes, labels = torch.randint(0, 32, (3, 24)), torch.tensor([0, 4, 9])
+    with torch.no_grad():
+        torch.testing.assert_close(_decode(chunked, cond, codes, labels), _decode(bb, cond, codes, labels),
+                                   atol=1e-5, rtol=1e-5)
+        s = chunked.init_state(3)
+        assert s.layers[0].x.shape == (3, window, 8, 16) and s.layers[0].ssm.shape == (3, 8, 16, 16)
+        c = cond(labels)
+        chunked.prefill(s, c)
+        before = s.layers[0].ssm.clone()
+        for k in range(window - 1):  # the state is not written inside a window
+            chunked.step(s, codes[:, k], c)
+        assert s.length.item() == window - 1 and torch.equal(s.layers[0].ssm, before)
+        idx = torch.tensor([2, 0])
+        a = chunked.step(chunked.select_state(s, idx), codes[idx, window - 1], c.select(idx))
+        torch.testing.assert_close(a, chunked.step(s, codes[:, window - 1], c)[idx])
+        assert not torch.equal(s.layers[0].ssm, before)  # ... and is at its last row
+
+
+@pytest.mark.parametrize("state_dtype", ["bf16", "int8"])
+def test_chunked_form_with_a_low_precision_state_keeps_top1_agreement(state_dtype):
+    bb, cond = _tiny(state_dtype=state_dtype, decode_form="chunked", decode_chunk=4)
+    torch.manual_seed(1)
+    codes, labels = torch.randint(0, 32, (16, 24)), torch.randint(0, 10, (16,))
+    with torch.no_grad():
+        ref = bb(codes, cond(labels))
+        low = _decode(bb, cond, codes, labels)
+    assert (ref.argmax(-1) == low.argmax(-1)).float().mean().item() >= 0.99
+    assert (low - ref).abs().max() < 2e-2
+
+
 def test_dual_form_refuses_a_longer_prefix_than_its_caches():
     from avgkit.errors import AvgkitError
     from avgkit.interfaces import Conditioning

@@ -31,6 +31,16 @@ class TestTinyMambaDualForm(BackboneSuite):
         return _tiny(decode_form="dual", ngroups=2, max_prefix_len=6)
 
 
+class TestTinyMambaChunkedForm(BackboneSuite):
+    """The chunked form with a window of 5: 12 tokens fold the state twice and leave a partial window."""
+
+    vocab_size = 16
+    num_tokens = 12
+
+    def make_backbone(self):
+        return _tiny(decode_form="chunked", decode_chunk=5, ngroups=2)
+
+
 class TestTinyMambaInt8State(BackboneSuite):
     """The one-byte (int8, per-row scales) state: decoding matches teacher forcing to its quantisation error.
 

@@ -338,6 +338,75 @@ def dual_step(
     return dual_step_torch(*args)
 
 
+def window_step_torch(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    ssm_state: Tensor,
+    state_scale: Tensor | None,
+    cache_x: Tensor,
+    cache_b: Tensor,
+    cache_dt: Tensor,
+    cache_cum: Tensor,
+    length: Tensor,
+    A_log: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    norm_weight: Tensor,
+    norm_eps: float,
+    ngroups: int,
+) -> Tensor:
+    """Reference of :func:`window_step`: conv_step, ``ssd_torch.ssd_window_step``, grouped RMSNorm."""
+    b, window, nheads, headdim = cache_x.shape
+    dstate = cache_b.shape[-1]
+    d_inner = nheads * headdim
+    z, xBC, dt = ssd_torch.split_zxbcdt(zxbcdt, nheads, headdim, ngroups, dstate)
+    xBC = conv_torch.conv_step(xBC, conv_state, conv_weight, conv_bias, activation="silu")
+    xs, Bs, Cs = torch.split(xBC, [d_inner, ngroups * dstate, ngroups * dstate], dim=-1)
+    y = ssd_torch.ssd_window_step(
+        ssm_state, state_scale, cache_x, cache_b, cache_dt, cache_cum, torch.remainder(length, window),
+        xs.reshape(b, nheads, headdim), dt, -torch.exp(A_log.float()), Bs.reshape(b, ngroups, dstate),
+        Cs.reshape(b, ngroups, dstate), D=D, z=z.reshape(b, nheads, headdim), dt_bias=dt_bias,
+    )
+    return norm_torch.gated_rms_norm(y.reshape(b, d_inner), None, norm_weight, norm_eps, d_inner // ngroups)
+
+
+def window_step(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    ssm_state: Tensor,
+    state_scale: Tensor | None,
+    cache_x: Tensor,
+    cache_b: Tensor,
+    cache_dt: Tensor,
+    cache_cum: Tensor,
+    length: Tensor,
+    A_log: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    norm_weight: Tensor,
+    norm_eps: float,
+    ngroups: int,
+    impl: str = "auto",
+) -> Tensor:
+    """A mixer's chunked-form decode step between ``in_proj`` and ``out_proj`` (``Mamba2ChunkedState``).
+
+    ``length`` (1,) int64 counts the tokens decoded since prefill; this token's window
+    row is ``length % K``. The SSM state is written only at a window's last row. Returns
+    what :func:`decode_step` returns.
+    """
+    args = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, state_scale, cache_x, cache_b, cache_dt,
+            cache_cum, length, A_log, D, dt_bias, norm_weight, norm_eps, ngroups)
+    if resolve_impl(impl, zxbcdt.device) == "triton":
+        from avgkit_mamba.ops.triton_window import window_step_triton
+
+        return window_step_triton(*args)
+    return window_step_torch(*args)
+
+
 def add_norm_modulate(
     y: Tensor,
     gate: Tensor | None,

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avgkit_mamba.ops.state_quant import load_state, store_state_
+from avgkit_mamba.ops.state_quant import load_state, store_state_, store_state_where_
 
-__all__ = ["check_scan_shapes", "check_step_shapes", "process_dt", "ssd_chunk_scan", "ssd_scan_naive", "ssd_step"]
+__all__ = ["check_scan_shapes", "check_step_shapes", "process_dt", "ssd_chunk_scan", "ssd_scan_naive", "ssd_step",
+           "ssd_window_step"]
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -234,6 +235,60 @@ def ssd_step(
     new_state = decay * load_state(state, state_scale, ct) + (dtp[:, :, None] * xf)[..., None] * Bh[:, :, None, :]
     store_state_(state, state_scale, new_state)
     y = torch.einsum("bhpn,bhn->bhp", new_state, Ch)
+    return _skip_and_gate(y, x, D, z, ct)
+
+
+def ssd_window_step(
+    state: Tensor,
+    state_scale: Tensor | None,
+    cache_x: Tensor,
+    cache_b: Tensor,
+    cache_dt: Tensor,
+    cache_cum: Tensor,
+    j: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+) -> Tensor:
+    """One token through the chunked form: a state read every step and written once a window.
+
+    ``state`` (b,h,p,n) holds every token before the window (int8 with ``state_scale``
+    (b,h,p) for the one-byte state); the window caches (``cache_x`` (b,K,h,p),
+    ``cache_b`` (b,K,g,n), ``cache_dt`` and ``cache_cum`` (b,K,h) fp32, the running sum of
+    dt*A from the window's start) hold its tokens ``s < j``; ``j`` (1,) int64 is this
+    token's row. Token ``j`` is appended, then
+    ``y = exp(cum_j) (H C) + sum_{s<=j} (C . B_s) exp(cum_j - cum_s) dt_s x_s`` plus ``D x``,
+    gated by ``silu(z)``. At the window's last row (``j = K-1``) the state absorbs the
+    window, ``H <- exp(cum_j) H + sum_s exp(cum_j - cum_s) dt_s x_s B_s^T``, and the next
+    token starts a new one. Equal to :func:`ssd_step` in exact arithmetic; no host sync.
+    Args as :func:`ssd_step`; returns y (b,h,p).
+    """
+    h = x.shape[1]
+    window = cache_x.shape[1]
+    ct = torch.float32
+    dtp = process_dt(dt, dt_bias, True, ct)  # (b, h)
+    before = cache_cum.index_select(1, (j - 1).clamp(min=0))[:, 0] * (j > 0)  # 0 at the window's start
+    cum_j = before + dtp * A.to(ct)
+    cache_x.index_copy_(1, j, x[:, None].to(cache_x.dtype))
+    cache_b.index_copy_(1, j, B[:, None].to(cache_b.dtype))
+    cache_dt.index_copy_(1, j, dtp[:, None])
+    cache_cum.index_copy_(1, j, cum_j[:, None])
+    upto = torch.arange(window, device=x.device) <= j  # (K,)
+    Bh = _heads_from_groups(cache_b.to(ct), h, 2)  # (b, K, h, n)
+    Ch = _heads_from_groups(C.to(ct), h, 1)  # (b, h, n)
+    w = torch.where(upto[None, :, None], torch.exp((cum_j[:, None, :] - cache_cum).clamp(max=0.0)) * cache_dt, 0.0)
+    xs = cache_x.to(ct)
+    scores = torch.einsum("bshn,bhn->bsh", Bh, Ch)
+    H = load_state(state, state_scale, ct)
+    carry = torch.exp(cum_j)  # (b, h): the decay since the window's start
+    y = carry[..., None] * torch.einsum("bhpn,bhn->bhp", H, Ch) + torch.einsum("bsh,bshp->bhp", w * scores, xs)
+    folded = carry[..., None, None] * H + torch.einsum("bsh,bshp,bshn->bhpn", w, xs, Bh)
+    store_state_where_(state, state_scale, folded, j == window - 1)
     return _skip_and_gate(y, x, D, z, ct)
 
 

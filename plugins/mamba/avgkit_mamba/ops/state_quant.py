@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["INT8_LEVELS", "dequantize_rows", "load_state", "quantize_rows_", "store_state_"]
+__all__ = ["INT8_LEVELS", "dequantize_rows", "load_state", "quantize_rows_", "store_state_", "store_state_where_"]
 
 #: largest stored magnitude (the range is symmetric: -127 .. 127)
 INT8_LEVELS = 127.0
@@ -54,3 +54,14 @@ def store_state_(state: Tensor, scale: Tensor | None, values: Tensor) -> None:
         state.copy_(values)
     else:
         quantize_rows_(values, state, scale)
+
+
+def store_state_where_(state: Tensor, scale: Tensor | None, values: Tensor, cond: Tensor) -> None:
+    """:func:`store_state_` where the (1,) bool ``cond`` holds, else leave the state as it is (no host sync)."""
+    if scale is None:
+        state.copy_(torch.where(cond, values.to(state.dtype), state))
+        return
+    q, s = torch.empty_like(state), torch.empty_like(scale)
+    quantize_rows_(values, q, s)
+    state.copy_(torch.where(cond, q, state))
+    scale.copy_(torch.where(cond, s, scale))
