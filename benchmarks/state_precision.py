@@ -1,4 +1,4 @@
-"""Accuracy gate of the AiM decoding state's precision (fp32, bf16, int8).
+"""Accuracy gate of the AiM decoding state's precision (fp32, bf16, int8) and layout (recurrent, chunked).
 
 Two measurements decide whether a state dtype may be the recipe default
 (docs/backbone-mamba.md, "Decoding state"):
@@ -9,7 +9,8 @@ Two measurements decide whether a state dtype may be the recipe default
    tokens (teacher forcing). Per state dtype and horizon (the first 256 positions, and all
    1024): KL(teacher || decode) per position (mean over the batch), its mean and max over
    positions, the max absolute logit error (and relative to max |logit|), top-1 agreement.
-   Only the state's dtype differs between rows.
+   Only the state's dtype and layout differ between rows: a row is named by its dtype,
+   with ``/chunked`` for the chunked form (the state written once per 16-token window).
 2. **Digits.** With ``--digits-run DIR`` (a trained digits run), 100 samples per class
    with each state dtype, same seeds, classified by the independent digit classifier
    (``avgkit.eval.digits.DigitClassifier``): accuracy, its binomial standard error, and
@@ -40,12 +41,17 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 from common import add_smoke_flag, build_sampling_aim, smoke_out, write_result  # noqa: E402
 
-DTYPES = ("fp32", "bf16", "int8")
+#: rows by default: each state dtype in the recurrent form, and the low-precision ones in the chunked form
+LAYOUTS = ("fp32", "bf16", "int8", "bf16/chunked", "int8/chunked")
 GATE = {"kl_mean_max": 1e-4, "kl_max_max": 1e-3, "top1_agree_min": 0.99, "digits_se_factor": 2.0}
 
 
-def set_state_dtype(backbone: Any, state_dtype: str) -> None:
-    backbone.config = backbone.config.model_copy(update={"state_dtype": state_dtype})
+def set_layout(backbone: Any, layout: str, window: int = 16) -> None:
+    """``dtype`` or ``dtype/form``: the decoding state's dtype and form (recurrent when not named; the
+    chunked form's window of ``window`` tokens)."""
+    state_dtype, _, form = layout.partition("/")
+    backbone.config = backbone.config.model_copy(update={"state_dtype": state_dtype, "decode_chunk": window,
+                                                         "decode_form": form or "recurrent"})
 
 
 def decode_logits(backbone: Any, cond: Any, codes: torch.Tensor) -> torch.Tensor:
@@ -71,7 +77,8 @@ def compare(teacher: torch.Tensor, decoded: torch.Tensor) -> dict[str, float]:
     }
 
 
-def decode_path(preset: str, steps: int, batch: int, vocab: int, classes: int, horizons: list[int]) -> dict:
+def decode_path(preset: str, steps: int, batch: int, vocab: int, classes: int, horizons: list[int],
+                layouts: tuple[str, ...] = LAYOUTS, window: int = 16) -> dict:
     backbone, cond_mod = build_sampling_aim(preset, device="cpu", vocab=vocab, tokens=steps, classes=classes,
                                             state_dtype="fp32", impl="torch")
     backbone, cond_mod = backbone.float(), cond_mod.float()
@@ -84,19 +91,19 @@ def decode_path(preset: str, steps: int, batch: int, vocab: int, classes: int, h
         t0 = time.perf_counter()
         teacher = backbone(codes, cond).float()
         print(f"teacher forcing {steps} tokens: {time.perf_counter() - t0:.1f} s", flush=True)
-        for sd in DTYPES:
-            set_state_dtype(backbone, sd)
+        for sd in layouts:
+            set_layout(backbone, sd, window)
             t0 = time.perf_counter()
             decoded = decode_logits(backbone, cond, codes)
             rows[sd] = {str(h): compare(teacher[:, :h], decoded[:, :h]) for h in horizons}
             print(f"{sd}: {steps} steps in {time.perf_counter() - t0:.1f} s; "
                   + "; ".join(f"{h}: {rows[sd][str(h)]}" for h in horizons), flush=True)
-    return {"preset": preset, "steps": steps, "batch": batch, "vocab": vocab, "weights": "random, fp32",
+    return {"preset": preset, "steps": steps, "batch": batch, "vocab": vocab, "weights": "random, fp32", "window": window,
             "tokens": "uniform random codes (seed 0)", "horizons": horizons, "rows": rows,
             "logit_std": teacher.std().item()}
 
 
-def digits(run: str, per_class: int, batch_size: int) -> dict:
+def digits(run: str, per_class: int, batch_size: int, layouts: tuple[str, ...] = LAYOUTS) -> dict:
     from avgkit.api import load
     from avgkit.eval.digits import DigitClassifier
 
@@ -105,8 +112,8 @@ def digits(run: str, per_class: int, batch_size: int) -> dict:
     labels = g.labels(list(range(g.num_classes)), per_class)
     out: dict[str, Any] = {"run": str(run), "samples": len(labels), "rows": {}}
     codes_fp32 = None
-    for sd in DTYPES:
-        set_state_dtype(g.backbone, sd)
+    for sd in layouts:
+        set_layout(g.backbone, sd)
         t0 = time.perf_counter()
         with torch.no_grad():
             codes = g.sample_codes(list(range(g.num_classes)), n_per_class=per_class, seed=0, batch_size=batch_size)
@@ -122,7 +129,7 @@ def digits(run: str, per_class: int, batch_size: int) -> dict:
             row["same_tokens_as_fp32"] = (codes == codes_fp32).float().mean().item()
         out["rows"][sd] = row
         print(f"digits {sd}: {row}", flush=True)
-    set_state_dtype(g.backbone, "fp32")
+    set_layout(g.backbone, "fp32")
     return out
 
 
@@ -132,7 +139,7 @@ def apply_gate(result: dict) -> dict[str, dict]:
     dec = result["decode_path"]
     last = str(dec["horizons"][-1])
     dig = result.get("digits")
-    for sd in DTYPES:
+    for sd in dec["rows"]:
         r = dec["rows"][sd][last]
         v: dict[str, Any] = {
             "kl_mean": r["kl_mean"] <= GATE["kl_mean_max"],
@@ -154,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="aim-b")
     ap.add_argument("--steps", type=int, default=1024, help="decoded tokens (horizons: 256 and this)")
     ap.add_argument("--batch", type=int, default=2, help="sequences decoded (CPU: keep it small)")
+    ap.add_argument("--layouts", default=",".join(LAYOUTS), help="rows: a state dtype, /chunked for the chunked "
+                    "form; the first must be fp32 (the digits reference)")
     ap.add_argument("--digits-run", default=None, help="a trained digits run directory (avgkit train digits)")
     ap.add_argument("--digits-per-class", type=int, default=100)
     ap.add_argument("--digits-batch", type=int, default=500)
@@ -170,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         preset, steps, batch, vocab, classes = args.preset, args.steps, args.batch, 16384, 1000
         horizons = sorted({min(256, steps), steps})
+    layouts = tuple(args.layouts.split(","))
+    if layouts[0] != "fp32":
+        print(f"--layouts {args.layouts}: the first must be fp32, the reference the others are gated against",
+              file=sys.stderr)
+        return 2
     if args.digits_run is not None and not Path(args.digits_run).is_dir():
         print(f"--digits-run {args.digits_run} is not a directory; train one with `avgkit train digits`",
               file=sys.stderr)
@@ -181,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         dec = {**earlier["decode_path"], "from": str(args.reuse_decode),
                "environment": earlier.get("environment"), "torch_threads": earlier.get("torch_threads")}
     else:
-        dec = decode_path(preset, steps, batch, vocab, classes, horizons)
+        dec = decode_path(preset, steps, batch, vocab, classes, horizons, layouts, 4 if args.smoke else 16)
     result: dict[str, Any] = {"smoke": args.smoke, "gate": GATE, "torch_threads": torch.get_num_threads(),
                               "decode_path": dec}
     if args.digits_run is not None:
-        result["digits"] = digits(args.digits_run, args.digits_per_class, args.digits_batch)
+        result["digits"] = digits(args.digits_run, args.digits_per_class, args.digits_batch, layouts)
     result["verdict"] = apply_gate(result)
     for sd, v in result["verdict"].items():
         print(f"gate {sd}: {v}")

@@ -141,7 +141,7 @@ def _gpu_check(report: dict[str, Any]) -> None:
 
 def _state_precision(report: dict[str, Any]) -> None:
     rows = report["decode_path"]["rows"]
-    assert set(rows) == {"fp32", "bf16", "int8"}, rows
+    assert set(rows) == {"fp32", "bf16", "int8", "bf16/chunked", "int8/chunked"}, rows
     for sd, by_horizon in rows.items():
         assert set(by_horizon) == {"8", "16"}, by_horizon
         assert by_horizon["16"]["top1_agree"] >= 0.99 and by_horizon["16"]["kl_max"] < 1e-3, (sd, by_horizon)
