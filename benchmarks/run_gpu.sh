@@ -11,8 +11,9 @@
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
 # AiM-B's state and step-kernel variants with a per-kernel profile.
 # --baseline (about 6 minutes): GPT-L against LlamaGen at batch 16 and 256, then pytest -m gpu.
-# --decode (about 9 minutes): the decode kernels against PyTorch (bf16 and int8 states), the
-# state-update tile sweep (gpu_check --tiles), AiM-B's variants and profile beside GPT-B.
+# --decode (about 9 minutes): the decode kernels against PyTorch (bf16 and int8 states, the
+# chunked form), the state-update tile sweep (gpu_check --tiles, timed in CUDA graphs), AiM-B's
+# variants (bf16 / int8 state, recurrent / chunked form) and their profiles beside GPT-B.
 # --training (one call, about 10 minutes): AiM-B and AiM-L eager and with compiled blocks against
 # the AiM authors' trainer step (their code where AIM_ROOT points, default .ref/aim-0a91c60)
 # and the mamba-ssm stack, the compiled AiM-B step by kernel, AiM-1B at batch 64 with every
@@ -68,9 +69,9 @@ if [ "$QUICK" = "--baseline" ]; then  # the rest of the transformer baseline, th
 fi
 if [ "$QUICK" = "--decode" ]; then  # AiM decoding work: kernels against PyTorch (int8 included), the tile sweep, rows
   LIMIT=200 run plugins/mamba/scripts/gpu_check.py --quick --dtypes bfloat16 --out "$OUT/mamba_gpu_check_quick_$CARD.json"
-  LIMIT=150 run plugins/mamba/scripts/gpu_check.py --tiles --out "$OUT/decode_tiles_$CARD.json"
+  LIMIT=100 run plugins/mamba/scripts/gpu_check.py --tiles --out "$OUT/decode_tiles_$CARD.json"
   LIMIT=$((${BUDGET:-540} - SECONDS + START)) run benchmarks/sampling.py $LG --transformers gpt-b --aim aim-b \
-    --batches 16,64 --aim-compile --variants 16,64 --profile --out "$OUT/sampling_decode_$CARD.json"
+    --batches 16,64 --variants 16,64 --profile --out "$OUT/sampling_decode_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
