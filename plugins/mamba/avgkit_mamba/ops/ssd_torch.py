@@ -238,6 +238,15 @@ def ssd_step(
     return _skip_and_gate(y, x, D, z, ct)
 
 
+def _append_token(cache_x: Tensor, cache_b: Tensor, cache_dt: Tensor, cache_cum: Tensor, row: Tensor, x: Tensor,
+                  B: Tensor, dtp: Tensor, cum: Tensor) -> None:
+    """Write one token into row ``row`` ((1,) int64) of the per-token caches, in place."""
+    cache_x.index_copy_(1, row, x[:, None].to(cache_x.dtype))
+    cache_b.index_copy_(1, row, B[:, None].to(cache_b.dtype))
+    cache_dt.index_copy_(1, row, dtp[:, None])
+    cache_cum.index_copy_(1, row, cum[:, None])
+
+
 def ssd_window_step(
     state: Tensor,
     state_scale: Tensor | None,
@@ -274,10 +283,7 @@ def ssd_window_step(
     dtp = process_dt(dt, dt_bias, True, ct)  # (b, h)
     before = cache_cum.index_select(1, (j - 1).clamp(min=0))[:, 0] * (j > 0)  # 0 at the window's start
     cum_j = before + dtp * A.to(ct)
-    cache_x.index_copy_(1, j, x[:, None].to(cache_x.dtype))
-    cache_b.index_copy_(1, j, B[:, None].to(cache_b.dtype))
-    cache_dt.index_copy_(1, j, dtp[:, None])
-    cache_cum.index_copy_(1, j, cum_j[:, None])
+    _append_token(cache_x, cache_b, cache_dt, cache_cum, j, x, B, dtp, cum_j)
     upto = torch.arange(window, device=x.device) <= j  # (K,)
     Bh = _heads_from_groups(cache_b.to(ct), h, 2)  # (b, K, h, n)
     Ch = _heads_from_groups(C.to(ct), h, 1)  # (b, h, n)
@@ -320,10 +326,7 @@ def ssd_dual_step(
     ct = torch.float32
     dtp = process_dt(dt, dt_bias, True, ct)  # (b, h)
     cum_t = cache_cum.index_select(1, t - 1)[:, 0] + dtp * A.to(ct)
-    cache_x.index_copy_(1, t, x[:, None].to(cache_x.dtype))
-    cache_b.index_copy_(1, t, B[:, None].to(cache_b.dtype))
-    cache_dt.index_copy_(1, t, dtp[:, None])
-    cache_cum.index_copy_(1, t, cum_t[:, None])
+    _append_token(cache_x, cache_b, cache_dt, cache_cum, t, x, B, dtp, cum_t)
     upto = torch.arange(cache_x.shape[1], device=x.device) <= t  # (L,)
     scores = _heads_from_groups(torch.einsum("bsgn,bgn->bsg", cache_b.to(ct), C.to(ct)), h, 2)  # (b, L, h)
     decay = torch.exp((cum_t[:, None, :] - cache_cum).clamp(max=0.0))
