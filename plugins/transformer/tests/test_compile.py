@@ -9,18 +9,29 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from avgkit.testing.training import synthetic_trainer
+from avgkit.build import ARModel, build
+from avgkit.plugins import get_registry
+from avgkit.recipe import validate_recipe
+from avgkit.train.data import StepBatches, TensorCodes
 from avgkit.train.loop import Trainer
 from avgkit.train.regions import find_blocks, is_compiled
 
 
 def _trainer(compile_: str) -> Trainer:
-    return synthetic_trainer({
+    recipe = validate_recipe({
         "name": "compile-check", "tokenizer": "toy-patch:tiny", "backbone": "transformer:tiny",
         "conditioner": {"name": "toy-class", "modulate": True},
         "train": {"steps": 3, "batch_size": 8, "lr": 1e-3, "schedule": "constant", "log_every": 1,
                   "compile": compile_},
     })
+    torch.manual_seed(0)
+    comps = build(recipe, registry=get_registry())
+    model = ARModel(comps.backbone, comps.conditioner)
+    gen = torch.Generator().manual_seed(0)
+    data = TensorCodes(torch.randint(0, 16, (32, comps.backbone.num_tokens), generator=gen),
+                       torch.randint(0, 10, (32,), generator=gen))
+    return Trainer(model, StepBatches(data, batch_size=8, grad_accum=1, rank=0, world_size=1, seed=0), recipe.train,
+                   progress=False)
 
 
 def test_compiled_blocks_train_like_eager(monkeypatch):
