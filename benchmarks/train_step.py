@@ -64,7 +64,7 @@ from common import (  # noqa: E402
 
 from avgkit.build import ARModel  # noqa: E402
 from avgkit.plugins import get_registry  # noqa: E402
-from avgkit.train.regions import backbone_blocks, compile_blocks  # noqa: E402
+from avgkit.train.regions import compile_blocks  # noqa: E402
 
 VOCAB, TOKENS, CLASSES = 16384, 256, 1000
 CONDITIONER = {"aim-b": ("adaln", {}), "aim-l": ("adaln-group", {"groups": 4}),
@@ -299,7 +299,7 @@ def run(name: str, loss_fn: Callable, params: list, device: torch.device, *, bat
 def avgkit_loss(model: ARModel, compile_: str = "off", backend: str = "inductor") -> Callable:
     """The trainer's loss call, with ``train.compile``'s choice applied (off, model or blocks)."""
     if compile_ == "blocks":
-        compile_blocks(backbone_blocks(model.backbone, "compile-blocks", "compile", "compile"), backend=backend)
+        compile_blocks(model.backbone, backend=backend)
     net = torch.compile(model, backend=backend) if compile_ == "model" else model
 
     def loss(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

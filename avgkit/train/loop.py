@@ -36,7 +36,7 @@ from avgkit.runtime.distributed import DistEnv
 from avgkit.runtime.stop import Interrupted, StopSignals, signal_name
 from avgkit.train.data import StepBatches
 from avgkit.train.optim import EMA, build_optimizer, lr_at, param_groups, set_lr
-from avgkit.train.regions import backbone_blocks, compile_blocks, resolve_compile
+from avgkit.train.regions import compile_blocks, resolve_compile
 from avgkit.train.report import MetricsLog, Progress, plot_loss
 
 #: ``callback(step, record)`` after every optimizer step; ``record`` is set on logged steps.
@@ -156,7 +156,7 @@ class Trainer:
         #: train.compile resolved for this device: off, model or blocks
         self.compile = resolve_compile(cfg.compile, self.env.device, self.sharded, model.backbone)
         if self.compile == "blocks":  # after the EMA and the sampling template were copied: they stay eager
-            compile_blocks(backbone_blocks(model.backbone, "train.compile=blocks", "compile", "train.compile=model"))
+            compile_blocks(model.backbone)
         self.forward = torch.compile(net) if self.compile == "model" else net
         model.fused_loss = cfg.fused_loss
 

@@ -783,13 +783,14 @@ def _stage_check(run: _Run) -> None:
     recipe = run.recipe
     _check_start(recipe, run.resume, run.registry)
     get_scorer(recipe.eval.classifier)  # a missing dependency fails before training, not after it
-    if recipe.train.parallel == "fsdp":  # a backbone FSDP cannot shard is refused before anything is written
+    fsdp = recipe.train.parallel == "fsdp"
+    if fsdp or recipe.train.compile == "blocks":  # blocks FSDP cannot shard, or compile, are refused before writing
         from avgkit.train.parallel import fsdp_blocks
 
-        fsdp_blocks(build(recipe, device="meta", registry=run.registry).backbone)
-    if recipe.train.compile == "blocks":  # likewise a backbone with no blocks to compile one by one
-        resolve_compile("blocks", run.env.device, recipe.train.parallel == "fsdp",
-                        build(recipe, device="meta", registry=run.registry).backbone)
+        backbone = build(recipe, device="meta", registry=run.registry).backbone
+        if fsdp:
+            fsdp_blocks(backbone)
+        resolve_compile(recipe.train.compile, run.env.device, fsdp, backbone)
     if run.env.is_main:
         _write_run_files(recipe, recipe.run_dir, run.resume, run.registry)
 

@@ -64,9 +64,14 @@ class _TrainingCall:
         return None
 
 
-def compile_blocks(blocks: list[nn.Module], **options: Any) -> None:
-    """Compile each block's call in place for the training forward (``options`` go to ``torch.compile``)."""
-    for block in blocks:
+def _blocks_to_compile(backbone: nn.Module) -> list[nn.Module]:
+    return backbone_blocks(backbone, "train.compile=blocks", "compile", "train.compile=model")
+
+
+def compile_blocks(backbone: nn.Module, **options: Any) -> None:
+    """Compile each of the backbone's blocks in place for the training forward (``options`` go to
+    ``torch.compile``); a one-line error when it names no blocks."""
+    for block in _blocks_to_compile(backbone):
         # nn.Module calls _compiled_call_impl when set: what Module.compile() sets, with the grad switch added
         block._compiled_call_impl = _TrainingCall(block, options)
 
@@ -86,7 +91,7 @@ def resolve_compile(choice: str, device: torch.device, sharded: bool, backbone: 
         if sharded:
             raise AvgkitError("train.compile=blocks is not supported with train.parallel=fsdp (the sharding hooks "
                               "would enter the compiled blocks); use train.compile=off or model")
-        backbone_blocks(backbone, "train.compile=blocks", "compile", "train.compile=model")
+        _blocks_to_compile(backbone)
     return choice
 
 
