@@ -32,7 +32,7 @@ from avgkit.errors import AvgkitError
 from avgkit.interfaces import Backbone, Conditioning, Modulation
 from avgkit.registry import BackboneConfig
 from avgkit.runtime.device import active_autocast_dtype
-from avgkit_mamba.mixer import Mamba2Mixer
+from avgkit_mamba.mixer import Mamba2ChunkedState, Mamba2Mixer
 from avgkit_mamba.ops.dispatch import add_norm_modulate
 from avgkit_mamba.ops.norm_torch import rms_norm
 
@@ -307,13 +307,13 @@ class MambaBackbone(Backbone):
         return MambaDecodeState(layers, position, batch_size)
 
     def prefill(self, state: MambaDecodeState, cond: Conditioning) -> Tensor:
-        if state.length is not None and self.config.decode_form == "chunked":
-            state.length.zero_()  # the prefix goes into the SSM state: the first window starts empty
-        elif state.length is not None:
-            if cond.prefix_len > self.config.max_prefix_len:
+        if state.length is not None:  # a chunked or dual-form state counts its tokens
+            chunked = isinstance(state.layers[0], Mamba2ChunkedState)
+            if not chunked and cond.prefix_len > self.config.max_prefix_len:
                 raise AvgkitError(f"conditioning prefix has {cond.prefix_len} vectors but the dual-form caches hold "
                                  f"{self.config.max_prefix_len}; set backbone max_prefix_len: {cond.prefix_len}")
-            state.length.fill_(cond.prefix_len)
+            # chunked: the prefix goes into the SSM state and the first window starts empty
+            state.length.fill_(0 if chunked else cond.prefix_len)
         cond = cond.left_aligned()
         mask = self._sequence_mask(cond, 0)
         h, residual = cond.prefix.to(self.embeddings.word_embeddings.weight.dtype), None

@@ -335,6 +335,16 @@ def _clone_problem(t: dict) -> dict:
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
 
 
+def _reference_problem(t: dict) -> dict:
+    """A copy of a decode-step problem for the torch step at the kernel's precision: the same values in fp32.
+
+    The kernel keeps the conv output in fp32 where the torch step rounds it to the model dtype
+    (measured: that rounding was all of a 5e-3 state difference in a bf16 model).
+    """
+    ref = _clone_problem(t)
+    return {**ref, "zxbcdt": ref["zxbcdt"].float(), "conv_state": ref["conv_state"].float()}
+
+
 def _state_values(t: dict) -> torch.Tensor:
     from avgkit_mamba.ops.state_quant import load_state
 
@@ -351,9 +361,7 @@ def check_decode_kernels(batch: int, nheads: int, dtype: torch.dtype, *, p: int 
     for state in states:
         for kernel in kernels:
             ours = _decode_step_problem(batch, nheads, state, dtype, p=p, n=n, device=device)
-            # the reference gets the same values in fp32: the kernel keeps the conv output in fp32 where the
-            # torch step rounds it to the model dtype (measured: that rounding was all of a 5e-3 state difference)
-            ref = {**_clone_problem(ours), "conv_state": ours["conv_state"].to(torch.float32, copy=True)}
+            ref = _reference_problem(ours)
             for i in range(iters):
                 g = torch.Generator(device=device).manual_seed(100 + i)
                 z = torch.randn(ours["zxbcdt"].shape, generator=g, device=device).to(dtype)
@@ -441,7 +449,7 @@ def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat
     try:
         for (st, tile), t in problems.items():
             triton_step._tile = lambda rows, hd, tile=tile: tile
-            ours, ref = _clone_problem(t), _clone_problem(t)
+            ours, ref = _clone_problem(t), _reference_problem(t)
             decode_step(**ours, impl="triton", kernel="two-launch")
             decode_step(**ref, impl="torch")
             errs[(st, tile)] = rel_err(_state_values(ours), _state_values(ref))
