@@ -20,6 +20,8 @@ of its last linear map (B, N, D), one row per image token, and that map's weight
 from __future__ import annotations
 
 import contextlib
+import functools
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,23 +53,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_x = torch.empty_like(x) if need_grad and ctx.needs_input_grad[0] else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if need_grad and ctx.needs_input_grad[1] else None
+        softmax_grad = _chunk_kernel(x.device)
         for start in range(0, n, chunk_rows):
             xc = x[start : start + chunk_rows].to(dtype)
             tc = targets[start : start + chunk_rows]
-            logits = (xc @ w.t()).float()  # (rows, V): the only logits alive
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
+            logits = xc @ w.t()  # (rows, V) in the compute dtype: the only logits alive
             if grad_x is None and grad_w is None:
+                loss += _chunk_loss(logits, tc)
                 continue
-            # d(mean CE)/d logits = (softmax - onehot) / n, in place over the chunk's logits
-            g = logits.sub_(lse[:, None]).exp_()
-            g.scatter_add_(1, tc[:, None], torch.full_like(lse[:, None], -1.0))
-            g = g.mul_(1.0 / n).to(dtype)
+            chunk_loss, g = softmax_grad(logits, tc, 1.0 / n)
+            loss += chunk_loss
+            del logits
             if grad_x is not None:
                 grad_x[start : start + chunk_rows] = (g @ w).to(x.dtype)
             if grad_w is not None:
                 grad_w += (g.t() @ xc).float()
-            del logits, g
+            del g
         ctx.save_for_backward(
             grad_x if grad_x is not None else torch.empty(0, device=x.device),
             grad_w.to(weight.dtype) if grad_w is not None else torch.empty(0, device=x.device),
@@ -81,6 +82,47 @@ class _LinearCrossEntropy(torch.autograd.Function):
         gx = grad_x * grad_out.to(grad_x.dtype) if ctx.has[0] else None
         gw = grad_w * grad_out.to(grad_w.dtype) if ctx.has[1] else None
         return gx, gw, None, None, None, None
+
+
+def _chunk_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Summed cross-entropy of a chunk's rows, in fp32."""
+    lf = logits.float()
+    return (torch.logsumexp(lf, dim=-1) - lf.gather(1, targets[:, None])[:, 0]).sum()
+
+
+def _softmax_grad(logits: Tensor, targets: Tensor, scale: float, in_place: bool) -> tuple[Tensor, Tensor]:
+    """(summed cross-entropy of the rows, ``scale * (softmax - onehot)`` in the logits' dtype), fp32 inside.
+
+    Compiled (``in_place=False``), inductor makes this one kernel that reads the low-precision
+    logits twice and writes the gradient once; eager, the same math took about ten full passes
+    over fp32 logits (5% of a compiled AiM-B step on an H100). Eager runs it in place over the
+    fp32 logits (which the caller drops) so that no second chunk-sized tensor exists.
+    """
+    lf = logits.float()
+    lse = torch.logsumexp(lf, dim=-1, keepdim=True)
+    loss = (lse[:, 0] - lf.gather(1, targets[:, None])[:, 0]).sum()
+    if in_place:
+        g = lf.sub_(lse).exp_()
+        g.scatter_add_(1, targets[:, None], torch.full_like(lse, -1.0)).mul_(scale)
+    else:
+        onehot = torch.arange(lf.shape[1], device=lf.device)[None, :] == targets[:, None]
+        g = (torch.exp(lf - lse) - onehot.to(lf.dtype)) * scale
+    return loss, g.to(logits.dtype)
+
+
+#: Compile the chunk's softmax gradient on a GPU (one fused kernel; shapes are fixed, so it
+#: compiles once per chunk size). Eager elsewhere, where inductor's build costs more than it saves.
+COMPILE_ON_GPU = True
+_compiled: dict[str, Any] = {}
+
+
+def _chunk_kernel(device: torch.device):
+    if device.type != "cuda" or not COMPILE_ON_GPU:
+        return functools.partial(_softmax_grad, in_place=True)
+    if "fn" not in _compiled:
+        _compiled["fn"] = functools.partial(torch.compile(_softmax_grad, dynamic=False, fullgraph=True),
+                                            in_place=False)
+    return _compiled["fn"]
 
 
 def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, *, chunk_rows: int | None = None) -> Tensor:

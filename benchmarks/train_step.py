@@ -9,8 +9,9 @@ timed in the same process:
   chunks, the trainer's default), ``ckpt`` (chunked, every block checkpointed),
   ``ckpt2`` (chunked, every second block checkpointed), ``compile`` (chunked,
   ``torch.compile`` of the model), ``compile-blocks`` (chunked, each block compiled on
-  its own: ``train.compile: blocks``), ``ckpt2-compile-blocks``, ``compile-blocks-shiftconv``
-  (compiled blocks with the conv as shifted multiply-adds that inductor fuses);
+  its own: ``train.compile: blocks``, the conv as shifted multiply-adds that inductor fuses),
+  ``ckpt2-compile-blocks``, ``compile-blocks-conv1d`` (compiled blocks calling the depthwise
+  conv1d kernel, as before the shifts became the default);
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
   (``Stage2Trainer.compute_loss``), from the checkout ``--aim-root`` points at
   (github.com/hp-l33/AiM; its code is imported from there, never copied); their
@@ -77,7 +78,7 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
             "compile": {"fused": True, "compile": "model"}, "compile-blocks": {"fused": True, "compile": "blocks"},
             "ckpt2-compile-blocks": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
                                      "compile": "blocks"},
-            "compile-blocks-shiftconv": {"fused": True, "compile": "blocks", "shift_conv": True}}
+            "compile-blocks-conv1d": {"fused": True, "compile": "blocks", "shift_conv": False}}
 SMOKE = {"vocab": 64, "tokens": 16, "batch": 2, "window_steps": 1, "windows": 2, "warmup_steps": 0, "matmul": 256}
 MATMUL = 8192
 
@@ -430,7 +431,8 @@ def main() -> None:
             model = build(preset, device=device, vocab=vocab, tokens=tokens, **opts)
             model.fused_loss = spec["fused"]
             flops = flops or flops_per_token(model, tokens)
-            conv_torch.SHIFTS_WHEN_COMPILING = spec.get("shift_conv", False)
+            shifts = conv_torch.SHIFTS_WHEN_COMPILING
+            conv_torch.SHIFTS_WHEN_COMPILING = spec.get("shift_conv", shifts)
             try:
                 row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", "off"),
                                                                     args.compile_backend),
@@ -442,7 +444,7 @@ def main() -> None:
                 empty_cache(device)
                 continue
             finally:
-                conv_torch.SHIFTS_WHEN_COMPILING = False
+                conv_torch.SHIFTS_WHEN_COMPILING = shifts
             step = row.pop("_step")
             if args.profile and variant == args.profile_variant and preset in ("aim-b", "tiny") and not profiles:
                 profiles[f"{preset} {variant}"] = profile_step(step, device, Path(args.profile),

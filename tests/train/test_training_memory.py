@@ -59,6 +59,40 @@ def test_chunked_loss_follows_autocast_like_the_plain_path():
         _close(a, b, BF16_GRAD_RTOL)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmax_gradient_kernel_forms_agree(dtype):
+    """The GPU's compiled form (out of place) and the eager in-place form of a chunk's loss and gradient."""
+    from avgkit.losses import _softmax_grad
+
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(70, 97, generator=g) * 4).to(dtype)
+    t = torch.randint(0, 97, (70,), generator=g)
+    ref_loss = F.cross_entropy(logits.float(), t, reduction="sum")
+    ref_grad = (torch.softmax(logits.float(), -1) - F.one_hot(t, 97)) / 300
+    for fn in (_softmax_grad, torch.compile(_softmax_grad, dynamic=False, fullgraph=True)):
+        for in_place in (False, True) if fn is _softmax_grad else (False,):
+            loss, grad = fn(logits.clone(), t, 1 / 300, in_place=in_place)
+            assert grad.dtype == dtype
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-5)
+            torch.testing.assert_close(grad.float(), ref_grad, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6,
+                                       atol=1e-5 if dtype == torch.bfloat16 else 1e-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_chunked_loss_on_the_gpu_follows_the_plain_path_under_autocast():
+    """On a GPU the chunk's softmax gradient runs compiled: same loss and gradients as the plain path."""
+    x, w, t = (v.detach().cuda() for v in _problem(n=4096, d=64, v=1000))
+    x.requires_grad_()
+    w.requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref_loss, ref = _grads(lambda: F.cross_entropy(F.linear(x, w).float(), t), x, w)
+        loss, got = _grads(lambda: linear_cross_entropy(x, w, t, chunk_rows=1000), x, w)
+    assert abs(float(loss - ref_loss)) <= BF16_LOSS_ATOL
+    for a, b in zip(got, ref, strict=True):
+        _close(a, b, BF16_GRAD_RTOL)
+
+
 def test_no_grad_and_shape_errors():
     x, w, t = _problem()
     with torch.no_grad():

@@ -13,10 +13,10 @@ from torch import Tensor
 __all__ = ["causal_conv1d", "conv_step"]
 
 #: Under torch.compile on a GPU, convolve by w shifted multiply-adds (which inductor fuses with
-#: the activation, forward and backward) instead of the depthwise conv1d kernel (an opaque call,
-#: about 10% of an eager AiM-B training step). Off until a GPU run measures it
-#: (benchmarks/train_step.py, rows compile-blocks and compile-blocks-shiftconv).
-SHIFTS_WHEN_COMPILING = False
+#: the activation, forward and backward) instead of the depthwise conv1d kernel: an opaque call
+#: that was 24% of a compiled AiM-B training step on an H100; the shifts made the step 1.19x
+#: (AiM-B) and 1.20x (AiM-L) faster there (benchmarks/results/train_step_compiled_h100.json).
+SHIFTS_WHEN_COMPILING = True
 
 
 def _activate(y: Tensor, activation: str | None) -> Tensor:
