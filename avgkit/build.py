@@ -29,6 +29,8 @@ class ARModel(nn.Module):
         self.conditioner = conditioner
         #: ``forward(..., loss=True)`` forms the logits by chunks where the backbone allows it
         self.fused_loss = True
+        #: the chunked loss's softmax gradient as one compiled kernel on a GPU (set by the trainer with train.compile)
+        self.compile_loss = False
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor, *, loss: bool = False) -> torch.Tensor:
         """Logits (B, N, V); with ``loss=True`` the mean cross-entropy of ``codes`` under teacher forcing.
@@ -44,7 +46,7 @@ class ARModel(nn.Module):
 
             hidden, weight = self.backbone.head_features(codes, cond)
             check_logits_shape(hidden, codes, "head features")
-            return linear_cross_entropy(hidden, weight, codes)
+            return linear_cross_entropy(hidden, weight, codes, compiled=self.compile_loss)
         logits = self.backbone(codes, cond)
         check_logits_shape(logits, codes, "logits")
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), codes.flatten())

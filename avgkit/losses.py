@@ -46,14 +46,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int, dtype: torch.dtype,
-                need_grad: bool) -> Tensor:
+                need_grad: bool, compiled: bool) -> Tensor:
         n = x.shape[0]
         w = weight.to(dtype)
         loss = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x = torch.empty_like(x) if need_grad and ctx.needs_input_grad[0] else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if need_grad and ctx.needs_input_grad[1] else None
-        softmax_grad = _chunk_kernel(x.device)
+        softmax_grad = _chunk_kernel(x.device, compiled)
         for start in range(0, n, chunk_rows):
             xc = x[start : start + chunk_rows].to(dtype)
             tc = targets[start : start + chunk_rows]
@@ -81,7 +81,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_x, grad_w = ctx.saved_tensors
         gx = grad_x * grad_out.to(grad_x.dtype) if ctx.has[0] else None
         gw = grad_w * grad_out.to(grad_w.dtype) if ctx.has[1] else None
-        return gx, gw, None, None, None, None
+        return gx, gw, None, None, None, None, None
 
 
 def _chunk_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -110,14 +110,13 @@ def _softmax_grad(logits: Tensor, targets: Tensor, scale: float, in_place: bool)
     return loss, g.to(logits.dtype)
 
 
-#: Compile the chunk's softmax gradient on a GPU (one fused kernel; shapes are fixed, so it
-#: compiles once per chunk size). Eager elsewhere, where inductor's build costs more than it saves.
-COMPILE_ON_GPU = True
 _compiled: dict[str, Any] = {}
 
 
-def _chunk_kernel(device: torch.device):
-    if device.type != "cuda" or not COMPILE_ON_GPU:
+def _chunk_kernel(device: torch.device, compiled: bool):
+    """The chunk's softmax gradient: compiled on a GPU when asked (one fused kernel; the shapes are
+    fixed, so it compiles once per chunk size), else eager and in place."""
+    if device.type != "cuda" or not compiled:
         return functools.partial(_softmax_grad, in_place=True)
     if "fn" not in _compiled:
         _compiled["fn"] = functools.partial(torch.compile(_softmax_grad, dynamic=False, fullgraph=True),
@@ -125,11 +124,14 @@ def _chunk_kernel(device: torch.device):
     return _compiled["fn"]
 
 
-def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, *, chunk_rows: int | None = None) -> Tensor:
+def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, *, chunk_rows: int | None = None,
+                         compiled: bool = False) -> Tensor:
     """``F.cross_entropy(F.linear(x, weight).float(), targets)`` without materialising the logits.
 
     ``x`` (..., D) and ``targets`` (...) flatten to rows; ``weight`` is (V, D). Under
-    autocast the matmuls use the autocast dtype, as ``F.linear`` would.
+    autocast the matmuls use the autocast dtype, as ``F.linear`` would. ``compiled``: on a
+    GPU, each chunk's softmax gradient runs as one ``torch.compile``d kernel (the trainer
+    asks for it whenever ``train.compile`` is not off).
     """
     if x.shape[:-1] != targets.shape:
         raise ValueError(f"hidden states {tuple(x.shape)} do not match targets {tuple(targets.shape)}")
@@ -139,4 +141,4 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, *, chunk_ro
     chunk = chunk_rows or default_chunk_rows(weight.shape[0])
     off = torch.autocast(x.device.type, enabled=False) if x.device.type != "meta" else contextlib.nullcontext()
     with off:
-        return _LinearCrossEntropy.apply(rows, weight, targets.reshape(-1), chunk, dtype, need_grad)
+        return _LinearCrossEntropy.apply(rows, weight, targets.reshape(-1), chunk, dtype, need_grad, compiled)

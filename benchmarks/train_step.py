@@ -299,6 +299,7 @@ def run(name: str, loss_fn: Callable, params: list, device: torch.device, *, bat
 
 def avgkit_loss(model: ARModel, compile_: str = "off", backend: str = "inductor") -> Callable:
     """The trainer's loss call, with ``train.compile``'s choice applied (off, model or blocks)."""
+    model.compile_loss = compile_ != "off"
     if compile_ == "blocks":
         compile_blocks(model.backbone, backend=backend)
     net = torch.compile(model, backend=backend) if compile_ == "model" else model

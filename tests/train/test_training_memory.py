@@ -81,13 +81,14 @@ def test_softmax_gradient_kernel_forms_agree(dtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_chunked_loss_on_the_gpu_follows_the_plain_path_under_autocast():
-    """On a GPU the chunk's softmax gradient runs compiled: same loss and gradients as the plain path."""
+    """On a GPU, with ``compiled``, the chunk's softmax gradient runs as one compiled kernel: same loss and
+    gradients as the plain path."""
     x, w, t = (v.detach().cuda() for v in _problem(n=4096, d=64, v=1000))
     x.requires_grad_()
     w.requires_grad_()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         ref_loss, ref = _grads(lambda: F.cross_entropy(F.linear(x, w).float(), t), x, w)
-        loss, got = _grads(lambda: linear_cross_entropy(x, w, t, chunk_rows=1000), x, w)
+        loss, got = _grads(lambda: linear_cross_entropy(x, w, t, chunk_rows=1000, compiled=True), x, w)
     assert abs(float(loss - ref_loss)) <= BF16_LOSS_ATOL
     for a, b in zip(got, ref, strict=True):
         _close(a, b, BF16_GRAD_RTOL)
