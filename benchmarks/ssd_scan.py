@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dstate", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--impls", default="triton,torch,mamba_ssm", help="comma-separated subset")
+    parser.add_argument("--impls", default="triton,triton-dcb1,torch,mamba_ssm",
+                        help="comma-separated subset (triton-dcb1: the dCB kernel without its head split)")
     parser.add_argument("--mamba-src", default=os.environ.get("MAMBA_SSM_SRC"), help="mamba-ssm source checkout")
     add_smoke_flag(parser)
     args = parser.parse_args(argv)
@@ -141,10 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     t = make_inputs(batch, args.seqlen, args.nheads, args.headdim, args.dstate, dtype, device)
 
+    from avgkit_mamba.ops import triton_ssd
     from avgkit_mamba.ops.ssd_torch import ssd_chunk_scan
     from avgkit_mamba.ops.triton_ssd import chunk_scan_triton
 
-    impls: dict[str, Callable | None] = {"triton": chunk_scan_triton, "torch": ssd_chunk_scan}
+    impls: dict[str, Callable | None] = {"triton": chunk_scan_triton, "triton-dcb1": chunk_scan_triton,
+                                         "torch": ssd_chunk_scan}
+    head_split = triton_ssd.DCB_HEAD_SPLIT
     notes: dict[str, str] = {}
     mamba_version = None
     if "mamba_ssm" in args.impls:
@@ -160,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         if fn is None:
             results[name] = {"skipped": notes.get(name, "unknown impl")}
             continue
-        results[name] = bench(fn, t, args.chunk, warmup, reps)
+        # triton-dcb1: the backward's dCB kernel with one program looping over all heads, as before the split
+        triton_ssd.DCB_HEAD_SPLIT = 1 if name == "triton-dcb1" else head_split
+        try:
+            results[name] = bench(fn, t, args.chunk, warmup, reps)
+        finally:
+            triton_ssd.DCB_HEAD_SPLIT = head_split
         empty_cache(device)
     import triton
 

@@ -314,21 +314,26 @@ def _state_passing_bwd_kernel(
 @triton.jit
 def _dcb_kernel(
     x_ptr, dy_ptr, cb_ptr, dtp_ptr, acs_ptr, dcb_ptr, dacs_ptr,
-    seqlen, nheads, nchunks, ngroups, hpg, Q, P, n_slots,
+    seqlen, nheads, nchunks, ngroups, hpg, Q, P, n_slots, split, heads_per_part,
     s_x_b, s_x_l, s_x_h, s_x_p, s_y_b, s_y_l, s_y_h, s_y_p,
     PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """dCB[t,s] = sum_heads dt_s exp(acs_t - acs_s) (dy_t . x_s), s <= t (fp32).
 
+    The group's heads are split into ``split`` parts, one program each, so that a tile's
+    programs do not loop over every head in turn; each part writes its partial sum to
+    its own slice of dcb (b,c,g,split,Q,Q), which the host sums (no atomics: the same
+    order every run).
     Also the intra-chunk part of d acs per head: with W = dCB_head * CB (s < t),
     d acs_t += sum_s W[t,s] and d acs_s -= sum_t W[t,s]. Tile (i, j) writes its row
     sums into slot j and its column sums into slot i of dacs (b,h,c,slot,Q), so each
     (slot, position) is written by exactly one tile and no atomics are needed.
     """
     pid = tl.program_id(0)
-    gi = pid % ngroups
-    ci = (pid // ngroups) % nchunks
-    bi = (pid // ngroups // nchunks).to(tl.int64)
+    part = pid % split
+    gi = (pid // split) % ngroups
+    ci = (pid // split // ngroups) % nchunks
+    bi = (pid // split // ngroups // nchunks).to(tl.int64)
     mb = tl.program_id(1)
     sb = tl.program_id(2)
     if sb > mb:
@@ -345,7 +350,7 @@ def _dcb_kernel(
     cb = tl.load(cb_ptr + ((bi * nchunks + ci) * ngroups + gi) * Q * Q + offs_m[:, None] * Q + offs_s[None, :],
                  mask=strict, other=0.0)
     dcb = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
-    for hh in range(0, hpg):
+    for hh in range(part * heads_per_part, tl.minimum((part + 1) * heads_per_part, hpg)):
         hi = gi * hpg + hh
         x_base = x_ptr + bi * s_x_b + (ci * Q) * s_x_l + hi * s_x_h
         y_base = dy_ptr + bi * s_y_b + (ci * Q) * s_y_l + hi * s_y_h
@@ -373,8 +378,8 @@ def _dcb_kernel(
         else:
             tl.store(slot_base + sb * Q + offs_m, rows, mask=offs_m < Q)
             tl.store(slot_base + mb * Q + offs_s, -cols, mask=offs_s < Q)
-    tl.store(dcb_ptr + ((bi * nchunks + ci) * ngroups + gi) * Q * Q + offs_m[:, None] * Q + offs_s[None, :],
-             dcb, mask=(offs_m[:, None] < Q) & (offs_s[None, :] < Q))
+    tl.store(dcb_ptr + (((bi * nchunks + ci) * ngroups + gi) * split + part) * Q * Q + offs_m[:, None] * Q
+             + offs_s[None, :], dcb, mask=(offs_m[:, None] < Q) & (offs_s[None, :] < Q))
 
 
 @triton.jit
@@ -652,6 +657,11 @@ _scan_fwd_k = Launcher(
 )
 
 
+#: Programs per dCB tile, each summing its share of a group's heads (1: one program loops over all of
+#: them; AiM-B's 24 heads left 640 programs for the whole batch, the largest kernel of the backward).
+DCB_HEAD_SPLIT = 4
+
+
 def _dcb_block(Q: int) -> int:
     """Tile of the dCB kernel: fixed (not autotuned) because it sets the slot count."""
     return min(Q, 16) if INTERPRET else min(Q, 64)
@@ -872,16 +882,21 @@ def _bwd(
 
     bm = _dcb_block(Q)
     n_slots = triton.cdiv(Q, bm)
-    dcb = torch.empty(b, nchunks, g, Q, Q, device=dev, dtype=torch.float32)
+    split = max(1, min(DCB_HEAD_SPLIT, hpg))
+    per_part = triton.cdiv(hpg, split)
+    split = triton.cdiv(hpg, per_part)  # no empty part
+    dcb_parts = torch.empty(b, nchunks, g, split, Q, Q, device=dev, dtype=torch.float32)
     dacs = torch.empty(b, h, nchunks, n_slots, Q, device=dev, dtype=torch.float32)
     _dcb_k(
-        lambda m: (b * nchunks * g, n_slots, n_slots),
-        x_ptr=x, dy_ptr=dy, cb_ptr=cb, dtp_ptr=dtp, acs_ptr=acs, dcb_ptr=dcb, dacs_ptr=dacs,
+        lambda m: (b * nchunks * g * split, n_slots, n_slots),
+        x_ptr=x, dy_ptr=dy, cb_ptr=cb, dtp_ptr=dtp, acs_ptr=acs, dcb_ptr=dcb_parts, dacs_ptr=dacs,
         seqlen=seqlen, nheads=h, nchunks=nchunks, ngroups=g, hpg=hpg, Q=Q, P=p, n_slots=n_slots,
+        split=split, heads_per_part=per_part,
         s_x_b=x.stride(0), s_x_l=x.stride(1), s_x_h=x.stride(2), s_x_p=x.stride(3),
         s_y_b=dy.stride(0), s_y_l=dy.stride(1), s_y_h=dy.stride(2), s_y_p=dy.stride(3),
         PREC=prec, BLOCK_M=bm,
     )
+    dcb = dcb_parts.sum(3) if split > 1 else dcb_parts[:, :, :, 0]
 
     r = torch.empty(b, h, nchunks, Q, device=dev, dtype=torch.float32) if has_states else None
     off = torch.empty_like(r) if has_states else None
