@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -17,7 +17,7 @@
 # --training (one call, about 10 minutes): AiM-B and AiM-L eager and with compiled blocks against
 # the AiM authors' trainer step (their code where AIM_ROOT points, default .ref/aim-0a91c60)
 # and the mamba-ssm stack, the compiled AiM-B step by kernel, AiM-1B at batch 64 with every
-# second block checkpointed, and the digits precision check. Without either, everything at every size (several calls' worth).
+# second block checkpointed, and the digits precision check.
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
 set -uo pipefail
@@ -89,8 +89,18 @@ if [ "$QUICK" = "--diagnose" ]; then  # where identical GPU runs differ, stage b
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
+if [ "$QUICK" = "--recheck" ]; then
+  LIMIT=70 run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
+  LIMIT=40 run benchmarks/ssd_scan.py --impls triton,triton-dcb1 --out "$OUT/ssd_scan_dcb_$CARD.json"
+  LIMIT=240 run benchmarks/train_step.py --presets aim-b,aim-l --variants compile-blocks --no-stack --window-steps 4 $AR \
+    --out "$OUT/train_step_recheck_$CARD.json"
+  LIMIT=$((${BUDGET:-500} - SECONDS + START)) run benchmarks/sampling.py --transformers gpt-b --aim aim-b \
+    --batches 16,64 --variants 16,64 --profile --out "$OUT/sampling_recheck_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
 if [ "$QUICK" = "--training" ]; then  # the parts in order of need; each has its own time limit
-  LIMIT=380 run benchmarks/train_step.py --presets aim-b,aim-l --variants chunked,compile-blocks,compile-blocks-shiftconv \
+  LIMIT=380 run benchmarks/train_step.py --presets aim-b,aim-l --variants chunked,compile-blocks,compile-blocks-conv1d \
     --window-steps 4 $AR --profile "$OUT/train_step_profile_aim_b_compiled_$CARD" --profile-variant compile-blocks \
     --out "$OUT/train_step_$CARD.json"
   LIMIT=90 run benchmarks/train_step.py --presets aim-1b --variants ckpt2-compile-blocks,ckpt2 --no-reference \

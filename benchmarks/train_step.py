@@ -381,6 +381,7 @@ def main() -> None:
                     help="checkout of github.com/hp-l33/AiM: its trainer step is timed beside avgkit's")
     ap.add_argument("--reference-presets", default="aim-b,aim-l", help="presets also run as reference rows")
     ap.add_argument("--no-reference", action="store_true", help="neither the AiM code nor the mamba-ssm stack")
+    ap.add_argument("--no-stack", action="store_true", help="no mamba-ssm stack rows (the AiM code's rows stay)")
     ap.add_argument("--profile", default=None, metavar="PATH",
                     help="also profile one AiM-B step (chunked) by kernel: PATH.txt and PATH.json")
     ap.add_argument("--quick", action="store_true", help="AiM-B only")
@@ -403,8 +404,8 @@ def main() -> None:
     print(f"bf16 {SMOKE['matmul'] if args.smoke else MATMUL}^3 matmul: {matmul:.1f} TFLOP/s", flush=True)
     ref_presets = set(args.reference_presets.split(",")) | ({"tiny"} if args.smoke else set())
     stack = False
-    if args.no_reference:
-        notes.append("--no-reference: no reference rows")
+    if args.no_reference or args.no_stack:
+        notes.append("--no-reference: no reference rows" if args.no_reference else "--no-stack: no mamba-ssm stack rows")
     elif device.type != "cuda":
         notes.append("CPU run: no mamba-ssm stack rows (its kernels need a GPU)")
     elif _stub_absent(notes) or import_mamba_ssm() is None:

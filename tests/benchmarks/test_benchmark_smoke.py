@@ -128,6 +128,14 @@ def _gpu_check_tiles(report: dict[str, Any]) -> None:
     assert all(r["ms"] > 0 and r["state_rel_err"] < 1e-2 for r in rows), rows
 
 
+def _gpu_check_decode(report: dict[str, Any]) -> None:
+    failed = [r for r in report["checks"] if not r["ok"]]
+    assert report["all_ok"] and not failed, failed
+    cases = {r["case"] for r in report["checks"] if r["case"].startswith("AiM")}
+    assert any("chunked form" in c and "int8" in c for c in cases), cases
+    assert not any(r["case"].startswith("tiny:") for r in report["checks"])  # no scan cases
+
+
 def _gpu_check(report: dict[str, Any]) -> None:
     failed = [r for r in report["checks"] if not r["ok"]]
     assert report["all_ok"] and not failed, failed
@@ -369,6 +377,8 @@ CASES: list[Smoke] = [
           files=("profile.txt", "profile.json"), setup=_aim_stub),
     Smoke("benchmarks/vq_encode.py", keys=(*ENVIRONMENT, "tokenizer", "image_size", "rows"), check=_vq_encode),
     Smoke("plugins/mamba/scripts/gpu_check.py", keys=("gpu", "all_ok", "checks", "step_timing"), check=_gpu_check),
+    Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--decode", "--out", "{tmp}/out.json"),
+          mode="decode", keys=("gpu", "all_ok", "checks"), check=_gpu_check_decode),
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--out",

@@ -559,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the repeat checks: is each scan stage bitwise the same across calls")
     parser.add_argument("--tiles", action="store_true",
                         help="only the state-update tile sweep (bf16 and int8 states at AiM-B's 128 sequences)")
+    parser.add_argument("--decode", action="store_true",
+                        help="only the decode checks: step kernels against PyTorch and AiM layers decoding with the "
+                             "int8 state and the chunked form (bf16 model)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny fp32 shapes on the CPU, Triton interpreted: checks that the script runs")
@@ -585,6 +588,15 @@ def main(argv: list[str] | None = None) -> int:
         for r in sweep:
             print(f"tile {r}", flush=True)
         return _write_report(args, rows, [], sweep, bandwidth, device)
+    if args.decode:
+        rows += check_decode_kernels(2 if args.smoke else 16, layer["nheads"], torch.bfloat16, iters=2,
+                                     device=device, p=layer["p"], n=layer["n"])
+        decode = SMOKE_DECODE if args.smoke else {}
+        for state_dtype, form in (("int8", "recurrent"), ("bf16", "chunked"), ("int8", "chunked")):
+            rows += check_backbone_decode(torch.bfloat16 if not args.smoke else torch.float32, device=device,
+                                          state_dtype=state_dtype, decode_form=form, **decode)
+        _print_rows(rows)
+        return _write_report(args, rows, [], [], None, device)
     for dtype in dtypes:  # first: a difference here explains irreproducible samples
         for c in repeat_cases(args.smoke):
             rows += check_repeat(c, dtype, device)
@@ -619,10 +631,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += check_backbone_decode(dtype, state_dtype=state_dtype, step_kernel=kernel)
             for state_dtype in ("fp32", "bf16", "int8"):  # the chunked form: 48 steps fold three times
                 rows += check_backbone_decode(dtype, state_dtype=state_dtype, decode_form="chunked")
-    print(f"{'case':<36} {'dtype':<9} {'tensor':<16} {'rel err':>9} {'tol':>7}  ok")
-    for r in rows:
-        print(f"{r['case']:<36} {r['dtype']:<9} {r['tensor']:<16} {r['rel_err']:>9.2e} {r['tol']:>7.0e}  "
-              f"{'yes' if r['ok'] else 'NO'}")
+    _print_rows(rows)
 
     if args.smoke:
         step_timing = [time_step(2, dtype=d, reps=1, warmup=0, device=device, **layer) for d in dtypes]
@@ -642,6 +651,13 @@ def main(argv: list[str] | None = None) -> int:
     for s in kernel_timing:
         print(f"decode kernels {s}")
     return _write_report(args, rows, step_timing, kernel_timing, bandwidth, device)
+
+
+def _print_rows(rows: list[dict]) -> None:
+    print(f"{'case':<36} {'dtype':<9} {'tensor':<16} {'rel err':>9} {'tol':>7}  ok")
+    for r in rows:
+        print(f"{r['case']:<36} {r['dtype']:<9} {r['tensor']:<16} {r['rel_err']:>9.2e} {r['tol']:>7.0e}  "
+              f"{'yes' if r['ok'] else 'NO'}")
 
 
 def _write_report(args, rows: list[dict], step_timing: list, kernel_timing: list, bandwidth: float | None,
