@@ -18,6 +18,11 @@
 # the AiM authors' trainer step (their code where AIM_ROOT points, default .ref/aim-0a91c60)
 # and the mamba-ssm stack, the compiled AiM-B step by kernel, AiM-1B at batch 64 with every
 # second block checkpointed, and the digits precision check.
+# --recheck (about 9 minutes; BUDGET seconds, default 500): the decode kernels against PyTorch
+# (gpu_check --decode), the scan's dCB kernel with and without its head split, AiM-B and AiM-L
+# with the default compiled blocks beside the AiM authors' trainer step, then AiM-B's decode
+# variants beside GPT-B at batch 16 and 64 with per-kernel profiles.
+# Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
 set -uo pipefail
