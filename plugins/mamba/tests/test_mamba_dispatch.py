@@ -72,3 +72,20 @@ def test_step_kernel_option_reaches_the_mixers_and_is_checked() -> None:
     with pytest.raises(AvgkitError, match="use one of two-launch, one-launch"):
         dispatch.decode_step(torch.zeros(1, 1), None, None, None, torch.zeros(1, 1, 1, 1), None, None, None, None,
                              1e-5, 1, 1, impl="torch", kernel="fast")
+
+
+def test_short_problems_run_the_pinned_config_on_a_gpu(monkeypatch) -> None:
+    """A prefill of a few tokens is not autotuned (cold-start compile time); training-length problems are."""
+    pytest.importorskip("triton")
+    from avgkit_mamba.ops import triton_launch
+
+    monkeypatch.setattr(triton_launch, "INTERPRET", False)
+    tuned = triton_launch.Launcher(None, configs=[], key=[], valid=lambda a, m: True, interp=lambda a: {})
+    fixed = triton_launch.Launcher(None, configs=[], key=[], valid=lambda a, m: True, interp=lambda a: {},
+                                   autotune=False)
+    short, full = triton_launch.PIN_BELOW_TOKENS - 1, triton_launch.PIN_BELOW_TOKENS
+    assert tuned.pinned({"seqlen": 1}) and tuned.pinned({"seqlen": short})
+    assert not tuned.pinned({"seqlen": full}) and not tuned.pinned({"seqlen": 256}) and not tuned.pinned({})
+    assert fixed.pinned({"seqlen": 256})
+    monkeypatch.setattr(triton_launch, "INTERPRET", True)
+    assert tuned.pinned({"seqlen": 256})

@@ -5,7 +5,8 @@ dims, dtypes, flags) and keeps the winner for the process. Where Triton supports
 (``cache_results``), the winner is also written to Triton's on-disk cache
 (``$TRITON_CACHE_DIR``, default ``~/.triton/cache``), so later processes skip the
 benchmark. Under ``TRITON_INTERPRET=1`` (CPU), there is no GPU to benchmark on, so each
-kernel runs with a single config pinned by its ``interp`` function.
+kernel runs with a single config pinned by its ``interp`` function; so do problems of a
+few tokens on a GPU (``PIN_BELOW_TOKENS``), where autotuning only costs start-up time.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 def last_dim_contiguous(t: Any) -> Any:
     """``t`` with unit stride in its last dim (the kernels index rows by one stride), or ``None``."""
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+#: Problems of fewer tokens than this (a sampler's prefill of its conditioning prefix) run the
+#: pinned config instead of autotuning: on a cold start, compiling every candidate of the scan's
+#: kernels cost seconds for a call that takes microseconds either way.
+PIN_BELOW_TOKENS = 64
 
 Meta = dict[str, Any]
 ConfigSpec = tuple[Meta, int, int]  # (constexpr meta, num_warps, num_stages)
@@ -78,8 +84,13 @@ class Launcher:
         warps = meta.pop("num_warps", 4)
         return triton.Config(meta, num_warps=warps, num_stages=1)
 
+    def pinned(self, kwargs: Meta) -> bool:
+        """Whether this call runs the ``interp`` config: under the interpreter, without autotuning, or a
+        problem shorter than ``PIN_BELOW_TOKENS`` tokens."""
+        return INTERPRET or not self.autotune or kwargs.get("seqlen", PIN_BELOW_TOKENS) < PIN_BELOW_TOKENS
+
     def __call__(self, grid: Callable[[Meta], tuple[int, ...]], **kwargs: Any) -> None:
-        if INTERPRET or not self.autotune:
+        if self.pinned(kwargs):
             meta = self.interp(kwargs)
             self.fn[grid({**kwargs, **meta})](**kwargs, **meta)
         else:
