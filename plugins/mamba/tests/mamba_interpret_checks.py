@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from functools import partial
 
 os.environ["TRITON_INTERPRET"] = "1"
 
@@ -87,6 +88,9 @@ def scan_checks() -> None:
     compare_scan("fp32 l=13 chunk=16 groups", t, chunk=16, final=False, tol=1e-4)
     t = ssd_problem(1, 16, 2, 16, 1, 16, dtype=torch.float16, seed=4)
     compare_scan("fp16 l=16 chunk=16", t, chunk=16, final=False, tol=2e-2)
+    # five heads in one group: the dCB kernel's head parts are uneven (2 + 2 + 1)
+    t = ssd_problem(2, 20, 5, 8, 1, 16, seed=5)
+    compare_scan("fp32 l=20 chunk=8 five heads", t, chunk=8, final=False, tol=1e-4)
 
     g = load_file(str(GOLDEN_DIR / "ssd_combined.safetensors"))
     y = chunk_scan(g["x"], g["dt"], g["A"], g["B"], g["C"], chunk_size=int(g["chunk_size"]), D=g["D"], z=g["z"],
@@ -364,6 +368,49 @@ def decode_checks() -> None:
                   tol)
             check(f"chunked decode {state_dtype} vs recurrent", max_rel_err(logits["triton"], logits["recurrent"]),
                   tol)
+
+    # the chunked-form step alone, Triton vs window_step_torch (ssd_window_step) token by token over two full
+    # windows and the next one's first row: each window's first row (no earlier tokens) and last (the fold);
+    # window 16 with two head-dim blocks (the fold by tl.dot, a ragged p tail), window 5 with p 8, a masked
+    # d_state tail and two groups (the broadcast fold, the window's tile padded to 16 rows). Tolerances (y,
+    # state, caches) by state and cache dtype: a bf16 state is a last bit apart after a fold, int8 up to one
+    # quantum (8e-3); with bf16 caches the kernel keeps token j's x in fp32 where the reference rounds it first
+    from avgkit_mamba.ops.dispatch import window_step, window_step_torch
+    from avgkit_mamba.ops.state_quant import dequantize_rows, quantize_rows_
+
+    dtypes = {(torch.float32, torch.float32): (1e-5, 1e-5, 1e-6), (torch.bfloat16, torch.float32): (1e-2, 1e-2, 1e-6),
+              (torch.int8, torch.float32): (1e-4, 8e-3, 1e-6), (torch.float32, torch.bfloat16): (3e-2, 2e-2, 1e-2)}
+    for b, h, p, g, n, window in ((2, 2, 24, 1, 16, 16), (1, 4, 8, 2, 24, 5)):
+        w = 4
+        d_inner, conv_dim = h * p, h * p + 2 * g * n
+        weight, bias = r(conv_dim, w), r(conv_dim)
+        A_log, D, dt_bias, nw = torch.rand(h, generator=gen), r(h), r(h) * 0.5, 1 + 0.1 * r(d_inner)
+        for (sdt, dtype), tols in dtypes.items():
+            label = f"window step K{window} p{p} n{n} {str(sdt)[6:]} state, {str(dtype)[6:]} caches"
+            scale = None
+            if sdt == torch.int8:
+                ssm, scale = torch.zeros(b, h, p, n, dtype=torch.int8), torch.zeros(b, h, p)
+                quantize_rows_(r(b, h, p, n), ssm, scale)
+            else:
+                ssm = r(b, h, p, n).to(sdt)
+            caches = [torch.zeros(b, window, h, p, dtype=dtype), torch.zeros(b, window, g, n, dtype=dtype),
+                      torch.zeros(b, window, h), torch.zeros(b, window, h)]
+            got = [r(b, conv_dim, w).to(dtype), ssm, scale, *caches]
+            ref = [t.clone() if t is not None else None for t in got]
+            errs = [0.0, 0.0, 0.0]
+            for t in range(2 * window + 1):
+                zxbcdt, length = r(b, d_inner + conv_dim + h).to(dtype), torch.tensor([t])
+                before = got[1].clone()
+                outs = [fn(zxbcdt, st[0], weight, bias, *st[1:], length, A_log, D, dt_bias, nw, 1e-5, g)
+                        for fn, st in ((partial(window_step, impl="triton"), got), (window_step_torch, ref))]
+                states = [st[1].float() if st[2] is None else dequantize_rows(st[1], st[2]) for st in (got, ref)]
+                cache_err = max(max_rel_err(a.float(), c.float()) for a, c in zip(got[3:], ref[3:], strict=True))
+                errs = [max(errs[0], max_rel_err(outs[0].float(), outs[1].float())),
+                        max(errs[1], max_rel_err(*states)), max(errs[2], cache_err)]
+                if t % window != window - 1 and not torch.equal(got[1], before):
+                    raise SystemExit(f"FAILED: {label}: the state was written inside a window (token {t})")
+            for what, err, tol in zip(("y", "state", "caches"), errs, tols, strict=True):
+                check(f"{label} {what}", err, tol)
 
 
 def compile_checks() -> None:

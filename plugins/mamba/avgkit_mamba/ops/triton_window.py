@@ -12,8 +12,13 @@ window: ``H <- exp(cum_j) H + sum_s exp(cum_j - cum_s) dt_s x_s B_s^T``. So a st
 the state and writes it once per K steps: about half the recurrent step's state traffic,
 and an int8 state is dequantised on most steps and requantised once a window.
 
-Every cache row ``s < j`` a program reads was written by an earlier launch; token ``j``'s
-own values come from registers, so no program depends on another of the same launch.
+The window's earlier rows ``s < j`` are read as (K, .) tiles in one round of loads, beside
+the state's (a loop over ``s`` waited a memory round trip per token, which made the step
+slower than the recurrent one though it moves half the bytes); rows ``s >= j`` are masked
+to weight 0. ``y`` sums over the tiles, and the fold adds ``(w x)^T B`` (P x K by K x N)
+with ``tl.dot`` in fp32. Every cache row ``s < j`` a program reads was written by an earlier
+launch; token ``j``'s own values come from registers, so no program depends on another
+of the same launch.
 The grouped RMSNorm and the shift of the shared B/C windows follow in
 :mod:`triton_step`'s epilogue. Reference: :func:`avgkit_mamba.ops.ssd_torch.ssd_window_step`.
 """
@@ -43,7 +48,8 @@ def _window_step_kernel(
     s_ss_b, s_ss_h, s_ss_p, s_ss_n, s_sc_b, s_sc_h, s_sc_p,
     s_cx_b, s_cx_l, s_cx_h, s_cb_b, s_cb_l, s_cb_g, s_cd_b, s_cd_l, s_y_b,
     HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_FOLD: tl.constexpr,
 ):
     bi = tl.program_id(0).to(tl.int64)
     hi = tl.program_id(1)
@@ -51,6 +57,7 @@ def _window_step_kernel(
     gi = hi // hpg
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
     mask_p = offs_p < P
     mask_n = offs_n < N
 
@@ -64,6 +71,16 @@ def _window_step_kernel(
     else:
         state = state.to(tl.float32)
     j = tl.load(len_ptr) % K
+
+    # the window's earlier tokens s < j as (K, .) tiles in one round of loads (a loop over s would wait a
+    # memory round trip per token), issued before the appends below: this launch writes only row j
+    mask_k = offs_k < j
+    bs = tl.load(cbm_ptr + bi * s_cb_b + offs_k[:, None] * s_cb_l + gi * s_cb_g + offs_n[None, :],
+                 mask=mask_k[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+    xs = tl.load(cx_ptr + bi * s_cx_b + offs_k[:, None] * s_cx_l + hi * s_cx_h + offs_p[None, :],
+                 mask=mask_k[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+    cum_s = tl.load(ccum_ptr + bi * s_cd_b + offs_k * s_cd_l + hi, mask=mask_k, other=0.0)
+    dt_s = tl.load(cdt_ptr + bi * s_cd_b + offs_k * s_cd_l + hi, mask=mask_k, other=0.0)
 
     dt = tl.load(dt_ptr + bi * s_dt_b + hi).to(tl.float32)
     if HAS_DT_BIAS:
@@ -85,14 +102,10 @@ def _window_step_kernel(
             tl.store(cbm_ptr + bi * s_cb_b + j * s_cb_l + gi * s_cb_g + offs_n, Bv.to(cbm_ptr.dtype.element_ty),
                      mask=mask_n)
 
+    w = tl.where(mask_k, tl.exp(tl.minimum(cum_j - cum_s, 0.0)) * dt_s, 0.0)  # rows s >= j weigh nothing
     carry = tl.exp(cum_j)
     y = carry * tl.sum(state * Cv[None, :], axis=1) + tl.sum(Cv * Bv, axis=0) * dt * x  # the state, then token j
-    for s in range(0, j):  # the window's earlier tokens, written by earlier launches
-        bs = tl.load(cbm_ptr + bi * s_cb_b + s * s_cb_l + gi * s_cb_g + offs_n, mask=mask_n, other=0.0)
-        xs = tl.load(cx_ptr + bi * s_cx_b + s * s_cx_l + hi * s_cx_h + offs_p, mask=mask_p, other=0.0)
-        w = tl.exp(tl.minimum(cum_j - tl.load(ccum_ptr + bi * s_cd_b + s * s_cd_l + hi), 0.0)) * \
-            tl.load(cdt_ptr + bi * s_cd_b + s * s_cd_l + hi)
-        y += (w * tl.sum(bs.to(tl.float32) * Cv, axis=0)) * xs.to(tl.float32)
+    y += tl.sum((w * tl.sum(bs * Cv[None, :], axis=1))[:, None] * xs, axis=0)
     if HAS_D:
         y += tl.load(D_ptr + hi).to(tl.float32) * x
     zz = tl.load(z_ptr + bi * s_z_b + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
@@ -100,12 +113,11 @@ def _window_step_kernel(
 
     if j == K - 1:  # the window's last row: the state absorbs the window, once every K steps
         folded = carry * state + (dt * x)[:, None] * Bv[None, :]
-        for s in range(0, j):
-            bs = tl.load(cbm_ptr + bi * s_cb_b + s * s_cb_l + gi * s_cb_g + offs_n, mask=mask_n, other=0.0)
-            xs = tl.load(cx_ptr + bi * s_cx_b + s * s_cx_l + hi * s_cx_h + offs_p, mask=mask_p, other=0.0)
-            w = tl.exp(tl.minimum(cum_j - tl.load(ccum_ptr + bi * s_cd_b + s * s_cd_l + hi), 0.0)) * \
-                tl.load(cdt_ptr + bi * s_cd_b + s * s_cd_l + hi)
-            folded += (w * xs.to(tl.float32))[:, None] * bs.to(tl.float32)[None, :]
+        wx = tl.trans(w[:, None] * xs)  # (P, K): the earlier tokens' dt_s x_s, decayed to token j
+        if DOT_FOLD:  # in fp32 onto the state, the tokens in order (ieee: no tf32 rounding)
+            folded = tl.dot(wx, bs, acc=folded, input_precision="ieee")
+        else:  # a head-dim or state tile under 16, too small for tl.dot
+            folded += tl.sum(wx[:, :, None] * bs[None, :, :], axis=1)
         if QUANT:
             q, new_scale = _quantize_rows(folded)
             tl.store(s_ptrs, q, mask=smask)
@@ -152,6 +164,8 @@ def window_step_triton(
     sc_strides = state_scale.stride() if state_scale is not None else (0, 0, 0)
     y = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
     block_p, warps = (min(triton.next_power_of_2(p), 16), 4) if INTERPRET else _tile(b * nheads, p)
+    # the window's tile at least 16 rows (masked, so no traffic): the fold's tl.dot needs every dim >= 16
+    block_n, block_k = triton.next_power_of_2(n), max(triton.next_power_of_2(window), 16)
     _window_step_kernel[(b, nheads, triton.cdiv(p, block_p))](
         xBC, dt, z, conv_state, conv_weight, conv_bias if conv_bias is not None else conv_weight, ssm_state, sc,
         cache_x, cache_b, cache_dt, cache_cum, length,
@@ -164,8 +178,8 @@ def window_step_triton(
         cache_b.stride(0), cache_b.stride(1), cache_b.stride(2),
         cache_dt.stride(0), cache_dt.stride(1), y.stride(0),
         HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None,
-        QUANT=state_scale is not None, BLOCK_P=block_p, BLOCK_N=triton.next_power_of_2(n),
-        BLOCK_W=triton.next_power_of_2(w), num_warps=warps, num_stages=1,
+        QUANT=state_scale is not None, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_W=triton.next_power_of_2(w),
+        BLOCK_K=block_k, DOT_FOLD=min(block_p, block_n) >= 16, num_warps=warps, num_stages=1,
     )
     out = torch.empty(b, d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)
     _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, n)
