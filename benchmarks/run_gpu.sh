@@ -18,10 +18,10 @@
 # the AiM authors' trainer step (their code where AIM_ROOT points, default .ref/aim-0a91c60)
 # and the mamba-ssm stack, the compiled AiM-B step by kernel, AiM-1B at batch 64 with every
 # second block checkpointed, and the digits precision check.
-# --recheck (about 6 minutes; BUDGET seconds, default 330): AiM-B with the default compiled
-# blocks beside the AiM authors' trainer step, AiM-B's decode variants beside GPT-B at batch
-# 16 and 64 with per-kernel profiles, AiM-B's cold and warm start, AiM-L beside the reference,
-# and with WITH_SCAN=1 the scan's dCB kernel with and without its head split.
+# --recheck (about 10 minutes; BUDGET seconds, default 560): AiM-B with compiled blocks, with and
+# without the compiled loss kernel, beside the AiM authors' trainer step; the scan's dCB kernel
+# with and without its head split; AiM-B's decode variants beside GPT-B at batch 16 and 64 with
+# per-kernel profiles; AiM-B's cold and warm start; AiM-L beside the reference.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -95,14 +95,14 @@ if [ "$QUICK" = "--diagnose" ]; then  # where identical GPU runs differ, stage b
   exit 0
 fi
 if [ "$QUICK" = "--recheck" ]; then  # the parts in order of need; each has its own time limit
-  LIMIT=140 run benchmarks/train_step.py --presets aim-b --variants compile-blocks --no-stack --window-steps 4 $AR \
-    --out "$OUT/train_step_recheck_b_$CARD.json"
-  LIMIT=110 run benchmarks/sampling.py --transformers gpt-b --aim aim-b --batches 16,64 --variants 64 --profile \
+  LIMIT=200 run benchmarks/train_step.py --presets aim-b --variants compile-blocks,compile-blocks-loss --no-stack \
+    --window-steps 4 $AR --out "$OUT/train_step_recheck_b_$CARD.json"
+  LIMIT=30 run benchmarks/ssd_scan.py --impls triton,triton-dcb-split --out "$OUT/ssd_scan_dcb_$CARD.json"
+  LIMIT=170 run benchmarks/sampling.py --transformers gpt-b --aim aim-b --batches 16,64 --variants 16,64 --profile \
     --out "$OUT/sampling_recheck_$CARD.json"
   LIMIT=50 run benchmarks/startup.py --out "$OUT/startup_$CARD.json"
-  LIMIT=$((${BUDGET:-330} - SECONDS + START)) run benchmarks/train_step.py --presets aim-l --variants compile-blocks \
+  LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/train_step.py --presets aim-l --variants compile-blocks \
     --no-stack --window-steps 4 $AR --out "$OUT/train_step_recheck_l_$CARD.json"
-  [ -n "${WITH_SCAN:-}" ] && LIMIT=30 run benchmarks/ssd_scan.py --impls triton,triton-dcb1 --out "$OUT/ssd_scan_dcb_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dstate", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--impls", default="triton,triton-dcb1,torch,mamba_ssm",
-                        help="comma-separated subset (triton-dcb1: the dCB kernel without its head split)")
+    parser.add_argument("--impls", default="triton,triton-dcb-split,torch,mamba_ssm",
+                        help="comma-separated subset (triton-dcb-split: the dCB kernel's heads over four programs)")
     parser.add_argument("--mamba-src", default=os.environ.get("MAMBA_SSM_SRC"), help="mamba-ssm source checkout")
     add_smoke_flag(parser)
     args = parser.parse_args(argv)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from avgkit_mamba.ops.ssd_torch import ssd_chunk_scan
     from avgkit_mamba.ops.triton_ssd import chunk_scan_triton
 
-    impls: dict[str, Callable | None] = {"triton": chunk_scan_triton, "triton-dcb1": chunk_scan_triton,
+    impls: dict[str, Callable | None] = {"triton": chunk_scan_triton, "triton-dcb-split": chunk_scan_triton,
                                          "torch": ssd_chunk_scan}
     head_split = triton_ssd.DCB_HEAD_SPLIT
     notes: dict[str, str] = {}
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         if fn is None:
             results[name] = {"skipped": notes.get(name, "unknown impl")}
             continue
-        # triton-dcb1: the backward's dCB kernel with one program looping over all heads, as before the split
-        triton_ssd.DCB_HEAD_SPLIT = 1 if name == "triton-dcb1" else head_split
+        # triton-dcb-split: the backward's dCB kernel with a group's heads split over four programs per tile
+        triton_ssd.DCB_HEAD_SPLIT = 4 if name == "triton-dcb-split" else head_split
         try:
             results[name] = bench(fn, t, args.chunk, warmup, reps)
         finally:

@@ -11,7 +11,8 @@ timed in the same process:
   ``torch.compile`` of the model), ``compile-blocks`` (chunked, each block compiled on
   its own: ``train.compile: blocks``, the conv as shifted multiply-adds that inductor fuses),
   ``ckpt2-compile-blocks``, ``compile-blocks-conv1d`` (compiled blocks calling the depthwise
-  conv1d kernel, as before the shifts became the default);
+  conv1d kernel, as before the shifts became the default), ``compile-blocks-loss`` (compiled
+  blocks and the chunked loss's softmax gradient as one compiled kernel, ``ARModel.compile_loss``);
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
   (``Stage2Trainer.compute_loss``), from the checkout ``--aim-root`` points at
   (github.com/hp-l33/AiM; its code is imported from there, never copied); their
@@ -78,7 +79,8 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
             "compile": {"fused": True, "compile": "model"}, "compile-blocks": {"fused": True, "compile": "blocks"},
             "ckpt2-compile-blocks": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
                                      "compile": "blocks"},
-            "compile-blocks-conv1d": {"fused": True, "compile": "blocks", "shift_conv": False}}
+            "compile-blocks-conv1d": {"fused": True, "compile": "blocks", "shift_conv": False},
+            "compile-blocks-loss": {"fused": True, "compile": "blocks", "compile_loss": True}}
 SMOKE = {"vocab": 64, "tokens": 16, "batch": 2, "window_steps": 1, "windows": 2, "warmup_steps": 0, "matmul": 256}
 MATMUL = 8192
 
@@ -299,7 +301,6 @@ def run(name: str, loss_fn: Callable, params: list, device: torch.device, *, bat
 
 def avgkit_loss(model: ARModel, compile_: str = "off", backend: str = "inductor") -> Callable:
     """The trainer's loss call, with ``train.compile``'s choice applied (off, model or blocks)."""
-    model.compile_loss = compile_ != "off"
     if compile_ == "blocks":
         compile_blocks(model.backbone, backend=backend)
     net = torch.compile(model, backend=backend) if compile_ == "model" else model
@@ -432,6 +433,7 @@ def main() -> None:
             opts = {**extra, **{k: spec[k] for k in ("activation_checkpointing", "checkpoint_every") if k in spec}}
             model = build(preset, device=device, vocab=vocab, tokens=tokens, **opts)
             model.fused_loss = spec["fused"]
+            model.compile_loss = spec.get("compile_loss", False)
             flops = flops or flops_per_token(model, tokens)
             shifts = conv_torch.SHIFTS_WHEN_COMPILING
             conv_torch.SHIFTS_WHEN_COMPILING = spec.get("shift_conv", shifts)

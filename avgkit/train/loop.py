@@ -159,7 +159,6 @@ class Trainer:
             compile_blocks(model.backbone)
         self.forward = torch.compile(net) if self.compile == "model" else net
         model.fused_loss = cfg.fused_loss
-        model.compile_loss = self.compile != "off"
 
     # ------------------------------------------------------------------ paths
     @property

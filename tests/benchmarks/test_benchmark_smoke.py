@@ -78,7 +78,7 @@ def _data_loader(report: dict[str, Any]) -> None:
 
 def _ssd_scan(report: dict[str, Any]) -> None:
     results = report["results"]
-    for impl in ("triton", "triton-dcb1", "torch"):
+    for impl in ("triton", "triton-dcb-split", "torch"):
         assert {"first_call_s", "fwd_ms", "fwd_bwd_ms"} <= set(results[impl]), results[impl]
     assert "skipped" in results["mamba_ssm"] or "fwd_ms" in results["mamba_ssm"]
 

@@ -658,8 +658,9 @@ _scan_fwd_k = Launcher(
 
 
 #: Programs per dCB tile, each summing its share of a group's heads (1: one program loops over all of
-#: them; AiM-B's 24 heads left 640 programs for the whole batch, the largest kernel of the backward).
-DCB_HEAD_SPLIT = 4
+#: them, which leaves AiM-B's whole batch 640 programs for the largest kernel of the backward). 1 until
+#: a GPU run times the split (benchmarks/ssd_scan.py, rows triton and triton-dcb-split).
+DCB_HEAD_SPLIT = 1
 
 
 def _dcb_block(Q: int) -> int:

@@ -120,16 +120,18 @@ def _epilogue_kernel(
 def _tile(rows: int, p: int) -> tuple[int, int]:
     """(BLOCK_P, num_warps) of the state-update kernel for ``rows`` (batch x heads) tiles.
 
-    From the tile sweep timed in CUDA graphs as the sampler runs the step, on an H100 at
-    AiM-B shapes (benchmarks/results/decode_tiles_h100.json): 64 head dims and four warps
-    is the fastest or within 3% of it for bf16 and int8 states at 768 and 3072 rows (the
-    int8 state 20% faster than with eight warps). A fixed rule rather than timing
-    candidates at first use, which corrupted fp32 states on the H200 (docs/benchmarks.md)
-    and would make the choice depend on the machine's load; the tile does not change
-    the rounding (each state row is reduced within one program).
+    64 head dims a tile; four warps for small grids, eight for large ones. On an H100
+    (benchmarks/results/decode_tiles_h100.json, 20 steps of one layer replayed in a CUDA
+    graph) four warps were fastest at 768 rows (0.0124 ms against 0.0150 for the earlier
+    16 x 2 tile). At 3072 rows (AiM-B at batch 64 with CFG) that sweep also preferred four
+    warps, but in the sampler, where 24 layers' states stream from memory, four warps made
+    the bf16 step 1.26x slower than eight (99.9 against 125-126 images/s on two H100s with
+    GPT-B level at 249-250; benchmarks/results/gpu_recheck_h100.log). A fixed rule rather
+    than timing candidates at first use, which corrupted fp32 states on the H200
+    (docs/benchmarks.md) and would make the choice depend on the machine's load; the tile
+    does not change the rounding (each state row is reduced within one program).
     """
-    del rows  # one rule for every grid size measured
-    return min(64, triton.next_power_of_2(p)), 4
+    return min(64, triton.next_power_of_2(p)), 4 if rows < 2048 else 8
 
 
 def _check_scale(ssm_state: Tensor, state_scale: Tensor | None) -> None:
