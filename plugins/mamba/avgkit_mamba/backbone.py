@@ -67,8 +67,8 @@ class MambaBackboneConfig(BackboneConfig):
     )
     decode_form: Literal["recurrent", "chunked", "dual"] = Field(
         "recurrent", description="decoding layout: the constant-size SSM state; chunked (the state read every step "
-        "but written once per decode_chunk tokens, the window's tokens from small caches; not yet measured on a "
-        "GPU); or per-token caches read by the dual (quadratic) form (measured slower, with twice the memory; "
+        "but written once per decode_chunk tokens, the window's tokens from small caches; measured slower on an "
+        "H100); or per-token caches read by the dual (quadratic) form (measured slower, with twice the memory; "
         "docs/backbone-mamba.md)"
     )
     decode_chunk: int = Field(16, ge=2, description="chunked form: tokens per window (the state is written once a window)")
