@@ -76,7 +76,7 @@ if [ "$QUICK" = "--decode" ]; then  # AiM decoding work: kernels against PyTorch
   LIMIT=200 run plugins/mamba/scripts/gpu_check.py --quick --dtypes bfloat16 --out "$OUT/mamba_gpu_check_quick_$CARD.json"
   LIMIT=100 run plugins/mamba/scripts/gpu_check.py --tiles --out "$OUT/decode_tiles_$CARD.json"
   LIMIT=$((${BUDGET:-540} - SECONDS + START)) run benchmarks/sampling.py $LG --transformers gpt-b --aim aim-b \
-    --batches 16,64 --variants 16,64 --profile --out "$OUT/sampling_decode_$CARD.json"
+    --batches 16,64 --variants 16,64 --chunked --profile --out "$OUT/sampling_decode_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

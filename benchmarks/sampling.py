@@ -15,7 +15,7 @@ sampler with ``compile`` on: inductor kernels and its decoding-attention kernel 
 from the step's CUDA graph (``--gpt-attention`` adds rows with another ``decode_attention``).
 AiM rows also report the memory floor of their state layout (weights read once per step
 plus the state read and written, at the copy bandwidth measured in the same run). AiM-B's
-decoding variants (bf16 or int8 state, recurrent or chunked form) are timed
+decoding variants (bf16 or int8 state; with ``--chunked`` the chunked form too) are timed
 interleaved at each ``--variants`` batch size, and ``--profile`` records a per-kernel
 profile of one step for each of them (before: bf16 two-launch).
 
@@ -266,12 +266,14 @@ def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig
 
 #: decoding variants timed interleaved against the bf16 two-launch baseline: (state dtype, step kernel, form)
 #: (the one-launch kernel, measured 1.8x slower on two H100s, is left out; ``--variants`` rows name theirs)
-STEP_VARIANTS = (("bf16", "two-launch", "recurrent"), ("int8", "two-launch", "recurrent"),
-                 ("bf16", "two-launch", "chunked"), ("int8", "two-launch", "chunked"))
+#: The chunked form (decode_form: chunked) and the one-launch kernel are measured slower on an H100
+#: (docs/backbone-mamba.md) and left out of the default rows; ``--chunked`` adds the chunked rows back.
+STEP_VARIANTS = (("bf16", "two-launch", "recurrent"), ("int8", "two-launch", "recurrent"))
+CHUNKED_VARIANTS = (("bf16", "two-launch", "chunked"), ("int8", "two-launch", "chunked"))
 
 
 def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str,
-                  bw: float | None, shape: dict) -> list[dict]:
+                  bw: float | None, shape: dict, variants: tuple = STEP_VARIANTS) -> list[dict]:
     """The decoding state and step kernel compared in one process, interleaved per batch size.
 
     Each row reports its fraction of the floor of its own state layout (int8: half the
@@ -280,7 +282,7 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
     rows = []
     for b in batches:
         entries = []
-        for state_dtype, kernel, form in STEP_VARIANTS:
+        for state_dtype, kernel, form in variants:
             bb, cond = build_aim(shape.get("aim", preset), tokens=shape["tokens"], device=device,
                                  vocab=shape["vocab"], classes=shape["classes"], state_dtype=state_dtype,
                                  step_kernel=kernel, decode_form=form)
@@ -329,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default by mode)")
     ap.add_argument("--aim-compile", action="store_true",
                     help="each AiM row also with its step through torch.compile, timed interleaved")
+    ap.add_argument("--chunked", action="store_true", help="also the chunked form's variant rows (measured slower)")
     ap.add_argument("--profile", action="store_true",
                     help="a per-kernel profile of one AiM-B step at batch 64, for each state dtype and step kernel")
     ap.add_argument("--gpt-attention", default="auto",
@@ -374,12 +377,13 @@ def main(argv: list[str] | None = None) -> None:
                 del bb, cond, ref
             else:
                 notes.append("mamba-ssm not importable: reference stack not measured")
+        variants = STEP_VARIANTS + (CHUNKED_VARIANTS if args.chunked else ())
         if preset == "aim-b" and args.variants != "none":
             vb = ([int(b) for b in args.variants.split(",")] if args.variants else batches[:1] if args.smoke
                   else [64] if args.quick else [16, 64])
-            rows += step_variants(preset, vb, cfg, repeats, device, bw, shape)
+            rows += step_variants(preset, vb, cfg, repeats, device, bw, shape, variants)
         if preset == "aim-b" and args.profile and not args.smoke:
-            for state_dtype, kernel, form in STEP_VARIANTS:  # before (bf16, two-launch) and after
+            for state_dtype, kernel, form in variants:  # before (bf16, two-launch) and after
                 bb, cond = build_aim(preset, state_dtype=state_dtype, step_kernel=kernel, decode_form=form)
                 profiles[f"aim-b b64 {state_dtype}-state {kernel} {form}"] = kernel_profile(bb, cond, 64, cfg)
                 del bb, cond

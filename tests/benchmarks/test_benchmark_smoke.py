@@ -168,7 +168,7 @@ def _sampling(report: dict[str, Any]) -> None:
     assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b bf16-state",
                      "avgkit aim-b bf16-state compiled", "avgkit aim-b bf16-state two-launch",
                      "avgkit aim-b int8-state two-launch", "avgkit aim-b bf16-state chunked",
-                     "avgkit aim-b int8-state chunked"], names
+                     "avgkit aim-b int8-state chunked"], names  # --chunked adds the last two
     for row in report["rows"]:
         assert row["repeats"] >= 2 and row["spread_s"][0] <= row["median_s"] <= row["spread_s"][1], row
     avgkit_gpt, llamagen = report["rows"][:2]
@@ -381,7 +381,7 @@ CASES: list[Smoke] = [
           mode="decode", keys=("gpu", "all_ok", "checks"), check=_gpu_check_decode),
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
-    Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--out",
+    Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--chunked", "--out",
                                           "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_llamagen_stub),
     Smoke("benchmarks/precision_check.py", args=("--smoke", "--paths", "today,bf16", "--work", "{tmp}/runs", "--out",
