@@ -31,6 +31,24 @@ def check(name: str, err: float, tol: float) -> None:
         raise SystemExit(f"FAILED: {name}: {err:.3e} > {tol:.0e}")
 
 
+def layer_params(h: int, p: int, g: int, n: int, r, gen: torch.Generator, w: int = 4) -> tuple:
+    """One mixer's random decode-step parameters: d_inner, conv_dim, conv weight and bias, A_log, D, dt_bias, norm."""
+    d_inner, conv_dim = h * p, h * p + 2 * g * n
+    return (d_inner, conv_dim, r(conv_dim, w), r(conv_dim), torch.rand(h, generator=gen), r(h), r(h) * 0.5,
+            1 + 0.1 * r(d_inner))
+
+
+def random_state(b: int, h: int, p: int, n: int, dtype: torch.dtype, r) -> tuple[Tensor, Tensor | None]:
+    """A random SSM state in ``dtype`` and, for int8, its row scales."""
+    from avgkit_mamba.ops.state_quant import quantize_rows_
+
+    if dtype != torch.int8:
+        return r(b, h, p, n).to(dtype), None
+    ssm, scale = torch.zeros(b, h, p, n, dtype=torch.int8), torch.zeros(b, h, p)
+    quantize_rows_(r(b, h, p, n), ssm, scale)
+    return ssm, scale
+
+
 def decode_logits_by_impl(bb, cond, codes: Tensor) -> dict[str, Tensor]:
     """Prefill + a step per later code, once with every mixer on Triton and once on torch: (B, T, V) each."""
     logits = {}
@@ -167,12 +185,9 @@ def int8_state_checks() -> None:
     from avgkit.plugins import get_registry
 
     b, h, p, g, n, w = 2, 4, 8, 2, 16, 4
-    d_inner, conv_dim = h * p, h * p + 2 * g * n
-    weight, bias = r(conv_dim, w), r(conv_dim)
-    A_log, D, dt_bias, nw = torch.rand(h, generator=gen), r(h), r(h) * 0.5, 1 + 0.1 * r(d_inner)
+    d_inner, conv_dim, weight, bias, A_log, D, dt_bias, nw = layer_params(h, p, g, n, r, gen, w)
     conv = r(b, conv_dim, w)
-    q, scale = torch.zeros(b, h, p, n, dtype=torch.int8), torch.zeros(b, h, p)
-    quantize_rows_(r(b, h, p, n), q, scale)
+    q, scale = random_state(b, h, p, n, torch.int8, r)
     q_ref, scale_ref, conv_ref = q.clone(), scale.clone(), conv.clone()
     zxbcdt = r(b, d_inner + conv_dim + h)
     out = decode_step_triton(zxbcdt, conv, weight, bias, q, A_log, D, dt_bias, nw, 1e-5, p, g, state_scale=scale)
@@ -210,7 +225,7 @@ def int8_state_checks() -> None:
 def fused_checks() -> None:
     """The one-launch decode step (split tiles, next load in flight, last program of a group normalises)."""
     from avgkit_mamba.ops.dispatch import decode_step_torch
-    from avgkit_mamba.ops.state_quant import dequantize_rows, quantize_rows_
+    from avgkit_mamba.ops.state_quant import dequantize_rows
     from avgkit_mamba.ops.triton_step_fused import _COUNTERS, decode_step_fused_triton
 
     gen = torch.Generator().manual_seed(0)
@@ -221,16 +236,9 @@ def fused_checks() -> None:
              (2, 4, 16, 2, 16, 4, 2, torch.int8), (1, 2, 8, 1, 24, 8, 1, torch.float16))
     for b, h, p, g, n, block_p, tiles, sdt in cases:
         w = 4
-        d_inner, conv_dim = h * p, h * p + 2 * g * n
-        weight, bias = r(conv_dim, w), r(conv_dim)
-        A_log, D, dt_bias, nw = torch.rand(h, generator=gen), r(h), r(h) * 0.5, 1 + 0.1 * r(d_inner)
+        d_inner, conv_dim, weight, bias, A_log, D, dt_bias, nw = layer_params(h, p, g, n, r, gen, w)
         conv = r(b, conv_dim, w)
-        scale = None
-        if sdt == torch.int8:
-            ssm, scale = torch.zeros(b, h, p, n, dtype=torch.int8), torch.zeros(b, h, p)
-            quantize_rows_(r(b, h, p, n), ssm, scale)
-        else:
-            ssm = r(b, h, p, n).to(sdt)
+        ssm, scale = random_state(b, h, p, n, sdt, r)
         conv_ref, ssm_ref = conv.clone(), ssm.clone()
         scale_ref = None if scale is None else scale.clone()
         label = f"one-launch b{b} h{h} p{p} g{g} n{n} tile {block_p}x{tiles} {str(sdt)[6:]}"
@@ -382,23 +390,16 @@ def decode_checks() -> None:
     # state, caches) by state and cache dtype: a bf16 state is a last bit apart after a fold, int8 up to one
     # quantum (8e-3); with bf16 caches the kernel keeps token j's x in fp32 where the reference rounds it first
     from avgkit_mamba.ops.dispatch import window_step, window_step_torch
-    from avgkit_mamba.ops.state_quant import dequantize_rows, quantize_rows_
+    from avgkit_mamba.ops.state_quant import dequantize_rows
 
     dtypes = {(torch.float32, torch.float32): (1e-5, 1e-5, 1e-6), (torch.bfloat16, torch.float32): (1e-2, 1e-2, 1e-6),
               (torch.int8, torch.float32): (1e-4, 8e-3, 1e-6), (torch.float32, torch.bfloat16): (3e-2, 2e-2, 1e-2)}
     for b, h, p, g, n, window in ((2, 2, 24, 1, 16, 16), (1, 4, 8, 2, 24, 5)):
         w = 4
-        d_inner, conv_dim = h * p, h * p + 2 * g * n
-        weight, bias = r(conv_dim, w), r(conv_dim)
-        A_log, D, dt_bias, nw = torch.rand(h, generator=gen), r(h), r(h) * 0.5, 1 + 0.1 * r(d_inner)
+        d_inner, conv_dim, weight, bias, A_log, D, dt_bias, nw = layer_params(h, p, g, n, r, gen, w)
         for (sdt, dtype), tols in dtypes.items():
             label = f"window step K{window} p{p} n{n} {str(sdt)[6:]} state, {str(dtype)[6:]} caches"
-            scale = None
-            if sdt == torch.int8:
-                ssm, scale = torch.zeros(b, h, p, n, dtype=torch.int8), torch.zeros(b, h, p)
-                quantize_rows_(r(b, h, p, n), ssm, scale)
-            else:
-                ssm = r(b, h, p, n).to(sdt)
+            ssm, scale = random_state(b, h, p, n, sdt, r)
             caches = [torch.zeros(b, window, h, p, dtype=dtype), torch.zeros(b, window, g, n, dtype=dtype),
                       torch.zeros(b, window, h), torch.zeros(b, window, h)]
             got = [r(b, conv_dim, w).to(dtype), ssm, scale, *caches]
