@@ -27,7 +27,10 @@ per-image adaLN projections and tables, the class table and the position table) 
 the SSD scan's forward FLOPs; MFU divides by the bf16 8192^3 matmul rate measured in
 the same run (``matmul_tflops``). ``mfu_6n`` (6 x all parameters) is reported beside it.
 Every row of a preset is credited the same FLOPs per token (avgkit's count for that
-architecture, which the reference rows share).
+architecture, which the reference rows share). ``host_fraction``: the median over windows
+of the time the host took to queue a window's steps over the window's time; near 1 the
+step is bound by the host's launches, not the GPU (a step that synchronises inside also
+reads near 1).
 
     python benchmarks/train_step.py [--presets aim-b,aim-l] [--variants plain,chunked,ckpt] [--aim-root DIR]
     python benchmarks/train_step.py --profile benchmarks/results/train_step_profile   # one AiM-B step by kernel
@@ -256,14 +259,16 @@ def time_step(step: Callable[[], Any], device: torch.device, *, warmup_steps: in
     for _ in range(warmup_steps):
         step()
     synchronize(device)
-    times = []
+    times, issued = [], []
     for _ in range(windows):
         t0 = time.perf_counter()
         for _ in range(window_steps):
             step()
+        issued.append(time.perf_counter() - t0)  # the host has queued the window's work
         synchronize(device)
         times.append((time.perf_counter() - t0) / window_steps)
-    return {"first": first, "step_times": times}
+        issued[-1] /= times[-1] * window_steps
+    return {"first": first, "step_times": times, "host_fractions": issued}
 
 
 def run(name: str, loss_fn: Callable, params: list, device: torch.device, *, batch: int, vocab: int, tokens: int,
@@ -292,6 +297,7 @@ def run(name: str, loss_fn: Callable, params: list, device: torch.device, *, bat
            "step_s": round(med, 4), "tokens_per_s": round(tok_s), "tokens_per_s_spread": [round(min(tok)),
                                                                                           round(max(tok))],
            "windows": len(tok), "first_step_s": round(t["first"], 2), "peak_mem_gib": peak_memory_gib(device),
+           "host_fraction": round(statistics.median(t["host_fractions"]), 3),
            "mfu": round(flops["flops"] * tok_s / (matmul * 1e12), 4),
            "mfu_6n": round(flops["flops_6n"] * tok_s / (matmul * 1e12), 4)}
     row["_step"] = step

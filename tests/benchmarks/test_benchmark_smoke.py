@@ -103,6 +103,7 @@ def _train_step(report: dict[str, Any]) -> None:
         low, high = row["tokens_per_s_spread"]
         assert row["windows"] >= 2 and low <= row["tokens_per_s"] <= high, row
         assert 0 < row["token_params"] < row["params"] and row["mfu"] > 0, row  # tables and adaLN left out
+        assert 0 < row["host_fraction"] <= 1.0, row  # on the CPU the host does the work: near 1
     assert report["rows"][0]["vs_aim_reference"] > 0 and report["matmul_tflops"] > 0
     assert any("mamba-ssm stack" in note for note in report["notes"]), report["notes"]  # no GPU: none
     assert any("no causal-conv1d" in note for note in report["notes"]), report["notes"]
