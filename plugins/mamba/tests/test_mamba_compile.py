@@ -79,3 +79,42 @@ def test_compiled_blocks_leave_sampling_and_copies_eager(aot_eager):
     with torch.no_grad():  # validation and sampling: no trace, so the same numbers as an uncompiled model
         model(torch.zeros(2, model.backbone.num_tokens, dtype=torch.long), torch.zeros(2, dtype=torch.long))
     assert counters["stats"]["calls_captured"] == 0
+
+
+def test_compiled_blocks_inside_ddp_train_like_eager(aot_eager, tmp_path):
+    """DDP wraps the model after its blocks are compiled (as the trainer does) and trains like eager DDP.
+
+    One gloo process: the reducer's hooks and bucketing run through the compiled blocks' backward
+    (where DDP and compiled regions fail, they fail there); the all-reduce itself is trivial.
+    """
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from avgkit.train.regions import compile_blocks
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        eager = _trainer("off").model
+        compiled = copy.deepcopy(eager)
+        compile_blocks(compiled.backbone)
+        gen = torch.Generator().manual_seed(0)
+        codes = torch.randint(0, 16, (4, eager.backbone.num_tokens), generator=gen)
+        labels = torch.randint(0, 10, (4,), generator=gen)
+        results = []
+        for model in (eager, compiled):
+            net = DistributedDataParallel(model)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            losses = []
+            for _ in range(3):
+                loss = net(codes, labels, loss=True)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                losses.append(loss.item())
+            results.append((losses, [p.detach().clone() for p in model.parameters()]))
+        assert results[1][0] == pytest.approx(results[0][0], rel=1e-5, abs=0)
+        for a, b in zip(results[1][1], results[0][1], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert counters["stats"]["unique_graphs"] == 2  # the blocks were compiled, not run eager
+    finally:
+        dist.destroy_process_group()
