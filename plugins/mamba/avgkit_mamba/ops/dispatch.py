@@ -224,12 +224,11 @@ def decode_step_torch(
 ) -> Tensor:
     """Reference of :func:`decode_step`: split, :func:`fused_step_torch` (gated by ``z``), grouped RMSNorm."""
     nheads, _, dstate = ssm_state.shape[1:]
-    d_inner = nheads * headdim
     z, xBC, dt = ssd_torch.split_zxbcdt(zxbcdt, nheads, headdim, ngroups, dstate)
     A = -torch.exp(A_log.float())  # in fp32 even for half-precision weights, or exp would overflow to -inf
     y = fused_step_torch(xBC, dt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_bias, z, headdim, ngroups,
                          state_scale=state_scale)
-    return norm_torch.gated_rms_norm(y, None, norm_weight, norm_eps, d_inner // ngroups)
+    return _grouped_norm(y, norm_weight, norm_eps, ngroups)
 
 
 def decode_step(
@@ -274,6 +273,25 @@ def decode_step(
     return decode_step_torch(*args, state_scale=state_scale)
 
 
+def _conv_step_heads(zxbcdt: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
+                     cache_x: Tensor, cache_b: Tensor, ngroups: int) -> tuple[Tensor, ...]:
+    """A cached-form step's inputs, shaped by its caches: (z, x) (b,h,p), (B, C) (b,g,n) after the conv, dt (b,h)."""
+    b, _, nheads, headdim = cache_x.shape
+    dstate = cache_b.shape[-1]
+    d_inner = nheads * headdim
+    z, xBC, dt = ssd_torch.split_zxbcdt(zxbcdt, nheads, headdim, ngroups, dstate)
+    xBC = conv_torch.conv_step(xBC, conv_state, conv_weight, conv_bias, activation="silu")
+    xs, Bs, Cs = torch.split(xBC, [d_inner, ngroups * dstate, ngroups * dstate], dim=-1)
+    heads, groups = (b, nheads, headdim), (b, ngroups, dstate)
+    return z.reshape(heads), xs.reshape(heads), Bs.reshape(groups), Cs.reshape(groups), dt
+
+
+def _grouped_norm(y: Tensor, norm_weight: Tensor, norm_eps: float, ngroups: int) -> Tensor:
+    """``rmsnorm(y) * norm_weight`` over groups of ``d_inner / ngroups`` channels, y (b, h, p) or (b, d_inner)."""
+    y = y.reshape(y.shape[0], -1)
+    return norm_torch.gated_rms_norm(y, None, norm_weight, norm_eps, y.shape[1] // ngroups)
+
+
 def dual_step_torch(
     zxbcdt: Tensor,
     conv_state: Tensor,
@@ -292,18 +310,10 @@ def dual_step_torch(
     ngroups: int,
 ) -> Tensor:
     """Reference of :func:`dual_step`: conv_step, ``ssd_torch.ssd_dual_step``, grouped RMSNorm."""
-    b, _, nheads, headdim = cache_x.shape
-    dstate = cache_b.shape[-1]
-    d_inner = nheads * headdim
-    z, xBC, dt = ssd_torch.split_zxbcdt(zxbcdt, nheads, headdim, ngroups, dstate)
-    xBC = conv_torch.conv_step(xBC, conv_state, conv_weight, conv_bias, activation="silu")
-    xs, Bs, Cs = torch.split(xBC, [d_inner, ngroups * dstate, ngroups * dstate], dim=-1)
-    y = ssd_torch.ssd_dual_step(
-        cache_x, cache_b, cache_dt, cache_cum, length, xs.reshape(b, nheads, headdim), dt, -torch.exp(A_log.float()),
-        Bs.reshape(b, ngroups, dstate), Cs.reshape(b, ngroups, dstate), D=D, z=z.reshape(b, nheads, headdim),
-        dt_bias=dt_bias,
-    )
-    return norm_torch.gated_rms_norm(y.reshape(b, d_inner), None, norm_weight, norm_eps, d_inner // ngroups)
+    z, x, B, C, dt = _conv_step_heads(zxbcdt, conv_state, conv_weight, conv_bias, cache_x, cache_b, ngroups)
+    y = ssd_torch.ssd_dual_step(cache_x, cache_b, cache_dt, cache_cum, length, x, dt, -torch.exp(A_log.float()), B,
+                                C, D=D, z=z, dt_bias=dt_bias)
+    return _grouped_norm(y, norm_weight, norm_eps, ngroups)
 
 
 def dual_step(
@@ -358,18 +368,11 @@ def window_step_torch(
     ngroups: int,
 ) -> Tensor:
     """Reference of :func:`window_step`: conv_step, ``ssd_torch.ssd_window_step``, grouped RMSNorm."""
-    b, window, nheads, headdim = cache_x.shape
-    dstate = cache_b.shape[-1]
-    d_inner = nheads * headdim
-    z, xBC, dt = ssd_torch.split_zxbcdt(zxbcdt, nheads, headdim, ngroups, dstate)
-    xBC = conv_torch.conv_step(xBC, conv_state, conv_weight, conv_bias, activation="silu")
-    xs, Bs, Cs = torch.split(xBC, [d_inner, ngroups * dstate, ngroups * dstate], dim=-1)
-    y = ssd_torch.ssd_window_step(
-        ssm_state, state_scale, cache_x, cache_b, cache_dt, cache_cum, torch.remainder(length, window),
-        xs.reshape(b, nheads, headdim), dt, -torch.exp(A_log.float()), Bs.reshape(b, ngroups, dstate),
-        Cs.reshape(b, ngroups, dstate), D=D, z=z.reshape(b, nheads, headdim), dt_bias=dt_bias,
-    )
-    return norm_torch.gated_rms_norm(y.reshape(b, d_inner), None, norm_weight, norm_eps, d_inner // ngroups)
+    z, x, B, C, dt = _conv_step_heads(zxbcdt, conv_state, conv_weight, conv_bias, cache_x, cache_b, ngroups)
+    y = ssd_torch.ssd_window_step(ssm_state, state_scale, cache_x, cache_b, cache_dt, cache_cum,
+                                  torch.remainder(length, cache_x.shape[1]), x, dt, -torch.exp(A_log.float()), B, C,
+                                  D=D, z=z, dt_bias=dt_bias)
+    return _grouped_norm(y, norm_weight, norm_eps, ngroups)
 
 
 def window_step(

@@ -238,13 +238,24 @@ def ssd_step(
     return _skip_and_gate(y, x, D, z, ct)
 
 
-def _append_token(cache_x: Tensor, cache_b: Tensor, cache_dt: Tensor, cache_cum: Tensor, row: Tensor, x: Tensor,
-                  B: Tensor, dtp: Tensor, cum: Tensor) -> None:
-    """Write one token into row ``row`` ((1,) int64) of the per-token caches, in place."""
+def _append_and_weigh(cache_x: Tensor, cache_b: Tensor, cache_dt: Tensor, cache_cum: Tensor, row: Tensor,
+                      before: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, dt_bias: Tensor | None,
+                      ct: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Append one token at ``row`` ((1,) int64) of the per-token caches, in place, and weigh the cached rows.
+
+    ``before`` (b,h) is the running sum of dt*A up to the previous row. Returns the token's
+    running sum ``cum`` (b,h) and ``w = exp(cum - cum_s) dt_s`` (b,L,h) for the rows ``s <= row``,
+    0 after it: the dual form's weights, by which each cached token reaches this one.
+    """
+    dtp = process_dt(dt, dt_bias, True, ct)  # (b, h)
+    cum = before + dtp * A.to(ct)
     cache_x.index_copy_(1, row, x[:, None].to(cache_x.dtype))
     cache_b.index_copy_(1, row, B[:, None].to(cache_b.dtype))
     cache_dt.index_copy_(1, row, dtp[:, None])
     cache_cum.index_copy_(1, row, cum[:, None])
+    upto = torch.arange(cache_x.shape[1], device=x.device) <= row  # (L,)
+    w = torch.where(upto[None, :, None], torch.exp((cum[:, None, :] - cache_cum).clamp(max=0.0)) * cache_dt, 0.0)
+    return cum, w
 
 
 def ssd_window_step(
@@ -280,14 +291,10 @@ def ssd_window_step(
     h = x.shape[1]
     window = cache_x.shape[1]
     ct = torch.float32
-    dtp = process_dt(dt, dt_bias, True, ct)  # (b, h)
     before = cache_cum.index_select(1, (j - 1).clamp(min=0))[:, 0] * (j > 0)  # 0 at the window's start
-    cum_j = before + dtp * A.to(ct)
-    _append_token(cache_x, cache_b, cache_dt, cache_cum, j, x, B, dtp, cum_j)
-    upto = torch.arange(window, device=x.device) <= j  # (K,)
+    cum_j, w = _append_and_weigh(cache_x, cache_b, cache_dt, cache_cum, j, before, x, dt, A, B, dt_bias, ct)
     Bh = _heads_from_groups(cache_b.to(ct), h, 2)  # (b, K, h, n)
     Ch = _heads_from_groups(C.to(ct), h, 1)  # (b, h, n)
-    w = torch.where(upto[None, :, None], torch.exp((cum_j[:, None, :] - cache_cum).clamp(max=0.0)) * cache_dt, 0.0)
     xs = cache_x.to(ct)
     scores = torch.einsum("bshn,bhn->bsh", Bh, Ch)
     H = load_state(state, state_scale, ct)
@@ -324,12 +331,8 @@ def ssd_dual_step(
     """
     h = x.shape[1]
     ct = torch.float32
-    dtp = process_dt(dt, dt_bias, True, ct)  # (b, h)
-    cum_t = cache_cum.index_select(1, t - 1)[:, 0] + dtp * A.to(ct)
-    _append_token(cache_x, cache_b, cache_dt, cache_cum, t, x, B, dtp, cum_t)
-    upto = torch.arange(cache_x.shape[1], device=x.device) <= t  # (L,)
+    before = cache_cum.index_select(1, t - 1)[:, 0]
+    _, w = _append_and_weigh(cache_x, cache_b, cache_dt, cache_cum, t, before, x, dt, A, B, dt_bias, ct)
     scores = _heads_from_groups(torch.einsum("bsgn,bgn->bsg", cache_b.to(ct), C.to(ct)), h, 2)  # (b, L, h)
-    decay = torch.exp((cum_t[:, None, :] - cache_cum).clamp(max=0.0))
-    w = torch.where(upto[None, :, None], scores * decay * cache_dt, 0.0)
-    y = torch.einsum("bsh,bshp->bhp", w, cache_x.to(ct))
+    y = torch.einsum("bsh,bshp->bhp", w * scores, cache_x.to(ct))
     return _skip_and_gate(y, x, D, z, ct)
