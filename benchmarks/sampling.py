@@ -264,10 +264,9 @@ def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig
     return rows
 
 
-#: decoding variants timed interleaved against the bf16 two-launch baseline: (state dtype, step kernel, form)
-#: (the one-launch kernel, measured 1.8x slower on two H100s, is left out; ``--variants`` rows name theirs)
-#: The chunked form (decode_form: chunked) and the one-launch kernel are measured slower on an H100
-#: (docs/backbone-mamba.md) and left out of the default rows; ``--chunked`` adds the chunked rows back.
+#: decoding variants timed interleaved against the bf16 two-launch baseline: (state dtype, step kernel, form).
+#: The one-launch kernel and the chunked form, measured slower on H100s (docs/backbone-mamba.md), are left
+#: out; ``--chunked`` adds the chunked form's rows.
 STEP_VARIANTS = (("bf16", "two-launch", "recurrent"), ("int8", "two-launch", "recurrent"))
 CHUNKED_VARIANTS = (("bf16", "two-launch", "chunked"), ("int8", "two-launch", "chunked"))
 

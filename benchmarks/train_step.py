@@ -259,16 +259,17 @@ def time_step(step: Callable[[], Any], device: torch.device, *, warmup_steps: in
     for _ in range(warmup_steps):
         step()
     synchronize(device)
-    times, issued = [], []
+    times, host = [], []
     for _ in range(windows):
         t0 = time.perf_counter()
         for _ in range(window_steps):
             step()
-        issued.append(time.perf_counter() - t0)  # the host has queued the window's work
+        queued = time.perf_counter() - t0  # the host has queued the window's work
         synchronize(device)
-        times.append((time.perf_counter() - t0) / window_steps)
-        issued[-1] /= times[-1] * window_steps
-    return {"first": first, "step_times": times, "host_fractions": issued}
+        elapsed = time.perf_counter() - t0
+        times.append(elapsed / window_steps)
+        host.append(queued / elapsed)
+    return {"first": first, "step_times": times, "host_fractions": host}
 
 
 def run(name: str, loss_fn: Callable, params: list, device: torch.device, *, batch: int, vocab: int, tokens: int,

@@ -26,6 +26,7 @@ def last_dim_contiguous(t: Any) -> Any:
     """``t`` with unit stride in its last dim (the kernels index rows by one stride), or ``None``."""
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
+
 #: Problems of fewer tokens than this (a sampler's prefill of its conditioning prefix) run the
 #: pinned config instead of autotuning: on a cold start, compiling every candidate of the scan's
 #: kernels cost seconds for a call that takes microseconds either way.
