@@ -126,6 +126,11 @@ class TrainSection(_Strict):
     def _compile_bool(cls, value: Any) -> Any:
         return {True: "model", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
+    cuda_graph: Literal["auto", "on", "off"] = Field(
+        "auto", description="replay each training step (forwards, backwards, clipping, update) from one CUDA graph, "
+        "so the host's launches stop pacing a small model's step; auto: on a single GPU process training on class "
+        "labels, off elsewhere"
+    )
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp (a full replica per process) or fsdp (parameters, gradients and "
         "optimizer state sharded per backbone block; sharded checkpoints)"

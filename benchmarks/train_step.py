@@ -12,7 +12,9 @@ timed in the same process:
   its own: ``train.compile: blocks``, the conv as shifted multiply-adds that inductor fuses),
   ``ckpt2-compile-blocks``, ``compile-blocks-conv1d`` (compiled blocks calling the depthwise
   conv1d kernel, as before the shifts became the default), ``compile-blocks-loss`` (compiled
-  blocks and the chunked loss's softmax gradient as one compiled kernel, ``ARModel.compile_loss``);
+  blocks and the chunked loss's softmax gradient as one compiled kernel, ``ARModel.compile_loss``),
+  ``graph``, ``compile-blocks-graph`` and ``ckpt2-compile-blocks-graph`` (the step replayed from one CUDA graph, as
+  ``train.cuda_graph`` does: three eager steps, a capture, then replays; labels dropped on the host);
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
   (``Stage2Trainer.compute_loss``), from the checkout ``--aim-root`` points at
   (github.com/hp-l33/AiM; its code is imported from there, never copied); their
@@ -83,7 +85,11 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
             "ckpt2-compile-blocks": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
                                      "compile": "blocks"},
             "compile-blocks-conv1d": {"fused": True, "compile": "blocks", "shift_conv": False},
-            "compile-blocks-loss": {"fused": True, "compile": "blocks", "compile_loss": True}}
+            "compile-blocks-loss": {"fused": True, "compile": "blocks", "compile_loss": True},
+            "graph": {"fused": True, "graph": True},
+            "compile-blocks-graph": {"fused": True, "compile": "blocks", "graph": True},
+            "ckpt2-compile-blocks-graph": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
+                                           "compile": "blocks", "graph": True}}
 SMOKE = {"vocab": 64, "tokens": 16, "batch": 2, "window_steps": 1, "windows": 2, "warmup_steps": 0, "matmul": 256}
 MATMUL = 8192
 
@@ -273,7 +279,10 @@ def time_step(step: Callable[[], Any], device: torch.device, *, warmup_steps: in
 
 
 def run(name: str, loss_fn: Callable, params: list, device: torch.device, *, batch: int, vocab: int, tokens: int,
-        flops: dict, matmul: float, opt_groups: list | None = None, timing: dict) -> dict:
+        flops: dict, matmul: float, opt_groups: list | None = None, timing: dict,
+        graph_dropout: Callable | None = None) -> dict:
+    """Time one row; ``graph_dropout`` (the conditioner's ``drop_labels``): the step replayed from a CUDA graph as
+    ``train.cuda_graph`` does, labels dropped on the host and copied in (``loss_fn`` then drops none)."""
     opt = torch.optim.AdamW(opt_groups or [{"params": params, "weight_decay": 0.05}], lr=1e-4, betas=(0.9, 0.95),
                             fused=device.type == "cuda")
     gen = torch.Generator(device=device).manual_seed(0)
@@ -281,14 +290,31 @@ def run(name: str, loss_fn: Callable, params: list, device: torch.device, *, bat
     labels = torch.randint(0, CLASSES, (batch,), device=device, generator=gen)
     reset_peak_memory(device)
 
-    def step() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = loss_fn(codes, labels)
+    def update(c: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=graph_dropout is None):
+            loss = loss_fn(c, lab)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+        return loss.detach()
+
+    if graph_dropout is None:
+        def step() -> torch.Tensor:
+            loss = update(codes, labels)
+            opt.zero_grad(set_to_none=True)
+            return loss
+    else:
+        from avgkit.train.step_graph import StepGraph
+
+        graphed = StepGraph(lambda c, lab: (update(c, lab),), opt, device=device)  # on the CPU: eager, same buffers
+        host = torch.Generator().manual_seed(1)
+        pin = device.type == "cuda"
+        host_codes, host_labels = codes.cpu(), labels.cpu()
+        host_codes = host_codes.pin_memory() if pin else host_codes
+
+        def step() -> torch.Tensor:
+            dropped = graph_dropout(host_labels, host)
+            return graphed(host_codes, dropped.pin_memory() if pin else dropped)[0]
 
     t = time_step(step, device, **timing)
     med = statistics.median(t["step_times"])
@@ -306,13 +332,16 @@ def run(name: str, loss_fn: Callable, params: list, device: torch.device, *, bat
     return row
 
 
-def avgkit_loss(model: ARModel, compile_: str = "off", backend: str = "inductor") -> Callable:
-    """The trainer's loss call, with ``train.compile``'s choice applied (off, model or blocks)."""
+def avgkit_loss(model: ARModel, compile_: str = "off", backend: str = "inductor", dropped: bool = False) -> Callable:
+    """The trainer's loss call, with ``train.compile``'s choice applied (off, model or blocks); ``dropped``: the
+    labels come with label dropout applied (a graph-replayed step drops them on the host, as the trainer does)."""
     if compile_ == "blocks":
         compile_blocks(model.backbone, backend=backend)
     net = torch.compile(model, backend=backend) if compile_ == "model" else model
 
     def loss(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if dropped:
+            return net(codes, labels, loss=True)
         gen = torch.Generator(device=codes.device).manual_seed(1)
         return net(codes, model.conditioner.drop_labels(labels, gen), loss=True)
 
@@ -444,11 +473,12 @@ def main() -> None:
             flops = flops or flops_per_token(model, tokens)
             shifts = conv_torch.SHIFTS_WHEN_COMPILING
             conv_torch.SHIFTS_WHEN_COMPILING = spec.get("shift_conv", shifts)
+            graph = spec.get("graph", False)
             try:
                 row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", "off"),
-                                                                    args.compile_backend),
+                                                                    args.compile_backend, dropped=graph),
                           [p for p in model.parameters() if p.requires_grad], device, flops=flops, matmul=matmul,
-                          timing=timing, **size)
+                          timing=timing, graph_dropout=model.conditioner.drop_labels if graph else None, **size)
             except torch.OutOfMemoryError as err:  # report the size that does not fit, go on
                 notes.append(f"{preset} {variant} batch {batch}: out of memory ({str(err).splitlines()[0]})")
                 del model

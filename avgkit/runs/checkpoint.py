@@ -162,6 +162,17 @@ def check_fits(module: nn.Module, path: Path, *, fix: str) -> None:
                               f"resume with the recipe that wrote it (the run's recipe.yaml)")
 
 
+def _portable_group(group: Mapping[str, Any]) -> dict[str, Any]:
+    """A parameter group as JSON, without how the step ran: a graph-captured step's tensor lr becomes its value and
+    ``capturable`` is left to the resuming run (it needs the parameters on a GPU)."""
+    out = dict(group)
+    if isinstance(out.get("lr"), Tensor):
+        out["lr"] = float(out["lr"])
+    if out.get("capturable"):
+        out["capturable"] = False
+    return out
+
+
 def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, str]]:
     sd = optimizer.state_dict()
     tensors: dict[str, Tensor] = {}
@@ -172,7 +183,7 @@ def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str
                 tensors[f"state.{idx}.{key}"] = value
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    groups = [dict(g) for g in sd["param_groups"]]
+    groups = [_portable_group(g) for g in sd["param_groups"]]
     return tensors, {"param_groups": json.dumps(groups), "scalars": json.dumps(scalars)}
 
 

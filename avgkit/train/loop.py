@@ -38,6 +38,7 @@ from avgkit.train.data import StepBatches
 from avgkit.train.optim import EMA, build_optimizer, lr_at, param_groups, set_lr
 from avgkit.train.regions import compile_blocks, resolve_compile
 from avgkit.train.report import MetricsLog, Progress, plot_loss
+from avgkit.train.step_graph import StepGraph, resolve_cuda_graph
 
 #: ``callback(step, record)`` after every optimizer step; ``record`` is set on logged steps.
 StepCallback = Callable[[int, "dict[str, Any] | None"], None]
@@ -159,6 +160,13 @@ class Trainer:
             compile_blocks(model.backbone)
         self.forward = torch.compile(net) if self.compile == "model" else net
         model.fused_loss = cfg.fused_loss
+        #: train.cuda_graph resolved for this run: the step replayed from a CUDA graph, or None (eager launches)
+        self.graph: StepGraph | None = None
+        if resolve_cuda_graph(cfg.cuda_graph, self.env.device, distributed=self.env.distributed or self.sharded,
+                              class_labels=conditions is None):
+            accum = cfg.grad_accum
+            self.graph = StepGraph(lambda *bufs: self._device_step(bufs[:accum], bufs[accum:], graphed=True),
+                                   self.optimizer, device=self.env.device)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -468,31 +476,40 @@ class Trainer:
         return float(total) / max(1, codes.numel())
 
     def _train_step(self) -> tuple[Tensor, Tensor]:
-        cfg, env = self.cfg, self.env
         micro = self.batches.next_step()
         labels = self._drop_labels([m.labels for m in micro])
-        accum = len(micro)
-        total = torch.zeros((), device=env.device)
-        for i, (batch, lab) in enumerate(zip(micro, labels, strict=True)):
-            codes = batch.codes.to(env.device, non_blocking=True)
-            lab = self._condition(lab.to(env.device, non_blocking=True))
+        set_lr(self.optimizer, lr_at(self.step, self.cfg))
+        if self.graph is not None:  # the buffers are filled from these, then the step replays
+            loss, grad_norm = self.graph(*(m.codes for m in micro), *labels)
+            return loss, grad_norm
+        device = self.env.device
+        codes = [m.codes.to(device, non_blocking=True) for m in micro]
+        conds = [self._condition(lab.to(device, non_blocking=True)) for lab in labels]
+        loss, grad_norm = self._device_step(codes, conds)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm
+
+    def _device_step(self, codes: Sequence[Tensor], conds: Sequence[Any], graphed: bool = False) -> tuple[Tensor, Tensor]:
+        """The micro-batches' forwards and backwards, clipping and the update: no host read of a tensor, so that
+        a CUDA graph can record it (``graphed``: autocast's cast cache off, the casts recorded instead)."""
+        accum = len(codes)
+        total = torch.zeros((), device=self.env.device)
+        for i, (c, lab) in enumerate(zip(codes, conds, strict=True)):
             if self.sharded:  # gradients are reduced after the last micro-batch only, as under DDP
                 cast(Any, self.model).set_requires_gradient_sync(i == accum - 1)
             with contextlib.nullcontext() if self.ddp is None or i == accum - 1 else self.ddp.no_sync():
-                with autocast(env.device, self.amp_dtype):
-                    loss = self.forward(codes, lab, loss=True)  # fp32 cross-entropy, logits by chunks
+                with autocast(self.env.device, self.amp_dtype, cache=not graphed):
+                    loss = self.forward(c, lab, loss=True)  # fp32 cross-entropy, logits by chunks
                 (loss / accum).backward()
             total += loss.detach()
-        clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
         # the global norm: with sharded (DTensor) gradients each rank's partial norms are combined
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         if self.sharded:
             from avgkit.train.parallel import full_value
 
             grad_norm = full_value(grad_norm)
-        set_lr(self.optimizer, lr_at(self.step, cfg))
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return total / accum, grad_norm.detach()
 
     def _log(self, window: _Window, tokens_per_step: int) -> dict[str, Any]:

@@ -140,8 +140,12 @@ def lr_at(step: int, cfg: TrainSection) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's learning rate; a tensor one (a graph-captured step reads it there) is filled in place."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def build_optimizer(model: nn.Module, cfg: TrainSection, *, device: torch.device | None = None) -> torch.optim.AdamW:

@@ -94,11 +94,11 @@ def _state_memory(report: dict[str, Any]) -> None:
 
 
 def _train_step(report: dict[str, Any]) -> None:
-    _rows(5, "tokens_per_s", "tokens_per_s_spread", "windows", "step_s", "first_step_s", "peak_mem_gib", "mfu",
+    _rows(6, "tokens_per_s", "tokens_per_s_spread", "windows", "step_s", "first_step_s", "peak_mem_gib", "mfu",
           "mfu_6n")(report)
     names = [r["model"] for r in report["rows"]]
     assert names == ["avgkit tiny plain", "avgkit tiny chunked", "avgkit tiny ckpt", "avgkit tiny compile-blocks",
-                     "AiM reference tiny"], names
+                     "avgkit tiny compile-blocks-graph", "AiM reference tiny"], names  # the graph row: eager here
     for row in report["rows"]:
         low, high = row["tokens_per_s_spread"]
         assert row["windows"] >= 2 and low <= row["tokens_per_s"] <= high, row
@@ -372,7 +372,7 @@ CASES: list[Smoke] = [
           check=_state_precision),
     Smoke("benchmarks/state_memory.py", keys=(*ENVIRONMENT, "dtype", "rows"), check=_state_memory),
     Smoke("benchmarks/train_step.py", args=("--smoke", "--aim-root", "{tmp}/aim", "--profile", "{tmp}/profile",
-                                            "--variants", "plain,chunked,ckpt,compile-blocks",
+                                            "--variants", "plain,chunked,ckpt,compile-blocks,compile-blocks-graph",
                                             "--compile-backend", "aot_eager", "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "matmul_tflops", "timing", "rows", "notes", "profile"), check=_train_step,
           files=("profile.txt", "profile.json"), setup=_aim_stub),
