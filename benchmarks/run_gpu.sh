@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -22,6 +22,9 @@
 # without the compiled loss kernel, beside the AiM authors' trainer step; the scan's dCB kernel
 # with and without its head split; AiM-B's decode variants beside GPT-B at batch 16 and 64 with
 # per-kernel profiles; AiM-B's cold and warm start; AiM-L beside the reference.
+# --graph (about 9 minutes; BUDGET seconds, default 560): train.cuda_graph's GPU tests, AiM-B and AiM-L with compiled
+# blocks, with and without the step replayed from a CUDA graph, beside the AiM authors' trainer step, the compiled
+# AiM-L step by kernel, then AiM-1B (every second block checkpointed) with and without the graph.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -103,6 +106,18 @@ if [ "$QUICK" = "--recheck" ]; then  # the parts in order of need; each has its 
   LIMIT=50 run benchmarks/startup.py --out "$OUT/startup_$CARD.json"
   LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/train_step.py --presets aim-l --variants compile-blocks \
     --no-stack --window-steps 4 $AR --out "$OUT/train_step_recheck_l_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--graph" ]; then  # the training step replayed from a CUDA graph (train.cuda_graph), in order of need
+  echo "== [$((SECONDS - START)) s] pytest test_mamba_step_graph.py"
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -rs plugins/mamba/tests/test_mamba_step_graph.py 2>&1 | tail -n 15
+  LIMIT=330 run benchmarks/train_step.py --presets aim-b,aim-l --variants compile-blocks,compile-blocks-graph,compile-blocks-loss \
+    --no-stack --window-steps 4 $AR --profile "$OUT/train_step_profile_aim_l_compiled_$CARD" --profile-preset aim-l \
+    --profile-variant compile-blocks --out "$OUT/train_step_graph_$CARD.json"
+  LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/train_step.py --presets aim-1b \
+    --variants ckpt2-compile-blocks-graph,ckpt2-compile-blocks --no-reference --window-steps 2 \
+    --out "$OUT/train_step_1b_graph_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -408,6 +408,7 @@ def main() -> None:
     ap.add_argument("--presets", default="aim-b,aim-l")
     ap.add_argument("--variants", default="plain,chunked,ckpt", help=f"avgkit rows: {', '.join(VARIANTS)}")
     ap.add_argument("--profile-variant", default="chunked", help="the row --profile breaks down by kernel")
+    ap.add_argument("--profile-preset", default="aim-b", help="the preset of the row --profile breaks down")
     ap.add_argument("--compile-backend", default="inductor",
                     help="torch.compile backend of the compile rows (the smoke run uses aot_eager: no C++ build)")
     ap.add_argument("--batch", type=int, default=64)
@@ -420,7 +421,7 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true", help="neither the AiM code nor the mamba-ssm stack")
     ap.add_argument("--no-stack", action="store_true", help="no mamba-ssm stack rows (the AiM code's rows stay)")
     ap.add_argument("--profile", default=None, metavar="PATH",
-                    help="also profile one AiM-B step (chunked) by kernel: PATH.txt and PATH.json")
+                    help="also profile one step by kernel (--profile-preset, --profile-variant): PATH.txt and PATH.json")
     ap.add_argument("--quick", action="store_true", help="AiM-B only")
     ap.add_argument("--out", default=None)
     add_smoke_flag(ap)
@@ -487,7 +488,7 @@ def main() -> None:
             finally:
                 conv_torch.SHIFTS_WHEN_COMPILING = shifts
             step = row.pop("_step")
-            if args.profile and variant == args.profile_variant and preset in ("aim-b", "tiny") and not profiles:
+            if args.profile and variant == args.profile_variant and preset in (args.profile_preset, "tiny") and not profiles:
                 profiles[f"{preset} {variant}"] = profile_step(step, device, Path(args.profile),
                                                                f"avgkit {preset} {variant}, batch {batch}")
             rows.append(row)

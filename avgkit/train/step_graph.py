@@ -110,6 +110,7 @@ class StepGraph:
             return out
         if self.graph is None:
             self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()  # the warm-up's cached blocks back, before the graph's own pool takes its memory
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.outputs = tuple(self.step(*static))
