@@ -71,6 +71,7 @@ from avgkit.runtime.distributed import DistEnv, barrier, broadcast_json, setup, 
 from avgkit.sizes import canonical_size, same_size, size_text
 from avgkit.train.loop import StepCallback, Trainer, TrainResult
 from avgkit.train.regions import resolve_compile
+from avgkit.train.step_graph import resolve_cuda_graph
 
 
 @dataclass
@@ -791,6 +792,12 @@ def _stage_check(run: _Run) -> None:
         if fsdp:
             fsdp_blocks(backbone)
         resolve_compile(recipe.train.compile, run.env.device, fsdp, backbone)
+    if recipe.train.cuda_graph == "on":  # where it cannot apply, refused before anything is written
+        from avgkit.data.captions import takes_captions
+
+        conditioner = build(recipe, device="meta", registry=run.registry).conditioner
+        resolve_cuda_graph("on", run.env.device, distributed=run.env.distributed,
+                           class_labels=not takes_captions(conditioner))
     if run.env.is_main:
         _write_run_files(recipe, recipe.run_dir, run.resume, run.registry)
 
@@ -833,9 +840,12 @@ def _stage_data(run: _Run) -> None:
         _record_inputs(recipe, recipe.run_dir, run.weights, data, run.resume)
         counts = parameter_counts(comps)
         compiled = resolve_compile(recipe.train.compile, env.device, recipe.train.parallel == "fsdp", comps.backbone)
+        graphed = resolve_cuda_graph(recipe.train.cuda_graph, env.device, distributed=env.distributed,
+                                     class_labels=not text)
         _say(
             f"{recipe.name}: {counts['total']:,} parameters ({counts['non_embedding']:,} non-embedding) "
-            f"on {env.world_size} x {env.device}{_COMPILED[compiled]}; data: {data.description}"
+            f"on {env.world_size} x {env.device}{_COMPILED[compiled]}{', steps replayed from a CUDA graph' * graphed}; "
+            f"data: {data.description}"
         )
 
 

@@ -224,3 +224,11 @@ def test_the_class_count_is_checked_before_any_image_is_encoded(tmp_path, builti
     with pytest.raises(AvgkitError, match="the data has 3 classes but the conditioner was built for 2; set data.num"):
         run_recipe(recipe, progress=False)
     assert not store.exists()
+
+
+def test_cuda_graph_on_where_it_cannot_apply_is_refused_before_writing(tmp_path, builtin_plugins):
+    recipe = toy_recipe(data={"source": "digits", "store": None}, train={**TRAIN, "cuda_graph": "on"},
+                        output_dir=str(tmp_path / "run"))
+    with pytest.raises(AvgkitError, match="train.cuda_graph=on needs a CUDA device; use train.cuda_graph=auto or off"):
+        run_recipe(recipe, progress=False)
+    assert not (tmp_path / "run").exists()
