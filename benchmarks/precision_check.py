@@ -8,8 +8,9 @@ is within that spread (max - min over seeds) of today's mean.
 Paths (recipe overrides on top of digits):
 
 * ``today``: the path before the fast ones (fp32, the full logits, eager);
-* ``bf16``: bf16 autocast, the loss by chunks and ``train.compile: auto`` (compiled
-  blocks on a GPU): the fast path as a GPU run takes it;
+* ``bf16``: bf16 autocast, the loss by chunks, ``train.compile: auto`` (compiled
+  blocks on a GPU) and ``train.cuda_graph: auto`` (the step replayed from a CUDA graph on
+  a GPU): the fast path as a GPU run takes it (the GPU defaults);
 * ``bf16-residual``: as ``bf16``, with the residual stream in bf16 too.
 
 The tokenizer and the code store are trained and encoded once and shared by every run.
@@ -34,9 +35,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import add_smoke_flag, smoke_out, write_result  # noqa: E402
 
 PATHS = {
-    "today": ["train.fused_loss=false", "train.compile=off"],  # the path before the fast ones: fp32, eager
-    "bf16": ["train.precision=bf16", "train.fused_loss=true", "train.compile=auto"],  # the GPU default
-    "bf16-residual": ["train.precision=bf16", "train.fused_loss=true", "train.compile=auto",
+    "today": ["train.fused_loss=false", "train.compile=off", "train.cuda_graph=off"],  # before the fast ones
+    "bf16": ["train.precision=bf16", "train.fused_loss=true", "train.compile=auto", "train.cuda_graph=auto"],
+    "bf16-residual": ["train.precision=bf16", "train.fused_loss=true", "train.compile=auto", "train.cuda_graph=auto",
                       "backbone.residual_in_fp32=false"],
 }
 SMOKE = ["tokenizer.train.steps=2", "tokenizer.train.log_every=1", "tokenizer.train.ckpt_every=2", "train.steps=4",
