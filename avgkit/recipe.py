@@ -131,6 +131,11 @@ class TrainSection(_Strict):
         "so the host's launches stop pacing a small model's step; auto: on a single GPU process training on class "
         "labels, off elsewhere"
     )
+    @field_validator("cuda_graph", mode="before")
+    @classmethod
+    def _cuda_graph_bool(cls, value: Any) -> Any:  # YAML reads a bare on / off as true / false
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp (a full replica per process) or fsdp (parameters, gradients and "
         "optimizer state sharded per backbone block; sharded checkpoints)"

@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-confirm]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -25,6 +25,8 @@
 # --graph (about 9 minutes; BUDGET seconds, default 560): train.cuda_graph's GPU tests, AiM-B and AiM-L with compiled
 # blocks, with and without the step replayed from a CUDA graph, beside the AiM authors' trainer step, the compiled
 # AiM-L step by kernel, then AiM-1B (every second block checkpointed) with and without the graph.
+# --graph-loss (about 8 minutes): AiM-B and AiM-L compiled blocks, with the compiled loss kernel, and with both the
+# loss kernel and the graph, beside the reference; then the digits precision check with the graph.
 # --graph-confirm (about 9 minutes): the digits precision check (today's path, the bf16 path with compiled blocks and
 # the graph), then AiM-L and AiM-XL decoding beside the compiled GPT-L at batch 16 and 64.
 # Without any of these, everything at every size (several calls' worth).
@@ -120,6 +122,15 @@ if [ "$QUICK" = "--graph" ]; then  # the training step replayed from a CUDA grap
   LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/train_step.py --presets aim-1b \
     --variants ckpt2-compile-blocks-graph,ckpt2-compile-blocks --no-reference --window-steps 2 \
     --out "$OUT/train_step_1b_graph_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--graph-loss" ]; then  # the compiled loss kernel with and without the graph beside the reference
+  LIMIT=300 run benchmarks/train_step.py --presets aim-b,aim-l \
+    --variants compile-blocks,compile-blocks-loss,compile-blocks-loss-graph --no-stack --window-steps 4 $AR \
+    --out "$OUT/train_step_loss_graph_$CARD.json"
+  LIMIT=$((${BUDGET:-540} - SECONDS + START)) run benchmarks/precision_check.py --paths today,bf16 \
+    --work /tmp/precision --out "$OUT/precision_check_graph_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -87,6 +87,7 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
             "compile-blocks-conv1d": {"fused": True, "compile": "blocks", "shift_conv": False},
             "compile-blocks-loss": {"fused": True, "compile": "blocks", "compile_loss": True},
             "graph": {"fused": True, "graph": True},
+            "compile-blocks-loss-graph": {"fused": True, "compile": "blocks", "compile_loss": True, "graph": True},
             "compile-blocks-graph": {"fused": True, "compile": "blocks", "graph": True},
             "ckpt2-compile-blocks-graph": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
                                            "compile": "blocks", "graph": True}}
