@@ -106,3 +106,12 @@ def test_off_a_gpu_the_step_runs_eagerly_through_its_buffers():
     assert torch.equal(a.weight, b.weight) and graphed.graph is None and len(graphed.inputs) == 1
     with pytest.raises(AvgkitError, match="fixed-size batches"):
         graphed(torch.randn(2, 4))
+
+
+def test_a_bare_on_or_off_in_yaml_means_the_setting():
+    import yaml
+
+    from avgkit.recipe import TrainSection
+
+    assert TrainSection(**yaml.safe_load("cuda_graph: off")).cuda_graph == "off"  # YAML reads off as false
+    assert TrainSection(**yaml.safe_load("cuda_graph: on")).cuda_graph == "on"
