@@ -29,8 +29,8 @@ class ARModel(nn.Module):
         self.conditioner = conditioner
         #: ``forward(..., loss=True)`` forms the logits by chunks where the backbone allows it
         self.fused_loss = True
-        #: the chunked loss's softmax gradient as one compiled kernel on a GPU (the trainer turns it on when it
-        #: compiles: 1.08x AiM-B's and 1.03x AiM-L's compiled step on an H100, row compile-blocks-loss)
+        #: the chunked loss's softmax gradient as one compiled kernel on a GPU (the trainer turns it on with compiled
+        #: blocks: 1.08x AiM-B's and 1.03x AiM-L's compiled step on an H100, row compile-blocks-loss)
         self.compile_loss = False
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor, *, loss: bool = False) -> torch.Tensor:

@@ -131,7 +131,7 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, *, chunk_ro
     ``x`` (..., D) and ``targets`` (...) flatten to rows; ``weight`` is (V, D). Under
     autocast the matmuls use the autocast dtype, as ``F.linear`` would. ``compiled``: on a
     GPU, each chunk's softmax gradient runs as one ``torch.compile``d kernel
-    (``ARModel.compile_loss``, which the trainer sets when ``train.compile`` is on).
+    (``ARModel.compile_loss``, which the trainer sets with compiled blocks).
     """
     if x.shape[:-1] != targets.shape:
         raise ValueError(f"hidden states {tuple(x.shape)} do not match targets {tuple(targets.shape)}")

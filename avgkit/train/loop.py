@@ -160,8 +160,8 @@ class Trainer:
             compile_blocks(model.backbone)
         self.forward = torch.compile(net) if self.compile == "model" else net
         model.fused_loss = cfg.fused_loss
-        # with compiling on, the chunked loss's softmax gradient is one compiled kernel too (GPU only; docs/benchmarks.md)
-        model.compile_loss = self.compile != "off"
+        # with compiled blocks the chunked loss's softmax gradient is one compiled kernel too (GPU only; measured so)
+        model.compile_loss = self.compile == "blocks"
         #: train.cuda_graph resolved for this run: the step replayed from a CUDA graph, or None (eager launches)
         self.graph: StepGraph | None = None
         if resolve_cuda_graph(cfg.cuda_graph, self.env.device, distributed=self.env.distributed or self.sharded,
