@@ -98,6 +98,11 @@ class DataSection(_Strict):
     num_workers: int = Field(0, ge=0, description="image-loading worker processes while encoding")
 
 
+def _bool_choice(value: Any, true: str) -> Any:
+    """A boolean for a choice setting: ``true``'s choice or off (YAML reads a bare on / off as true / false)."""
+    return (true if value else "off") if isinstance(value, bool) else value
+
+
 class TrainSection(_Strict):
     steps: int = Field(1000, ge=1, description="optimizer steps in total")
     batch_size: int = Field(64, ge=1, description="global batch (all processes, all accumulation steps)")
@@ -124,7 +129,7 @@ class TrainSection(_Strict):
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_bool(cls, value: Any) -> Any:
-        return {True: "model", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        return _bool_choice(value, "model")
 
     cuda_graph: Literal["auto", "on", "off"] = Field(
         "auto", description="replay each training step (forwards, backwards, clipping, update) from one CUDA graph, "
@@ -133,8 +138,8 @@ class TrainSection(_Strict):
     )
     @field_validator("cuda_graph", mode="before")
     @classmethod
-    def _cuda_graph_bool(cls, value: Any) -> Any:  # YAML reads a bare on / off as true / false
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    def _cuda_graph_bool(cls, value: Any) -> Any:
+        return _bool_choice(value, "on")
 
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp (a full replica per process) or fsdp (parameters, gradients and "

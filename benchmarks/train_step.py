@@ -13,8 +13,9 @@ timed in the same process:
   ``ckpt2-compile-blocks``, ``compile-blocks-conv1d`` (compiled blocks calling the depthwise
   conv1d kernel, as before the shifts became the default), ``compile-blocks-loss`` (compiled
   blocks and the chunked loss's softmax gradient as one compiled kernel, ``ARModel.compile_loss``),
-  ``graph``, ``compile-blocks-graph`` and ``ckpt2-compile-blocks-graph`` (the step replayed from one CUDA graph, as
-  ``train.cuda_graph`` does: three eager steps, a capture, then replays; labels dropped on the host);
+  ``graph``, ``compile-blocks-graph``, ``compile-blocks-loss-graph`` (the trainer's GPU default) and
+  ``ckpt2-compile-blocks-graph`` (the step replayed from one CUDA graph, as ``train.cuda_graph`` does: three eager
+  steps, a capture, then replays; labels dropped on the host);
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
   (``Stage2Trainer.compute_loss``), from the checkout ``--aim-root`` points at
   (github.com/hp-l33/AiM; its code is imported from there, never copied); their

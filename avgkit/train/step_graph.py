@@ -1,16 +1,17 @@
 """The training step replayed from one CUDA graph (``train.cuda_graph``).
 
-With its blocks compiled, a small model's step on a GPU is bound by the host about as
-much as by the GPU: hundreds of launches a step (inductor's kernels, the Triton scan's
-launchers, the loss, the optimizer) take about as long to queue as the GPU takes to run
-them (docs/benchmarks.md, training). Captured once, the forwards, backwards, gradient
-clipping and the optimizer update are launched as one graph.
+With its blocks compiled, the host takes almost as long to queue a step's hundreds of
+launches (inductor's kernels, the Triton scan's launchers, the loss, the optimizer) as
+the GPU takes to run them, so any slow launch leaves the GPU waiting. Captured once, the
+forwards, backwards, gradient clipping and the optimizer update are launched as one
+graph: 1.03-1.04x AiM-B's and AiM-L's tokens/s on an H100 (docs/benchmarks.md, training).
 
 What capture needs, and how it is met:
 
 * fixed shapes: the loader drops the last partial batch, so every step's micro-batches
   have the same shapes; they are copied into the same input buffers before each replay;
-* no host read of a tensor inside the step (a test walks the trainer's step for them);
+* no host read of a tensor inside the step (tests walk the trainer's step for them with
+  :func:`avgkit.testing.host_reads.host_reads`);
 * the optimizer's step counter and learning rate on the GPU: the groups are made
   ``capturable`` with a tensor ``lr`` that :func:`avgkit.train.optim.set_lr` fills;
 * autocast's cast cache off: the casts are recorded into the graph instead;
@@ -24,7 +25,6 @@ validation and sample grids add their memory to the step's instead of reusing it
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -97,46 +97,20 @@ class StepGraph:
             make_capturable(self.optimizer)
         self.calls += 1
         static = self._fill(inputs)
-        if not self.capture:
+        if self.graph is None:  # an eager call or the capture: the backward writes fresh gradients
             self.optimizer.zero_grad(set_to_none=True)
-            return tuple(t.clone() for t in self.step(*static))
-        if self.graph is None and self.calls <= self.warmup:
-            self.optimizer.zero_grad(set_to_none=True)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                out = tuple(t.clone() for t in self.step(*static))
-            torch.cuda.current_stream().wait_stream(side)
-            return out
-        if self.graph is None:
-            self.optimizer.zero_grad(set_to_none=True)
+            if not self.capture:
+                return tuple(t.clone() for t in self.step(*static))
+            if self.calls <= self.warmup:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    out = tuple(t.clone() for t in self.step(*static))
+                torch.cuda.current_stream().wait_stream(side)
+                return out
             torch.cuda.empty_cache()  # the warm-up's cached blocks back, before the graph's own pool takes its memory
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.outputs = tuple(self.step(*static))
         self.graph.replay()
         return tuple(t.clone() for t in self.outputs)
-
-
-def host_reads(fn: Callable[[], Any]) -> list[str]:
-    """The ATen ops through which ``fn`` reads tensor values on the host (``.item()``, ``nonzero``, ...).
-
-    Such a read would stop a CUDA graph's capture; on the CPU it is merely a value, so
-    this lists them where no GPU is at hand.
-    """
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    reading = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "allclose", "unique", "_unique2",
-               "masked_select", "repeat_interleave"}
-    found: list[str] = []
-
-    class _Watch(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-            name = func.overloadpacket.__name__
-            if name in reading:
-                found.append(name)
-            return func(*args, **(kwargs or {}))
-
-    with _Watch():
-        fn()
-    return found

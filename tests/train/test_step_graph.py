@@ -11,10 +11,11 @@ from train_helpers import random_codes, toy_model, train_cfg
 
 from avgkit.errors import AvgkitError
 from avgkit.runs.checkpoint import optimizer_from_safetensors, optimizer_to_safetensors
+from avgkit.testing.host_reads import host_reads
 from avgkit.train.data import StepBatches, TensorCodes
 from avgkit.train.loop import Trainer
 from avgkit.train.optim import set_lr
-from avgkit.train.step_graph import StepGraph, host_reads, make_capturable, resolve_cuda_graph
+from avgkit.train.step_graph import StepGraph, make_capturable, resolve_cuda_graph
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 

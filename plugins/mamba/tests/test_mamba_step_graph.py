@@ -9,9 +9,9 @@ import torch
 from avgkit.build import ARModel, build
 from avgkit.plugins import get_registry
 from avgkit.recipe import validate_recipe
+from avgkit.testing.host_reads import host_reads
 from avgkit.train.data import StepBatches, TensorCodes
 from avgkit.train.loop import Trainer
-from avgkit.train.step_graph import host_reads
 
 
 def _trainer(run_dir=None, *, device: str = "cpu", accum: int = 1, callbacks=(), **train) -> Trainer:
