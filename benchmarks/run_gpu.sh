@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -29,6 +29,9 @@
 # loss kernel and the graph, beside the reference; then the digits precision check with the graph.
 # --graph-confirm (about 9 minutes): the digits precision check (today's path, the bf16 path with compiled blocks and
 # the graph), then AiM-L and AiM-XL decoding beside the compiled GPT-L at batch 16 and 64.
+# --conv (about 9 minutes; BUDGET seconds, default 560): the conv kernels' and the graph's GPU tests, the scan with the
+# dCB kernel's two loop orders (AiM-B and AiM-L shapes), AiM-B and AiM-L with the conv's Triton kernels against the
+# PyTorch conv beside the reference, the AiM-L step by kernel, then the digits precision check of the default path.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -131,6 +134,23 @@ if [ "$QUICK" = "--graph-loss" ]; then  # the compiled loss kernel with and with
     --out "$OUT/train_step_loss_graph_$CARD.json"
   LIMIT=$((${BUDGET:-540} - SECONDS + START)) run benchmarks/precision_check.py --paths today,bf16 \
     --work /tmp/precision --out "$OUT/precision_check_graph_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--conv" ]; then  # the conv's Triton kernels and the dCB loop order, then precision
+  echo "== [$((SECONDS - START)) s] pytest -m gpu (conv, graph)"
+  timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -rs plugins/mamba/tests/test_mamba_conv.py \
+    plugins/mamba/tests/test_mamba_step_graph.py 2>&1 | tail -n 15
+  for nh in 24 32; do
+    LIMIT=60 run benchmarks/ssd_scan.py --nheads $nh --impls triton,triton-dcb-pblocks \
+      --out "$OUT/ssd_scan_dcb_order_h${nh}_$CARD.json"
+  done
+  LIMIT=240 run benchmarks/train_step.py --presets aim-b,aim-l \
+    --variants compile-blocks-loss-graph-torchconv,compile-blocks-loss,compile-blocks-loss-graph --no-stack \
+    --window-steps 4 $AR --profile "$OUT/train_step_profile_aim_l_conv_$CARD" --profile-preset aim-l \
+    --profile-variant compile-blocks-loss --out "$OUT/train_step_conv_$CARD.json"
+  LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/precision_check.py --paths today,bf16 \
+    --work /tmp/precision --out "$OUT/precision_check_conv_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dstate", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--impls", default="triton,triton-dcb-split,torch,mamba_ssm",
-                        help="comma-separated subset (triton-dcb-split: the dCB kernel's heads over four programs)")
+    parser.add_argument("--impls", default="triton,triton-dcb-pblocks,triton-dcb-split,torch,mamba_ssm",
+                        help="comma-separated subset (triton-dcb-split: the dCB kernel's heads over four programs; "
+                             "triton-dcb-pblocks: its P in autotuned blocks inside the head loop, not DCB_ONE_P)")
     parser.add_argument("--mamba-src", default=os.environ.get("MAMBA_SSM_SRC"), help="mamba-ssm source checkout")
     add_smoke_flag(parser)
     args = parser.parse_args(argv)
@@ -147,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     from avgkit_mamba.ops.triton_ssd import chunk_scan_triton
 
     impls: dict[str, Callable | None] = {"triton": chunk_scan_triton, "triton-dcb-split": chunk_scan_triton,
-                                         "torch": ssd_chunk_scan}
-    head_split = triton_ssd.DCB_HEAD_SPLIT
+                                         "triton-dcb-pblocks": chunk_scan_triton, "torch": ssd_chunk_scan}
+    head_split, one_p = triton_ssd.DCB_HEAD_SPLIT, triton_ssd.DCB_ONE_P
     notes: dict[str, str] = {}
     mamba_version = None
     if "mamba_ssm" in args.impls:
@@ -166,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         # triton-dcb-split: the backward's dCB kernel with a group's heads split over four programs per tile
         triton_ssd.DCB_HEAD_SPLIT = 4 if name == "triton-dcb-split" else head_split
+        triton_ssd.DCB_ONE_P = one_p and name != "triton-dcb-pblocks"
         try:
             results[name] = bench(fn, t, args.chunk, warmup, reps)
         finally:
-            triton_ssd.DCB_HEAD_SPLIT = head_split
+            triton_ssd.DCB_HEAD_SPLIT, triton_ssd.DCB_ONE_P = head_split, one_p
         empty_cache(device)
     import triton
 

@@ -13,7 +13,8 @@ timed in the same process:
   ``ckpt2-compile-blocks``, ``compile-blocks-conv1d`` (compiled blocks calling the depthwise
   conv1d kernel, as before the shifts became the default), ``compile-blocks-loss`` (compiled
   blocks and the chunked loss's softmax gradient as one compiled kernel, ``ARModel.compile_loss``),
-  ``graph``, ``compile-blocks-graph``, ``compile-blocks-loss-graph`` (the trainer's GPU default) and
+  ``graph``, ``compile-blocks-graph``, ``compile-blocks-loss-graph`` (the trainer's GPU default: with the conv's
+  Triton kernels), ``compile-blocks-loss-graph-torchconv`` (the same with the conv in PyTorch, the shifted form) and
   ``ckpt2-compile-blocks-graph`` (the step replayed from one CUDA graph, as ``train.cuda_graph`` does: three eager
   steps, a capture, then replays; labels dropped on the host);
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
@@ -57,7 +58,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from avgkit_mamba.ops import conv_torch  # noqa: E402
+from avgkit_mamba.ops import conv_torch, dispatch  # noqa: E402
 from common import (  # noqa: E402
     add_smoke_flag,
     device_for,
@@ -89,6 +90,8 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
             "compile-blocks-loss": {"fused": True, "compile": "blocks", "compile_loss": True},
             "graph": {"fused": True, "graph": True},
             "compile-blocks-loss-graph": {"fused": True, "compile": "blocks", "compile_loss": True, "graph": True},
+            "compile-blocks-loss-graph-torchconv": {"fused": True, "compile": "blocks", "compile_loss": True,
+                                                    "graph": True, "triton_conv": False},
             "compile-blocks-graph": {"fused": True, "compile": "blocks", "graph": True},
             "ckpt2-compile-blocks-graph": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
                                            "compile": "blocks", "graph": True}}
@@ -474,8 +477,9 @@ def main() -> None:
             model.fused_loss = spec["fused"]
             model.compile_loss = spec.get("compile_loss", False)
             flops = flops or flops_per_token(model, tokens)
-            shifts = conv_torch.SHIFTS_WHEN_COMPILING
+            shifts, triton_conv = conv_torch.SHIFTS_WHEN_COMPILING, dispatch.TRITON_CONV
             conv_torch.SHIFTS_WHEN_COMPILING = spec.get("shift_conv", shifts)
+            dispatch.TRITON_CONV = spec.get("triton_conv", triton_conv)
             graph = spec.get("graph", False)
             try:
                 row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", "off"),
@@ -488,7 +492,7 @@ def main() -> None:
                 empty_cache(device)
                 continue
             finally:
-                conv_torch.SHIFTS_WHEN_COMPILING = shifts
+                conv_torch.SHIFTS_WHEN_COMPILING, dispatch.TRITON_CONV = shifts, triton_conv
             step = row.pop("_step")
             if args.profile and variant == args.profile_variant and preset in (args.profile_preset, "tiny") and not profiles:
                 profiles[f"{preset} {variant}"] = profile_step(step, device, Path(args.profile),

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from avgkit_mamba.norm import GatedRMSNorm
 from avgkit_mamba.ops import conv_torch, ssd_torch
-from avgkit_mamba.ops.dispatch import IMPLS, STEP_KERNELS, chunk_scan, decode_step, dual_step, window_step
+from avgkit_mamba.ops.dispatch import IMPLS, STEP_KERNELS, causal_conv, chunk_scan, decode_step, dual_step, window_step
 from avgkit_mamba.ops.state_quant import load_state, store_state_
 
 __all__ = ["Mamba2ChunkedState", "Mamba2DualState", "Mamba2Mixer", "Mamba2State"]
@@ -280,14 +280,14 @@ class Mamba2Mixer(nn.Module):
         if keep is not None:
             xBC = xBC * keep
         weight = self.conv1d.weight.squeeze(1)
-        if state is None:
-            xBC = conv_torch.causal_conv1d(xBC.transpose(1, 2), weight, self.conv1d.bias)
+        if state is None:  # (B, L, conv_dim) in and out: head dims contiguous for the scan
+            xBC = causal_conv(xBC, weight, self.conv1d.bias, impl=self.impl)
         else:
             xBC, conv_final = conv_torch.causal_conv1d(
                 xBC.transpose(1, 2), weight, self.conv1d.bias, initial_state=state.conv, return_final_state=True
             )
             state.conv.copy_(conv_final)
-        xBC = xBC.transpose(1, 2).contiguous()  # (B, L, conv_dim): head dims contiguous for the scan
+            xBC = xBC.transpose(1, 2).contiguous()
         if keep is not None:
             xBC = xBC * keep  # padded positions add dt * B * x = 0 to the SSM state
         xs, Bs, Cs = self._split_xbc(xBC)

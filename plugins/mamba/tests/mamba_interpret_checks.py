@@ -1,6 +1,6 @@
 """Triton kernels on the CPU interpreter, against the torch ops and the goldens.
 
-Run as ``python mamba_interpret_checks.py {scan,step,decode,compile,int8,fused,poison}``: it sets ``TRITON_INTERPRET=1``
+Run as ``python mamba_interpret_checks.py {scan,step,decode,compile,int8,fused,poison,conv}``: it sets ``TRITON_INTERPRET=1``
 before Triton is imported (which is why the tests run it in a subprocess), prints one
 line per check and exits non-zero on the first mismatch. Shapes are tiny: the
 interpreter runs each program in Python.
@@ -115,6 +115,14 @@ def scan_checks() -> None:
         compare_scan("fp32 l=20 chunk=8 five heads, dCB split", t, chunk=8, final=False, tol=1e-4)
     finally:
         triton_ssd.DCB_HEAD_SPLIT = split
+    # P wider than the interpreter's block: the dCB kernel's P loop inside the head loop (not DCB_ONE_P)
+    t = ssd_problem(1, 16, 2, 32, 1, 16, seed=6)
+    one_p, triton_ssd.DCB_ONE_P = triton_ssd.DCB_ONE_P, False
+    try:
+        compare_scan("fp32 p=32 dCB by P blocks", t, chunk=16, final=False, tol=1e-4)
+    finally:
+        triton_ssd.DCB_ONE_P = one_p
+    compare_scan("fp32 p=32 dCB one P block", t, chunk=16, final=False, tol=1e-4)
 
     g = load_file(str(GOLDEN_DIR / "ssd_combined.safetensors"))
     y = chunk_scan(g["x"], g["dt"], g["A"], g["B"], g["C"], chunk_size=int(g["chunk_size"]), D=g["D"], z=g["z"],
@@ -483,6 +491,65 @@ def compile_checks() -> None:
         raise SystemExit(f"FAILED: compiled backbone: {missing} parameter gradients missing")
     check("compile aot_eager backbone grads (max)", max(max_rel_err(a, b) for a, b in zip(got[1:], ref[1:], strict=True)), 1e-5)
 
+def conv_checks() -> None:
+    """The whole-sequence conv kernels = ``conv_torch.causal_conv1d`` (values and all three gradients), on a
+    strided channels-last input; every gradient slot written (poisoned allocations change nothing); the ops'
+    registrations; torch.compile through them."""
+    from avgkit_mamba.ops import conv_torch
+    from avgkit_mamba.ops.dispatch import causal_conv
+
+    def run(fn, x, w, bias, act, dy):
+        leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, bias)]
+        y = fn(*leaves, act)
+        (y.float() * dy).sum().backward()
+        return [y, *(t.grad for t in leaves if t is not None)]
+
+    def torch_conv(x, w, bias, act):
+        return conv_torch.causal_conv1d(x.transpose(1, 2), w, bias, activation=act).transpose(1, 2)
+
+    def triton_conv(x, w, bias, act):
+        return causal_conv(x, w, bias, activation=act, impl="triton")
+
+    g = torch.Generator().manual_seed(0)
+    for b, L, d, w, has_bias, act in ((2, 37, 40, 4, True, "silu"), (1, 20, 24, 3, False, None),
+                                      (2, 5, 16, 4, True, "silu")):
+        wide = torch.randn(b, L, d + 9, generator=g)
+        x = wide[..., 5:5 + d]  # a column slice, as the mixer passes in_proj's output
+        wt, bias = torch.randn(d, w, generator=g) * 0.5, torch.randn(d, generator=g) if has_bias else None
+        dy = torch.randn(b, L, d, generator=g)
+        ref = run(torch_conv, x, wt, bias, act, dy)
+        got = run(triton_conv, x, wt, bias, act, dy)
+        if not got[0].is_contiguous():
+            raise SystemExit("FAILED: the Triton conv's output is not contiguous")
+        for name, a, r in zip(("y", "dx", "dw", "dbias")[:len(got)], got, ref, strict=True):
+            check(f"conv {b}x{L}x{d} w{w} {act} {name}", max_rel_err(a, r), 1e-5)
+        with _Poisoned(float("nan")):
+            poisoned = run(triton_conv, x, wt, bias, act, dy)
+        same = all(torch.equal(a, p) for a, p in zip(got, poisoned, strict=True))
+        check(f"conv {b}x{L}x{d} poisoned slots", 0.0 if same else float("inf"), 0.0)
+    # bf16 input (fp32 weights, as under autocast): the torch path rounds its products to bf16
+    x = torch.randn(2, 24, 32, generator=g).bfloat16()
+    wt, bias, dy = torch.randn(32, 4, generator=g) * 0.5, torch.randn(32, generator=g), torch.randn(2, 24, 32)
+    exact = run(torch_conv, x.double(), wt.double(), bias.double(), "silu", dy.double())
+    for label, out in (("triton", run(triton_conv, x, wt, bias, "silu", dy)),
+                       ("torch", run(torch_conv, x, wt, bias, "silu", dy))):
+        errs = [max_rel_err(a.double(), r) for a, r in zip(out, exact, strict=True)]
+        print(f"conv bf16 {label} vs fp64 max rel errs {[f'{e:.1e}' for e in errs]}", flush=True)
+        if label == "triton":
+            check("conv bf16 triton vs fp64 (max)", max(errs), 2e-2)
+
+    ops = torch.ops.avgkit_mamba
+    x, wt, bias = torch.randn(2, 9, 16, generator=g), torch.randn(16, 4, generator=g), torch.randn(16, generator=g)
+    print(f"opcheck causal_conv_fwd: {torch.library.opcheck(ops.causal_conv_fwd, (x, wt, bias, True))}", flush=True)
+    print(f"opcheck causal_conv_bwd: {torch.library.opcheck(ops.causal_conv_bwd, (torch.randn_like(x), x, wt, bias, True))}",
+          flush=True)
+    dy = torch.randn_like(x)
+    eager = run(triton_conv, x, wt, bias, "silu", dy)
+    for bk in ("aot_eager", "inductor"):
+        got = run(torch.compile(triton_conv, backend=bk, fullgraph=True), x, wt, bias, "silu", dy)
+        check(f"conv compile {bk}", max(max_rel_err(a, r) for a, r in zip(got, eager, strict=True)), 1e-6)
+
+
 class _Poisoned:
     """Within the block, new float tensors from ``torch.empty``, ``empty_like`` and ``Tensor.new_empty`` hold
     ``value`` instead of whatever memory held: a kernel that reads an element nobody wrote then changes its
@@ -587,5 +654,5 @@ def poison_checks() -> None:
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "scan"
     {"scan": scan_checks, "step": step_checks, "decode": decode_checks, "compile": compile_checks,
-     "int8": int8_state_checks, "fused": fused_checks, "poison": poison_checks}[which]()
+     "int8": int8_state_checks, "fused": fused_checks, "poison": poison_checks, "conv": conv_checks}[which]()
     print("OK")

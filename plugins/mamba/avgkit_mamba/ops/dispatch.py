@@ -4,6 +4,7 @@ The mixer and the backbone call these functions and never choose a path themselv
 
 | op | PyTorch | Triton |
 |---|---|---|
+| :func:`causal_conv` (training, teacher forcing: whole sequence from zeros) | ``conv_torch.causal_conv1d`` | ``triton_conv`` |
 | :func:`chunk_scan` (training, prefill) | ``ssd_torch.ssd_chunk_scan`` | ``triton_ssd`` |
 | :func:`fused_step` (conv + SSM update + skip + gate) | :func:`fused_step_torch` | ``triton_step.fused_step_triton`` |
 | :func:`decode_step` (a mixer's step from ``in_proj``'s output, with its norm) | :func:`decode_step_torch` | ``triton_step.decode_step_triton``, or ``triton_step_fused`` (``kernel="one-launch"``) |
@@ -45,6 +46,7 @@ __all__ = [
     "STEP_KERNELS",
     "Impl",
     "add_norm_modulate",
+    "causal_conv",
     "chunk_scan",
     "decode_step",
     "decode_step_torch",
@@ -99,6 +101,29 @@ def resolve_impl(impl: str, device: torch.device | str) -> Literal["torch", "tri
             "(or set TRITON_INTERPRET=1 to run the kernels on the CPU, slowly)"
         )
     return "triton"
+
+
+#: The whole-sequence conv on Triton wherever the impl is Triton (False: the PyTorch form, which under
+#: torch.compile is ``conv_torch``'s shifted multiply-adds); a switch for timing one against the other.
+TRITON_CONV = True
+
+
+def causal_conv(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = "silu", impl: str = "auto"
+) -> Tensor:
+    """Causal depthwise conv + activation of ``x`` (b, l, d) from zeros -> (b, l, d) contiguous.
+
+    Channels-last on both sides (the mixer's layout); ``weight`` (d, w), ``bias`` (d,).
+    """
+    use_triton = resolve_impl(impl, x.device) == "triton"
+    if use_triton and impl == "auto" and (not TRITON_CONV or x.dtype not in (torch.float32, torch.float16, torch.bfloat16)):
+        use_triton = False
+    if use_triton:
+        from avgkit_mamba.ops.triton_conv import causal_conv_triton
+
+        return causal_conv_triton(x, weight, bias, activation)
+    y = conv_torch.causal_conv1d(x.transpose(1, 2), weight, bias, activation=activation)
+    return y.transpose(1, 2).contiguous()
 
 
 def _triton_scan_supports(x: Tensor, chunk_size: int) -> bool:

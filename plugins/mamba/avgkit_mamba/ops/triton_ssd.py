@@ -316,7 +316,7 @@ def _dcb_kernel(
     x_ptr, dy_ptr, cb_ptr, dtp_ptr, acs_ptr, dcb_ptr, dacs_ptr,
     seqlen, nheads, nchunks, ngroups, hpg, Q, P, n_slots, split, heads_per_part,
     s_x_b, s_x_l, s_x_h, s_x_p, s_y_b, s_y_l, s_y_h, s_y_p,
-    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
+    PREC: tl.constexpr, ONE_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """dCB[t,s] = sum_heads dt_s exp(acs_t - acs_s) (dy_t . x_s), s <= t (fp32).
 
@@ -354,14 +354,21 @@ def _dcb_kernel(
         hi = gi * hpg + hh
         x_base = x_ptr + bi * s_x_b + (ci * Q) * s_x_l + hi * s_x_h
         y_base = dy_ptr + bi * s_y_b + (ci * Q) * s_y_l + hi * s_y_h
-        prod = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
-        for p0 in range(0, P, BLOCK_P):
-            pp = p0 + offs_p
-            dyt = tl.load(y_base + offs_m[:, None] * s_y_l + pp[None, :] * s_y_p,
-                          mask=mask_m[:, None] & (pp[None, :] < P), other=0.0)
-            xst = tl.load(x_base + offs_s[None, :] * s_x_l + pp[:, None] * s_x_p,
-                          mask=mask_s[None, :] & (pp[:, None] < P), other=0.0)
-            prod += tl.dot(dyt, xst.to(dyt.dtype), input_precision=PREC)
+        if ONE_P:  # a head's whole P in one tile: the head loop is innermost, so its loads are pipelined
+            dyt = tl.load(y_base + offs_m[:, None] * s_y_l + offs_p[None, :] * s_y_p,
+                          mask=mask_m[:, None] & (offs_p[None, :] < P), other=0.0)
+            xst = tl.load(x_base + offs_s[None, :] * s_x_l + offs_p[:, None] * s_x_p,
+                          mask=mask_s[None, :] & (offs_p[:, None] < P), other=0.0)
+            prod = tl.dot(dyt, xst.to(dyt.dtype), input_precision=PREC)
+        else:
+            prod = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
+            for p0 in range(0, P, BLOCK_P):
+                pp = p0 + offs_p
+                dyt = tl.load(y_base + offs_m[:, None] * s_y_l + pp[None, :] * s_y_p,
+                              mask=mask_m[:, None] & (pp[None, :] < P), other=0.0)
+                xst = tl.load(x_base + offs_s[None, :] * s_x_l + pp[:, None] * s_x_p,
+                              mask=mask_s[None, :] & (pp[:, None] < P), other=0.0)
+                prod += tl.dot(dyt, xst.to(dyt.dtype), input_precision=PREC)
         a_base = ((bi * nheads + hi) * nchunks + ci) * Q
         acs_m = tl.load(acs_ptr + a_base + offs_m, mask=mask_m, other=0.0)
         acs_s = tl.load(acs_ptr + a_base + offs_s, mask=mask_s, other=0.0)
@@ -663,6 +670,11 @@ _scan_fwd_k = Launcher(
 DCB_HEAD_SPLIT = 1
 
 
+#: The dCB kernel loads a head's whole P at once (one tile, P <= 128), so that its loop over heads is the innermost
+#: and Triton pipelines its loads; False: P in autotuned blocks inside the head loop.
+DCB_ONE_P = True
+
+
 def _dcb_block(Q: int) -> int:
     """Tile of the dCB kernel: fixed (not autotuned) because it sets the slot count."""
     return min(Q, 16) if INTERPRET else min(Q, 64)
@@ -671,14 +683,21 @@ def _dcb_block(Q: int) -> int:
 _dcb_k = Launcher(
     _dcb_kernel,
     configs=[
-        ({"BLOCK_P": 64}, 4, 3),
-        ({"BLOCK_P": 64}, 8, 2),
-        ({"BLOCK_P": 32}, 4, 3),
-        ({"BLOCK_P": 16}, 4, 2),
+        ({"BLOCK_P": 64, "ONE_P": False}, 4, 3),
+        ({"BLOCK_P": 64, "ONE_P": False}, 8, 2),
+        ({"BLOCK_P": 32, "ONE_P": False}, 4, 3),
+        ({"BLOCK_P": 16, "ONE_P": False}, 4, 2),
     ],
     key=_KEY + ["BLOCK_M"],
     valid=lambda a, m: _fits_dims(a, m, BLOCK_P="P"),
-    interp=lambda a: _small_meta(a, BLOCK_P="P"),
+    interp=lambda a: {**_small_meta(a, BLOCK_P="P"), "ONE_P": False},
+)
+_dcb_one_p_k = Launcher(  # DCB_ONE_P: BLOCK_P and ONE_P come from the call
+    _dcb_kernel,
+    configs=[({}, 4, 3), ({}, 8, 3), ({}, 4, 2), ({}, 8, 2)],
+    key=_KEY + ["BLOCK_M", "BLOCK_P"],
+    valid=lambda a, m: True,
+    interp=lambda a: {},
 )
 
 _dbc_k = Launcher(
@@ -888,14 +907,14 @@ def _bwd(
     split = triton.cdiv(hpg, per_part)  # no empty part
     dcb_parts = torch.empty(b, nchunks, g, split, Q, Q, device=dev, dtype=torch.float32)
     dacs = torch.empty(b, h, nchunks, n_slots, Q, device=dev, dtype=torch.float32)
-    _dcb_k(
+    (_dcb_one_p_k if DCB_ONE_P else _dcb_k)(
         lambda m: (b * nchunks * g * split, n_slots, n_slots),
         x_ptr=x, dy_ptr=dy, cb_ptr=cb, dtp_ptr=dtp, acs_ptr=acs, dcb_ptr=dcb_parts, dacs_ptr=dacs,
         seqlen=seqlen, nheads=h, nchunks=nchunks, ngroups=g, hpg=hpg, Q=Q, P=p, n_slots=n_slots,
         split=split, heads_per_part=per_part,
         s_x_b=x.stride(0), s_x_l=x.stride(1), s_x_h=x.stride(2), s_x_p=x.stride(3),
         s_y_b=dy.stride(0), s_y_l=dy.stride(1), s_y_h=dy.stride(2), s_y_p=dy.stride(3),
-        PREC=prec, BLOCK_M=bm,
+        PREC=prec, BLOCK_M=bm, **({"ONE_P": True, "BLOCK_P": max(_dot_min(), _p2(p))} if DCB_ONE_P else {}),
     )
     dcb = dcb_parts.sum(3) if split > 1 else dcb_parts[:, :, :, 0]
 

@@ -1,0 +1,255 @@
+"""Triton kernels for the whole-sequence causal depthwise conv with its SiLU, forward and backward.
+
+Same result as :func:`avgkit_mamba.ops.conv_torch.causal_conv1d` without an initial state
+(training and teacher forcing), on the channels-last layout the mixer has: ``x`` is
+``(b, l, d)`` with unit channel stride (a column slice of ``in_proj``'s output is taken as
+it is) and ``y`` comes back contiguous ``(b, l, d)``, so neither direction transposes.
+
+Why a kernel: under ``torch.compile`` inductor lowered the conv's backward (the SiLU's
+gradient, the input gradient and the weight gradient summed over every position) to
+kernels that ran at a tenth of the copy bandwidth; the shifted form and this kernel were
+timed side by side in ``benchmarks/train_step.py``.
+
+Numerics: products and sums in fp32, the weight rounded to the input dtype first (as the
+PyTorch path does). The backward recomputes the pre-activation from ``x`` rather than
+saving it. The weight and bias gradients are summed per block of ``PART_L`` positions
+into fixed slots, then over the slots on the host: the same order on every run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from avgkit_mamba.ops.triton_launch import INTERPRET, Launcher
+
+__all__ = ["causal_conv_triton"]
+
+#: Positions a program covers (fixed, not autotuned: it sets the number of gradient slots).
+PART_L = 64
+
+
+@triton.jit
+def _pre(x_row, w_ptr, bias_ptr, t, offs_d, mask_d, seqlen, s_x_l, W: tl.constexpr, HAS_BIAS: tl.constexpr,
+         XDTYPE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """bias + sum_k w[:, k] x[t - W + 1 + k] for positions ``t`` (BLOCK_L,) and channels ``offs_d`` (fp32)."""
+    acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    for k in tl.static_range(W):
+        s = t - (W - 1) + k
+        xv = tl.load(x_row + s[:, None] * s_x_l + offs_d[None, :],
+                     mask=((s >= 0) & (s < seqlen))[:, None] & mask_d[None, :], other=0.0)
+        wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)
+        acc += xv.to(tl.float32) * wk[None, :]
+    return acc
+
+
+@triton.jit
+def _conv_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr, seqlen, dim, s_x_b, s_x_l,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    lb = tl.program_id(0)
+    db = tl.program_id(1)
+    bi = tl.program_id(2).to(tl.int64)
+    t = lb * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    x_row = x_ptr + bi * s_x_b
+    acc = _pre(x_row, w_ptr, bias_ptr, t, offs_d, mask_d, seqlen, s_x_l, W, HAS_BIAS, x_ptr.dtype.element_ty,
+               BLOCK_L, BLOCK_D)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + bi * seqlen * dim + t[:, None] * dim + offs_d[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(t < seqlen)[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _conv_bwd_kernel(
+    x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, seqlen, dim, n_parts, s_x_b, s_x_l,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    PART: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dx[t] = sum_j w[:, W-1-j] g[t+j] with g = dy * act'(pre); per-slot sums of g x[t-W+1+k] and g.
+
+    A program covers ``PART`` positions of one sequence in blocks of ``BLOCK_L``; ``g`` past
+    a block's end (the ``W - 1`` positions its inputs feed) is recomputed, not exchanged.
+    """
+    pb = tl.program_id(0)
+    db = tl.program_id(1)
+    bi = tl.program_id(2).to(tl.int64)
+    XDTYPE: tl.constexpr = x_ptr.dtype.element_ty
+    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    x_row = x_ptr + bi * s_x_b
+    dy_row = dy_ptr + bi * seqlen * dim
+    dw_acc = tl.zeros((BLOCK_W, BLOCK_D), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_W)
+    for l0 in range(pb * PART, tl.minimum(pb * PART + PART, seqlen), BLOCK_L):
+        t = l0 + tl.arange(0, BLOCK_L)
+        dx = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+        for j in tl.static_range(W):
+            tj = t + j
+            pre = _pre(x_row, w_ptr, bias_ptr, tj, offs_d, mask_d, seqlen, s_x_l, W, HAS_BIAS, XDTYPE, BLOCK_L, BLOCK_D)
+            g = tl.load(dy_row + tj[:, None] * dim + offs_d[None, :],
+                        mask=(tj < seqlen)[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+            if SILU:
+                sig = tl.sigmoid(pre)
+                g = g * sig * (1.0 + pre * (1.0 - sig))
+            wj = tl.load(w_ptr + offs_d * W + (W - 1 - j), mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)
+            dx += g * wj[None, :]
+            if j == 0:
+                db_acc += tl.sum(g, axis=0)
+                for k in tl.static_range(W):
+                    s = t - (W - 1) + k
+                    xv = tl.load(x_row + s[:, None] * s_x_l + offs_d[None, :],
+                                 mask=((s >= 0) & (s < seqlen))[:, None] & mask_d[None, :], other=0.0)
+                    part_k = tl.sum(g * xv.to(tl.float32), axis=0)
+                    dw_acc += tl.where(offs_k[:, None] == k, part_k[None, :], 0.0)
+        tl.store(dx_ptr + bi * seqlen * dim + t[:, None] * dim + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty),
+                 mask=(t < seqlen)[:, None] & mask_d[None, :])
+    slot = bi * n_parts + pb
+    tl.store(dw_ptr + (slot * W + offs_k[:, None]) * dim + offs_d[None, :], dw_acc,
+             mask=(offs_k < W)[:, None] & mask_d[None, :])
+    if HAS_BIAS:
+        tl.store(db_ptr + slot * dim + offs_d, db_acc, mask=mask_d)
+
+
+def _interp_meta(args: dict) -> dict:
+    return {"BLOCK_L": 16, "BLOCK_D": 16, "num_warps": 4}
+
+
+_fwd_k = Launcher(
+    _conv_fwd_kernel,
+    configs=[
+        ({"BLOCK_L": 32, "BLOCK_D": 128}, 4, 2),
+        ({"BLOCK_L": 64, "BLOCK_D": 64}, 4, 2),
+        ({"BLOCK_L": 16, "BLOCK_D": 256}, 4, 2),
+        ({"BLOCK_L": 64, "BLOCK_D": 128}, 8, 2),
+    ],
+    key=["dim", "seqlen", "W", "HAS_BIAS", "SILU"],
+    valid=lambda a, m: True,
+    interp=_interp_meta,
+)
+
+_bwd_k = Launcher(
+    _conv_bwd_kernel,
+    configs=[
+        ({"BLOCK_L": 32, "BLOCK_D": 128}, 4, 2),
+        ({"BLOCK_L": 64, "BLOCK_D": 64}, 4, 2),
+        ({"BLOCK_L": 16, "BLOCK_D": 256}, 4, 2),
+        ({"BLOCK_L": 32, "BLOCK_D": 64}, 4, 2),
+    ],
+    key=["dim", "seqlen", "W", "HAS_BIAS", "SILU"],
+    valid=lambda a, m: m["BLOCK_L"] <= a["PART"],
+    interp=_interp_meta,
+)
+
+
+def _check(x: Tensor, weight: Tensor) -> None:
+    if x.dim() != 3 or x.stride(-1) != 1:
+        raise ValueError(f"the Triton conv takes x (b, l, d) with unit channel stride, got shape {tuple(x.shape)} "
+                         f"strides {x.stride()}")
+    if weight.dim() != 2 or weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"conv weight {tuple(weight.shape)} does not match {x.shape[-1]} channels; expected (d, w)")
+
+
+def _fwd(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+    _check(x, weight)
+    b, seqlen, dim = x.shape
+    y = torch.empty(b, seqlen, dim, device=x.device, dtype=x.dtype)
+    if y.numel() == 0:
+        return y
+    _fwd_k(
+        lambda m: (triton.cdiv(seqlen, m["BLOCK_L"]), triton.cdiv(dim, m["BLOCK_D"]), b),
+        x_ptr=x, w_ptr=weight, bias_ptr=bias if bias is not None else weight, y_ptr=y, seqlen=seqlen, dim=dim,
+        s_x_b=x.stride(0), s_x_l=x.stride(1), W=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu,
+    )
+    return y
+
+
+def _bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> tuple[Tensor, Tensor, Tensor]:
+    _check(x, weight)
+    b, seqlen, dim = x.shape
+    w = weight.shape[1]
+    dy = dy.contiguous()
+    part = min(PART_L, 16) if INTERPRET else PART_L
+    n_parts = max(1, triton.cdiv(seqlen, part))
+    dx = torch.empty(b, seqlen, dim, device=x.device, dtype=x.dtype)
+    if dx.numel() == 0:
+        return dx, torch.zeros_like(weight), torch.zeros_like(bias) if bias is not None else weight.new_empty(0)
+    dw_slots = torch.empty(b * n_parts, w, dim, device=x.device, dtype=torch.float32)
+    db_slots = torch.empty(b * n_parts, dim, device=x.device, dtype=torch.float32)
+    _bwd_k(
+        lambda m: (n_parts, triton.cdiv(dim, m["BLOCK_D"]), b),
+        x_ptr=x, w_ptr=weight, bias_ptr=bias if bias is not None else weight, dy_ptr=dy, dx_ptr=dx,
+        dw_ptr=dw_slots, db_ptr=db_slots, seqlen=seqlen, dim=dim, n_parts=n_parts,
+        s_x_b=x.stride(0), s_x_l=x.stride(1), W=w, HAS_BIAS=bias is not None, SILU=silu, PART=part,
+        BLOCK_W=triton.next_power_of_2(w),
+    )
+    dw = dw_slots.sum(0).t().contiguous().to(weight.dtype)
+    db = db_slots.sum(0).to(bias.dtype) if bias is not None else db_slots.new_empty(0)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- custom ops
+# Opaque to torch.compile (one graph node each way, shape-only fakes), as the scan is.
+
+_FWD_SCHEMA = "(Tensor x, Tensor weight, Tensor? bias, bool silu) -> Tensor"
+_BWD_SCHEMA = "(Tensor dy, Tensor x, Tensor weight, Tensor? bias, bool silu) -> (Tensor, Tensor, Tensor)"
+
+
+@torch.library.custom_op("avgkit_mamba::causal_conv_fwd", mutates_args=(), schema=_FWD_SCHEMA)
+def _conv_fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+    return _fwd(x, weight, bias, silu)
+
+
+@_conv_fwd_op.register_fake
+def _(x, weight, bias, silu):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("avgkit_mamba::causal_conv_bwd", mutates_args=(), schema=_BWD_SCHEMA)
+def _conv_bwd_op(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _bwd(dy, x, weight, bias, silu)
+
+
+@_conv_bwd_op.register_fake
+def _(dy, x, weight, bias, silu):
+    db = bias.new_empty(bias.shape) if bias is not None else weight.new_empty(0, dtype=torch.float32)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), db
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+    x, weight, bias, silu = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.silu = silu
+
+
+def _backward(ctx: Any, dy: Tensor) -> tuple:
+    x, weight, bias = ctx.saved_tensors
+    dx, dw, db = _conv_bwd_op(dy, x, weight, bias, ctx.silu)
+    return dx, dw, db if bias is not None else None, None
+
+
+_conv_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def causal_conv_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = "silu") -> Tensor:
+    """Causal depthwise conv of ``x`` (b, l, d) with ``weight`` (d, w) and ``bias`` (d,), then SiLU.
+
+    Starts from zeros (no initial state); returns (b, l, d) contiguous in ``x.dtype``.
+    Gradients flow to x, weight and bias.
+    """
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"unknown conv activation {activation!r}; use 'silu' or None")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    return _conv_fwd_op(x, weight.contiguous(), None if bias is None else bias.contiguous(), activation is not None)
