@@ -472,6 +472,7 @@ def main() -> None:
         flops = None
         for variant in variants:
             spec = VARIANTS[variant]
+            torch._dynamo.reset()  # each row compiles afresh, as its own process would (no shared cache limit)
             opts = {**extra, **{k: spec[k] for k in ("activation_checkpointing", "checkpoint_every") if k in spec}}
             model = build(preset, device=device, vocab=vocab, tokens=tokens, **opts)
             model.fused_loss = spec["fused"]

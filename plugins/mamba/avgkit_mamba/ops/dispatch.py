@@ -113,9 +113,10 @@ def causal_conv(
 ) -> Tensor:
     """Causal depthwise conv + activation of ``x`` (b, l, d) from zeros -> (b, l, d) contiguous.
 
-    Channels-last on both sides (the mixer's layout); ``weight`` (d, w), ``bias`` (d,).
+    Channels-last on both sides (the mixer's layout); ``weight`` (d, w), ``bias`` (d,). The Triton
+    kernels take width 4 (Mamba's ``d_conv``); other widths run in PyTorch whatever ``impl`` says.
     """
-    use_triton = resolve_impl(impl, x.device) == "triton"
+    use_triton = resolve_impl(impl, x.device) == "triton" and weight.shape[-1] == 4  # the kernels' width (Mamba's)
     if use_triton and impl == "auto" and (not TRITON_CONV or x.dtype not in (torch.float32, torch.float16, torch.bfloat16)):
         use_triton = False
     if use_triton:

@@ -29,6 +29,8 @@ from avgkit_mamba.ops.triton_launch import INTERPRET, Launcher
 
 __all__ = ["causal_conv_triton"]
 
+#: The conv width the kernels take: Mamba's (``d_conv``); the dispatcher runs other widths in PyTorch.
+WIDTH = 4
 #: Positions a program covers (fixed, not autotuned: it sets the number of gradient slots).
 PART_L = 64
 
@@ -71,15 +73,31 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
+def _tap(row, s, s_x_l, offs_d, mask_d, seqlen):
+    """x at positions ``s`` (zero outside the sequence) in fp32."""
+    return tl.load(row + s[:, None] * s_x_l + offs_d[None, :],
+                   mask=((s >= 0) & (s < seqlen))[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _act_grad(dy, pre, SILU: tl.constexpr):
+    if SILU:
+        sig = tl.sigmoid(pre)
+        return dy * sig * (1.0 + pre * (1.0 - sig))
+    return dy
+
+
+@triton.jit
 def _conv_bwd_kernel(
     x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, seqlen, dim, n_parts, s_x_b, s_x_l,
-    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    PART: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, PART: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dx[t] = sum_j w[:, W-1-j] g[t+j] with g = dy * act'(pre); per-slot sums of g x[t-W+1+k] and g.
+    """Width 4. With g = dy * act'(pre): dx[t] = sum_j w[:, 3-j] g[t+j]; per-slot sums of g[t] x[t-3+k] and g[t].
 
-    A program covers ``PART`` positions of one sequence in blocks of ``BLOCK_L``; ``g`` past
-    a block's end (the ``W - 1`` positions its inputs feed) is recomputed, not exchanged.
+    A program covers ``PART`` positions of one sequence in blocks of ``BLOCK_L``. Each block
+    loads x at seven shifts and dy at four, once, and forms the pre-activations of its own
+    positions and of the three after them (which its inputs also feed) in registers; the
+    weight and bias gradients accumulate element-wise and are reduced once at the end.
     """
     pb = tl.program_id(0)
     db = tl.program_id(1)
@@ -89,41 +107,55 @@ def _conv_bwd_kernel(
     mask_d = offs_d < dim
     x_row = x_ptr + bi * s_x_b
     dy_row = dy_ptr + bi * seqlen * dim
-    dw_acc = tl.zeros((BLOCK_W, BLOCK_D), dtype=tl.float32)
-    db_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    offs_k = tl.arange(0, BLOCK_W)
+    w0 = tl.load(w_ptr + offs_d * 4 + 0, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    w1 = tl.load(w_ptr + offs_d * 4 + 1, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    w2 = tl.load(w_ptr + offs_d * 4 + 2, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    w3 = tl.load(w_ptr + offs_d * 4 + 3, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    bias = tl.zeros((1, BLOCK_D), dtype=tl.float32)
+    if HAS_BIAS:
+        bias += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    acc_b = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc_0 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc_1 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc_2 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc_3 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     for l0 in range(pb * PART, tl.minimum(pb * PART + PART, seqlen), BLOCK_L):
         t = l0 + tl.arange(0, BLOCK_L)
-        dx = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        for j in tl.static_range(W):
-            tj = t + j
-            pre = _pre(x_row, w_ptr, bias_ptr, tj, offs_d, mask_d, seqlen, s_x_l, W, HAS_BIAS, XDTYPE, BLOCK_L, BLOCK_D)
-            g = tl.load(dy_row + tj[:, None] * dim + offs_d[None, :],
-                        mask=(tj < seqlen)[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-            if SILU:
-                sig = tl.sigmoid(pre)
-                g = g * sig * (1.0 + pre * (1.0 - sig))
-            wj = tl.load(w_ptr + offs_d * W + (W - 1 - j), mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)
-            dx += g * wj[None, :]
-            if j == 0:
-                db_acc += tl.sum(g, axis=0)
-                for k in tl.static_range(W):
-                    s = t - (W - 1) + k
-                    xv = tl.load(x_row + s[:, None] * s_x_l + offs_d[None, :],
-                                 mask=((s >= 0) & (s < seqlen))[:, None] & mask_d[None, :], other=0.0)
-                    part_k = tl.sum(g * xv.to(tl.float32), axis=0)
-                    dw_acc += tl.where(offs_k[:, None] == k, part_k[None, :], 0.0)
+        xm3 = _tap(x_row, t - 3, s_x_l, offs_d, mask_d, seqlen)
+        xm2 = _tap(x_row, t - 2, s_x_l, offs_d, mask_d, seqlen)
+        xm1 = _tap(x_row, t - 1, s_x_l, offs_d, mask_d, seqlen)
+        x0 = _tap(x_row, t, s_x_l, offs_d, mask_d, seqlen)
+        xp1 = _tap(x_row, t + 1, s_x_l, offs_d, mask_d, seqlen)
+        xp2 = _tap(x_row, t + 2, s_x_l, offs_d, mask_d, seqlen)
+        xp3 = _tap(x_row, t + 3, s_x_l, offs_d, mask_d, seqlen)
+        g0 = _act_grad(_tap(dy_row, t, dim, offs_d, mask_d, seqlen),
+                       bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, SILU)
+        g1 = _act_grad(_tap(dy_row, t + 1, dim, offs_d, mask_d, seqlen),
+                       bias + w0 * xm2 + w1 * xm1 + w2 * x0 + w3 * xp1, SILU)
+        g2 = _act_grad(_tap(dy_row, t + 2, dim, offs_d, mask_d, seqlen),
+                       bias + w0 * xm1 + w1 * x0 + w2 * xp1 + w3 * xp2, SILU)
+        g3 = _act_grad(_tap(dy_row, t + 3, dim, offs_d, mask_d, seqlen),
+                       bias + w0 * x0 + w1 * xp1 + w2 * xp2 + w3 * xp3, SILU)
+        dx = w3 * g0 + w2 * g1 + w1 * g2 + w0 * g3
         tl.store(dx_ptr + bi * seqlen * dim + t[:, None] * dim + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty),
                  mask=(t < seqlen)[:, None] & mask_d[None, :])
+        acc_b += g0  # g0 is zero past the sequence's end (dy loaded as zero there)
+        acc_0 += g0 * xm3
+        acc_1 += g0 * xm2
+        acc_2 += g0 * xm1
+        acc_3 += g0 * x0
     slot = bi * n_parts + pb
-    tl.store(dw_ptr + (slot * W + offs_k[:, None]) * dim + offs_d[None, :], dw_acc,
-             mask=(offs_k < W)[:, None] & mask_d[None, :])
+    dw_row = dw_ptr + slot * 4 * dim + offs_d
+    tl.store(dw_row, tl.sum(acc_0, axis=0), mask=mask_d)
+    tl.store(dw_row + dim, tl.sum(acc_1, axis=0), mask=mask_d)
+    tl.store(dw_row + 2 * dim, tl.sum(acc_2, axis=0), mask=mask_d)
+    tl.store(dw_row + 3 * dim, tl.sum(acc_3, axis=0), mask=mask_d)
     if HAS_BIAS:
-        tl.store(db_ptr + slot * dim + offs_d, db_acc, mask=mask_d)
+        tl.store(db_ptr + slot * dim + offs_d, tl.sum(acc_b, axis=0), mask=mask_d)
 
 
 def _interp_meta(args: dict) -> dict:
-    return {"BLOCK_L": 16, "BLOCK_D": 16, "num_warps": 4}
+    return {"BLOCK_L": 8, "BLOCK_D": 16, "num_warps": 4}  # two blocks per part: the loop runs
 
 
 _fwd_k = Launcher(
@@ -142,12 +174,13 @@ _fwd_k = Launcher(
 _bwd_k = Launcher(
     _conv_bwd_kernel,
     configs=[
-        ({"BLOCK_L": 32, "BLOCK_D": 128}, 4, 2),
-        ({"BLOCK_L": 64, "BLOCK_D": 64}, 4, 2),
-        ({"BLOCK_L": 16, "BLOCK_D": 256}, 4, 2),
-        ({"BLOCK_L": 32, "BLOCK_D": 64}, 4, 2),
+        ({"BLOCK_L": 16, "BLOCK_D": 64}, 4, 1),
+        ({"BLOCK_L": 8, "BLOCK_D": 128}, 4, 1),
+        ({"BLOCK_L": 16, "BLOCK_D": 128}, 8, 1),
+        ({"BLOCK_L": 32, "BLOCK_D": 64}, 8, 1),
+        ({"BLOCK_L": 8, "BLOCK_D": 64}, 2, 1),
     ],
-    key=["dim", "seqlen", "W", "HAS_BIAS", "SILU"],
+    key=["dim", "seqlen", "HAS_BIAS", "SILU"],
     valid=lambda a, m: m["BLOCK_L"] <= a["PART"],
     interp=_interp_meta,
 )
@@ -157,8 +190,9 @@ def _check(x: Tensor, weight: Tensor) -> None:
     if x.dim() != 3 or x.stride(-1) != 1:
         raise ValueError(f"the Triton conv takes x (b, l, d) with unit channel stride, got shape {tuple(x.shape)} "
                          f"strides {x.stride()}")
-    if weight.dim() != 2 or weight.shape[0] != x.shape[-1]:
-        raise ValueError(f"conv weight {tuple(weight.shape)} does not match {x.shape[-1]} channels; expected (d, w)")
+    if weight.dim() != 2 or weight.shape[0] != x.shape[-1] or weight.shape[1] != WIDTH:
+        raise ValueError(f"conv weight {tuple(weight.shape)} does not match {x.shape[-1]} channels of width {WIDTH}; "
+                         f"expected (d, {WIDTH}) (other widths: impl 'torch')")
 
 
 def _fwd(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
@@ -191,8 +225,7 @@ def _bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool)
         lambda m: (n_parts, triton.cdiv(dim, m["BLOCK_D"]), b),
         x_ptr=x, w_ptr=weight, bias_ptr=bias if bias is not None else weight, dy_ptr=dy, dx_ptr=dx,
         dw_ptr=dw_slots, db_ptr=db_slots, seqlen=seqlen, dim=dim, n_parts=n_parts,
-        s_x_b=x.stride(0), s_x_l=x.stride(1), W=w, HAS_BIAS=bias is not None, SILU=silu, PART=part,
-        BLOCK_W=triton.next_power_of_2(w),
+        s_x_b=x.stride(0), s_x_l=x.stride(1), HAS_BIAS=bias is not None, SILU=silu, PART=part,
     )
     dw = dw_slots.sum(0).t().contiguous().to(weight.dtype)
     db = db_slots.sum(0).to(bias.dtype) if bias is not None else db_slots.new_empty(0)
