@@ -140,15 +140,15 @@ fi
 if [ "$QUICK" = "--conv" ]; then  # the conv's Triton kernels and the dCB loop order, then precision
   echo "== [$((SECONDS - START)) s] pytest -m gpu (conv, graph)"
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -rs plugins/mamba/tests/test_mamba_conv.py \
-    plugins/mamba/tests/test_mamba_step_graph.py 2>&1 | tail -n 15
+    ${CONV_GRAPH_TESTS:-plugins/mamba/tests/test_mamba_step_graph.py} 2>&1 | tail -n 15
   [ -n "${CONV_SCAN:-}" ] && for nh in 24 32; do
     LIMIT=60 run benchmarks/ssd_scan.py --nheads $nh --impls triton,triton-dcb-pblocks \
       --out "$OUT/ssd_scan_dcb_order_h${nh}_$CARD.json"
   done
   LIMIT=240 run benchmarks/train_step.py --presets aim-b,aim-l \
-    --variants compile-blocks-loss-graph-torchconv,compile-blocks-loss,compile-blocks-loss-graph --no-stack \
+    --variants compile-blocks-loss-graph-torchconv,${CONV_MID:-compile-blocks-loss,}compile-blocks-loss-graph --no-stack \
     --window-steps 4 $AR --profile "$OUT/train_step_profile_aim_b_conv_$CARD" --profile-preset aim-b \
-    --profile-variant compile-blocks-loss --out "$OUT/train_step_conv_$CARD.json"
+    --profile-variant ${CONV_PROFILE:-compile-blocks-loss} --out "$OUT/train_step_conv_$CARD.json"
   [ -n "${CONV_ONLY:-}" ] && exit 0
   LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/precision_check.py --paths today,bf16 \
     --work /tmp/precision --out "$OUT/precision_check_conv_$CARD.json"

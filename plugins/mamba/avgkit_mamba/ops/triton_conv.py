@@ -12,8 +12,12 @@ timed side by side in ``benchmarks/train_step.py``.
 
 Numerics: products and sums in fp32, the weight rounded to the input dtype first (as the
 PyTorch path does). The backward recomputes the pre-activation from ``x`` rather than
-saving it. The weight and bias gradients are summed per block of ``PART_L`` positions
-into fixed slots, then over the slots on the host: the same order on every run.
+saving it, and runs in two passes: the activation's gradient ``g`` for every position (in
+the input dtype, as PyTorch's SiLU backward leaves it) with the weight and bias gradients,
+then the input gradient from ``g`` at four shifts. One pass that recomputed ``g`` at the
+three positions after each one ran at a quarter of the copy bandwidth on an H100. The
+weight and bias gradients are summed per block of ``PART_L`` positions into fixed slots,
+then over the slots on the host: the same order on every run.
 """
 
 from __future__ import annotations
@@ -88,16 +92,14 @@ def _act_grad(dy, pre, SILU: tl.constexpr):
 
 
 @triton.jit
-def _conv_bwd_kernel(
-    x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, seqlen, dim, n_parts, s_x_b, s_x_l,
+def _conv_grad_kernel(
+    x_ptr, w_ptr, bias_ptr, dy_ptr, g_ptr, dw_ptr, db_ptr, seqlen, dim, n_parts, s_x_b, s_x_l,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, PART: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Width 4. With g = dy * act'(pre): dx[t] = sum_j w[:, 3-j] g[t+j]; per-slot sums of g[t] x[t-3+k] and g[t].
+    """Width 4. g = dy * act'(pre) for every position, once; per-slot sums of g[t] x[t-3+k] and of g[t].
 
-    A program covers ``PART`` positions of one sequence in blocks of ``BLOCK_L``. Each block
-    loads x at seven shifts and dy at four, once, and forms the pre-activations of its own
-    positions and of the three after them (which its inputs also feed) in registers; the
-    weight and bias gradients accumulate element-wise and are reduced once at the end.
+    A program covers ``PART`` positions of one sequence in blocks of ``BLOCK_L``; the weight
+    and bias gradients accumulate element-wise and are reduced once at the end.
     """
     pb = tl.program_id(0)
     db = tl.program_id(1)
@@ -106,7 +108,6 @@ def _conv_bwd_kernel(
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < dim
     x_row = x_ptr + bi * s_x_b
-    dy_row = dy_ptr + bi * seqlen * dim
     w0 = tl.load(w_ptr + offs_d * 4 + 0, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
     w1 = tl.load(w_ptr + offs_d * 4 + 1, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
     w2 = tl.load(w_ptr + offs_d * 4 + 2, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
@@ -125,25 +126,16 @@ def _conv_bwd_kernel(
         xm2 = _tap(x_row, t - 2, s_x_l, offs_d, mask_d, seqlen)
         xm1 = _tap(x_row, t - 1, s_x_l, offs_d, mask_d, seqlen)
         x0 = _tap(x_row, t, s_x_l, offs_d, mask_d, seqlen)
-        xp1 = _tap(x_row, t + 1, s_x_l, offs_d, mask_d, seqlen)
-        xp2 = _tap(x_row, t + 2, s_x_l, offs_d, mask_d, seqlen)
-        xp3 = _tap(x_row, t + 3, s_x_l, offs_d, mask_d, seqlen)
-        g0 = _act_grad(_tap(dy_row, t, dim, offs_d, mask_d, seqlen),
-                       bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, SILU)
-        g1 = _act_grad(_tap(dy_row, t + 1, dim, offs_d, mask_d, seqlen),
-                       bias + w0 * xm2 + w1 * xm1 + w2 * x0 + w3 * xp1, SILU)
-        g2 = _act_grad(_tap(dy_row, t + 2, dim, offs_d, mask_d, seqlen),
-                       bias + w0 * xm1 + w1 * x0 + w2 * xp1 + w3 * xp2, SILU)
-        g3 = _act_grad(_tap(dy_row, t + 3, dim, offs_d, mask_d, seqlen),
-                       bias + w0 * x0 + w1 * xp1 + w2 * xp2 + w3 * xp3, SILU)
-        dx = w3 * g0 + w2 * g1 + w1 * g2 + w0 * g3
-        tl.store(dx_ptr + bi * seqlen * dim + t[:, None] * dim + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty),
-                 mask=(t < seqlen)[:, None] & mask_d[None, :])
-        acc_b += g0  # g0 is zero past the sequence's end (dy loaded as zero there)
-        acc_0 += g0 * xm3
-        acc_1 += g0 * xm2
-        acc_2 += g0 * xm1
-        acc_3 += g0 * x0
+        rows = bi * seqlen * dim + t[:, None] * dim + offs_d[None, :]
+        inside = (t < seqlen)[:, None] & mask_d[None, :]
+        dy = tl.load(dy_ptr + rows, mask=inside, other=0.0).to(tl.float32)
+        g = _act_grad(dy, bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, SILU)  # zero past the end
+        tl.store(g_ptr + rows, g.to(g_ptr.dtype.element_ty), mask=inside)
+        acc_b += g
+        acc_0 += g * xm3
+        acc_1 += g * xm2
+        acc_2 += g * xm1
+        acc_3 += g * x0
     slot = bi * n_parts + pb
     dw_row = dw_ptr + slot * 4 * dim + offs_d
     tl.store(dw_row, tl.sum(acc_0, axis=0), mask=mask_d)
@@ -152,6 +144,27 @@ def _conv_bwd_kernel(
     tl.store(dw_row + 3 * dim, tl.sum(acc_3, axis=0), mask=mask_d)
     if HAS_BIAS:
         tl.store(db_ptr + slot * dim + offs_d, tl.sum(acc_b, axis=0), mask=mask_d)
+
+
+@triton.jit
+def _conv_dx_kernel(
+    g_ptr, w_ptr, dx_ptr, seqlen, dim, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Width 4: dx[t] = sum_j w[:, 3-j] g[t+j] (g zero past the sequence's end)."""
+    lb = tl.program_id(0)
+    db = tl.program_id(1)
+    bi = tl.program_id(2).to(tl.int64)
+    XDTYPE: tl.constexpr = dx_ptr.dtype.element_ty
+    t = lb * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    g_row = g_ptr + bi * seqlen * dim
+    dx = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    for j in tl.static_range(4):
+        wj = tl.load(w_ptr + offs_d * 4 + (3 - j), mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)
+        dx += _tap(g_row, t + j, dim, offs_d, mask_d, seqlen) * wj[None, :]
+    tl.store(dx_ptr + bi * seqlen * dim + t[:, None] * dim + offs_d[None, :], dx.to(XDTYPE),
+             mask=(t < seqlen)[:, None] & mask_d[None, :])
 
 
 def _interp_meta(args: dict) -> dict:
@@ -171,17 +184,28 @@ _fwd_k = Launcher(
     interp=_interp_meta,
 )
 
-_bwd_k = Launcher(
-    _conv_bwd_kernel,
+_grad_k = Launcher(
+    _conv_grad_kernel,
     configs=[
         ({"BLOCK_L": 16, "BLOCK_D": 64}, 4, 1),
         ({"BLOCK_L": 8, "BLOCK_D": 128}, 4, 1),
         ({"BLOCK_L": 16, "BLOCK_D": 128}, 8, 1),
         ({"BLOCK_L": 32, "BLOCK_D": 64}, 8, 1),
-        ({"BLOCK_L": 8, "BLOCK_D": 64}, 2, 1),
     ],
     key=["dim", "seqlen", "HAS_BIAS", "SILU"],
     valid=lambda a, m: m["BLOCK_L"] <= a["PART"],
+    interp=_interp_meta,
+)
+_dx_k = Launcher(
+    _conv_dx_kernel,
+    configs=[
+        ({"BLOCK_L": 32, "BLOCK_D": 128}, 4, 1),
+        ({"BLOCK_L": 16, "BLOCK_D": 256}, 4, 1),
+        ({"BLOCK_L": 64, "BLOCK_D": 64}, 4, 1),
+        ({"BLOCK_L": 32, "BLOCK_D": 256}, 8, 1),
+    ],
+    key=["dim", "seqlen"],
+    valid=lambda a, m: True,
     interp=_interp_meta,
 )
 
@@ -221,12 +245,16 @@ def _bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool)
         return dx, torch.zeros_like(weight), torch.zeros_like(bias) if bias is not None else weight.new_empty(0)
     dw_slots = torch.empty(b * n_parts, w, dim, device=x.device, dtype=torch.float32)
     db_slots = torch.empty(b * n_parts, dim, device=x.device, dtype=torch.float32)
-    _bwd_k(
+    g = torch.empty_like(dx)  # the activation's gradient, in the input dtype as the PyTorch path has it
+    common = dict(seqlen=seqlen, dim=dim)
+    _grad_k(
         lambda m: (n_parts, triton.cdiv(dim, m["BLOCK_D"]), b),
-        x_ptr=x, w_ptr=weight, bias_ptr=bias if bias is not None else weight, dy_ptr=dy, dx_ptr=dx,
-        dw_ptr=dw_slots, db_ptr=db_slots, seqlen=seqlen, dim=dim, n_parts=n_parts,
-        s_x_b=x.stride(0), s_x_l=x.stride(1), HAS_BIAS=bias is not None, SILU=silu, PART=part,
+        x_ptr=x, w_ptr=weight, bias_ptr=bias if bias is not None else weight, dy_ptr=dy, g_ptr=g,
+        dw_ptr=dw_slots, db_ptr=db_slots, n_parts=n_parts, s_x_b=x.stride(0), s_x_l=x.stride(1),
+        HAS_BIAS=bias is not None, SILU=silu, PART=part, **common,
     )
+    _dx_k(lambda m: (triton.cdiv(seqlen, m["BLOCK_L"]), triton.cdiv(dim, m["BLOCK_D"]), b),
+          g_ptr=g, w_ptr=weight, dx_ptr=dx, **common)
     dw = dw_slots.sum(0).t().contiguous().to(weight.dtype)
     db = db_slots.sum(0).to(bias.dtype) if bias is not None else db_slots.new_empty(0)
     return dx, dw, db
