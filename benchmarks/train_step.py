@@ -9,7 +9,7 @@ timed in the same process:
   chunks, the trainer's default), ``ckpt`` (chunked, every block checkpointed),
   ``ckpt2`` (chunked, every second block checkpointed), ``compile`` (chunked,
   ``torch.compile`` of the model), ``compile-blocks`` (chunked, each block compiled on
-  its own: ``train.compile: blocks``, the conv as shifted multiply-adds that inductor fuses),
+  its own: ``train.compile: blocks``, the conv as Triton kernels, opaque to inductor as the scan is),
   ``ckpt2-compile-blocks``, ``compile-blocks-conv1d`` (compiled blocks calling the depthwise
   conv1d kernel, as before the shifts became the default), ``compile-blocks-loss`` (compiled
   blocks and the chunked loss's softmax gradient as one compiled kernel, ``ARModel.compile_loss``),
@@ -86,7 +86,7 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
             "compile": {"fused": True, "compile": "model"}, "compile-blocks": {"fused": True, "compile": "blocks"},
             "ckpt2-compile-blocks": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
                                      "compile": "blocks"},
-            "compile-blocks-conv1d": {"fused": True, "compile": "blocks", "shift_conv": False},
+            "compile-blocks-conv1d": {"fused": True, "compile": "blocks", "shift_conv": False, "triton_conv": False},
             "compile-blocks-loss": {"fused": True, "compile": "blocks", "compile_loss": True},
             "graph": {"fused": True, "graph": True},
             "compile-blocks-loss-graph": {"fused": True, "compile": "blocks", "compile_loss": True, "graph": True},

@@ -16,6 +16,8 @@ __all__ = ["causal_conv1d", "conv_step"]
 #: the activation, forward and backward) instead of the depthwise conv1d kernel: an opaque call
 #: that was 24% of a compiled AiM-B training step on an H100; the shifts made the step 1.19x
 #: (AiM-B) and 1.20x (AiM-L) faster there (benchmarks/results/train_step_compiled_h100.json).
+#: Where the Triton impl applies, the whole-sequence conv runs as ``triton_conv``'s kernels
+#: instead (``dispatch.causal_conv``); this form serves ``impl: torch``.
 SHIFTS_WHEN_COMPILING = True
 
 
