@@ -136,6 +136,7 @@ class TrainSection(_Strict):
         "so the host's launches stop pacing a small model's step; auto: on a single GPU process training on class "
         "labels, off elsewhere"
     )
+
     @field_validator("cuda_graph", mode="before")
     @classmethod
     def _cuda_graph_bool(cls, value: Any) -> Any:

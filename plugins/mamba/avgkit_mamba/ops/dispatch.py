@@ -103,6 +103,9 @@ def resolve_impl(impl: str, device: torch.device | str) -> Literal["torch", "tri
     return "triton"
 
 
+#: Input dtypes the whole-sequence Triton kernels (conv, scan) take; ``auto`` runs others in PyTorch
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
 #: The whole-sequence conv on Triton wherever the impl is Triton (False: the PyTorch form, which under
 #: torch.compile is ``conv_torch``'s shifted multiply-adds); a switch for timing one against the other.
 TRITON_CONV = True
@@ -117,7 +120,7 @@ def causal_conv(
     kernels take width 4 (Mamba's ``d_conv``); other widths run in PyTorch whatever ``impl`` says.
     """
     use_triton = resolve_impl(impl, x.device) == "triton" and weight.shape[-1] == 4  # the kernels' width (Mamba's)
-    if use_triton and impl == "auto" and (not TRITON_CONV or x.dtype not in (torch.float32, torch.float16, torch.bfloat16)):
+    if use_triton and impl == "auto" and (not TRITON_CONV or x.dtype not in _TRITON_DTYPES):
         use_triton = False
     if use_triton:
         from avgkit_mamba.ops.triton_conv import causal_conv_triton
@@ -129,7 +132,7 @@ def causal_conv(
 
 def _triton_scan_supports(x: Tensor, chunk_size: int) -> bool:
     """fp32/fp16/bf16 inputs and a power-of-two chunk of at least 16."""
-    dtype_ok = x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    dtype_ok = x.dtype in _TRITON_DTYPES
     return dtype_ok and chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0
 
 

@@ -40,47 +40,30 @@ PART_L = 64
 
 
 @triton.jit
-def _pre(x_row, w_ptr, bias_ptr, t, offs_d, mask_d, seqlen, s_x_l, W: tl.constexpr, HAS_BIAS: tl.constexpr,
-         XDTYPE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    """bias + sum_k w[:, k] x[t - W + 1 + k] for positions ``t`` (BLOCK_L,) and channels ``offs_d`` (fp32)."""
-    acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
-    for k in tl.static_range(W):
-        s = t - (W - 1) + k
-        xv = tl.load(x_row + s[:, None] * s_x_l + offs_d[None, :],
-                     mask=((s >= 0) & (s < seqlen))[:, None] & mask_d[None, :], other=0.0)
-        wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)
-        acc += xv.to(tl.float32) * wk[None, :]
-    return acc
-
-
-@triton.jit
-def _conv_fwd_kernel(
-    x_ptr, w_ptr, bias_ptr, y_ptr, seqlen, dim, s_x_b, s_x_l,
-    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    lb = tl.program_id(0)
-    db = tl.program_id(1)
-    bi = tl.program_id(2).to(tl.int64)
-    t = lb * BLOCK_L + tl.arange(0, BLOCK_L)
-    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < dim
-    x_row = x_ptr + bi * s_x_b
-    acc = _pre(x_row, w_ptr, bias_ptr, t, offs_d, mask_d, seqlen, s_x_l, W, HAS_BIAS, x_ptr.dtype.element_ty,
-               BLOCK_L, BLOCK_D)
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
-    tl.store(y_ptr + bi * seqlen * dim + t[:, None] * dim + offs_d[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=(t < seqlen)[:, None] & mask_d[None, :])
-
-
-@triton.jit
 def _tap(row, s, s_x_l, offs_d, mask_d, seqlen):
     """x at positions ``s`` (zero outside the sequence) in fp32."""
     return tl.load(row + s[:, None] * s_x_l + offs_d[None, :],
                    mask=((s >= 0) & (s < seqlen))[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _taps(row, t, s_x_l, offs_d, mask_d, seqlen):
+    """The four inputs that position ``t`` convolves: x[t-3], x[t-2], x[t-1], x[t]."""
+    return (_tap(row, t - 3, s_x_l, offs_d, mask_d, seqlen), _tap(row, t - 2, s_x_l, offs_d, mask_d, seqlen),
+            _tap(row, t - 1, s_x_l, offs_d, mask_d, seqlen), _tap(row, t, s_x_l, offs_d, mask_d, seqlen))
+
+
+@triton.jit
+def _weights(w_ptr, bias_ptr, offs_d, mask_d, HAS_BIAS: tl.constexpr, XDTYPE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The four taps' weights and the bias as (1, BLOCK_D) rows, rounded to the input dtype, then fp32."""
+    w0 = tl.load(w_ptr + offs_d * 4 + 0, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    w1 = tl.load(w_ptr + offs_d * 4 + 1, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    w2 = tl.load(w_ptr + offs_d * 4 + 2, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    w3 = tl.load(w_ptr + offs_d * 4 + 3, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    bias = tl.zeros((1, BLOCK_D), dtype=tl.float32)
+    if HAS_BIAS:
+        bias += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    return w0, w1, w2, w3, bias
 
 
 @triton.jit
@@ -89,6 +72,27 @@ def _act_grad(dy, pre, SILU: tl.constexpr):
         sig = tl.sigmoid(pre)
         return dy * sig * (1.0 + pre * (1.0 - sig))
     return dy
+
+
+@triton.jit
+def _conv_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr, seqlen, dim, s_x_b, s_x_l,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Width 4: y[t] = act(bias + sum_k w[:, k] x[t-3+k])."""
+    lb = tl.program_id(0)
+    db = tl.program_id(1)
+    bi = tl.program_id(2).to(tl.int64)
+    t = lb * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    w0, w1, w2, w3, bias = _weights(w_ptr, bias_ptr, offs_d, mask_d, HAS_BIAS, x_ptr.dtype.element_ty, BLOCK_D)
+    xm3, xm2, xm1, x0 = _taps(x_ptr + bi * s_x_b, t, s_x_l, offs_d, mask_d, seqlen)
+    acc = bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + bi * seqlen * dim + t[:, None] * dim + offs_d[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(t < seqlen)[:, None] & mask_d[None, :])
 
 
 @triton.jit
@@ -104,17 +108,10 @@ def _conv_grad_kernel(
     pb = tl.program_id(0)
     db = tl.program_id(1)
     bi = tl.program_id(2).to(tl.int64)
-    XDTYPE: tl.constexpr = x_ptr.dtype.element_ty
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < dim
     x_row = x_ptr + bi * s_x_b
-    w0 = tl.load(w_ptr + offs_d * 4 + 0, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
-    w1 = tl.load(w_ptr + offs_d * 4 + 1, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
-    w2 = tl.load(w_ptr + offs_d * 4 + 2, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
-    w3 = tl.load(w_ptr + offs_d * 4 + 3, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
-    bias = tl.zeros((1, BLOCK_D), dtype=tl.float32)
-    if HAS_BIAS:
-        bias += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)[None, :]
+    w0, w1, w2, w3, bias = _weights(w_ptr, bias_ptr, offs_d, mask_d, HAS_BIAS, x_ptr.dtype.element_ty, BLOCK_D)
     acc_b = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     acc_0 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     acc_1 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
@@ -122,10 +119,7 @@ def _conv_grad_kernel(
     acc_3 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     for l0 in range(pb * PART, tl.minimum(pb * PART + PART, seqlen), BLOCK_L):
         t = l0 + tl.arange(0, BLOCK_L)
-        xm3 = _tap(x_row, t - 3, s_x_l, offs_d, mask_d, seqlen)
-        xm2 = _tap(x_row, t - 2, s_x_l, offs_d, mask_d, seqlen)
-        xm1 = _tap(x_row, t - 1, s_x_l, offs_d, mask_d, seqlen)
-        x0 = _tap(x_row, t, s_x_l, offs_d, mask_d, seqlen)
+        xm3, xm2, xm1, x0 = _taps(x_row, t, s_x_l, offs_d, mask_d, seqlen)
         rows = bi * seqlen * dim + t[:, None] * dim + offs_d[None, :]
         inside = (t < seqlen)[:, None] & mask_d[None, :]
         dy = tl.load(dy_ptr + rows, mask=inside, other=0.0).to(tl.float32)
@@ -154,16 +148,14 @@ def _conv_dx_kernel(
     lb = tl.program_id(0)
     db = tl.program_id(1)
     bi = tl.program_id(2).to(tl.int64)
-    XDTYPE: tl.constexpr = dx_ptr.dtype.element_ty
     t = lb * BLOCK_L + tl.arange(0, BLOCK_L)
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < dim
     g_row = g_ptr + bi * seqlen * dim
-    dx = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    for j in tl.static_range(4):
-        wj = tl.load(w_ptr + offs_d * 4 + (3 - j), mask=mask_d, other=0.0).to(XDTYPE).to(tl.float32)
-        dx += _tap(g_row, t + j, dim, offs_d, mask_d, seqlen) * wj[None, :]
-    tl.store(dx_ptr + bi * seqlen * dim + t[:, None] * dim + offs_d[None, :], dx.to(XDTYPE),
+    w0, w1, w2, w3, _ = _weights(w_ptr, w_ptr, offs_d, mask_d, False, dx_ptr.dtype.element_ty, BLOCK_D)
+    dx = (w3 * _tap(g_row, t, dim, offs_d, mask_d, seqlen) + w2 * _tap(g_row, t + 1, dim, offs_d, mask_d, seqlen)
+          + w1 * _tap(g_row, t + 2, dim, offs_d, mask_d, seqlen) + w0 * _tap(g_row, t + 3, dim, offs_d, mask_d, seqlen))
+    tl.store(dx_ptr + bi * seqlen * dim + t[:, None] * dim + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=(t < seqlen)[:, None] & mask_d[None, :])
 
 
@@ -179,7 +171,7 @@ _fwd_k = Launcher(
         ({"BLOCK_L": 16, "BLOCK_D": 256}, 4, 2),
         ({"BLOCK_L": 64, "BLOCK_D": 128}, 8, 2),
     ],
-    key=["dim", "seqlen", "W", "HAS_BIAS", "SILU"],
+    key=["dim", "seqlen", "HAS_BIAS", "SILU"],
     valid=lambda a, m: True,
     interp=_interp_meta,
 )
@@ -228,7 +220,7 @@ def _fwd(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
     _fwd_k(
         lambda m: (triton.cdiv(seqlen, m["BLOCK_L"]), triton.cdiv(dim, m["BLOCK_D"]), b),
         x_ptr=x, w_ptr=weight, bias_ptr=bias if bias is not None else weight, y_ptr=y, seqlen=seqlen, dim=dim,
-        s_x_b=x.stride(0), s_x_l=x.stride(1), W=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu,
+        s_x_b=x.stride(0), s_x_l=x.stride(1), HAS_BIAS=bias is not None, SILU=silu,
     )
     return y
 
