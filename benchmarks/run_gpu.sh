@@ -32,7 +32,7 @@
 # --conv (about 10 minutes; BUDGET seconds, default 560): the conv kernels' and the graph's GPU tests, AiM-B and AiM-L
 # with the conv's Triton kernels against the PyTorch conv and with the residual stream in bf16, beside the reference,
 # AiM-B's step by kernel, then the digits precision check of the default path and of the bf16 residual stream
-# (CONV_SCAN=1 adds the scan with the dCB kernel's two loop orders).
+# (CONV_SCAN=1 adds the scan with the dCB kernel's two loop orders; CONV_LIMIT sets the training rows' seconds).
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -146,7 +146,7 @@ if [ "$QUICK" = "--conv" ]; then  # the conv's Triton kernels and the dCB loop o
     LIMIT=60 run benchmarks/ssd_scan.py --nheads $nh --impls triton,triton-dcb-pblocks \
       --out "$OUT/ssd_scan_dcb_order_h${nh}_$CARD.json"
   done
-  LIMIT=240 run benchmarks/train_step.py --presets aim-b,aim-l \
+  LIMIT=${CONV_LIMIT:-240} run benchmarks/train_step.py --presets aim-b,aim-l \
     --variants compile-blocks-loss-graph-torchconv,${CONV_MID:-compile-blocks-loss,}compile-blocks-loss-graph,compile-blocks-loss-graph-bf16res --no-stack \
     --window-steps 4 $AR --profile "$OUT/train_step_profile_aim_b_conv_$CARD" --profile-preset aim-b \
     --profile-variant ${CONV_PROFILE:-compile-blocks-loss} --out "$OUT/train_step_conv_$CARD.json"
