@@ -511,9 +511,10 @@ def conv_checks() -> None:
         return causal_conv(x, w, bias, activation=act, impl="triton")
 
     g = torch.Generator().manual_seed(0)
-    for b, L, d, w, has_bias, act in ((2, 37, 40, 4, True, "silu"), (1, 20, 24, 4, False, None),
-                                      (2, 5, 16, 4, True, "silu"), (1, 70, 24, 4, True, "silu")):
-        wide = torch.randn(b, L, d + 9, generator=g)
+    # row strides 52, 33, 25 and 32: the kernels' stride factor X_ALIGN is 4, 1, 1 and 8
+    for b, L, d, w, has_bias, act, pad in ((2, 37, 40, 4, True, "silu", 12), (1, 20, 24, 4, False, None, 9),
+                                           (2, 5, 16, 4, True, "silu", 9), (1, 70, 24, 4, True, "silu", 8)):
+        wide = torch.randn(b, L, d + pad, generator=g)
         x = wide[..., 5:5 + d]  # a column slice, as the mixer passes in_proj's output
         wt, bias = torch.randn(d, w, generator=g) * 0.5, torch.randn(d, generator=g) if has_bias else None
         dy = torch.randn(b, L, d, generator=g)
