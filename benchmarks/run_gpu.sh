@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -32,7 +32,11 @@
 # --conv (about 10 minutes; BUDGET seconds, default 560): the conv kernels' and the graph's GPU tests, AiM-B and AiM-L
 # with the conv's Triton kernels against the PyTorch conv and with the residual stream in bf16, beside the reference,
 # AiM-B's step by kernel, then the digits precision check of the default path and of the bf16 residual stream
-# (CONV_SCAN=1 adds the scan with the dCB kernel's two loop orders; CONV_LIMIT sets the training rows' seconds).
+# (CONV_SCAN=1 adds the scan with the dCB kernel's two loop orders; CONV_LIMIT sets the training rows' seconds,
+# CONV_VARIANTS their variants).
+# --split (about 8 minutes; BUDGET seconds, default 500): the decode state update's work splits over 24 layers'
+# states (gpu_check --tiles), then GPT-B and AiM-B at batch 16 and 64 with the rule's split and the fastest swept
+# one, timed interleaved, with per-kernel profiles.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -138,6 +142,13 @@ if [ "$QUICK" = "--graph-loss" ]; then  # the compiled loss kernel with and with
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
+if [ "$QUICK" = "--split" ]; then  # the state update's work splits over 24 layers, then AiM-B with the fastest
+  LIMIT=200 run plugins/mamba/scripts/gpu_check.py --tiles --out "$OUT/decode_tiles_stream_$CARD.json"
+  LIMIT=$((${BUDGET:-500} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
+    --step-tiles "$OUT/decode_tiles_stream_$CARD.json" --profile --out "$OUT/sampling_split_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
 if [ "$QUICK" = "--conv" ]; then  # the conv's Triton kernels and the dCB loop order, then precision
   echo "== [$((SECONDS - START)) s] pytest -m gpu (conv, graph)"
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -rs plugins/mamba/tests/test_mamba_conv.py \
@@ -147,7 +158,7 @@ if [ "$QUICK" = "--conv" ]; then  # the conv's Triton kernels and the dCB loop o
       --out "$OUT/ssd_scan_dcb_order_h${nh}_$CARD.json"
   done
   LIMIT=${CONV_LIMIT:-240} run benchmarks/train_step.py --presets aim-b,aim-l \
-    --variants compile-blocks-loss-graph-torchconv,${CONV_MID:-compile-blocks-loss,}compile-blocks-loss-graph,compile-blocks-loss-graph-bf16res --no-stack \
+    --variants ${CONV_VARIANTS:-compile-blocks-loss-graph-torchconv,${CONV_MID:-compile-blocks-loss,}compile-blocks-loss-graph,compile-blocks-loss-graph-bf16res} --no-stack \
     --window-steps 4 $AR --profile "$OUT/train_step_profile_aim_b_conv_$CARD" --profile-preset aim-b \
     --profile-variant ${CONV_PROFILE:-compile-blocks-loss} --out "$OUT/train_step_conv_$CARD.json"
   [ -n "${CONV_ONLY:-}" ] && exit 0

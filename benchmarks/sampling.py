@@ -16,8 +16,9 @@ from the step's CUDA graph (``--gpt-attention`` adds rows with another ``decode_
 AiM rows also report the memory floor of their state layout (weights read once per step
 plus the state read and written, at the copy bandwidth measured in the same run). AiM-B's
 decoding variants (bf16 or int8 state; with ``--chunked`` the chunked form too) are timed
-interleaved at each ``--variants`` batch size, and ``--profile`` records a per-kernel
-profile of one step for each of them (before: bf16 two-launch).
+interleaved at each ``--variants`` batch size (``--step-tiles``: each also with the
+fastest state-update work split of a ``gpu_check.py --tiles`` report), and ``--profile``
+records a per-kernel profile of one step for each of them (before: bf16 two-launch).
 
     python benchmarks/sampling.py [--quick] [--llamagen-root DIR] [--filters none|paper] [--out FILE]
     python benchmarks/sampling.py --smoke        # the same code path on the CPU, tiny models
@@ -26,11 +27,14 @@ profile of one step for each of them (before: bf16 two-launch).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -271,12 +275,54 @@ STEP_VARIANTS = (("bf16", "two-launch", "recurrent"), ("int8", "two-launch", "re
 CHUNKED_VARIANTS = (("bf16", "two-launch", "chunked"), ("int8", "two-launch", "chunked"))
 
 
+def swept_tile_rule(path: str) -> Callable[..., Any]:
+    """The state-update kernel's work split from a ``gpu_check.py --tiles`` report: for each state kind (bf16,
+    int8) the fastest split measured at the nearest number of (sequence, head) rows."""
+    from avgkit_mamba.ops.triton_step import StepTile
+
+    best: dict[tuple[str, int], tuple[float, Any]] = {}
+    for r in json.loads(Path(path).read_text())["decode_kernel_timing"]:
+        key = (r["state"], r["batch"] * r["nheads"])
+        if key not in best or r["ms"] < best[key][0]:
+            best[key] = (r["ms"], StepTile(r["block_p"], r["num_warps"], r["heads"], r["stream"]))
+
+    def rule(rows: int, p: int, quant: bool = False) -> Any:
+        kind = "int8" if quant else "bf16"
+        near = min((k for k in best if k[0] == kind), key=lambda k: abs(k[1] - rows))
+        return best[near][1]
+
+    return rule
+
+
+@contextlib.contextmanager
+def tile_rule_active(rule: Callable[..., Any] | None) -> Iterator[None]:
+    """The state-update kernel's split rule replaced within the block (a graph captured there keeps the split)."""
+    from avgkit_mamba.ops import triton_step
+
+    saved = triton_step._tile
+    triton_step._tile = rule or saved
+    try:
+        yield
+    finally:
+        triton_step._tile = saved
+
+
+def _with_tile_rule(call: Callable[[], Any], rule: Callable[..., Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        with tile_rule_active(rule):
+            return call()
+
+    return run
+
+
 def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str,
-                  bw: float | None, shape: dict, variants: tuple = STEP_VARIANTS) -> list[dict]:
+                  bw: float | None, shape: dict, variants: tuple = STEP_VARIANTS,
+                  tile_rule: Callable[..., Any] | None = None) -> list[dict]:
     """The decoding state and step kernel compared in one process, interleaved per batch size.
 
     Each row reports its fraction of the floor of its own state layout (int8: half the
-    state bytes of bf16, plus the row scales).
+    state bytes of bf16, plus the row scales). With ``tile_rule`` (``swept_tile_rule``),
+    each two-launch recurrent variant also runs with the swept work split.
     """
     rows = []
     for b in batches:
@@ -286,10 +332,16 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
                                  vocab=shape["vocab"], classes=shape["classes"], state_dtype=state_dtype,
                                  step_kernel=kernel, decode_form=form)
             label = kernel if form == "recurrent" else form
+            extra = {"state_dtype": state_dtype, "step_kernel": kernel, "decode_form": form}
             entries.append({"name": f"avgkit {preset} {state_dtype}-state {label}", "batch": b,
                             "tokens": shape["tokens"], "params": _params(bb) + _params(cond), "backbone": bb,
                             "cfg": cfg.cfg_scale != 1, "call": avgkit_sampler(bb, cond, b, cfg, device),
-                            "extra": {"state_dtype": state_dtype, "step_kernel": kernel, "decode_form": form}})
+                            "extra": extra})
+            if tile_rule is not None and (kernel, form) == ("two-launch", "recurrent"):
+                tile = tile_rule(2 * b * bb.layers[0].mixer.nheads, bb.layers[0].mixer.headdim, state_dtype == "int8")
+                entries.append({**entries[-1], "name": f"avgkit {preset} {state_dtype}-state {label} swept split",
+                                "call": _with_tile_rule(avgkit_sampler(bb, cond, b, cfg, device), tile_rule),
+                                "extra": {**extra, "step_tile": tile._asdict()}})
         rows += interleaved(entries, repeats, device, bw)
         del entries
         if device == "cuda":
@@ -332,12 +384,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="each AiM row also with its step through torch.compile, timed interleaved")
     ap.add_argument("--chunked", action="store_true", help="also the chunked form's variant rows (measured slower)")
     ap.add_argument("--profile", action="store_true",
-                    help="a per-kernel profile of one AiM-B step at batch 64, for each state dtype and step kernel")
+                    help="a per-kernel profile of one AiM-B step at batch 16 and 64, for each state dtype and step kernel "
+                         "(and the --step-tiles split)")
     ap.add_argument("--gpt-attention", default="auto",
                     help="comma-separated decode attentions of avgkit's transformer rows (auto, triton, math, sdpa)")
     ap.add_argument("--variants", default=None,
                     help="comma-separated batch sizes at which AiM-B's state dtypes and step kernels are compared "
                          "interleaved (default: 16,64; --quick: 64; none to skip)")
+    ap.add_argument("--step-tiles", default=None, metavar="JSON",
+                    help="a gpu_check.py --tiles report: the variant rows also run with its fastest work splits")
     ap.add_argument("--smoke", action="store_true", help="the harness on the CPU with tiny models")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -380,11 +435,17 @@ def main(argv: list[str] | None = None) -> None:
         if preset == "aim-b" and args.variants != "none":
             vb = ([int(b) for b in args.variants.split(",")] if args.variants else batches[:1] if args.smoke
                   else [64] if args.quick else [16, 64])
-            rows += step_variants(preset, vb, cfg, repeats, device, bw, shape, variants)
+            rows += step_variants(preset, vb, cfg, repeats, device, bw, shape, variants,
+                                  swept_tile_rule(args.step_tiles) if args.step_tiles else None)
         if preset == "aim-b" and args.profile and not args.smoke:
+            rule = swept_tile_rule(args.step_tiles) if args.step_tiles else None
             for state_dtype, kernel, form in variants:  # before (bf16, two-launch) and after
                 bb, cond = build_aim(preset, state_dtype=state_dtype, step_kernel=kernel, decode_form=form)
-                profiles[f"aim-b b64 {state_dtype}-state {kernel} {form}"] = kernel_profile(bb, cond, 64, cfg)
+                splits = [("", None)] + ([(" swept split", rule)] if rule and kernel == "two-launch" else [])
+                for (tag, r), pb in itertools.product(splits, (16, 64)):
+                    with tile_rule_active(r):
+                        profiles[f"aim-b b{pb} {state_dtype}-state {kernel} {form}{tag}"] = kernel_profile(
+                            bb, cond, pb, cfg)
                 del bb, cond
         if device == "cuda":
             torch.cuda.empty_cache()

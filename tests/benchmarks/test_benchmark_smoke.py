@@ -168,8 +168,13 @@ def _sampling(report: dict[str, Any]) -> None:
     names = [r["model"] for r in report["rows"]]
     assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b bf16-state",
                      "avgkit aim-b bf16-state compiled", "avgkit aim-b bf16-state two-launch",
-                     "avgkit aim-b int8-state two-launch", "avgkit aim-b bf16-state chunked",
+                     "avgkit aim-b bf16-state two-launch swept split", "avgkit aim-b int8-state two-launch",
+                     "avgkit aim-b int8-state two-launch swept split", "avgkit aim-b bf16-state chunked",
                      "avgkit aim-b int8-state chunked"], names  # --chunked adds the last two
+    # --step-tiles: the fastest split of the report, by state kind
+    swept = {r["state_dtype"]: r["step_tile"] for r in report["rows"] if "step_tile" in r}
+    assert swept == {"bf16": {"block_p": 32, "num_warps": 8, "heads": 2, "stream": True},
+                     "int8": {"block_p": 64, "num_warps": 4, "heads": 4, "stream": False}}, swept
     for row in report["rows"]:
         assert row["repeats"] >= 2 and row["spread_s"][0] <= row["median_s"] <= row["spread_s"][1], row
     avgkit_gpt, llamagen = report["rows"][:2]
@@ -358,6 +363,19 @@ def _llamagen_stub(tmp: Path) -> None:
         (tmp / "llamagen" / name).write_text(text)
 
 
+def _sampling_setup(tmp: Path) -> None:
+    """LlamaGen's stand-in and a --tiles report whose fastest splits differ by state kind."""
+    _llamagen_stub(tmp)
+
+    def row(state: str, bp: int, w: int, h: int, st: bool, ms: float) -> dict:
+        return {"state": state, "batch": 2, "nheads": 4, "block_p": bp, "num_warps": w, "heads": h, "stream": st,
+                "ms": ms}
+
+    timing = [row("bf16", 64, 8, 1, False, 0.05), row("bf16", 32, 8, 2, True, 0.04),
+              row("int8", 64, 4, 4, False, 0.03), row("int8", 32, 8, 2, True, 0.035)]
+    (tmp / "tiles.json").write_text(json.dumps({"decode_kernel_timing": timing}))
+
+
 ENVIRONMENT = ("environment",)
 CASES: list[Smoke] = [
     Smoke("benchmarks/activation_memory.py", keys=(*ENVIRONMENT, "model", "rows"), check=_activation_memory),
@@ -382,9 +400,9 @@ CASES: list[Smoke] = [
           mode="decode", keys=("gpu", "all_ok", "checks"), check=_gpu_check_decode),
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
-    Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--chunked", "--out",
-                                          "{tmp}/out.json"),
-          keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_llamagen_stub),
+    Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--chunked",
+                                          "--step-tiles", "{tmp}/tiles.json", "--out", "{tmp}/out.json"),
+          keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_sampling_setup),
     Smoke("benchmarks/precision_check.py", args=("--smoke", "--paths", "today,bf16", "--work", "{tmp}/runs", "--out",
                                                 "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "recipe", "seeds", "paths", "rows", "verdict"), check=_precision_check,

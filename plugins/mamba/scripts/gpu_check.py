@@ -428,43 +428,54 @@ def _timing_fields(ts: list[float], problem: dict, bandwidth: float | None) -> d
     return row
 
 
-#: (BLOCK_P, num_warps) candidates of the two-launch state-update kernel for ``--tiles``
-TILES = [(bp, w) for bp in (8, 16, 32, 64) for w in (1, 2, 4, 8)]
+def _tile_candidates() -> list:
+    """The state-update kernel's work splits ``--tiles`` times: head-dim blocks, warps, heads a program, streaming."""
+    from avgkit_mamba.ops.triton_step import StepTile
+
+    return [StepTile(bp, w, h, st) for bp in (32, 64) for w in (4, 8) for h in (1, 2, 4) for st in (False, True)]
 
 
 def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat16, *, p: int = 64, n: int = 128,
-                      reps: int = 50, warmup: int = 3, rounds: int = 3, device: torch.device | str = "cuda",
-                      bandwidth: float | None = None, states: tuple[str, ...] = ("bf16", "int8"),
-                      tiles: list[tuple[int, int]] = TILES) -> list[dict]:
-    """One layer's two-launch decode step per (state dtype, state tile), timed interleaved, each tile also
-    checked against the torch step (one step from the same inputs): which tile the fixed rule should pick."""
+                      layers: int = 24, reps: int = 10, warmup: int = 3, rounds: int = 3,
+                      device: torch.device | str = "cuda", bandwidth: float | None = None,
+                      states: tuple[str, ...] = ("bf16", "int8"), tiles: list | None = None) -> list[dict]:
+    """The two-launch decode step of ``layers`` layers, each with its own state (as the sampler streams 24 layers'
+    states from memory: one layer's state can sit in L2 and flatter a tile), per (state dtype, work split), timed
+    interleaved in CUDA graphs. Each split is also checked against the torch step on one fresh layer."""
     from avgkit_mamba.ops import triton_step
     from avgkit_mamba.ops.dispatch import decode_step
 
+    tiles = tiles if tiles is not None else _tile_candidates()
     saved = triton_step._tile
-    problems = {(st, tile): _decode_step_problem(batch, nheads, st, dtype, p=p, n=n, device=device)
-                for st in states for tile in tiles if tile[0] <= p}
-    times: dict[tuple, list[float]] = {key: [] for key in problems}
+    rule = saved(batch * nheads, p)
+    stacks = {st: [_decode_step_problem(batch, nheads, st, dtype, p=p, n=n, device=device, seed=i)
+                   for i in range(layers)] for st in states}
+    keys = [(st, tile) for st in states for tile in tiles if tile.block_p <= p]
+    times: dict[tuple, list[float]] = {key: [] for key in keys}
     errs: dict[tuple, float] = {}
+
+    def all_layers(st: str) -> None:
+        for t in stacks[st]:
+            decode_step(**t, impl="triton", kernel="two-launch")
+
     try:
-        for (st, tile), t in problems.items():
-            triton_step._tile = lambda rows, hd, tile=tile: tile
-            ours, ref = _clone_problem(t), _reference_problem(t)
+        replays = {}
+        for st, tile in keys:
+            triton_step._tile = lambda rows, hd, quant=False, tile=tile: tile
+            fresh = _decode_step_problem(batch, nheads, st, dtype, p=p, n=n, device=device)
+            ours, ref = _clone_problem(fresh), _reference_problem(fresh)
             decode_step(**ours, impl="triton", kernel="two-launch")
             decode_step(**ref, impl="torch")
             errs[(st, tile)] = rel_err(_state_values(ours), _state_values(ref))
-        replays = {}
-        for (st, tile), t in problems.items():  # the tile is fixed when the graph is captured
-            triton_step._tile = lambda rows, hd, tile=tile: tile
-            replays[(st, tile)] = replayed(lambda t=t: decode_step(**t, impl="triton", kernel="two-launch"), device)
+            replays[(st, tile)] = replayed(lambda st=st: all_layers(st), device, calls=4)  # the split is captured
         for _ in range(rounds):
             for key, replay in replays.items():
-                times[key].append(graph_ms(replay, device, warmup, reps))
+                times[key].append(graph_ms(replay, device, warmup, reps, calls=4) / layers)
     finally:
         triton_step._tile = saved
-    return [{"batch": batch, "nheads": nheads, "state": st, "block_p": tile[0], "num_warps": tile[1],
-             "rule": tile == saved(batch * nheads, p), **_timing_fields(ts, problems[(st, tile)], bandwidth),
-             "state_rel_err": errs[(st, tile)]} for (st, tile), ts in times.items()]
+    return [{"batch": batch, "nheads": nheads, "layers": layers, "state": st, **tile._asdict(), "rule": tile == rule,
+             **_timing_fields(ts, stacks[st][0], bandwidth), "state_rel_err": errs[(st, tile)]}
+            for (st, tile), ts in times.items()]
 
 
 def copy_bandwidth(gib: float = 2.0) -> float:
@@ -558,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat-only", action="store_true",
                         help="only the repeat checks: is each scan stage bitwise the same across calls")
     parser.add_argument("--tiles", action="store_true",
-                        help="only the state-update tile sweep (bf16 and int8 states at AiM-B's 128 sequences)")
+                        help="only the state-update work-split sweep (bf16 and int8 states, 24 layers, 32 and 128 "
+                             "sequences)")
     parser.add_argument("--decode", action="store_true",
                         help="only the decode checks: step kernels against PyTorch and AiM layers decoding with the "
                              "int8 state and the chunked form (bf16 model)")
@@ -582,9 +594,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     if args.tiles:
         bandwidth = None if args.smoke else copy_bandwidth()
-        sweep = (time_decode_tiles(2, dtype=torch.float32, reps=1, warmup=0, rounds=1, device=device,
-                                   tiles=[(8, 1), (16, 2)], **layer) if args.smoke
-                 else [r for b in (32, 128) for r in time_decode_tiles(b, 24, bandwidth=bandwidth)])
+        if args.smoke:
+            from avgkit_mamba.ops.triton_step import StepTile
+
+            sweep = time_decode_tiles(2, dtype=torch.float32, layers=2, reps=1, warmup=0, rounds=1, device=device,
+                                      tiles=[StepTile(8, 1), StepTile(16, 2, 2, True)], **layer)
+        else:
+            sweep = [r for b in (32, 128) for r in time_decode_tiles(b, 24, bandwidth=bandwidth)]
         for r in sweep:
             print(f"tile {r}", flush=True)
         return _write_report(args, rows, [], sweep, bandwidth, device)

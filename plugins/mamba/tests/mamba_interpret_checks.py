@@ -310,6 +310,39 @@ def decode_checks() -> None:
         check(f"decode step #{i} conv state", max_rel_err(conv, conv_ref), 1e-6)
         check(f"decode step #{i} ssm state", max_rel_err(ssm, ssm_ref), 1e-5)
 
+    # every work split of the state-update kernel gives the same bits (bf16 and int8 states, 8 heads in 2 groups):
+    # heads a program (with the next head's tile in flight), streaming cache hints, head-dim blocks
+    from avgkit_mamba.ops import triton_step
+    from avgkit_mamba.ops.state_quant import quantize_rows_
+
+    h8 = 8
+    d8, cd8 = h8 * p, h8 * p + 2 * g * n
+    w8, b8, al8, D8, dtb8 = r(cd8, w), r(cd8), torch.rand(h8, generator=gen), r(h8), r(h8) * 0.5
+    nw8 = 1 + 0.1 * r(d8)
+    z8 = [r(b, d8 + cd8 + h8) for _ in range(2)]
+    saved = triton_step._tile
+    for sdt in (torch.bfloat16, torch.int8):
+        outs = []
+        for tile in (triton_step.StepTile(8, 4), triton_step.StepTile(8, 4, 2, True), triton_step.StepTile(4, 2, 4),
+                     triton_step.StepTile(8, 4, 4, True), triton_step.StepTile(8, 4, 3)):  # 3: falls back to 1
+            gen8 = torch.Generator().manual_seed(7)
+            conv8, vals = torch.randn(b, cd8, w, generator=gen8), torch.randn(b, h8, p, n, generator=gen8)
+            scale8 = None
+            if sdt == torch.int8:
+                ssm8, scale8 = torch.empty(vals.shape, dtype=torch.int8), torch.empty(vals.shape[:3])
+                quantize_rows_(vals, ssm8, scale8)
+            else:
+                ssm8 = vals.to(sdt)
+            triton_step._tile = lambda rows, hd, quant=False, tile=tile: tile
+            try:
+                ys = [decode_step_triton(zz, conv8, w8, b8, ssm8, al8, D8, dtb8, nw8, 1e-5, p, g, state_scale=scale8)
+                      for zz in z8]
+            finally:
+                triton_step._tile = saved
+            outs.append([*ys, conv8, ssm8.float()] + ([scale8] if scale8 is not None else []))
+        same = all(torch.equal(a, c) for o in outs[1:] for a, c in zip(o, outs[0], strict=True))
+        check(f"decode step {str(sdt)[6:]} state: every work split the same bits", 0.0 if same else float("inf"), 0.0)
+
     d = 24
     y, gate, res, wn = r(b, d), r(b, d), r(b, d), 1 + 0.1 * r(d)
     mod = r(b, 3, d)  # strided (shift, scale) views, as Conditioning.modulation gives them

@@ -4,7 +4,7 @@ Each helper has its PyTorch reference named in its docstring; the kernels that u
 are checked against those references under the interpreter (``tests/mamba_interpret_checks.py``).
 
 * ``_softplus``: ``torch.nn.functional.softplus`` (threshold 20).
-* ``_conv_window`` / ``_conv_out`` / ``_conv_inputs``: one token of the causal depthwise
+* ``_conv_window`` / ``_conv_out`` / ``_conv_x`` / ``_conv_bc`` / ``_conv_inputs``: one token of the causal depthwise
   conv, :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
 * ``_dequantize_rows`` / ``_quantize_rows``: the one-byte state,
   :mod:`avgkit_mamba.ops.state_quant`.
@@ -75,11 +75,21 @@ def _quantize_rows(v):
 @triton.jit
 def _conv_inputs(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi, ngroups, P, N, W, d_inner,
                  offs_p, mask_p, offs_n, mask_n, HAS_CONV_BIAS: tl.constexpr, BLOCK_W: tl.constexpr):
-    """This token's x (head ``hi``'s channels ``offs_p``), B and C (group ``gi``) after conv + SiLU.
+    """This token's x (head ``hi``'s channels ``offs_p``), B and C (group ``gi``) after conv + SiLU
+    (``_conv_x`` then ``_conv_bc``)."""
+    x = _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS, BLOCK_W)
+    Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner, offs_n, mask_n,
+                      HAS_CONV_BIAS, BLOCK_W)
+    return x, Bv, Cv
 
-    The x channels belong to the calling program alone: their window is shifted here. B
-    and C are shared by the group's heads: read from their old windows only (a later
-    launch shifts them).
+
+@triton.jit
+def _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p,
+            HAS_CONV_BIAS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This token's x for head ``hi``'s channels ``offs_p`` after conv + SiLU, their window shifted.
+
+    The x channels belong to the calling program alone, so it shifts their window here (B
+    and C are shared by a group's heads: a later launch shifts theirs).
     """
     offs_w = tl.arange(0, BLOCK_W)
     chan_x = hi * P + offs_p
@@ -88,9 +98,7 @@ def _conv_inputs(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi, ngro
     tl.debug_barrier()  # the old window is read before it is overwritten (module docstring)
     tl.store(conv_row + chan_x[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_x,
              mask=mask_p[:, None] & (offs_w[None, :] < W))
-    Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner, offs_n, mask_n,
-                      HAS_CONV_BIAS, BLOCK_W)
-    return x, Bv, Cv
+    return x
 
 
 @triton.jit

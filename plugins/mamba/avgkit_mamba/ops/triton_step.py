@@ -1,9 +1,10 @@
 """Triton kernels for a Mamba-2 layer's decode step (one token): two launches per layer.
 
-1. ``_step_kernel``, one program per (batch row, head, block of head dims): issues the
-   read of its SSM state tile first (the one large read of the step), shifts the conv
-   window of its own x channels, convolves them (+ bias, SiLU), convolves the group's B
-   and C channels from their *old* windows, discretises dt (bias + softplus, and
+1. ``_step_kernel``, one program per (batch row, heads of one group, block of head dims):
+   issues the read of its first SSM state tile first (the one large read of the step),
+   convolves the group's B and C channels from their *old* windows, then for each head
+   (the next head's tile already loading) shifts the conv window of its own x channels,
+   convolves them (+ bias, SiLU), discretises dt (bias + softplus, and
    ``A = -exp(A_log)`` when given the log), updates the state tile in place, reads it
    out with C, adds the ``D`` skip and gates with ``silu(z)``.
 2. ``_epilogue_kernel``, one program per (batch row, group): the grouped RMSNorm of the
@@ -12,11 +13,13 @@
    in a later launch means no program of the first kernel can see a half-updated window,
    without atomics or a grid-wide handshake.
 
-The state tile's shape follows a fixed rule (``_tile``).
+The work split (``StepTile``) follows a fixed rule (``_tile``).
 Reference: :func:`avgkit_mamba.ops.dispatch.fused_step_torch` (+ ``GatedRMSNorm``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -25,7 +28,8 @@ from torch import Tensor
 
 from avgkit_mamba.ops.ssd_torch import check_step_shapes, split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
-    _conv_inputs,
+    _conv_bc,
+    _conv_x,
     _dequantize_rows,
     _quantize_rows,
     _shift_bc_windows,
@@ -33,7 +37,11 @@ from avgkit_mamba.ops.triton_common import (
 )
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 
-__all__ = ["decode_step_triton", "fused_step_triton"]
+__all__ = ["StepTile", "decode_step_triton", "fused_step_triton"]
+
+#: Heads a program updates under the interpreter: two, so the checks run the prefetching loop where the
+#: heads per group allow it.
+INTERP_HEADS = 2
 
 
 @triton.jit
@@ -47,52 +55,67 @@ def _step_kernel(
     s_y_b,
     A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_W: tl.constexpr,
+    BLOCK_W: tl.constexpr, HEADS: tl.constexpr, LOAD_EVICT: tl.constexpr, STORE_CACHE: tl.constexpr,
 ):
+    """One program: batch row ``bi``, ``HEADS`` heads of one group from ``h0``, head dims block ``pb``."""
     bi = tl.program_id(0).to(tl.int64)
-    hi = tl.program_id(1)
+    h0 = tl.program_id(1) * HEADS
     pb = tl.program_id(2)
-    gi = hi // hpg
+    gi = h0 // hpg
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     mask_p = offs_p < P
     mask_n = offs_n < N
 
-    # the state tile first: its latency hides behind the conv work below
-    s_ptrs = ssm_ptr + bi * s_ss_b + hi * s_ss_h + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
+    # the first state tile first: its latency hides behind the conv work below
+    s_row = ssm_ptr + bi * s_ss_b + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
     smask = mask_p[:, None] & mask_n[None, :]
-    state = tl.load(s_ptrs, mask=smask, other=0.0)
+    state = tl.load(s_row + h0 * s_ss_h, mask=smask, other=0.0, eviction_policy=LOAD_EVICT)
+    sc_row = scale_ptr + bi * s_sc_b + offs_p * s_sc_p
     if QUANT:
-        sc_ptrs = scale_ptr + bi * s_sc_b + hi * s_sc_h + offs_p * s_sc_p
-        row_scale = tl.load(sc_ptrs, mask=mask_p, other=0.0)
+        row_scale = tl.load(sc_row + h0 * s_sc_h, mask=mask_p, other=0.0)
+    conv_row = conv_ptr + bi * s_cs_b
+    xbc_row = xbc_ptr + bi * s_xbc_b
+    Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, nheads // hpg, N, W, d_inner, offs_n,
+                      mask_n, HAS_CONV_BIAS, BLOCK_W)
 
-    dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
-    if HAS_DT_BIAS:
-        dt += tl.load(bias_ptr + hi).to(tl.float32)
-    dt = _softplus(dt)
-    a = tl.load(A_ptr + hi).to(tl.float32)
-    if A_IS_LOG:
-        a = -tl.exp(a)
-    decay = tl.exp(dt * a)
+    for j in tl.static_range(HEADS):  # the group's B and C serve every head of the program
+        hi = h0 + j
+        if j + 1 < HEADS:  # the next head's tile is in flight while this one updates
+            nxt = tl.load(s_row + (hi + 1) * s_ss_h, mask=smask, other=0.0, eviction_policy=LOAD_EVICT)
+            if QUANT:
+                nxt_scale = tl.load(sc_row + (hi + 1) * s_sc_h, mask=mask_p, other=0.0)
+        dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
+        if HAS_DT_BIAS:
+            dt += tl.load(bias_ptr + hi).to(tl.float32)
+        dt = _softplus(dt)
+        a = tl.load(A_ptr + hi).to(tl.float32)
+        if A_IS_LOG:
+            a = -tl.exp(a)
+        decay = tl.exp(dt * a)
+        x = _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS,
+                    BLOCK_W)
 
-    x, Bv, Cv = _conv_inputs(conv_ptr + bi * s_cs_b, xbc_ptr + bi * s_xbc_b, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi,
-                             nheads // hpg, P, N, W, d_inner, offs_p, mask_p, offs_n, mask_n, HAS_CONV_BIAS, BLOCK_W)
-
-    if QUANT:
-        state = _dequantize_rows(state, row_scale) * decay + (dt * x)[:, None] * Bv[None, :]
-        q, new_scale = _quantize_rows(state)
-        tl.store(s_ptrs, q, mask=smask)
-        tl.store(sc_ptrs, new_scale, mask=mask_p)
-    else:
-        state = state.to(tl.float32) * decay + (dt * x)[:, None] * Bv[None, :]
-        tl.store(s_ptrs, state.to(ssm_ptr.dtype.element_ty), mask=smask)
-    y = tl.sum(state * Cv[None, :], axis=1)
-    if HAS_D:
-        y += tl.load(D_ptr + hi).to(tl.float32) * x
-    if HAS_Z:
-        zz = tl.load(z_ptr + bi * s_z_b + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
-        y = y * zz * tl.sigmoid(zz)
-    tl.store(y_ptr + bi * s_y_b + hi * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
+        s_ptrs = s_row + hi * s_ss_h
+        if QUANT:
+            new = _dequantize_rows(state, row_scale) * decay + (dt * x)[:, None] * Bv[None, :]
+            q, new_scale = _quantize_rows(new)
+            tl.store(s_ptrs, q, mask=smask, cache_modifier=STORE_CACHE)
+            tl.store(sc_row + hi * s_sc_h, new_scale, mask=mask_p)
+        else:
+            new = state.to(tl.float32) * decay + (dt * x)[:, None] * Bv[None, :]
+            tl.store(s_ptrs, new.to(ssm_ptr.dtype.element_ty), mask=smask, cache_modifier=STORE_CACHE)
+        y = tl.sum(new * Cv[None, :], axis=1)
+        if HAS_D:
+            y += tl.load(D_ptr + hi).to(tl.float32) * x
+        if HAS_Z:
+            zz = tl.load(z_ptr + bi * s_z_b + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_ptr + bi * s_y_b + hi * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
+        if j + 1 < HEADS:
+            state = nxt
+            if QUANT:
+                row_scale = nxt_scale
 
 
 @triton.jit
@@ -117,8 +140,21 @@ def _epilogue_kernel(
                       offs_n, offs_n < N, BLOCK_W)
 
 
-def _tile(rows: int, p: int) -> tuple[int, int]:
-    """(BLOCK_P, num_warps) of the state-update kernel for ``rows`` (batch x heads) tiles.
+class StepTile(NamedTuple):
+    """How the state-update kernel splits its work: head dims a program (``block_p``), its warps, heads of one
+    group a program (``heads``: the next head's state tile loads while this one updates, B and C are convolved
+    once), and whether the state streams past the L2 cache (``stream``: loads evicted first, stores marked
+    streaming). None of these change the rounding: each state row is updated and reduced within one program."""
+
+    block_p: int
+    num_warps: int
+    heads: int = 1
+    stream: bool = False
+
+
+def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
+    """The state-update kernel's tile for ``rows`` (batch x heads) tiles of ``p`` head dims (``quant``: an int8
+    state).
 
     64 head dims a tile; four warps for small grids, eight for large ones. On an H100
     (benchmarks/results/decode_tiles_h100.json, 20 steps of one layer replayed in a CUDA
@@ -128,10 +164,12 @@ def _tile(rows: int, p: int) -> tuple[int, int]:
     the bf16 step 1.26x slower than eight (99.9 against 125-126 images/s on two H100s with
     GPT-B level at 249-250; benchmarks/results/gpu_recheck_h100.log). A fixed rule rather
     than timing candidates at first use, which corrupted fp32 states on the H200
-    (docs/benchmarks.md) and would make the choice depend on the machine's load; the tile
-    does not change the rounding (each state row is reduced within one program).
+    (docs/benchmarks.md) and would make the choice depend on the machine's load. Under the
+    interpreter: small tiles, ``INTERP_HEADS`` heads a program.
     """
-    return min(64, triton.next_power_of_2(p)), 4 if rows < 2048 else 8
+    if INTERPRET:
+        return StepTile(min(triton.next_power_of_2(p), 16), 4, INTERP_HEADS)
+    return StepTile(min(64, triton.next_power_of_2(p)), 4 if rows < 2048 else 8)
 
 
 def _check_scale(ssm_state: Tensor, state_scale: Tensor | None) -> None:
@@ -159,8 +197,9 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
         BLOCK_W=triton.next_power_of_2(w),
     )
 
-    block_p, warps = (min(triton.next_power_of_2(p), 16), 4) if INTERPRET else _tile(b * nheads, p)
-    _step_kernel[(b, nheads, triton.cdiv(p, block_p))](
+    tile = _tile(b * nheads, p, state_scale is not None)
+    heads = tile.heads if (nheads // ngroups) % tile.heads == 0 else 1  # a program's heads share one group
+    _step_kernel[(b, nheads // heads, triton.cdiv(p, tile.block_p))](
         xBC, dt, z if z is not None else xBC, conv_state, conv_weight,
         conv_bias if conv_bias is not None else conv_weight, ssm_state, sc, A,
         D if D is not None else A, dt_bias if dt_bias is not None else A, y,
@@ -169,7 +208,8 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
         *sc_strides,
-        y.stride(0), **flags, BLOCK_P=block_p, num_warps=warps, num_stages=1,
+        y.stride(0), **flags, BLOCK_P=tile.block_p, HEADS=heads, LOAD_EVICT="evict_first" if tile.stream else "",
+        STORE_CACHE=".cs" if tile.stream else "", num_warps=tile.num_warps, num_stages=1,
     )
 
 
