@@ -16,7 +16,8 @@ timed in the same process:
   ``graph``, ``compile-blocks-graph``, ``compile-blocks-loss-graph`` (the trainer's GPU default: with the conv's
   Triton kernels), ``compile-blocks-loss-graph-torchconv`` (the same with the conv in PyTorch, the shifted form),
   ``compile-blocks-loss-graph-bf16res`` (the default with the residual stream in bf16: ``backbone.residual_in_fp32:
-  false``, which ``precision_check.py``'s ``bf16-residual`` path checks) and
+  false``, which ``precision_check.py``'s ``bf16-residual`` path checks), ``compile-blocks-loss-graph-keepnorms``
+  (the default keeping the norms' intermediates for backward: ``backbone.recompute_norms: false``) and
   ``ckpt2-compile-blocks-graph`` (the step replayed from one CUDA graph, as ``train.cuda_graph`` does: three eager
   steps, a capture, then replays; labels dropped on the host);
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
@@ -96,6 +97,8 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
                                                     "graph": True, "triton_conv": False},
             "compile-blocks-loss-graph-bf16res": {"fused": True, "compile": "blocks", "compile_loss": True,
                                                   "graph": True, "residual_in_fp32": False},
+            "compile-blocks-loss-graph-keepnorms": {"fused": True, "compile": "blocks", "compile_loss": True,
+                                                    "graph": True, "recompute_norms": False},
             "compile-blocks-graph": {"fused": True, "compile": "blocks", "graph": True},
             "ckpt2-compile-blocks-graph": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
                                            "compile": "blocks", "graph": True}}
@@ -477,7 +480,8 @@ def main() -> None:
         for variant in variants:
             spec = VARIANTS[variant]
             torch._dynamo.reset()  # each row compiles afresh, as its own process would (no shared cache limit)
-            opts = {**extra, **{k: spec[k] for k in ("activation_checkpointing", "checkpoint_every", "residual_in_fp32")
+            opts = {**extra, **{k: spec[k] for k in ("activation_checkpointing", "checkpoint_every", "residual_in_fp32",
+                                                     "recompute_norms")
                                 if k in spec}}
             model = build(preset, device=device, vocab=vocab, tokens=tokens, **opts)
             model.fused_loss = spec["fused"]
