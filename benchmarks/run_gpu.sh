@@ -30,8 +30,8 @@
 # --graph-confirm (about 9 minutes): the digits precision check (today's path, the bf16 path with compiled blocks and
 # the graph), then AiM-L and AiM-XL decoding beside the compiled GPT-L at batch 16 and 64.
 # --conv (about 10 minutes; BUDGET seconds, default 560): the conv kernels' and the graph's GPU tests, AiM-B and AiM-L
-# with the conv's Triton kernels against the PyTorch conv and with the residual stream in bf16, beside the reference,
-# AiM-B's step by kernel, then the digits precision check of the default path and of the bf16 residual stream
+# with the conv's Triton kernels against the PyTorch conv, beside the reference, AiM-B's step by kernel, then the
+# digits precision check of the default path
 # (CONV_SCAN=1 adds the scan with the dCB kernel's two loop orders; CONV_LIMIT sets the training rows' seconds,
 # CONV_VARIANTS their variants).
 # --split (about 8 minutes; BUDGET seconds, default 500): the decode state update's work splits over 24 layers'
@@ -158,11 +158,11 @@ if [ "$QUICK" = "--conv" ]; then  # the conv's Triton kernels and the dCB loop o
       --out "$OUT/ssd_scan_dcb_order_h${nh}_$CARD.json"
   done
   LIMIT=${CONV_LIMIT:-240} run benchmarks/train_step.py --presets aim-b,aim-l \
-    --variants ${CONV_VARIANTS:-compile-blocks-loss-graph-torchconv,${CONV_MID:-compile-blocks-loss,}compile-blocks-loss-graph,compile-blocks-loss-graph-bf16res} --no-stack \
+    --variants ${CONV_VARIANTS:-compile-blocks-loss-graph-torchconv,${CONV_MID:-compile-blocks-loss,}compile-blocks-loss-graph} --no-stack \
     --window-steps 4 $AR --profile "$OUT/train_step_profile_aim_b_conv_$CARD" --profile-preset aim-b \
     --profile-variant ${CONV_PROFILE:-compile-blocks-loss} --out "$OUT/train_step_conv_$CARD.json"
   [ -n "${CONV_ONLY:-}" ] && exit 0
-  LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/precision_check.py --paths today,bf16,bf16-residual \
+  LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/precision_check.py --paths today,bf16 \
     --work /tmp/precision --out "$OUT/precision_check_conv_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0

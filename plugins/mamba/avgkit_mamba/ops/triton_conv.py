@@ -181,11 +181,15 @@ _fwd_k = Launcher(
 
 _grad_k = Launcher(
     _conv_grad_kernel,
-    configs=[
+    configs=[  # the last four: the loop's loads pipelined, or no loop (a whole part in one block)
         ({"BLOCK_L": 16, "BLOCK_D": 64}, 4, 1),
         ({"BLOCK_L": 8, "BLOCK_D": 128}, 4, 1),
         ({"BLOCK_L": 16, "BLOCK_D": 128}, 8, 1),
         ({"BLOCK_L": 32, "BLOCK_D": 64}, 8, 1),
+        ({"BLOCK_L": 16, "BLOCK_D": 64}, 4, 3),
+        ({"BLOCK_L": 32, "BLOCK_D": 64}, 8, 2),
+        ({"BLOCK_L": 64, "BLOCK_D": 32}, 4, 1),
+        ({"BLOCK_L": 64, "BLOCK_D": 64}, 8, 1),
     ],
     key=["dim", "seqlen", "HAS_BIAS", "SILU"],
     valid=lambda a, m: m["BLOCK_L"] <= a["PART"],

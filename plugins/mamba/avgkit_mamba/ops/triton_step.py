@@ -153,23 +153,23 @@ class StepTile(NamedTuple):
 
 
 def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
-    """The state-update kernel's tile for ``rows`` (batch x heads) tiles of ``p`` head dims (``quant``: an int8
-    state).
+    """The state-update kernel's split for ``rows`` (batch x heads) tiles of ``p`` head dims (``quant``: an int8
+    state): eight warps, 32 head dims a program (64 for an int8 state), one head a program, the state streamed
+    past L2 below 2048 rows.
 
-    64 head dims a tile; four warps for small grids, eight for large ones. On an H100
-    (benchmarks/results/decode_tiles_h100.json, 20 steps of one layer replayed in a CUDA
-    graph) four warps were fastest at 768 rows (0.0124 ms against 0.0150 for the earlier
-    16 x 2 tile). At 3072 rows (AiM-B at batch 64 with CFG) that sweep also preferred four
-    warps, but in the sampler, where 24 layers' states stream from memory, four warps made
-    the bf16 step 1.26x slower than eight (99.9 against 125-126 images/s on two H100s with
-    GPT-B level at 249-250; benchmarks/results/gpu_recheck_h100.log). A fixed rule rather
-    than timing candidates at first use, which corrupted fp32 states on the H200
-    (docs/benchmarks.md) and would make the choice depend on the machine's load. Under the
-    interpreter: small tiles, ``INTERP_HEADS`` heads a program.
+    Measured on an H100 in AiM-B's sampler (benchmarks/results/sampling_split_h100.json, timed interleaved with
+    the earlier rule of 64 head dims and four warps below 2048 rows, eight above): at batch 16 (768 rows) the
+    kernel took 0.336 ms a step against 0.561 (62.5 against 51.7 images/s), at batch 64 1.171 against 1.231 ms
+    (bf16 state); the int8 state's 64 x 8 split is what the earlier rule ran at batch 64. Four warps looked as
+    fast in a sweep of 24 layers' decode steps alone (decode_tiles_stream_h100.json) but were up to 1.7x slower
+    in the sampler, so the sampler decides. Several heads a program (the next head's tile loading while one
+    updates) was never the fastest split in that sweep. A fixed rule rather than timing candidates at first use, which
+    corrupted fp32 states on the H200 (docs/benchmarks.md) and would make the choice depend on the machine's
+    load. Under the interpreter: small tiles, ``INTERP_HEADS`` heads a program.
     """
     if INTERPRET:
         return StepTile(min(triton.next_power_of_2(p), 16), 4, INTERP_HEADS)
-    return StepTile(min(64, triton.next_power_of_2(p)), 4 if rows < 2048 else 8)
+    return StepTile(min(64 if quant else 32, triton.next_power_of_2(p)), 8, 1, rows < 2048)
 
 
 def _check_scale(ssm_state: Tensor, state_scale: Tensor | None) -> None:
