@@ -144,7 +144,9 @@ class StepTile(NamedTuple):
     """How the state-update kernel splits its work: head dims a program (``block_p``), its warps, heads of one
     group a program (``heads``: the next head's state tile loads while this one updates, B and C are convolved
     once), and whether the state streams past the L2 cache (``stream``: loads evicted first, stores marked
-    streaming). None of these change the rounding: each state row is updated and reduced within one program."""
+    streaming). Each state row is updated and read out within one program, so the state's values do not depend
+    on the split (the interpreter checks give every split the same bits); on a GPU the warps may change the order
+    in which y's sum over d_state rounds, and the rule keeps them fixed for every batch size."""
 
     block_p: int
     num_warps: int
