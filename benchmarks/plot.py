@@ -104,12 +104,12 @@ def baseline(paths: tuple[Path, ...] = (RESULTS / "sampling_quick_h100.json", RE
 
 def training(paths: tuple[Path, ...] = (RESULTS / "train_step_compile_blocks_h200.json",
                                         RESULTS / "train_step_compile_blocks_ref_aim_l_h200.json"),
-             images: Path = IMAGES) -> Path | None:
-    """Training tokens/s: eager against compiled blocks, and the AiM authors' trainer step, one H200 (two calls)."""
+             images: Path = IMAGES, name: str = "train_step_h200.png", card: str = "one H200") -> Path | None:
+    """Training tokens/s of each row beside the AiM authors' trainer step, one card (each file one call)."""
     rows = [(i, r) for i, p in enumerate(paths) if p.exists() for r in json.loads(p.read_text())["rows"]]
     if not rows:
         return None
-    fig, (ax,) = _figure(7, 3.2)
+    fig, (ax,) = _figure(8.5, 0.8 + 0.2 * len(rows))
     labels = [f"{r['model']} b{r['batch']}" + (f" (call {i + 1})" if len(paths) > 1 else "") for i, r in rows]
     colors = ["tab:gray" if r["model"].startswith(("mamba-ssm", "AiM reference")) else
               "tab:blue" if "compile" in r["model"] else "tab:cyan" for _, r in rows]
@@ -119,9 +119,46 @@ def training(paths: tuple[Path, ...] = (RESULTS / "train_step_compile_blocks_h20
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.15 * max(r["tokens_per_s"] for _, r in rows) / 1e3)
-    ax.set_xlabel("k tokens / s, batch 64, bf16, one H200 (label: peak memory)")
-    fig.subplots_adjust(left=0.36, right=0.97, bottom=0.16, top=0.97)
-    out = images / "train_step_h200.png"
+    ax.set_xlabel(f"k tokens / s, batch 64, bf16, {card} (label: peak memory)")
+    fig.subplots_adjust(left=0.45, right=0.97, bottom=0.6 / (0.8 + 0.2 * len(rows)), top=0.98)
+    out = images / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def training_h100(images: Path = IMAGES) -> Path | None:
+    """The conv's two-pass backward and aligned loads beside the reference (two H100 calls)."""
+    return training((RESULTS / "train_step_conv_twopass_h100.json", RESULTS / "train_step_conv_ref_h100.json"),
+                    images, "train_step_h100.png", "one H100")
+
+
+def decode_split(path: Path = RESULTS / "sampling_split_h100.json", images: Path = IMAGES) -> Path | None:
+    """AiM-B's images/s with each state-update split beside the compiled GPT-B, per batch (one H100 call)."""
+    if not path.exists():
+        return None
+    rows = json.loads(path.read_text())["rows"]
+    series: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r["model"] == "avgkit gpt-b compiled" or "two-launch" in r["model"]:
+            tile = r.get("step_tile")
+            split = f"{tile['block_p']} x {tile['num_warps']} warps" if tile else "rule of the time"
+            name = "GPT-B compiled" if "gpt" in r["model"] else f"AiM-B {r['state_dtype']}, {split}"
+            series.setdefault(name, {})[r["batch"]] = r["images_per_s"]
+    if not series:
+        return None
+    batches = sorted({b for v in series.values() for b in v})
+    fig, (ax,) = _figure(8, 4)
+    width = 0.8 / len(series)
+    for k, (name, by_batch) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(batches) if b in by_batch]
+        ax.bar(xs, [by_batch[b] for b in batches if b in by_batch], width=width, label=name)
+    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+    ax.set_ylabel("images / s (256 tokens, CFG 2, bf16, one H100)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.08, top=0.97)
+    out = images / "sampling_split_h100.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
@@ -135,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.smoke and args.images.resolve() == IMAGES.resolve():
         ap.error("--smoke draws into a scratch folder: pass --images DIR")
-    drawn = {fn.__name__: fn(images=args.images) for fn in (sampling, baseline, sequence_length, training)}
+    drawn = {fn.__name__: fn(images=args.images)
+             for fn in (sampling, baseline, sequence_length, training, training_h100, decode_split)}
     for name, path in drawn.items():
         print(f"{name}: {path}")
     missing = [name for name, path in drawn.items() if path is None]

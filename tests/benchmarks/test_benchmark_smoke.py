@@ -383,7 +383,7 @@ CASES: list[Smoke] = [
           check=_data_loader),
     Smoke("benchmarks/plot.py", args=("--smoke", "--images", "{tmp}/img"), result=None,
           files=("img/sampling_h200.png", "img/sampling_baseline_h100.png", "img/sequence_length_h200.png",
-                 "img/train_step_h200.png")),
+                 "img/train_step_h200.png", "img/train_step_h100.png", "img/sampling_split_h100.png")),
     Smoke("benchmarks/ssd_scan.py", keys=("gpu", "triton", "shape", "results"), check=_ssd_scan),
     Smoke("benchmarks/startup.py", keys=(*ENVIRONMENT, "model", "rows"), check=_startup),
     Smoke("benchmarks/state_precision.py", keys=(*ENVIRONMENT, "decode_path", "gate", "verdict"),
