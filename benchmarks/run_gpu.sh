@@ -35,8 +35,8 @@
 # (CONV_SCAN=1 adds the scan with the dCB kernel's two loop orders; CONV_LIMIT sets the training rows' seconds,
 # CONV_VARIANTS their variants).
 # --split (about 8 minutes; BUDGET seconds, default 500): the decode state update's work splits over 24 layers'
-# states (gpu_check --tiles), then GPT-B and AiM-B at batch 16 and 64 with the rule's split and the fastest swept
-# one, timed interleaved, with per-kernel profiles.
+# states (gpu_check --tiles), then GPT-B and AiM-B at batch 16 and 64 with the rule's split, the fastest swept one
+# and those SPLITS names (default 64x8; sampling.py --step-splits), timed interleaved, with per-kernel profiles.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -145,7 +145,8 @@ fi
 if [ "$QUICK" = "--split" ]; then  # the state update's work splits over 24 layers, then AiM-B with the fastest
   LIMIT=200 run plugins/mamba/scripts/gpu_check.py --tiles --out "$OUT/decode_tiles_stream_$CARD.json"
   LIMIT=$((${BUDGET:-500} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
-    --step-tiles "$OUT/decode_tiles_stream_$CARD.json" --profile --out "$OUT/sampling_split_$CARD.json"
+    --step-tiles "$OUT/decode_tiles_stream_$CARD.json" --step-splits "${SPLITS:-64x8}" --profile \
+    --out "$OUT/sampling_split_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -17,7 +17,8 @@ AiM rows also report the memory floor of their state layout (weights read once p
 plus the state read and written, at the copy bandwidth measured in the same run). AiM-B's
 decoding variants (bf16 or int8 state; with ``--chunked`` the chunked form too) are timed
 interleaved at each ``--variants`` batch size (``--step-tiles``: each also with the
-fastest state-update work split of a ``gpu_check.py --tiles`` report), and ``--profile``
+fastest state-update work split of a ``gpu_check.py --tiles`` report; ``--step-splits``:
+with the splits named), and ``--profile``
 records a per-kernel profile of one step for each of them (before: bf16 two-launch).
 
     python benchmarks/sampling.py [--quick] [--llamagen-root DIR] [--filters none|paper] [--out FILE]
@@ -315,14 +316,33 @@ def _with_tile_rule(call: Callable[[], Any], rule: Callable[..., Any]) -> Callab
     return run
 
 
+def fixed_split_rule(spec: str) -> tuple[str, Callable[..., Any]]:
+    """``32x8``, ``64x8:stream``, ``32x4:h2`` (head dims x warps, then streaming and heads a program) as a
+    (label, rule) pair that gives that split at every size."""
+    from avgkit_mamba.ops.triton_step import StepTile
+
+    head, *flags = spec.strip().split(":")
+    try:
+        block_p, warps = (int(v) for v in head.split("x"))
+        heads = next((int(f[1:]) for f in flags if f.startswith("h")), 1)
+    except ValueError:
+        raise SystemExit(f"--step-splits: cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN], e.g. 32x8:stream") \
+            from None
+    if any(f not in ("stream",) and not f.startswith("h") for f in flags):
+        raise SystemExit(f"--step-splits: unknown flag in {spec!r}; use stream and hN")
+    tile = StepTile(block_p, warps, heads, "stream" in flags)
+    return f"split {spec.strip()}", lambda rows, p, quant=False: tile
+
+
 def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str,
                   bw: float | None, shape: dict, variants: tuple = STEP_VARIANTS,
-                  tile_rule: Callable[..., Any] | None = None) -> list[dict]:
+                  tile_rules: tuple = ()) -> list[dict]:
     """The decoding state and step kernel compared in one process, interleaved per batch size.
 
     Each row reports its fraction of the floor of its own state layout (int8: half the
-    state bytes of bf16, plus the row scales). With ``tile_rule`` (``swept_tile_rule``),
-    each two-launch recurrent variant also runs with the swept work split.
+    state bytes of bf16, plus the row scales). Each (label, rule) of ``tile_rules``
+    (``swept_tile_rule``, ``fixed_split_rule``) adds a row per two-launch recurrent variant
+    with the state update split by that rule.
     """
     rows = []
     for b in batches:
@@ -333,14 +353,16 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
                                  step_kernel=kernel, decode_form=form)
             label = kernel if form == "recurrent" else form
             extra = {"state_dtype": state_dtype, "step_kernel": kernel, "decode_form": form}
-            entries.append({"name": f"avgkit {preset} {state_dtype}-state {label}", "batch": b,
-                            "tokens": shape["tokens"], "params": _params(bb) + _params(cond), "backbone": bb,
-                            "cfg": cfg.cfg_scale != 1, "call": avgkit_sampler(bb, cond, b, cfg, device),
-                            "extra": extra})
-            if tile_rule is not None and (kernel, form) == ("two-launch", "recurrent"):
-                tile = tile_rule(2 * b * bb.layers[0].mixer.nheads, bb.layers[0].mixer.headdim, state_dtype == "int8")
-                entries.append({**entries[-1], "name": f"avgkit {preset} {state_dtype}-state {label} swept split",
-                                "call": _with_tile_rule(avgkit_sampler(bb, cond, b, cfg, device), tile_rule),
+            base = {"name": f"avgkit {preset} {state_dtype}-state {label}", "batch": b, "tokens": shape["tokens"],
+                    "params": _params(bb) + _params(cond), "backbone": bb, "cfg": cfg.cfg_scale != 1,
+                    "call": avgkit_sampler(bb, cond, b, cfg, device), "extra": extra}
+            entries.append(base)
+            if (kernel, form) != ("two-launch", "recurrent"):
+                continue
+            for tag, rule in tile_rules:
+                tile = rule(2 * b * bb.layers[0].mixer.nheads, bb.layers[0].mixer.headdim, state_dtype == "int8")
+                entries.append({**base, "name": f"{base['name']} {tag}",
+                                "call": _with_tile_rule(avgkit_sampler(bb, cond, b, cfg, device), rule),
                                 "extra": {**extra, "step_tile": tile._asdict()}})
         rows += interleaved(entries, repeats, device, bw)
         del entries
@@ -393,6 +415,9 @@ def main(argv: list[str] | None = None) -> None:
                          "interleaved (default: 16,64; --quick: 64; none to skip)")
     ap.add_argument("--step-tiles", default=None, metavar="JSON",
                     help="a gpu_check.py --tiles report: the variant rows also run with its fastest work splits")
+    ap.add_argument("--step-splits", default="", metavar="SPLITS",
+                    help="comma-separated state-update splits the variant rows also run with, each at every size: "
+                         "BLOCK_PxWARPS[:stream][:hN], e.g. 64x4,32x8:stream")
     ap.add_argument("--smoke", action="store_true", help="the harness on the CPU with tiny models")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -432,20 +457,20 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 notes.append("mamba-ssm not importable: reference stack not measured")
         variants = STEP_VARIANTS + (CHUNKED_VARIANTS if args.chunked else ())
+        tile_rules = (([("swept split", swept_tile_rule(args.step_tiles))] if args.step_tiles else [])
+                      + [fixed_split_rule(v) for v in args.step_splits.split(",") if v.strip()])
         if preset == "aim-b" and args.variants != "none":
             vb = ([int(b) for b in args.variants.split(",")] if args.variants else batches[:1] if args.smoke
                   else [64] if args.quick else [16, 64])
-            rows += step_variants(preset, vb, cfg, repeats, device, bw, shape, variants,
-                                  swept_tile_rule(args.step_tiles) if args.step_tiles else None)
+            rows += step_variants(preset, vb, cfg, repeats, device, bw, shape, variants, tile_rules)
         if preset == "aim-b" and args.profile and not args.smoke:
-            rule = swept_tile_rule(args.step_tiles) if args.step_tiles else None
             for state_dtype, kernel, form in variants:  # before (bf16, two-launch) and after
                 bb, cond = build_aim(preset, state_dtype=state_dtype, step_kernel=kernel, decode_form=form)
-                splits = [("", None)] + ([(" swept split", rule)] if rule and kernel == "two-launch" else [])
+                splits = [("", None)] + (list(tile_rules) if (kernel, form) == ("two-launch", "recurrent") else [])
                 for (tag, r), pb in itertools.product(splits, (16, 64)):
                     with tile_rule_active(r):
-                        profiles[f"aim-b b{pb} {state_dtype}-state {kernel} {form}{tag}"] = kernel_profile(
-                            bb, cond, pb, cfg)
+                        profiles[f"aim-b b{pb} {state_dtype}-state {kernel} {form}{' ' + tag if tag else ''}"] = \
+                            kernel_profile(bb, cond, pb, cfg)
                 del bb, cond
         if device == "cuda":
             torch.cuda.empty_cache()
