@@ -73,6 +73,24 @@ def sequence_length(path: Path = RESULTS / "sampling_h200.json", images: Path = 
     return out
 
 
+def _batch_bars(series: dict[str, dict[int, float]], out: Path) -> Path:
+    """Images/s bars grouped by batch size, one colour per series (one H100's rows)."""
+    batches = sorted({b for v in series.values() for b in v})
+    fig, (ax,) = _figure(8, 4)
+    width = 0.8 / len(series)
+    for k, (name, by_batch) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(batches) if b in by_batch]
+        ax.bar(xs, [by_batch[b] for b in batches if b in by_batch], width=width, label=name)
+    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+    ax.set_ylabel("images / s (256 tokens, CFG 2, bf16, one H100)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.08, top=0.97)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
 def baseline(paths: tuple[Path, ...] = (RESULTS / "sampling_quick_h100.json", RESULTS / "sampling_gpt_l_h100.json"),
              images: Path = IMAGES) -> Path | None:
     """Images/s per batch: avgkit's compiled transformer, LlamaGen's compiled sampler and AiM, from one card's runs."""
@@ -85,21 +103,7 @@ def baseline(paths: tuple[Path, ...] = (RESULTS / "sampling_quick_h100.json", RE
     for r in rows:
         name = r["model"].removesuffix(" two-launch")
         series.setdefault(name, {})[r["batch"]] = r["images_per_s"]
-    batches = sorted({b for v in series.values() for b in v})
-    fig, (ax,) = _figure(8, 4)
-    width = 0.8 / len(series)
-    for k, (name, by_batch) in enumerate(series.items()):
-        xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(batches) if b in by_batch]
-        ax.bar(xs, [by_batch[b] for b in batches if b in by_batch], width=width, label=name)
-    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-    ax.set_ylabel("images / s (256 tokens, CFG 2, bf16, one H100)")
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.08, top=0.97)
-    out = images / "sampling_baseline_h100.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return _batch_bars(series, images / "sampling_baseline_h100.png")
 
 
 def training(paths: tuple[Path, ...] = (RESULTS / "train_step_compile_blocks_h200.json",
@@ -147,21 +151,7 @@ def decode_split(path: Path = RESULTS / "sampling_split_h100.json", images: Path
             series.setdefault(name, {})[r["batch"]] = r["images_per_s"]
     if not series:
         return None
-    batches = sorted({b for v in series.values() for b in v})
-    fig, (ax,) = _figure(8, 4)
-    width = 0.8 / len(series)
-    for k, (name, by_batch) in enumerate(series.items()):
-        xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(batches) if b in by_batch]
-        ax.bar(xs, [by_batch[b] for b in batches if b in by_batch], width=width, label=name)
-    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-    ax.set_ylabel("images / s (256 tokens, CFG 2, bf16, one H100)")
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.08, top=0.97)
-    out = images / "sampling_split_h100.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return _batch_bars(series, images / "sampling_split_h100.png")
 
 
 def main(argv: list[str] | None = None) -> int:
