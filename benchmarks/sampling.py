@@ -28,13 +28,12 @@ records a per-kernel profile of one step for each of them (before: bf16 two-laun
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
 import statistics
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -295,22 +294,12 @@ def swept_tile_rule(path: str) -> Callable[..., Any]:
     return rule
 
 
-@contextlib.contextmanager
-def tile_rule_active(rule: Callable[..., Any] | None) -> Iterator[None]:
-    """The state-update kernel's split rule replaced within the block (a graph captured there keeps the split)."""
-    from avgkit_mamba.ops import triton_step
-
-    saved = triton_step._tile
-    triton_step._tile = rule or saved
-    try:
-        yield
-    finally:
-        triton_step._tile = saved
-
-
 def _with_tile_rule(call: Callable[[], Any], rule: Callable[..., Any]) -> Callable[[], Any]:
+    """``call`` with the state update split by ``rule`` (``triton_step.split_rule``) while it runs."""
+    from avgkit_mamba.ops.triton_step import split_rule
+
     def run() -> Any:
-        with tile_rule_active(rule):
+        with split_rule(rule):
             return call()
 
     return run
@@ -441,6 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     for preset in gpts:
         rows += transformer_comparison(preset, batches, cfg, repeats, args.llamagen_root, device, notes, shape,
                                        tuple(args.gpt_attention.split(",")))
+    tile_rules = (([("swept split", swept_tile_rule(args.step_tiles))] if args.step_tiles else [])
+                  + [fixed_split_rule(v) for v in args.step_splits.split(",") if v.strip()])
     for preset in aims:
         rows += aim_rows(preset, batches, cfg, repeats, device, bw, shape, compiled=args.aim_compile)
         if preset == "aim-b" and not args.quick and not args.smoke:
@@ -457,18 +448,18 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 notes.append("mamba-ssm not importable: reference stack not measured")
         variants = STEP_VARIANTS + (CHUNKED_VARIANTS if args.chunked else ())
-        tile_rules = (([("swept split", swept_tile_rule(args.step_tiles))] if args.step_tiles else [])
-                      + [fixed_split_rule(v) for v in args.step_splits.split(",") if v.strip()])
         if preset == "aim-b" and args.variants != "none":
             vb = ([int(b) for b in args.variants.split(",")] if args.variants else batches[:1] if args.smoke
                   else [64] if args.quick else [16, 64])
             rows += step_variants(preset, vb, cfg, repeats, device, bw, shape, variants, tile_rules)
         if preset == "aim-b" and args.profile and not args.smoke:
+            from avgkit_mamba.ops.triton_step import split_rule
+
             for state_dtype, kernel, form in variants:  # before (bf16, two-launch) and after
                 bb, cond = build_aim(preset, state_dtype=state_dtype, step_kernel=kernel, decode_form=form)
                 splits = [("", None)] + (list(tile_rules) if (kernel, form) == ("two-launch", "recurrent") else [])
                 for (tag, r), pb in itertools.product(splits, (16, 64)):
-                    with tile_rule_active(r):
+                    with split_rule(r):
                         profiles[f"aim-b b{pb} {state_dtype}-state {kernel} {form}{' ' + tag if tag else ''}"] = \
                             kernel_profile(bb, cond, pb, cfg)
                 del bb, cond

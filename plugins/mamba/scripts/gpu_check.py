@@ -446,8 +446,7 @@ def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat
     from avgkit_mamba.ops.dispatch import decode_step
 
     tiles = tiles if tiles is not None else _tile_candidates()
-    saved = triton_step._tile
-    rule = saved(batch * nheads, p)
+    rule = triton_step._tile(batch * nheads, p)
     stacks = {st: [_decode_step_problem(batch, nheads, st, dtype, p=p, n=n, device=device, seed=i)
                    for i in range(layers)] for st in states}
     keys = [(st, tile) for st in states for tile in tiles if tile.block_p <= p]
@@ -458,21 +457,18 @@ def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat
         for t in stacks[st]:
             decode_step(**t, impl="triton", kernel="two-launch")
 
-    try:
-        replays = {}
-        for st, tile in keys:
-            triton_step._tile = lambda rows, hd, quant=False, tile=tile: tile
+    replays = {}
+    for st, tile in keys:
+        with triton_step.split_rule(lambda rows, hd, quant, tile=tile: tile):
             fresh = _decode_step_problem(batch, nheads, st, dtype, p=p, n=n, device=device)
             ours, ref = _clone_problem(fresh), _reference_problem(fresh)
             decode_step(**ours, impl="triton", kernel="two-launch")
             decode_step(**ref, impl="torch")
             errs[(st, tile)] = rel_err(_state_values(ours), _state_values(ref))
             replays[(st, tile)] = replayed(lambda st=st: all_layers(st), device, calls=4)  # the split is captured
-        for _ in range(rounds):
-            for key, replay in replays.items():
-                times[key].append(graph_ms(replay, device, warmup, reps, calls=4) / layers)
-    finally:
-        triton_step._tile = saved
+    for _ in range(rounds):
+        for key, replay in replays.items():
+            times[key].append(graph_ms(replay, device, warmup, reps, calls=4) / layers)
     return [{"batch": batch, "nheads": nheads, "layers": layers, "state": st, **tile._asdict(), "rule": tile == rule,
              **_timing_fields(ts, stacks[st][0], bandwidth), "state_rel_err": errs[(st, tile)]}
             for (st, tile), ts in times.items()]

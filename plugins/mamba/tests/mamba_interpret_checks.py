@@ -320,7 +320,6 @@ def decode_checks() -> None:
     w8, b8, al8, D8, dtb8 = r(cd8, w), r(cd8), torch.rand(h8, generator=gen), r(h8), r(h8) * 0.5
     nw8 = 1 + 0.1 * r(d8)
     z8 = [r(b, d8 + cd8 + h8) for _ in range(2)]
-    saved = triton_step._tile
     for sdt in (torch.bfloat16, torch.int8):
         outs = []
         for tile in (triton_step.StepTile(8, 4), triton_step.StepTile(8, 4, 2, True), triton_step.StepTile(4, 2, 4),
@@ -333,12 +332,9 @@ def decode_checks() -> None:
                 quantize_rows_(vals, ssm8, scale8)
             else:
                 ssm8 = vals.to(sdt)
-            triton_step._tile = lambda rows, hd, quant=False, tile=tile: tile
-            try:
+            with triton_step.split_rule(lambda rows, hd, quant, tile=tile: tile):
                 ys = [decode_step_triton(zz, conv8, w8, b8, ssm8, al8, D8, dtb8, nw8, 1e-5, p, g, state_scale=scale8)
                       for zz in z8]
-            finally:
-                triton_step._tile = saved
             outs.append([*ys, conv8, ssm8.float()] + ([scale8] if scale8 is not None else []))
         same = all(torch.equal(a, c) for o in outs[1:] for a, c in zip(o, outs[0], strict=True))
         check(f"decode step {str(sdt)[6:]} state: every work split the same bits", 0.0 if same else float("inf"), 0.0)

@@ -19,6 +19,8 @@ Reference: :func:`avgkit_mamba.ops.dispatch.fused_step_torch` (+ ``GatedRMSNorm`
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -37,7 +39,7 @@ from avgkit_mamba.ops.triton_common import (
 )
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 
-__all__ = ["StepTile", "decode_step_triton", "fused_step_triton"]
+__all__ = ["StepTile", "decode_step_triton", "fused_step_triton", "split_rule"]
 
 #: Heads a program updates under the interpreter: two, so the checks run the prefetching loop where the
 #: heads per group allow it.
@@ -174,6 +176,22 @@ def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
     return StepTile(min(64 if quant else 32, triton.next_power_of_2(p)), 8, 1, rows < 2048)
 
 
+#: Set within ``split_rule``: the rule that replaces ``_tile``.
+_override: Callable[[int, int, bool], StepTile] | None = None
+
+
+@contextlib.contextmanager
+def split_rule(rule: Callable[[int, int, bool], StepTile] | None) -> Iterator[None]:
+    """Within the block the state-update kernel splits its work by ``rule(rows, p, quant)`` instead of the fixed
+    rule (``None``: the fixed rule), to time or check other splits; a CUDA graph captured inside keeps them."""
+    global _override
+    saved, _override = _override, rule
+    try:
+        yield
+    finally:
+        _override = saved
+
+
 def _check_scale(ssm_state: Tensor, state_scale: Tensor | None) -> None:
     if state_scale is None:
         if ssm_state.dtype == torch.int8:
@@ -199,7 +217,7 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
         BLOCK_W=triton.next_power_of_2(w),
     )
 
-    tile = _tile(b * nheads, p, state_scale is not None)
+    tile = (_override or _tile)(b * nheads, p, state_scale is not None)
     heads = tile.heads if (nheads // ngroups) % tile.heads == 0 else 1  # a program's heads share one group
     _step_kernel[(b, nheads // heads, triton.cdiv(p, tile.block_p))](
         xBC, dt, z if z is not None else xBC, conv_state, conv_weight,
