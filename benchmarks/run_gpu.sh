@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --core | --precision]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -37,6 +37,10 @@
 # --split (about 8 minutes; BUDGET seconds, default 500): the decode state update's work splits over 24 layers'
 # states (gpu_check --tiles), then GPT-B and AiM-B at batch 16 and 64 with the rule's split, the fastest swept one
 # and those SPLITS names (default 64x8; sampling.py --step-splits), timed interleaved, with per-kernel profiles.
+# --core (about 8 minutes; CORE_LIMIT seconds for the training rows, default 380): the one-op mixer core's and the
+# conv's GPU tests, then AiM-B and AiM-L with the core against its three ops (and with the norms kept, CORE_VARIANTS),
+# beside the reference, and AiM-B's step by kernel.
+# --precision (about 5 minutes): the digits precision check, today's path and the default bf16 path, three seeds each.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -147,6 +151,23 @@ if [ "$QUICK" = "--split" ]; then  # the state update's work splits over 24 laye
   LIMIT=$((${BUDGET:-500} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
     --step-tiles "$OUT/decode_tiles_stream_$CARD.json" --step-splits "${SPLITS:-64x8}" --profile \
     --out "$OUT/sampling_split_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--core" ]; then  # the mixer's conv, scan and gated norm as one op against three, beside the reference
+  echo "== [$((SECONDS - START)) s] pytest -m gpu (core, conv)"
+  timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -rs plugins/mamba/tests/test_mamba_core.py \
+    plugins/mamba/tests/test_mamba_conv.py 2>&1 | tail -n 15
+  LIMIT=${CORE_LIMIT:-380} run benchmarks/train_step.py --presets aim-b,aim-l \
+    --variants ${CORE_VARIANTS:-compile-blocks-loss-graph-threeops,compile-blocks-loss,compile-blocks-loss-graph,compile-blocks-loss-graph-keepnorms} \
+    --no-stack --window-steps 4 $AR --profile "$OUT/train_step_profile_aim_b_core_$CARD" --profile-preset aim-b \
+    --profile-variant compile-blocks-loss --out "$OUT/train_step_core_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--precision" ]; then  # the digits recipe's final loss, three seeds of each path
+  LIMIT=$((${BUDGET:-540} - SECONDS + START)) run benchmarks/precision_check.py --paths today,bf16 \
+    --work /tmp/precision --out "$OUT/precision_check_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -14,7 +14,9 @@ timed in the same process:
   conv1d kernel, as before the shifts became the default), ``compile-blocks-loss`` (compiled
   blocks and the chunked loss's softmax gradient as one compiled kernel, ``ARModel.compile_loss``),
   ``graph``, ``compile-blocks-graph``, ``compile-blocks-loss-graph`` (the trainer's GPU default: with the conv's
-  Triton kernels), ``compile-blocks-loss-graph-torchconv`` (the same with the conv in PyTorch, the shifted form),
+  Triton kernels and each mixer's conv, scan and gated norm as one op), ``compile-blocks-loss-graph-threeops`` (the
+  same with the conv, the scan and the norm as three ops, as before the one-op core),
+  ``compile-blocks-loss-graph-torchconv`` (three ops with the conv in PyTorch, the shifted form),
   ``compile-blocks-loss-graph-bf16res`` (the default with the residual stream in bf16: ``backbone.residual_in_fp32:
   false``, which ``precision_check.py``'s ``bf16-residual`` path checks), ``compile-blocks-loss-graph-keepnorms``
   (the default keeping the norms' intermediates for backward: ``backbone.recompute_norms: false``) and
@@ -89,12 +91,15 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
             "compile": {"fused": True, "compile": "model"}, "compile-blocks": {"fused": True, "compile": "blocks"},
             "ckpt2-compile-blocks": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
                                      "compile": "blocks"},
-            "compile-blocks-conv1d": {"fused": True, "compile": "blocks", "shift_conv": False, "triton_conv": False},
+            "compile-blocks-conv1d": {"fused": True, "compile": "blocks", "shift_conv": False, "triton_conv": False,
+                                      "triton_core": False},
             "compile-blocks-loss": {"fused": True, "compile": "blocks", "compile_loss": True},
             "graph": {"fused": True, "graph": True},
             "compile-blocks-loss-graph": {"fused": True, "compile": "blocks", "compile_loss": True, "graph": True},
+            "compile-blocks-loss-graph-threeops": {"fused": True, "compile": "blocks", "compile_loss": True,
+                                                   "graph": True, "triton_core": False},
             "compile-blocks-loss-graph-torchconv": {"fused": True, "compile": "blocks", "compile_loss": True,
-                                                    "graph": True, "triton_conv": False},
+                                                    "graph": True, "triton_conv": False, "triton_core": False},
             "compile-blocks-loss-graph-bf16res": {"fused": True, "compile": "blocks", "compile_loss": True,
                                                   "graph": True, "residual_in_fp32": False},
             "compile-blocks-loss-graph-keepnorms": {"fused": True, "compile": "blocks", "compile_loss": True,
@@ -487,9 +492,10 @@ def main() -> None:
             model.fused_loss = spec["fused"]
             model.compile_loss = spec.get("compile_loss", False)
             flops = flops or flops_per_token(model, tokens)
-            shifts, triton_conv = conv_torch.SHIFTS_WHEN_COMPILING, dispatch.TRITON_CONV
+            shifts, triton_conv, core = conv_torch.SHIFTS_WHEN_COMPILING, dispatch.TRITON_CONV, dispatch.TRITON_MIXER_CORE
             conv_torch.SHIFTS_WHEN_COMPILING = spec.get("shift_conv", shifts)
             dispatch.TRITON_CONV = spec.get("triton_conv", triton_conv)
+            dispatch.TRITON_MIXER_CORE = spec.get("triton_core", core)
             graph = spec.get("graph", False)
             try:
                 row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", "off"),
@@ -503,6 +509,7 @@ def main() -> None:
                 continue
             finally:
                 conv_torch.SHIFTS_WHEN_COMPILING, dispatch.TRITON_CONV = shifts, triton_conv
+                dispatch.TRITON_MIXER_CORE = core
             step = row.pop("_step")
             if args.profile and variant == args.profile_variant and preset in (args.profile_preset, "tiny") and not profiles:
                 profiles[f"{preset} {variant}"] = profile_step(step, device, Path(args.profile),

@@ -24,7 +24,17 @@ from torch import Tensor, nn
 
 from avgkit_mamba.norm import GatedRMSNorm
 from avgkit_mamba.ops import conv_torch, ssd_torch
-from avgkit_mamba.ops.dispatch import IMPLS, STEP_KERNELS, causal_conv, chunk_scan, decode_step, dual_step, window_step
+from avgkit_mamba.ops.dispatch import (
+    IMPLS,
+    STEP_KERNELS,
+    causal_conv,
+    chunk_scan,
+    decode_step,
+    dual_step,
+    mixer_core,
+    mixer_core_applies,
+    window_step,
+)
 from avgkit_mamba.ops.state_quant import load_state, store_state_
 
 __all__ = ["Mamba2ChunkedState", "Mamba2DualState", "Mamba2Mixer", "Mamba2State"]
@@ -275,7 +285,13 @@ class Mamba2Mixer(nn.Module):
         positions' outputs are those of the sequence without the padding.
         """
         b, seqlen, _ = x.shape
-        z, xBC, dt = self._split(self.in_proj(x))
+        zxbcdt = self.in_proj(x)
+        if state is None and mask is None and mixer_core_applies(zxbcdt, self.d_conv, self.chunk_size, self.impl):
+            return self.out_proj(mixer_core(
+                zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self._A(), self.D, self.dt_bias,
+                self.norm.weight, self.norm.eps, self.headdim, self.ngroups, self.d_state, self.chunk_size,
+            ))
+        z, xBC, dt = self._split(zxbcdt)
         keep = None if mask is None else mask[..., None].to(xBC.dtype)
         if keep is not None:
             xBC = xBC * keep

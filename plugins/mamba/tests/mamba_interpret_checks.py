@@ -1,6 +1,6 @@
 """Triton kernels on the CPU interpreter, against the torch ops and the goldens.
 
-Run as ``python mamba_interpret_checks.py {scan,step,decode,compile,int8,fused,poison,conv}``: it sets ``TRITON_INTERPRET=1``
+Run as ``python mamba_interpret_checks.py {scan,step,decode,compile,int8,fused,poison,conv,core}``: it sets ``TRITON_INTERPRET=1``
 before Triton is imported (which is why the tests run it in a subprocess), prints one
 line per check and exits non-zero on the first mismatch. Shapes are tiny: the
 interpreter runs each program in Python.
@@ -580,6 +580,68 @@ def conv_checks() -> None:
         check(f"conv compile {bk}", max(max_rel_err(a, r) for a, r in zip(got, eager, strict=True)), 1e-6)
 
 
+def core_checks() -> None:
+    """A mixer's whole-sequence core as one Triton op (conv, scan, gated norm, ``in_proj``'s gradient written in
+    place) = the three ops one after another and the PyTorch path: output and every parameter's gradient, for
+    row strides the kernels align by 8, 4 and 2, one and two groups, several chunks with a partial last one;
+    poisoned allocations change nothing; the ops' registrations; torch.compile through them. (bf16: the GPU tests,
+    ``test_mamba_core.py``; the interpreter's bf16 scan is not the GPU's.)"""
+    from avgkit_mamba.mixer import Mamba2Mixer
+    from avgkit_mamba.ops import dispatch
+
+    def run(mixer, x, dy, impl, core=True):
+        mixer.impl, saved = impl, dispatch.TRITON_MIXER_CORE
+        dispatch.TRITON_MIXER_CORE = core
+        try:
+            mixer.zero_grad(set_to_none=True)
+            leaf = x.detach().clone().requires_grad_()
+            y = mixer(leaf)
+            (y.float() * dy).sum().backward()
+        finally:
+            dispatch.TRITON_MIXER_CORE = saved
+        return [y, leaf.grad] + [p.grad for p in mixer.parameters()]
+
+    names = ["y", "dx"]
+    # in_proj widths 168, 164 and 162 (stride factors 8, 4, 2); ngroups 1 and 2; 37 tokens over chunks of 16
+    for headdim, ngroups, L in ((8, 1, 37), (16, 1, 37), (32, 2, 20)):
+        torch.manual_seed(0)
+        mixer = Mamba2Mixer(32, d_state=16, headdim=headdim, ngroups=ngroups, chunk_size=16, impl="triton")
+        with torch.no_grad():
+            for prm in mixer.parameters():  # move every parameter off its init, so each gradient is generic
+                prm.add_(0.1 * torch.randn_like(prm))
+        tag = f"core h{mixer.nheads} g{ngroups} L{L}"
+        if not dispatch.mixer_core_applies(torch.empty(1, 1, 1), 4, 16, "triton"):
+            raise SystemExit("FAILED: the one-op core does not apply under the interpreter")
+        x, dy = torch.randn(2, L, 32), torch.randn(2, L, 32)
+        ref = run(mixer, x, dy, "torch")
+        got = run(mixer, x, dy, "triton")
+        three = run(mixer, x, dy, "triton", core=False)
+        pnames = names + [n for n, _ in mixer.named_parameters()]
+        for name, a, r, t in zip(pnames, got, ref, three, strict=True):
+            check(f"{tag} {name} vs torch", max_rel_err(a, r), 2e-5)
+            check(f"{tag} {name} vs three ops", max_rel_err(a, t), 2e-5)
+        with _Poisoned(float("nan")):
+            poisoned = run(mixer, x, dy, "triton")
+        same = all(torch.equal(a, p) for a, p in zip(got, poisoned, strict=True))
+        check(f"{tag} poisoned allocations", 0.0 if same else float("inf"), 0.0)
+
+    ops = torch.ops.avgkit_mamba
+    m = mixer
+    zx = m.in_proj(torch.randn(2, 20, 32)).detach()
+    args = (zx, m.conv1d.weight.squeeze(1).detach(), m.conv1d.bias.detach(), m._A().detach(), m.D.detach(),
+            m.dt_bias.detach(), m.norm.weight.detach(), m.norm.eps, m.headdim, m.ngroups, m.d_state, m.chunk_size)
+    print(f"opcheck mixer_core_fwd: {torch.library.opcheck(ops.mixer_core_fwd, args)}", flush=True)
+    out, xbc, y, rstd, dtp, acs = ops.mixer_core_fwd(*args)
+    bargs = (torch.randn_like(out), zx, xbc, y, rstd, dtp, acs, *args[1:7], *args[8:])
+    print(f"opcheck mixer_core_bwd: {torch.library.opcheck(ops.mixer_core_bwd, bargs)}", flush=True)
+    x, dy = torch.randn(2, 20, 32), torch.randn(2, 20, 32)
+    eager = run(m, x, dy, "triton")
+    for bk in ("aot_eager", "inductor"):
+        compiled = torch.compile(m, backend=bk, fullgraph=True)
+        got = run(compiled, x, dy, "triton")
+        check(f"core compile {bk}", max(max_rel_err(a, r) for a, r in zip(got, eager, strict=True)), 1e-5)
+
+
 class _Poisoned:
     """Within the block, new float tensors from ``torch.empty``, ``empty_like`` and ``Tensor.new_empty`` hold
     ``value`` instead of whatever memory held: a kernel that reads an element nobody wrote then changes its
@@ -684,5 +746,6 @@ def poison_checks() -> None:
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "scan"
     {"scan": scan_checks, "step": step_checks, "decode": decode_checks, "compile": compile_checks,
-     "int8": int8_state_checks, "fused": fused_checks, "poison": poison_checks, "conv": conv_checks}[which]()
+     "int8": int8_state_checks, "fused": fused_checks, "poison": poison_checks, "conv": conv_checks,
+     "core": core_checks}[which]()
     print("OK")

@@ -6,6 +6,7 @@ The mixer and the backbone call these functions and never choose a path themselv
 |---|---|---|
 | :func:`causal_conv` (training, teacher forcing: whole sequence from zeros) | ``conv_torch.causal_conv1d`` | ``triton_conv`` |
 | :func:`chunk_scan` (training, prefill) | ``ssd_torch.ssd_chunk_scan`` | ``triton_ssd`` |
+| :func:`mixer_core` (conv + scan + gated norm from ``in_proj``'s output, from zeros) | the three ops above and ``GatedRMSNorm`` | ``triton_mixer_core`` (one autograd op) |
 | :func:`fused_step` (conv + SSM update + skip + gate) | :func:`fused_step_torch` | ``triton_step.fused_step_triton`` |
 | :func:`decode_step` (a mixer's step from ``in_proj``'s output, with its norm) | :func:`decode_step_torch` | ``triton_step.decode_step_triton``, or ``triton_step_fused`` (``kernel="one-launch"``) |
 | :func:`dual_step` (the same from the dual-form caches) | :func:`dual_step_torch` | ``triton_dual`` |
@@ -54,6 +55,8 @@ __all__ = [
     "dual_step_torch",
     "fused_step",
     "fused_step_torch",
+    "mixer_core",
+    "mixer_core_applies",
     "resolve_impl",
     "triton_available",
 ]
@@ -164,6 +167,43 @@ def chunk_scan(
 
         return chunk_scan_triton(x, dt, A, B, C, **kwargs)
     return ssd_torch.ssd_chunk_scan(x, dt, A, B, C, **kwargs)
+
+
+#: A mixer's whole-sequence conv, scan and gated norm as one Triton autograd op wherever the impl is Triton
+#: (False: three ops, the conv's and the scan's custom ops and the norm in PyTorch); a switch for timing one
+#: against the other.
+TRITON_MIXER_CORE = True
+
+
+def mixer_core_applies(zxbcdt: Tensor, d_conv: int, chunk_size: int, impl: str) -> bool:
+    """Whether :func:`mixer_core` runs for a whole sequence from a zero state (no padding mask): the impl is
+    Triton, the conv is Mamba's width 4 and the scan's kernels take the dtype and chunk. Else the mixer runs
+    :func:`causal_conv`, :func:`chunk_scan` and its ``GatedRMSNorm`` one after another."""
+    if resolve_impl(impl, zxbcdt.device) != "triton" or d_conv != 4:
+        return False
+    return TRITON_MIXER_CORE and _triton_scan_supports(zxbcdt, chunk_size)
+
+
+def mixer_core(
+    zxbcdt: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    A: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    norm_weight: Tensor,
+    norm_eps: float,
+    headdim: int,
+    ngroups: int,
+    dstate: int,
+    chunk_size: int,
+) -> Tensor:
+    """``rmsnorm(scan(conv(xBC)) * silu(z)) * norm_weight`` from ``in_proj``'s output (b, l, ...) -> (b, l,
+    d_inner), as one Triton op (where :func:`mixer_core_applies`); see ``triton_mixer_core.mixer_core_triton``."""
+    from avgkit_mamba.ops.triton_mixer_core import mixer_core_triton
+
+    return mixer_core_triton(zxbcdt, conv_weight, conv_bias, A, D, dt_bias, norm_weight, norm_eps, headdim, ngroups,
+                             dstate, chunk_size)
 
 
 def fused_step_torch(

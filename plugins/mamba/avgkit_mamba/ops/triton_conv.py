@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from avgkit_mamba.ops.triton_launch import INTERPRET, Launcher
+from avgkit_mamba.ops.triton_launch import INTERPRET, Launcher, row_align
 
 __all__ = ["causal_conv_triton"]
 
@@ -145,9 +145,11 @@ def _conv_grad_kernel(
 
 @triton.jit
 def _conv_dx_kernel(
-    g_ptr, w_ptr, dx_ptr, seqlen, dim, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    g_ptr, w_ptr, dx_ptr, seqlen, dim, s_dx_b, s_dx_l, DX_ALIGN: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Width 4: dx[t] = sum_j w[:, 3-j] g[t+j] (g zero past the sequence's end)."""
+    s_dx_b, s_dx_l = s_dx_b * DX_ALIGN, s_dx_l * DX_ALIGN
     lb = tl.program_id(0)
     db = tl.program_id(1)
     bi = tl.program_id(2).to(tl.int64)
@@ -158,7 +160,7 @@ def _conv_dx_kernel(
     w0, w1, w2, w3, _ = _weights(w_ptr, w_ptr, offs_d, mask_d, False, dx_ptr.dtype.element_ty, BLOCK_D)
     dx = (w3 * _tap(g_row, t, dim, offs_d, mask_d, seqlen) + w2 * _tap(g_row, t + 1, dim, offs_d, mask_d, seqlen)
           + w1 * _tap(g_row, t + 2, dim, offs_d, mask_d, seqlen) + w0 * _tap(g_row, t + 3, dim, offs_d, mask_d, seqlen))
-    tl.store(dx_ptr + bi * seqlen * dim + t[:, None] * dim + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty),
+    tl.store(dx_ptr + bi * s_dx_b + t[:, None] * s_dx_l + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=(t < seqlen)[:, None] & mask_d[None, :])
 
 
@@ -203,7 +205,7 @@ _dx_k = Launcher(
         ({"BLOCK_L": 64, "BLOCK_D": 64}, 4, 1),
         ({"BLOCK_L": 32, "BLOCK_D": 256}, 8, 1),
     ],
-    key=["dim", "seqlen"],
+    key=["dim", "seqlen", "DX_ALIGN"],
     valid=lambda a, m: True,
     interp=_interp_meta,
 )
@@ -219,13 +221,8 @@ def _check(x: Tensor, weight: Tensor) -> None:
 
 
 def _x_strides(x: Tensor) -> dict:
-    """x's batch and position strides as multiples of ``X_ALIGN`` elements, the largest power of two up to 8
-    dividing both: a column slice of ``in_proj``'s output has a row stride Triton sees as unaligned (AiM-B's is
-    3352, not a multiple of 16), so without the factor the taps load element by element instead of 16 bytes at
-    a time."""
-    align = 8
-    while align > 1 and (x.stride(0) % align or x.stride(1) % align):
-        align //= 2
+    """x's batch and position strides as multiples of ``X_ALIGN`` elements (``triton_launch.row_align``)."""
+    align = row_align(x.stride(0), x.stride(1))
     return dict(s_x_b=x.stride(0) // align, s_x_l=x.stride(1) // align, X_ALIGN=align)
 
 
@@ -243,19 +240,23 @@ def _fwd(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
     return y
 
 
-def _bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool,
+         dx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (dx, dw, db); ``dx`` (b, l, d) with unit channel stride may be given (a column slice of ``in_proj``'s
+    output gradient), else it is allocated contiguous."""
     _check(x, weight)
     b, seqlen, dim = x.shape
     w = weight.shape[1]
     dy = dy.contiguous()
     part = min(PART_L, 16) if INTERPRET else PART_L
     n_parts = max(1, triton.cdiv(seqlen, part))
-    dx = torch.empty(b, seqlen, dim, device=x.device, dtype=x.dtype)
+    if dx is None:
+        dx = torch.empty(b, seqlen, dim, device=x.device, dtype=x.dtype)
     if dx.numel() == 0:
         return dx, torch.zeros_like(weight), torch.zeros_like(bias) if bias is not None else weight.new_empty(0)
     dw_slots = torch.empty(b * n_parts, w, dim, device=x.device, dtype=torch.float32)
     db_slots = torch.empty(b * n_parts, dim, device=x.device, dtype=torch.float32)
-    g = torch.empty_like(dx)  # the activation's gradient, in the input dtype as the PyTorch path has it
+    g = torch.empty(b, seqlen, dim, device=x.device, dtype=x.dtype)  # the activation's gradient, in the input dtype as the PyTorch path has it
     common = dict(seqlen=seqlen, dim=dim)
     _grad_k(
         lambda m: (n_parts, triton.cdiv(dim, m["BLOCK_D"]), b),
@@ -263,8 +264,10 @@ def _bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool)
         dw_ptr=dw_slots, db_ptr=db_slots, n_parts=n_parts, **_x_strides(x),
         HAS_BIAS=bias is not None, SILU=silu, PART=part, **common,
     )
+    dxa = row_align(dx.stride(0), dx.stride(1))
     _dx_k(lambda m: (triton.cdiv(seqlen, m["BLOCK_L"]), triton.cdiv(dim, m["BLOCK_D"]), b),
-          g_ptr=g, w_ptr=weight, dx_ptr=dx, **common)
+          g_ptr=g, w_ptr=weight, dx_ptr=dx, s_dx_b=dx.stride(0) // dxa, s_dx_l=dx.stride(1) // dxa, DX_ALIGN=dxa,
+          **common)
     dw = dw_slots.sum(0).t().contiguous().to(weight.dtype)
     db = db_slots.sum(0).to(bias.dtype) if bias is not None else db_slots.new_empty(0)
     return dx, dw, db

@@ -27,6 +27,17 @@ def last_dim_contiguous(t: Any) -> Any:
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
+def row_align(*strides: int) -> int:
+    """The largest power of two up to 8 dividing every stride (elements). Kernels take such strides divided by it
+    and multiply back by a compile-time constant: a column slice of ``in_proj``'s output has a row stride Triton
+    sees as unaligned (AiM-B's is 3352, not a multiple of 16), and without the factor its rows load and store
+    element by element instead of 16 bytes at a time."""
+    align = 8
+    while align > 1 and any(s % align for s in strides):
+        align //= 2
+    return align
+
+
 #: Problems of fewer tokens than this (a sampler's prefill of its conditioning prefix) run the
 #: pinned config instead of autotuning: on a cold start, compiling every candidate of the scan's
 #: kernels cost seconds for a call that takes microseconds either way.

@@ -856,8 +856,10 @@ def _fwd(
 def _bwd(
     dout: Tensor, dfinal: Tensor | None, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, Q: int,
     D: Tensor | None, z: Tensor | None, ypre: Tensor | None, dt_bias: Tensor | None, dt_softplus: bool,
-    init: Tensor | None, dtp: Tensor, acs: Tensor,
+    init: Tensor | None, dtp: Tensor, acs: Tensor, out: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, ...]:
+    """The gradients; ``out`` = (dx, ddt, dB, dC) are buffers to write them into (views of one packed gradient,
+    unit last-dim stride), else they are allocated contiguous."""
     b, seqlen, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     nchunks = dtp.shape[2]
@@ -920,8 +922,13 @@ def _bwd(
 
     r = torch.empty(b, h, nchunks, Q, device=dev, dtype=torch.float32) if has_states else None
     off = torch.empty_like(r) if has_states else None
-    dB = torch.empty_like(B, memory_format=torch.contiguous_format)
-    dC = torch.empty_like(C, memory_format=torch.contiguous_format)
+    if out is not None:
+        dx, ddt, dB, dC = out
+    else:
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        ddt = torch.empty_like(dt, memory_format=torch.contiguous_format)
+        dB = torch.empty_like(B, memory_format=torch.contiguous_format)
+        dC = torch.empty_like(C, memory_format=torch.contiguous_format)
     block_n = max(16, _p2(n)) if not INTERPRET else _p2(n)
     for is_db in (True, False):
         v, out, u, st, own, acc_st = (C, dB, x, dstates, B, r) if is_db else (B, dC, dy, states, C, off)
@@ -937,7 +944,6 @@ def _bwd(
             IS_DB=is_db, HAS_STATES=has_states, PREC=prec, BLOCK_N=block_n,
         )
 
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     ddt_direct = torch.empty(b, h, nchunks, Q, device=dev, dtype=torch.float32)
     dD_part = torch.zeros(b, h, nchunks, Q, device=dev, dtype=torch.float32) if D is not None else None
     _dx_k(
@@ -953,7 +959,6 @@ def _bwd(
         HAS_STATES=has_states, HAS_D=D is not None, PREC=prec, BLOCK_P=max(_dot_min(), _p2(p)),
     )
 
-    ddt = torch.empty_like(dt, memory_format=torch.contiguous_format)
     dA_part = torch.empty(b, nchunks, h, device=dev, dtype=torch.float32)
     dbias_part = torch.empty_like(dA_part) if dt_bias is not None else None
     _dt_bwd_k(
