@@ -19,7 +19,8 @@ timed in the same process:
   ``compile-blocks-loss-graph-torchconv`` (three ops with the conv in PyTorch, the shifted form),
   ``compile-blocks-loss-graph-bf16res`` (the default with the residual stream in bf16: ``backbone.residual_in_fp32:
   false``, which ``precision_check.py``'s ``bf16-residual`` path checks), ``compile-blocks-loss-graph-keepnorms``
-  (the default keeping the norms' intermediates for backward: ``backbone.recompute_norms: false``) and
+  (keeping the norms' intermediates for backward: ``backbone.recompute_norms: false``, what the default ``auto``
+  does without checkpointed blocks), ``compile-blocks-loss-graph-recompute`` (recomputing them: ``true``) and
   ``ckpt2-compile-blocks-graph`` (the step replayed from one CUDA graph, as ``train.cuda_graph`` does: three eager
   steps, a capture, then replays; labels dropped on the host);
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
@@ -104,6 +105,8 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
                                                   "graph": True, "residual_in_fp32": False},
             "compile-blocks-loss-graph-keepnorms": {"fused": True, "compile": "blocks", "compile_loss": True,
                                                     "graph": True, "recompute_norms": False},
+            "compile-blocks-loss-graph-recompute": {"fused": True, "compile": "blocks", "compile_loss": True,
+                                                    "graph": True, "recompute_norms": True},
             "compile-blocks-graph": {"fused": True, "compile": "blocks", "graph": True},
             "ckpt2-compile-blocks-graph": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
                                            "compile": "blocks", "graph": True}}

@@ -73,16 +73,23 @@ class MambaBackboneConfig(BackboneConfig):
     )
     decode_chunk: int = Field(16, ge=2, description="chunked form: tokens per window (the state is written once a window)")
     max_prefix_len: int = Field(1, ge=1, description="dual form: longest conditioning prefix the caches hold")
-    recompute_norms: bool = Field(
-        True, description="training: recompute the norms' fp32 intermediates in backward instead of keeping them "
-        "(about half a layer's activation memory in eager mode, less with compiled blocks, for a few elementwise "
-        "passes more: 2% of AiM-B's and AiM-L's compiled step on an H100)"
+    recompute_norms: bool | Literal["auto"] = Field(
+        "auto", description="training: recompute the norms' fp32 intermediates in backward instead of keeping them "
+        "(less activation memory for a few elementwise passes more: 1.4% of AiM-B's and AiM-L's compiled step on an "
+        "H100); auto: only where blocks are checkpointed (activation_checkpointing is not none), where memory is "
+        "what the recipe is short of"
     )
     activation_checkpointing: Literal["none", "blocks", "every_n"] = Field(
         "none", description="training: keep only the inputs of checkpointed blocks and recompute the rest in "
         "backward (every block, or one block in checkpoint_every); less memory for about one forward more"
     )
     checkpoint_every: int = Field(2, ge=1, description="activation_checkpointing every_n: checkpoint blocks 0, n, 2n, ...")
+
+    def norms_recomputed(self) -> bool:
+        """``recompute_norms`` with ``auto`` resolved."""
+        if self.recompute_norms == "auto":
+            return self.activation_checkpointing != "none"
+        return bool(self.recompute_norms)
 
 
 class RMSNorm(nn.Module):
@@ -133,13 +140,13 @@ class Block(nn.Module):
     def __init__(self, c: MambaBackboneConfig, layer_idx: int) -> None:
         super().__init__()
         self.residual_in_fp32 = c.residual_in_fp32
-        self.recompute = c.recompute_norms
+        self.recompute = c.norms_recomputed()
         self.norm = RMSNorm(c.d_model, c.norm_eps)
         self.mixer = Mamba2Mixer(
             c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, headdim=c.headdim,
             ngroups=c.ngroups, chunk_size=c.chunk_size, impl=c.impl, step_kernel=c.step_kernel,
         )
-        self.mixer.norm.recompute = c.recompute_norms
+        self.mixer.norm.recompute = self.recompute
         self.layer_idx = layer_idx
 
     def _pre(self, h: Tensor, residual: Tensor | None, m: Modulation | None) -> tuple[Tensor, Tensor]:

@@ -631,6 +631,12 @@ def core_checks() -> None:
     args = (zx, m.conv1d.weight.squeeze(1).detach(), m.conv1d.bias.detach(), m._A().detach(), m.D.detach(),
             m.dt_bias.detach(), m.norm.weight.detach(), m.norm.eps, m.headdim, m.ngroups, m.d_state, m.chunk_size)
     print(f"opcheck mixer_core_fwd: {torch.library.opcheck(ops.mixer_core_fwd, args)}", flush=True)
+    # in_proj's output with padded rows (as inductor may lay it out; the ops take it without a copy)
+    wide = torch.randn(2, 20, zx.shape[-1] + 12)
+    padded = wide[..., :zx.shape[-1]]
+    got = [t.clone() for t in ops.mixer_core_fwd(padded, *args[1:])[:2]]
+    ref = ops.mixer_core_fwd(padded.contiguous(), *args[1:])[:2]
+    check("core padded in_proj rows", max(max_rel_err(a, r) for a, r in zip(got, ref, strict=True)), 0.0)
     out, xbc, y, rstd, dtp, acs = ops.mixer_core_fwd(*args)
     bargs = (torch.randn_like(out), zx, xbc, y, rstd, dtp, acs, *args[1:7], *args[8:])
     print(f"opcheck mixer_core_bwd: {torch.library.opcheck(ops.mixer_core_bwd, bargs)}", flush=True)

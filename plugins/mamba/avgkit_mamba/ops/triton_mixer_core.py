@@ -33,6 +33,12 @@ from avgkit_mamba.ops.triton_gated_norm import gated_norm_bwd, gated_norm_fwd
 __all__ = ["mixer_core_triton"]
 
 
+def _unit_last(t: Tensor) -> Tensor:
+    """(b, l, c) ``t`` as it is when its channels are contiguous and its rows evenly spaced (any row stride), else
+    a contiguous copy."""
+    return t if t.stride(-1) == 1 and t.stride(0) == t.shape[1] * t.stride(1) else t.contiguous()
+
+
 def _columns(t: Tensor, d_inner: int, conv_dim: int) -> tuple[Tensor, Tensor, Tensor]:
     """z, xBC and dt column slices of ``in_proj``'s output (or of its gradient): views."""
     return t[..., :d_inner], t[..., d_inner:d_inner + conv_dim], t[..., d_inner + conv_dim:]
@@ -48,6 +54,7 @@ def _xbc(t: Tensor, nheads: int, ngroups: int, dstate: int) -> tuple[Tensor, Ten
 def _fwd(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, A: Tensor, D: Tensor | None,
          dt_bias: Tensor | None, norm_weight: Tensor, eps: float, headdim: int, ngroups: int, dstate: int,
          chunk_size: int) -> tuple[Tensor, ...]:
+    zxbcdt, conv_weight = _unit_last(zxbcdt), conv_weight.contiguous()
     b, seqlen, _ = zxbcdt.shape
     d_inner = norm_weight.shape[0]
     nheads = d_inner // headdim
@@ -63,11 +70,13 @@ def _fwd(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, A: Tenso
 def _bwd(dout: Tensor, zxbcdt: Tensor, xBC: Tensor, y: Tensor, rstd: Tensor, dtp: Tensor, acs: Tensor,
          conv_weight: Tensor, conv_bias: Tensor | None, A: Tensor, D: Tensor | None, dt_bias: Tensor | None,
          norm_weight: Tensor, headdim: int, ngroups: int, dstate: int, chunk_size: int) -> tuple[Tensor, ...]:
+    zxbcdt, conv_weight = _unit_last(zxbcdt), conv_weight.contiguous()
+    xBC, y, rstd, dtp, acs = (t.contiguous() for t in (xBC, y, rstd, dtp, acs))
     b, seqlen, _ = zxbcdt.shape
     d_inner = norm_weight.shape[0]
     nheads = d_inner // headdim
     conv_dim = conv_weight.shape[0]
-    dzxbcdt = torch.empty_like(zxbcdt, memory_format=torch.contiguous_format)
+    dzxbcdt = torch.empty(zxbcdt.shape, device=zxbcdt.device, dtype=zxbcdt.dtype)
     z, xbc_in, dt = _columns(zxbcdt, d_inner, conv_dim)
     dz, dxbc_in, ddt = _columns(dzxbcdt, d_inner, conv_dim)
 
@@ -89,7 +98,12 @@ def _bwd(dout: Tensor, zxbcdt: Tensor, xBC: Tensor, y: Tensor, rstd: Tensor, dtp
 
 
 # ----------------------------------------------------------------------------- custom ops
-# Opaque to torch.compile (one graph node each way, shape-only fakes), as the scan and the conv are.
+# Opaque to torch.compile (one graph node each way, shape-only fakes), as the scan and the conv are. Tagged
+# needs_fixed_stride_order, not the default exact strides: inductor may give in_proj's output a padded row stride
+# (128-byte aligned rows), and under exact strides it copied that 110 MB output back to the eager layout before
+# the op, in the forward and again in the backward (3.5 ms of AiM-B's step on an H100). The kernels take any
+# row stride, and the ops make contiguous what must be.
+_TAGS = (torch.Tag.needs_fixed_stride_order,)
 
 _FWD_SCHEMA = (
     "(Tensor zxbcdt, Tensor conv_weight, Tensor? conv_bias, Tensor A, Tensor? D, Tensor? dt_bias, Tensor norm_weight, "
@@ -103,7 +117,7 @@ _BWD_SCHEMA = (
 )
 
 
-@torch.library.custom_op("avgkit_mamba::mixer_core_fwd", mutates_args=(), schema=_FWD_SCHEMA)
+@torch.library.custom_op("avgkit_mamba::mixer_core_fwd", mutates_args=(), schema=_FWD_SCHEMA, tags=_TAGS)
 def _core_fwd_op(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, A: Tensor, D: Tensor | None,
                  dt_bias: Tensor | None, norm_weight: Tensor, eps: float, headdim: int, ngroups: int, dstate: int,
                  chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -121,7 +135,7 @@ def _(zxbcdt, conv_weight, conv_bias, A, D, dt_bias, norm_weight, eps, headdim, 
             zxbcdt.new_empty(b * seqlen, d_inner), dtp.new_empty(b * seqlen, ngroups), dtp, torch.empty_like(dtp))
 
 
-@torch.library.custom_op("avgkit_mamba::mixer_core_bwd", mutates_args=(), schema=_BWD_SCHEMA)
+@torch.library.custom_op("avgkit_mamba::mixer_core_bwd", mutates_args=(), schema=_BWD_SCHEMA, tags=_TAGS)
 def _core_bwd_op(dout: Tensor, zxbcdt: Tensor, xBC: Tensor, y: Tensor, rstd: Tensor, dtp: Tensor, acs: Tensor,
                  conv_weight: Tensor, conv_bias: Tensor | None, A: Tensor, D: Tensor | None, dt_bias: Tensor | None,
                  norm_weight: Tensor, headdim: int, ngroups: int, dstate: int,
