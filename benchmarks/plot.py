@@ -132,8 +132,8 @@ def training(paths: tuple[Path, ...] = (RESULTS / "train_step_compile_blocks_h20
 
 
 def training_h100(images: Path = IMAGES) -> Path | None:
-    """The conv's two-pass backward and aligned loads beside the reference (two H100 calls)."""
-    return training((RESULTS / "train_step_conv_twopass_h100.json", RESULTS / "train_step_conv_ref_h100.json"),
+    """The one-op mixer core against its three ops, beside the reference (two H100 calls)."""
+    return training((RESULTS / "train_step_core_first_h100.json", RESULTS / "train_step_core_strides_h100.json"),
                     images, "train_step_h100.png", "one H100")
 
 

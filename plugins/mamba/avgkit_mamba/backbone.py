@@ -75,7 +75,7 @@ class MambaBackboneConfig(BackboneConfig):
     max_prefix_len: int = Field(1, ge=1, description="dual form: longest conditioning prefix the caches hold")
     recompute_norms: bool | Literal["auto"] = Field(
         "auto", description="training: recompute the norms' fp32 intermediates in backward instead of keeping them "
-        "(less activation memory for a few elementwise passes more: 1.4% of AiM-B's and AiM-L's compiled step on an "
+        "(less activation memory for a few elementwise passes more: 1.6% of AiM-B's and AiM-L's compiled step on an "
         "H100); auto: only where blocks are checkpointed (activation_checkpointing is not none), where memory is "
         "what the recipe is short of"
     )
