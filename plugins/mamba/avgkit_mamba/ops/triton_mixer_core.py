@@ -11,8 +11,9 @@ Why one op: built from the three ops, torch.compile concatenated the scan's thre
 gradients for the conv, concatenated dz, the conv's gradient and ddt into ``in_proj``'s
 output gradient, copied the conv's output into the scan's inputs, and ran the gated
 norm as separate forward, recomputed-forward and backward passes; on an H100 those
-passes were about a sixth of AiM-B's training step (``benchmarks/results/
-train_step_profile_aim_b_aligned_h100.txt``). Saved for the backward: ``in_proj``'s
+passes were 12 of the 67 ms of GPU time in AiM-B's training step (``benchmarks/results/
+train_step_profile_aim_b_aligned_h100.txt``; the one op measured 1.13x the three ops,
+docs/benchmarks.md). Saved for the backward: ``in_proj``'s
 output, the conv's output, the scan's output and the norm's per-row scale, the tensors
 the three ops kept between them.
 
