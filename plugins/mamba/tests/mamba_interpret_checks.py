@@ -615,10 +615,13 @@ def core_checks() -> None:
         x, dy = torch.randn(2, L, 32), torch.randn(2, L, 32)
         ref = run(mixer, x, dy, "torch")
         got = run(mixer, x, dy, "triton")
-        three = run(mixer, x, dy, "triton", core=False)
         pnames = names + [n for n, _ in mixer.named_parameters()]
-        for name, a, r, t in zip(pnames, got, ref, three, strict=True):
+        for name, a, r in zip(pnames, got, ref, strict=True):
             check(f"{tag} {name} vs torch", max_rel_err(a, r), 2e-5)
+        if headdim != 8:
+            continue  # the slower interpreter runs below once
+        three = run(mixer, x, dy, "triton", core=False)
+        for name, a, t in zip(pnames, got, three, strict=True):
             check(f"{tag} {name} vs three ops", max_rel_err(a, t), 2e-5)
         with _Poisoned(float("nan")):
             poisoned = run(mixer, x, dy, "triton")
