@@ -256,7 +256,8 @@ def _bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool,
         return dx, torch.zeros_like(weight), torch.zeros_like(bias) if bias is not None else weight.new_empty(0)
     dw_slots = torch.empty(b * n_parts, w, dim, device=x.device, dtype=torch.float32)
     db_slots = torch.empty(b * n_parts, dim, device=x.device, dtype=torch.float32)
-    g = torch.empty(b, seqlen, dim, device=x.device, dtype=x.dtype)  # the activation's gradient, in the input dtype as the PyTorch path has it
+    # the activation's gradient, in the input dtype as the PyTorch path has it
+    g = torch.empty(b, seqlen, dim, device=x.device, dtype=x.dtype)
     common = dict(seqlen=seqlen, dim=dim)
     _grad_k(
         lambda m: (n_parts, triton.cdiv(dim, m["BLOCK_D"]), b),

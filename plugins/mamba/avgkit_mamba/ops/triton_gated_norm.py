@@ -10,9 +10,9 @@ backward writes ``dz`` straight into a column slice of the caller's buffer (``in
 output gradient) and ``dy`` where the scan's backward reads it.
 
 Layout: ``y`` (rows, d) with unit channel stride; ``z`` and ``dz`` may be column slices of
-a wider row (any row stride, passed as ``triton_launch.row_align`` describes). Math in fp32, each result rounded once. The
-weight gradient is summed per block of ``ROWS`` rows into fixed slots, then over the
-slots on the host: the same order on every run.
+a wider row (any row stride, passed as ``triton_launch.row_align`` describes). Math in
+fp32, each result rounded once. The weight gradient is summed per block of ``ROWS`` rows
+into fixed slots, then over the slots on the host: the same order on every run.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from avgkit_mamba.ops import triton_conv, triton_ssd
+from avgkit_mamba.ops.ssd_torch import split_zxbcdt
 from avgkit_mamba.ops.triton_gated_norm import gated_norm_bwd, gated_norm_fwd
 
 __all__ = ["mixer_core_triton"]
@@ -38,11 +39,6 @@ def _unit_last(t: Tensor) -> Tensor:
     """(b, l, c) ``t`` as it is when its channels are contiguous and its rows evenly spaced (any row stride), else
     a contiguous copy."""
     return t if t.stride(-1) == 1 and t.stride(0) == t.shape[1] * t.stride(1) else t.contiguous()
-
-
-def _columns(t: Tensor, d_inner: int, conv_dim: int) -> tuple[Tensor, Tensor, Tensor]:
-    """z, xBC and dt column slices of ``in_proj``'s output (or of its gradient): views."""
-    return t[..., :d_inner], t[..., d_inner:d_inner + conv_dim], t[..., d_inner + conv_dim:]
 
 
 def _xbc(t: Tensor, nheads: int, ngroups: int, dstate: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -59,7 +55,7 @@ def _fwd(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, A: Tenso
     b, seqlen, _ = zxbcdt.shape
     d_inner = norm_weight.shape[0]
     nheads = d_inner // headdim
-    z, xbc_in, dt = _columns(zxbcdt, d_inner, conv_weight.shape[0])
+    z, xbc_in, dt = split_zxbcdt(zxbcdt, nheads, headdim, ngroups, dstate)
     xBC = triton_conv._fwd(xbc_in, conv_weight, conv_bias, True)
     x, B, C = _xbc(xBC, nheads, ngroups, dstate)
     y, _, dtp, acs, _ = triton_ssd._fwd(x, dt, A, B, C, chunk_size, D, None, dt_bias, True, None, False)
@@ -76,10 +72,9 @@ def _bwd(dout: Tensor, zxbcdt: Tensor, xBC: Tensor, y: Tensor, rstd: Tensor, dtp
     b, seqlen, _ = zxbcdt.shape
     d_inner = norm_weight.shape[0]
     nheads = d_inner // headdim
-    conv_dim = conv_weight.shape[0]
     dzxbcdt = torch.empty(zxbcdt.shape, device=zxbcdt.device, dtype=zxbcdt.dtype)
-    z, xbc_in, dt = _columns(zxbcdt, d_inner, conv_dim)
-    dz, dxbc_in, ddt = _columns(dzxbcdt, d_inner, conv_dim)
+    z, xbc_in, dt = split_zxbcdt(zxbcdt, nheads, headdim, ngroups, dstate)
+    dz, dxbc_in, ddt = split_zxbcdt(dzxbcdt, nheads, headdim, ngroups, dstate)  # each kernel writes its columns
 
     dy = torch.empty_like(y)
     dnorm = gated_norm_bwd(dout.reshape(b * seqlen, d_inner).contiguous(), y, z.flatten(0, 1), norm_weight, rstd,
@@ -198,10 +193,8 @@ def mixer_core_triton(
     ``conv_weight`` (conv_dim, 4); ``A`` (nheads,) = -exp(A_log); the scan's dt gets ``dt_bias`` and softplus.
     Gradients flow to every tensor argument.
     """
-    if zxbcdt.stride(-1) != 1:
-        zxbcdt = zxbcdt.contiguous()
-    return _core_fwd_op(
-        zxbcdt, conv_weight.contiguous(), None if conv_bias is None else conv_bias.contiguous(),
+    return _core_fwd_op(  # the op itself copies zxbcdt and conv_weight only where their layout needs it
+        zxbcdt, conv_weight, None if conv_bias is None else conv_bias.contiguous(),
         A.float().contiguous(), None if D is None else D.contiguous(), None if dt_bias is None else dt_bias.contiguous(),
         norm_weight.contiguous(), float(norm_eps), headdim, ngroups, dstate, chunk_size,
     )[0]
