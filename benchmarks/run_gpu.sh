@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --core | --precision]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --core | --precision | --tune]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -41,6 +41,9 @@
 # conv's GPU tests (CORE_TESTS=0 skips them), then AiM-B and AiM-L with the core against its three ops and with the
 # norms recomputed (CORE_VARIANTS), beside the reference, and AiM-B's step by kernel.
 # --precision (about 5 minutes): the digits precision check, today's path and the default bf16 path, three seeds each.
+# --tune (about 6 minutes): the dCB kernel's tile and head split (ssd_scan.py --dcb-sweep, DCB_SWEEP) and the gated
+# norm's backward settings (gated_norm.py), then AiM-B (TUNE_PRESETS) with the default and with the fastest of each
+# sweep (KNOBS overrides the choice) beside the reference, which runs first.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -164,6 +167,44 @@ if [ "$QUICK" = "--core" ]; then  # the mixer's conv, scan and gated norm as one
     --variants ${CORE_VARIANTS:-compile-blocks-loss-graph-threeops,compile-blocks-loss,compile-blocks-loss-graph,compile-blocks-loss-graph-recompute} \
     --no-stack --window-steps 4 $AR --profile "$OUT/train_step_profile_aim_b_core_$CARD" --profile-preset aim-b \
     --profile-variant compile-blocks-loss --out "$OUT/train_step_core_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--tune" ]; then  # the dCB kernel's tile and split, the gated norm's backward settings, then training
+  if [ "${TUNE_TESTS:-1}" = 1 ]; then
+    echo "== [$((SECONDS - START)) s] pytest -m gpu (core)"
+    timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -rs plugins/mamba/tests/test_mamba_core.py 2>&1 | tail -n 8
+  fi
+  LIMIT=120 run benchmarks/ssd_scan.py --impls triton --dcb-sweep "${DCB_SWEEP:-64x1,64x2,64x4,32x1,32x2,32x4,128x2,128x4,128x8}" \
+    --out "$OUT/ssd_scan_dcb_sweep_$CARD.json"
+  LIMIT=90 run benchmarks/gated_norm.py --out "$OUT/gated_norm_$CARD.json"
+  # the fastest of each sweep whose results match the first setting's (bf16 outputs: within a rounding)
+  KNOBS=${KNOBS:-$(python3 - "$OUT/ssd_scan_dcb_sweep_$CARD.json" "$OUT/gated_norm_$CARD.json" <<'PY'
+import json, sys
+knobs = []
+try:
+    sweep = json.load(open(sys.argv[1]))["results"]["dcb_sweep"]
+    ok = {k: v for k, v in sweep.items() if v.get("max_rel_diff", 1) < 2e-2}
+    tile, split = min(ok, key=lambda k: ok[k]["fwd_bwd_ms"]).split("x")
+    knobs += [f"triton_ssd.DCB_BLOCK={tile}", f"triton_ssd.DCB_HEAD_SPLIT={split}"]
+except Exception as err:
+    print(f"no dCB choice: {err}", file=sys.stderr)
+try:
+    norm = json.load(open(sys.argv[2]))["results"]
+    common = set.intersection(*(set(v) for v in norm.values()))
+    ok = [e for e in common if all(v[e]["max_rel_diff"] < 2e-2 for v in norm.values())]
+    rows, tile, warps = min(ok, key=lambda e: sum(v[e]["ms"] for v in norm.values())).split("x")
+    knobs += [f"triton_gated_norm.ROWS={rows}", f"triton_gated_norm.ROW_TILE={tile}",
+              f"triton_gated_norm.BWD_WARPS={warps if warps != '0' else 'none'}"]
+except Exception as err:
+    print(f"no gated-norm choice: {err}", file=sys.stderr)
+print(",".join(knobs))
+PY
+)}
+  echo "== knobs: $KNOBS"
+  LIMIT=${TUNE_LIMIT:-380} run benchmarks/train_step.py --presets "${TUNE_PRESETS:-aim-b}" --reference-first \
+    --variants ${TUNE_VARIANTS:-compile-blocks-loss-graph,compile-blocks-loss-graph-knobs} --knobs "$KNOBS" \
+    --no-stack --window-steps 4 $AR --out "$OUT/train_step_tune_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -112,6 +112,42 @@ def bench(scan: Callable, t: dict, chunk: int, warmup: int, reps: int) -> dict:
             "fwd_bwd_ms": round(median_ms(device, fwd_bwd, warmup, reps), 4)}
 
 
+def grads(scan: Callable, t: dict, chunk: int) -> dict[str, torch.Tensor]:
+    """Every input's gradient for one fixed output gradient (fp32 copies)."""
+    leaves = {k: v.clone().requires_grad_() for k, v in t.items()}
+    dout = torch.randn(t["x"].shape, generator=torch.Generator(device=t["x"].device).manual_seed(1),
+                       device=t["x"].device).to(t["x"].dtype)
+    scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk, D=leaves["D"],
+         dt_bias=leaves["dt_bias"], dt_softplus=True).backward(dout)
+    return {k: v.grad.float() for k, v in leaves.items()}
+
+
+def dcb_sweep(spec: str, t: dict, chunk: int, warmup: int, reps: int) -> dict:
+    """The backward's dCB kernel at each ``TILExSPLIT`` of ``spec`` (tile: DCB_BLOCK, split: DCB_HEAD_SPLIT): fwd+bwd
+    time, and each gradient's largest difference from the first entry's, relative to that gradient's largest value
+    (the tile and split change only the order of fp32 sums)."""
+    from avgkit_mamba.ops import triton_ssd
+    from avgkit_mamba.ops.triton_ssd import chunk_scan_triton
+
+    saved = triton_ssd.DCB_BLOCK, triton_ssd.DCB_HEAD_SPLIT
+    out: dict[str, dict] = {}
+    first: dict[str, torch.Tensor] | None = None
+    try:
+        for entry in spec.split(","):
+            tile, split = (int(v) for v in entry.split("x"))
+            triton_ssd.DCB_BLOCK, triton_ssd.DCB_HEAD_SPLIT = tile, split
+            row = bench(chunk_scan_triton, t, chunk, warmup, reps)
+            g = grads(chunk_scan_triton, t, chunk)
+            if first is None:
+                first = g
+            row["max_rel_diff"] = max(float((g[k] - first[k]).abs().max() / first[k].abs().max().clamp_min(1e-30))
+                                      for k in g)
+            out[entry] = row
+    finally:
+        triton_ssd.DCB_BLOCK, triton_ssd.DCB_HEAD_SPLIT = saved
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("ssd_scan.json"), help="JSON results path")
@@ -126,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impls", default="triton,triton-dcb-pblocks,triton-dcb-split,torch,mamba_ssm",
                         help="comma-separated subset (triton-dcb-split: the dCB kernel's heads over four programs; "
                              "triton-dcb-pblocks: its P in autotuned blocks inside the head loop, not DCB_ONE_P)")
+    parser.add_argument("--dcb-sweep", default="",
+                        help="comma-separated TILExSPLIT entries (e.g. 64x1,64x4,128x4): time the dCB kernel's tile "
+                             "and head split, the first entry the baseline of the gradient comparison")
     parser.add_argument("--mamba-src", default=os.environ.get("MAMBA_SSM_SRC"), help="mamba-ssm source checkout")
     add_smoke_flag(parser)
     args = parser.parse_args(argv)
@@ -173,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             triton_ssd.DCB_HEAD_SPLIT, triton_ssd.DCB_ONE_P = head_split, one_p
         empty_cache(device)
+    if args.dcb_sweep:
+        spec = "4x1,4x2,8x2" if args.smoke else args.dcb_sweep
+        results["dcb_sweep"] = dcb_sweep(spec, t, args.chunk, warmup, reps)
     import triton
 
     report = {

@@ -20,7 +20,9 @@ timed in the same process:
   ``compile-blocks-loss-graph-bf16res`` (the default with the residual stream in bf16: ``backbone.residual_in_fp32:
   false``, which ``precision_check.py``'s ``bf16-residual`` path checks), ``compile-blocks-loss-graph-keepnorms``
   (keeping the norms' intermediates for backward: ``backbone.recompute_norms: false``, what the default ``auto``
-  does without checkpointed blocks), ``compile-blocks-loss-graph-recompute`` (recomputing them: ``true``) and
+  does without checkpointed blocks), ``compile-blocks-loss-graph-recompute`` (recomputing them: ``true``),
+  ``compile-blocks-loss-graph-knobs`` (the default with the kernel settings ``--knobs`` names, such as
+  ``triton_ssd.DCB_BLOCK=128``) and
   ``ckpt2-compile-blocks-graph`` (the step replayed from one CUDA graph, as ``train.cuda_graph`` does: three eager
   steps, a capture, then replays; labels dropped on the host);
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
@@ -107,6 +109,8 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
                                                     "graph": True, "recompute_norms": False},
             "compile-blocks-loss-graph-recompute": {"fused": True, "compile": "blocks", "compile_loss": True,
                                                     "graph": True, "recompute_norms": True},
+            "compile-blocks-loss-graph-knobs": {"fused": True, "compile": "blocks", "compile_loss": True,
+                                                "graph": True, "knobs": True},
             "compile-blocks-graph": {"fused": True, "compile": "blocks", "graph": True},
             "ckpt2-compile-blocks-graph": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
                                            "compile": "blocks", "graph": True}}
@@ -442,6 +446,10 @@ def main() -> None:
     ap.add_argument("--no-stack", action="store_true", help="no mamba-ssm stack rows (the AiM code's rows stay)")
     ap.add_argument("--profile", default=None, metavar="PATH",
                     help="also profile one step by kernel (--profile-preset, --profile-variant): PATH.txt and PATH.json")
+    ap.add_argument("--reference-first", action="store_true",
+                    help="each preset's reference rows before its avgkit rows (no compile workers running beside them)")
+    ap.add_argument("--knobs", default="",
+                    help="MODULE.NAME=VALUE,... of avgkit_mamba.ops set for the -knobs variant's rows")
     ap.add_argument("--quick", action="store_true", help="AiM-B only")
     ap.add_argument("--out", default=None)
     add_smoke_flag(ap)
@@ -482,48 +490,11 @@ def main() -> None:
         write_result(name, {"matmul_tflops": round(matmul, 1), "timing": timing, "rows": rows, "notes": notes,
                             "profile": profiles}, smoke_out(name, args.out, args.smoke), quiet=quiet)
 
-    for preset in presets:
-        extra = {"chunk_size": 16} if args.smoke else {}
-        flops = None
-        for variant in variants:
-            spec = VARIANTS[variant]
-            torch._dynamo.reset()  # each row compiles afresh, as its own process would (no shared cache limit)
-            opts = {**extra, **{k: spec[k] for k in ("activation_checkpointing", "checkpoint_every", "residual_in_fp32",
-                                                     "recompute_norms")
-                                if k in spec}}
-            model = build(preset, device=device, vocab=vocab, tokens=tokens, **opts)
-            model.fused_loss = spec["fused"]
-            model.compile_loss = spec.get("compile_loss", False)
-            flops = flops or flops_per_token(model, tokens)
-            shifts, triton_conv, core = conv_torch.SHIFTS_WHEN_COMPILING, dispatch.TRITON_CONV, dispatch.TRITON_MIXER_CORE
-            conv_torch.SHIFTS_WHEN_COMPILING = spec.get("shift_conv", shifts)
-            dispatch.TRITON_CONV = spec.get("triton_conv", triton_conv)
-            dispatch.TRITON_MIXER_CORE = spec.get("triton_core", core)
-            graph = spec.get("graph", False)
-            try:
-                row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", "off"),
-                                                                    args.compile_backend, dropped=graph),
-                          [p for p in model.parameters() if p.requires_grad], device, flops=flops, matmul=matmul,
-                          timing=timing, graph_dropout=model.conditioner.drop_labels if graph else None, **size)
-            except torch.OutOfMemoryError as err:  # report the size that does not fit, go on
-                notes.append(f"{preset} {variant} batch {batch}: out of memory ({str(err).splitlines()[0]})")
-                del model
-                empty_cache(device)
-                continue
-            finally:
-                conv_torch.SHIFTS_WHEN_COMPILING, dispatch.TRITON_CONV = shifts, triton_conv
-                dispatch.TRITON_MIXER_CORE = core
-            step = row.pop("_step")
-            if args.profile and variant == args.profile_variant and preset in (args.profile_preset, "tiny") and not profiles:
-                profiles[f"{preset} {variant}"] = profile_step(step, device, Path(args.profile),
-                                                               f"avgkit {preset} {variant}, batch {batch}")
-            rows.append(row)
-            save()
-            del model, step
-            empty_cache(device)
+    knobs = parse_knobs(args.knobs)
+
+    def reference_rows(preset: str, flops: dict) -> None:
         if preset not in ref_presets or args.no_reference:
-            continue
-        assert flops is not None
+            return
         if args.aim_root and (preset in AIM_NAMES or args.smoke):
             model, loss = aim_reference(args.aim_root, preset, device, notes, smoke=args.smoke, vocab=vocab,
                                         tokens=tokens)
@@ -550,7 +521,83 @@ def main() -> None:
             save()
             del ref, base
             empty_cache(device)
+
+    for preset in presets:
+        extra = {"chunk_size": 16} if args.smoke else {}
+        flops = None
+        if args.reference_first:  # the same FLOPs count as the avgkit rows', from a model with no storage
+            flops = flops_per_token(build(preset, device="meta", vocab=vocab, tokens=tokens, **extra), tokens)
+            reference_rows(preset, flops)
+        for variant in variants:
+            spec = VARIANTS[variant]
+            torch._dynamo.reset()  # each row compiles afresh, as its own process would (no shared cache limit)
+            opts = {**extra, **{k: spec[k] for k in ("activation_checkpointing", "checkpoint_every", "residual_in_fp32",
+                                                     "recompute_norms")
+                                if k in spec}}
+            model = build(preset, device=device, vocab=vocab, tokens=tokens, **opts)
+            model.fused_loss = spec["fused"]
+            model.compile_loss = spec.get("compile_loss", False)
+            flops = flops or flops_per_token(model, tokens)
+            shifts, triton_conv, core = conv_torch.SHIFTS_WHEN_COMPILING, dispatch.TRITON_CONV, dispatch.TRITON_MIXER_CORE
+            conv_torch.SHIFTS_WHEN_COMPILING = spec.get("shift_conv", shifts)
+            dispatch.TRITON_CONV = spec.get("triton_conv", triton_conv)
+            dispatch.TRITON_MIXER_CORE = spec.get("triton_core", core)
+            knobs_before = set_knobs(knobs) if spec.get("knobs") else []
+            graph = spec.get("graph", False)
+            try:
+                row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", "off"),
+                                                                    args.compile_backend, dropped=graph),
+                          [p for p in model.parameters() if p.requires_grad], device, flops=flops, matmul=matmul,
+                          timing=timing, graph_dropout=model.conditioner.drop_labels if graph else None, **size)
+            except torch.OutOfMemoryError as err:  # report the size that does not fit, go on
+                notes.append(f"{preset} {variant} batch {batch}: out of memory ({str(err).splitlines()[0]})")
+                del model
+                empty_cache(device)
+                continue
+            finally:
+                conv_torch.SHIFTS_WHEN_COMPILING, dispatch.TRITON_CONV = shifts, triton_conv
+                dispatch.TRITON_MIXER_CORE = core
+                set_knobs(knobs_before)
+            if spec.get("knobs"):
+                row["knobs"] = args.knobs
+            step = row.pop("_step")
+            if args.profile and variant == args.profile_variant and preset in (args.profile_preset, "tiny") and not profiles:
+                profiles[f"{preset} {variant}"] = profile_step(step, device, Path(args.profile),
+                                                               f"avgkit {preset} {variant}, batch {batch}")
+            rows.append(row)
+            save()
+            del model, step
+            empty_cache(device)
+        if not args.reference_first:
+            assert flops is not None
+            reference_rows(preset, flops)
     save(quiet=False)
+
+
+def parse_knobs(spec: str) -> list[tuple[Any, str, Any]]:
+    """``triton_ssd.DCB_BLOCK=128,triton_gated_norm.ROW_TILE=2`` -> [(module, name, value)] of avgkit_mamba.ops
+    (values: integers, none, true, false)."""
+    out = []
+    for item in filter(None, spec.split(",")):
+        target, _, raw = item.partition("=")
+        mod_name, _, attr = target.rpartition(".")
+        try:
+            module = importlib.import_module(f"avgkit_mamba.ops.{mod_name}")
+        except ImportError:
+            module = None
+        if module is None or not mod_name or not hasattr(module, attr):
+            raise SystemExit(f"--knobs {item!r}: avgkit_mamba.ops.{mod_name} has no setting {attr!r}")
+        value: Any = {"none": None, "true": True, "false": False}.get(raw.lower(), raw)
+        out.append((module, attr, int(value) if isinstance(value, str) else value))
+    return out
+
+
+def set_knobs(knobs: list[tuple[Any, str, Any]]) -> list[tuple[Any, str, Any]]:
+    """Sets each knob; returns the previous values in the same form (to set them back)."""
+    before = [(m, a, getattr(m, a)) for m, a, _ in knobs]
+    for m, a, v in knobs:
+        setattr(m, a, v)
+    return before
 
 
 def _speedups(rows: list[dict]) -> None:

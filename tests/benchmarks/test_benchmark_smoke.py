@@ -81,6 +81,16 @@ def _ssd_scan(report: dict[str, Any]) -> None:
     for impl in ("triton", "triton-dcb-split", "torch"):
         assert {"first_call_s", "fwd_ms", "fwd_bwd_ms"} <= set(results[impl]), results[impl]
     assert "skipped" in results["mamba_ssm"] or "fwd_ms" in results["mamba_ssm"]
+    sweep = results["dcb_sweep"]  # the dCB kernel's tiles and head splits give the same gradients
+    assert list(sweep) == ["4x1", "4x2", "8x2"], sweep
+    assert all(r["fwd_bwd_ms"] > 0 and r["max_rel_diff"] < 1e-5 for r in sweep.values()), sweep
+
+
+def _gated_norm(report: dict[str, Any]) -> None:
+    settings = report["results"]["tiny"]  # rows loaded two at a time give the same results
+    assert list(settings) == ["4x1x0", "4x2x0"], settings
+    assert all(r["ms"] > 0 and r["max_rel_diff"] < 1e-5 for r in settings.values()), settings
+    assert report["fastest"]["tiny"] in settings
 
 
 def _startup(report: dict[str, Any]) -> None:
@@ -94,17 +104,19 @@ def _state_memory(report: dict[str, Any]) -> None:
 
 
 def _train_step(report: dict[str, Any]) -> None:
-    _rows(6, "tokens_per_s", "tokens_per_s_spread", "windows", "step_s", "first_step_s", "peak_mem_gib", "mfu",
+    _rows(7, "tokens_per_s", "tokens_per_s_spread", "windows", "step_s", "first_step_s", "peak_mem_gib", "mfu",
           "mfu_6n")(report)
     names = [r["model"] for r in report["rows"]]
-    assert names == ["avgkit tiny plain", "avgkit tiny chunked", "avgkit tiny ckpt", "avgkit tiny compile-blocks",
-                     "avgkit tiny compile-blocks-graph", "AiM reference tiny"], names  # the graph row: eager here
+    assert names == ["AiM reference tiny", "avgkit tiny plain", "avgkit tiny chunked", "avgkit tiny ckpt",
+                     "avgkit tiny compile-blocks", "avgkit tiny compile-blocks-graph",
+                     "avgkit tiny compile-blocks-loss-graph-knobs"], names  # the graph rows: eager here
+    assert report["rows"][-1]["knobs"] == "triton_gated_norm.ROW_TILE=2" and "knobs" not in report["rows"][-2]
     for row in report["rows"]:
         low, high = row["tokens_per_s_spread"]
         assert row["windows"] >= 2 and low <= row["tokens_per_s"] <= high, row
         assert 0 < row["token_params"] < row["params"] and row["mfu"] > 0, row  # tables and adaLN left out
         assert 0 < row["host_fraction"] <= 1.0, row  # on the CPU the host does the work: near 1
-    assert report["rows"][0]["vs_aim_reference"] > 0 and report["matmul_tflops"] > 0
+    assert report["rows"][1]["vs_aim_reference"] > 0 and report["matmul_tflops"] > 0
     assert any("mamba-ssm stack" in note for note in report["notes"]), report["notes"]  # no GPU: none
     assert any("no causal-conv1d" in note for note in report["notes"]), report["notes"]
     assert set(report["profile"]) == {"tiny chunked"} and report["profile"]["tiny chunked"]["total_self_ms"] > 0
@@ -389,13 +401,17 @@ CASES: list[Smoke] = [
     Smoke("benchmarks/plot.py", args=("--smoke", "--images", "{tmp}/img"), result=None,
           files=("img/sampling_h200.png", "img/sampling_baseline_h100.png", "img/sequence_length_h200.png",
                  "img/train_step_h200.png", "img/train_step_h100.png", "img/sampling_split_h100.png")),
-    Smoke("benchmarks/ssd_scan.py", keys=("gpu", "triton", "shape", "results"), check=_ssd_scan),
+    Smoke("benchmarks/ssd_scan.py", args=("--smoke", "--dcb-sweep", "smoke", "--out", "{tmp}/out.json"),
+          keys=("gpu", "triton", "shape", "results"), check=_ssd_scan),
+    Smoke("benchmarks/gated_norm.py", keys=(*ENVIRONMENT, "gpu", "results", "fastest"), check=_gated_norm),
     Smoke("benchmarks/startup.py", keys=(*ENVIRONMENT, "model", "rows"), check=_startup),
     Smoke("benchmarks/state_precision.py", keys=(*ENVIRONMENT, "decode_path", "gate", "verdict"),
           check=_state_precision),
     Smoke("benchmarks/state_memory.py", keys=(*ENVIRONMENT, "dtype", "rows"), check=_state_memory),
     Smoke("benchmarks/train_step.py", args=("--smoke", "--aim-root", "{tmp}/aim", "--profile", "{tmp}/profile",
-                                            "--variants", "plain,chunked,ckpt,compile-blocks,compile-blocks-graph",
+                                            "--variants", "plain,chunked,ckpt,compile-blocks,compile-blocks-graph,"
+                                            "compile-blocks-loss-graph-knobs", "--reference-first",
+                                            "--knobs", "triton_gated_norm.ROW_TILE=2",
                                             "--compile-backend", "aot_eager", "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "matmul_tflops", "timing", "rows", "notes", "profile"), check=_train_step,
           files=("profile.txt", "profile.json"), setup=_aim_stub),

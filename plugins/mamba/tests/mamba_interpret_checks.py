@@ -587,7 +587,7 @@ def core_checks() -> None:
     poisoned allocations change nothing; the ops' registrations; torch.compile through them. (bf16: the GPU tests,
     ``test_mamba_core.py``; the interpreter's bf16 scan is not the GPU's.)"""
     from avgkit_mamba.mixer import Mamba2Mixer
-    from avgkit_mamba.ops import dispatch
+    from avgkit_mamba.ops import dispatch, triton_gated_norm
 
     def run(mixer, x, dy, impl, core=True):
         mixer.impl, saved = impl, dispatch.TRITON_MIXER_CORE
@@ -627,6 +627,13 @@ def core_checks() -> None:
             poisoned = run(mixer, x, dy, "triton")
         same = all(torch.equal(a, p) for a, p in zip(got, poisoned, strict=True))
         check(f"{tag} poisoned allocations", 0.0 if same else float("inf"), 0.0)
+        saved_tile, triton_gated_norm.ROW_TILE = triton_gated_norm.ROW_TILE, 2  # the norm's rows in pairs
+        try:
+            paired = run(mixer, x, dy, "triton")
+        finally:
+            triton_gated_norm.ROW_TILE = saved_tile
+        for name, a, r in zip(pnames, paired, ref, strict=True):
+            check(f"{tag} {name} norm rows in pairs vs torch", max_rel_err(a, r), 2e-5)
 
     ops = torch.ops.avgkit_mamba
     m = mixer

@@ -28,6 +28,10 @@ __all__ = ["gated_norm_bwd", "gated_norm_fwd"]
 
 #: Rows a backward program covers (fixed: it sets the number of weight-gradient slots).
 ROWS = 16
+#: Rows the backward loads and reduces at once (a divisor of ROWS): more loads in flight per reduction.
+ROW_TILE = 1
+#: The backward's warps (None: 4, or 8 for groups over 1024 channels).
+BWD_WARPS: int | None = None
 
 
 @triton.jit
@@ -53,10 +57,11 @@ def _gated_norm_fwd_kernel(
 @triton.jit
 def _gated_norm_bwd_kernel(
     dout_ptr, y_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dz_ptr, dw_ptr, rows, d, group, ngroups,
-    s_z, s_dz, Z_ALIGN: tl.constexpr, DZ_ALIGN: tl.constexpr, ROWS_PER: tl.constexpr, BLOCK_G: tl.constexpr,
+    s_z, s_dz, Z_ALIGN: tl.constexpr, DZ_ALIGN: tl.constexpr, ROWS_PER: tl.constexpr, ROW_TILE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
 ):
     """For each row: n = g * rstd with g = y silu(z); dn = dout w; dg = rstd (dn - n mean(dn n));
-    dy = dg silu(z), dz = dg y silu'(z); dw += dout n (per slot)."""
+    dy = dg silu(z), dz = dg y silu'(z); dw += dout n (per slot). ROW_TILE rows at a time."""
     rb = tl.program_id(0)
     gi = tl.program_id(1)
     s_z, s_dz = s_z * Z_ALIGN, s_dz * DZ_ALIGN
@@ -66,22 +71,24 @@ def _gated_norm_bwd_kernel(
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     acc_w = tl.zeros((BLOCK_G,), dtype=tl.float32)
     first = rb.to(tl.int64) * ROWS_PER
-    for i in range(0, ROWS_PER):
-        row = first + i
-        m = mask & (row < rows)
-        y = tl.load(y_ptr + row * d + cols, mask=m, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + row * s_z + cols, mask=m, other=0.0).to(tl.float32)
-        dout = tl.load(dout_ptr + row * d + cols, mask=m, other=0.0).to(tl.float32)
-        rstd = tl.load(rstd_ptr + row * ngroups + gi, mask=row < rows, other=0.0)
+    rr = tl.arange(0, ROW_TILE)
+    for i in range(0, ROWS_PER, ROW_TILE):
+        row = first + i + rr
+        in_rows = row < rows
+        m = in_rows[:, None] & mask[None, :]
+        y = tl.load(y_ptr + row[:, None] * d + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + row[:, None] * s_z + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + row[:, None] * d + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + row * ngroups + gi, mask=in_rows, other=0.0)[:, None]
         sig = tl.sigmoid(z)
         gate = z * sig
         n = y * gate * rstd
-        dn = dout * w
-        dg = rstd * (dn - n * (tl.sum(dn * n, axis=0) / group))
-        tl.store(dy_ptr + row * d + cols, (dg * gate).to(dy_ptr.dtype.element_ty), mask=m)
-        tl.store(dz_ptr + row * s_dz + cols, (dg * y * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty),
-                 mask=m)
-        acc_w += dout * n
+        dn = dout * w[None, :]
+        dg = rstd * (dn - n * (tl.sum(dn * n, axis=1) / group)[:, None])
+        tl.store(dy_ptr + row[:, None] * d + cols[None, :], (dg * gate).to(dy_ptr.dtype.element_ty), mask=m)
+        tl.store(dz_ptr + row[:, None] * s_dz + cols[None, :],
+                 (dg * y * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m)
+        acc_w += tl.sum(dout * n, axis=0)
     tl.store(dw_ptr + rb * d + cols, acc_w, mask=mask)
 
 
@@ -114,7 +121,10 @@ def gated_norm_bwd(dout: Tensor, y: Tensor, z: Tensor, weight: Tensor, rstd: Ten
     a slice of ``in_proj``'s output gradient); returns the weight's gradient (d,) in fp32."""
     rows, d = y.shape
     ngroups = d // group
-    rows_per = min(ROWS, 4) if INTERPRET else ROWS
+    tile = min(ROW_TILE, 2) if INTERPRET else ROW_TILE
+    rows_per = max(min(ROWS, 4) if INTERPRET else ROWS, tile)
+    if rows_per % tile:
+        raise ValueError(f"triton_gated_norm.ROW_TILE={ROW_TILE} must divide ROWS={ROWS}")
     n_slots = max(1, triton.cdiv(rows, rows_per))
     dw_slots = torch.zeros(n_slots, d, device=y.device, dtype=torch.float32)
     if rows:
@@ -122,7 +132,7 @@ def gated_norm_bwd(dout: Tensor, y: Tensor, z: Tensor, weight: Tensor, rstd: Ten
         za, dza = row_align(z.stride(0)), row_align(dz.stride(0))
         _gated_norm_bwd_kernel[(n_slots, ngroups)](
             dout, y, z, weight, rstd, dy, dz, dw_slots, rows, d, group, ngroups,
-            z.stride(0) // za, dz.stride(0) // dza, Z_ALIGN=za, DZ_ALIGN=dza, ROWS_PER=rows_per, BLOCK_G=block,
-            num_warps=warps,
+            z.stride(0) // za, dz.stride(0) // dza, Z_ALIGN=za, DZ_ALIGN=dza, ROWS_PER=rows_per, ROW_TILE=tile,
+            BLOCK_G=block, num_warps=BWD_WARPS or warps,
         )
     return dw_slots.sum(0)

@@ -657,6 +657,10 @@ _scan_fwd_k = Launcher(
         ({"BLOCK_M": 64, "BLOCK_K": 32, "BLOCK_P": 64, "BLOCK_N": 32}, 4, 4),
         ({"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_P": 32, "BLOCK_N": 32}, 4, 2),
         ({"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_P": 16, "BLOCK_N": 16}, 4, 2),
+        # AiM's shapes (P 64, a chunk of 256): fewer, wider k steps or two programs per head's P
+        ({"BLOCK_M": 64, "BLOCK_K": 128, "BLOCK_P": 64, "BLOCK_N": 64}, 8, 2),
+        ({"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_P": 64, "BLOCK_N": 64}, 4, 2),
+        ({"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_P": 32, "BLOCK_N": 64}, 4, 3),
     ],
     key=_KEY + ["HAS_STATES", "HAS_Z", "HAS_D"],
     valid=lambda a, m: _fits_chunk(a, m, "BLOCK_M", "BLOCK_K") and _fits_dims(a, m, BLOCK_P="P", BLOCK_N="N"),
@@ -675,8 +679,14 @@ DCB_HEAD_SPLIT = 1
 DCB_ONE_P = True
 
 
+#: The dCB kernel's square tile (None: 64, 16 under the interpreter); fixed per call, not autotuned, because it sets
+#: the number of d acs slots. benchmarks/ssd_scan.py ``--dcb-sweep`` times it against DCB_HEAD_SPLIT.
+DCB_BLOCK: int | None = None
+
+
 def _dcb_block(Q: int) -> int:
-    """Tile of the dCB kernel: fixed (not autotuned) because it sets the slot count."""
+    if DCB_BLOCK is not None:
+        return min(Q, DCB_BLOCK)
     return min(Q, 16) if INTERPRET else min(Q, 64)
 
 
@@ -694,7 +704,7 @@ _dcb_k = Launcher(
 )
 _dcb_one_p_k = Launcher(  # DCB_ONE_P: BLOCK_P and ONE_P come from the call
     _dcb_kernel,
-    configs=[({}, 4, 3), ({}, 8, 3), ({}, 4, 2), ({}, 8, 2)],
+    configs=[({}, 4, 3), ({}, 8, 3), ({}, 4, 2), ({}, 8, 2), ({}, 4, 4), ({}, 8, 4)],
     key=_KEY + ["BLOCK_M", "BLOCK_P"],
     valid=lambda a, m: True,
     interp=lambda a: {},
@@ -721,6 +731,8 @@ _dx_k = Launcher(
         ({"BLOCK_M": 32, "BLOCK_K": 64, "BLOCK_N": 64}, 4, 2),
         ({"BLOCK_M": 128, "BLOCK_K": 32, "BLOCK_N": 32}, 8, 2),
         ({"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_N": 16}, 4, 2),
+        ({"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64}, 8, 2),
+        ({"BLOCK_M": 64, "BLOCK_K": 128, "BLOCK_N": 64}, 8, 2),
     ],
     key=_KEY + ["HAS_STATES", "HAS_D", "BLOCK_P"],
     valid=lambda a, m: _fits_chunk(a, m, "BLOCK_M", "BLOCK_K") and _fits_dims(a, m, BLOCK_N="N"),
