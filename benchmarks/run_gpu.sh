@@ -43,7 +43,8 @@
 # --precision (about 5 minutes): the digits precision check, today's path and the default bf16 path, three seeds each.
 # --tune (about 6 minutes): the dCB kernel's tile and head split (ssd_scan.py --dcb-sweep, DCB_SWEEP) and the gated
 # norm's backward settings (gated_norm.py), then AiM-B (TUNE_PRESETS) with the default and with the fastest of each
-# sweep (KNOBS overrides the choice) beside the reference, which runs first.
+# sweep (KNOBS overrides the choice) beside the reference, which runs first (TUNE_SWEEPS=0: no sweeps;
+# TUNE_REFERENCE=--no-reference: no reference rows).
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -175,9 +176,11 @@ if [ "$QUICK" = "--tune" ]; then  # the dCB kernel's tile and split, the gated n
     echo "== [$((SECONDS - START)) s] pytest -m gpu (core)"
     timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -rs plugins/mamba/tests/test_mamba_core.py 2>&1 | tail -n 8
   fi
-  LIMIT=120 run benchmarks/ssd_scan.py --impls triton --dcb-sweep "${DCB_SWEEP:-64x1,64x2,64x4,32x1,32x2,32x4,128x2,128x4,128x8}" \
-    --out "$OUT/ssd_scan_dcb_sweep_$CARD.json"
-  LIMIT=90 run benchmarks/gated_norm.py --out "$OUT/gated_norm_$CARD.json"
+  if [ "${TUNE_SWEEPS:-1}" = 1 ]; then
+    LIMIT=120 run benchmarks/ssd_scan.py --impls triton --dcb-sweep "${DCB_SWEEP:-64x1,64x2,64x4,32x1,32x2,32x4,128x2,128x4,128x8}" \
+      --out "$OUT/ssd_scan_dcb_sweep_$CARD.json"
+    LIMIT=90 run benchmarks/gated_norm.py --out "$OUT/gated_norm_$CARD.json"
+  fi
   # the fastest of each sweep whose results match the first setting's (bf16 outputs: within a rounding)
   KNOBS=${KNOBS:-$(python3 - "$OUT/ssd_scan_dcb_sweep_$CARD.json" "$OUT/gated_norm_$CARD.json" <<'PY'
 import json, sys
@@ -202,7 +205,7 @@ print(",".join(knobs))
 PY
 )}
   echo "== knobs: $KNOBS"
-  LIMIT=${TUNE_LIMIT:-380} run benchmarks/train_step.py --presets "${TUNE_PRESETS:-aim-b}" --reference-first \
+  LIMIT=${TUNE_LIMIT:-380} run benchmarks/train_step.py --presets "${TUNE_PRESETS:-aim-b}" ${TUNE_REFERENCE:---reference-first} \
     --variants ${TUNE_VARIANTS:-compile-blocks-loss-graph,compile-blocks-loss-graph-knobs} --knobs "$KNOBS" \
     --no-stack --window-steps 4 $AR --out "$OUT/train_step_tune_$CARD.json"
   echo "== done in $((SECONDS - START)) s"

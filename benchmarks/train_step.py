@@ -22,7 +22,8 @@ timed in the same process:
   (keeping the norms' intermediates for backward: ``backbone.recompute_norms: false``, what the default ``auto``
   does without checkpointed blocks), ``compile-blocks-loss-graph-recompute`` (recomputing them: ``true``),
   ``compile-blocks-loss-graph-knobs`` (the default with the kernel settings ``--knobs`` names, such as
-  ``triton_ssd.DCB_BLOCK=128``) and
+  ``triton_ssd.DCB_BLOCK=128``), ``compile-blocks-loss-graph-chunk128`` and ``-chunk64`` (the default with the
+  scan's chunk at 128 or 64 tokens instead of 256: the same function, other work split) and
   ``ckpt2-compile-blocks-graph`` (the step replayed from one CUDA graph, as ``train.cuda_graph`` does: three eager
   steps, a capture, then replays; labels dropped on the host);
 * ``AiM reference <preset>``: the AiM authors' model and the loss of their trainer
@@ -111,6 +112,10 @@ VARIANTS = {"plain": {"fused": False}, "chunked": {"fused": True},
                                                     "graph": True, "recompute_norms": True},
             "compile-blocks-loss-graph-knobs": {"fused": True, "compile": "blocks", "compile_loss": True,
                                                 "graph": True, "knobs": True},
+            "compile-blocks-loss-graph-chunk128": {"fused": True, "compile": "blocks", "compile_loss": True,
+                                                   "graph": True, "chunk_size": 128},
+            "compile-blocks-loss-graph-chunk64": {"fused": True, "compile": "blocks", "compile_loss": True,
+                                                  "graph": True, "chunk_size": 64},
             "compile-blocks-graph": {"fused": True, "compile": "blocks", "graph": True},
             "ckpt2-compile-blocks-graph": {"fused": True, "activation_checkpointing": "every_n", "checkpoint_every": 2,
                                            "compile": "blocks", "graph": True}}
@@ -532,8 +537,8 @@ def main() -> None:
             spec = VARIANTS[variant]
             torch._dynamo.reset()  # each row compiles afresh, as its own process would (no shared cache limit)
             opts = {**extra, **{k: spec[k] for k in ("activation_checkpointing", "checkpoint_every", "residual_in_fp32",
-                                                     "recompute_norms")
-                                if k in spec}}
+                                                     "recompute_norms", "chunk_size")
+                                if k in spec and not (k == "chunk_size" and args.smoke)}}
             model = build(preset, device=device, vocab=vocab, tokens=tokens, **opts)
             model.fused_loss = spec["fused"]
             model.compile_loss = spec.get("compile_loss", False)
