@@ -38,12 +38,14 @@ def test_mixer_cpu_path_unchanged_by_the_switch() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_core_matches_three_ops_on_gpu(dtype: torch.dtype) -> None:
-    """AiM-B's mixer (in_proj rows of 3352, a stride the kernels align by 8): the one-op core against the three
-    ops and the PyTorch path in fp64, output and every gradient, and the same bits on a second run."""
+@pytest.mark.parametrize("chunk", [256, 64])
+def test_core_matches_three_ops_on_gpu(dtype: torch.dtype, chunk: int) -> None:
+    """AiM-B's mixer (in_proj rows of 3352, a stride the kernels align by 8), its 256 tokens as one chunk or four:
+    the one-op core against the three ops and the PyTorch path in fp64, output and every gradient, and the same
+    bits on a second run."""
     pytest.importorskip("triton")
     torch.manual_seed(0)
-    mixer = Mamba2Mixer(768, d_state=128, headdim=64, chunk_size=256, impl="triton", device="cuda")
+    mixer = Mamba2Mixer(768, d_state=128, headdim=64, chunk_size=chunk, impl="triton", device="cuda")
     x = torch.randn(2, 256, 768, device="cuda")
     dy = torch.randn(2, 256, 768, device="cuda")
 
@@ -59,7 +61,7 @@ def test_core_matches_three_ops_on_gpu(dtype: torch.dtype) -> None:
             dispatch.TRITON_MIXER_CORE = saved
         return [y.detach(), leaf.grad] + [p.grad.clone() for p in model.parameters()]
 
-    exact_model = Mamba2Mixer(768, d_state=128, headdim=64, chunk_size=256, impl="torch", device="cuda").double()
+    exact_model = Mamba2Mixer(768, d_state=128, headdim=64, chunk_size=chunk, impl="torch", device="cuda").double()
     exact_model.load_state_dict(mixer.state_dict())
     exact = run(exact_model, x.double(), False, False)
     bf16 = dtype == torch.bfloat16
