@@ -174,7 +174,8 @@ fi
 if [ "$QUICK" = "--tune" ]; then  # the dCB kernel's tile and split, the gated norm's backward settings, then training
   if [ "${TUNE_TESTS:-1}" = 1 ]; then
     echo "== [$((SECONDS - START)) s] pytest -m gpu (core)"
-    timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -rs plugins/mamba/tests/test_mamba_core.py 2>&1 | tail -n 8
+    timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -rs -k "${TUNE_TESTS_K:-}" \
+      plugins/mamba/tests/test_mamba_core.py 2>&1 | tail -n 8
   fi
   if [ "${TUNE_SWEEPS:-1}" = 1 ]; then
     LIMIT=120 run benchmarks/ssd_scan.py --impls triton --dcb-sweep "${DCB_SWEEP:-64x1,64x2,64x4,32x1,32x2,32x4,128x2,128x4,128x8}" \
