@@ -28,7 +28,8 @@ __all__ = ["gated_norm_bwd", "gated_norm_fwd"]
 
 #: Rows a backward program covers (fixed: it sets the number of weight-gradient slots).
 ROWS = 16
-#: Rows the backward loads and reduces at once (a divisor of ROWS): more loads in flight per reduction.
+#: Rows the backward loads and reduces at once (a divisor of ROWS). One: two or four were 6-20% slower on an
+#: H100 at AiM-B's and AiM-L's widths (benchmarks/gated_norm.py).
 ROW_TILE = 1
 #: The backward's warps (None: 4, or 8 for groups over 1024 channels).
 BWD_WARPS: int | None = None

@@ -669,8 +669,8 @@ _scan_fwd_k = Launcher(
 
 
 #: Programs per dCB tile, each summing its share of a group's heads (1: one program loops over all of
-#: them, which leaves AiM-B's whole batch 640 programs for the largest kernel of the backward). 1 until
-#: a GPU run times the split (benchmarks/ssd_scan.py, rows triton and triton-dcb-split).
+#: them: AiM-B's whole batch is 640 programs). Four made the scan alone faster but AiM-B's training step
+#: 1.8% slower on an H100 (the partial sums' extra pass), so 1 (docs/benchmarks.md).
 DCB_HEAD_SPLIT = 1
 
 
