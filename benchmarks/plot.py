@@ -132,9 +132,10 @@ def training(paths: tuple[Path, ...] = (RESULTS / "train_step_compile_blocks_h20
 
 
 def training_h100(images: Path = IMAGES) -> Path | None:
-    """The one-op mixer core against its three ops, beside the reference (two H100 calls)."""
-    return training((RESULTS / "train_step_core_first_h100.json", RESULTS / "train_step_core_strides_h100.json"),
-                    images, "train_step_h100.png", "one H100")
+    """The one-op mixer core against its three ops, beside the reference; then AiM-B with the reference run first
+    (three H100 calls, each one process)."""
+    return training((RESULTS / "train_step_core_first_h100.json", RESULTS / "train_step_core_strides_h100.json",
+                     RESULTS / "train_step_tune_b_h100.json"), images, "train_step_h100.png", "H100s")
 
 
 def decode_split(path: Path = RESULTS / "sampling_split_h100.json", images: Path = IMAGES) -> Path | None:
