@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,21 @@ def timed(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, list[float]]:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
+
+
+@contextlib.contextmanager
+def settings(values: Iterable[tuple[Any, str, Any]]) -> Iterator[None]:
+    """Each ``(module, name, value)`` set for the block (a kernel switch or launch setting), the previous values
+    set back after it, whatever happens inside."""
+    values = list(values)
+    before = [(m, name, getattr(m, name)) for m, name, _ in values]
+    try:
+        for m, name, value in values:
+            setattr(m, name, value)
+        yield
+    finally:
+        for m, name, value in reversed(before):
+            setattr(m, name, value)
 
 
 def write_result(name: str, data: dict[str, Any], out: str | None = None, quiet: bool = False) -> Path:

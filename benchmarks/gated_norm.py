@@ -26,7 +26,15 @@ if "--smoke" in sys.argv:  # the Triton interpreter must be chosen before Triton
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import add_smoke_flag, copy_bandwidth, device_for, median_ms, smoke_out, write_result  # noqa: E402
+from common import (  # noqa: E402
+    add_smoke_flag,
+    copy_bandwidth,
+    device_for,
+    median_ms,
+    settings,
+    smoke_out,
+    write_result,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 try:
@@ -80,28 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.float32 if args.smoke else torch.bfloat16
     warmup, reps = (0, 1) if args.smoke else (10, 50)
     copy_bw = None if args.smoke else copy_bandwidth()
-    saved = tgn.ROWS, tgn.ROW_TILE, tgn.BWD_WARPS
     results: dict[str, dict] = {}
-    try:
-        for name, (rows, d) in shapes.items():
-            t = inputs(rows, d, device, dtype)
-            moved = 5 * rows * d * t["y"].element_size()
-            first = None
-            per: dict[str, dict] = {}
-            for entry in spec.split(","):
-                n_rows, tile, warps = (int(v) for v in entry.split("x"))
-                tgn.ROWS, tgn.ROW_TILE, tgn.BWD_WARPS = n_rows, tile, warps or None
+    for name, (rows, d) in shapes.items():
+        t = inputs(rows, d, device, dtype)
+        moved = 5 * rows * d * t["y"].element_size()
+        first = None
+        per: dict[str, dict] = {}
+        for entry in spec.split(","):
+            n_rows, tile, warps = (int(v) for v in entry.split("x"))
+            with settings([(tgn, "ROWS", n_rows), (tgn, "ROW_TILE", tile), (tgn, "BWD_WARPS", warps or None)]):
                 ms, out = measure(t, device, warmup, reps)
-                first = first or out
-                diff = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(out, first, strict=True))
-                row = {"ms": round(ms, 4), "bytes_per_s": round(moved / (ms / 1e3)), "max_rel_diff": diff}
-                if copy_bw:
-                    row["of_copy_bandwidth"] = round(moved / (ms / 1e3) / copy_bw, 3)
-                per[entry] = row
-                print(name, entry, row, flush=True)
-            results[name] = per
-    finally:
-        tgn.ROWS, tgn.ROW_TILE, tgn.BWD_WARPS = saved
+            first = first or out
+            diff = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(out, first, strict=True))
+            row = {"ms": round(ms, 4), "bytes_per_s": round(moved / (ms / 1e3)), "max_rel_diff": diff}
+            if copy_bw:
+                row["of_copy_bandwidth"] = round(moved / (ms / 1e3) / copy_bw, 3)
+            per[entry] = row
+            print(name, entry, row, flush=True)
+        results[name] = per
     best = {name: min(per, key=lambda e: per[e]["ms"]) for name, per in results.items()}
     report = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "none (CPU smoke run)",
               "copy_bandwidth_bytes_per_s": copy_bw, "dtype": str(dtype), "results": results, "fastest": best}

@@ -31,7 +31,7 @@ if "--smoke" in sys.argv:  # the Triton interpreter must be chosen before Triton
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import add_smoke_flag, device_for, empty_cache, median_ms, synchronize  # noqa: E402
+from common import add_smoke_flag, device_for, empty_cache, median_ms, settings, synchronize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {"batch": 1, "seqlen": 16, "nheads": 2, "headdim": 8, "dstate": 16, "chunk": 8, "dtype": "float32"}
@@ -86,6 +86,12 @@ def make_inputs(batch: int, seqlen: int, nheads: int, headdim: int, dstate: int,
     }
 
 
+def call(scan: Callable, leaves: dict, chunk: int) -> torch.Tensor:
+    """The scan of ``leaves`` (``make_inputs``'s names) as the Mamba-2 mixer calls it (dt_bias, softplus, D)."""
+    return scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk, D=leaves["D"],
+                dt_bias=leaves["dt_bias"], dt_softplus=True)
+
+
 def bench(scan: Callable, t: dict, chunk: int, warmup: int, reps: int) -> dict:
     """First call (compilation, autotuning), then median milliseconds (CUDA events on a GPU) of fwd and fwd+bwd."""
     device = t["x"].device
@@ -93,8 +99,7 @@ def bench(scan: Callable, t: dict, chunk: int, warmup: int, reps: int) -> dict:
     dout = torch.randn_like(t["x"])
 
     def fwd() -> torch.Tensor:
-        return scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk, D=leaves["D"],
-                    dt_bias=leaves["dt_bias"], dt_softplus=True)
+        return call(scan, leaves, chunk)
 
     def fwd_bwd() -> None:
         for v in leaves.values():
@@ -117,8 +122,7 @@ def grads(scan: Callable, t: dict, chunk: int) -> dict[str, torch.Tensor]:
     leaves = {k: v.clone().requires_grad_() for k, v in t.items()}
     dout = torch.randn(t["x"].shape, generator=torch.Generator(device=t["x"].device).manual_seed(1),
                        device=t["x"].device).to(t["x"].dtype)
-    scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk, D=leaves["D"],
-         dt_bias=leaves["dt_bias"], dt_softplus=True).backward(dout)
+    call(scan, leaves, chunk).backward(dout)
     return {k: v.grad.float() for k, v in leaves.items()}
 
 
@@ -129,22 +133,18 @@ def dcb_sweep(spec: str, t: dict, chunk: int, warmup: int, reps: int) -> dict:
     from avgkit_mamba.ops import triton_ssd
     from avgkit_mamba.ops.triton_ssd import chunk_scan_triton
 
-    saved = triton_ssd.DCB_BLOCK, triton_ssd.DCB_HEAD_SPLIT
     out: dict[str, dict] = {}
     first: dict[str, torch.Tensor] | None = None
-    try:
-        for entry in spec.split(","):
-            tile, split = (int(v) for v in entry.split("x"))
-            triton_ssd.DCB_BLOCK, triton_ssd.DCB_HEAD_SPLIT = tile, split
+    for entry in spec.split(","):
+        tile, split = (int(v) for v in entry.split("x"))
+        with settings([(triton_ssd, "DCB_BLOCK", tile), (triton_ssd, "DCB_HEAD_SPLIT", split)]):
             row = bench(chunk_scan_triton, t, chunk, warmup, reps)
             g = grads(chunk_scan_triton, t, chunk)
-            if first is None:
-                first = g
-            row["max_rel_diff"] = max(float((g[k] - first[k]).abs().max() / first[k].abs().max().clamp_min(1e-30))
-                                      for k in g)
-            out[entry] = row
-    finally:
-        triton_ssd.DCB_BLOCK, triton_ssd.DCB_HEAD_SPLIT = saved
+        if first is None:
+            first = g
+        row["max_rel_diff"] = max(float((g[k] - first[k]).abs().max() / first[k].abs().max().clamp_min(1e-30))
+                                  for k in g)
+        out[entry] = row
     return out
 
 
@@ -205,12 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"skipped": notes.get(name, "unknown impl")}
             continue
         # triton-dcb-split: the backward's dCB kernel with a group's heads split over four programs per tile
-        triton_ssd.DCB_HEAD_SPLIT = 4 if name == "triton-dcb-split" else head_split
-        triton_ssd.DCB_ONE_P = one_p and name != "triton-dcb-pblocks"
-        try:
+        with settings([(triton_ssd, "DCB_HEAD_SPLIT", 4 if name == "triton-dcb-split" else head_split),
+                       (triton_ssd, "DCB_ONE_P", one_p and name != "triton-dcb-pblocks")]):
             results[name] = bench(fn, t, args.chunk, warmup, reps)
-        finally:
-            triton_ssd.DCB_HEAD_SPLIT, triton_ssd.DCB_ONE_P = head_split, one_p
         empty_cache(device)
     if args.dcb_sweep:
         spec = "4x1,4x2,8x2" if args.smoke else args.dcb_sweep

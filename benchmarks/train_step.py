@@ -75,6 +75,7 @@ from common import (  # noqa: E402
     import_mamba_ssm,
     peak_memory_gib,
     reset_peak_memory,
+    settings,
     smoke_out,
     synchronize,
     write_result,
@@ -543,26 +544,22 @@ def main() -> None:
             model.fused_loss = spec["fused"]
             model.compile_loss = spec.get("compile_loss", False)
             flops = flops or flops_per_token(model, tokens)
-            shifts, triton_conv, core = conv_torch.SHIFTS_WHEN_COMPILING, dispatch.TRITON_CONV, dispatch.TRITON_MIXER_CORE
-            conv_torch.SHIFTS_WHEN_COMPILING = spec.get("shift_conv", shifts)
-            dispatch.TRITON_CONV = spec.get("triton_conv", triton_conv)
-            dispatch.TRITON_MIXER_CORE = spec.get("triton_core", core)
-            knobs_before = set_knobs(knobs) if spec.get("knobs") else []
+            switches = [(conv_torch, "SHIFTS_WHEN_COMPILING", spec.get("shift_conv", conv_torch.SHIFTS_WHEN_COMPILING)),
+                        (dispatch, "TRITON_CONV", spec.get("triton_conv", dispatch.TRITON_CONV)),
+                        (dispatch, "TRITON_MIXER_CORE", spec.get("triton_core", dispatch.TRITON_MIXER_CORE)),
+                        *(knobs if spec.get("knobs") else [])]
             graph = spec.get("graph", False)
             try:
-                row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", "off"),
-                                                                    args.compile_backend, dropped=graph),
-                          [p for p in model.parameters() if p.requires_grad], device, flops=flops, matmul=matmul,
-                          timing=timing, graph_dropout=model.conditioner.drop_labels if graph else None, **size)
+                with settings(switches):
+                    row = run(f"avgkit {preset} {variant}", avgkit_loss(model, spec.get("compile", "off"),
+                                                                        args.compile_backend, dropped=graph),
+                              [p for p in model.parameters() if p.requires_grad], device, flops=flops, matmul=matmul,
+                              timing=timing, graph_dropout=model.conditioner.drop_labels if graph else None, **size)
             except torch.OutOfMemoryError as err:  # report the size that does not fit, go on
                 notes.append(f"{preset} {variant} batch {batch}: out of memory ({str(err).splitlines()[0]})")
                 del model
                 empty_cache(device)
                 continue
-            finally:
-                conv_torch.SHIFTS_WHEN_COMPILING, dispatch.TRITON_CONV = shifts, triton_conv
-                dispatch.TRITON_MIXER_CORE = core
-                set_knobs(knobs_before)
             if spec.get("knobs"):
                 row["knobs"] = args.knobs
             step = row.pop("_step")
@@ -595,14 +592,6 @@ def parse_knobs(spec: str) -> list[tuple[Any, str, Any]]:
         value: Any = {"none": None, "true": True, "false": False}.get(raw.lower(), raw)
         out.append((module, attr, int(value) if isinstance(value, str) else value))
     return out
-
-
-def set_knobs(knobs: list[tuple[Any, str, Any]]) -> list[tuple[Any, str, Any]]:
-    """Sets each knob; returns the previous values in the same form (to set them back)."""
-    before = [(m, a, getattr(m, a)) for m, a, _ in knobs]
-    for m, a, v in knobs:
-        setattr(m, a, v)
-    return before
 
 
 def _speedups(rows: list[dict]) -> None:
