@@ -34,7 +34,8 @@
 # digits precision check of the default path
 # (CONV_SCAN=1 adds the scan with the dCB kernel's two loop orders; CONV_LIMIT sets the training rows' seconds,
 # CONV_VARIANTS their variants).
-# --split (about 8 minutes; BUDGET seconds, default 500): the decode state update's work splits over 24 layers'
+# --split (about 8 minutes; BUDGET seconds, default 500): the decode kernels against PyTorch (gpu_check --decode;
+# SPLIT_CHECK=0 skips them), the decode state update's work splits over 24 layers'
 # states (gpu_check --tiles), then GPT-B and AiM-B at batch 16 and 64 with the rule's split, the fastest swept one
 # and those SPLITS names (default 64x8; sampling.py --step-splits), timed interleaved, with per-kernel profiles.
 # --core (about 6 minutes; CORE_LIMIT seconds for the training rows, default 380): the one-op mixer core's and the
@@ -151,6 +152,8 @@ if [ "$QUICK" = "--graph-loss" ]; then  # the compiled loss kernel with and with
   exit 0
 fi
 if [ "$QUICK" = "--split" ]; then  # the state update's work splits over 24 layers, then AiM-B with the fastest
+  [ "${SPLIT_CHECK:-1}" = 1 ] && LIMIT=120 run plugins/mamba/scripts/gpu_check.py --decode \
+    --out "$OUT/mamba_gpu_check_decode_$CARD.json"
   LIMIT=200 run plugins/mamba/scripts/gpu_check.py --tiles --out "$OUT/decode_tiles_stream_$CARD.json"
   LIMIT=$((${BUDGET:-500} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
     --step-tiles "$OUT/decode_tiles_stream_$CARD.json" --step-splits "${SPLITS:-64x8}" --profile \

@@ -284,7 +284,7 @@ def swept_tile_rule(path: str) -> Callable[..., Any]:
     for r in json.loads(Path(path).read_text())["decode_kernel_timing"]:
         key = (r["state"], r["batch"] * r["nheads"])
         if key not in best or r["ms"] < best[key][0]:
-            best[key] = (r["ms"], StepTile(r["block_p"], r["num_warps"], r["heads"], r["stream"]))
+            best[key] = (r["ms"], StepTile(r["block_p"], r["num_warps"], r["heads"], r["stream"], r.get("stages", 1)))
 
     def rule(rows: int, p: int, quant: bool = False) -> Any:
         kind = "int8" if quant else "bf16"
@@ -306,20 +306,21 @@ def _with_tile_rule(call: Callable[[], Any], rule: Callable[..., Any]) -> Callab
 
 
 def fixed_split_rule(spec: str) -> tuple[str, Callable[..., Any]]:
-    """``32x8``, ``64x8:stream``, ``32x4:h2`` (head dims x warps, then streaming and heads a program) as a
-    (label, rule) pair that gives that split at every size."""
+    """``32x8``, ``64x8:stream``, ``32x8:h4:s2`` (head dims x warps, then streaming, heads a program and the
+    pipeline depth of the loop over them) as a (label, rule) pair that gives that split at every size."""
     from avgkit_mamba.ops.triton_step import StepTile
 
     head, *flags = spec.strip().split(":")
     try:
         block_p, warps = (int(v) for v in head.split("x"))
         heads = next((int(f[1:]) for f in flags if f.startswith("h")), 1)
+        stages = next((int(f[1:]) for f in flags if f.startswith("s") and f != "stream"), 1)
     except ValueError:
-        raise SystemExit(f"--step-splits: cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN], e.g. 32x8:stream") \
-            from None
-    if any(f not in ("stream",) and not f.startswith("h") for f in flags):
-        raise SystemExit(f"--step-splits: unknown flag in {spec!r}; use stream and hN")
-    tile = StepTile(block_p, warps, heads, "stream" in flags)
+        raise SystemExit(f"--step-splits: cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN][:sN], "
+                         "e.g. 32x8:h4:s2") from None
+    if any(f != "stream" and f[:1] not in ("h", "s") for f in flags):
+        raise SystemExit(f"--step-splits: unknown flag in {spec!r}; use stream, hN and sN")
+    tile = StepTile(block_p, warps, heads, "stream" in flags, stages)
     return f"split {spec.strip()}", lambda rows, p, quant=False: tile
 
 
@@ -406,7 +407,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="a gpu_check.py --tiles report: the variant rows also run with its fastest work splits")
     ap.add_argument("--step-splits", default="", metavar="SPLITS",
                     help="comma-separated state-update splits the variant rows also run with, each at every size: "
-                         "BLOCK_PxWARPS[:stream][:hN], e.g. 64x4,32x8:stream")
+                         "BLOCK_PxWARPS[:stream][:hN][:sN] (sN: the loop over heads pipelined N deep), "
+                         "e.g. 32x8,32x8:h4:s2")
     ap.add_argument("--smoke", action="store_true", help="the harness on the CPU with tiny models")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)

@@ -429,10 +429,13 @@ def _timing_fields(ts: list[float], problem: dict, bandwidth: float | None) -> d
 
 
 def _tile_candidates() -> list:
-    """The state-update kernel's work splits ``--tiles`` times: head-dim blocks, warps, heads a program, streaming."""
+    """The state-update kernel's work splits ``--tiles`` times: one head a program (head-dim blocks, warps,
+    streaming), and several heads a program with the loop over them pipelined 2 or 3 deep (eight warps: the fewest
+    registers a thread, measured by compiling for sm_90)."""
     from avgkit_mamba.ops.triton_step import StepTile
 
-    return [StepTile(bp, w, h, st) for bp in (32, 64) for w in (4, 8) for h in (1, 2, 4) for st in (False, True)]
+    return ([StepTile(bp, w, 1, st) for bp in (16, 32, 64) for w in (4, 8) for st in (False, True)]
+            + [StepTile(bp, 8, h, False, s) for bp in (16, 32) for h in (2, 4) for s in (2, 3)])
 
 
 def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat16, *, p: int = 64, n: int = 128,
@@ -594,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             from avgkit_mamba.ops.triton_step import StepTile
 
             sweep = time_decode_tiles(2, dtype=torch.float32, layers=2, reps=1, warmup=0, rounds=1, device=device,
-                                      tiles=[StepTile(8, 1), StepTile(16, 2, 2, True)], **layer)
+                                      tiles=[StepTile(8, 1), StepTile(16, 2, 2, True, 2)], **layer)
         else:
             sweep = [r for b in (32, 128) for r in time_decode_tiles(b, 24, bandwidth=bandwidth)]
         for r in sweep:

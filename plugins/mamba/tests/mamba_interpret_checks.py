@@ -311,7 +311,7 @@ def decode_checks() -> None:
         check(f"decode step #{i} ssm state", max_rel_err(ssm, ssm_ref), 1e-5)
 
     # every work split of the state-update kernel gives the same bits (bf16 and int8 states, 8 heads in 2 groups):
-    # heads a program (with the next head's tile in flight), streaming cache hints, head-dim blocks
+    # heads a program (and the loop over them pipelined), streaming cache hints, head-dim blocks
     from avgkit_mamba.ops import triton_step
     from avgkit_mamba.ops.state_quant import quantize_rows_
 
@@ -323,7 +323,8 @@ def decode_checks() -> None:
     for sdt in (torch.bfloat16, torch.int8):
         outs = []
         for tile in (triton_step.StepTile(8, 4), triton_step.StepTile(8, 4, 2, True), triton_step.StepTile(4, 2, 4),
-                     triton_step.StepTile(8, 4, 4, True), triton_step.StepTile(8, 4, 3)):  # 3: falls back to 1
+                     triton_step.StepTile(8, 4, 4, True), triton_step.StepTile(8, 4, 3),  # 3: falls back to 1
+                     triton_step.StepTile(8, 4, 2, True, 2), triton_step.StepTile(4, 2, 4, False, 3)):
             gen8 = torch.Generator().manual_seed(7)
             conv8, vals = torch.randn(b, cd8, w, generator=gen8), torch.randn(b, h8, p, n, generator=gen8)
             scale8 = None

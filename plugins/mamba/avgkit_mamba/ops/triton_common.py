@@ -4,8 +4,8 @@ Each helper has its PyTorch reference named in its docstring; the kernels that u
 are checked against those references under the interpreter (``tests/mamba_interpret_checks.py``).
 
 * ``_softplus``: ``torch.nn.functional.softplus`` (threshold 20).
-* ``_conv_window`` / ``_conv_out`` / ``_conv_x`` / ``_conv_bc`` / ``_conv_inputs``: one token of the causal depthwise
-  conv, :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
+* ``_conv_window`` / ``_conv_out`` / ``_conv_x`` / ``_conv_bc`` / ``_conv_inputs`` / ``_shift_windows``: one token
+  of the causal depthwise conv, :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
 * ``_dequantize_rows`` / ``_quantize_rows``: the one-byte state,
   :mod:`avgkit_mamba.ops.state_quant`.
 
@@ -91,14 +91,20 @@ def _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p,
     The x channels belong to the calling program alone, so it shifts their window here (B
     and C are shared by a group's heads: a later launch shifts theirs).
     """
-    offs_w = tl.arange(0, BLOCK_W)
+    x = _conv_x_from_old(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS,
+                         BLOCK_W)
+    _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, hi * P + offs_p, mask_p, W, BLOCK_W)
+    return x
+
+
+@triton.jit
+def _conv_x_from_old(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p,
+                     HAS_CONV_BIAS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This token's x for head ``hi``'s channels ``offs_p`` after conv + SiLU, their window left as it was (the
+    caller shifts it later with ``_shift_windows``)."""
     chan_x = hi * P + offs_p
     win_x = _conv_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, xbc_row, W, BLOCK_W)
-    x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
-    tl.debug_barrier()  # the old window is read before it is overwritten (module docstring)
-    tl.store(conv_row + chan_x[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_x,
-             mask=mask_p[:, None] & (offs_w[None, :] < W))
-    return x
+    return _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
 
 
 @triton.jit
@@ -116,16 +122,20 @@ def _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, ngroups, N, 
 
 
 @triton.jit
+def _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, chan, chan_mask, W, BLOCK_W: tl.constexpr):
+    """Append this token to the conv windows of channels ``chan``, in place, once nothing reads their old windows."""
+    offs_w = tl.arange(0, BLOCK_W)
+    win = _conv_window(conv_row, s_cs_c, s_cs_w, chan, chan_mask, xbc_row, W, BLOCK_W)
+    tl.debug_barrier()  # the old window is read before it is overwritten (module docstring)
+    tl.store(conv_row + chan[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win,
+             mask=chan_mask[:, None] & (offs_w[None, :] < W))
+
+
+@triton.jit
 def _shift_bc_windows(conv_row, xbc_row, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner, offs_n, mask_n,
                       BLOCK_W: tl.constexpr):
     """Append this token's B and C to group ``gi``'s conv windows, once every head of the group has
     read the old ones."""
-    offs_w = tl.arange(0, BLOCK_W)
-    wmask = mask_n[:, None] & (offs_w[None, :] < W)
     chan_b = d_inner + gi * N + offs_n
-    chan_c = chan_b + ngroups * N
-    win_b = _conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W)
-    win_c = _conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W)
-    tl.debug_barrier()  # the old window is read before it is overwritten (module docstring)
-    tl.store(conv_row + chan_b[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_b, mask=wmask)
-    tl.store(conv_row + chan_c[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win_c, mask=wmask)
+    _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, chan_b, mask_n, W, BLOCK_W)
+    _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, chan_b + ngroups * N, mask_n, W, BLOCK_W)

@@ -1,9 +1,10 @@
 """Triton kernels for a Mamba-2 layer's decode step (one token): two launches per layer.
 
 1. ``_step_kernel``, one program per (batch row, heads of one group, block of head dims):
-   issues the read of its first SSM state tile first (the one large read of the step),
-   convolves the group's B and C channels from their *old* windows, then for each head
-   (the next head's tile already loading) shifts the conv window of its own x channels,
+   with one head, issues the read of its SSM state tile first (the one large read of the
+   step); convolves the group's B and C channels from their *old* windows, then for each
+   head (with several heads, the next heads' tiles staged through shared memory while one
+   updates, ``StepTile.stages``) shifts the conv window of its own x channels,
    convolves them (+ bias, SiLU), discretises dt (bias + softplus, and
    ``A = -exp(A_log)`` when given the log), updates the state tile in place, reads it
    out with C, adds the ``D`` skip and gates with ``silu(z)``.
@@ -31,19 +32,56 @@ from torch import Tensor
 from avgkit_mamba.ops.ssd_torch import check_step_shapes, split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
     _conv_bc,
-    _conv_x,
+    _conv_x_from_old,
     _dequantize_rows,
     _quantize_rows,
     _shift_bc_windows,
+    _shift_windows,
     _softplus,
 )
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 
 __all__ = ["StepTile", "decode_step_triton", "fused_step_triton", "split_rule"]
 
-#: Heads a program updates under the interpreter: two, so the checks run the prefetching loop where the
-#: heads per group allow it.
+#: Heads a program updates under the interpreter: two, so the checks run the loop over heads where the heads per
+#: group allow it.
 INTERP_HEADS = 2
+
+
+@triton.jit
+def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, cw_ptr, cb_ptr, dt_ptr, z_ptr,
+                 A_ptr, D_ptr, bias_ptr, y_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h,
+                 s_y_b, offs_p, mask_p, A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr,
+                 HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_W: tl.constexpr,
+                 STORE_CACHE: tl.constexpr):
+    """Head ``hi``'s step from its loaded state tile: conv of its x channels (their window shifted later), dt, the
+    update (stored in place), y = C . state + D x, gated by silu(z)."""
+    dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += tl.load(bias_ptr + hi).to(tl.float32)
+    dt = _softplus(dt)
+    a = tl.load(A_ptr + hi).to(tl.float32)
+    if A_IS_LOG:
+        a = -tl.exp(a)
+    decay = tl.exp(dt * a)
+    x = _conv_x_from_old(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS,
+                         BLOCK_W)
+    s_ptrs = s_row + hi * s_ss_h
+    if QUANT:
+        new = _dequantize_rows(state, row_scale) * decay + (dt * x)[:, None] * Bv[None, :]
+        q, new_scale = _quantize_rows(new)
+        tl.store(s_ptrs, q, mask=smask, cache_modifier=STORE_CACHE)
+        tl.store(sc_row + hi * s_sc_h, new_scale, mask=mask_p)
+    else:
+        new = state.to(tl.float32) * decay + (dt * x)[:, None] * Bv[None, :]
+        tl.store(s_ptrs, new.to(s_row.dtype.element_ty), mask=smask, cache_modifier=STORE_CACHE)
+    y = tl.sum(new * Cv[None, :], axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + hi).to(tl.float32) * x
+    if HAS_Z:
+        zz = tl.load(z_ptr + bi * s_z_b + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    tl.store(y_ptr + bi * s_y_b + hi * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
 
 
 @triton.jit
@@ -57,7 +95,8 @@ def _step_kernel(
     s_y_b,
     A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_W: tl.constexpr, HEADS: tl.constexpr, LOAD_EVICT: tl.constexpr, STORE_CACHE: tl.constexpr,
+    BLOCK_W: tl.constexpr, HEADS: tl.constexpr, STAGES: tl.constexpr, LOAD_EVICT: tl.constexpr,
+    STORE_CACHE: tl.constexpr,
 ):
     """One program: batch row ``bi``, ``HEADS`` heads of one group from ``h0``, head dims block ``pb``."""
     bi = tl.program_id(0).to(tl.int64)
@@ -68,56 +107,41 @@ def _step_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_p = offs_p < P
     mask_n = offs_n < N
-
-    # the first state tile first: its latency hides behind the conv work below
     s_row = ssm_ptr + bi * s_ss_b + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
     smask = mask_p[:, None] & mask_n[None, :]
-    state = tl.load(s_row + h0 * s_ss_h, mask=smask, other=0.0, eviction_policy=LOAD_EVICT)
     sc_row = scale_ptr + bi * s_sc_b + offs_p * s_sc_p
-    if QUANT:
-        row_scale = tl.load(sc_row + h0 * s_sc_h, mask=mask_p, other=0.0)
     conv_row = conv_ptr + bi * s_cs_b
     xbc_row = xbc_ptr + bi * s_xbc_b
+    if HEADS == 1:
+        # the state tile first: its latency hides behind the conv work below
+        state = tl.load(s_row + h0 * s_ss_h, mask=smask, other=0.0, eviction_policy=LOAD_EVICT)
+        row_scale = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        if QUANT:
+            row_scale = tl.load(sc_row + h0 * s_sc_h, mask=mask_p, other=0.0)
     Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, nheads // hpg, N, W, d_inner, offs_n,
                       mask_n, HAS_CONV_BIAS, BLOCK_W)
-
-    for j in tl.static_range(HEADS):  # the group's B and C serve every head of the program
-        hi = h0 + j
-        if j + 1 < HEADS:  # the next head's tile is in flight while this one updates
-            nxt = tl.load(s_row + (hi + 1) * s_ss_h, mask=smask, other=0.0, eviction_policy=LOAD_EVICT)
+    if HEADS == 1:
+        _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, cw_ptr, cb_ptr, dt_ptr,
+                     z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, h0, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
+                     s_ss_h, s_sc_h, s_y_b, offs_p, mask_p, A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS,
+                     QUANT, BLOCK_W, STORE_CACHE)
+    else:
+        # the group's B and C serve every head of the program; with STAGES > 1 the compiler stages the next
+        # heads' state tiles through shared memory (asynchronous copies) while this one updates
+        for hi in tl.range(h0, h0 + HEADS, num_stages=STAGES):
+            state = tl.load(s_row + hi * s_ss_h, mask=smask, other=0.0, eviction_policy=LOAD_EVICT)
+            row_scale = tl.zeros((BLOCK_P,), dtype=tl.float32)
             if QUANT:
-                nxt_scale = tl.load(sc_row + (hi + 1) * s_sc_h, mask=mask_p, other=0.0)
-        dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
-        if HAS_DT_BIAS:
-            dt += tl.load(bias_ptr + hi).to(tl.float32)
-        dt = _softplus(dt)
-        a = tl.load(A_ptr + hi).to(tl.float32)
-        if A_IS_LOG:
-            a = -tl.exp(a)
-        decay = tl.exp(dt * a)
-        x = _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS,
-                    BLOCK_W)
-
-        s_ptrs = s_row + hi * s_ss_h
-        if QUANT:
-            new = _dequantize_rows(state, row_scale) * decay + (dt * x)[:, None] * Bv[None, :]
-            q, new_scale = _quantize_rows(new)
-            tl.store(s_ptrs, q, mask=smask, cache_modifier=STORE_CACHE)
-            tl.store(sc_row + hi * s_sc_h, new_scale, mask=mask_p)
-        else:
-            new = state.to(tl.float32) * decay + (dt * x)[:, None] * Bv[None, :]
-            tl.store(s_ptrs, new.to(ssm_ptr.dtype.element_ty), mask=smask, cache_modifier=STORE_CACHE)
-        y = tl.sum(new * Cv[None, :], axis=1)
-        if HAS_D:
-            y += tl.load(D_ptr + hi).to(tl.float32) * x
-        if HAS_Z:
-            zz = tl.load(z_ptr + bi * s_z_b + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(y_ptr + bi * s_y_b + hi * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
-        if j + 1 < HEADS:
-            state = nxt
-            if QUANT:
-                row_scale = nxt_scale
+                row_scale = tl.load(sc_row + hi * s_sc_h, mask=mask_p, other=0.0)
+            _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, cw_ptr, cb_ptr, dt_ptr,
+                         z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
+                         s_ss_h, s_sc_h, s_y_b, offs_p, mask_p, A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS,
+                         QUANT, BLOCK_W, STORE_CACHE)
+    # the program's x windows shift once every head has read them: no barrier inside the loop, which would keep
+    # the compiler from pipelining it
+    offs_hp = tl.arange(0, HEADS * BLOCK_P)
+    p_hp = pb * BLOCK_P + offs_hp % BLOCK_P
+    _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, (h0 + offs_hp // BLOCK_P) * P + p_hp, p_hp < P, W, BLOCK_W)
 
 
 @triton.jit
@@ -144,16 +168,19 @@ def _epilogue_kernel(
 
 class StepTile(NamedTuple):
     """How the state-update kernel splits its work: head dims a program (``block_p``), its warps, heads of one
-    group a program (``heads``: the next head's state tile loads while this one updates, B and C are convolved
-    once), and whether the state streams past the L2 cache (``stream``: loads evicted first, stores marked
-    streaming). Each state row is updated and read out within one program, so the state's values do not depend
-    on the split (the interpreter checks give every split the same bits); on a GPU the warps may change the order
-    in which y's sum over d_state rounds, and the rule keeps them fixed for every batch size."""
+    group a program (``heads``: B and C are convolved once for them), the pipeline depth of that loop over heads
+    (``stages``: with 2 or more the compiler stages the next heads' state tiles through shared memory with
+    asynchronous copies while one updates; 1: one tile at a time), and whether the state streams past the L2
+    cache (``stream``: loads evicted first, stores marked streaming). Each state row is updated and read out within
+    one program, so the state's values do not depend on the split (the interpreter checks give every split the
+    same bits); on a GPU the warps may change the order in which y's sum over d_state rounds, and the rule keeps
+    them fixed for every batch size."""
 
     block_p: int
     num_warps: int
     heads: int = 1
     stream: bool = False
+    stages: int = 1
 
 
 def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
@@ -228,7 +255,7 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
         *sc_strides,
-        y.stride(0), **flags, BLOCK_P=tile.block_p, HEADS=heads, LOAD_EVICT="evict_first" if tile.stream else "",
+        y.stride(0), **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages, LOAD_EVICT="evict_first" if tile.stream else "",
         STORE_CACHE=".cs" if tile.stream else "", num_warps=tile.num_warps, num_stages=1,
     )
 
