@@ -449,7 +449,7 @@ def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat
     from avgkit_mamba.ops.dispatch import decode_step
 
     tiles = tiles if tiles is not None else _tile_candidates()
-    rule = triton_step._tile(batch * nheads, p)
+    rules = {st: triton_step._tile(batch * nheads, p, st == "int8") for st in states}
     stacks = {st: [_decode_step_problem(batch, nheads, st, dtype, p=p, n=n, device=device, seed=i)
                    for i in range(layers)] for st in states}
     keys = [(st, tile) for st in states for tile in tiles if tile.block_p <= p]
@@ -472,7 +472,7 @@ def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat
     for _ in range(rounds):
         for key, replay in replays.items():
             times[key].append(graph_ms(replay, device, warmup, reps, calls=4) / layers)
-    return [{"batch": batch, "nheads": nheads, "layers": layers, "state": st, **tile._asdict(), "rule": tile == rule,
+    return [{"batch": batch, "nheads": nheads, "layers": layers, "state": st, **tile._asdict(), "rule": tile == rules[st],
              **_timing_fields(ts, stacks[st][0], bandwidth), "state_rel_err": errs[(st, tile)]}
             for (st, tile), ts in times.items()]
 

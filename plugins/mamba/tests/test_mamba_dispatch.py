@@ -89,3 +89,17 @@ def test_short_problems_run_the_pinned_config_on_a_gpu(monkeypatch) -> None:
     assert fixed.pinned({"seqlen": 256})
     monkeypatch.setattr(triton_launch, "INTERPRET", True)
     assert tuned.pinned({"seqlen": 256})
+
+
+@pytest.mark.parametrize("rows", [32 * 24, 128 * 24, 512 * 24])
+def test_decode_tile_rules_give_launch_sizes_on_a_gpu(rows: int) -> None:
+    """The GPU branch of each decode kernel's tile rule, which the interpreter never takes: a program's head dims
+    and warps as powers of two (the chunked form once unpacked the recurrent rule's tuple wrongly)."""
+    pytest.importorskip("triton")
+    from avgkit_mamba.ops import triton_step, triton_window
+
+    for quant in (False, True):
+        tile = triton_step._tile(rows, 64, quant)
+        assert isinstance(tile, triton_step.StepTile) and tile.block_p <= 64 and tile.heads >= 1 and tile.stages >= 1
+    block_p, warps = triton_window.window_tile(rows, 64, interpret=False)
+    assert block_p in (16, 32, 64) and warps in (1, 2, 4, 8, 16)

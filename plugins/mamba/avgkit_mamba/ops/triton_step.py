@@ -32,6 +32,7 @@ from torch import Tensor
 from avgkit_mamba.ops.ssd_torch import check_step_shapes, split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
     _conv_bc,
+    _conv_x,
     _conv_x_from_old,
     _dequantize_rows,
     _quantize_rows,
@@ -53,9 +54,10 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
                  A_ptr, D_ptr, bias_ptr, y_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h,
                  s_y_b, offs_p, mask_p, A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr,
                  HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_W: tl.constexpr,
-                 STORE_CACHE: tl.constexpr):
-    """Head ``hi``'s step from its loaded state tile: conv of its x channels (their window shifted later), dt, the
-    update (stored in place), y = C . state + D x, gated by silu(z)."""
+                 STORE_CACHE: tl.constexpr, SHIFT_X: tl.constexpr):
+    """Head ``hi``'s step from its loaded state tile: conv of its x channels (their window shifted here with
+    ``SHIFT_X``, else later by the caller), dt, the update (stored in place), y = C . state + D x, gated by
+    silu(z)."""
     dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(bias_ptr + hi).to(tl.float32)
@@ -64,8 +66,11 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
     if A_IS_LOG:
         a = -tl.exp(a)
     decay = tl.exp(dt * a)
-    x = _conv_x_from_old(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS,
-                         BLOCK_W)
+    if SHIFT_X:
+        x = _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS, BLOCK_W)
+    else:
+        x = _conv_x_from_old(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p,
+                             HAS_CONV_BIAS, BLOCK_W)
     s_ptrs = s_row + hi * s_ss_h
     if QUANT:
         new = _dequantize_rows(state, row_scale) * decay + (dt * x)[:, None] * Bv[None, :]
@@ -124,7 +129,7 @@ def _step_kernel(
         _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, cw_ptr, cb_ptr, dt_ptr,
                      z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, h0, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
                      s_ss_h, s_sc_h, s_y_b, offs_p, mask_p, A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS,
-                     QUANT, BLOCK_W, STORE_CACHE)
+                     QUANT, BLOCK_W, STORE_CACHE, True)
     else:
         # the group's B and C serve every head of the program; with STAGES > 1 the compiler stages the next
         # heads' state tiles through shared memory (asynchronous copies) while this one updates
@@ -136,12 +141,14 @@ def _step_kernel(
             _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, cw_ptr, cb_ptr, dt_ptr,
                          z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
                          s_ss_h, s_sc_h, s_y_b, offs_p, mask_p, A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS,
-                         QUANT, BLOCK_W, STORE_CACHE)
-    # the program's x windows shift once every head has read them: no barrier inside the loop, which would keep
-    # the compiler from pipelining it
-    offs_hp = tl.arange(0, HEADS * BLOCK_P)
-    p_hp = pb * BLOCK_P + offs_hp % BLOCK_P
-    _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, (h0 + offs_hp // BLOCK_P) * P + p_hp, p_hp < P, W, BLOCK_W)
+                         QUANT, BLOCK_W, STORE_CACHE, False)
+        # the program's x windows shift once every head has read them: a barrier inside the loop would keep the
+        # compiler from pipelining it (with one head the shift stays before the update: measured faster for an
+        # int8 state, docs/benchmarks.md)
+        offs_hp = tl.arange(0, HEADS * BLOCK_P)
+        p_hp = pb * BLOCK_P + offs_hp % BLOCK_P
+        _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, (h0 + offs_hp // BLOCK_P) * P + p_hp, p_hp < P, W,
+                       BLOCK_W)
 
 
 @triton.jit

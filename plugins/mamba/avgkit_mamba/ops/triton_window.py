@@ -126,6 +126,15 @@ def _window_step_kernel(
             tl.store(s_ptrs, folded.to(ssm_ptr.dtype.element_ty), mask=smask)
 
 
+def window_tile(rows: int, p: int, interpret: bool) -> tuple[int, int]:
+    """(head dims a program, warps) of the window kernel for ``rows`` (batch x heads) tiles of ``p`` head dims: the
+    recurrent step's rule (``triton_step._tile``), small tiles under the interpreter."""
+    if interpret:
+        return min(triton.next_power_of_2(p), 16), 4
+    tile = _tile(rows, p)
+    return tile.block_p, tile.num_warps
+
+
 def window_step_triton(
     zxbcdt: Tensor,
     conv_state: Tensor,
@@ -163,7 +172,7 @@ def window_step_triton(
     sc = state_scale if state_scale is not None else A_log
     sc_strides = state_scale.stride() if state_scale is not None else (0, 0, 0)
     y = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
-    block_p, warps = (min(triton.next_power_of_2(p), 16), 4) if INTERPRET else _tile(b * nheads, p)
+    block_p, warps = window_tile(b * nheads, p, INTERPRET)
     # the window's tile at least 16 rows (masked, so no traffic): the fold's tl.dot needs every dim >= 16
     block_n, block_k = triton.next_power_of_2(n), max(triton.next_power_of_2(window), 16)
     _window_step_kernel[(b, nheads, triton.cdiv(p, block_p))](
