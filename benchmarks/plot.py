@@ -132,10 +132,11 @@ def training(paths: tuple[Path, ...] = (RESULTS / "train_step_compile_blocks_h20
 
 
 def training_h100(images: Path = IMAGES) -> Path | None:
-    """The one-op mixer core against its three ops, beside the reference; then AiM-B with the reference run first
-    (three H100 calls, each one process)."""
+    """The one-op mixer core against its three ops, beside the reference; then AiM-B and AiM-L with the reference
+    run first (AiM-L with the scan's chunk at 256, 64 and 128 tokens; four H100 calls, each one process)."""
     return training((RESULTS / "train_step_core_first_h100.json", RESULTS / "train_step_core_strides_h100.json",
-                     RESULTS / "train_step_tune_b_h100.json"), images, "train_step_h100.png", "H100s")
+                     RESULTS / "train_step_tune_b_h100.json", RESULTS / "train_step_tune_l_chunk_h100.json"), images,
+                    "train_step_h100.png", "H100s")
 
 
 def decode_split(path: Path = RESULTS / "sampling_split_h100.json", images: Path = IMAGES) -> Path | None:
