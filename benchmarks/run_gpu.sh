@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --core | --precision | --tune]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --linear | --core | --precision | --tune]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -38,6 +38,8 @@
 # SPLIT_CHECK=0 skips them), the decode state update's work splits over 24 layers'
 # states (gpu_check --tiles), then GPT-B and AiM-B at batch 16 and 64 with the rule's split, the fastest swept one
 # and those SPLITS names (default 64x8; sampling.py --step-splits), timed interleaved, with per-kernel profiles.
+# --linear (about 4 minutes): the decode kernels against PyTorch (gpu_check --decode), then AiM-B's decode projections
+# alone (decode_linear.py: cuBLAS, cuBLASLt and Triton tiles against the weights' floor).
 # --core (about 6 minutes; CORE_LIMIT seconds for the training rows, default 380): the one-op mixer core's and the
 # conv's GPU tests (CORE_TESTS=0 skips them), then AiM-B and AiM-L with the core against its three ops and with the
 # norms recomputed (CORE_VARIANTS), beside the reference, and AiM-B's step by kernel.
@@ -148,6 +150,12 @@ if [ "$QUICK" = "--graph-loss" ]; then  # the compiled loss kernel with and with
     --out "$OUT/train_step_loss_graph_$CARD.json"
   LIMIT=$((${BUDGET:-540} - SECONDS + START)) run benchmarks/precision_check.py --paths today,bf16 \
     --work /tmp/precision --out "$OUT/precision_check_graph_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--linear" ]; then  # the decode kernels' GPU checks, then the decode step's projections alone
+  LIMIT=150 run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
+  LIMIT=${LINEAR_LIMIT:-240} run benchmarks/decode_linear.py --out "$OUT/decode_linear_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

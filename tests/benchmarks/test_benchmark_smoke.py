@@ -86,6 +86,14 @@ def _ssd_scan(report: dict[str, Any]) -> None:
     assert all(r["fwd_bwd_ms"] > 0 and r["max_rel_diff"] < 1e-5 for r in sweep.values()), sweep
 
 
+def _decode_linear(report: dict[str, Any]) -> None:
+    # every candidate ran both projections and matched the fp32 product (the smoke runs in fp32)
+    assert set(report["results"]) == {"in_proj rows 4", "out_proj rows 4"}, report["results"]
+    for per in report["results"].values():
+        assert set(per) == {"cublas", "triton 0x16x16x2x4"}, per
+        assert all(row["us"] > 0 and row["max_rel_err"] < 1e-5 for row in per.values()), per
+
+
 def _gated_norm(report: dict[str, Any]) -> None:
     settings = report["results"]["tiny"]  # rows loaded two at a time give the same results
     assert list(settings) == ["4x1x0", "4x2x0"], settings
@@ -404,6 +412,7 @@ CASES: list[Smoke] = [
     Smoke("benchmarks/ssd_scan.py", args=("--smoke", "--dcb-sweep", "smoke", "--out", "{tmp}/out.json"),
           keys=("gpu", "triton", "shape", "results"), check=_ssd_scan),
     Smoke("benchmarks/gated_norm.py", keys=(*ENVIRONMENT, "gpu", "results", "fastest"), check=_gated_norm),
+    Smoke("benchmarks/decode_linear.py", keys=(*ENVIRONMENT, "gpu", "results", "fastest"), check=_decode_linear),
     Smoke("benchmarks/startup.py", keys=(*ENVIRONMENT, "model", "rows"), check=_startup),
     Smoke("benchmarks/state_precision.py", keys=(*ENVIRONMENT, "decode_path", "gate", "verdict"),
           check=_state_precision),

@@ -1,0 +1,167 @@
+"""A decoding step's projections against their weights' floor: cuBLAS and the alternatives.
+
+AiM-B's decode step reads 24 layers' ``in_proj`` (768 -> 3352) and ``out_proj`` (1536 -> 768)
+weights once per token, for 2 x batch rows (CFG). On an H100 these GEMMs ran at about a
+quarter of their weights' floor in the sampler's profile (0.24 ms a step at batch 16 against
+0.06 ms), so this script times them alone, with 24 layers' distinct weights (180 MB, more
+than L2 holds, as in the sampler), replayed from a CUDA graph, for each candidate:
+
+* ``cublas``: ``F.linear`` (what the model runs);
+* ``cublaslt``: the same with ``torch.backends.cuda.preferred_blas_library("cublaslt")``;
+* ``triton BMxBNxBKxSTAGESxWARPS``: one program per (row block, column block) looping over
+  K with its loads pipelined, so each weight tile is read once per row block.
+
+Per candidate and shape: microseconds per projection, the weights' bytes over that time as a
+fraction of the copy bandwidth measured in the run, and the largest difference from an fp32
+``F.linear`` (relative to its largest value).
+
+    python benchmarks/decode_linear.py --out decode_linear.json [--rows 32,128] [--configs 32x32x128x4x4]
+    python benchmarks/decode_linear.py --smoke --out FILE   # tiny shapes on the CPU, Triton interpreted
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if "--smoke" in sys.argv:  # the Triton interpreter must be chosen before Triton is imported
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import add_smoke_flag, copy_bandwidth, device_for, median_ms, smoke_out, write_result  # noqa: E402
+
+#: AiM-B's projections: (out features, in features)
+SHAPES = {"in_proj": (3352, 768), "out_proj": (768, 1536)}
+SMOKE_SHAPES = {"in_proj": (40, 32), "out_proj": (32, 24)}
+LAYERS = 24
+#: BLOCK_M x BLOCK_N x BLOCK_K x STAGES x WARPS (BLOCK_M 0: the rows rounded up to a power of two, 16 to 128)
+CONFIGS = "0x16x128x4x4,0x32x128x4x4,0x32x64x5x4,0x64x64x4x4,0x16x256x3x4,64x32x128x3x4,32x16x128x4x4"
+SMOKE_CONFIGS = "0x16x16x2x4"
+
+
+@triton.jit
+def _linear_kernel(x_ptr, w_ptr, y_ptr, M, N, K, s_xm, s_wn, s_ym,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """y[m, n] = sum_k x[m, k] w[n, k] for one (row block, column block), fp32 accumulation."""
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        offs_k = k + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * s_xm + offs_k[None, :],
+                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+        w = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :],
+                    mask=(offs_n[:, None] < N) & (offs_k[None, :] < K), other=0.0)
+        acc = tl.dot(x, tl.trans(w), acc)
+    tl.store(y_ptr + offs_m[:, None] * s_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def triton_linear(x: torch.Tensor, w: torch.Tensor, config: tuple[int, ...], out: torch.Tensor) -> torch.Tensor:
+    bm, bn, bk, stages, warps = config
+    m, k = x.shape
+    n = w.shape[0]
+    bm = bm or min(128, max(16, triton.next_power_of_2(m)))
+    _linear_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
+        x, w, out, m, n, k, x.stride(0), w.stride(0), out.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps)
+    return out
+
+
+def _graph_ms(fn, device: torch.device, warmup: int, reps: int) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph (eager on the CPU)."""
+    if device.type != "cuda":
+        return median_ms(device, fn, warmup, reps)
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return median_ms(device, graph.replay, warmup, reps)
+
+
+def measure(rows: int, n: int, k: int, candidates: dict, device: torch.device, dtype: torch.dtype,
+            warmup: int, reps: int, copy_bw: float | None) -> dict:
+    g = torch.Generator(device=device).manual_seed(0)
+    xs = [torch.randn(rows, k, generator=g, device=device).to(dtype) for _ in range(LAYERS)]
+    ws = [(torch.randn(n, k, generator=g, device=device) / k ** 0.5).to(dtype) for _ in range(LAYERS)]
+    outs = [torch.empty(rows, n, device=device, dtype=dtype) for _ in range(LAYERS)]
+    want = F.linear(xs[0].float(), ws[0].float())
+    weight_bytes = n * k * ws[0].element_size()
+    result = {}
+    for name, call in candidates.items():
+        def all_layers(call=call) -> None:
+            for x, w, o in zip(xs, ws, outs, strict=True):
+                call(x, w, o)
+
+        try:
+            ms = _graph_ms(all_layers, device, warmup, reps) / LAYERS
+        except Exception as err:  # a config the card cannot run (shared memory): reported, not fatal
+            result[name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
+            continue
+        err = float((outs[0].float() - want).abs().max() / want.abs().max())
+        row = {"us": round(ms * 1e3, 2), "max_rel_err": err}
+        if copy_bw:
+            row["of_copy_bandwidth"] = round(weight_bytes / (ms / 1e3) / copy_bw, 3)
+        result[name] = row
+        print(f"rows {rows} {n}x{k} {name}: {row}", flush=True)
+    return result
+
+
+def candidates(configs: str, cuda: bool) -> dict:
+    def cublas(x, w, o):
+        torch.mm(x, w.t(), out=o)
+
+    def cublaslt(x, w, o):
+        previous = torch.backends.cuda.preferred_blas_library()
+        torch.backends.cuda.preferred_blas_library("cublaslt")
+        try:
+            torch.mm(x, w.t(), out=o)
+        finally:
+            torch.backends.cuda.preferred_blas_library(previous)
+
+    out = {"cublas": cublas}
+    if cuda:
+        out["cublaslt"] = cublaslt
+    for spec in configs.split(","):
+        config = tuple(int(v) for v in spec.split("x"))
+        out[f"triton {spec}"] = lambda x, w, o, config=config: triton_linear(x, w, config, o)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", default="32,128,512", help="comma-separated rows (2 x batch with CFG)")
+    ap.add_argument("--configs", default=CONFIGS, help="comma-separated BLOCK_MxBLOCK_NxBLOCK_KxSTAGESxWARPS")
+    ap.add_argument("--out", default=None)
+    add_smoke_flag(ap)
+    args = ap.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        print("decode_linear benchmark needs a CUDA GPU; none is visible", file=sys.stderr)
+        return 2
+    device = device_for(args.smoke)
+    shapes, configs = (SMOKE_SHAPES, SMOKE_CONFIGS) if args.smoke else (SHAPES, args.configs)
+    rows = [4] if args.smoke else [int(r) for r in args.rows.split(",")]
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    warmup, reps = (0, 1) if args.smoke else (10, 30)
+    copy_bw = None if args.smoke else copy_bandwidth()
+    cands = candidates(configs, device.type == "cuda")
+    results = {f"{name} rows {r}": measure(r, n, k, cands, device, dtype, warmup, reps, copy_bw)
+               for r in rows for name, (n, k) in shapes.items()}
+    fastest = {key: min((c for c in per if "us" in per[c]), key=lambda c: per[c]["us"]) for key, per in results.items()}
+    report = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "none (CPU smoke run)",
+              "copy_bandwidth_bytes_per_s": copy_bw, "dtype": str(dtype), "layers": LAYERS, "results": results,
+              "fastest": fastest}
+    print({"fastest": fastest}, flush=True)
+    write_result("decode_linear", report, smoke_out("decode_linear", args.out, args.smoke), quiet=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
