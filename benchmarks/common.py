@@ -140,8 +140,12 @@ def add_smoke_flag(parser: Any) -> None:
                         help="tiny sizes on the CPU: checks that the script runs (its numbers mean nothing)")
 
 
-def device_for(smoke: bool) -> torch.device:
-    """The device a benchmark measures on: the GPU, or the CPU in a smoke run."""
+def device_for(smoke: bool, script: str | None = None) -> torch.device:
+    """The device a benchmark measures on: the GPU, or the CPU in a smoke run. With ``script`` named, a run that is
+    not a smoke run on a machine without a GPU exits 2 with a one-line message instead."""
+    if script and not smoke and not torch.cuda.is_available():
+        print(f"{script} benchmark needs a CUDA GPU; none is visible (--smoke runs it on the CPU)", file=sys.stderr)
+        raise SystemExit(2)
     return torch.device("cpu" if smoke else "cuda")
 
 

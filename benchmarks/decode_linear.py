@@ -142,10 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     add_smoke_flag(ap)
     args = ap.parse_args(argv)
-    if not args.smoke and not torch.cuda.is_available():
-        print("decode_linear benchmark needs a CUDA GPU; none is visible", file=sys.stderr)
-        return 2
-    device = device_for(args.smoke)
+    device = device_for(args.smoke, "decode_linear")
     shapes, configs = (SMOKE_SHAPES, SMOKE_CONFIGS) if args.smoke else (SHAPES, args.configs)
     rows = [4] if args.smoke else [int(r) for r in args.rows.split(",")]
     dtype = torch.float32 if args.smoke else torch.bfloat16

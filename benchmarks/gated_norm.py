@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     add_smoke_flag(ap)
     args = ap.parse_args(argv)
-    if not args.smoke and not torch.cuda.is_available():
-        print("gated_norm benchmark needs a CUDA GPU; none is visible", file=sys.stderr)
-        return 2
-    device = device_for(args.smoke)
+    device = device_for(args.smoke, "gated_norm")
     from avgkit_mamba.ops import triton_gated_norm as tgn
 
     shapes, spec = (SMOKE_SHAPES, SMOKE_SETTINGS) if args.smoke else (SHAPES, args.settings)

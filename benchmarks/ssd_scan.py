@@ -173,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             print("--smoke needs TRITON_INTERPRET=1 set before Triton is imported", file=sys.stderr)
             return 2
         vars(args).update(SMOKE)
-    elif not torch.cuda.is_available():
-        print("ssd_scan benchmark needs a CUDA GPU; none is visible", file=sys.stderr)
-        return 2
-    device = device_for(args.smoke)
+    device = device_for(args.smoke, "ssd_scan")
     batch = 8 if args.quick else args.batch
     warmup, reps = (0, 1) if args.smoke else (2, 5) if args.quick else (10, 50)
     dtype = getattr(torch, args.dtype)
