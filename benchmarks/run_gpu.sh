@@ -154,8 +154,8 @@ if [ "$QUICK" = "--graph-loss" ]; then  # the compiled loss kernel with and with
   exit 0
 fi
 if [ "$QUICK" = "--linear" ]; then  # the decode kernels' GPU checks, then the decode step's projections alone
-  LIMIT=150 run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
-  LIMIT=${LINEAR_LIMIT:-240} run benchmarks/decode_linear.py --out "$OUT/decode_linear_$CARD.json"
+  LIMIT=${CHECK_LIMIT:-150} run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
+  LIMIT=${LINEAR_LIMIT:-240} run benchmarks/decode_linear.py --rows "${LINEAR_ROWS:-32,128,512}" --out "$OUT/decode_linear_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
