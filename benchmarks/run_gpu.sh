@@ -38,8 +38,9 @@
 # SPLIT_CHECK=0 skips them), the decode state update's work splits over 24 layers'
 # states (gpu_check --tiles), then GPT-B and AiM-B at batch 16 and 64 with the rule's split, the fastest swept one
 # and those SPLITS names (default 64x8; sampling.py --step-splits), timed interleaved, with per-kernel profiles.
-# --linear (about 4 minutes): the decode kernels against PyTorch (gpu_check --decode), then AiM-B's decode projections
-# alone (decode_linear.py: cuBLAS, cuBLASLt and Triton tiles against the weights' floor).
+# --linear (about 4 minutes): the state update's counters under Nsight Compute where the machine has it (ncu), the
+# decode kernels against PyTorch (gpu_check --decode), then AiM-B's decode projections alone (decode_linear.py:
+# cuBLAS, cuBLASLt and Triton tiles against the weights' floor).
 # --core (about 6 minutes; CORE_LIMIT seconds for the training rows, default 380): the one-op mixer core's and the
 # conv's GPU tests (CORE_TESTS=0 skips them), then AiM-B and AiM-L with the core against its three ops and with the
 # norms recomputed (CORE_VARIANTS), beside the reference, and AiM-B's step by kernel.
@@ -154,6 +155,18 @@ if [ "$QUICK" = "--graph-loss" ]; then  # the compiled loss kernel with and with
   exit 0
 fi
 if [ "$QUICK" = "--linear" ]; then  # the decode kernels' GPU checks, then the decode step's projections alone
+  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1)
+  if [ -n "$NCU" ]; then  # the state update's counters: occupancy, stalls, memory throughput (skips the compile calls)
+    for st in bf16 int8; do
+      echo "== [$((SECONDS - START)) s] ncu, $st state"
+      timeout 100 "$NCU" -k regex:_step_kernel --launch-skip 48 --launch-count 2 --section SpeedOfLight \
+        --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+        python3 plugins/mamba/scripts/gpu_check.py --step-only $st > "$OUT/ncu_step_${st}_$CARD.txt" 2>&1
+      tail -n 60 "$OUT/ncu_step_${st}_$CARD.txt"
+    done
+  else
+    echo "no ncu on this machine"
+  fi
   LIMIT=${CHECK_LIMIT:-150} run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
   LIMIT=${LINEAR_LIMIT:-240} run benchmarks/decode_linear.py --rows "${LINEAR_ROWS:-32,128,512}" --out "$OUT/decode_linear_$CARD.json"
   echo "== done in $((SECONDS - START)) s"

@@ -426,6 +426,8 @@ CASES: list[Smoke] = [
           files=("profile.txt", "profile.json"), setup=_aim_stub),
     Smoke("benchmarks/vq_encode.py", keys=(*ENVIRONMENT, "tokenizer", "image_size", "rows"), check=_vq_encode),
     Smoke("plugins/mamba/scripts/gpu_check.py", keys=("gpu", "all_ok", "checks", "step_timing"), check=_gpu_check),
+    Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--step-only", "int8"), result=None,
+          mode="step-only"),
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--decode", "--out", "{tmp}/out.json"),
           mode="decode", keys=("gpu", "all_ok", "checks"), check=_gpu_check_decode),
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",

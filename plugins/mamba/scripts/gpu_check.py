@@ -573,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode", action="store_true",
                         help="only the decode checks: step kernels against PyTorch and AiM layers decoding with the "
                              "int8 state and the chunked form (bf16 model)")
+    parser.add_argument("--step-only", metavar="STATE", default=None,
+                        help="only run the two-launch decode step of 24 layers with a STATE (bf16, int8) state at "
+                             "--step-batch sequences, five times, checks and timing left out: a process for an external "
+                             "profiler (ncu -k regex:_step_kernel)")
+    parser.add_argument("--step-batch", type=int, default=128, help="sequences for --step-only (default 128)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny fp32 shapes on the CPU, Triton interpreted: checks that the script runs")
@@ -591,6 +596,18 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     layer = SMOKE_LAYER if args.smoke else {"nheads": 24, "p": 64, "n": 128}
     rows: list[dict] = []
+    if args.step_only:
+        from avgkit_mamba.ops.dispatch import decode_step
+
+        stack = [_decode_step_problem(2 if args.smoke else args.step_batch, layer["nheads"], args.step_only,
+                                      torch.float32 if args.smoke else torch.bfloat16, p=layer["p"], n=layer["n"],
+                                      device=device, seed=i) for i in range(2 if args.smoke else 24)]
+        for _ in range(5):
+            for t in stack:
+                decode_step(**t, impl="triton", kernel="two-launch")
+        synchronize(device)
+        print(f"ran {5 * len(stack)} decode steps ({args.step_only} state)")
+        return 0
     if args.tiles:
         bandwidth = None if args.smoke else copy_bandwidth()
         if args.smoke:
