@@ -159,7 +159,7 @@ if [ "$QUICK" = "--linear" ]; then  # the decode kernels' GPU checks, then the d
   if [ -n "$NCU" ]; then  # the state update's counters: occupancy, stalls, memory throughput (skips the compile calls)
     for st in bf16 int8; do
       echo "== [$((SECONDS - START)) s] ncu, $st state"
-      timeout 100 "$NCU" -k regex:_step_kernel --launch-skip 48 --launch-count 2 --section SpeedOfLight \
+      timeout "${NCU_LIMIT:-100}" "$NCU" -k regex:_step_kernel --launch-skip 48 --launch-count 2 --section SpeedOfLight \
         --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
         python3 plugins/mamba/scripts/gpu_check.py --step-only $st > "$OUT/ncu_step_${st}_$CARD.txt" 2>&1
       tail -n 60 "$OUT/ncu_step_${st}_$CARD.txt"
