@@ -235,14 +235,17 @@ def check_state_static(case: BackboneCase) -> None:
     with torch.no_grad():
         cond = conditioner(labels)
         state = backbone.init_state(case.batch_size, device=case.device, dtype=torch.float32)
-        before = {path: (t.data_ptr(), tuple(t.shape)) for path, t in tensors_in(state)}
+        # the tensors themselves are held, not just their addresses: a reallocated tensor could otherwise be
+        # handed the freed block of the original and pass for it
+        before = dict(tensors_in(state))
         if not before:
             raise ConformanceSkip("the decoding state holds no tensors")
         backbone.prefill(state, cond)
         for k in range(min(3, backbone.num_tokens - 1)):
             backbone.step(state, codes[:, k], cond)
-        after = {path: (t.data_ptr(), tuple(t.shape)) for path, t in tensors_in(state)}
-    moved = [p or "(state)" for p, v in before.items() if after.get(p) != v]
+        after = dict(tensors_in(state))
+    moved = [p or "(state)" for p, t in before.items()
+             if p not in after or after[p].data_ptr() != t.data_ptr() or after[p].shape != t.shape]
     if moved:
         fail(f"{case.where} decoding reallocated state tensors {short_list(moved)}; allocate them at full size "
              "in init_state and write in place so a CUDA graph can capture the step")
