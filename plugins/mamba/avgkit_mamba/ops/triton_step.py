@@ -200,8 +200,10 @@ def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
     kernel took 0.336 ms a step against 0.561 (62.5 against 51.7 images/s), at batch 64 1.171 against 1.231 ms
     (bf16 state); the int8 state's 64 x 8 split is what the earlier rule ran at batch 64. Four warps looked as
     fast in a sweep of 24 layers' decode steps alone (decode_tiles_stream_h100.json) but were up to 1.7x slower
-    in the sampler, so the sampler decides. Several heads a program (the next head's tile loading while one
-    updates) was never the fastest split in that sweep. A fixed rule rather than timing candidates at first use, which
+    in the sampler, so the sampler decides. Several heads a program, with the loop over them pipelined
+    (``stages``), ran 0.79-0.91x the rule in the sampler and slower in the sweep too
+    (sampling_split_pipelined_h100.json): more bytes in flight cost programs an SM (registers) and bought no
+    bandwidth. A fixed rule rather than timing candidates at first use, which
     corrupted fp32 states on the H200 (docs/benchmarks.md) and would make the choice depend on the machine's
     load. Under the interpreter: small tiles, ``INTERP_HEADS`` heads a program.
     """
