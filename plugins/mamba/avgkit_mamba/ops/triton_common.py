@@ -4,8 +4,9 @@ Each helper has its PyTorch reference named in its docstring; the kernels that u
 are checked against those references under the interpreter (``tests/mamba_interpret_checks.py``).
 
 * ``_softplus``: ``torch.nn.functional.softplus`` (threshold 20).
-* ``_conv_window`` / ``_conv_out`` / ``_conv_x`` / ``_conv_bc`` / ``_conv_inputs`` / ``_shift_windows``: one token
-  of the causal depthwise conv, :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
+* ``_conv_window`` / ``_conv_out`` / ``_conv_x`` / ``_conv_x_from_old`` / ``_conv_bc`` / ``_conv_inputs`` /
+  ``_shift_windows`` / ``_store_window``: one token of the causal depthwise conv,
+  :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
 * ``_dequantize_rows`` / ``_quantize_rows``: the one-byte state,
   :mod:`avgkit_mamba.ops.state_quant`.
 
@@ -91,9 +92,11 @@ def _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p,
     The x channels belong to the calling program alone, so it shifts their window here (B
     and C are shared by a group's heads: a later launch shifts theirs).
     """
-    x = _conv_x_from_old(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS,
-                         BLOCK_W)
-    _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, hi * P + offs_p, mask_p, W, BLOCK_W)
+    chan_x = hi * P + offs_p
+    win_x = _conv_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, xbc_row, W, BLOCK_W)
+    x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
+    tl.debug_barrier()  # the old window is read before it is overwritten (module docstring)
+    _store_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, win_x, W, BLOCK_W)
     return x
 
 
@@ -122,13 +125,20 @@ def _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, ngroups, N, 
 
 
 @triton.jit
-def _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, chan, chan_mask, W, BLOCK_W: tl.constexpr):
-    """Append this token to the conv windows of channels ``chan``, in place, once nothing reads their old windows."""
+def _store_window(conv_row, s_cs_c, s_cs_w, chan, chan_mask, win, W, BLOCK_W: tl.constexpr):
+    """Write ``win`` as the conv windows of channels ``chan`` (the caller's barrier stands between its reads of the
+    old windows and this)."""
     offs_w = tl.arange(0, BLOCK_W)
-    win = _conv_window(conv_row, s_cs_c, s_cs_w, chan, chan_mask, xbc_row, W, BLOCK_W)
-    tl.debug_barrier()  # the old window is read before it is overwritten (module docstring)
     tl.store(conv_row + chan[:, None] * s_cs_c + offs_w[None, :] * s_cs_w, win,
              mask=chan_mask[:, None] & (offs_w[None, :] < W))
+
+
+@triton.jit
+def _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, chan, chan_mask, W, BLOCK_W: tl.constexpr):
+    """Append this token to the conv windows of channels ``chan``, in place, once nothing reads their old windows."""
+    win = _conv_window(conv_row, s_cs_c, s_cs_w, chan, chan_mask, xbc_row, W, BLOCK_W)
+    tl.debug_barrier()  # the old window is read before it is overwritten (module docstring)
+    _store_window(conv_row, s_cs_c, s_cs_w, chan, chan_mask, win, W, BLOCK_W)
 
 
 @triton.jit
@@ -137,5 +147,9 @@ def _shift_bc_windows(conv_row, xbc_row, s_cs_c, s_cs_w, gi, ngroups, N, W, d_in
     """Append this token's B and C to group ``gi``'s conv windows, once every head of the group has
     read the old ones."""
     chan_b = d_inner + gi * N + offs_n
-    _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, chan_b, mask_n, W, BLOCK_W)
-    _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, chan_b + ngroups * N, mask_n, W, BLOCK_W)
+    chan_c = chan_b + ngroups * N
+    win_b = _conv_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, xbc_row, W, BLOCK_W)
+    win_c = _conv_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, xbc_row, W, BLOCK_W)
+    tl.debug_barrier()  # both old windows are read before either is overwritten (module docstring)
+    _store_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, win_b, W, BLOCK_W)
+    _store_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, win_c, W, BLOCK_W)
