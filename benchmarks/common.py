@@ -117,6 +117,12 @@ def settings(values: Iterable[tuple[Any, str, Any]]) -> Iterator[None]:
             setattr(m, name, value)
 
 
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |a - b| relative to the largest |b| (in fp32; a zero ``b`` counts as 1e-30)."""
+    b = b.float()
+    return float((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
 def write_result(name: str, data: dict[str, Any], out: str | None = None, quiet: bool = False) -> Path:
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from common import (  # noqa: E402
     copy_bandwidth,
     device_for,
     median_ms,
+    rel_diff,
     settings,
     smoke_out,
     write_result,
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             with settings([(tgn, "ROWS", n_rows), (tgn, "ROW_TILE", tile), (tgn, "BWD_WARPS", warps or None)]):
                 ms, out = measure(t, device, warmup, reps)
             first = first or out
-            diff = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(out, first, strict=True))
+            diff = max(rel_diff(a, b) for a, b in zip(out, first, strict=True))
             row = {"ms": round(ms, 4), "bytes_per_s": round(moved / (ms / 1e3)), "max_rel_diff": diff}
             if copy_bw:
                 row["of_copy_bandwidth"] = round(moved / (ms / 1e3) / copy_bw, 3)

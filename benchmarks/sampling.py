@@ -310,17 +310,10 @@ def fixed_split_rule(spec: str) -> tuple[str, Callable[..., Any]]:
     pipeline depth of the loop over them) as a (label, rule) pair that gives that split at every size."""
     from avgkit_mamba.ops.triton_step import StepTile
 
-    head, *flags = spec.strip().split(":")
     try:
-        block_p, warps = (int(v) for v in head.split("x"))
-        heads = next((int(f[1:]) for f in flags if f.startswith("h")), 1)
-        stages = next((int(f[1:]) for f in flags if f.startswith("s") and f != "stream"), 1)
-    except ValueError:
-        raise SystemExit(f"--step-splits: cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN][:sN], "
-                         "e.g. 32x8:h4:s2") from None
-    if any(f != "stream" and f[:1] not in ("h", "s") for f in flags):
-        raise SystemExit(f"--step-splits: unknown flag in {spec!r}; use stream, hN and sN")
-    tile = StepTile(block_p, warps, heads, "stream" in flags, stages)
+        tile = StepTile.parse(spec)
+    except ValueError as err:
+        raise SystemExit(f"--step-splits: {err}") from None
     return f"split {spec.strip()}", lambda rows, p, quant=False: tile
 
 

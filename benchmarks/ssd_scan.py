@@ -31,7 +31,7 @@ if "--smoke" in sys.argv:  # the Triton interpreter must be chosen before Triton
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import add_smoke_flag, device_for, empty_cache, median_ms, settings, synchronize  # noqa: E402
+from common import add_smoke_flag, device_for, empty_cache, median_ms, rel_diff, settings, synchronize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {"batch": 1, "seqlen": 16, "nheads": 2, "headdim": 8, "dstate": 16, "chunk": 8, "dtype": "float32"}
@@ -142,8 +142,7 @@ def dcb_sweep(spec: str, t: dict, chunk: int, warmup: int, reps: int) -> dict:
             g = grads(chunk_scan_triton, t, chunk)
         if first is None:
             first = g
-        row["max_rel_diff"] = max(float((g[k] - first[k]).abs().max() / first[k].abs().max().clamp_min(1e-30))
-                                  for k in g)
+        row["max_rel_diff"] = max(rel_diff(g[k], first[k]) for k in g)
         out[entry] = row
     return out
 

@@ -472,8 +472,9 @@ def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat
     for _ in range(rounds):
         for key, replay in replays.items():
             times[key].append(graph_ms(replay, device, warmup, reps, calls=4) / layers)
-    return [{"batch": batch, "nheads": nheads, "layers": layers, "state": st, **tile._asdict(), "rule": tile == rules[st],
-             **_timing_fields(ts, stacks[st][0], bandwidth), "state_rel_err": errs[(st, tile)]}
+    return [{"batch": batch, "nheads": nheads, "layers": layers, "state": st, **tile._asdict(),
+             "rule": tile == rules[st], **_timing_fields(ts, stacks[st][0], bandwidth),
+             "state_rel_err": errs[(st, tile)]}
             for (st, tile), ts in times.items()]
 
 
@@ -575,8 +576,8 @@ def main(argv: list[str] | None = None) -> int:
                              "int8 state and the chunked form (bf16 model)")
     parser.add_argument("--step-only", metavar="STATE", default=None,
                         help="only run the two-launch decode step of 24 layers with a STATE (bf16, int8) state at "
-                             "--step-batch sequences, five times, checks and timing left out: a process for an external "
-                             "profiler (ncu -k regex:_step_kernel)")
+                             "--step-batch sequences, five times, checks and timing left out: a process for an "
+                             "external profiler (ncu -k regex:_step_kernel)")
     parser.add_argument("--step-batch", type=int, default=128, help="sequences for --step-only (default 128)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes")
     parser.add_argument("--smoke", action="store_true",

@@ -36,17 +36,6 @@ REGISTERS, WARPS, SHARED = 65536, 64, 228 * 1024
 STATE_TYPES = {"fp32": "*fp32", "bf16": "*bf16", "int8": "*i8"}
 
 
-def parse_split(spec: str):
-    """``32x8``, ``32x8:h4:s2``, ``64x8:stream`` (as ``sampling.py --step-splits``) as a StepTile."""
-    from avgkit_mamba.ops.triton_step import StepTile
-
-    head, *flags = spec.strip().split(":")
-    block_p, warps = (int(v) for v in head.split("x"))
-    heads = next((int(f[1:]) for f in flags if f.startswith("h")), 1)
-    stages = next((int(f[1:]) for f in flags if f.startswith("s") and f != "stream"), 1)
-    return StepTile(block_p, warps, heads, "stream" in flags, stages)
-
-
 def compile_step(state: str, tile, d_state: int = 128, d_conv: int = 4):
     """The step kernel of a bf16 model with a ``state`` state, split by ``tile``, compiled for sm_90."""
     import triton
@@ -109,7 +98,7 @@ def resources(compiled, tile, block_p: int, d_state: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from avgkit_mamba.ops.triton_step import _tile
+    from avgkit_mamba.ops.triton_step import StepTile, _tile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--splits", default="rule,16x8,32x8,64x8,32x4,64x4,32x8:h4:s2,16x8:h4:s3",
@@ -121,13 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="JSON report (default: print only)")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
-        print("step_resources compiles kernels: unset TRITON_INTERPRET (the interpreter replaces them)", file=sys.stderr)
+        print("step_resources compiles kernels: unset TRITON_INTERPRET (the interpreter replaces them)",
+              file=sys.stderr)
         return 2
     rows = []
     for state in args.states.split(","):
         rule = _tile(128 * 24, args.headdim, state == "int8")
         for spec in args.splits.split(","):
-            tile = rule if spec == "rule" else parse_split(spec)
+            tile = rule if spec == "rule" else StepTile.parse(spec)
             block_p = min(tile.block_p, args.headdim)
             row = {"state": state, "split": spec, **tile._asdict(), "rule": tile == rule,
                    **resources(compile_step(state, tile, args.d_state), tile, block_p, args.d_state)}

@@ -189,6 +189,22 @@ class StepTile(NamedTuple):
     stream: bool = False
     stages: int = 1
 
+    @classmethod
+    def parse(cls, spec: str) -> StepTile:
+        """``32x8``, ``64x8:stream``, ``32x8:h4:s2``: head dims x warps, then streaming, heads a program (``hN``) and
+        the pipeline depth of the loop over them (``sN``); a ValueError names the format."""
+        head, *flags = spec.strip().split(":")
+        try:
+            block_p, warps = (int(v) for v in head.split("x"))
+            heads = next((int(f[1:]) for f in flags if f.startswith("h")), 1)
+            stages = next((int(f[1:]) for f in flags if f.startswith("s") and f != "stream"), 1)
+        except ValueError:
+            raise ValueError(f"cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN][:sN], e.g. 32x8:h4:s2") \
+                from None
+        if any(f != "stream" and f[:1] not in ("h", "s") for f in flags):
+            raise ValueError(f"unknown flag in {spec!r}; use stream, hN and sN")
+        return cls(block_p, warps, heads, "stream" in flags, stages)
+
 
 def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
     """The state-update kernel's split for ``rows`` (batch x heads) tiles of ``p`` head dims (``quant``: an int8
@@ -264,8 +280,9 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
         *sc_strides,
-        y.stride(0), **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages, LOAD_EVICT="evict_first" if tile.stream else "",
-        STORE_CACHE=".cs" if tile.stream else "", num_warps=tile.num_warps, num_stages=1,
+        y.stride(0), **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages,
+        LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
+        num_warps=tile.num_warps, num_stages=1,
     )
 
 
