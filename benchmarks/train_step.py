@@ -590,7 +590,11 @@ def parse_knobs(spec: str) -> list[tuple[Any, str, Any]]:
         if module is None or not mod_name or not hasattr(module, attr):
             raise SystemExit(f"--knobs {item!r}: avgkit_mamba.ops.{mod_name} has no setting {attr!r}")
         value: Any = {"none": None, "true": True, "false": False}.get(raw.lower(), raw)
-        out.append((module, attr, int(value) if isinstance(value, str) else value))
+        if isinstance(value, str):
+            if not value.lstrip("-").isdigit():
+                raise SystemExit(f"--knobs {item!r}: the value must be an integer, none, true or false")
+            value = int(value)
+        out.append((module, attr, value))
     return out
 
 
