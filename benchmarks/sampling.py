@@ -284,7 +284,8 @@ def swept_tile_rule(path: str) -> Callable[..., Any]:
     for r in json.loads(Path(path).read_text())["decode_kernel_timing"]:
         key = (r["state"], r["batch"] * r["nheads"])
         if key not in best or r["ms"] < best[key][0]:
-            best[key] = (r["ms"], StepTile(r["block_p"], r["num_warps"], r["heads"], r["stream"], r.get("stages", 1)))
+            best[key] = (r["ms"], StepTile(r["block_p"], r["num_warps"], r["heads"], r["stream"], r.get("stages", 1),
+                                            r.get("preconv", False)))
 
     def rule(rows: int, p: int, quant: bool = False) -> Any:
         kind = "int8" if quant else "bf16"
@@ -306,8 +307,9 @@ def _with_tile_rule(call: Callable[[], Any], rule: Callable[..., Any]) -> Callab
 
 
 def fixed_split_rule(spec: str) -> tuple[str, Callable[..., Any]]:
-    """``32x8``, ``64x8:stream``, ``32x8:h4:s2`` (head dims x warps, then streaming, heads a program and the
-    pipeline depth of the loop over them) as a (label, rule) pair that gives that split at every size."""
+    """``32x8``, ``64x8:stream``, ``32x8:h4:s2``, ``32x8:pc`` (head dims x warps, then streaming, heads a program,
+    the pipeline depth of the loop over them and the conv in its own launch) as a (label, rule) pair that gives
+    that split at every size."""
     from avgkit_mamba.ops.triton_step import StepTile
 
     try:
@@ -400,7 +402,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="a gpu_check.py --tiles report: the variant rows also run with its fastest work splits")
     ap.add_argument("--step-splits", default="", metavar="SPLITS",
                     help="comma-separated state-update splits the variant rows also run with, each at every size: "
-                         "BLOCK_PxWARPS[:stream][:hN][:sN] (sN: the loop over heads pipelined N deep), "
+                         "BLOCK_PxWARPS[:stream][:hN][:sN][:pc] (sN: the loop over heads pipelined N deep; pc: the conv "
+                         "in its own launch), "
                          "e.g. 32x8,32x8:h4:s2")
     ap.add_argument("--smoke", action="store_true", help="the harness on the CPU with tiny models")
     ap.add_argument("--out", default=None)

@@ -186,7 +186,7 @@ def _ddp(report: dict[str, Any]) -> None:
 
 def _sampling(report: dict[str, Any]) -> None:
     names = [r["model"] for r in report["rows"]]
-    splits = [" swept split", " split 64x4", " split 32x8:stream:h2:s2"]  # --step-tiles, then --step-splits
+    splits = [" swept split", " split 64x4", " split 32x8:stream:h2:s2:pc"]  # --step-tiles, then --step-splits
     assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b bf16-state",
                      "avgkit aim-b bf16-state compiled", "avgkit aim-b bf16-state two-launch",
                      *(f"avgkit aim-b bf16-state two-launch{t}" for t in splits), "avgkit aim-b int8-state two-launch",
@@ -195,10 +195,13 @@ def _sampling(report: dict[str, Any]) -> None:
     # --step-tiles: the fastest split of the report, by state kind; --step-splits: the same split for both
     tiles = {(r["state_dtype"], r["model"].split("two-launch ")[1]): r["step_tile"] for r in report["rows"]
              if "step_tile" in r}
-    fixed = {"split 64x4": {"block_p": 64, "num_warps": 4, "heads": 1, "stream": False, "stages": 1},
-             "split 32x8:stream:h2:s2": {"block_p": 32, "num_warps": 8, "heads": 2, "stream": True, "stages": 2}}
-    assert tiles == {("bf16", "swept split"): {"block_p": 32, "num_warps": 8, "heads": 2, "stream": True, "stages": 1},
-                     ("int8", "swept split"): {"block_p": 64, "num_warps": 4, "heads": 4, "stream": False, "stages": 1},
+    fixed = {"split 64x4": {"block_p": 64, "num_warps": 4, "heads": 1, "stream": False, "stages": 1, "preconv": False},
+             "split 32x8:stream:h2:s2:pc": {"block_p": 32, "num_warps": 8, "heads": 2, "stream": True, "stages": 2,
+                                            "preconv": True}}
+    assert tiles == {("bf16", "swept split"): {"block_p": 32, "num_warps": 8, "heads": 2, "stream": True, "stages": 1,
+                                               "preconv": False},
+                     ("int8", "swept split"): {"block_p": 64, "num_warps": 4, "heads": 4, "stream": False, "stages": 1,
+                                               "preconv": True},
                      **{(st, k): v for st in ("bf16", "int8") for k, v in fixed.items()}}, tiles
     for row in report["rows"]:
         assert row["repeats"] >= 2 and row["spread_s"][0] <= row["median_s"] <= row["spread_s"][1], row
@@ -392,12 +395,12 @@ def _sampling_setup(tmp: Path) -> None:
     """LlamaGen's stand-in and a --tiles report whose fastest splits differ by state kind."""
     _llamagen_stub(tmp)
 
-    def row(state: str, bp: int, w: int, h: int, st: bool, ms: float) -> dict:
+    def row(state: str, bp: int, w: int, h: int, st: bool, ms: float, pc: bool = False) -> dict:
         return {"state": state, "batch": 2, "nheads": 4, "block_p": bp, "num_warps": w, "heads": h, "stream": st,
-                "ms": ms}
+                "ms": ms, "preconv": pc}
 
     timing = [row("bf16", 64, 8, 1, False, 0.05), row("bf16", 32, 8, 2, True, 0.04),
-              row("int8", 64, 4, 4, False, 0.03), row("int8", 32, 8, 2, True, 0.035)]
+              row("int8", 64, 4, 4, False, 0.03, True), row("int8", 32, 8, 2, True, 0.035)]
     (tmp / "tiles.json").write_text(json.dumps({"decode_kernel_timing": timing}))
 
 
@@ -433,7 +436,7 @@ CASES: list[Smoke] = [
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--chunked",
-                                          "--step-tiles", "{tmp}/tiles.json", "--step-splits", "64x4,32x8:stream:h2:s2",
+                                          "--step-tiles", "{tmp}/tiles.json", "--step-splits", "64x4,32x8:stream:h2:s2:pc",
                                           "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_sampling_setup),
     Smoke("benchmarks/precision_check.py", args=("--smoke", "--paths", "today,bf16", "--work", "{tmp}/runs", "--out",

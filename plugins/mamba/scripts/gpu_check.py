@@ -430,12 +430,13 @@ def _timing_fields(ts: list[float], problem: dict, bandwidth: float | None) -> d
 
 def _tile_candidates() -> list:
     """The state-update kernel's work splits ``--tiles`` times: one head a program (head-dim blocks, warps,
-    streaming), and several heads a program with the loop over them pipelined 2 or 3 deep (eight warps: the fewest
-    registers a thread, measured by compiling for sm_90)."""
+    streaming), the same with the conv in its own launch (``preconv``), and two of several heads a program with
+    the loop over them pipelined (measured slower in the sampler, docs/benchmarks.md)."""
     from avgkit_mamba.ops.triton_step import StepTile
 
     return ([StepTile(bp, w, 1, st) for bp in (16, 32, 64) for w in (4, 8) for st in (False, True)]
-            + [StepTile(bp, 8, h, False, s) for bp in (16, 32) for h in (2, 4) for s in (2, 3)])
+            + [StepTile(bp, w, 1, False, 1, True) for bp in (16, 32, 64) for w in (4, 8)]
+            + [StepTile(bp, 8, 4, False, 2) for bp in (16, 32)])
 
 
 def time_decode_tiles(batch: int, nheads: int, dtype: torch.dtype = torch.bfloat16, *, p: int = 64, n: int = 128,

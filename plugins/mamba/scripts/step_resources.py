@@ -49,8 +49,8 @@ def compile_step(state: str, tile, d_state: int = 128, d_conv: int = 4):
                  BLOCK_P=tile.block_p, BLOCK_N=triton.next_power_of_2(d_state),
                  BLOCK_W=triton.next_power_of_2(d_conv), HEADS=tile.heads, STAGES=tile.stages,
                  LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
-                 s_ss_n=1)  # the launcher specialises unit strides to the constant 1
-    floats = {"scale_ptr": "*fp32", "A_ptr": "*fp32", "D_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*fp32",
+                 PRECONV=tile.preconv, s_ss_n=1)  # the launcher specialises unit strides to the constant 1
+    floats = {"xc_ptr": "*fp32", "scale_ptr": "*fp32", "A_ptr": "*fp32", "D_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*fp32",
               "ssm_ptr": STATE_TYPES[state]}
     signature, attrs = {}, {}
     for i, name in enumerate(names):

@@ -324,7 +324,8 @@ def decode_checks() -> None:
         outs = []
         for tile in (triton_step.StepTile(8, 4), triton_step.StepTile(8, 4, 2, True), triton_step.StepTile(4, 2, 4),
                      triton_step.StepTile(8, 4, 4, True), triton_step.StepTile(8, 4, 3),  # 3: falls back to 1
-                     triton_step.StepTile(8, 4, 2, True, 2), triton_step.StepTile(4, 2, 4, False, 3)):
+                     triton_step.StepTile(8, 4, 2, True, 2), triton_step.StepTile(4, 2, 4, False, 3),
+                     triton_step.StepTile(8, 4, 1, False, 1, True), triton_step.StepTile(4, 2, 2, True, 2, True)):
             gen8 = torch.Generator().manual_seed(7)
             conv8, vals = torch.randn(b, cd8, w, generator=gen8), torch.randn(b, h8, p, n, generator=gen8)
             scale8 = None

@@ -32,6 +32,8 @@ from torch import Tensor
 from avgkit_mamba.ops.ssd_torch import check_step_shapes, split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
     _conv_bc,
+    _conv_out,
+    _conv_window,
     _conv_x,
     _conv_x_from_old,
     _dequantize_rows,
@@ -39,6 +41,7 @@ from avgkit_mamba.ops.triton_common import (
     _shift_bc_windows,
     _shift_windows,
     _softplus,
+    _store_window,
 )
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 
@@ -50,14 +53,14 @@ INTERP_HEADS = 2
 
 
 @triton.jit
-def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, cw_ptr, cb_ptr, dt_ptr, z_ptr,
-                 A_ptr, D_ptr, bias_ptr, y_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h,
-                 s_y_b, offs_p, mask_p, A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr,
-                 HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_W: tl.constexpr,
-                 STORE_CACHE: tl.constexpr, SHIFT_X: tl.constexpr):
+def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr, dt_ptr,
+                 z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b, s_ss_h,
+                 s_sc_h, s_y_b, offs_p, mask_p, A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr,
+                 BLOCK_W: tl.constexpr, STORE_CACHE: tl.constexpr, SHIFT_X: tl.constexpr, PRECONV: tl.constexpr):
     """Head ``hi``'s step from its loaded state tile: conv of its x channels (their window shifted here with
-    ``SHIFT_X``, else later by the caller), dt, the update (stored in place), y = C . state + D x, gated by
-    silu(z)."""
+    ``SHIFT_X``, else later by the caller; with ``PRECONV`` read convolved from ``xc_row``), dt, the update
+    (stored in place), y = C . state + D x, gated by silu(z)."""
     dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(bias_ptr + hi).to(tl.float32)
@@ -66,7 +69,9 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
     if A_IS_LOG:
         a = -tl.exp(a)
     decay = tl.exp(dt * a)
-    if SHIFT_X:
+    if PRECONV:
+        x = tl.load(xc_row + hi * P + offs_p, mask=mask_p, other=0.0)
+    elif SHIFT_X:
         x = _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS, BLOCK_W)
     else:
         x = _conv_x_from_old(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p,
@@ -91,9 +96,9 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
 
 @triton.jit
 def _step_kernel(
-    xbc_ptr, dt_ptr, z_ptr, conv_ptr, cw_ptr, cb_ptr, ssm_ptr, scale_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
+    xbc_ptr, xc_ptr, dt_ptr, z_ptr, conv_ptr, cw_ptr, cb_ptr, ssm_ptr, scale_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
     batch, nheads, hpg, P, N, W, d_inner,
-    s_xbc_b, s_dt_b, s_dt_h, s_z_b,
+    s_xbc_b, s_xc_b, s_dt_b, s_dt_h, s_z_b,
     s_cs_b, s_cs_c, s_cs_w,
     s_ss_b, s_ss_h, s_ss_p, s_ss_n,
     s_sc_b, s_sc_h, s_sc_p,
@@ -101,7 +106,7 @@ def _step_kernel(
     A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_W: tl.constexpr, HEADS: tl.constexpr, STAGES: tl.constexpr, LOAD_EVICT: tl.constexpr,
-    STORE_CACHE: tl.constexpr,
+    STORE_CACHE: tl.constexpr, PRECONV: tl.constexpr,
 ):
     """One program: batch row ``bi``, ``HEADS`` heads of one group from ``h0``, head dims block ``pb``."""
     bi = tl.program_id(0).to(tl.int64)
@@ -117,19 +122,24 @@ def _step_kernel(
     sc_row = scale_ptr + bi * s_sc_b + offs_p * s_sc_p
     conv_row = conv_ptr + bi * s_cs_b
     xbc_row = xbc_ptr + bi * s_xbc_b
+    xc_row = xc_ptr + bi * s_xc_b
     if HEADS == 1:
         # the state tile first: its latency hides behind the conv work below
         state = tl.load(s_row + h0 * s_ss_h, mask=smask, other=0.0, eviction_policy=LOAD_EVICT)
         row_scale = tl.zeros((BLOCK_P,), dtype=tl.float32)
         if QUANT:
             row_scale = tl.load(sc_row + h0 * s_sc_h, mask=mask_p, other=0.0)
-    Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, nheads // hpg, N, W, d_inner, offs_n,
-                      mask_n, HAS_CONV_BIAS, BLOCK_W)
+    if PRECONV:  # x, B and C convolved by _preconv_kernel: loads alone, no window here
+        Bv = tl.load(xc_row + d_inner + gi * N + offs_n, mask=mask_n, other=0.0)
+        Cv = tl.load(xc_row + d_inner + (nheads // hpg + gi) * N + offs_n, mask=mask_n, other=0.0)
+    else:
+        Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, nheads // hpg, N, W, d_inner,
+                          offs_n, mask_n, HAS_CONV_BIAS, BLOCK_W)
     if HEADS == 1:
-        _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, cw_ptr, cb_ptr, dt_ptr,
-                     z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, h0, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
+        _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr,
+                     dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, h0, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
                      s_ss_h, s_sc_h, s_y_b, offs_p, mask_p, A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS,
-                     QUANT, BLOCK_W, STORE_CACHE, True)
+                     QUANT, BLOCK_W, STORE_CACHE, True, PRECONV)
     else:
         # the group's B and C serve every head of the program; with STAGES > 1 the compiler stages the next
         # heads' state tiles through shared memory (asynchronous copies) while this one updates
@@ -138,17 +148,34 @@ def _step_kernel(
             row_scale = tl.zeros((BLOCK_P,), dtype=tl.float32)
             if QUANT:
                 row_scale = tl.load(sc_row + hi * s_sc_h, mask=mask_p, other=0.0)
-            _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, cw_ptr, cb_ptr, dt_ptr,
-                         z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
+            _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr,
+                         dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
                          s_ss_h, s_sc_h, s_y_b, offs_p, mask_p, A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS,
-                         QUANT, BLOCK_W, STORE_CACHE, False)
+                         QUANT, BLOCK_W, STORE_CACHE, False, PRECONV)
         # the program's x windows shift once every head has read them: a barrier inside the loop would keep the
         # compiler from pipelining it (with one head the shift stays before the update: measured faster for an
         # int8 state, docs/benchmarks.md)
-        offs_hp = tl.arange(0, HEADS * BLOCK_P)
-        p_hp = pb * BLOCK_P + offs_hp % BLOCK_P
-        _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, (h0 + offs_hp // BLOCK_P) * P + p_hp, p_hp < P, W,
-                       BLOCK_W)
+        if not PRECONV:
+            offs_hp = tl.arange(0, HEADS * BLOCK_P)
+            p_hp = pb * BLOCK_P + offs_hp % BLOCK_P
+            _shift_windows(conv_row, xbc_row, s_cs_c, s_cs_w, (h0 + offs_hp // BLOCK_P) * P + p_hp, p_hp < P,
+                           W, BLOCK_W)
+
+
+@triton.jit
+def _preconv_kernel(xbc_ptr, conv_ptr, cw_ptr, cb_ptr, xc_ptr, channels, W, s_xbc_b, s_cs_b, s_cs_c, s_cs_w, s_xc_b,
+                    HAS_CONV_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This token's x, B and C after conv + SiLU into ``xc`` (fp32), every window shifted: one program per (batch
+    row, block of channels), so the state update that follows only loads them (``StepTile.preconv``)."""
+    bi = tl.program_id(0).to(tl.int64)
+    chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = chan < channels
+    conv_row = conv_ptr + bi * s_cs_b
+    win = _conv_window(conv_row, s_cs_c, s_cs_w, chan, mask, xbc_ptr + bi * s_xbc_b, W, BLOCK_W)
+    tl.store(xc_ptr + bi * s_xc_b + chan, _conv_out(win, cw_ptr, cb_ptr, chan, mask, W, HAS_CONV_BIAS, BLOCK_W),
+             mask=mask)
+    tl.debug_barrier()  # the old window is read before it is overwritten (triton_common's docstring)
+    _store_window(conv_row, s_cs_c, s_cs_w, chan, mask, win, W, BLOCK_W)
 
 
 @triton.jit
@@ -157,6 +184,7 @@ def _epilogue_kernel(
     d_inner, group_size, ngroups, N, W, eps,
     s_y_b, s_out_b, s_xbc_b, s_cs_b, s_cs_c, s_cs_w,
     HAS_NORM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+    SHIFT_BC: tl.constexpr,
 ):
     bi = tl.program_id(0).to(tl.int64)
     gi = tl.program_id(1)
@@ -168,9 +196,10 @@ def _epilogue_kernel(
         rstd = tl.rsqrt(tl.sum(y * y, axis=0) / group_size + eps)
         w = tl.load(nw_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(out_ptr + bi * s_out_b + cols, (y * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
-    offs_n = tl.arange(0, BLOCK_N)
-    _shift_bc_windows(conv_ptr + bi * s_cs_b, xbc_ptr + bi * s_xbc_b, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner,
-                      offs_n, offs_n < N, BLOCK_W)
+    if SHIFT_BC:
+        offs_n = tl.arange(0, BLOCK_N)
+        _shift_bc_windows(conv_ptr + bi * s_cs_b, xbc_ptr + bi * s_xbc_b, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner,
+                          offs_n, offs_n < N, BLOCK_W)
 
 
 class StepTile(NamedTuple):
@@ -178,7 +207,9 @@ class StepTile(NamedTuple):
     group a program (``heads``: B and C are convolved once for them), the pipeline depth of that loop over heads
     (``stages``: with 2 or more the compiler stages the next heads' state tiles through shared memory with
     asynchronous copies while one updates; 1: one tile at a time), and whether the state streams past the L2
-    cache (``stream``: loads evicted first, stores marked streaming). Each state row is updated and read out within
+    cache (``stream``: loads evicted first, stores marked streaming), and whether a launch before it convolves x, B
+    and C once per row and shifts every window (``preconv``: the state update then only loads them, and the
+    epilogue shifts nothing; a third launch a layer). Each state row is updated and read out within
     one program, so the state's values do not depend on the split (the interpreter checks give every split the
     same bits); on a GPU the warps may change the order in which y's sum over d_state rounds, and the rule keeps
     them fixed for every batch size."""
@@ -188,22 +219,24 @@ class StepTile(NamedTuple):
     heads: int = 1
     stream: bool = False
     stages: int = 1
+    preconv: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> StepTile:
-        """``32x8``, ``64x8:stream``, ``32x8:h4:s2``: head dims x warps, then streaming, heads a program (``hN``) and
-        the pipeline depth of the loop over them (``sN``); a ValueError names the format."""
+        """``32x8``, ``64x8:stream``, ``32x8:h4:s2``, ``32x8:pc``: head dims x warps, then streaming, heads a program
+        (``hN``), the pipeline depth of the loop over them (``sN``) and the conv in its own launch (``pc``); a
+        ValueError names the format."""
         head, *flags = spec.strip().split(":")
         try:
             block_p, warps = (int(v) for v in head.split("x"))
             heads = next((int(f[1:]) for f in flags if f.startswith("h")), 1)
             stages = next((int(f[1:]) for f in flags if f.startswith("s") and f != "stream"), 1)
         except ValueError:
-            raise ValueError(f"cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN][:sN], e.g. 32x8:h4:s2") \
+            raise ValueError(f"cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN][:sN][:pc], e.g. 32x8:h4:s2") \
                 from None
-        if any(f != "stream" and f[:1] not in ("h", "s") for f in flags):
-            raise ValueError(f"unknown flag in {spec!r}; use stream, hN and sN")
-        return cls(block_p, warps, heads, "stream" in flags, stages)
+        if any(f not in ("stream", "pc") and f[:1] not in ("h", "s") for f in flags):
+            raise ValueError(f"unknown flag in {spec!r}; use stream, hN, sN and pc")
+        return cls(block_p, warps, heads, "stream" in flags, stages, "pc" in flags)
 
 
 def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
@@ -256,7 +289,9 @@ def _check_scale(ssm_state: Tensor, state_scale: Tensor | None) -> None:
 
 
 def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a_is_log, D, dt_bias, y, ngroups,
-                 state_scale=None):
+                 state_scale=None) -> bool:
+    """The state update (after the conv's own launch with ``StepTile.preconv``); returns whether the epilogue
+    must still shift the B and C windows."""
     b = xBC.shape[0]
     _, nheads, p, n = ssm_state.shape
     w = conv_state.shape[-1]
@@ -271,22 +306,32 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
 
     tile = (_override or _tile)(b * nheads, p, state_scale is not None)
     heads = tile.heads if (nheads // ngroups) % tile.heads == 0 else 1  # a program's heads share one group
+    xc = xBC
+    if tile.preconv:
+        channels = xBC.shape[1]
+        xc = torch.empty(b, channels, device=xBC.device, dtype=torch.float32)
+        block_c = min(256, triton.next_power_of_2(channels))
+        _preconv_kernel[(b, triton.cdiv(channels, block_c))](
+            xBC, conv_state, conv_weight, conv_bias if conv_bias is not None else conv_weight, xc, channels, w,
+            xBC.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), xc.stride(0),
+            HAS_CONV_BIAS=conv_bias is not None, BLOCK_C=block_c, BLOCK_W=flags["BLOCK_W"], num_warps=4)
     _step_kernel[(b, nheads // heads, triton.cdiv(p, tile.block_p))](
-        xBC, dt, z if z is not None else xBC, conv_state, conv_weight,
+        xBC, xc, dt, z if z is not None else xBC, conv_state, conv_weight,
         conv_bias if conv_bias is not None else conv_weight, ssm_state, sc, A,
         D if D is not None else A, dt_bias if dt_bias is not None else A, y,
         b, nheads, nheads // ngroups, p, n, w, nheads * p,
-        xBC.stride(0), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
+        xBC.stride(0), xc.stride(0), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
         *sc_strides,
         y.stride(0), **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages,
         LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
-        num_warps=tile.num_warps, num_stages=1,
+        PRECONV=tile.preconv, num_warps=tile.num_warps, num_stages=1,
     )
+    return not tile.preconv
 
 
-def _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, dstate):
+def _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, dstate, shift_bc=True):
     b, d_inner = y.shape
     group = d_inner // ngroups
     w = conv_state.shape[-1]
@@ -296,7 +341,7 @@ def _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, ds
         y.stride(0), out.stride(0), xBC.stride(0),
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         HAS_NORM=norm_weight is not None, BLOCK_G=triton.next_power_of_2(group),
-        BLOCK_N=triton.next_power_of_2(dstate), BLOCK_W=triton.next_power_of_2(w),
+        BLOCK_N=triton.next_power_of_2(dstate), BLOCK_W=triton.next_power_of_2(w), SHIFT_BC=shift_bc,
         num_warps=4 if group <= 2048 else 8,
     )
 
@@ -321,9 +366,9 @@ def fused_step_triton(
     xBC, z = last_dim_contiguous(xBC), last_dim_contiguous(z)
     conv_weight = conv_weight.contiguous()
     y = torch.empty(xBC.shape[0], ssm_state.shape[1] * headdim, device=xBC.device, dtype=xBC.dtype)
-    _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, False, D, dt_bias, y, ngroups,
-                 state_scale)
-    _launch_epilogue(y, None, 0.0, y, xBC, conv_state, ngroups, ssm_state.shape[-1])
+    shift_bc = _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, False, D, dt_bias, y,
+                            ngroups, state_scale)
+    _launch_epilogue(y, None, 0.0, y, xBC, conv_state, ngroups, ssm_state.shape[-1], shift_bc)
     return y
 
 
@@ -356,8 +401,8 @@ def decode_step_triton(
     z, xBC, dt = split_zxbcdt(zxbcdt, nheads, p, ngroups, n)
     check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
     y = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
-    _launch_step(xBC, dt, z, conv_state, conv_weight.contiguous(), conv_bias, ssm_state, A_log, True, D, dt_bias,
-                 y, ngroups, state_scale)
+    shift_bc = _launch_step(xBC, dt, z, conv_state, conv_weight.contiguous(), conv_bias, ssm_state, A_log, True, D,
+                            dt_bias, y, ngroups, state_scale)
     out = torch.empty(b, d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)
-    _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, n)
+    _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, n, shift_bc)
     return out
