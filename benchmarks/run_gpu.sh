@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --linear | --core | --precision | --tune]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --linear | --core | --precision | --tune]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -41,6 +41,9 @@
 # --linear (about 4 minutes): the state update's counters under Nsight Compute where the machine has it (ncu), the
 # decode kernels against PyTorch (gpu_check --decode), then AiM-B's decode projections alone (decode_linear.py:
 # cuBLAS, cuBLASLt and Triton tiles against the weights' floor).
+# --preconv (about 9 minutes; BUDGET seconds, default 560): the decode kernels against PyTorch with the conv in its own
+# launch too, GPT-B and AiM-B at batch 16 and 64 with the rule and SPLITS (default 32x8:pc,16x8:pc,64x8:pc), timed
+# interleaved with per-kernel profiles, then the decode projections alone (decode_linear.py, LINEAR_ROWS).
 # --core (about 6 minutes; CORE_LIMIT seconds for the training rows, default 380): the one-op mixer core's and the
 # conv's GPU tests (CORE_TESTS=0 skips them), then AiM-B and AiM-L with the core against its three ops and with the
 # norms recomputed (CORE_VARIANTS), beside the reference, and AiM-B's step by kernel.
@@ -169,6 +172,15 @@ if [ "$QUICK" = "--linear" ]; then  # the decode kernels' GPU checks, then the d
   fi
   LIMIT=${CHECK_LIMIT:-150} run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
   LIMIT=${LINEAR_LIMIT:-240} run benchmarks/decode_linear.py --rows "${LINEAR_ROWS:-32,128,512}" --out "$OUT/decode_linear_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--preconv" ]; then  # the conv in its own launch (StepTile.preconv): checks, rows, projections
+  LIMIT=${CHECK_LIMIT:-110} run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
+  LIMIT=${ROWS_LIMIT:-330} run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
+    --step-splits "${SPLITS:-32x8:pc,16x8:pc,64x8:pc}" --profile --out "$OUT/sampling_preconv_$CARD.json"
+  LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/decode_linear.py --rows "${LINEAR_ROWS:-32,128}" \
+    --out "$OUT/decode_linear_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -353,11 +353,15 @@ def _state_values(t: dict) -> torch.Tensor:
 
 def check_decode_kernels(batch: int, nheads: int, dtype: torch.dtype, *, p: int = 64, n: int = 128, iters: int = 3,
                          device: torch.device | str = "cuda", states: tuple[str, ...] = ("fp32", "bf16", "int8"),
-                         kernels: tuple[str, ...] = ("two-launch", "one-launch")) -> list[dict]:
-    """Each Triton decode-step kernel and state dtype against the torch step, ``iters`` steps in a row."""
+                         kernels: tuple[str, ...] = ("two-launch", "one-launch"), tile=None) -> list[dict]:
+    """Each Triton decode-step kernel and state dtype against the torch step, ``iters`` steps in a row (``tile``:
+    the two-launch state update split by that ``StepTile`` instead of the rule)."""
+    from avgkit_mamba.ops import triton_step
     from avgkit_mamba.ops.dispatch import decode_step
 
     rows = []
+    rule = None if tile is None else (lambda rows, hd, quant: tile)
+    label = "" if tile is None else f" split {tile.block_p}x{tile.num_warps}{':pc' if tile.preconv else ''}"
     for state in states:
         for kernel in kernels:
             ours = _decode_step_problem(batch, nheads, state, dtype, p=p, n=n, device=device)
@@ -365,7 +369,8 @@ def check_decode_kernels(batch: int, nheads: int, dtype: torch.dtype, *, p: int 
             for i in range(iters):
                 g = torch.Generator(device=device).manual_seed(100 + i)
                 z = torch.randn(ours["zxbcdt"].shape, generator=g, device=device).to(dtype)
-                y = decode_step(**{**ours, "zxbcdt": z}, impl="triton", kernel=kernel)
+                with triton_step.split_rule(rule):
+                    y = decode_step(**{**ours, "zxbcdt": z}, impl="triton", kernel=kernel)
                 y_ref = decode_step(**{**ref, "zxbcdt": z.float()}, impl="torch")
                 # one int8 quantum is 1/127 of a row's maximum; bf16 rounds at 2^-8. A value that rounds the
                 # other way in one path changes the next step's output by as much, so y gets the state's tolerance
@@ -374,7 +379,7 @@ def check_decode_kernels(batch: int, nheads: int, dtype: torch.dtype, *, p: int 
                                             ("conv_state", ours["conv_state"], ref["conv_state"], 1e-5),
                                             ("ssm_state", _state_values(ours), _state_values(ref), state_tol)):
                     err = rel_err(got, want)
-                    rows.append({"case": f"decode {kernel} {state}-state b{batch} h{nheads} #{i}",
+                    rows.append({"case": f"decode {kernel}{label} {state}-state b{batch} h{nheads} #{i}",
                                  "dtype": str(dtype).removeprefix("torch."), "tensor": key, "rel_err": err,
                                  "tol": tol, "ok": err <= tol, "first_call_s": None})
     return rows
@@ -625,6 +630,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.decode:
         rows += check_decode_kernels(2 if args.smoke else 16, layer["nheads"], torch.bfloat16, iters=2,
                                      device=device, p=layer["p"], n=layer["n"])
+        from avgkit_mamba.ops.triton_step import StepTile
+
+        rows += check_decode_kernels(2 if args.smoke else 16, layer["nheads"], torch.bfloat16, iters=2,
+                                     device=device, p=layer["p"], n=layer["n"], states=("bf16", "int8"),
+                                     kernels=("two-launch",), tile=StepTile(8 if args.smoke else 32, 8, preconv=True))
         decode = SMOKE_DECODE if args.smoke else {}
         for state_dtype, form in (("int8", "recurrent"), ("bf16", "chunked"), ("int8", "chunked")):
             rows += check_backbone_decode(torch.bfloat16 if not args.smoke else torch.float32, device=device,
