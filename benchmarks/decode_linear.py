@@ -11,6 +11,9 @@ than L2 holds, as in the sampler), replayed from a CUDA graph, for each candidat
 * ``triton BMxBNxBKxSTAGESxWARPS``: one program per (row block, column block) looping over
   K with its loads pipelined, so each weight tile is read once per row block.
 
+Then ``out_proj`` of the mixer's normalised output: the grouped-norm kernel and cuBLAS (two
+launches, as the step runs them) against one Triton launch with the norm folded into the K loop.
+
 Per candidate and shape: microseconds per projection, the weights' bytes over that time as a
 fraction of the copy bandwidth measured in the run, and the largest difference from an fp32
 ``F.linear`` (relative to its largest value).
@@ -71,6 +74,41 @@ def _linear_kernel(x_ptr, w_ptr, y_ptr, M, N, K, s_xm, s_wn, s_ym,
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
+@triton.jit
+def _norm_linear_kernel(y_ptr, nw_ptr, w_ptr, out_ptr, M, N, K, eps, s_ym, s_wn, s_om,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """out = rmsnorm(y) * nw @ w.T with the norm folded in (one group): each program sums its rows' squares along
+    the K loop it runs anyway and scales its fp32 accumulator once at the end, so no launch normalises y first."""
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    squares = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        offs_k = k + tl.arange(0, BLOCK_K)
+        y = tl.load(y_ptr + offs_m[:, None] * s_ym + offs_k[None, :],
+                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float32)
+        squares += tl.sum(y * y, axis=1)
+        nw = tl.load(nw_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :],
+                    mask=(offs_n[:, None] < N) & (offs_k[None, :] < K), other=0.0)
+        acc = tl.dot((y * nw[None, :]).to(w.dtype), tl.trans(w), acc)
+    acc *= tl.rsqrt(squares / K + eps)[:, None]
+    tl.store(out_ptr + offs_m[:, None] * s_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def triton_norm_linear(y: torch.Tensor, nw: torch.Tensor, w: torch.Tensor, config: tuple[int, ...],
+                       out: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    bm, bn, bk, stages, warps = config
+    m, k = y.shape
+    n = w.shape[0]
+    bm = bm or min(128, max(16, triton.next_power_of_2(m)))
+    _norm_linear_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
+        y, nw, w, out, m, n, k, eps, y.stride(0), w.stride(0), out.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps)
+    return out
+
+
 def triton_linear(x: torch.Tensor, w: torch.Tensor, config: tuple[int, ...], out: torch.Tensor) -> torch.Tensor:
     bm, bn, bk, stages, warps = config
     m, k = x.shape
@@ -121,6 +159,46 @@ def measure(rows: int, n: int, k: int, candidates: dict, device: torch.device, d
     return result
 
 
+def measure_norm(rows: int, n: int, k: int, configs: str, device: torch.device, dtype: torch.dtype, warmup: int,
+                 reps: int) -> dict:
+    """``out_proj`` of the mixer's normalised output: the grouped-norm kernel then cuBLAS (what a decoding step
+    runs: two launches) against one Triton launch with the norm folded in, over 24 layers (fp32 y, as the step
+    writes it)."""
+    from avgkit_mamba.ops.triton_step import _launch_epilogue
+
+    g = torch.Generator(device=device).manual_seed(1)
+    ys = [torch.randn(rows, k, generator=g, device=device) for _ in range(LAYERS)]
+    nws = [(1 + 0.1 * torch.randn(k, generator=g, device=device)).to(dtype) for _ in range(LAYERS)]
+    ws = [(torch.randn(n, k, generator=g, device=device) / k ** 0.5).to(dtype) for _ in range(LAYERS)]
+    normed = torch.empty(rows, k, device=device, dtype=dtype)
+    outs = [torch.empty(rows, n, device=device, dtype=dtype) for _ in range(LAYERS)]
+    unused = torch.zeros(rows, k, device=device, dtype=dtype)  # the B/C windows the epilogue leaves alone here
+    want = F.linear(ys[0] * torch.rsqrt(ys[0].pow(2).mean(-1, keepdim=True) + 1e-5) * nws[0].float(), ws[0].float())
+
+    def two_launches(y, nw, w, o):
+        _launch_epilogue(y, nw, 1e-5, normed, unused, unused[:, :, None], 1, 0, shift_bc=False)
+        torch.mm(normed, w.t(), out=o)
+
+    cands = {"norm kernel + cublas": two_launches}
+    for spec in configs.split(","):
+        config = tuple(int(v) for v in spec.split("x"))
+        cands[f"triton norm-folded {spec}"] = lambda y, nw, w, o, config=config: triton_norm_linear(y, nw, w, config, o)
+    result = {}
+    for name, call in cands.items():
+        def all_layers(call=call) -> None:
+            for y, nw, w, o in zip(ys, nws, ws, outs, strict=True):
+                call(y, nw, w, o)
+
+        try:
+            ms = _graph_ms(all_layers, device, warmup, reps) / LAYERS
+        except Exception as err:  # a config the card cannot run: reported, not fatal
+            result[name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
+            continue
+        result[name] = {"us": round(ms * 1e3, 2), "max_rel_err": rel_diff(outs[0], want)}
+        print(f"rows {rows} {n}x{k} normed {name}: {result[name]}", flush=True)
+    return result
+
+
 def candidates(configs: str, cuda: bool) -> dict:
     def cublas(x, w, o):
         torch.mm(x, w.t(), out=o)
@@ -158,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     cands = candidates(configs, device.type == "cuda")
     results = {f"{name} rows {r}": measure(r, n, k, cands, device, dtype, warmup, reps, copy_bw)
                for r in rows for name, (n, k) in shapes.items()}
+    n, k = shapes["out_proj"]
+    results |= {f"out_proj normed rows {r}": measure_norm(r, n, k, configs, device, dtype, warmup, reps)
+                for r in rows}
     fastest = {key: min((c for c in per if "us" in per[c]), key=lambda c: per[c]["us"]) for key, per in results.items()}
     report = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "none (CPU smoke run)",
               "copy_bandwidth_bytes_per_s": copy_bw, "dtype": str(dtype), "layers": LAYERS, "results": results,
