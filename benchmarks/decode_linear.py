@@ -12,7 +12,9 @@ than L2 holds, as in the sampler), replayed from a CUDA graph, for each candidat
   K with its loads pipelined, so each weight tile is read once per row block.
 
 Then ``out_proj`` of the mixer's normalised output: the grouped-norm kernel and cuBLAS (two
-launches, as the step runs them) against one Triton launch with the norm folded into the K loop.
+launches, as the step runs them) against one Triton launch with the norm folded into the K loop;
+and ``in_proj`` with the causal conv of this token: cuBLAS and the conv's own kernel against one
+Triton launch with the conv in the GEMM's epilogue.
 
 Per candidate and shape: microseconds per projection, the weights' bytes over that time as a
 fraction of the copy bandwidth measured in the run, and the largest difference from an fp32
@@ -51,6 +53,8 @@ from common import (  # noqa: E402
 SHAPES = {"in_proj": (3352, 768), "out_proj": (768, 1536)}
 SMOKE_SHAPES = {"in_proj": (40, 32), "out_proj": (32, 24)}
 LAYERS = 24
+#: in_proj's conv channels (x, B, C): first column and width (AiM-B: after z's 1536, 1536 + 2 x 128), smoke or not
+CONV_CHANNELS = {False: (1536, 1792), True: (16, 16)}
 #: BLOCK_M x BLOCK_N x BLOCK_K x STAGES x WARPS (BLOCK_M 0: the rows rounded up to a power of two, 16 to 128)
 CONFIGS = "0x16x128x4x4,0x32x128x4x4,0x32x64x5x4,0x64x64x4x4,0x16x256x3x4,64x32x128x3x4,32x16x128x4x4"
 SMOKE_CONFIGS = "0x16x16x2x4"
@@ -95,6 +99,59 @@ def _norm_linear_kernel(y_ptr, nw_ptr, w_ptr, out_ptr, M, N, K, eps, s_ym, s_wn,
     acc *= tl.rsqrt(squares / K + eps)[:, None]
     tl.store(out_ptr + offs_m[:, None] * s_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def _conv_linear_kernel(x_ptr, w_ptr, y_ptr, conv_ptr, cw_ptr, xc_ptr, M, N, K, conv_lo, conv_hi,
+                        s_xm, s_wn, s_ym, s_cs_b, s_cs_c, s_cs_w, s_xc,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+                        W: tl.constexpr):
+    """``in_proj`` with the causal conv folded in: y = x @ w.T (stored in y's dtype), and for a column block in
+    the conv's channels [conv_lo, conv_hi) also conv + SiLU of this token into ``xc`` (fp32) and the windows
+    shifted in place (no bias: AiM's conv has none). Column blocks never straddle the range's ends."""
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n0 = tl.program_id(0) * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        offs_k = k + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * s_xm + offs_k[None, :],
+                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+        w = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :],
+                    mask=(offs_n[:, None] < N) & (offs_k[None, :] < K), other=0.0)
+        acc = tl.dot(x, tl.trans(w), acc)
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    new = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + offs_m[:, None] * s_ym + offs_n[None, :], new, mask=mask)
+    if (n0 >= conv_lo) & (n0 < conv_hi):
+        ch = offs_n - conv_lo
+        win = conv_ptr + offs_m[:, None] * s_cs_b + ch[None, :] * s_cs_c
+        tl.static_assert(W == 4, "the prototype is written for AiM's four-tap conv")
+        o1 = tl.load(win + s_cs_w, mask=mask, other=0.0)
+        o2 = tl.load(win + 2 * s_cs_w, mask=mask, other=0.0)
+        o3 = tl.load(win + 3 * s_cs_w, mask=mask, other=0.0)
+        conv = (o1.to(tl.float32) * tl.load(cw_ptr + ch * W).to(tl.float32)[None, :]
+                + o2.to(tl.float32) * tl.load(cw_ptr + ch * W + 1).to(tl.float32)[None, :]
+                + o3.to(tl.float32) * tl.load(cw_ptr + ch * W + 2).to(tl.float32)[None, :]
+                + new.to(tl.float32) * tl.load(cw_ptr + ch * W + 3).to(tl.float32)[None, :])
+        tl.store(xc_ptr + offs_m[:, None] * s_xc + ch[None, :], conv * tl.sigmoid(conv), mask=mask)
+        tl.debug_barrier()  # every old window read before one is overwritten
+        tl.store(win, o1, mask=mask)
+        tl.store(win + s_cs_w, o2, mask=mask)
+        tl.store(win + 2 * s_cs_w, o3, mask=mask)
+        tl.store(win + 3 * s_cs_w, new, mask=mask)
+
+
+def triton_conv_linear(x, w, config, out, conv_state, conv_weight, xc, conv_lo):
+    bm, bn, bk, stages, warps = config
+    m, k = x.shape
+    n = w.shape[0]
+    bm = bm or min(128, max(16, triton.next_power_of_2(m)))
+    _conv_linear_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
+        x, w, out, conv_state, conv_weight, xc, m, n, k, conv_lo, conv_lo + conv_state.shape[1],
+        x.stride(0), w.stride(0), out.stride(0), *conv_state.stride(), xc.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, W=conv_state.shape[-1], num_warps=warps)
+    return out
 
 
 def triton_norm_linear(y: torch.Tensor, nw: torch.Tensor, w: torch.Tensor, config: tuple[int, ...],
@@ -156,6 +213,51 @@ def measure(rows: int, n: int, k: int, candidates: dict, device: torch.device, d
             row["of_copy_bandwidth"] = round(weight_bytes / (ms / 1e3) / copy_bw, 3)
         result[name] = row
         print(f"rows {rows} {n}x{k} {name}: {row}", flush=True)
+    return result
+
+
+def measure_conv(rows: int, n: int, k: int, conv_lo: int, channels: int, configs: str, device: torch.device,
+                 dtype: torch.dtype, warmup: int, reps: int) -> dict:
+    """``in_proj`` and the causal conv of this token: cuBLAS then the conv's own kernel (``launch_preconv``, two
+    launches) against one Triton launch with the conv folded into the GEMM's epilogue, over 24 layers, each with
+    its own conv windows; ``max_rel_err`` compares the conv's output with PyTorch's from the same windows."""
+    from avgkit_mamba.ops.triton_step import launch_preconv
+
+    g = torch.Generator(device=device).manual_seed(2)
+    xs = [torch.randn(rows, k, generator=g, device=device).to(dtype) for _ in range(LAYERS)]
+    ws = [(torch.randn(n, k, generator=g, device=device) / k ** 0.5).to(dtype) for _ in range(LAYERS)]
+    cws = [(torch.randn(channels, 4, generator=g, device=device) / 2).to(dtype) for _ in range(LAYERS)]
+    convs = [torch.randn(rows, channels, 4, generator=g, device=device).to(dtype) for _ in range(LAYERS)]
+    outs = [torch.empty(rows, n, device=device, dtype=dtype) for _ in range(LAYERS)]
+    xcs = [torch.empty(rows, channels, device=device) for _ in range(LAYERS)]
+    first = convs[0].clone()
+    new = F.linear(xs[0].float(), ws[0].float()).to(dtype)[:, conv_lo:conv_lo + channels]
+    pre = (torch.cat([first[..., 1:], new[..., None]], -1).float() * cws[0].float()).sum(-1)
+    want = pre * torch.sigmoid(pre)
+
+    def two_launches(i):
+        torch.mm(xs[i], ws[i].t(), out=outs[i])
+        xcs[i].copy_(launch_preconv(outs[i][:, conv_lo:conv_lo + channels], convs[i], cws[i], None))
+
+    cands = {"cublas + conv kernel": two_launches}
+    for spec in configs.split(","):
+        config = tuple(int(v) for v in spec.split("x"))
+        if conv_lo % config[1] or channels % config[1]:
+            continue  # a column block would straddle the conv's channels
+        cands[f"triton conv-folded {spec}"] = lambda i, config=config: triton_conv_linear(
+            xs[i], ws[i], config, outs[i], convs[i], cws[i], xcs[i], conv_lo)
+    result = {}
+    for name, call in cands.items():
+        convs[0].copy_(first)
+        try:
+            call(0)
+            err = rel_diff(xcs[0], want)
+            ms = _graph_ms(lambda call=call: [call(i) for i in range(LAYERS)], device, warmup, reps) / LAYERS
+        except Exception as exc:  # a config the card cannot run: reported, not fatal
+            result[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+            continue
+        result[name] = {"us": round(ms * 1e3, 2), "max_rel_err": err}
+        print(f"rows {rows} {n}x{k} with conv {name}: {result[name]}", flush=True)
     return result
 
 
@@ -239,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     n, k = shapes["out_proj"]
     results |= {f"out_proj normed rows {r}": measure_norm(r, n, k, configs, device, dtype, warmup, reps)
                 for r in rows}
+    n, k = shapes["in_proj"]
+    lo, channels = CONV_CHANNELS[args.smoke]
+    results |= {f"in_proj with conv rows {r}": measure_conv(r, n, k, lo, channels, configs, device, dtype, warmup,
+                                                             reps) for r in rows}
     fastest = {key: min((c for c in per if "us" in per[c]), key=lambda c: per[c]["us"]) for key, per in results.items()}
     report = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "none (CPU smoke run)",
               "copy_bandwidth_bytes_per_s": copy_bw, "dtype": str(dtype), "layers": LAYERS, "results": results,

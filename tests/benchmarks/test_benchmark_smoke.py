@@ -88,10 +88,11 @@ def _ssd_scan(report: dict[str, Any]) -> None:
 
 def _decode_linear(report: dict[str, Any]) -> None:
     # every candidate ran both projections and matched the fp32 product (the smoke runs in fp32)
-    assert set(report["results"]) == {"in_proj rows 4", "out_proj rows 4", "out_proj normed rows 4"}, \
-        report["results"]
+    assert set(report["results"]) == {"in_proj rows 4", "out_proj rows 4", "out_proj normed rows 4",
+                                      "in_proj with conv rows 4"}, report["results"]
     for key, per in report["results"].items():
         want = ({"norm kernel + cublas", "triton norm-folded 0x16x16x2x4"} if "normed" in key
+                else {"cublas + conv kernel", "triton conv-folded 0x16x16x2x4"} if "conv" in key
                 else {"cublas", "triton 0x16x16x2x4"})
         assert set(per) == want, per
         assert all(row["us"] > 0 and row["max_rel_err"] < 1e-5 for row in per.values()), per

@@ -45,7 +45,7 @@ from avgkit_mamba.ops.triton_common import (
 )
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 
-__all__ = ["StepTile", "decode_step_triton", "fused_step_triton", "split_rule"]
+__all__ = ["StepTile", "decode_step_triton", "fused_step_triton", "launch_preconv", "split_rule"]
 
 #: Heads a program updates under the interpreter: two, so the checks run the loop over heads where the heads per
 #: group allow it.
@@ -288,6 +288,19 @@ def _check_scale(ssm_state: Tensor, state_scale: Tensor | None) -> None:
                          f"{tuple(ssm_state.shape[:3])} beside an int8 state (got {ssm_state.dtype})")
 
 
+def launch_preconv(xBC: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None) -> Tensor:
+    """This token's x, B and C after conv + SiLU (b, channels) in fp32, every conv window shifted in place."""
+    b, channels = xBC.shape
+    xc = torch.empty(b, channels, device=xBC.device, dtype=torch.float32)
+    block_c = min(256, triton.next_power_of_2(channels))
+    _preconv_kernel[(b, triton.cdiv(channels, block_c))](
+        xBC, conv_state, conv_weight, conv_bias if conv_bias is not None else conv_weight, xc, channels,
+        conv_state.shape[-1], xBC.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
+        xc.stride(0), HAS_CONV_BIAS=conv_bias is not None, BLOCK_C=block_c,
+        BLOCK_W=triton.next_power_of_2(conv_state.shape[-1]), num_warps=4)
+    return xc
+
+
 def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a_is_log, D, dt_bias, y, ngroups,
                  state_scale=None) -> bool:
     """The state update (after the conv's own launch with ``StepTile.preconv``); returns whether the epilogue
@@ -306,15 +319,7 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
 
     tile = (_override or _tile)(b * nheads, p, state_scale is not None)
     heads = tile.heads if (nheads // ngroups) % tile.heads == 0 else 1  # a program's heads share one group
-    xc = xBC
-    if tile.preconv:
-        channels = xBC.shape[1]
-        xc = torch.empty(b, channels, device=xBC.device, dtype=torch.float32)
-        block_c = min(256, triton.next_power_of_2(channels))
-        _preconv_kernel[(b, triton.cdiv(channels, block_c))](
-            xBC, conv_state, conv_weight, conv_bias if conv_bias is not None else conv_weight, xc, channels, w,
-            xBC.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), xc.stride(0),
-            HAS_CONV_BIAS=conv_bias is not None, BLOCK_C=block_c, BLOCK_W=flags["BLOCK_W"], num_warps=4)
+    xc = launch_preconv(xBC, conv_state, conv_weight, conv_bias) if tile.preconv else xBC
     _step_kernel[(b, nheads // heads, triton.cdiv(p, tile.block_p))](
         xBC, xc, dt, z if z is not None else xBC, conv_state, conv_weight,
         conv_bias if conv_bias is not None else conv_weight, ssm_state, sc, A,
