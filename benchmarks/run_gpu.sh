@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --linear | --core | --precision | --tune]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --confirm | --linear | --core | --precision | --tune]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -44,6 +44,10 @@
 # --preconv (about 9 minutes; BUDGET seconds, default 560): the decode kernels against PyTorch with the conv in its own
 # launch too, GPT-B and AiM-B at batch 16 and 64 with the rule and SPLITS (default 32x8:pc,16x8:pc,64x8:pc), timed
 # interleaved with per-kernel profiles, then the decode projections alone (decode_linear.py, LINEAR_ROWS).
+# --confirm (about 8 minutes): the decode rule's tables: GPT-B and AiM-B at batch 16, 64 and 256, AiM-B's state dtypes
+# with the rule and SPLITS (default 64x8:pc:r64,32x8:pc:r40: registers capped) at 16 and 64 with per-kernel profiles,
+# AiM-B's cold and warm start, AiM-L / AiM-XL beside GPT-L, the decode kernels against PyTorch, then the int8 state
+# update's counters under Nsight Compute where the machine has it.
 # --core (about 6 minutes; CORE_LIMIT seconds for the training rows, default 380): the one-op mixer core's and the
 # conv's GPU tests (CORE_TESTS=0 skips them), then AiM-B and AiM-L with the core against its three ops and with the
 # norms recomputed (CORE_VARIANTS), beside the reference, and AiM-B's step by kernel.
@@ -181,6 +185,24 @@ if [ "$QUICK" = "--preconv" ]; then  # the conv in its own launch (StepTile.prec
     --step-splits "${SPLITS:-32x8:pc,16x8:pc,64x8:pc}" --profile --out "$OUT/sampling_preconv_$CARD.json"
   LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/decode_linear.py --rows "${LINEAR_ROWS:-32,128}" \
     --out "$OUT/decode_linear_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--confirm" ]; then  # the decode rule's tables: AiM-B, then AiM-L / XL, start-up, checks, counters
+  LIMIT=${ROWS_LIMIT:-230} run benchmarks/sampling.py --transformers gpt-b --aim aim-b --batches 16,64,256 \
+    --variants 16,64 --step-splits "${SPLITS:-64x8:pc:r64,32x8:pc:r40}" --profile --out "$OUT/sampling_confirm_$CARD.json"
+  LIMIT=55 run benchmarks/startup.py --out "$OUT/startup_$CARD.json"
+  LIMIT=${LXL_LIMIT:-130} run benchmarks/sampling.py --transformers gpt-l --aim aim-l,aim-xl --batches 16,64 \
+    --out "$OUT/sampling_l_xl_$CARD.json"
+  LIMIT=60 run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
+  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1)
+  if [ -n "$NCU" ] && [ $((SECONDS - START)) -lt $((${BUDGET:-520} - 45)) ]; then
+    timeout 40 "$NCU" -k regex:_step_kernel --launch-skip 48 --launch-count 1 --section SpeedOfLight --section Occupancy \
+      --section WarpStateStats python3 plugins/mamba/scripts/gpu_check.py --step-only int8 > "$OUT/ncu_step_int8_$CARD.txt" 2>&1
+    tail -n 50 "$OUT/ncu_step_int8_$CARD.txt"
+  else
+    echo "no ncu on this machine, or no time left for it"
+  fi
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -190,7 +190,7 @@ def _ddp(report: dict[str, Any]) -> None:
 
 def _sampling(report: dict[str, Any]) -> None:
     names = [r["model"] for r in report["rows"]]
-    splits = [" swept split", " split 64x4", " split 32x8:stream:h2:s2:pc"]  # --step-tiles, then --step-splits
+    splits = [" swept split", " split 64x4", " split 32x8:stream:h2:s2:pc:r64"]  # --step-tiles, then --step-splits
     assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b bf16-state",
                      "avgkit aim-b bf16-state compiled", "avgkit aim-b bf16-state two-launch",
                      *(f"avgkit aim-b bf16-state two-launch{t}" for t in splits), "avgkit aim-b int8-state two-launch",
@@ -199,13 +199,12 @@ def _sampling(report: dict[str, Any]) -> None:
     # --step-tiles: the fastest split of the report, by state kind; --step-splits: the same split for both
     tiles = {(r["state_dtype"], r["model"].split("two-launch ")[1]): r["step_tile"] for r in report["rows"]
              if "step_tile" in r}
-    fixed = {"split 64x4": {"block_p": 64, "num_warps": 4, "heads": 1, "stream": False, "stages": 1, "preconv": False},
-             "split 32x8:stream:h2:s2:pc": {"block_p": 32, "num_warps": 8, "heads": 2, "stream": True, "stages": 2,
-                                            "preconv": True}}
-    assert tiles == {("bf16", "swept split"): {"block_p": 32, "num_warps": 8, "heads": 2, "stream": True, "stages": 1,
-                                               "preconv": False},
-                     ("int8", "swept split"): {"block_p": 64, "num_warps": 4, "heads": 4, "stream": False, "stages": 1,
-                                               "preconv": True},
+    plain = {"heads": 1, "stream": False, "stages": 1, "preconv": False, "max_registers": 0}
+    fixed = {"split 64x4": {"block_p": 64, "num_warps": 4, **plain},
+             "split 32x8:stream:h2:s2:pc:r64": {"block_p": 32, "num_warps": 8, "heads": 2, "stream": True, "stages": 2,
+                                                "preconv": True, "max_registers": 64}}
+    assert tiles == {("bf16", "swept split"): {**plain, "block_p": 32, "num_warps": 8, "heads": 2, "stream": True},
+                     ("int8", "swept split"): {**plain, "block_p": 64, "num_warps": 4, "heads": 4, "preconv": True},
                      **{(st, k): v for st in ("bf16", "int8") for k, v in fixed.items()}}, tiles
     for row in report["rows"]:
         assert row["repeats"] >= 2 and row["spread_s"][0] <= row["median_s"] <= row["spread_s"][1], row
@@ -440,7 +439,7 @@ CASES: list[Smoke] = [
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--chunked",
-                                          "--step-tiles", "{tmp}/tiles.json", "--step-splits", "64x4,32x8:stream:h2:s2:pc",
+                                          "--step-tiles", "{tmp}/tiles.json", "--step-splits", "64x4,32x8:stream:h2:s2:pc:r64",
                                           "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_sampling_setup),
     Smoke("benchmarks/precision_check.py", args=("--smoke", "--paths", "today,bf16", "--work", "{tmp}/runs", "--out",

@@ -65,8 +65,10 @@ def compile_step(state: str, tile, d_state: int = 128, d_conv: int = 4):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(names.index(k),): v for k, v in const.items()}, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": tile.num_warps, "num_stages": 1})
+    options = {"num_warps": tile.num_warps, "num_stages": 1}
+    if tile.max_registers:
+        options["maxnreg"] = tile.max_registers
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def ptxas() -> str:

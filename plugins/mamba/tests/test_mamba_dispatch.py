@@ -103,3 +103,16 @@ def test_decode_tile_rules_give_launch_sizes_on_a_gpu(rows: int) -> None:
         assert isinstance(tile, triton_step.StepTile) and tile.block_p <= 64 and tile.heads >= 1 and tile.stages >= 1
     block_p, warps = triton_window.window_tile(rows, 64, interpret=False)
     assert block_p in (16, 32, 64) and warps in (1, 2, 4, 8, 16)
+
+
+def test_step_tile_specs_read_back_and_name_their_format() -> None:
+    """``StepTile.parse``, which benchmarks/sampling.py and step_resources.py read their splits with."""
+    pytest.importorskip("triton")
+    from avgkit_mamba.ops.triton_step import StepTile
+
+    assert StepTile.parse("32x8") == StepTile(32, 8)
+    assert StepTile.parse(" 64x8:pc:r64 ") == StepTile(64, 8, preconv=True, max_registers=64)
+    assert StepTile.parse("16x8:stream:h4:s3") == StepTile(16, 8, 4, True, 3)
+    for bad, words in (("32by8", "BLOCK_PxWARPS"), ("32x8:rx", "BLOCK_PxWARPS"), ("32x8:fast", "unknown flag")):
+        with pytest.raises(ValueError, match=words):
+            StepTile.parse(bad)

@@ -1,18 +1,22 @@
-"""Triton kernels for a Mamba-2 layer's decode step (one token): two launches per layer.
+"""Triton kernels for a Mamba-2 layer's decode step (one token): three launches per layer (two without
+``StepTile.preconv``).
 
+0. ``_preconv_kernel`` (``StepTile.preconv``, the rule), one program per (batch row, block of channels): this
+   token's x, B and C through the causal conv + SiLU into an fp32 buffer, every conv window shifted, so the
+   state update below only loads them (no window, no barrier in its path).
 1. ``_step_kernel``, one program per (batch row, heads of one group, block of head dims):
    with one head, issues the read of its SSM state tile first (the one large read of the
-   step); convolves the group's B and C channels from their *old* windows, then for each
-   head (with several heads, the next heads' tiles staged through shared memory while one
-   updates, ``StepTile.stages``) shifts the conv window of its own x channels,
-   convolves them (+ bias, SiLU), discretises dt (bias + softplus, and
+   step); loads x, B and C (``preconv``) or else convolves the group's B and C channels
+   from their *old* windows, then for each head (with several heads, the next heads'
+   tiles staged through shared memory while one updates, ``StepTile.stages``) shifts the
+   conv window of its own x channels and convolves them (+ bias, SiLU); discretises dt (bias + softplus, and
    ``A = -exp(A_log)`` when given the log), updates the state tile in place, reads it
    out with C, adds the ``D`` skip and gates with ``silu(z)``.
 2. ``_epilogue_kernel``, one program per (batch row, group): the grouped RMSNorm of the
-   gated output (the mixer's norm, so it never leaves the step) and the shift of the
-   group's B and C windows. B and C are shared by every head of a group; shifting them
-   in a later launch means no program of the first kernel can see a half-updated window,
-   without atomics or a grid-wide handshake.
+   gated output (the mixer's norm, so it never leaves the step) and, without ``preconv``,
+   the shift of the group's B and C windows. B and C are shared by every head of a group;
+   shifting them in another launch means no program of the state update can see a
+   half-updated window, without atomics or a grid-wide handshake.
 
 The work split (``StepTile``) follows a fixed rule (``_tile``).
 Reference: :func:`avgkit_mamba.ops.dispatch.fused_step_torch` (+ ``GatedRMSNorm``).
@@ -209,7 +213,8 @@ class StepTile(NamedTuple):
     asynchronous copies while one updates; 1: one tile at a time), and whether the state streams past the L2
     cache (``stream``: loads evicted first, stores marked streaming), and whether a launch before it convolves x, B
     and C once per row and shifts every window (``preconv``: the state update then only loads them, and the
-    epilogue shifts nothing; a third launch a layer). Each state row is updated and read out within
+    epilogue shifts nothing; a third launch a layer), and a cap on the registers a thread (``max_registers``, 0:
+    none; fewer registers, more programs an SM, at the price of spills). Each state row is updated and read out within
     one program, so the state's values do not depend on the split (the interpreter checks give every split the
     same bits); on a GPU the warps may change the order in which y's sum over d_state rounds, and the rule keeps
     them fixed for every batch size."""
@@ -220,45 +225,47 @@ class StepTile(NamedTuple):
     stream: bool = False
     stages: int = 1
     preconv: bool = False
+    max_registers: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> StepTile:
-        """``32x8``, ``64x8:stream``, ``32x8:h4:s2``, ``32x8:pc``: head dims x warps, then streaming, heads a program
-        (``hN``), the pipeline depth of the loop over them (``sN``) and the conv in its own launch (``pc``); a
-        ValueError names the format."""
+        """``32x8``, ``64x8:stream``, ``32x8:h4:s2``, ``64x8:pc:r64``: head dims x warps, then streaming, heads a
+        program (``hN``), the pipeline depth of the loop over them (``sN``), the conv in its own launch (``pc``) and
+        a cap on registers a thread (``rN``); a ValueError names the format."""
         head, *flags = spec.strip().split(":")
         try:
             block_p, warps = (int(v) for v in head.split("x"))
             heads = next((int(f[1:]) for f in flags if f.startswith("h")), 1)
             stages = next((int(f[1:]) for f in flags if f.startswith("s") and f != "stream"), 1)
+            registers = next((int(f[1:]) for f in flags if f.startswith("r")), 0)
         except ValueError:
-            raise ValueError(f"cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN][:sN][:pc], e.g. 32x8:h4:s2") \
-                from None
-        if any(f not in ("stream", "pc") and f[:1] not in ("h", "s") for f in flags):
-            raise ValueError(f"unknown flag in {spec!r}; use stream, hN, sN and pc")
-        return cls(block_p, warps, heads, "stream" in flags, stages, "pc" in flags)
+            raise ValueError(f"cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN][:sN][:pc][:rN], "
+                             "e.g. 32x8:h4:s2") from None
+        if any(f not in ("stream", "pc") and f[:1] not in ("h", "s", "r") for f in flags):
+            raise ValueError(f"unknown flag in {spec!r}; use stream, hN, sN, pc and rN")
+        return cls(block_p, warps, heads, "stream" in flags, stages, "pc" in flags, registers)
 
 
 def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
     """The state-update kernel's split for ``rows`` (batch x heads) tiles of ``p`` head dims (``quant``: an int8
-    state): eight warps, 32 head dims a program (64 for an int8 state), one head a program, the state streamed
-    past L2 below 2048 rows.
+    state): x, B and C convolved in their own launch first (``preconv``), then eight warps, 32 head dims a program
+    (64 for an int8 state), one head a program.
 
-    Measured on an H100 in AiM-B's sampler (benchmarks/results/sampling_split_h100.json, timed interleaved with
-    the earlier rule of 64 head dims and four warps below 2048 rows, eight above): at batch 16 (768 rows) the
-    kernel took 0.336 ms a step against 0.561 (62.5 against 51.7 images/s), at batch 64 1.171 against 1.231 ms
-    (bf16 state); the int8 state's 64 x 8 split is what the earlier rule ran at batch 64. Four warps looked as
-    fast in a sweep of 24 layers' decode steps alone (decode_tiles_stream_h100.json) but were up to 1.7x slower
-    in the sampler, so the sampler decides. Several heads a program, with the loop over them pipelined
-    (``stages``), ran 0.79-0.91x the rule in the sampler and slower in the sweep too
-    (sampling_split_pipelined_h100.json): more bytes in flight cost programs an SM (registers) and bought no
-    bandwidth. A fixed rule rather than timing candidates at first use, which
-    corrupted fp32 states on the H200 (docs/benchmarks.md) and would make the choice depend on the machine's
-    load. Under the interpreter: small tiles, ``INTERP_HEADS`` heads a program.
+    Measured on an H100 in AiM-B's sampler, timed interleaved with the earlier rule (the conv inside the state
+    update, the state streamed past L2 below 2048 rows; benchmarks/results/sampling_preconv_h100.json): with
+    nothing but loads before its update the kernel took 0.891 ms a step at batch 64 against 1.150 (bf16 state,
+    91% of the copy bandwidth; 0.990 ms with the conv's launch) and 0.229 against 0.328 at batch 16; the int8
+    state's 0.776 against 1.105. Images/s 145.3 against 136.5 (bf16) and 155.4 against 135.2 (int8) at batch
+    64, 65.5 against 64.6 and 64.0 against 62.8 at batch 16. Earlier findings that still hold
+    (sampling_split_h100.json, sampling_split_pipelined_h100.json): four warps looked as fast in a sweep of 24
+    layers' decode steps alone but were up to 1.7x slower in the sampler, so the sampler decides; several heads
+    a program, with the loop over them pipelined, ran 0.79-0.91x. A fixed rule rather than timing candidates at
+    first use, which corrupted fp32 states on the H200 (docs/benchmarks.md) and would make the choice depend on
+    the machine's load. Under the interpreter: small tiles, ``INTERP_HEADS`` heads a program, the conv inside.
     """
     if INTERPRET:
         return StepTile(min(triton.next_power_of_2(p), 16), 4, INTERP_HEADS)
-    return StepTile(min(64 if quant else 32, triton.next_power_of_2(p)), 8, 1, rows < 2048)
+    return StepTile(min(64 if quant else 32, triton.next_power_of_2(p)), 8, preconv=True)
 
 
 #: Set within ``split_rule``: the rule that replaces ``_tile``.
@@ -332,6 +339,7 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
         y.stride(0), **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages,
         LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
         PRECONV=tile.preconv, num_warps=tile.num_warps, num_stages=1,
+        **({"maxnreg": tile.max_registers} if tile.max_registers else {}),
     )
     return not tile.preconv
 
