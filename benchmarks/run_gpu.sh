@@ -44,10 +44,10 @@
 # --preconv (about 9 minutes; BUDGET seconds, default 560): the decode kernels against PyTorch with the conv in its own
 # launch too, GPT-B and AiM-B at batch 16 and 64 with the rule and SPLITS (default 32x8:pc,16x8:pc,64x8:pc), timed
 # interleaved with per-kernel profiles, then the decode projections alone (decode_linear.py, LINEAR_ROWS).
-# --confirm (about 8 minutes): the decode rule's tables: GPT-B and AiM-B at batch 16, 64 and 256, AiM-B's state dtypes
-# with the rule and SPLITS (default 64x8:pc:r64,32x8:pc:r40: registers capped) at 16 and 64 with per-kernel profiles,
-# AiM-B's cold and warm start, AiM-L / AiM-XL beside GPT-L, the decode kernels against PyTorch, then the int8 state
-# update's counters under Nsight Compute where the machine has it.
+# --confirm (about 8 minutes; BUDGET seconds, default 480): the decode rule's tables: GPT-B and AiM-B at batch 16, 64
+# and 256, AiM-B's state dtypes with the rule and SPLITS (default 64x8:pc:r64,32x8:pc:r40: registers capped) at 16
+# and 64 with per-kernel profiles, AiM-B's cold and warm start, the decode kernels against PyTorch, then AiM-L and
+# AiM-XL beside GPT-L in what time is left.
 # --core (about 6 minutes; CORE_LIMIT seconds for the training rows, default 380): the one-op mixer core's and the
 # conv's GPU tests (CORE_TESTS=0 skips them), then AiM-B and AiM-L with the core against its three ops and with the
 # norms recomputed (CORE_VARIANTS), beside the reference, and AiM-B's step by kernel.
@@ -188,21 +188,13 @@ if [ "$QUICK" = "--preconv" ]; then  # the conv in its own launch (StepTile.prec
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
-if [ "$QUICK" = "--confirm" ]; then  # the decode rule's tables: AiM-B, then AiM-L / XL, start-up, checks, counters
-  LIMIT=${ROWS_LIMIT:-230} run benchmarks/sampling.py --transformers gpt-b --aim aim-b --batches 16,64,256 \
+if [ "$QUICK" = "--confirm" ]; then  # the decode rule's tables, in order of need: AiM-B, start-up, checks, AiM-L / XL
+  LIMIT=${ROWS_LIMIT:-240} run benchmarks/sampling.py --transformers gpt-b --aim aim-b --batches 16,64,256 \
     --variants 16,64 --step-splits "${SPLITS:-64x8:pc:r64,32x8:pc:r40}" --profile --out "$OUT/sampling_confirm_$CARD.json"
   LIMIT=55 run benchmarks/startup.py --out "$OUT/startup_$CARD.json"
-  LIMIT=${LXL_LIMIT:-130} run benchmarks/sampling.py --transformers gpt-l --aim aim-l,aim-xl --batches 16,64 \
-    --out "$OUT/sampling_l_xl_$CARD.json"
-  LIMIT=60 run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
-  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1)
-  if [ -n "$NCU" ] && [ $((SECONDS - START)) -lt $((${BUDGET:-520} - 45)) ]; then
-    timeout 40 "$NCU" -k regex:_step_kernel --launch-skip 48 --launch-count 1 --section SpeedOfLight --section Occupancy \
-      --section WarpStateStats python3 plugins/mamba/scripts/gpu_check.py --step-only int8 > "$OUT/ncu_step_int8_$CARD.txt" 2>&1
-    tail -n 50 "$OUT/ncu_step_int8_$CARD.txt"
-  else
-    echo "no ncu on this machine, or no time left for it"
-  fi
+  LIMIT=50 run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
+  LIMIT=$((${BUDGET:-480} - SECONDS + START)) run benchmarks/sampling.py --transformers gpt-l --aim aim-l,aim-xl \
+    --batches 16,64 --out "$OUT/sampling_l_xl_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
