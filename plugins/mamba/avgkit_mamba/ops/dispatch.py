@@ -323,8 +323,8 @@ def decode_step(
     ``conv_weight`` (conv_dim, w); returns ``rmsnorm(y * silu(z)) * norm_weight`` over
     groups of ``d_inner / ngroups`` channels, (b, d_inner) in ``zxbcdt.dtype``.
     ``state_scale`` as in :func:`fused_step`. ``kernel`` picks the Triton kernel:
-    ``"two-launch"`` (:mod:`triton_step`, measured, the default) or ``"one-launch"``
-    (:mod:`triton_step_fused`, not yet measured on a GPU); the torch path ignores it.
+    ``"two-launch"`` (:mod:`triton_step`: the state update and the norm, after the conv's own launch; the
+    default) or ``"one-launch"`` (:mod:`triton_step_fused`, measured slower on an H100); the torch path ignores it.
     """
     if kernel not in STEP_KERNELS:
         raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
@@ -337,7 +337,7 @@ def decode_step(
             return decode_step_fused_triton(*args, state_scale=state_scale)
         from avgkit_mamba.ops.triton_step import decode_step_triton
 
-        # conv, scan, gate and the norm in two launches, reading in_proj's output in place
+        # the conv, the state update + gate, and the norm: three launches, reading in_proj's output in place
         return decode_step_triton(*args, state_scale=state_scale)
     return decode_step_torch(*args, state_scale=state_scale)
 
