@@ -1,16 +1,17 @@
 """What the decode state update costs a GPU before any GPU is at hand: its kernel compiled for sm_90 on the CPU.
 
-For each state dtype and work split (``triton_step.StepTile``) the two-launch step kernel is
+For each state dtype and work split (``triton_step.StepTile``) the state-update kernel is
 compiled by Triton for a Hopper target (no driver needed) and assembled by the ``ptxas``
 Triton ships; the report gives per split the registers a thread, spilled bytes, shared
 memory, the programs an SM can hold (from registers, warps and shared memory), the
 barriers in the PTX, asynchronous copies (the pipelined loop over heads), and the layout
 conversions of whole state tiles through shared memory in the TTGIR (each one a round trip
-of the tile). These explain measurements (docs/benchmarks.md: the int8 rule's split
-converts its tile twice, the rule's bf16 split holds four programs an SM) and screen new
-splits or kernel changes before a GPU call; they do not time anything.
+of the tile). These explain measurements (docs/benchmarks.md: with the conv inside, the
+int8 split of 64 head dims converted its tile twice and the bf16 one held four programs an
+SM; with the conv in its own launch, one barrier and five) and screen new splits or kernel
+changes before a GPU call; they do not time anything.
 
-    python plugins/mamba/scripts/step_resources.py [--splits 32x8,64x8,32x8:h4:s2] [--states bf16,int8] [--out FILE]
+    python plugins/mamba/scripts/step_resources.py [--splits 32x8,64x8:pc:r64] [--states bf16,int8] [--out FILE]
 """
 
 from __future__ import annotations
@@ -103,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     from avgkit_mamba.ops.triton_step import StepTile, _tile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--splits", default="rule,16x8,32x8,64x8,32x4,64x4,32x8:h4:s2,16x8:h4:s3",
-                    help="comma-separated splits (BLOCK_PxWARPS[:stream][:hN][:sN]); rule: the fixed rule's split "
-                         "at AiM-B's batch 64 (128 sequences x 24 heads)")
+    ap.add_argument("--splits", default="rule,32x8,64x8,32x8:h4:s2,16x8:pc,32x8:pc,64x8:pc,64x8:pc:r64,32x8:pc:r40",
+                    help="comma-separated splits (BLOCK_PxWARPS[:stream][:hN][:sN][:pc][:rN]); rule: the fixed rule's "
+                         "split at AiM-B's batch 64 (128 sequences x 24 heads)")
     ap.add_argument("--states", default="bf16,int8", help="comma-separated state dtypes (fp32, bf16, int8)")
     ap.add_argument("--headdim", type=int, default=64)
     ap.add_argument("--d-state", type=int, default=128)
