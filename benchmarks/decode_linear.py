@@ -61,11 +61,9 @@ SMOKE_CONFIGS = "0x16x16x2x4"
 
 
 @triton.jit
-def _linear_kernel(x_ptr, w_ptr, y_ptr, M, N, K, s_xm, s_wn, s_ym,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
-    """y[m, n] = sum_k x[m, k] w[n, k] for one (row block, column block), fp32 accumulation."""
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+def _product(x_ptr, w_ptr, offs_m, offs_n, M, N, K, s_xm, s_wn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """sum_k x[m, k] w[n, k] for rows ``offs_m`` and columns ``offs_n``, fp32, the K loop's loads pipelined."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         offs_k = k + tl.arange(0, BLOCK_K)
@@ -74,6 +72,16 @@ def _linear_kernel(x_ptr, w_ptr, y_ptr, M, N, K, s_xm, s_wn, s_ym,
         w = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :],
                     mask=(offs_n[:, None] < N) & (offs_k[None, :] < K), other=0.0)
         acc = tl.dot(x, tl.trans(w), acc)
+    return acc
+
+
+@triton.jit
+def _linear_kernel(x_ptr, w_ptr, y_ptr, M, N, K, s_xm, s_wn, s_ym,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """y[m, n] = sum_k x[m, k] w[n, k] for one (row block, column block), fp32 accumulation."""
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = _product(x_ptr, w_ptr, offs_m, offs_n, M, N, K, s_xm, s_wn, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     tl.store(y_ptr + offs_m[:, None] * s_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
@@ -112,14 +120,7 @@ def _conv_linear_kernel(x_ptr, w_ptr, y_ptr, conv_ptr, cw_ptr, xc_ptr, M, N, K, 
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     n0 = tl.program_id(0) * BLOCK_N
     offs_n = n0 + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-        offs_k = k + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + offs_m[:, None] * s_xm + offs_k[None, :],
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
-        w = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :],
-                    mask=(offs_n[:, None] < N) & (offs_k[None, :] < K), other=0.0)
-        acc = tl.dot(x, tl.trans(w), acc)
+    acc = _product(x_ptr, w_ptr, offs_m, offs_n, M, N, K, s_xm, s_wn, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     new = acc.to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + offs_m[:, None] * s_ym + offs_n[None, :], new, mask=mask)
