@@ -139,7 +139,8 @@ def training_h100(images: Path = IMAGES) -> Path | None:
                     "train_step_h100.png", "H100s")
 
 
-def decode_split(path: Path = RESULTS / "sampling_split_h100.json", images: Path = IMAGES) -> Path | None:
+def decode_split(path: Path = RESULTS / "sampling_split_h100.json", images: Path = IMAGES,
+                 name: str = "sampling_split_h100.png") -> Path | None:
     """AiM-B's images/s with each state-update split beside the compiled GPT-B, per batch (one H100 call)."""
     if not path.exists():
         return None
@@ -148,12 +149,18 @@ def decode_split(path: Path = RESULTS / "sampling_split_h100.json", images: Path
     for r in rows:
         if r["model"] == "avgkit gpt-b compiled" or "two-launch" in r["model"]:
             tile = r.get("step_tile")
-            split = f"{tile['block_p']} x {tile['num_warps']} warps" if tile else "rule of the time"
-            name = "GPT-B compiled" if "gpt" in r["model"] else f"AiM-B {r['state_dtype']}, {split}"
-            series.setdefault(name, {})[r["batch"]] = r["images_per_s"]
+            split = "rule of the time" if not tile else f"{tile['block_p']} x {tile['num_warps']} warps" + (
+                ", conv first" if tile.get("preconv") else "")
+            label = "GPT-B compiled" if "gpt" in r["model"] else f"AiM-B {r['state_dtype']}, {split}"
+            series.setdefault(label, {})[r["batch"]] = r["images_per_s"]
     if not series:
         return None
-    return _batch_bars(series, images / "sampling_split_h100.png")
+    return _batch_bars(series, images / name)
+
+
+def decode_preconv(images: Path = IMAGES) -> Path | None:
+    """The same with the conv in its own launch (``StepTile.preconv``) beside the rule of the time."""
+    return decode_split(RESULTS / "sampling_preconv_h100.json", images, "sampling_preconv_h100.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke and args.images.resolve() == IMAGES.resolve():
         ap.error("--smoke draws into a scratch folder: pass --images DIR")
     drawn = {fn.__name__: fn(images=args.images)
-             for fn in (sampling, baseline, sequence_length, training, training_h100, decode_split)}
+             for fn in (sampling, baseline, sequence_length, training, training_h100, decode_split, decode_preconv)}
     for name, path in drawn.items():
         print(f"{name}: {path}")
     missing = [name for name, path in drawn.items() if path is None]
