@@ -353,15 +353,18 @@ def _state_values(t: dict) -> torch.Tensor:
 
 def check_decode_kernels(batch: int, nheads: int, dtype: torch.dtype, *, p: int = 64, n: int = 128, iters: int = 3,
                          device: torch.device | str = "cuda", states: tuple[str, ...] = ("fp32", "bf16", "int8"),
-                         kernels: tuple[str, ...] = ("two-launch", "one-launch"), tile=None) -> list[dict]:
-    """Each Triton decode-step kernel and state dtype against the torch step, ``iters`` steps in a row (``tile``:
-    the two-launch state update split by that ``StepTile`` instead of the rule)."""
+                         kernels: tuple[str, ...] = ("two-launch", "one-launch"),
+                         other_conv: bool = False) -> list[dict]:
+    """Each Triton decode-step kernel and state dtype against the torch step, ``iters`` steps in a row
+    (``other_conv``: the rule's split with the conv where the rule does not put it, inside the state update or in
+    its own launch, so both paths are checked)."""
     from avgkit_mamba.ops import triton_step
     from avgkit_mamba.ops.dispatch import decode_step
 
     rows = []
-    rule = None if tile is None else (lambda rows, hd, quant: tile)
-    label = "" if tile is None else f" split {tile.block_p}x{tile.num_warps}{':pc' if tile.preconv else ''}"
+    rule = None if not other_conv else (
+        lambda rows, hd, quant: (t := triton_step._tile(rows, hd, quant))._replace(preconv=not t.preconv))
+    label = "" if not other_conv else " conv inside" if triton_step._tile(batch * nheads, p).preconv else " conv first"
     for state in states:
         for kernel in kernels:
             ours = _decode_step_problem(batch, nheads, state, dtype, p=p, n=n, device=device)
@@ -630,11 +633,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.decode:
         rows += check_decode_kernels(2 if args.smoke else 16, layer["nheads"], torch.bfloat16, iters=2,
                                      device=device, p=layer["p"], n=layer["n"])
-        from avgkit_mamba.ops.triton_step import StepTile
-
         rows += check_decode_kernels(2 if args.smoke else 16, layer["nheads"], torch.bfloat16, iters=2,
                                      device=device, p=layer["p"], n=layer["n"], states=("bf16", "int8"),
-                                     kernels=("two-launch",), tile=StepTile(8 if args.smoke else 32, 8, preconv=True))
+                                     kernels=("two-launch",), other_conv=True)
         decode = SMOKE_DECODE if args.smoke else {}
         for state_dtype, form in (("int8", "recurrent"), ("bf16", "chunked"), ("int8", "chunked")):
             rows += check_backbone_decode(torch.bfloat16 if not args.smoke else torch.float32, device=device,

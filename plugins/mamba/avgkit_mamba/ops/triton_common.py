@@ -4,8 +4,8 @@ Each helper has its PyTorch reference named in its docstring; the kernels that u
 are checked against those references under the interpreter (``tests/mamba_interpret_checks.py``).
 
 * ``_softplus``: ``torch.nn.functional.softplus`` (threshold 20).
-* ``_conv_window`` / ``_conv_out`` / ``_conv_x`` / ``_conv_x_from_old`` / ``_conv_bc`` / ``_conv_inputs`` /
-  ``_shift_windows`` / ``_store_window``: one token of the causal depthwise conv,
+* ``_conv_window`` / ``_conv_out`` / ``_conv_shift`` / ``_conv_x`` / ``_conv_x_from_old`` / ``_conv_bc`` /
+  ``_conv_inputs`` / ``_shift_windows`` / ``_store_window``: one token of the causal depthwise conv,
   :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
 * ``_dequantize_rows`` / ``_quantize_rows``: the one-byte state,
   :mod:`avgkit_mamba.ops.state_quant`.
@@ -92,12 +92,20 @@ def _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p,
     The x channels belong to the calling program alone, so it shifts their window here (B
     and C are shared by a group's heads: a later launch shifts theirs).
     """
-    chan_x = hi * P + offs_p
-    win_x = _conv_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, xbc_row, W, BLOCK_W)
-    x = _conv_out(win_x, cw_ptr, cb_ptr, chan_x, mask_p, W, HAS_CONV_BIAS, BLOCK_W)
+    return _conv_shift(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi * P + offs_p, mask_p, W, HAS_CONV_BIAS,
+                       BLOCK_W)
+
+
+@triton.jit
+def _conv_shift(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, chan, chan_mask, W, HAS_CONV_BIAS: tl.constexpr,
+                BLOCK_W: tl.constexpr):
+    """This token's conv + SiLU for channels ``chan`` (fp32), their windows shifted in place: for a caller that
+    alone reads those windows this step."""
+    win = _conv_window(conv_row, s_cs_c, s_cs_w, chan, chan_mask, xbc_row, W, BLOCK_W)
+    out = _conv_out(win, cw_ptr, cb_ptr, chan, chan_mask, W, HAS_CONV_BIAS, BLOCK_W)
     tl.debug_barrier()  # the old window is read before it is overwritten (module docstring)
-    _store_window(conv_row, s_cs_c, s_cs_w, chan_x, mask_p, win_x, W, BLOCK_W)
-    return x
+    _store_window(conv_row, s_cs_c, s_cs_w, chan, chan_mask, win, W, BLOCK_W)
+    return out
 
 
 @triton.jit

@@ -36,8 +36,7 @@ from torch import Tensor
 from avgkit_mamba.ops.ssd_torch import check_step_shapes, split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
     _conv_bc,
-    _conv_out,
-    _conv_window,
+    _conv_shift,
     _conv_x,
     _conv_x_from_old,
     _dequantize_rows,
@@ -45,7 +44,6 @@ from avgkit_mamba.ops.triton_common import (
     _shift_bc_windows,
     _shift_windows,
     _softplus,
-    _store_window,
 )
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 
@@ -174,12 +172,9 @@ def _preconv_kernel(xbc_ptr, conv_ptr, cw_ptr, cb_ptr, xc_ptr, channels, W, s_xb
     bi = tl.program_id(0).to(tl.int64)
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = chan < channels
-    conv_row = conv_ptr + bi * s_cs_b
-    win = _conv_window(conv_row, s_cs_c, s_cs_w, chan, mask, xbc_ptr + bi * s_xbc_b, W, BLOCK_W)
-    tl.store(xc_ptr + bi * s_xc_b + chan, _conv_out(win, cw_ptr, cb_ptr, chan, mask, W, HAS_CONV_BIAS, BLOCK_W),
-             mask=mask)
-    tl.debug_barrier()  # the old window is read before it is overwritten (triton_common's docstring)
-    _store_window(conv_row, s_cs_c, s_cs_w, chan, mask, win, W, BLOCK_W)
+    out = _conv_shift(conv_ptr + bi * s_cs_b, xbc_ptr + bi * s_xbc_b, cw_ptr, cb_ptr, s_cs_c, s_cs_w, chan, mask, W,
+                      HAS_CONV_BIAS, BLOCK_W)
+    tl.store(xc_ptr + bi * s_xc_b + chan, out, mask=mask)
 
 
 @triton.jit
