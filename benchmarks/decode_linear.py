@@ -143,38 +143,37 @@ def _conv_linear_kernel(x_ptr, w_ptr, y_ptr, conv_ptr, cw_ptr, xc_ptr, M, N, K, 
         tl.store(win + 3 * s_cs_w, new, mask=mask)
 
 
-def triton_conv_linear(x, w, config, out, conv_state, conv_weight, xc, conv_lo):
+def _launch_tiled(kernel, config: tuple[int, ...], m: int, n: int, *args, **constexprs) -> None:
+    """``kernel`` over (column block, row block) programs of ``config`` (BLOCK_M 0: the rows rounded up to a power
+    of two, 16 to 128)."""
     bm, bn, bk, stages, warps = config
+    bm = bm or min(128, max(16, triton.next_power_of_2(m)))
+    kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages,
+                                                      num_warps=warps, **constexprs)
+
+
+def triton_conv_linear(x, w, config, out, conv_state, conv_weight, xc, conv_lo):
     m, k = x.shape
     n = w.shape[0]
-    bm = bm or min(128, max(16, triton.next_power_of_2(m)))
-    _conv_linear_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
-        x, w, out, conv_state, conv_weight, xc, m, n, k, conv_lo, conv_lo + conv_state.shape[1],
-        x.stride(0), w.stride(0), out.stride(0), *conv_state.stride(), xc.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, W=conv_state.shape[-1], num_warps=warps)
+    _launch_tiled(_conv_linear_kernel, config, m, n, x, w, out, conv_state, conv_weight, xc, m, n, k, conv_lo,
+                  conv_lo + conv_state.shape[1], x.stride(0), w.stride(0), out.stride(0), *conv_state.stride(),
+                  xc.stride(0), W=conv_state.shape[-1])
     return out
 
 
 def triton_norm_linear(y: torch.Tensor, nw: torch.Tensor, w: torch.Tensor, config: tuple[int, ...],
                        out: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    bm, bn, bk, stages, warps = config
     m, k = y.shape
     n = w.shape[0]
-    bm = bm or min(128, max(16, triton.next_power_of_2(m)))
-    _norm_linear_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
-        y, nw, w, out, m, n, k, eps, y.stride(0), w.stride(0), out.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps)
+    _launch_tiled(_norm_linear_kernel, config, m, n, y, nw, w, out, m, n, k, eps, y.stride(0), w.stride(0),
+                  out.stride(0))
     return out
 
 
 def triton_linear(x: torch.Tensor, w: torch.Tensor, config: tuple[int, ...], out: torch.Tensor) -> torch.Tensor:
-    bm, bn, bk, stages, warps = config
     m, k = x.shape
     n = w.shape[0]
-    bm = bm or min(128, max(16, triton.next_power_of_2(m)))
-    _linear_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
-        x, w, out, m, n, k, x.stride(0), w.stride(0), out.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps)
+    _launch_tiled(_linear_kernel, config, m, n, x, w, out, m, n, k, x.stride(0), w.stride(0), out.stride(0))
     return out
 
 
@@ -190,6 +189,27 @@ def _graph_ms(fn, device: torch.device, warmup: int, reps: int) -> float:
     return median_ms(device, graph.replay, warmup, reps)
 
 
+def _time_layers(cands: dict, device: torch.device, warmup: int, reps: int, error, label: str, reset=None,
+                 extra=None) -> dict:
+    """Each candidate ``call(i)`` (layer ``i``): once on layer 0 for ``error()`` (after ``reset()``), then every
+    layer replayed from a CUDA graph; microseconds a layer (``extra(ms)`` adds fields). A config the card cannot
+    run (shared memory) is reported, not fatal."""
+    result = {}
+    for name, call in cands.items():
+        if reset is not None:
+            reset()
+        try:
+            call(0)
+            err = error()
+            ms = _graph_ms(lambda call=call: [call(i) for i in range(LAYERS)], device, warmup, reps) / LAYERS
+        except Exception as exc:
+            result[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+            continue
+        result[name] = {"us": round(ms * 1e3, 2), "max_rel_err": err, **(extra(ms) if extra else {})}
+        print(f"{label} {name}: {result[name]}", flush=True)
+    return result
+
+
 def measure(rows: int, n: int, k: int, candidates: dict, device: torch.device, dtype: torch.dtype,
             warmup: int, reps: int, copy_bw: float | None) -> dict:
     g = torch.Generator(device=device).manual_seed(0)
@@ -198,23 +218,10 @@ def measure(rows: int, n: int, k: int, candidates: dict, device: torch.device, d
     outs = [torch.empty(rows, n, device=device, dtype=dtype) for _ in range(LAYERS)]
     want = F.linear(xs[0].float(), ws[0].float())
     weight_bytes = n * k * ws[0].element_size()
-    result = {}
-    for name, call in candidates.items():
-        def all_layers(call=call) -> None:
-            for x, w, o in zip(xs, ws, outs, strict=True):
-                call(x, w, o)
-
-        try:
-            ms = _graph_ms(all_layers, device, warmup, reps) / LAYERS
-        except Exception as err:  # a config the card cannot run (shared memory): reported, not fatal
-            result[name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
-            continue
-        row = {"us": round(ms * 1e3, 2), "max_rel_err": rel_diff(outs[0], want)}
-        if copy_bw:
-            row["of_copy_bandwidth"] = round(weight_bytes / (ms / 1e3) / copy_bw, 3)
-        result[name] = row
-        print(f"rows {rows} {n}x{k} {name}: {row}", flush=True)
-    return result
+    cands = {name: lambda i, call=call: call(xs[i], ws[i], outs[i]) for name, call in candidates.items()}
+    return _time_layers(cands, device, warmup, reps, lambda: rel_diff(outs[0], want), f"rows {rows} {n}x{k}",
+                        extra=lambda ms: {"of_copy_bandwidth": round(weight_bytes / (ms / 1e3) / copy_bw, 3)}
+                        if copy_bw else {})
 
 
 def measure_conv(rows: int, n: int, k: int, conv_lo: int, channels: int, configs: str, device: torch.device,
@@ -247,19 +254,8 @@ def measure_conv(rows: int, n: int, k: int, conv_lo: int, channels: int, configs
             continue  # a column block would straddle the conv's channels
         cands[f"triton conv-folded {spec}"] = lambda i, config=config: triton_conv_linear(
             xs[i], ws[i], config, outs[i], convs[i], cws[i], xcs[i], conv_lo)
-    result = {}
-    for name, call in cands.items():
-        convs[0].copy_(first)
-        try:
-            call(0)
-            err = rel_diff(xcs[0], want)
-            ms = _graph_ms(lambda call=call: [call(i) for i in range(LAYERS)], device, warmup, reps) / LAYERS
-        except Exception as exc:  # a config the card cannot run: reported, not fatal
-            result[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
-            continue
-        result[name] = {"us": round(ms * 1e3, 2), "max_rel_err": err}
-        print(f"rows {rows} {n}x{k} with conv {name}: {result[name]}", flush=True)
-    return result
+    return _time_layers(cands, device, warmup, reps, lambda: rel_diff(xcs[0], want), f"rows {rows} {n}x{k} with conv",
+                        reset=lambda: convs[0].copy_(first))
 
 
 def measure_norm(rows: int, n: int, k: int, configs: str, device: torch.device, dtype: torch.dtype, warmup: int,
@@ -278,28 +274,16 @@ def measure_norm(rows: int, n: int, k: int, configs: str, device: torch.device, 
     unused = torch.zeros(rows, k, device=device, dtype=dtype)  # the B/C windows the epilogue leaves alone here
     want = F.linear(ys[0] * torch.rsqrt(ys[0].pow(2).mean(-1, keepdim=True) + 1e-5) * nws[0].float(), ws[0].float())
 
-    def two_launches(y, nw, w, o):
-        _launch_epilogue(y, nw, 1e-5, normed, unused, unused[:, :, None], 1, 0, shift_bc=False)
-        torch.mm(normed, w.t(), out=o)
+    def two_launches(i):
+        _launch_epilogue(ys[i], nws[i], 1e-5, normed, unused, unused[:, :, None], 1, 0, shift_bc=False)
+        torch.mm(normed, ws[i].t(), out=outs[i])
 
     cands = {"norm kernel + cublas": two_launches}
     for spec in configs.split(","):
         config = tuple(int(v) for v in spec.split("x"))
-        cands[f"triton norm-folded {spec}"] = lambda y, nw, w, o, config=config: triton_norm_linear(y, nw, w, config, o)
-    result = {}
-    for name, call in cands.items():
-        def all_layers(call=call) -> None:
-            for y, nw, w, o in zip(ys, nws, ws, outs, strict=True):
-                call(y, nw, w, o)
-
-        try:
-            ms = _graph_ms(all_layers, device, warmup, reps) / LAYERS
-        except Exception as err:  # a config the card cannot run: reported, not fatal
-            result[name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
-            continue
-        result[name] = {"us": round(ms * 1e3, 2), "max_rel_err": rel_diff(outs[0], want)}
-        print(f"rows {rows} {n}x{k} normed {name}: {result[name]}", flush=True)
-    return result
+        cands[f"triton norm-folded {spec}"] = lambda i, config=config: triton_norm_linear(
+            ys[i], nws[i], ws[i], config, outs[i])
+    return _time_layers(cands, device, warmup, reps, lambda: rel_diff(outs[0], want), f"rows {rows} {n}x{k} normed")
 
 
 def candidates(configs: str, cuda: bool) -> dict:
