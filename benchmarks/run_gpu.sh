@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --confirm | --linear | --core | --precision | --tune]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --confirm | --linear | --core | --precision | --tune]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -44,6 +44,10 @@
 # --preconv (about 9 minutes; BUDGET seconds, default 560): the decode kernels against PyTorch with the conv in its own
 # launch too, GPT-B and AiM-B at batch 16 and 64 with the rule and SPLITS (default 32x8:pc,16x8:pc,64x8:pc), timed
 # interleaved with per-kernel profiles, then the decode projections alone (decode_linear.py, LINEAR_ROWS).
+# --defer (about 8 minutes; BUDGET seconds, default 480): the decode kernels against PyTorch (the norm deferred to the
+# block boundary included), GPT-B and AiM-B at batch 16 and 64 with the rule and SPLITS (default: the rule before the
+# norm was deferred, 32x8:pc and 64x8:pc, and two deferred splits), timed interleaved with per-kernel profiles, AiM-B's
+# cold and warm start, then AiM-L and AiM-XL beside GPT-L in what time is left.
 # --confirm (about 8 minutes; BUDGET seconds, default 480): the decode rule's tables: GPT-B and AiM-B at batch 16, 64
 # and 256, AiM-B's state dtypes with the rule and SPLITS (default 64x8:pc:r64,32x8:pc:r40: registers capped) at 16
 # and 64 with per-kernel profiles, AiM-B's cold and warm start, the decode kernels against PyTorch, then AiM-L and
@@ -185,6 +189,16 @@ if [ "$QUICK" = "--preconv" ]; then  # the conv in its own launch (StepTile.prec
     --step-splits "${SPLITS:-32x8:pc,16x8:pc,64x8:pc}" --profile --out "$OUT/sampling_preconv_$CARD.json"
   LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/decode_linear.py --rows "${LINEAR_ROWS:-32,128}" \
     --out "$OUT/decode_linear_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--defer" ]; then  # the norm deferred to the block boundary: checks, AiM-B rows, start-up, AiM-L / XL
+  LIMIT=${CHECK_LIMIT:-80} run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
+  LIMIT=${ROWS_LIMIT:-260} run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
+    --step-splits "${SPLITS:-32x8:pc,64x8:pc,32x8:pc:dn,64x8:pc:dn:r64}" --profile --out "$OUT/sampling_defer_$CARD.json"
+  LIMIT=55 run benchmarks/startup.py --out "$OUT/startup_$CARD.json"
+  LIMIT=$((${BUDGET:-480} - SECONDS + START)) run benchmarks/sampling.py --transformers gpt-l --aim aim-l,aim-xl \
+    --batches 16,64 --variants none --out "$OUT/sampling_l_xl_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -158,6 +158,8 @@ def _gpu_check_decode(report: dict[str, Any]) -> None:
     assert report["all_ok"] and not failed, failed
     cases = {r["case"] for r in report["checks"] if r["case"].startswith("AiM")}
     assert any("chunked form" in c and "int8" in c for c in cases), cases
+    deferred = {r["case"].split(" #")[0] for r in report["checks"] if "deferred norm" in r["case"]}
+    assert len(deferred) == 4, deferred  # bf16 and int8 states, each conv placement
     assert not any(r["case"].startswith("tiny:") for r in report["checks"])  # no scan cases
 
 

@@ -34,7 +34,7 @@ from avgkit.registry import BackboneConfig
 from avgkit.runtime.device import active_autocast_dtype
 from avgkit_mamba.mixer import Mamba2ChunkedState, Mamba2Mixer
 from avgkit_mamba.ops.dispatch import add_norm_modulate
-from avgkit_mamba.ops.norm_torch import rms_norm
+from avgkit_mamba.ops.norm_torch import DeferredNorm, rms_norm
 
 
 class MambaBackboneConfig(BackboneConfig):
@@ -125,14 +125,15 @@ def add_norm(h: Tensor, residual: Tensor | None, norm: RMSNorm, m: Modulation | 
 
 
 def add_norm_step(y: Tensor, gate: Tensor | None, residual: Tensor | None, norm: RMSNorm, m: Modulation | None,
-                  impl: str, residual_in_fp32: bool) -> tuple[Tensor, Tensor]:
+                  impl: str, residual_in_fp32: bool, y_norm: DeferredNorm | None = None) -> tuple[Tensor, Tensor]:
     """One decoding token's boundary: the previous block's ungated output ``y`` (B, D) -> (x, residual).
 
-    The same as :func:`add_norm` after ``gate * y``; the op (one fused kernel on the
-    Triton path) is chosen by :func:`avgkit_mamba.ops.dispatch.add_norm_modulate`.
+    The same as :func:`add_norm` after ``gate * y`` (``y`` first scaled by its mixer's
+    deferred norm, ``y_norm``); the op (one fused kernel on the Triton path) is chosen by
+    :func:`avgkit_mamba.ops.dispatch.add_norm_modulate`.
     """
     return add_norm_modulate(y, gate, residual, norm.weight, norm.eps, None if m is None else m.shift,
-                             None if m is None else m.scale, residual_in_fp32, impl)
+                             None if m is None else m.scale, residual_in_fp32, impl, y_norm)
 
 
 class Block(nn.Module):
@@ -175,10 +176,14 @@ class Block(nn.Module):
         return self._gate(y, m), residual
 
     def step(self, y: Tensor, gate: Tensor | None, residual: Tensor | None, m: Modulation | None, state,
-             length: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """One token: returns this block's ungated mixer output (its gate is ``m.gate``) and the residual."""
-        x, residual = add_norm_step(y, gate, residual, self.norm, m, self.mixer.impl, self.residual_in_fp32)
-        return self.mixer.step(x, state, length), residual
+             length: Tensor | None = None, y_norm: DeferredNorm | None = None
+             ) -> tuple[Tensor, Tensor, DeferredNorm | None]:
+        """One token from the previous block's output ``y`` (its gate ``gate``, its deferred norm ``y_norm``):
+        returns this block's ungated mixer output (its gate is ``m.gate``), the residual, and the mixer's deferred
+        norm (``None`` where the output is normed)."""
+        x, residual = add_norm_step(y, gate, residual, self.norm, m, self.mixer.impl, self.residual_in_fp32, y_norm)
+        y, y_norm = self.mixer.step_deferred(x, state, length)
+        return y, residual, y_norm
 
 
 @dataclass
@@ -334,17 +339,17 @@ class MambaBackbone(Backbone):
         return self._head(h[:, -1:], residual[:, -1:], cond)[:, 0]
 
     def step(self, state: MambaDecodeState, tokens: Tensor, cond: Conditioning) -> Tensor:
-        y, gate, residual = self._embed(tokens[:, None], state.position)[:, 0], None, None
+        y, gate, residual, y_norm = self._embed(tokens[:, None], state.position)[:, 0], None, None, None
         for i, block in enumerate(self.layers):
             m = cond.modulation(i)
-            y, residual = block.step(y, gate, residual, m, state.layers[i], state.length)
+            y, residual, y_norm = block.step(y, gate, residual, m, state.layers[i], state.length, y_norm)
             gate = None if m is None else m.gate
         state.position.add_(1)
         if state.length is not None:
             state.length.add_(1)
         # norm_f over the last residual add: the same boundary as between blocks
         x, _ = add_norm_step(y, gate, residual, self.norm_f, None, self.layers[-1].mixer.impl,
-                             self.config.residual_in_fp32)
+                             self.config.residual_in_fp32, y_norm)
         return self._logits(x[:, None], cond)[:, 0]
 
     def select_state(self, state: MambaDecodeState, index: Tensor) -> MambaDecodeState:

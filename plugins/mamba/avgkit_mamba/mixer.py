@@ -30,11 +30,13 @@ from avgkit_mamba.ops.dispatch import (
     causal_conv,
     chunk_scan,
     decode_step,
+    decode_step_deferred,
     dual_step,
     mixer_core,
     mixer_core_applies,
     window_step,
 )
+from avgkit_mamba.ops.norm_torch import DeferredNorm
 from avgkit_mamba.ops.state_quant import load_state, store_state_
 
 __all__ = ["Mamba2ChunkedState", "Mamba2DualState", "Mamba2Mixer", "Mamba2State"]
@@ -368,6 +370,22 @@ class Mamba2Mixer(nn.Module):
             state_scale=state.scale, kernel=self.step_kernel,
         )
         return self.out_proj(y)
+
+    def step_deferred(self, x: Tensor, state: Mamba2State | Mamba2DualState, length: Tensor | None = None
+                      ) -> tuple[Tensor, DeferredNorm | None]:
+        """:meth:`step` for a caller that applies the norm's per-row factor to the output (the backbone's next
+        block boundary): ``(out, None)`` as :meth:`step`, or, where the decode kernel defers the norm
+        (:func:`~avgkit_mamba.ops.dispatch.decode_step_deferred`), ``out_proj`` of the unnormed output and its
+        :class:`~avgkit_mamba.ops.norm_torch.DeferredNorm` (exact: with one norm group the factor is one scalar a
+        row, and ``out_proj`` is linear)."""
+        if type(state) is not Mamba2State:  # the chunked and dual forms apply their norm
+            return self.step(x, state, length), None
+        y, y_norm = decode_step_deferred(
+            self.in_proj(x), state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log,
+            self.D, self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups, impl=self.impl,
+            state_scale=state.scale, kernel=self.step_kernel,
+        )
+        return self.out_proj(y), y_norm
 
     def _dual_step(self, zxbcdt: Tensor, state: Mamba2DualState, length: Tensor) -> Tensor:
         return dual_step(

@@ -72,6 +72,10 @@ class ReferenceMixer(nn.Module):
         out, _, _ = self.inner.step(x[:, None], state.conv, state.ssm)
         return out[:, 0]
 
+    def step_deferred(self, x: Tensor, state: Mamba2State, length: Tensor | None = None) -> tuple[Tensor, None]:
+        """The block's call: mamba-ssm's step normalises its own output (nothing deferred)."""
+        return self.step(x, state, length), None
+
 
 def reference_backbone(backbone: nn.Module, *, mem_eff_path: bool = False) -> nn.Module:
     """A copy of ``backbone`` running on mamba-ssm's Mamba-2 modules."""

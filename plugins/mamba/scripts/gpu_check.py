@@ -354,17 +354,19 @@ def _state_values(t: dict) -> torch.Tensor:
 def check_decode_kernels(batch: int, nheads: int, dtype: torch.dtype, *, p: int = 64, n: int = 128, iters: int = 3,
                          device: torch.device | str = "cuda", states: tuple[str, ...] = ("fp32", "bf16", "int8"),
                          kernels: tuple[str, ...] = ("two-launch", "one-launch"),
-                         other_conv: bool = False) -> list[dict]:
+                         other_conv: bool = False, deferred: bool = False) -> list[dict]:
     """Each Triton decode-step kernel and state dtype against the torch step, ``iters`` steps in a row
     (``other_conv``: the rule's split with the conv where the rule does not put it, inside the state update or in
-    its own launch, so both paths are checked)."""
+    its own launch, so both paths are checked; ``deferred``: the step as the backbone calls it, its norm's per-row
+    factor applied afterwards where the split defers it)."""
     from avgkit_mamba.ops import triton_step
-    from avgkit_mamba.ops.dispatch import decode_step
+    from avgkit_mamba.ops.dispatch import decode_step, decode_step_deferred
 
     rows = []
     rule = None if not other_conv else (
         lambda rows, hd, quant: (t := triton_step._tile(rows, hd, quant))._replace(preconv=not t.preconv))
     label = "" if not other_conv else " conv inside" if triton_step._tile(batch * nheads, p).preconv else " conv first"
+    label += " deferred norm" if deferred else ""
     for state in states:
         for kernel in kernels:
             ours = _decode_step_problem(batch, nheads, state, dtype, p=p, n=n, device=device)
@@ -373,7 +375,11 @@ def check_decode_kernels(batch: int, nheads: int, dtype: torch.dtype, *, p: int 
                 g = torch.Generator(device=device).manual_seed(100 + i)
                 z = torch.randn(ours["zxbcdt"].shape, generator=g, device=device).to(dtype)
                 with triton_step.split_rule(rule):
-                    y = decode_step(**{**ours, "zxbcdt": z}, impl="triton", kernel=kernel)
+                    if deferred:
+                        y, y_norm = decode_step_deferred(**{**ours, "zxbcdt": z}, impl="triton", kernel=kernel)
+                        y = y if y_norm is None else (y.float() * y_norm.rstd()).to(dtype)
+                    else:
+                        y = decode_step(**{**ours, "zxbcdt": z}, impl="triton", kernel=kernel)
                 y_ref = decode_step(**{**ref, "zxbcdt": z.float()}, impl="torch")
                 # one int8 quantum is 1/127 of a row's maximum; bf16 rounds at 2^-8. A value that rounds the
                 # other way in one path changes the next step's output by as much, so y gets the state's tolerance
@@ -636,8 +642,13 @@ def main(argv: list[str] | None = None) -> int:
         rows += check_decode_kernels(2 if args.smoke else 16, layer["nheads"], torch.bfloat16, iters=2,
                                      device=device, p=layer["p"], n=layer["n"], states=("bf16", "int8"),
                                      kernels=("two-launch",), other_conv=True)
+        for other_conv in (False, True):
+            rows += check_decode_kernels(2 if args.smoke else 16, layer["nheads"], torch.bfloat16, iters=2,
+                                         device=device, p=layer["p"], n=layer["n"], states=("bf16", "int8"),
+                                         kernels=("two-launch",), other_conv=other_conv, deferred=True)
         decode = SMOKE_DECODE if args.smoke else {}
-        for state_dtype, form in (("int8", "recurrent"), ("bf16", "chunked"), ("int8", "chunked")):
+        for state_dtype, form in (("bf16", "recurrent"), ("int8", "recurrent"), ("bf16", "chunked"),
+                                  ("int8", "chunked")):
             rows += check_backbone_decode(torch.bfloat16 if not args.smoke else torch.float32, device=device,
                                           state_dtype=state_dtype, decode_form=form, **decode)
         _print_rows(rows)

@@ -50,9 +50,9 @@ def compile_step(state: str, tile, d_state: int = 128, d_conv: int = 4):
                  BLOCK_P=tile.block_p, BLOCK_N=triton.next_power_of_2(d_state),
                  BLOCK_W=triton.next_power_of_2(d_conv), HEADS=tile.heads, STAGES=tile.stages,
                  LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
-                 PRECONV=tile.preconv, s_ss_n=1)  # the launcher specialises unit strides to the constant 1
-    floats = {"xc_ptr": "*fp32", "scale_ptr": "*fp32", "A_ptr": "*fp32", "D_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*fp32",
-              "ssm_ptr": STATE_TYPES[state]}
+                 PRECONV=tile.preconv, DEFER_NORM=tile.defer_norm, s_ss_n=1)  # the launcher specialises unit strides to the constant 1
+    floats = {"xc_ptr": "*fp32", "scale_ptr": "*fp32", "A_ptr": "*fp32", "D_ptr": "*fp32", "bias_ptr": "*fp32",
+              "y_ptr": "*bf16" if tile.defer_norm else "*fp32", "sq_ptr": "*fp32", "ssm_ptr": STATE_TYPES[state]}
     signature, attrs = {}, {}
     for i, name in enumerate(names):
         if name in const:
@@ -62,7 +62,7 @@ def compile_step(state: str, tile, d_state: int = 128, d_conv: int = 4):
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:  # sizes and strides: multiples of 16 at AiM's shapes, as the launcher's specialisation sees them
             signature[name] = "i32"
-            if name in ("P", "N", "d_inner") or (name.startswith("s_") and name not in ("s_dt_h", "s_cs_w")):
+            if name in ("P", "N", "d_inner") or (name.startswith("s_") and name not in ("s_dt_h", "s_cs_w", "s_sq_b")):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(names.index(k),): v for k, v in const.items()}, attrs=attrs)
@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     from avgkit_mamba.ops.triton_step import StepTile, _tile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--splits", default="rule,32x8,64x8,32x8:h4:s2,16x8:pc,32x8:pc,64x8:pc,64x8:pc:r64,32x8:pc:r40",
-                    help="comma-separated splits (BLOCK_PxWARPS[:stream][:hN][:sN][:pc][:rN]); rule: the fixed rule's "
+    ap.add_argument("--splits", default="rule,32x8,64x8,32x8:h4:s2,16x8:pc,32x8:pc,64x8:pc,64x8:pc:r64,32x8:pc:r40,"
+                                        "64x8:pc:dn:r64,32x8:pc:dn:r40",
+                    help="comma-separated splits (BLOCK_PxWARPS[:stream][:hN][:sN][:pc][:rN][:dn]); rule: the fixed rule's "
                          "split at AiM-B's batch 64 (128 sequences x 24 heads)")
     ap.add_argument("--states", default="bf16,int8", help="comma-separated state dtypes (fp32, bf16, int8)")
     ap.add_argument("--headdim", type=int, default=64)

@@ -341,6 +341,8 @@ def decode_checks() -> None:
         same = all(torch.equal(a, c) for o in outs[1:] for a, c in zip(o, outs[0], strict=True))
         check(f"decode step {str(sdt)[6:]} state: every work split the same bits", 0.0 if same else float("inf"), 0.0)
 
+    deferred_norm_checks()
+
     d = 24
     y, gate, res, wn = r(b, d), r(b, d), r(b, d), 1 + 0.1 * r(d)
     mod = r(b, 3, d)  # strided (shift, scale) views, as Conditioning.modulation gives them
@@ -457,6 +459,77 @@ def decode_checks() -> None:
                     raise SystemExit(f"FAILED: {label}: the state was written inside a window (token {t})")
             for what, err, tol in zip(("y", "state", "caches"), errs, tols, strict=True):
                 check(f"{label} {what}", err, tol)
+
+
+@contextlib.contextmanager
+def _counting(module, name: str, calls: list):
+    """Within the block, each call of ``module.name`` appends 1 to ``calls``."""
+    fn = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    setattr(module, name, counted)
+    try:
+        yield
+    finally:
+        setattr(module, name, fn)
+
+
+def deferred_norm_checks() -> None:
+    """The norm left to the block boundary (``StepTile.defer_norm``): the state update's ``y * silu(z) * w`` times
+    the per-row factor from its partial sums = the normed step, for each conv placement and state dtype; the
+    boundary's ``y_norm`` = its torch reference; a norm of two groups is never deferred."""
+    gen = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    from avgkit_mamba.ops import triton_step
+    from avgkit_mamba.ops.norm_torch import DeferredNorm
+    from avgkit_mamba.ops.norm_torch import add_norm_modulate as add_norm_modulate_torch
+    from avgkit_mamba.ops.triton_norm import add_norm_modulate_triton
+
+    b, h, p, n, w = 3, 4, 16, 16, 4
+    for g in (1, 2):
+        d_inner, conv_dim, weight, bias, A_log, D, dt_bias, nw = layer_params(h, p, g, n, r, gen, w)
+        for sdt in (torch.float32, torch.bfloat16, torch.int8):
+            for tile in (triton_step.StepTile(8, 4, 1, False, 1, True, 0, True),  # conv first: no epilogue
+                         triton_step.StepTile(16, 4, 2, defer_norm=True)):  # conv inside: the epilogue shifts B/C
+                ssm, scale = random_state(b, h, p, n, sdt, r)
+                conv = r(b, conv_dim, w)
+                states = {k: (conv.clone(), ssm.clone(), None if scale is None else scale.clone()) for k in "dn"}
+                with triton_step.split_rule(lambda rows, hd, quant, tile=tile: tile):
+                    for step in range(2):
+                        zxbcdt = r(b, d_inner + conv_dim + h)
+                        c, s_, sc = states["n"]
+                        ref = triton_step.decode_step_triton(zxbcdt, c, weight, bias, s_, A_log, D, dt_bias, nw,
+                                                             1e-5, p, g, state_scale=sc)
+                        c, s_, sc = states["d"]
+                        epilogues = []
+                        with _counting(triton_step, "_launch_epilogue", epilogues):
+                            y, y_norm = triton_step.decode_step_deferred_triton(
+                                zxbcdt, c, weight, bias, s_, A_log, D, dt_bias, nw, 1e-5, p, g, state_scale=sc)
+                        label = f"deferred norm g{g} {str(sdt)[6:]} {'pc' if tile.preconv else 'inside'} #{step}"
+                        if g > 1:
+                            if y_norm is not None:
+                                raise SystemExit(f"FAILED: {label}: a norm of two groups was deferred")
+                            check(f"{label} (not deferred) y", max_rel_err(y, ref), 0.0)
+                            continue
+                        if y_norm is None or y_norm.sumsq.shape != (b, d_inner):
+                            raise SystemExit(f"FAILED: {label}: no deferred norm or wrong partial sums' shape")
+                        check(f"{label} y * rstd", max_rel_err(y * y_norm.rstd(), ref), 1e-5)
+                        if epilogues != ([] if tile.preconv else [1]):
+                            raise SystemExit(f"FAILED: {label}: {len(epilogues)} epilogue launches")
+                        same = all(torch.equal(a, c) for a, c in zip(states["d"], states["n"], strict=True)
+                                   if a is not None)
+                        check(f"{label} states as the normed step's", 0.0 if same else float("inf"), 0.0)
+
+    d, parts = 24, 6
+    y, gate, res, wn, mod = r(b, d), r(b, d), r(b, d), 1 + 0.1 * r(d), r(b, 2, d)
+    y_norm = DeferredNorm(torch.rand(b, parts, generator=gen) * 5, 40, 1e-5)
+    got = add_norm_modulate_triton(y, gate, res, wn, mod[:, 0], mod[:, 1], 1e-5, torch.float32, y_norm)
+    want = add_norm_modulate_torch(y, gate, res, wn, 1e-5, mod[:, 0], mod[:, 1], True, y_norm)
+    for what, a, c in zip(("x", "residual"), got, want, strict=True):
+        check(f"add+norm+modulate with a deferred norm: {what}", max_rel_err(a, c), 1e-5)
 
 
 def compile_checks() -> None:

@@ -9,6 +9,7 @@ The mixer and the backbone call these functions and never choose a path themselv
 | :func:`mixer_core` (conv + scan + gated norm from ``in_proj``'s output, from zeros) | the three ops above and ``GatedRMSNorm`` | ``triton_mixer_core`` (one autograd op) |
 | :func:`fused_step` (conv + SSM update + skip + gate) | :func:`fused_step_torch` | ``triton_step.fused_step_triton`` |
 | :func:`decode_step` (a mixer's step from ``in_proj``'s output, with its norm) | :func:`decode_step_torch` | ``triton_step.decode_step_triton``, or ``triton_step_fused`` (``kernel="one-launch"``) |
+| :func:`decode_step_deferred` (the same, its norm's per-row factor left to the caller where the kernel defers it) | :func:`decode_step_torch` (never defers) | ``triton_step.decode_step_deferred_triton`` |
 | :func:`dual_step` (the same from the dual-form caches) | :func:`dual_step_torch` | ``triton_dual`` |
 | :func:`add_norm_modulate` (a decode step's block boundary) | ``norm_torch.add_norm_modulate`` | ``triton_norm`` |
 
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from avgkit_mamba.ops import conv_torch, norm_torch, ssd_torch
+from avgkit_mamba.ops.norm_torch import DeferredNorm
 
 try:  # the core's error type when avgkit is installed
     from avgkit.errors import AvgkitError as _ImplError
@@ -50,6 +52,7 @@ __all__ = [
     "causal_conv",
     "chunk_scan",
     "decode_step",
+    "decode_step_deferred",
     "decode_step_torch",
     "dual_step",
     "dual_step_torch",
@@ -342,6 +345,36 @@ def decode_step(
     return decode_step_torch(*args, state_scale=state_scale)
 
 
+def decode_step_deferred(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    ssm_state: Tensor,
+    A_log: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    norm_weight: Tensor,
+    norm_eps: float,
+    headdim: int,
+    ngroups: int,
+    impl: str = "auto",
+    state_scale: Tensor | None = None,
+    kernel: str = "two-launch",
+) -> tuple[Tensor, DeferredNorm | None]:
+    """:func:`decode_step` for a caller that applies the norm's per-row factor itself (the next block boundary,
+    :func:`add_norm_modulate`'s ``y_norm``): ``(y, None)`` as :func:`decode_step`, or, where the two-launch
+    Triton step defers the norm (its split's ``defer_norm``, a norm of one group), ``y * silu(z) * norm_weight``
+    and its :class:`~avgkit_mamba.ops.norm_torch.DeferredNorm`."""
+    if kernel == "two-launch" and resolve_impl(impl, zxbcdt.device) == "triton":
+        from avgkit_mamba.ops.triton_step import decode_step_deferred_triton
+
+        return decode_step_deferred_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
+                                           norm_weight, norm_eps, headdim, ngroups, state_scale=state_scale)
+    return decode_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight,
+                       norm_eps, headdim, ngroups, impl=impl, state_scale=state_scale, kernel=kernel), None
+
+
 def _conv_step_heads(zxbcdt: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
                      cache_x: Tensor, cache_b: Tensor, ngroups: int) -> tuple[Tensor, ...]:
     """A cached-form step's inputs, shaped by its caches: (z, x) (b,h,p), (B, C) (b,g,n) after the conv, dt (b,h)."""
@@ -489,11 +522,12 @@ def add_norm_modulate(
     scale: Tensor | None,
     residual_in_fp32: bool,
     impl: str = "auto",
+    y_norm: DeferredNorm | None = None,
 ) -> tuple[Tensor, Tensor]:
     """A decode step's block boundary over (B, D); see :func:`avgkit_mamba.ops.norm_torch.add_norm_modulate`."""
     if resolve_impl(impl, y.device) == "triton":
         from avgkit_mamba.ops.triton_norm import add_norm_modulate_triton
 
         return add_norm_modulate_triton(y, gate, residual, weight, shift, scale, eps,
-                                        torch.float32 if residual_in_fp32 else y.dtype)
-    return norm_torch.add_norm_modulate(y, gate, residual, weight, eps, shift, scale, residual_in_fp32)
+                                        torch.float32 if residual_in_fp32 else y.dtype, y_norm)
+    return norm_torch.add_norm_modulate(y, gate, residual, weight, eps, shift, scale, residual_in_fp32, y_norm)

@@ -5,15 +5,35 @@
   (``GatedRMSNorm``; Triton: the epilogue of :mod:`triton_step`).
 * :func:`add_norm_modulate`: a decode step's block boundary, ``residual += gate * y``,
   RMSNorm, adaLN modulation (Triton: :mod:`triton_norm`).
+* :class:`DeferredNorm`: the mixer's norm left to that boundary (one norm group).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["add_norm_modulate", "gated_rms_norm", "rms_norm"]
+__all__ = ["DeferredNorm", "add_norm_modulate", "gated_rms_norm", "rms_norm"]
+
+
+class DeferredNorm(NamedTuple):
+    """A mixer's gated RMSNorm with one group, its per-row factor left to the next block boundary.
+
+    With one group, ``rstd`` is one scalar a row, so ``out_proj(g * rstd * w) == out_proj(g * w) * rstd``: the decode
+    step writes ``g * w`` (``g = y * silu(z)``) and ``g^2``, and the boundary that adds the mixer's output to the
+    residual sums those and scales the output by ``rstd`` (one launch a layer fewer than a norm of its own).
+    """
+
+    sumsq: Tensor  # (b, parts) fp32: sums of g^2 over disjoint parts of a row's channels (the decode step: one each)
+    size: int  # channels the norm is over (d_inner)
+    eps: float
+
+    def rstd(self) -> Tensor:
+        """(b, 1) fp32: ``rsqrt(mean(g^2) + eps)``."""
+        return torch.rsqrt(self.sumsq.sum(-1, keepdim=True) / self.size + self.eps)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -35,13 +55,17 @@ def gated_rms_norm(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, grou
 
 
 def add_norm_modulate(y: Tensor, gate: Tensor | None, residual: Tensor | None, weight: Tensor, eps: float,
-                      shift: Tensor | None, scale: Tensor | None, residual_in_fp32: bool) -> tuple[Tensor, Tensor]:
+                      shift: Tensor | None, scale: Tensor | None, residual_in_fp32: bool,
+                      y_norm: DeferredNorm | None = None) -> tuple[Tensor, Tensor]:
     """One token's block boundary over (B, D): returns ``(x, residual')``.
 
     ``residual' = residual + gate * y`` (fp32 when ``residual_in_fp32``), ``x =
     rms_norm(residual') * (1 + scale) + shift`` in ``weight.dtype``; any of gate,
-    residual and the modulation may be ``None``.
+    residual and the modulation may be ``None``. ``y_norm``: ``y`` is scaled by its
+    ``rstd`` first (in fp32, rounded to ``y.dtype``).
     """
+    if y_norm is not None:
+        y = (y.float() * y_norm.rstd()).to(y.dtype)
     h = y if gate is None else gate.to(y.dtype) * y
     residual = h if residual is None else h + residual
     if residual_in_fp32:

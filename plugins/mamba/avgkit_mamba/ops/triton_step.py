@@ -18,6 +18,11 @@
    shifting them in another launch means no program of the state update can see a
    half-updated window, without atomics or a grid-wide handshake.
 
+With ``StepTile.defer_norm`` (the rule) and a norm of one group, a caller that can scale the mixer's output
+(:func:`decode_step_deferred_triton`, the backbone's block boundary) gets ``y * silu(z) * norm_weight`` and the
+squares of ``y * silu(z)`` instead of the epilogue's norm (``norm_torch.DeferredNorm``): with
+``preconv``, two launches a layer.
+
 The work split (``StepTile``) follows a fixed rule (``_tile``).
 Reference: :func:`avgkit_mamba.ops.dispatch.fused_step_torch` (+ ``GatedRMSNorm``).
 """
@@ -33,6 +38,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from avgkit_mamba.ops.norm_torch import DeferredNorm
 from avgkit_mamba.ops.ssd_torch import check_step_shapes, split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
     _conv_bc,
@@ -47,7 +53,7 @@ from avgkit_mamba.ops.triton_common import (
 )
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 
-__all__ = ["StepTile", "decode_step_triton", "fused_step_triton", "launch_preconv", "split_rule"]
+__all__ = ["StepTile", "decode_step_deferred_triton", "decode_step_triton", "fused_step_triton", "launch_preconv", "split_rule"]
 
 #: Heads a program updates under the interpreter: two, so the checks run the loop over heads where the heads per
 #: group allow it.
@@ -56,13 +62,16 @@ INTERP_HEADS = 2
 
 @triton.jit
 def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr, dt_ptr,
-                 z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b, s_ss_h,
-                 s_sc_h, s_y_b, offs_p, mask_p, A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
-                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr,
-                 BLOCK_W: tl.constexpr, STORE_CACHE: tl.constexpr, SHIFT_X: tl.constexpr, PRECONV: tl.constexpr):
+                 z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, sq_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h,
+                 s_z_b, s_ss_h, s_sc_h, s_y_b, s_sq_b, offs_p, mask_p, A_IS_LOG: tl.constexpr,
+                 HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+                 QUANT: tl.constexpr, BLOCK_W: tl.constexpr, STORE_CACHE: tl.constexpr, SHIFT_X: tl.constexpr,
+                 PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr):
     """Head ``hi``'s step from its loaded state tile: conv of its x channels (their window shifted here with
     ``SHIFT_X``, else later by the caller; with ``PRECONV`` read convolved from ``xc_row``), dt, the update
-    (stored in place), y = C . state + D x, gated by silu(z)."""
+    (stored in place), y = C . state + D x, gated by silu(z); with ``DEFER_NORM``, y^2 stored beside y (summed by the
+    consumer: a sum here would cost a cross-warp reduction and its barriers) and y scaled by the norm's weight
+    (``norm_torch.DeferredNorm``)."""
     dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(bias_ptr + hi).to(tl.float32)
@@ -93,22 +102,26 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
     if HAS_Z:
         zz = tl.load(z_ptr + bi * s_z_b + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
         y = y * zz * tl.sigmoid(zz)
+    if DEFER_NORM:
+        tl.store(sq_ptr + bi * s_sq_b + hi * P + offs_p, y * y, mask=mask_p)
+        y *= tl.load(nw_ptr + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
     tl.store(y_ptr + bi * s_y_b + hi * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
 
 
 @triton.jit
 def _step_kernel(
     xbc_ptr, xc_ptr, dt_ptr, z_ptr, conv_ptr, cw_ptr, cb_ptr, ssm_ptr, scale_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
+    nw_ptr, sq_ptr,
     batch, nheads, hpg, P, N, W, d_inner,
     s_xbc_b, s_xc_b, s_dt_b, s_dt_h, s_z_b,
     s_cs_b, s_cs_c, s_cs_w,
     s_ss_b, s_ss_h, s_ss_p, s_ss_n,
     s_sc_b, s_sc_h, s_sc_p,
-    s_y_b,
+    s_y_b, s_sq_b,
     A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_W: tl.constexpr, HEADS: tl.constexpr, STAGES: tl.constexpr, LOAD_EVICT: tl.constexpr,
-    STORE_CACHE: tl.constexpr, PRECONV: tl.constexpr,
+    STORE_CACHE: tl.constexpr, PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr,
 ):
     """One program: batch row ``bi``, ``HEADS`` heads of one group from ``h0``, head dims block ``pb``."""
     bi = tl.program_id(0).to(tl.int64)
@@ -139,9 +152,10 @@ def _step_kernel(
                           offs_n, mask_n, HAS_CONV_BIAS, BLOCK_W)
     if HEADS == 1:
         _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr,
-                     dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, h0, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
-                     s_ss_h, s_sc_h, s_y_b, offs_p, mask_p, A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS,
-                     QUANT, BLOCK_W, STORE_CACHE, True, PRECONV)
+                     dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, sq_ptr, bi, h0, P, W, s_cs_c, s_cs_w,
+                     s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, s_sq_b, offs_p, mask_p,
+                     A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS, QUANT, BLOCK_W, STORE_CACHE, True, PRECONV,
+                     DEFER_NORM)
     else:
         # the group's B and C serve every head of the program; with STAGES > 1 the compiler stages the next
         # heads' state tiles through shared memory (asynchronous copies) while this one updates
@@ -151,9 +165,10 @@ def _step_kernel(
             if QUANT:
                 row_scale = tl.load(sc_row + hi * s_sc_h, mask=mask_p, other=0.0)
             _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr,
-                         dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
-                         s_ss_h, s_sc_h, s_y_b, offs_p, mask_p, A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS,
-                         QUANT, BLOCK_W, STORE_CACHE, False, PRECONV)
+                         dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, sq_ptr, bi, hi, P, W, s_cs_c, s_cs_w,
+                         s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, s_sq_b, offs_p, mask_p,
+                         A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS, QUANT, BLOCK_W, STORE_CACHE, False,
+                         PRECONV, DEFER_NORM)
         # the program's x windows shift once every head has read them: a barrier inside the loop would keep the
         # compiler from pipelining it (with one head the shift stays before the update: measured faster for an
         # int8 state, docs/benchmarks.md)
@@ -208,8 +223,10 @@ class StepTile(NamedTuple):
     asynchronous copies while one updates; 1: one tile at a time), and whether the state streams past the L2
     cache (``stream``: loads evicted first, stores marked streaming), and whether a launch before it convolves x, B
     and C once per row and shifts every window (``preconv``: the state update then only loads them, and the
-    epilogue shifts nothing; a third launch a layer), and a cap on the registers a thread (``max_registers``, 0:
-    none; fewer registers, more programs an SM, at the price of spills). Each state row is updated and read out within
+    epilogue shifts nothing; a third launch a layer), a cap on the registers a thread (``max_registers``, 0:
+    none; fewer registers, more programs an SM, at the price of spills), and whether a mixer whose norm has one
+    group leaves its norm's per-row factor to the next block boundary (``defer_norm``, ``norm_torch.DeferredNorm``:
+    with ``preconv`` no epilogue launch at all). Each state row is updated and read out within
     one program, so the state's values do not depend on the split (the interpreter checks give every split the
     same bits); on a GPU the warps may change the order in which y's sum over d_state rounds, and the rule keeps
     them fixed for every batch size."""
@@ -221,12 +238,13 @@ class StepTile(NamedTuple):
     stages: int = 1
     preconv: bool = False
     max_registers: int = 0
+    defer_norm: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> StepTile:
-        """``32x8``, ``64x8:stream``, ``32x8:h4:s2``, ``64x8:pc:r64``: head dims x warps, then streaming, heads a
-        program (``hN``), the pipeline depth of the loop over them (``sN``), the conv in its own launch (``pc``) and
-        a cap on registers a thread (``rN``); a ValueError names the format."""
+        """``32x8``, ``64x8:stream``, ``32x8:h4:s2``, ``64x8:pc:r64:dn``: head dims x warps, then streaming, heads a
+        program (``hN``), the pipeline depth of the loop over them (``sN``), the conv in its own launch (``pc``), a
+        cap on registers a thread (``rN``) and the norm deferred (``dn``); a ValueError names the format."""
         head, *flags = spec.strip().split(":")
         try:
             block_p, warps = (int(v) for v in head.split("x"))
@@ -234,17 +252,20 @@ class StepTile(NamedTuple):
             stages = next((int(f[1:]) for f in flags if f.startswith("s") and f != "stream"), 1)
             registers = next((int(f[1:]) for f in flags if f.startswith("r")), 0)
         except ValueError:
-            raise ValueError(f"cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN][:sN][:pc][:rN], "
+            raise ValueError(f"cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN][:sN][:pc][:rN][:dn], "
                              "e.g. 32x8:h4:s2") from None
-        if any(f not in ("stream", "pc") and f[:1] not in ("h", "s", "r") for f in flags):
-            raise ValueError(f"unknown flag in {spec!r}; use stream, hN, sN, pc and rN")
-        return cls(block_p, warps, heads, "stream" in flags, stages, "pc" in flags, registers)
+        if any(f not in ("stream", "pc", "dn") and f[:1] not in ("h", "s", "r") for f in flags):
+            raise ValueError(f"unknown flag in {spec!r}; use stream, hN, sN, pc, rN and dn")
+        return cls(block_p, warps, heads, "stream" in flags, stages, "pc" in flags, registers, "dn" in flags)
 
 
 def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
     """The state-update kernel's split for ``rows`` (batch x heads) tiles of ``p`` head dims (``quant``: an int8
     state): x, B and C convolved in their own launch first (``preconv``), then eight warps, 32 head dims a program
-    (64 for an int8 state), one head a program.
+    (64 for an int8 state), one head a program, the norm deferred to the block boundary (``defer_norm``: no
+    epilogue launch), for bf16 48 registers a thread (deferring adds y^2's store and the norm weight's load: 59
+    registers and four programs an SM uncapped, 48 and five with no spill, as without it;
+    ``scripts/step_resources.py``).
 
     Measured on an H100 in AiM-B's sampler, timed interleaved with the earlier rule (the conv inside the state
     update, the state streamed past L2 below 2048 rows; benchmarks/results/sampling_preconv_h100.json): with
@@ -259,8 +280,10 @@ def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
     the machine's load. Under the interpreter: small tiles, ``INTERP_HEADS`` heads a program, the conv inside.
     """
     if INTERPRET:
-        return StepTile(min(triton.next_power_of_2(p), 16), 4, INTERP_HEADS)
-    return StepTile(min(64 if quant else 32, triton.next_power_of_2(p)), 8, preconv=True)
+        return StepTile(min(triton.next_power_of_2(p), 16), 4, INTERP_HEADS, defer_norm=True)
+    if quant:
+        return StepTile(min(64, triton.next_power_of_2(p)), 8, preconv=True, defer_norm=True)
+    return StepTile(min(32, triton.next_power_of_2(p)), 8, preconv=True, max_registers=48, defer_norm=True)
 
 
 #: Set within ``split_rule``: the rule that replaces ``_tile``.
@@ -303,10 +326,16 @@ def launch_preconv(xBC: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bi
     return xc
 
 
+def _split_for(b: int, ssm_state: Tensor, state_scale: Tensor | None) -> StepTile:
+    _, nheads, p, _ = ssm_state.shape
+    return (_override or _tile)(b * nheads, p, state_scale is not None)
+
+
 def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a_is_log, D, dt_bias, y, ngroups,
-                 state_scale=None) -> bool:
+                 state_scale=None, tile: StepTile | None = None, deferred: tuple[Tensor, Tensor] | None = None) -> bool:
     """The state update (after the conv's own launch with ``StepTile.preconv``); returns whether the epilogue
-    must still shift the B and C windows."""
+    must still shift the B and C windows. ``deferred``: (norm weight, (b, d_inner) fp32 for y^2), the norm
+    deferred (``tile.defer_norm``)."""
     b = xBC.shape[0]
     _, nheads, p, n = ssm_state.shape
     w = conv_state.shape[-1]
@@ -319,21 +348,22 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
         BLOCK_W=triton.next_power_of_2(w),
     )
 
-    tile = (_override or _tile)(b * nheads, p, state_scale is not None)
+    tile = tile or _split_for(b, ssm_state, state_scale)
+    nw, sq = deferred if deferred is not None else (A, A)
     heads = tile.heads if (nheads // ngroups) % tile.heads == 0 else 1  # a program's heads share one group
     xc = launch_preconv(xBC, conv_state, conv_weight, conv_bias) if tile.preconv else xBC
     _step_kernel[(b, nheads // heads, triton.cdiv(p, tile.block_p))](
         xBC, xc, dt, z if z is not None else xBC, conv_state, conv_weight,
         conv_bias if conv_bias is not None else conv_weight, ssm_state, sc, A,
-        D if D is not None else A, dt_bias if dt_bias is not None else A, y,
+        D if D is not None else A, dt_bias if dt_bias is not None else A, y, nw, sq,
         b, nheads, nheads // ngroups, p, n, w, nheads * p,
         xBC.stride(0), xc.stride(0), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
         *sc_strides,
-        y.stride(0), **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages,
+        y.stride(0), sq.stride(0) if deferred is not None else 0, **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages,
         LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
-        PRECONV=tile.preconv, num_warps=tile.num_warps, num_stages=1,
+        PRECONV=tile.preconv, DEFER_NORM=deferred is not None, num_warps=tile.num_warps, num_stages=1,
         **({"maxnreg": tile.max_registers} if tile.max_registers else {}),
     )
     return not tile.preconv
@@ -395,22 +425,61 @@ def decode_step_triton(
     ngroups: int,
     state_scale: Tensor | None = None,
 ) -> Tensor:
-    """A mixer's whole step between ``in_proj`` and ``out_proj``, in two launches.
+    """A mixer's whole step between ``in_proj`` and ``out_proj``, in two launches (three with the conv's own).
 
     ``zxbcdt`` (b, 2*d_inner + 2*ngroups*d_state + nheads) is the ``in_proj`` output,
     read in place (no split copies); returns ``rmsnorm(y * silu(z)) * norm_weight``
     (b, d_inner) in ``zxbcdt.dtype``, states updated in place (``state_scale`` beside an
     int8 ``ssm_state``, see :mod:`avgkit_mamba.ops.state_quant`).
     """
+    return _decode_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight,
+                        norm_eps, headdim, ngroups, state_scale, defer=False)[0]
+
+
+def decode_step_deferred_triton(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    ssm_state: Tensor,
+    A_log: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    norm_weight: Tensor,
+    norm_eps: float,
+    headdim: int,
+    ngroups: int,
+    state_scale: Tensor | None = None,
+) -> tuple[Tensor, DeferredNorm | None]:
+    """:func:`decode_step_triton` for a caller that can apply the norm's per-row factor itself.
+
+    Where the split defers the norm (``StepTile.defer_norm``) and it has one group: returns ``y * silu(z) *
+    norm_weight`` in ``zxbcdt.dtype`` and its :class:`~avgkit_mamba.ops.norm_torch.DeferredNorm` (no epilogue
+    launch with ``preconv``); else the normed output and ``None``.
+    """
+    return _decode_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight,
+                        norm_eps, headdim, ngroups, state_scale, defer=True)
+
+
+def _decode_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, norm_eps,
+                 headdim, ngroups, state_scale, *, defer: bool) -> tuple[Tensor, DeferredNorm | None]:
     zxbcdt = last_dim_contiguous(zxbcdt)
     b = zxbcdt.shape[0]
     _, nheads, p, n = ssm_state.shape
     d_inner = nheads * p
     z, xBC, dt = split_zxbcdt(zxbcdt, nheads, p, ngroups, n)
     check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
+    _check_scale(ssm_state, state_scale)
+    tile = _split_for(b, ssm_state, state_scale)
+    args = (xBC, dt, z, conv_state, conv_weight.contiguous(), conv_bias, ssm_state, A_log, True, D, dt_bias)
+    if defer and tile.defer_norm and ngroups == 1:
+        y = torch.empty(b, d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)
+        sumsq = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
+        if _launch_step(*args, y, ngroups, state_scale, tile, (norm_weight, sumsq)):
+            _launch_epilogue(y, None, 0.0, y, xBC, conv_state, ngroups, n)  # the B/C windows' shift alone
+        return y, DeferredNorm(sumsq, d_inner, norm_eps)
     y = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
-    shift_bc = _launch_step(xBC, dt, z, conv_state, conv_weight.contiguous(), conv_bias, ssm_state, A_log, True, D,
-                            dt_bias, y, ngroups, state_scale)
+    shift_bc = _launch_step(*args, y, ngroups, state_scale, tile)
     out = torch.empty(b, d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)
     _launch_epilogue(y, norm_weight, norm_eps, out, xBC, conv_state, ngroups, n, shift_bc)
-    return out
+    return out, None
