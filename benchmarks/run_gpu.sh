@@ -46,8 +46,8 @@
 # interleaved with per-kernel profiles, then the decode projections alone (decode_linear.py, LINEAR_ROWS).
 # --defer (about 8 minutes; BUDGET seconds, default 480): the decode kernels against PyTorch (the norm deferred to the
 # block boundary included), GPT-B and AiM-B at batch 16 and 64 with the rule and SPLITS (default: the rule before the
-# norm was deferred, 32x8:pc and 64x8:pc, and two deferred splits), timed interleaved with per-kernel profiles, AiM-B's
-# cold and warm start, then AiM-L and AiM-XL beside GPT-L in what time is left.
+# norm was deferred, 32x8:pc and 64x8:pc, and the int8 rule capped at 64 registers), timed interleaved with per-kernel
+# profiles, AiM-B's cold and warm start, then AiM-L and AiM-XL beside GPT-L in what time is left.
 # --confirm (about 8 minutes; BUDGET seconds, default 480): the decode rule's tables: GPT-B and AiM-B at batch 16, 64
 # and 256, AiM-B's state dtypes with the rule and SPLITS (default 64x8:pc:r64,32x8:pc:r40: registers capped) at 16
 # and 64 with per-kernel profiles, AiM-B's cold and warm start, the decode kernels against PyTorch, then AiM-L and
@@ -195,7 +195,7 @@ fi
 if [ "$QUICK" = "--defer" ]; then  # the norm deferred to the block boundary: checks, AiM-B rows, start-up, AiM-L / XL
   LIMIT=${CHECK_LIMIT:-80} run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
   LIMIT=${ROWS_LIMIT:-260} run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
-    --step-splits "${SPLITS:-32x8:pc,64x8:pc,32x8:pc:dn,64x8:pc:dn:r64}" --profile --out "$OUT/sampling_defer_$CARD.json"
+    --step-splits "${SPLITS:-32x8:pc,64x8:pc,64x8:pc:dn:r64}" --profile --out "$OUT/sampling_defer_$CARD.json"
   LIMIT=55 run benchmarks/startup.py --out "$OUT/startup_$CARD.json"
   LIMIT=$((${BUDGET:-480} - SECONDS + START)) run benchmarks/sampling.py --transformers gpt-l --aim aim-l,aim-xl \
     --batches 16,64 --variants none --out "$OUT/sampling_l_xl_$CARD.json"

@@ -201,10 +201,10 @@ def _sampling(report: dict[str, Any]) -> None:
     # --step-tiles: the fastest split of the report, by state kind; --step-splits: the same split for both
     tiles = {(r["state_dtype"], r["model"].split("two-launch ")[1]): r["step_tile"] for r in report["rows"]
              if "step_tile" in r}
-    plain = {"heads": 1, "stream": False, "stages": 1, "preconv": False, "max_registers": 0}
+    plain = {"heads": 1, "stream": False, "stages": 1, "preconv": False, "max_registers": 0, "defer_norm": False}
     fixed = {"split 64x4": {"block_p": 64, "num_warps": 4, **plain},
              "split 32x8:stream:h2:s2:pc:r64": {"block_p": 32, "num_warps": 8, "heads": 2, "stream": True, "stages": 2,
-                                                "preconv": True, "max_registers": 64}}
+                                                "preconv": True, "max_registers": 64, "defer_norm": False}}
     assert tiles == {("bf16", "swept split"): {**plain, "block_p": 32, "num_warps": 8, "heads": 2, "stream": True},
                      ("int8", "swept split"): {**plain, "block_p": 64, "num_warps": 4, "heads": 4, "preconv": True},
                      **{(st, k): v for st in ("bf16", "int8") for k, v in fixed.items()}}, tiles

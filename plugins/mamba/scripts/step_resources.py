@@ -52,7 +52,7 @@ def compile_step(state: str, tile, d_state: int = 128, d_conv: int = 4):
                  LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
                  PRECONV=tile.preconv, DEFER_NORM=tile.defer_norm, s_ss_n=1)  # the launcher specialises unit strides to the constant 1
     floats = {"xc_ptr": "*fp32", "scale_ptr": "*fp32", "A_ptr": "*fp32", "D_ptr": "*fp32", "bias_ptr": "*fp32",
-              "y_ptr": "*bf16" if tile.defer_norm else "*fp32", "sq_ptr": "*fp32", "ssm_ptr": STATE_TYPES[state]}
+              "y_ptr": "*bf16" if tile.defer_norm else "*fp32", "ssm_ptr": STATE_TYPES[state]}
     signature, attrs = {}, {}
     for i, name in enumerate(names):
         if name in const:
@@ -62,7 +62,7 @@ def compile_step(state: str, tile, d_state: int = 128, d_conv: int = 4):
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:  # sizes and strides: multiples of 16 at AiM's shapes, as the launcher's specialisation sees them
             signature[name] = "i32"
-            if name in ("P", "N", "d_inner") or (name.startswith("s_") and name not in ("s_dt_h", "s_cs_w", "s_sq_b")):
+            if name in ("P", "N", "d_inner") or (name.startswith("s_") and name not in ("s_dt_h", "s_cs_w")):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(names.index(k),): v for k, v in const.items()}, attrs=attrs)

@@ -27,13 +27,13 @@ class DeferredNorm(NamedTuple):
     residual sums those and scales the output by ``rstd`` (one launch a layer fewer than a norm of its own).
     """
 
-    sumsq: Tensor  # (b, parts) fp32: sums of g^2 over disjoint parts of a row's channels (the decode step: one each)
+    sumsq: Tensor  # (b, parts): sums of g^2 over disjoint parts of a row's channels (the decode step: one each)
     size: int  # channels the norm is over (d_inner)
     eps: float
 
     def rstd(self) -> Tensor:
         """(b, 1) fp32: ``rsqrt(mean(g^2) + eps)``."""
-        return torch.rsqrt(self.sumsq.sum(-1, keepdim=True) / self.size + self.eps)
+        return torch.rsqrt(self.sumsq.float().sum(-1, keepdim=True) / self.size + self.eps)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

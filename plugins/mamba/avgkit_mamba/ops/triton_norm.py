@@ -34,7 +34,7 @@ def _add_norm_modulate_kernel(
     h = tl.load(y_ptr + row * s_y + offs, mask=mask, other=0.0).to(tl.float32)
     if Y_NORM:  # the mixer's deferred norm: rsqrt(mean(g^2) + eps) from the state update's partial sums
         offs_q = tl.arange(0, BLOCK_Q)
-        sq = tl.load(sq_ptr + row * s_sq + offs_q, mask=offs_q < parts, other=0.0)
+        sq = tl.load(sq_ptr + row * s_sq + offs_q, mask=offs_q < parts, other=0.0).to(tl.float32)
         h *= tl.rsqrt(tl.sum(sq, axis=0) / y_size + y_eps)
     if HAS_GATE:
         h *= tl.load(gate_ptr + row * s_g + offs, mask=mask, other=0.0).to(tl.float32)

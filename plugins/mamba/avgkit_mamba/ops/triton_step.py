@@ -19,8 +19,8 @@
    half-updated window, without atomics or a grid-wide handshake.
 
 With ``StepTile.defer_norm`` (the rule) and a norm of one group, a caller that can scale the mixer's output
-(:func:`decode_step_deferred_triton`, the backbone's block boundary) gets ``y * silu(z) * norm_weight`` and the
-squares of ``y * silu(z)`` instead of the epilogue's norm (``norm_torch.DeferredNorm``): with
+(:func:`decode_step_deferred_triton`, the backbone's block boundary) gets ``y * silu(z) * norm_weight`` and,
+beside it in the same rows, the squares of ``y * silu(z)`` instead of the epilogue's norm (``norm_torch.DeferredNorm``): with
 ``preconv``, two launches a layer.
 
 The work split (``StepTile``) follows a fixed rule (``_tile``).
@@ -62,16 +62,16 @@ INTERP_HEADS = 2
 
 @triton.jit
 def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr, dt_ptr,
-                 z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, sq_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h,
-                 s_z_b, s_ss_h, s_sc_h, s_y_b, s_sq_b, offs_p, mask_p, A_IS_LOG: tl.constexpr,
+                 z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
+                 s_ss_h, s_sc_h, s_y_b, sq_off, offs_p, mask_p, A_IS_LOG: tl.constexpr,
                  HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
                  QUANT: tl.constexpr, BLOCK_W: tl.constexpr, STORE_CACHE: tl.constexpr, SHIFT_X: tl.constexpr,
                  PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr):
     """Head ``hi``'s step from its loaded state tile: conv of its x channels (their window shifted here with
     ``SHIFT_X``, else later by the caller; with ``PRECONV`` read convolved from ``xc_row``), dt, the update
-    (stored in place), y = C . state + D x, gated by silu(z); with ``DEFER_NORM``, y^2 stored beside y (summed by the
-    consumer: a sum here would cost a cross-warp reduction and its barriers) and y scaled by the norm's weight
-    (``norm_torch.DeferredNorm``)."""
+    (stored in place), y = C . state + D x, gated by silu(z); with ``DEFER_NORM``, y scaled by the norm's weight and
+    y^2 ``sq_off`` elements after it (summed by the consumer: a sum here would cost a cross-warp reduction and its
+    barriers; ``norm_torch.DeferredNorm``)."""
     dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(bias_ptr + hi).to(tl.float32)
@@ -102,22 +102,25 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
     if HAS_Z:
         zz = tl.load(z_ptr + bi * s_z_b + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
         y = y * zz * tl.sigmoid(zz)
-    if DEFER_NORM:
-        tl.store(sq_ptr + bi * s_sq_b + hi * P + offs_p, y * y, mask=mask_p)
-        y *= tl.load(nw_ptr + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
-    tl.store(y_ptr + bi * s_y_b + hi * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
+    if DEFER_NORM:  # one store of (y * w, y^2) pairs: two stores would convert y's layout twice (two more barriers)
+        yw = y * tl.load(nw_ptr + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        pair = tl.join(yw, y * y).to(y_ptr.dtype.element_ty)
+        ptrs = y_ptr + bi * s_y_b + (hi * P + offs_p)[:, None] + tl.arange(0, 2)[None, :] * sq_off
+        tl.store(ptrs, pair, mask=mask_p[:, None])
+    else:
+        tl.store(y_ptr + bi * s_y_b + hi * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
 
 
 @triton.jit
 def _step_kernel(
     xbc_ptr, xc_ptr, dt_ptr, z_ptr, conv_ptr, cw_ptr, cb_ptr, ssm_ptr, scale_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
-    nw_ptr, sq_ptr,
+    nw_ptr,
     batch, nheads, hpg, P, N, W, d_inner,
     s_xbc_b, s_xc_b, s_dt_b, s_dt_h, s_z_b,
     s_cs_b, s_cs_c, s_cs_w,
     s_ss_b, s_ss_h, s_ss_p, s_ss_n,
     s_sc_b, s_sc_h, s_sc_p,
-    s_y_b, s_sq_b,
+    s_y_b, sq_off,
     A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_W: tl.constexpr, HEADS: tl.constexpr, STAGES: tl.constexpr, LOAD_EVICT: tl.constexpr,
@@ -152,8 +155,8 @@ def _step_kernel(
                           offs_n, mask_n, HAS_CONV_BIAS, BLOCK_W)
     if HEADS == 1:
         _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr,
-                     dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, sq_ptr, bi, h0, P, W, s_cs_c, s_cs_w,
-                     s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, s_sq_b, offs_p, mask_p,
+                     dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, h0, P, W, s_cs_c, s_cs_w,
+                     s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, sq_off, offs_p, mask_p,
                      A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS, QUANT, BLOCK_W, STORE_CACHE, True, PRECONV,
                      DEFER_NORM)
     else:
@@ -165,8 +168,8 @@ def _step_kernel(
             if QUANT:
                 row_scale = tl.load(sc_row + hi * s_sc_h, mask=mask_p, other=0.0)
             _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr,
-                         dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, sq_ptr, bi, hi, P, W, s_cs_c, s_cs_w,
-                         s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, s_sq_b, offs_p, mask_p,
+                         dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, hi, P, W, s_cs_c, s_cs_w,
+                         s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, sq_off, offs_p, mask_p,
                          A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS, QUANT, BLOCK_W, STORE_CACHE, False,
                          PRECONV, DEFER_NORM)
         # the program's x windows shift once every head has read them: a barrier inside the loop would keep the
@@ -332,10 +335,10 @@ def _split_for(b: int, ssm_state: Tensor, state_scale: Tensor | None) -> StepTil
 
 
 def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a_is_log, D, dt_bias, y, ngroups,
-                 state_scale=None, tile: StepTile | None = None, deferred: tuple[Tensor, Tensor] | None = None) -> bool:
+                 state_scale=None, tile: StepTile | None = None, norm_weight: Tensor | None = None) -> bool:
     """The state update (after the conv's own launch with ``StepTile.preconv``); returns whether the epilogue
-    must still shift the B and C windows. ``deferred``: (norm weight, (b, d_inner) fp32 for y^2), the norm
-    deferred (``tile.defer_norm``)."""
+    must still shift the B and C windows. ``norm_weight``: the norm deferred (``tile.defer_norm``), ``y`` (b,
+    2 * d_inner) receiving y * silu(z) * norm_weight and then its unweighted squares."""
     b = xBC.shape[0]
     _, nheads, p, n = ssm_state.shape
     w = conv_state.shape[-1]
@@ -349,21 +352,21 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
     )
 
     tile = tile or _split_for(b, ssm_state, state_scale)
-    nw, sq = deferred if deferred is not None else (A, A)
     heads = tile.heads if (nheads // ngroups) % tile.heads == 0 else 1  # a program's heads share one group
     xc = launch_preconv(xBC, conv_state, conv_weight, conv_bias) if tile.preconv else xBC
     _step_kernel[(b, nheads // heads, triton.cdiv(p, tile.block_p))](
         xBC, xc, dt, z if z is not None else xBC, conv_state, conv_weight,
         conv_bias if conv_bias is not None else conv_weight, ssm_state, sc, A,
-        D if D is not None else A, dt_bias if dt_bias is not None else A, y, nw, sq,
+        D if D is not None else A, dt_bias if dt_bias is not None else A, y,
+        norm_weight if norm_weight is not None else A,
         b, nheads, nheads // ngroups, p, n, w, nheads * p,
         xBC.stride(0), xc.stride(0), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
         *sc_strides,
-        y.stride(0), sq.stride(0) if deferred is not None else 0, **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages,
+        y.stride(0), nheads * p, **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages,
         LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
-        PRECONV=tile.preconv, DEFER_NORM=deferred is not None, num_warps=tile.num_warps, num_stages=1,
+        PRECONV=tile.preconv, DEFER_NORM=norm_weight is not None, num_warps=tile.num_warps, num_stages=1,
         **({"maxnreg": tile.max_registers} if tile.max_registers else {}),
     )
     return not tile.preconv
@@ -454,8 +457,9 @@ def decode_step_deferred_triton(
     """:func:`decode_step_triton` for a caller that can apply the norm's per-row factor itself.
 
     Where the split defers the norm (``StepTile.defer_norm``) and it has one group: returns ``y * silu(z) *
-    norm_weight`` in ``zxbcdt.dtype`` and its :class:`~avgkit_mamba.ops.norm_torch.DeferredNorm` (no epilogue
-    launch with ``preconv``); else the normed output and ``None``.
+    norm_weight`` in ``zxbcdt.dtype`` (a view with rows twice as long: the squares of ``y * silu(z)`` follow it in
+    the same dtype, the :class:`~avgkit_mamba.ops.norm_torch.DeferredNorm`'s ``sumsq``; no epilogue launch with
+    ``preconv``); else the normed output and ``None``.
     """
     return _decode_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight,
                         norm_eps, headdim, ngroups, state_scale, defer=True)
@@ -473,11 +477,11 @@ def _decode_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D
     tile = _split_for(b, ssm_state, state_scale)
     args = (xBC, dt, z, conv_state, conv_weight.contiguous(), conv_bias, ssm_state, A_log, True, D, dt_bias)
     if defer and tile.defer_norm and ngroups == 1:
-        y = torch.empty(b, d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)
-        sumsq = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
-        if _launch_step(*args, y, ngroups, state_scale, tile, (norm_weight, sumsq)):
+        out = torch.empty(b, 2 * d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)  # y * w | y^2
+        if _launch_step(*args, out, ngroups, state_scale, tile, norm_weight):
+            y = out[:, :d_inner]
             _launch_epilogue(y, None, 0.0, y, xBC, conv_state, ngroups, n)  # the B/C windows' shift alone
-        return y, DeferredNorm(sumsq, d_inner, norm_eps)
+        return out[:, :d_inner], DeferredNorm(out[:, d_inner:], d_inner, norm_eps)
     y = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
     shift_bc = _launch_step(*args, y, ngroups, state_scale, tile)
     out = torch.empty(b, d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)
