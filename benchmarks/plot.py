@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -78,9 +79,10 @@ def _batch_bars(series: dict[str, dict[int, float]], out: Path) -> Path:
     batches = sorted({b for v in series.values() for b in v})
     fig, (ax,) = _figure(8, 4)
     width = 0.8 / len(series)
+    colours = colormaps["tab10" if len(series) <= 10 else "tab20"].colors  # no colour twice
     for k, (name, by_batch) in enumerate(series.items()):
         xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(batches) if b in by_batch]
-        ax.bar(xs, [by_batch[b] for b in batches if b in by_batch], width=width, label=name)
+        ax.bar(xs, [by_batch[b] for b in batches if b in by_batch], width=width, label=name, color=colours[k])
     ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
     ax.set_ylabel("images / s (256 tokens, CFG 2, bf16, one H100)")
     ax.legend(fontsize=7)
@@ -140,7 +142,7 @@ def training_h100(images: Path = IMAGES) -> Path | None:
 
 
 def decode_split(path: Path = RESULTS / "sampling_split_h100.json", images: Path = IMAGES,
-                 name: str = "sampling_split_h100.png") -> Path | None:
+                 name: str = "sampling_split_h100.png", rule: str = "rule of the time") -> Path | None:
     """AiM-B's images/s with each state-update split beside the compiled GPT-B, per batch (one H100 call)."""
     if not path.exists():
         return None
@@ -149,8 +151,9 @@ def decode_split(path: Path = RESULTS / "sampling_split_h100.json", images: Path
     for r in rows:
         if r["model"] == "avgkit gpt-b compiled" or "two-launch" in r["model"]:
             tile = r.get("step_tile")
-            split = "rule of the time" if not tile else f"{tile['block_p']} x {tile['num_warps']} warps" + (
-                ", conv first" if tile.get("preconv") else "")
+            split = rule if not tile else f"{tile['block_p']} x {tile['num_warps']} warps" + (
+                ", conv first" if tile.get("preconv") else "") + (", norm deferred" if tile.get("defer_norm") else "") + (
+                f", {tile['max_registers']} registers" if tile.get("max_registers") else "")
             label = "GPT-B compiled" if "gpt" in r["model"] else f"AiM-B {r['state_dtype']}, {split}"
             series.setdefault(label, {})[r["batch"]] = r["images_per_s"]
     if not series:
@@ -163,6 +166,12 @@ def decode_preconv(images: Path = IMAGES) -> Path | None:
     return decode_split(RESULTS / "sampling_preconv_h100.json", images, "sampling_preconv_h100.png")
 
 
+def decode_defer(images: Path = IMAGES) -> Path | None:
+    """The same with the norm deferred to the block boundary (the rule) beside the rule before it."""
+    return decode_split(RESULTS / "sampling_defer_twostores_h100.json", images, "sampling_defer_h100.png",
+                        rule="rule: conv first, norm deferred")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=IMAGES, help="where the PNGs go (default docs/img)")
@@ -172,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke and args.images.resolve() == IMAGES.resolve():
         ap.error("--smoke draws into a scratch folder: pass --images DIR")
     drawn = {fn.__name__: fn(images=args.images)
-             for fn in (sampling, baseline, sequence_length, training, training_h100, decode_split, decode_preconv)}
+             for fn in (sampling, baseline, sequence_length, training, training_h100, decode_split, decode_preconv,
+                                 decode_defer)}
     for name, path in drawn.items():
         print(f"{name}: {path}")
     missing = [name for name, path in drawn.items() if path is None]
