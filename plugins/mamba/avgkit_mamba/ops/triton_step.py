@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -444,34 +444,19 @@ def decode_step_triton(
                         norm_eps, headdim, ngroups, state_scale, defer=False)[0]
 
 
-def decode_step_deferred_triton(
-    zxbcdt: Tensor,
-    conv_state: Tensor,
-    conv_weight: Tensor,
-    conv_bias: Tensor | None,
-    ssm_state: Tensor,
-    A_log: Tensor,
-    D: Tensor | None,
-    dt_bias: Tensor | None,
-    norm_weight: Tensor,
-    norm_eps: float,
-    headdim: int,
-    ngroups: int,
-    state_scale: Tensor | None = None,
-) -> tuple[Tensor, DeferredNorm | None]:
-    """:func:`decode_step_triton` for a caller that can apply the norm's per-row factor itself.
+def decode_step_deferred_triton(*args: Any, **kwargs: Any) -> tuple[Tensor, DeferredNorm | None]:
+    """:func:`decode_step_triton` (same arguments) for a caller that can apply the norm's per-row factor itself.
 
     Where the split defers the norm (``StepTile.defer_norm``) and it has one group: returns ``y * silu(z) *
     norm_weight`` in ``zxbcdt.dtype`` (a view with rows twice as long: the squares of ``y * silu(z)`` follow it in
     the same dtype, the :class:`~avgkit_mamba.ops.norm_torch.DeferredNorm`'s ``sumsq``; no epilogue launch with
     ``preconv``); else the normed output and ``None``.
     """
-    return _decode_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight,
-                        norm_eps, headdim, ngroups, state_scale, defer=True)
+    return _decode_step(*args, **kwargs, defer=True)
 
 
 def _decode_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, norm_eps,
-                 headdim, ngroups, state_scale, *, defer: bool) -> tuple[Tensor, DeferredNorm | None]:
+                 headdim, ngroups, state_scale=None, *, defer: bool) -> tuple[Tensor, DeferredNorm | None]:
     zxbcdt = last_dim_contiguous(zxbcdt)
     b = zxbcdt.shape[0]
     _, nheads, p, n = ssm_state.shape
