@@ -168,7 +168,7 @@ def decode_preconv(images: Path = IMAGES) -> Path | None:
 
 def decode_defer(images: Path = IMAGES) -> Path | None:
     """The same with the norm deferred to the block boundary (the rule) beside the rule before it."""
-    return decode_split(RESULTS / "sampling_defer_twostores_h100.json", images, "sampling_defer_h100.png",
+    return decode_split(RESULTS / "sampling_defer_h100.json", images, "sampling_defer_h100.png",
                         rule="rule: conv first, norm deferred")
 
 

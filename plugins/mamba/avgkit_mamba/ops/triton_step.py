@@ -270,10 +270,11 @@ def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
     programs an SM uncapped, 48 and five with no spill, as without it; ``scripts/step_resources.py``).
 
     The deferred norm, timed interleaved with the norm in its own launch on an H100
-    (benchmarks/results/sampling_defer_twostores_h100.json, with y and y^2 stored apart): 68.1 against 66.3
-    images/s at batch 16 and 149.7 against 148.2 at 64 (bf16), 66.1 against 63.5 and 154.3 against 156.4 (int8,
-    its state update 10% slower from the second store's layout conversion, since folded into one store);
-    uncapped, the bf16 update took 0.995 ms a step at batch 64 against 0.913 capped.
+    (benchmarks/results/sampling_defer_h100.json): 62.5 against 60.7 images/s at batch 16 and 150.6 against
+    146.7 at 64 (bf16), 61.1 against 58.8 and 155.9 against 153.9 (int8). With y and y^2 stored apart
+    (sampling_defer_twostores_h100.json) the second store's layout conversion made the int8 update 10% slower
+    (0.99x at batch 64), hence one store of the pair; uncapped, the bf16 update took 0.995 ms a step at batch 64
+    against 0.913 capped.
 
     Measured on an H100 in AiM-B's sampler, timed interleaved with the earlier rule (the conv inside the state
     update, the state streamed past L2 below 2048 rows; benchmarks/results/sampling_preconv_h100.json): with
