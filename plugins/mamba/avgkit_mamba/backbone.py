@@ -62,9 +62,9 @@ class MambaBackboneConfig(BackboneConfig):
         "accuracy gate and speed in docs/backbone-mamba.md"
     )
     step_kernel: Literal["two-launch", "one-launch"] = Field(
-        "two-launch", description="Triton decode step: the state update and its norm epilogue as two launches per "
-        "layer (after the conv's own launch), or one launch with split state tiles and the next tile's load in "
-        "flight (1.8x slower on an H100; docs/benchmarks.md)"
+        "two-launch", description="Triton decode step: the conv's launch, then the state update (the mixer's norm "
+        "left to the next block boundary), or one launch with split state tiles and the next tile's load in flight "
+        "(1.8x slower on an H100; docs/benchmarks.md)"
     )
     decode_form: Literal["recurrent", "chunked", "dual"] = Field(
         "recurrent", description="decoding layout: the constant-size SSM state; chunked (the state read every step "

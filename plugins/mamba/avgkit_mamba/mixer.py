@@ -364,12 +364,8 @@ class Mamba2Mixer(nn.Module):
                 raise ValueError("a dual-form step needs length, the number of tokens already cached")
             return self.out_proj(self._dual_step(zxbcdt, state, length))
         # one decode_step: both paths gate by z and apply the mixer's grouped norm
-        y = decode_step(
-            zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log, self.D,
-            self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups, impl=self.impl,
-            state_scale=state.scale, kernel=self.step_kernel,
-        )
-        return self.out_proj(y)
+        return self.out_proj(decode_step(*self._decode_args(zxbcdt, state), impl=self.impl, state_scale=state.scale,
+                                         kernel=self.step_kernel))
 
     def step_deferred(self, x: Tensor, state: Mamba2State | Mamba2DualState, length: Tensor | None = None
                       ) -> tuple[Tensor, DeferredNorm | None]:
@@ -380,12 +376,14 @@ class Mamba2Mixer(nn.Module):
         row, and ``out_proj`` is linear)."""
         if type(state) is not Mamba2State:  # the chunked and dual forms apply their norm
             return self.step(x, state, length), None
-        y, y_norm = decode_step_deferred(
-            self.in_proj(x), state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log,
-            self.D, self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups, impl=self.impl,
-            state_scale=state.scale, kernel=self.step_kernel,
-        )
+        y, y_norm = decode_step_deferred(*self._decode_args(self.in_proj(x), state), impl=self.impl,
+                                         state_scale=state.scale, kernel=self.step_kernel)
         return self.out_proj(y), y_norm
+
+    def _decode_args(self, zxbcdt: Tensor, state: Mamba2State) -> tuple:
+        """The recurrent decode step's positional arguments (:func:`~avgkit_mamba.ops.dispatch.decode_step`)."""
+        return (zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log, self.D,
+                self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups)
 
     def _dual_step(self, zxbcdt: Tensor, state: Mamba2DualState, length: Tensor) -> Tensor:
         return dual_step(

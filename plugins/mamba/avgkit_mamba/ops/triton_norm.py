@@ -4,7 +4,7 @@ Between two mixers a step does ``residual += gate * y``, ``x = rmsnorm(residual)
 and ``x = x * (1 + scale) + shift``: six elementwise passes and a reduction in PyTorch,
 one launch here (one program per row, everything in fp32, rounded once on store). With
 the mixer's norm deferred (``norm_torch.DeferredNorm``), ``y`` is first scaled by that
-norm's per-row factor, summed here from the state update's partial sums.
+norm's per-row factor, summed here from the squares the state update wrote.
 Reference: ``Block._pre`` in :mod:`avgkit_mamba.backbone`.
 """
 
@@ -32,7 +32,7 @@ def _add_norm_modulate_kernel(
     offs = tl.arange(0, BLOCK_D)
     mask = offs < D
     h = tl.load(y_ptr + row * s_y + offs, mask=mask, other=0.0).to(tl.float32)
-    if Y_NORM:  # the mixer's deferred norm: rsqrt(mean(g^2) + eps) from the state update's partial sums
+    if Y_NORM:  # the mixer's deferred norm: rsqrt(mean(g^2) + eps) from the squares the state update wrote
         offs_q = tl.arange(0, BLOCK_Q)
         sq = tl.load(sq_ptr + row * s_sq + offs_q, mask=offs_q < parts, other=0.0).to(tl.float32)
         h *= tl.rsqrt(tl.sum(sq, axis=0) / y_size + y_eps)

@@ -464,15 +464,14 @@ def _decode_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D
     d_inner = nheads * p
     z, xBC, dt = split_zxbcdt(zxbcdt, nheads, p, ngroups, n)
     check_step_shapes(xBC, conv_state, conv_weight, ssm_state, headdim, ngroups)
-    _check_scale(ssm_state, state_scale)
     tile = _split_for(b, ssm_state, state_scale)
     args = (xBC, dt, z, conv_state, conv_weight.contiguous(), conv_bias, ssm_state, A_log, True, D, dt_bias)
     if defer and tile.defer_norm and ngroups == 1:
         out = torch.empty(b, 2 * d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)  # y * w | y^2
+        y = out[:, :d_inner]
         if _launch_step(*args, out, ngroups, state_scale, tile, norm_weight):
-            y = out[:, :d_inner]
             _launch_epilogue(y, None, 0.0, y, xBC, conv_state, ngroups, n)  # the B/C windows' shift alone
-        return out[:, :d_inner], DeferredNorm(out[:, d_inner:], d_inner, norm_eps)
+        return y, DeferredNorm(out[:, d_inner:], d_inner, norm_eps)
     y = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
     shift_bc = _launch_step(*args, y, ngroups, state_scale, tile)
     out = torch.empty(b, d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)
