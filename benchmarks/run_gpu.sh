@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --confirm | --linear | --core | --precision | --tune]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --confirm | --linear | --core | --precision | --tune]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -48,6 +48,9 @@
 # block boundary included), GPT-B and AiM-B at batch 16 and 64 with the rule and SPLITS (default: the rule before the
 # norm was deferred, 32x8:pc and 64x8:pc, and the int8 rule capped at 64 registers), timed interleaved with per-kernel
 # profiles, AiM-B's cold and warm start, then AiM-L and AiM-XL beside GPT-L in what time is left.
+# --chunked (about 7 minutes; BUDGET seconds, default 420): the decode kernels against PyTorch (the chunked form's
+# backbone decode included), then GPT-B and AiM-B at batch 16 and 64, the recurrent and chunked forms with bf16 and
+# int8 states, the chunked form also with SPLITS (default 16x8,64x8:r80), timed interleaved with per-kernel profiles.
 # --confirm (about 8 minutes; BUDGET seconds, default 480): the decode rule's tables: GPT-B and AiM-B at batch 16, 64
 # and 256, AiM-B's state dtypes with the rule and SPLITS (default 64x8:pc:r64,32x8:pc:r40: registers capped) at 16
 # and 64 with per-kernel profiles, AiM-B's cold and warm start, the decode kernels against PyTorch, then AiM-L and
@@ -199,6 +202,14 @@ if [ "$QUICK" = "--defer" ]; then  # the norm deferred to the block boundary: ch
   LIMIT=55 run benchmarks/startup.py --out "$OUT/startup_$CARD.json"
   LIMIT=$((${BUDGET:-480} - SECONDS + START)) run benchmarks/sampling.py --transformers gpt-l --aim aim-l,aim-xl \
     --batches 16,64 --variants none --out "$OUT/sampling_l_xl_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--chunked" ]; then  # the chunked form with the rule's launches: checks, AiM-B rows and profiles
+  LIMIT=${CHECK_LIMIT:-80} run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
+  LIMIT=$((${BUDGET:-420} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
+    --chunked --step-splits "${SPLITS:-16x8,64x8:r80}" --split-forms chunked --profile \
+    --out "$OUT/sampling_chunked_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -269,8 +269,8 @@ def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig
 
 
 #: decoding variants timed interleaved against the bf16 two-launch baseline: (state dtype, step kernel, form).
-#: The one-launch kernel and the chunked form, measured slower on H100s (docs/backbone-mamba.md), are left
-#: out; ``--chunked`` adds the chunked form's rows.
+#: The one-launch kernel, measured slower on H100s (docs/backbone-mamba.md), is left out; ``--chunked`` adds the
+#: chunked form's rows.
 STEP_VARIANTS = (("bf16", "two-launch", "recurrent"), ("int8", "two-launch", "recurrent"))
 CHUNKED_VARIANTS = (("bf16", "two-launch", "chunked"), ("int8", "two-launch", "chunked"))
 
@@ -321,13 +321,14 @@ def fixed_split_rule(spec: str) -> tuple[str, Callable[..., Any]]:
 
 def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str,
                   bw: float | None, shape: dict, variants: tuple = STEP_VARIANTS,
-                  tile_rules: tuple = ()) -> list[dict]:
+                  tile_rules: tuple = (), split_forms: tuple = ("recurrent", "chunked")) -> list[dict]:
     """The decoding state and step kernel compared in one process, interleaved per batch size.
 
     Each row reports its fraction of the floor of its own state layout (int8: half the
     state bytes of bf16, plus the row scales). Each (label, rule) of ``tile_rules``
-    (``swept_tile_rule``, ``fixed_split_rule``) adds a row per two-launch recurrent variant
-    with the state update split by that rule.
+    (``swept_tile_rule``, ``fixed_split_rule``) adds a row per two-launch variant with the state
+    update split by that rule, for the decode forms in ``split_forms`` (the chunked form's kernel takes the
+    split's head dims, warps and register cap).
     """
     rows = []
     for b in batches:
@@ -342,7 +343,7 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
                     "params": _params(bb) + _params(cond), "backbone": bb, "cfg": cfg.cfg_scale != 1,
                     "call": avgkit_sampler(bb, cond, b, cfg, device), "extra": extra}
             entries.append(base)
-            if (kernel, form) != ("two-launch", "recurrent"):
+            if kernel != "two-launch" or form not in split_forms:
                 continue
             for tag, rule in tile_rules:
                 tile = rule(2 * b * bb.layers[0].mixer.nheads, bb.layers[0].mixer.headdim, state_dtype == "int8")
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default by mode)")
     ap.add_argument("--aim-compile", action="store_true",
                     help="each AiM row also with its step through torch.compile, timed interleaved")
-    ap.add_argument("--chunked", action="store_true", help="also the chunked form's variant rows (measured slower)")
+    ap.add_argument("--chunked", action="store_true", help="also the chunked form's variant rows")
     ap.add_argument("--profile", action="store_true",
                     help="a per-kernel profile of one AiM-B step at batch 16 and 64, for each state dtype and step kernel "
                          "(and the --step-tiles split)")
@@ -405,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
                          "BLOCK_PxWARPS[:stream][:hN][:sN][:pc] (sN: the loop over heads pipelined N deep; pc: the conv "
                          "in its own launch), "
                          "e.g. 32x8,32x8:h4:s2")
+    ap.add_argument("--split-forms", default="recurrent,chunked",
+                    help="comma-separated decode forms the --step-tiles / --step-splits rows are for")
     ap.add_argument("--smoke", action="store_true", help="the harness on the CPU with tiny models")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -428,6 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     for preset in gpts:
         rows += transformer_comparison(preset, batches, cfg, repeats, args.llamagen_root, device, notes, shape,
                                        tuple(args.gpt_attention.split(",")))
+    split_forms = tuple(f.strip() for f in args.split_forms.split(","))
     tile_rules = (([("swept split", swept_tile_rule(args.step_tiles))] if args.step_tiles else [])
                   + [fixed_split_rule(v) for v in args.step_splits.split(",") if v.strip()])
     for preset in aims:
@@ -449,13 +453,13 @@ def main(argv: list[str] | None = None) -> None:
         if preset == "aim-b" and args.variants != "none":
             vb = ([int(b) for b in args.variants.split(",")] if args.variants else batches[:1] if args.smoke
                   else [64] if args.quick else [16, 64])
-            rows += step_variants(preset, vb, cfg, repeats, device, bw, shape, variants, tile_rules)
+            rows += step_variants(preset, vb, cfg, repeats, device, bw, shape, variants, tile_rules, split_forms)
         if preset == "aim-b" and args.profile and not args.smoke:
             from avgkit_mamba.ops.triton_step import split_rule
 
             for state_dtype, kernel, form in variants:  # before (bf16, two-launch) and after
                 bb, cond = build_aim(preset, state_dtype=state_dtype, step_kernel=kernel, decode_form=form)
-                splits = [("", None)] + (list(tile_rules) if (kernel, form) == ("two-launch", "recurrent") else [])
+                splits = [("", None)] + (list(tile_rules) if kernel == "two-launch" and form in split_forms else [])
                 for (tag, r), pb in itertools.product(splits, (16, 64)):
                     with split_rule(r):
                         profiles[f"aim-b b{pb} {state_dtype}-state {kernel} {form}{' ' + tag if tag else ''}"] = \

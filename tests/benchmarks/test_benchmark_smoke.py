@@ -197,10 +197,13 @@ def _sampling(report: dict[str, Any]) -> None:
                      "avgkit aim-b bf16-state compiled", "avgkit aim-b bf16-state two-launch",
                      *(f"avgkit aim-b bf16-state two-launch{t}" for t in splits), "avgkit aim-b int8-state two-launch",
                      *(f"avgkit aim-b int8-state two-launch{t}" for t in splits), "avgkit aim-b bf16-state chunked",
-                     "avgkit aim-b int8-state chunked"], names  # --chunked adds the last two
+                     *(f"avgkit aim-b bf16-state chunked{t}" for t in splits), "avgkit aim-b int8-state chunked",
+                     *(f"avgkit aim-b int8-state chunked{t}" for t in splits)], names  # --chunked adds the chunked rows
     # --step-tiles: the fastest split of the report, by state kind; --step-splits: the same split for both
     tiles = {(r["state_dtype"], r["model"].split("two-launch ")[1]): r["step_tile"] for r in report["rows"]
-             if "step_tile" in r}
+             if "step_tile" in r and r["decode_form"] == "recurrent"}
+    assert [r["step_tile"] for r in report["rows"] if "step_tile" in r and r["decode_form"] == "chunked"] == \
+        [r["step_tile"] for r in report["rows"] if "step_tile" in r and r["decode_form"] == "recurrent"]
     plain = {"heads": 1, "stream": False, "stages": 1, "preconv": False, "max_registers": 0, "defer_norm": False}
     fixed = {"split 64x4": {"block_p": 64, "num_warps": 4, **plain},
              "split 32x8:stream:h2:s2:pc:r64": {"block_p": 32, "num_warps": 8, "heads": 2, "stream": True, "stages": 2,

@@ -35,6 +35,7 @@ from avgkit_mamba.ops.dispatch import (
     mixer_core,
     mixer_core_applies,
     window_step,
+    window_step_deferred,
 )
 from avgkit_mamba.ops.norm_torch import DeferredNorm
 from avgkit_mamba.ops.state_quant import load_state, store_state_
@@ -354,11 +355,7 @@ class Mamba2Mixer(nn.Module):
         if isinstance(state, Mamba2ChunkedState):
             if length is None:
                 raise ValueError("a chunked-form step needs length, the number of tokens decoded since prefill")
-            return self.out_proj(window_step(
-                zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, state.scale, state.x,
-                state.b, state.dt, state.cum, length, self.A_log, self.D, self.dt_bias, self.norm.weight,
-                self.norm.eps, self.ngroups, impl=self.impl,
-            ))
+            return self._window_step(zxbcdt, state, length, deferred=False)[0]
         if isinstance(state, Mamba2DualState):
             if length is None:
                 raise ValueError("a dual-form step needs length, the number of tokens already cached")
@@ -374,7 +371,9 @@ class Mamba2Mixer(nn.Module):
         (:func:`~avgkit_mamba.ops.dispatch.decode_step_deferred`), ``out_proj`` of the unnormed output and its
         :class:`~avgkit_mamba.ops.norm_torch.DeferredNorm` (exact: with one norm group the factor is one scalar a
         row, and ``out_proj`` is linear)."""
-        if type(state) is not Mamba2State:  # the chunked and dual forms apply their norm
+        if isinstance(state, Mamba2ChunkedState) and length is not None:
+            return self._window_step(self.in_proj(x), state, length, deferred=True)
+        if type(state) is not Mamba2State:  # the dual form applies its norm
             return self.step(x, state, length), None
         y, y_norm = decode_step_deferred(*self._decode_args(self.in_proj(x), state), impl=self.impl,
                                          state_scale=state.scale, kernel=self.step_kernel)
@@ -384,6 +383,16 @@ class Mamba2Mixer(nn.Module):
         """The recurrent decode step's positional arguments (:func:`~avgkit_mamba.ops.dispatch.decode_step`)."""
         return (zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log, self.D,
                 self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups)
+
+    def _window_step(self, zxbcdt: Tensor, state: Mamba2ChunkedState, length: Tensor, *, deferred: bool
+                     ) -> tuple[Tensor, DeferredNorm | None]:
+        args = (zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, state.scale, state.x,
+                state.b, state.dt, state.cum, length, self.A_log, self.D, self.dt_bias, self.norm.weight,
+                self.norm.eps, self.ngroups)
+        if deferred:
+            y, y_norm = window_step_deferred(*args, impl=self.impl)
+            return self.out_proj(y), y_norm
+        return self.out_proj(window_step(*args, impl=self.impl)), None
 
     def _dual_step(self, zxbcdt: Tensor, state: Mamba2DualState, length: Tensor) -> Tensor:
         return dual_step(

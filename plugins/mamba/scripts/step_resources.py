@@ -12,6 +12,7 @@ SM; with the conv in its own launch, one barrier and five) and screen new splits
 changes before a GPU call; they do not time anything.
 
     python plugins/mamba/scripts/step_resources.py [--splits 32x8,64x8:pc:r64] [--states bf16,int8] [--out FILE]
+    python plugins/mamba/scripts/step_resources.py --kernel window --splits 32x8:dn,64x8:dn  # the chunked form
 """
 
 from __future__ import annotations
@@ -41,11 +42,7 @@ def compile_step(state: str, tile, d_state: int = 128, d_conv: int = 4):
     """The step kernel of a bf16 model with a ``state`` state, split by ``tile``, compiled for sm_90."""
     import triton
     from avgkit_mamba.ops import triton_step
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    kernel = triton_step._step_kernel
-    names = list(inspect.signature(kernel.fn).parameters)
     const = dict(A_IS_LOG=True, HAS_CONV_BIAS=True, HAS_D=True, HAS_Z=True, HAS_DT_BIAS=True, QUANT=state == "int8",
                  BLOCK_P=tile.block_p, BLOCK_N=triton.next_power_of_2(d_state),
                  BLOCK_W=triton.next_power_of_2(d_conv), HEADS=tile.heads, STAGES=tile.stages,
@@ -53,6 +50,30 @@ def compile_step(state: str, tile, d_state: int = 128, d_conv: int = 4):
                  PRECONV=tile.preconv, DEFER_NORM=tile.defer_norm, s_ss_n=1)  # the launcher specialises unit strides to the constant 1
     floats = {"xc_ptr": "*fp32", "scale_ptr": "*fp32", "A_ptr": "*fp32", "D_ptr": "*fp32", "bias_ptr": "*fp32",
               "y_ptr": "*bf16" if tile.defer_norm else "*fp32", "ssm_ptr": STATE_TYPES[state]}
+    return _compile(triton_step._step_kernel, const, floats, tile)
+
+
+def compile_window(state: str, tile, d_state: int = 128, window: int = 16):
+    """The chunked form's step kernel (``triton_window``) of a bf16 model with a ``state`` state, window
+    ``window``, ``tile``'s head dims and warps, compiled for sm_90."""
+    import triton
+    from avgkit_mamba.ops import triton_window
+
+    const = dict(K=window, HAS_D=True, HAS_DT_BIAS=True, QUANT=state == "int8", BLOCK_P=tile.block_p,
+                 BLOCK_N=triton.next_power_of_2(d_state), BLOCK_K=triton.next_power_of_2(window),
+                 DEFER_NORM=tile.defer_norm, s_ss_n=1)
+    floats = {"xc_ptr": "*fp32", "scale_ptr": "*fp32", "A_ptr": "*fp32", "D_ptr": "*fp32", "bias_ptr": "*fp32",
+              "cdt_ptr": "*fp32", "ccum_ptr": "*fp32", "len_ptr": "*i64",
+              "y_ptr": "*bf16" if tile.defer_norm else "*fp32", "ssm_ptr": STATE_TYPES[state]}
+    return _compile(triton_window._window_step_kernel, const, floats, tile)
+
+
+def _compile(kernel, const: dict, floats: dict, tile):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = list(inspect.signature(kernel.fn).parameters)
     signature, attrs = {}, {}
     for i, name in enumerate(names):
         if name in const:
@@ -109,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated splits (BLOCK_PxWARPS[:stream][:hN][:sN][:pc][:rN][:dn]); rule: the fixed rule's "
                          "split at AiM-B's batch 64 (128 sequences x 24 heads)")
     ap.add_argument("--states", default="bf16,int8", help="comma-separated state dtypes (fp32, bf16, int8)")
+    ap.add_argument("--kernel", choices=("step", "window"), default="step",
+                    help="the recurrent state update (step) or the chunked form's step (window: head dims, warps, "
+                         "rN and dn of each split apply)")
+    ap.add_argument("--window", type=int, default=16, help="the chunked form's window (--kernel window)")
     ap.add_argument("--headdim", type=int, default=64)
     ap.add_argument("--d-state", type=int, default=128)
     ap.add_argument("--out", type=Path, default=None, help="JSON report (default: print only)")
@@ -117,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         print("step_resources compiles kernels: unset TRITON_INTERPRET (the interpreter replaces them)",
               file=sys.stderr)
         return 2
+    if args.kernel == "window":
+        compiled = lambda state, tile: compile_window(state, tile, args.d_state, args.window)  # noqa: E731
+    else:
+        compiled = lambda state, tile: compile_step(state, tile, args.d_state)  # noqa: E731
     rows = []
     for state in args.states.split(","):
         rule = _tile(128 * 24, args.headdim, state == "int8")
@@ -124,13 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             tile = rule if spec == "rule" else StepTile.parse(spec)
             block_p = min(tile.block_p, args.headdim)
             row = {"state": state, "split": spec, **tile._asdict(), "rule": tile == rule,
-                   **resources(compile_step(state, tile, args.d_state), tile, block_p, args.d_state)}
+                   **resources(compiled(state, tile), tile, block_p, args.d_state)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     import triton
 
-    report = {"target": "sm_90a", "triton": triton.__version__, "headdim": args.headdim, "d_state": args.d_state,
-              "rows": rows}
+    report = {"target": "sm_90a", "triton": triton.__version__, "kernel": args.kernel, "headdim": args.headdim,
+              "d_state": args.d_state, "rows": rows}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))

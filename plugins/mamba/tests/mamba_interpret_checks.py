@@ -480,7 +480,8 @@ def _counting(module, name: str, calls: list):
 def deferred_norm_checks() -> None:
     """The norm left to the block boundary (``StepTile.defer_norm``): the state update's ``y * silu(z) * w`` times
     the per-row factor from its partial sums = the normed step, for each conv placement and state dtype; the
-    boundary's ``y_norm`` = its torch reference; a norm of two groups is never deferred."""
+    boundary's ``y_norm`` = its torch reference; a norm of two groups is never deferred; the chunked form's step
+    likewise."""
     gen = torch.Generator().manual_seed(3)
     r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     from avgkit_mamba.ops import triton_step
@@ -522,6 +523,38 @@ def deferred_norm_checks() -> None:
                         same = all(torch.equal(a, c) for a, c in zip(states["d"], states["n"], strict=True)
                                    if a is not None)
                         check(f"{label} states as the normed step's", 0.0 if same else float("inf"), 0.0)
+
+    # the chunked form's step likewise, over a window of 3 and the next one's first row (a fold in between)
+    from avgkit_mamba.ops import triton_window
+
+    window = 3
+    for g in (1, 2):
+        d_inner, conv_dim, weight, bias, A_log, D, dt_bias, nw = layer_params(h, p, g, n, r, gen, w)
+        for sdt in (torch.float32, torch.bfloat16, torch.int8):
+            ssm, scale = random_state(b, h, p, n, sdt, r)
+            first = [r(b, conv_dim, w), ssm, scale, torch.zeros(b, window, h, p), torch.zeros(b, window, g, n),
+                     torch.zeros(b, window, h), torch.zeros(b, window, h)]
+            states = {k: [None if t is None else t.clone() for t in first] for k in "dn"}
+            for step in range(window + 1):
+                zxbcdt, length = r(b, d_inner + conv_dim + h), torch.tensor([step])
+                ref = triton_window.window_step_triton(zxbcdt, states["n"][0], weight, bias, *states["n"][1:], length,
+                                                       A_log, D, dt_bias, nw, 1e-5, g)
+                epilogues = []
+                with _counting(triton_window, "_launch_epilogue", epilogues):
+                    y, y_norm = triton_window.window_step_deferred_triton(
+                        zxbcdt, states["d"][0], weight, bias, *states["d"][1:], length, A_log, D, dt_bias, nw, 1e-5,
+                        g)
+                label = f"deferred norm, chunked form, g{g} {str(sdt)[6:]} #{step}"
+                if g > 1:
+                    if y_norm is not None or epilogues != [1]:
+                        raise SystemExit(f"FAILED: {label}: a norm of two groups was deferred")
+                    check(f"{label} (not deferred) y", max_rel_err(y, ref), 0.0)
+                    continue
+                if y_norm is None or y_norm.sumsq.shape != (b, d_inner) or epilogues:
+                    raise SystemExit(f"FAILED: {label}: no deferred norm, wrong partial sums or an epilogue launch")
+                check(f"{label} y * rstd", max_rel_err(y * y_norm.rstd(), ref), 1e-5)
+                same = all(torch.equal(a, c) for a, c in zip(states["d"], states["n"], strict=True) if a is not None)
+                check(f"{label} states and caches as the normed step's", 0.0 if same else float("inf"), 0.0)
 
     d, parts = 24, 6
     y, gate, res, wn, mod = r(b, d), r(b, d), r(b, d), 1 + 0.1 * r(d), r(b, 2, d)

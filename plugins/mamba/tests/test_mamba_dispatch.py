@@ -101,8 +101,11 @@ def test_decode_tile_rules_give_launch_sizes_on_a_gpu(rows: int) -> None:
     for quant in (False, True):
         tile = triton_step._tile(rows, 64, quant)
         assert isinstance(tile, triton_step.StepTile) and tile.block_p <= 64 and tile.heads >= 1 and tile.stages >= 1
-    block_p, warps = triton_window.window_tile(rows, 64, interpret=False)
-    assert block_p in (16, 32, 64) and warps in (1, 2, 4, 8, 16)
+    for quant in (False, True):
+        tile = triton_window.window_tile(rows, 64, quant, interpret=False)
+        assert tile.block_p in (16, 32, 64) and tile.num_warps in (1, 2, 4, 8, 16)
+        with triton_step.split_rule(lambda r, p, q: triton_step.StepTile(16, 4, max_registers=40)):
+            assert triton_window.window_tile(rows, 64, quant, interpret=False) == triton_step.StepTile(16, 4, max_registers=40)
 
 
 def test_step_tile_specs_read_back_and_name_their_format() -> None:

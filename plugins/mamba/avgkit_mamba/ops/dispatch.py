@@ -10,6 +10,7 @@ The mixer and the backbone call these functions and never choose a path themselv
 | :func:`fused_step` (conv + SSM update + skip + gate) | :func:`fused_step_torch` | ``triton_step.fused_step_triton`` |
 | :func:`decode_step` (a mixer's step from ``in_proj``'s output, with its norm) | :func:`decode_step_torch` | ``triton_step.decode_step_triton``, or ``triton_step_fused`` (``kernel="one-launch"``) |
 | :func:`decode_step_deferred` (the same, its norm's per-row factor left to the caller where the kernel defers it) | :func:`decode_step_torch` (never defers) | ``triton_step.decode_step_deferred_triton`` |
+| :func:`window_step` / :func:`window_step_deferred` (the same from the chunked form's state and window caches) | :func:`window_step_torch` (never defers) | ``triton_window`` |
 | :func:`dual_step` (the same from the dual-form caches) | :func:`dual_step_torch` | ``triton_dual`` |
 | :func:`add_norm_modulate` (a decode step's block boundary) | ``norm_torch.add_norm_modulate`` | ``triton_norm`` |
 
@@ -26,7 +27,7 @@ pinned config is used. The decode-step kernels use a fixed tile rule (``triton_s
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -62,6 +63,9 @@ __all__ = [
     "mixer_core_applies",
     "resolve_impl",
     "triton_available",
+    "window_step",
+    "window_step_deferred",
+    "window_step_torch",
 ]
 
 
@@ -503,13 +507,25 @@ def window_step(
     row is ``length % K``. The SSM state is written only at a window's last row. Returns
     what :func:`decode_step` returns.
     """
-    args = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, state_scale, cache_x, cache_b, cache_dt,
-            cache_cum, length, A_log, D, dt_bias, norm_weight, norm_eps, ngroups)
-    if resolve_impl(impl, zxbcdt.device) == "triton":
-        from avgkit_mamba.ops.triton_window import window_step_triton
+    return _window_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, state_scale, cache_x, cache_b,
+                        cache_dt, cache_cum, length, A_log, D, dt_bias, norm_weight, norm_eps, ngroups, impl=impl,
+                        defer=False)[0]
 
-        return window_step_triton(*args)
-    return window_step_torch(*args)
+
+def window_step_deferred(*args: Any, impl: str = "auto") -> tuple[Tensor, DeferredNorm | None]:
+    """:func:`window_step` (same positional arguments) for a caller that applies the norm's per-row factor itself
+    (as :func:`decode_step_deferred`): on Triton with a norm of one group, ``y * silu(z) * norm_weight`` and its
+    :class:`~avgkit_mamba.ops.norm_torch.DeferredNorm`; else the normed output and ``None``."""
+    return _window_step(*args, impl=impl, defer=True)
+
+
+def _window_step(*args: Any, impl: str, defer: bool) -> tuple[Tensor, DeferredNorm | None]:
+    if resolve_impl(impl, args[0].device) == "triton":
+        from avgkit_mamba.ops import triton_window
+
+        return (triton_window.window_step_deferred_triton(*args) if defer
+                else (triton_window.window_step_triton(*args), None))
+    return window_step_torch(*args), None
 
 
 def add_norm_modulate(

@@ -9,6 +9,9 @@ are checked against those references under the interpreter (``tests/mamba_interp
   :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
 * ``_dequantize_rows`` / ``_quantize_rows``: the one-byte state,
   :mod:`avgkit_mamba.ops.state_quant`.
+* ``_skip_gate_store``: a decode step's output, ``(y + D x) * silu(z)``
+  (:func:`avgkit_mamba.ops.dispatch.fused_step_torch`), or with the norm deferred its
+  weighted value and square (``norm_torch.DeferredNorm``).
 
 Window order: a conv window is shifted in place, element ``w + 1`` stored at ``w``. A
 program's threads load and store global memory with no order between them, and the
@@ -161,3 +164,23 @@ def _shift_bc_windows(conv_row, xbc_row, s_cs_c, s_cs_w, gi, ngroups, N, W, d_in
     tl.debug_barrier()  # both old windows are read before either is overwritten (module docstring)
     _store_window(conv_row, s_cs_c, s_cs_w, chan_b, mask_n, win_b, W, BLOCK_W)
     _store_window(conv_row, s_cs_c, s_cs_w, chan_c, mask_n, win_c, W, BLOCK_W)
+
+
+@triton.jit
+def _skip_gate_store(y, x, D_ptr, z_ptr, y_ptr, nw_ptr, bi, hi, P, s_z_b, s_y_b, sq_off, offs_p, mask_p,
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DEFER_NORM: tl.constexpr):
+    """Head ``hi``'s output channels ``offs_p`` of batch row ``bi``: ``y + D x``, gated by ``silu(z)``; with
+    ``DEFER_NORM`` scaled by the norm's weight, its square stored ``sq_off`` elements after it (summed by the
+    consumer: a sum here would cost a cross-warp reduction and its barriers)."""
+    if HAS_D:
+        y += tl.load(D_ptr + hi).to(tl.float32) * x
+    if HAS_Z:
+        zz = tl.load(z_ptr + bi * s_z_b + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    if DEFER_NORM:  # one store of (y * w, y^2) pairs: two stores would convert y's layout twice (two more barriers)
+        yw = y * tl.load(nw_ptr + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        pair = tl.join(yw, y * y).to(y_ptr.dtype.element_ty)
+        ptrs = y_ptr + bi * s_y_b + (hi * P + offs_p)[:, None] + tl.arange(0, 2)[None, :] * sq_off
+        tl.store(ptrs, pair, mask=mask_p[:, None])
+    else:
+        tl.store(y_ptr + bi * s_y_b + hi * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)

@@ -49,6 +49,7 @@ from avgkit_mamba.ops.triton_common import (
     _quantize_rows,
     _shift_bc_windows,
     _shift_windows,
+    _skip_gate_store,
     _softplus,
 )
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
@@ -69,9 +70,7 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
                  PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr):
     """Head ``hi``'s step from its loaded state tile: conv of its x channels (their window shifted here with
     ``SHIFT_X``, else later by the caller; with ``PRECONV`` read convolved from ``xc_row``), dt, the update
-    (stored in place), y = C . state + D x, gated by silu(z); with ``DEFER_NORM``, y scaled by the norm's weight and
-    y^2 ``sq_off`` elements after it (summed by the consumer: a sum here would cost a cross-warp reduction and its
-    barriers; ``norm_torch.DeferredNorm``)."""
+    (stored in place), y = C . state, then ``_skip_gate_store``."""
     dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(bias_ptr + hi).to(tl.float32)
@@ -96,19 +95,8 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
     else:
         new = state.to(tl.float32) * decay + (dt * x)[:, None] * Bv[None, :]
         tl.store(s_ptrs, new.to(s_row.dtype.element_ty), mask=smask, cache_modifier=STORE_CACHE)
-    y = tl.sum(new * Cv[None, :], axis=1)
-    if HAS_D:
-        y += tl.load(D_ptr + hi).to(tl.float32) * x
-    if HAS_Z:
-        zz = tl.load(z_ptr + bi * s_z_b + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
-        y = y * zz * tl.sigmoid(zz)
-    if DEFER_NORM:  # one store of (y * w, y^2) pairs: two stores would convert y's layout twice (two more barriers)
-        yw = y * tl.load(nw_ptr + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
-        pair = tl.join(yw, y * y).to(y_ptr.dtype.element_ty)
-        ptrs = y_ptr + bi * s_y_b + (hi * P + offs_p)[:, None] + tl.arange(0, 2)[None, :] * sq_off
-        tl.store(ptrs, pair, mask=mask_p[:, None])
-    else:
-        tl.store(y_ptr + bi * s_y_b + hi * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
+    _skip_gate_store(tl.sum(new * Cv[None, :], axis=1), x, D_ptr, z_ptr, y_ptr, nw_ptr, bi, hi, P, s_z_b, s_y_b,
+                     sq_off, offs_p, mask_p, HAS_D, HAS_Z, DEFER_NORM)
 
 
 @triton.jit
@@ -309,6 +297,12 @@ def split_rule(rule: Callable[[int, int, bool], StepTile] | None) -> Iterator[No
         yield
     finally:
         _override = saved
+
+
+def overridden_split(rows: int, p: int, quant: bool) -> StepTile | None:
+    """The split ``split_rule`` sets for these arguments, or ``None`` outside one (for the other decode kernels,
+    which have rules of their own)."""
+    return None if _override is None else _override(rows, p, quant)
 
 
 def _check_scale(ssm_state: Tensor, state_scale: Tensor | None) -> None:
