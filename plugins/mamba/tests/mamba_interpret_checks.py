@@ -434,15 +434,16 @@ def decode_checks() -> None:
     from avgkit_mamba.ops.state_quant import dequantize_rows
 
     dtypes = {(torch.float32, torch.float32): (1e-5, 1e-5, 1e-6), (torch.bfloat16, torch.float32): (1e-2, 1e-2, 1e-6),
-              (torch.int8, torch.float32): (1e-4, 8e-3, 1e-6), (torch.float32, torch.bfloat16): (3e-2, 2e-2, 1e-2)}
+              (torch.int8, torch.float32): (1e-4, 8e-3, 1e-6), (torch.float32, torch.bfloat16): (5e-2, 2e-2, 1e-2)}
     for b, h, p, g, n, window in ((2, 2, 24, 1, 16, 16), (1, 4, 8, 2, 24, 5)):
         w = 4
         d_inner, conv_dim, weight, bias, A_log, D, dt_bias, nw = layer_params(h, p, g, n, r, gen, w)
         for (sdt, dtype), tols in dtypes.items():
             label = f"window step K{window} p{p} n{n} {str(sdt)[6:]} state, {str(dtype)[6:]} caches"
             ssm, scale = random_state(b, h, p, n, sdt, r)
-            caches = [torch.zeros(b, window, h, p, dtype=dtype), torch.zeros(b, window, g, n, dtype=dtype),
-                      torch.zeros(b, window, h), torch.zeros(b, window, h)]
+            # the caches start with stale values (an earlier window's): rows s >= j must weigh nothing
+            caches = [100 * r(b, window, h, p).to(dtype), 100 * r(b, window, g, n).to(dtype),
+                      r(b, window, h).abs(), 30 * r(b, window, h)]
             got = [r(b, conv_dim, w).to(dtype), ssm, scale, *caches]
             ref = [t.clone() if t is not None else None for t in got]
             errs = [0.0, 0.0, 0.0]

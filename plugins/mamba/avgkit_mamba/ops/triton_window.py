@@ -16,13 +16,13 @@ program write its tile back, having absorbed the window:
 and writes it once per K steps: about half the recurrent step's state traffic, and an int8
 state is dequantised on most steps and requantised once a window.
 
-The window's earlier rows ``s < j`` are read as (K, .) tiles in one round of loads, beside
-the state's (a loop over ``s`` waited a memory round trip per token, which made the step
-slower than the recurrent one though it moves half the bytes); rows ``s >= j`` are masked
-to weight 0. The fold adds the earlier tokens as rank-1 updates in order (a ``tl.dot`` fold
+The window's rows are read as (K, .) tiles in one round of loads with the state's, not
+masked by ``j`` (that mask waited for ``j``'s load, and a loop over ``s`` waited a round
+trip per token: either made the step slower than the recurrent one though it moves half
+the bytes); rows ``s >= j`` get weight exactly 0. The fold adds the earlier tokens as rank-1 updates in order (a ``tl.dot`` fold
 held its operands in other layouts: about 200 registers a thread; ``scripts/step_resources.py
 --kernel window`` reports what each split takes). Every
-cache row ``s < j`` a program reads was written by an earlier launch; token ``j``'s own
+cache row ``s < j`` a program weighs was written by an earlier launch; token ``j``'s own
 values come from registers, so no program depends on another of the same launch.
 Reference: :func:`avgkit_mamba.ops.ssd_torch.ssd_window_step`.
 """
@@ -75,20 +75,23 @@ def _window_step_kernel(
         state = _dequantize_rows(state, tl.load(sc_ptrs, mask=mask_p, other=0.0))
     else:
         state = state.to(tl.float32)
-    j = tl.load(len_ptr) % K
-
-    # the window's earlier tokens s < j as (K, .) tiles in one round of loads (a loop over s would wait a
-    # memory round trip per token), issued before the appends below: this launch writes only row j
-    mask_k = offs_k < j
+    # the window's rows as (K, .) tiles in the same round of loads as the state's (a loop over s would wait a
+    # memory round trip per token; masking the loads by this token's row j would wait for j's load first, a
+    # second round trip a program: the kernel took longer than the recurrent step's though it moves half the
+    # bytes). Rows s >= j hold earlier windows' finite values, or row j's being written by this launch: they
+    # are weighted by an exact zero below.
     cx_row = cx_ptr + bi * s_cx_b + hi * s_cx_h
     cb_row = cbm_ptr + bi * s_cb_b + gi * s_cb_g
     cd_row = bi * s_cd_b + hi
-    bs = tl.load(cb_row + offs_k[:, None] * s_cb_l + offs_n[None, :], mask=mask_k[:, None] & mask_n[None, :],
+    in_k = offs_k < K
+    bs = tl.load(cb_row + offs_k[:, None] * s_cb_l + offs_n[None, :], mask=in_k[:, None] & mask_n[None, :],
                  other=0.0).to(tl.float32)
-    xs = tl.load(cx_row + offs_k[:, None] * s_cx_l + offs_p[None, :], mask=mask_k[:, None] & mask_p[None, :],
+    xs = tl.load(cx_row + offs_k[:, None] * s_cx_l + offs_p[None, :], mask=in_k[:, None] & mask_p[None, :],
                  other=0.0).to(tl.float32)
-    cum_s = tl.load(ccum_ptr + cd_row + offs_k * s_cd_l, mask=mask_k, other=0.0)
-    dt_s = tl.load(cdt_ptr + cd_row + offs_k * s_cd_l, mask=mask_k, other=0.0)
+    cum_s = tl.load(ccum_ptr + cd_row + offs_k * s_cd_l, mask=in_k, other=0.0)
+    dt_s = tl.load(cdt_ptr + cd_row + offs_k * s_cd_l, mask=in_k, other=0.0)
+    j = tl.load(len_ptr) % K
+    mask_k = offs_k < j
 
     # this token's x, B and C, convolved by the conv's own launch
     xc_row = xc_ptr + bi * s_xc_b
@@ -100,8 +103,7 @@ def _window_step_kernel(
         dt += tl.load(bias_ptr + hi).to(tl.float32)
     dt = _softplus(dt)
     a = -tl.exp(tl.load(A_ptr + hi).to(tl.float32))  # A = -exp(A_log)
-    cum_before = tl.load(ccum_ptr + cd_row + tl.maximum(j - 1, 0) * s_cd_l)
-    cum_j = tl.where(j > 0, cum_before, 0.0) + dt * a
+    cum_j = tl.sum(tl.where(offs_k == j - 1, cum_s, 0.0), axis=0) + dt * a  # row j - 1's, from the tile (0 at j = 0)
 
     # append token j: this program's x channels; dt and cum by the head's first program, B by the group's
     tl.store(cx_row + j * s_cx_l + offs_p, x.to(cx_ptr.dtype.element_ty), mask=mask_p)
