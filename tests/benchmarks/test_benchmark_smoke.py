@@ -439,6 +439,8 @@ CASES: list[Smoke] = [
     Smoke("plugins/mamba/scripts/gpu_check.py", keys=("gpu", "all_ok", "checks", "step_timing"), check=_gpu_check),
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--step-only", "int8"), result=None,
           mode="step-only"),
+    Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--step-only", "bf16", "--step-form", "chunked"),
+          result=None, mode="step-only-chunked"),
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--decode", "--out", "{tmp}/out.json"),
           mode="decode", keys=("gpu", "all_ok", "checks"), check=_gpu_check_decode),
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",

@@ -594,6 +594,9 @@ def main(argv: list[str] | None = None) -> int:
                              "--step-batch sequences, five times, checks and timing left out: a process for an "
                              "external profiler (ncu -k regex:_step_kernel)")
     parser.add_argument("--step-batch", type=int, default=128, help="sequences for --step-only (default 128)")
+    parser.add_argument("--step-form", choices=("recurrent", "chunked"), default="recurrent",
+                        help="--step-only: the recurrent state update or the chunked form's step (ncu -k "
+                             "regex:_window_step_kernel)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny fp32 shapes on the CPU, Triton interpreted: checks that the script runs")
@@ -613,16 +616,32 @@ def main(argv: list[str] | None = None) -> int:
     layer = SMOKE_LAYER if args.smoke else {"nheads": 24, "p": 64, "n": 128}
     rows: list[dict] = []
     if args.step_only:
-        from avgkit_mamba.ops.dispatch import decode_step
+        from avgkit_mamba.ops.dispatch import decode_step_deferred, window_step_deferred
 
-        stack = [_decode_step_problem(2 if args.smoke else args.step_batch, layer["nheads"], args.step_only,
+        batch = 2 if args.smoke else args.step_batch
+        stack = [_decode_step_problem(batch, layer["nheads"], args.step_only,
                                       torch.float32 if args.smoke else torch.bfloat16, p=layer["p"], n=layer["n"],
                                       device=device, seed=i) for i in range(2 if args.smoke else 24)]
-        for _ in range(5):
+        length = torch.zeros(1, dtype=torch.long, device=device)  # the chunked form's tokens since prefill
+        for t in stack:
+            if args.step_form == "chunked":  # a window of 16, its caches as the backbone allocates them
+                dtype = t["zxbcdt"].dtype
+                t["caches"] = (torch.randn(batch, 16, layer["nheads"], layer["p"], device=device).to(dtype),
+                               torch.randn(batch, 16, 1, layer["n"], device=device).to(dtype),
+                               torch.rand(batch, 16, layer["nheads"], device=device) * 0.1,
+                               -torch.rand(batch, 16, layer["nheads"], device=device))
+        for _ in range(5):  # as the backbone calls them: the norm deferred to the block boundary
             for t in stack:
-                decode_step(**t, impl="triton", kernel="two-launch")
+                if args.step_form == "chunked":
+                    window_step_deferred(t["zxbcdt"], t["conv_state"], t["conv_weight"], t["conv_bias"],
+                                         t["ssm_state"], t["state_scale"], *t["caches"], length, t["A_log"], t["D"],
+                                         t["dt_bias"], t["norm_weight"], t["norm_eps"], t["ngroups"], impl="triton")
+                else:
+                    args_ = {k: v for k, v in t.items() if k != "caches"}
+                    decode_step_deferred(**args_, impl="triton", kernel="two-launch")
+            length.add_(1)
         synchronize(device)
-        print(f"ran {5 * len(stack)} decode steps ({args.step_only} state)")
+        print(f"ran {5 * len(stack)} decode steps ({args.step_only} state, {args.step_form} form)")
         return 0
     if args.tiles:
         bandwidth = None if args.smoke else copy_bandwidth()
