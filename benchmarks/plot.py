@@ -149,11 +149,13 @@ def decode_split(path: Path = RESULTS / "sampling_split_h100.json", images: Path
     rows = json.loads(path.read_text())["rows"]
     series: dict[str, dict[int, float]] = {}
     for r in rows:
-        if r["model"] == "avgkit gpt-b compiled" or "two-launch" in r["model"]:
+        if r["model"] == "avgkit gpt-b compiled" or "two-launch" in r["model"] or r.get("decode_form") == "chunked":
             tile = r.get("step_tile")
             split = rule if not tile else f"{tile['block_p']} x {tile['num_warps']} warps" + (
                 ", conv first" if tile.get("preconv") else "") + (", norm deferred" if tile.get("defer_norm") else "") + (
                 f", {tile['max_registers']} registers" if tile.get("max_registers") else "")
+            if r.get("decode_form") == "chunked":
+                split = "chunked, " + ("its rule" if not tile else split)
             label = "GPT-B compiled" if "gpt" in r["model"] else f"AiM-B {r['state_dtype']}, {split}"
             series.setdefault(label, {})[r["batch"]] = r["images_per_s"]
     if not series:
@@ -172,6 +174,12 @@ def decode_defer(images: Path = IMAGES) -> Path | None:
                         rule="rule: conv first, norm deferred")
 
 
+def decode_chunked(images: Path = IMAGES) -> Path | None:
+    """The chunked form (the state written once a window) beside the recurrent rule and GPT-B."""
+    return decode_split(RESULTS / "sampling_chunked_h100.json", images, "sampling_chunked_h100.png",
+                        rule="recurrent, its rule")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=IMAGES, help="where the PNGs go (default docs/img)")
@@ -182,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--smoke draws into a scratch folder: pass --images DIR")
     drawn = {fn.__name__: fn(images=args.images)
              for fn in (sampling, baseline, sequence_length, training, training_h100, decode_split, decode_preconv,
-                                 decode_defer)}
+                                 decode_defer, decode_chunked)}
     for name, path in drawn.items():
         print(f"{name}: {path}")
     missing = [name for name, path in drawn.items() if path is None]
