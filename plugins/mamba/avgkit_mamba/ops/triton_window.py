@@ -16,14 +16,20 @@ program write its tile back, having absorbed the window:
 and writes it once per K steps: about half the recurrent step's state traffic, and an int8
 state is dequantised on most steps and requantised once a window.
 
-The window's rows are read as (K, .) tiles in one round of loads with the state's, not
-masked by ``j`` (that mask waited for ``j``'s load, and a loop over ``s`` waited a round
-trip per token: either made the step slower than the recurrent one though it moves half
-the bytes); rows ``s >= j`` get weight exactly 0. The fold adds the earlier tokens as rank-1 updates in order (a ``tl.dot`` fold
-held its operands in other layouts: about 200 registers a thread; ``scripts/step_resources.py
---kernel window`` reports what each split takes). Every
-cache row ``s < j`` a program weighs was written by an earlier launch; token ``j``'s own
-values come from registers, so no program depends on another of the same launch.
+The window's rows are read as (K, .) tiles in one round of loads with the state's (a loop
+over ``s`` waited a round trip per token), not masked by ``j`` (which would order ``j``'s
+load before theirs; the two measured the same); rows ``s >= j`` get weight exactly 0. The fold adds the earlier tokens as
+rank-1 updates in order (a ``tl.dot`` fold held its operands in other layouts: about 200
+registers a thread; ``scripts/step_resources.py --kernel window`` reports what each split
+takes). Every cache row ``s < j`` a program weighs was written by an earlier launch; token
+``j``'s own values come from registers, so no program depends on another of the same
+launch.
+
+Measured on an H100 (docs/benchmarks.md, "The chunked form with the rule's launches"): slower
+than the recurrent update though it moves half the bytes; it issues about 1.6 times the
+instructions a program, and every program recomputes the window's scores ``C . B_s``, which
+all heads of a row share.
+
 Reference: :func:`avgkit_mamba.ops.ssd_torch.ssd_window_step`.
 """
 
@@ -121,8 +127,8 @@ def _window_step_kernel(
                      True, DEFER_NORM)
 
     if j == K - 1:  # the window's last row: the state absorbs the window, once every K steps
-        # the tile reloaded (from the cache, once a window) rather than held through the output's work: kept in
-        # registers it raised the whole kernel's count, and so fewer programs an SM on every step
+        # the tile reloaded (from L2, once a window) rather than held through the output's work: kept in registers
+        # it raised the whole kernel's count, and so fewer programs an SM on every step
         old = tl.load(s_ptrs, mask=smask, other=0.0)
         if QUANT:
             old = _dequantize_rows(old, tl.load(sc_ptrs, mask=mask_p, other=0.0))
