@@ -82,10 +82,8 @@ def _window_step_kernel(
     else:
         state = state.to(tl.float32)
     # the window's rows as (K, .) tiles in the same round of loads as the state's (a loop over s would wait a
-    # memory round trip per token; masking the loads by this token's row j would wait for j's load first, a
-    # second round trip a program: the kernel took longer than the recurrent step's though it moves half the
-    # bytes). Rows s >= j hold earlier windows' finite values, or row j's being written by this launch: they
-    # are weighted by an exact zero below.
+    # memory round trip per token), not masked by this token's row j (no load waits for j's). Rows s >= j hold
+    # earlier windows' finite values, or row j's being written by this launch: they weigh an exact zero below.
     cx_row = cx_ptr + bi * s_cx_b + hi * s_cx_h
     cb_row = cbm_ptr + bi * s_cb_b + gi * s_cb_g
     cd_row = bi * s_cd_b + hi
