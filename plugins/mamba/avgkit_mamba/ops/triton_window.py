@@ -26,9 +26,9 @@ takes). Every cache row ``s < j`` a program weighs was written by an earlier lau
 launch.
 
 Measured on an H100 (docs/benchmarks.md, "The chunked form with the rule's launches"): slower
-than the recurrent update though it moves half the bytes; it issues about 1.6 times the
-instructions a program, and every program recomputes the window's scores ``C . B_s``, which
-all heads of a row share.
+than the recurrent update though it moves half the bytes: it issues about 1.6 times the
+instructions a program, and converting and multiplying every state value in fp32 bounds it
+by issue slots, not bytes.
 
 Reference: :func:`avgkit_mamba.ops.ssd_torch.ssd_window_step`.
 """
