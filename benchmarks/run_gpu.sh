@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --b256 | --confirm | --linear | --core | --precision | --tune]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --confirm | --linear | --core | --precision | --tune]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -53,6 +53,9 @@
 # int8 states, the chunked form also with SPLITS (default 16x8,64x8:r80), timed interleaved with per-kernel profiles.
 # --ncu-window (about 3 minutes): Nsight Compute's counters (throughput, occupancy, warp stalls) of the recurrent
 # state update (bf16) and the chunked form's kernel (bf16, int8) at 128 sequences, 24 layers (gpu_check --step-only).
+# --pdl (about 4 minutes; BUDGET seconds, default 230): the decode kernels against PyTorch with programmatic
+# dependent launch (AVGKIT_TRITON_PDL=1), then GPT-B and AiM-B's bf16 and int8 states at batch 16 and 64, each with
+# and without it, timed interleaved.
 # --b256 (about 3 minutes; BUDGET seconds, default 170): GPT-B and AiM-B at batch 256, the recurrent and chunked
 # forms with bf16 and int8 states, timed interleaved.
 # --confirm (about 8 minutes; BUDGET seconds, default 480): the decode rule's tables: GPT-B and AiM-B at batch 16, 64
@@ -228,6 +231,14 @@ if [ "$QUICK" = "--ncu-window" ]; then  # the chunked form's kernel beside the r
     grep -E "Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Stall|Warp Cycles|Eligible|Issued|L2 Hit|Block Limit|Waves" \
       "$OUT/ncu_${1}_${2}_$CARD.txt" | head -n 60
   done
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--pdl" ]; then  # the decode kernels by programmatic dependent launch: checks, then AiM-B's rows
+  (export AVGKIT_TRITON_PDL=1; LIMIT=${CHECK_LIMIT:-80} run plugins/mamba/scripts/gpu_check.py --decode \
+    --out "$OUT/mamba_gpu_check_decode_pdl_$CARD.json")
+  LIMIT=$((${BUDGET:-230} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
+    --pdl --out "$OUT/sampling_pdl_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

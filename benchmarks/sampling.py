@@ -306,6 +306,18 @@ def _with_tile_rule(call: Callable[[], Any], rule: Callable[..., Any]) -> Callab
     return run
 
 
+def _with_pdl(call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call`` with the decode kernels launched by programmatic dependent launch while it runs (its CUDA graph,
+    captured on the first call, keeps them)."""
+    from avgkit_mamba.ops.triton_launch import programmatic_launch
+
+    def run() -> Any:
+        with programmatic_launch(True):
+            return call()
+
+    return run
+
+
 def fixed_split_rule(spec: str) -> tuple[str, Callable[..., Any]]:
     """``32x8``, ``64x8:stream``, ``32x8:h4:s2``, ``32x8:pc`` (head dims x warps, then streaming, heads a program,
     the pipeline depth of the loop over them and the conv in its own launch) as a (label, rule) pair that gives
@@ -321,14 +333,16 @@ def fixed_split_rule(spec: str) -> tuple[str, Callable[..., Any]]:
 
 def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str,
                   bw: float | None, shape: dict, variants: tuple = STEP_VARIANTS,
-                  tile_rules: tuple = (), split_forms: tuple = ("recurrent", "chunked")) -> list[dict]:
+                  tile_rules: tuple = (), split_forms: tuple = ("recurrent", "chunked"), pdl: bool = False
+                  ) -> list[dict]:
     """The decoding state and step kernel compared in one process, interleaved per batch size.
 
     Each row reports its fraction of the floor of its own state layout (int8: half the
     state bytes of bf16, plus the row scales). Each (label, rule) of ``tile_rules``
     (``swept_tile_rule``, ``fixed_split_rule``) adds a row per two-launch variant with the state
     update split by that rule, for the decode forms in ``split_forms`` (the chunked form's kernel takes the
-    split's head dims, warps and register cap).
+    split's head dims, warps and register cap). With ``pdl`` each two-launch variant also runs with its decode
+    kernels launched by programmatic dependent launch.
     """
     rows = []
     for b in batches:
@@ -343,7 +357,12 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
                     "params": _params(bb) + _params(cond), "backbone": bb, "cfg": cfg.cfg_scale != 1,
                     "call": avgkit_sampler(bb, cond, b, cfg, device), "extra": extra}
             entries.append(base)
-            if kernel != "two-launch" or form not in split_forms:
+            if kernel != "two-launch":
+                continue
+            if pdl:
+                entries.append({**base, "name": f"{base['name']} pdl", "extra": {**extra, "pdl": True},
+                                "call": _with_pdl(avgkit_sampler(bb, cond, b, cfg, device))})
+            if form not in split_forms:
                 continue
             for tag, rule in tile_rules:
                 tile = rule(2 * b * bb.layers[0].mixer.nheads, bb.layers[0].mixer.headdim, state_dtype == "int8")
@@ -406,6 +425,9 @@ def main(argv: list[str] | None = None) -> None:
                          "BLOCK_PxWARPS[:stream][:hN][:sN][:pc] (sN: the loop over heads pipelined N deep; pc: the conv "
                          "in its own launch), "
                          "e.g. 32x8,32x8:h4:s2")
+    ap.add_argument("--pdl", action="store_true",
+                    help="each two-launch variant also with its decode kernels launched by programmatic dependent "
+                         "launch (triton_launch.programmatic_launch), timed interleaved")
     ap.add_argument("--split-forms", default="recurrent,chunked",
                     help="comma-separated decode forms the --step-tiles / --step-splits rows are for")
     ap.add_argument("--smoke", action="store_true", help="the harness on the CPU with tiny models")
@@ -453,7 +475,8 @@ def main(argv: list[str] | None = None) -> None:
         if preset == "aim-b" and args.variants != "none":
             vb = ([int(b) for b in args.variants.split(",")] if args.variants else batches[:1] if args.smoke
                   else [64] if args.quick else [16, 64])
-            rows += step_variants(preset, vb, cfg, repeats, device, bw, shape, variants, tile_rules, split_forms)
+            rows += step_variants(preset, vb, cfg, repeats, device, bw, shape, variants, tile_rules, split_forms,
+                                  args.pdl)
         if preset == "aim-b" and args.profile and not args.smoke:
             from avgkit_mamba.ops.triton_step import split_rule
 

@@ -194,12 +194,14 @@ def _sampling(report: dict[str, Any]) -> None:
     names = [r["model"] for r in report["rows"]]
     splits = [" swept split", " split 64x4", " split 32x8:stream:h2:s2:pc:r64"]  # --step-tiles, then --step-splits
     assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b bf16-state",
-                     "avgkit aim-b bf16-state compiled", "avgkit aim-b bf16-state two-launch",
-                     *(f"avgkit aim-b bf16-state two-launch{t}" for t in splits), "avgkit aim-b int8-state two-launch",
-                     *(f"avgkit aim-b int8-state two-launch{t}" for t in splits), "avgkit aim-b bf16-state chunked",
-                     *(f"avgkit aim-b bf16-state chunked{t}" for t in splits), "avgkit aim-b int8-state chunked",
-                     *(f"avgkit aim-b int8-state chunked{t}" for t in splits)], names  # --chunked adds the chunked rows
+                     "avgkit aim-b bf16-state compiled",
+                     *(row for v in ("bf16-state two-launch", "int8-state two-launch", "bf16-state chunked",
+                                     "int8-state chunked")  # --chunked adds the chunked rows, --pdl the pdl rows
+                       for row in (f"avgkit aim-b {v}", f"avgkit aim-b {v} pdl",
+                                   *(f"avgkit aim-b {v}{t}" for t in splits)))], names
     # --step-tiles: the fastest split of the report, by state kind; --step-splits: the same split for both
+    assert all(bool(r.get("pdl")) == r["model"].endswith(" pdl") for r in report["rows"])
+    assert sum(bool(r.get("pdl")) for r in report["rows"]) == 4
     tiles = {(r["state_dtype"], r["model"].split("two-launch ")[1]): r["step_tile"] for r in report["rows"]
              if "step_tile" in r and r["decode_form"] == "recurrent"}
     assert [r["step_tile"] for r in report["rows"] if "step_tile" in r and r["decode_form"] == "chunked"] == \
@@ -446,6 +448,7 @@ CASES: list[Smoke] = [
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--chunked",
+                                          "--pdl",
                                           "--step-tiles", "{tmp}/tiles.json", "--step-splits", "64x4,32x8:stream:h2:s2:pc:r64",
                                           "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_sampling_setup),

@@ -120,3 +120,20 @@ def test_step_tile_specs_read_back_and_name_their_format() -> None:
     for bad, words in (("32by8", "BLOCK_PxWARPS"), ("32x8:rx", "BLOCK_PxWARPS"), ("32x8:fast", "unknown flag")):
         with pytest.raises(ValueError, match=words):
             StepTile.parse(bad)
+
+
+def test_programmatic_launch_switch_sets_the_decode_kernels_launch_option() -> None:
+    """``programmatic_launch`` turns the decode kernels' programmatic dependent launch on and back off (never under
+    the interpreter, whose kernels cannot wait on a grid)."""
+    pytest.importorskip("triton")
+    from avgkit_mamba.ops import triton_launch
+
+    assert not triton_launch.use_pdl() and triton_launch.pdl_options() == {}
+    with triton_launch.programmatic_launch(True):
+        on = triton_launch.HAS_PDL and not triton_launch.INTERPRET
+        assert triton_launch.use_pdl() == on
+        assert triton_launch.pdl_options() == ({"launch_pdl": True} if on else {})
+        with triton_launch.programmatic_launch(False):
+            assert not triton_launch.use_pdl()
+        assert triton_launch.use_pdl() == on
+    assert not triton_launch.use_pdl()

@@ -11,15 +11,50 @@ few tokens on a GPU (``PIN_BELOW_TOKENS``), where autotuning only costs start-up
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import triton
 
 #: True when Triton runs kernels on the CPU interpreter (decided at import, like Triton).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+try:  # grid dependency control (Hopper and later; Triton 3.3+)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
+    HAS_PDL = True
+except ImportError:  # pragma: no cover - older Triton: the kernels never call them (``use_pdl`` is False)
+    gdc_launch_dependents = gdc_wait = None
+    HAS_PDL = False
+
+#: Programmatic dependent launch of the decode step's Triton kernels (``AVGKIT_TRITON_PDL=1``, or within
+#: :func:`programmatic_launch`): each may start while the kernel before it finishes, loads what that kernel does
+#: not write (its state tile), then waits for it (``gdc_wait``). Off by default until measured.
+_PDL = os.environ.get("AVGKIT_TRITON_PDL", "0") == "1"
+
+
+def use_pdl() -> bool:
+    """Whether the decode kernels launch with programmatic dependent launch now (never under the interpreter)."""
+    return _PDL and HAS_PDL and not INTERPRET
+
+
+def pdl_options() -> dict[str, Any]:
+    """The launch options of a decode kernel: ``launch_pdl`` where :func:`use_pdl`, else none."""
+    return {"launch_pdl": True} if use_pdl() else {}
+
+
+@contextlib.contextmanager
+def programmatic_launch(enabled: bool) -> Iterator[None]:
+    """Within the block the decode kernels launch with (or without) programmatic dependent launch; a CUDA graph
+    captured inside keeps it."""
+    global _PDL
+    saved, _PDL = _PDL, enabled
+    try:
+        yield
+    finally:
+        _PDL = saved
 
 
 def last_dim_contiguous(t: Any) -> Any:

@@ -16,7 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from avgkit_mamba.ops.norm_torch import DeferredNorm
-from avgkit_mamba.ops.triton_launch import last_dim_contiguous
+from avgkit_mamba.ops.triton_launch import gdc_wait, last_dim_contiguous, pdl_options, use_pdl
 
 __all__ = ["add_norm_modulate_triton"]
 
@@ -26,11 +26,13 @@ def _add_norm_modulate_kernel(
     y_ptr, gate_ptr, res_ptr, w_ptr, shift_ptr, scale_ptr, x_ptr, res_out_ptr, sq_ptr,
     D, eps, s_y, s_g, s_r, s_sh, s_sc, s_x, s_ro, s_sq, parts, y_size, y_eps,
     HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, HAS_MOD: tl.constexpr, Y_NORM: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_D)
     mask = offs < D
+    if USE_PDL:  # launched before out_proj finished: wait for it (and so for everything before it)
+        gdc_wait()
     h = tl.load(y_ptr + row * s_y + offs, mask=mask, other=0.0).to(tl.float32)
     if Y_NORM:  # the mixer's deferred norm: rsqrt(mean(g^2) + eps) from the squares the state update wrote
         offs_q = tl.arange(0, BLOCK_Q)
@@ -83,7 +85,7 @@ def add_norm_modulate_triton(
         scale.stride(0) if has_mod else 0, x.stride(0), res_out.stride(0), sq.stride(0), parts,
         y_norm.size if y_norm is not None else 1, y_norm.eps if y_norm is not None else 0.0,
         HAS_GATE=gate is not None, HAS_RES=residual is not None, HAS_MOD=has_mod, Y_NORM=y_norm is not None,
-        BLOCK_D=block, BLOCK_Q=triton.next_power_of_2(parts),
-        num_warps=4 if block <= 1024 else 8,
+        BLOCK_D=block, BLOCK_Q=triton.next_power_of_2(parts), USE_PDL=use_pdl(),
+        num_warps=4 if block <= 1024 else 8, **pdl_options(),
     )
     return x, res_out

@@ -52,7 +52,14 @@ from avgkit_mamba.ops.triton_common import (
     _skip_gate_store,
     _softplus,
 )
-from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
+from avgkit_mamba.ops.triton_launch import (
+    INTERPRET,
+    gdc_launch_dependents,
+    gdc_wait,
+    last_dim_contiguous,
+    pdl_options,
+    use_pdl,
+)
 
 __all__ = ["StepTile", "decode_step_deferred_triton", "decode_step_triton", "fused_step_triton", "launch_preconv", "split_rule"]
 
@@ -112,7 +119,7 @@ def _step_kernel(
     A_IS_LOG: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_W: tl.constexpr, HEADS: tl.constexpr, STAGES: tl.constexpr, LOAD_EVICT: tl.constexpr,
-    STORE_CACHE: tl.constexpr, PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr,
+    STORE_CACHE: tl.constexpr, PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """One program: batch row ``bi``, ``HEADS`` heads of one group from ``h0``, head dims block ``pb``."""
     bi = tl.program_id(0).to(tl.int64)
@@ -135,6 +142,8 @@ def _step_kernel(
         row_scale = tl.zeros((BLOCK_P,), dtype=tl.float32)
         if QUANT:
             row_scale = tl.load(sc_row + h0 * s_sc_h, mask=mask_p, other=0.0)
+    if USE_PDL:  # launched before the kernels that write its inputs finished: its own state tile is in flight
+        gdc_wait()
     if PRECONV:  # x, B and C convolved by _preconv_kernel: loads alone, no window here
         Bv = tl.load(xc_row + d_inner + gi * N + offs_n, mask=mask_n, other=0.0)
         Cv = tl.load(xc_row + d_inner + (nheads // hpg + gi) * N + offs_n, mask=mask_n, other=0.0)
@@ -172,9 +181,13 @@ def _step_kernel(
 
 @triton.jit
 def _preconv_kernel(xbc_ptr, conv_ptr, cw_ptr, cb_ptr, xc_ptr, channels, W, s_xbc_b, s_cs_b, s_cs_c, s_cs_w, s_xc_b,
-                    HAS_CONV_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
+                    HAS_CONV_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
+                    USE_PDL: tl.constexpr):
     """This token's x, B and C after conv + SiLU into ``xc`` (fp32), every window shifted: one program per (batch
     row, block of channels), so the state update that follows only loads them (``StepTile.preconv``)."""
+    if USE_PDL:  # in_proj's output complete; the state update may launch now and read its state tiles meanwhile
+        gdc_wait()
+        gdc_launch_dependents()
     bi = tl.program_id(0).to(tl.int64)
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = chan < channels
@@ -325,7 +338,7 @@ def launch_preconv(xBC: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bi
         xBC, conv_state, conv_weight, conv_bias if conv_bias is not None else conv_weight, xc, channels,
         conv_state.shape[-1], xBC.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         xc.stride(0), HAS_CONV_BIAS=conv_bias is not None, BLOCK_C=block_c,
-        BLOCK_W=triton.next_power_of_2(conv_state.shape[-1]), num_warps=4)
+        BLOCK_W=triton.next_power_of_2(conv_state.shape[-1]), USE_PDL=use_pdl(), num_warps=4, **pdl_options())
     return xc
 
 
@@ -366,8 +379,8 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
         *sc_strides,
         y.stride(0), nheads * p, **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages,
         LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
-        PRECONV=tile.preconv, DEFER_NORM=norm_weight is not None, num_warps=tile.num_warps, num_stages=1,
-        **({"maxnreg": tile.max_registers} if tile.max_registers else {}),
+        PRECONV=tile.preconv, DEFER_NORM=norm_weight is not None, USE_PDL=use_pdl(), num_warps=tile.num_warps,
+        num_stages=1, **({"maxnreg": tile.max_registers} if tile.max_registers else {}), **pdl_options(),
     )
     return not tile.preconv
 

@@ -45,7 +45,7 @@ from torch import Tensor
 from avgkit_mamba.ops.norm_torch import DeferredNorm
 from avgkit_mamba.ops.ssd_torch import split_zxbcdt
 from avgkit_mamba.ops.triton_common import _dequantize_rows, _quantize_rows, _skip_gate_store, _softplus
-from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
+from avgkit_mamba.ops.triton_launch import INTERPRET, gdc_wait, last_dim_contiguous, pdl_options, use_pdl
 from avgkit_mamba.ops.triton_step import StepTile, _check_scale, _launch_epilogue, launch_preconv, overridden_split
 
 __all__ = ["window_step_deferred_triton", "window_step_triton"]
@@ -61,6 +61,7 @@ def _window_step_kernel(
     s_cx_b, s_cx_l, s_cx_h, s_cb_b, s_cb_l, s_cb_g, s_cd_b, s_cd_l, s_y_b, sq_off,
     K: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DEFER_NORM: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     bi = tl.program_id(0).to(tl.int64)
     hi = tl.program_id(1)
@@ -96,6 +97,8 @@ def _window_step_kernel(
     dt_s = tl.load(cdt_ptr + cd_row + offs_k * s_cd_l, mask=in_k, other=0.0)
     j = tl.load(len_ptr) % K
     mask_k = offs_k < j
+    if USE_PDL:  # the loads above read this layer's own (earlier steps'); the rest the conv's launch wrote
+        gdc_wait()
 
     # this token's x, B and C, convolved by the conv's own launch
     xc_row = xc_ptr + bi * s_xc_b
@@ -227,8 +230,8 @@ def _window_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, state_sc
         cache_dt.stride(0), cache_dt.stride(1), y.stride(0), d_inner,
         K=window, HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, QUANT=state_scale is not None,
         BLOCK_P=tile.block_p, BLOCK_N=triton.next_power_of_2(n), BLOCK_K=triton.next_power_of_2(window),
-        DEFER_NORM=deferred, num_warps=tile.num_warps, num_stages=1,
-        **({"maxnreg": tile.max_registers} if tile.max_registers else {}),
+        DEFER_NORM=deferred, USE_PDL=use_pdl(), num_warps=tile.num_warps, num_stages=1,
+        **({"maxnreg": tile.max_registers} if tile.max_registers else {}), **pdl_options(),
     )
     if deferred:
         return y[:, :d_inner], DeferredNorm(y[:, d_inner:], d_inner, norm_eps)
