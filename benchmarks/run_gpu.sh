@@ -14,6 +14,9 @@
 # --decode (about 9 minutes): the decode kernels against PyTorch (bf16 and int8 states, the
 # chunked form), the state-update tile sweep (gpu_check --tiles, timed in CUDA graphs), AiM-B's
 # variants (bf16 / int8 state, recurrent / chunked form) and their profiles beside GPT-B.
+# --diagnose (about 9 minutes; BUDGET seconds, default 565): where identical GPU runs differ: the scan's repeat check
+# (bf16, fp32), the reproducibility diagnosis stage by stage (AiM-B on both paths, GPT-B with each attention), then
+# AiM-B's and GPT-B's sampling rows (TORCH_DET=1 adds the diagnosis under torch's deterministic mode).
 # --training (one call, about 10 minutes): AiM-B and AiM-L eager and with compiled blocks against
 # the AiM authors' trainer step (their code where AIM_ROOT points, default .ref/aim-0a91c60)
 # and the mamba-ssm stack, the compiled AiM-B step by kernel, AiM-1B at batch 64 with every
@@ -75,6 +78,14 @@
 # (..._h100.json, ..._h200.json); commit them with the scripts.
 set -uo pipefail
 QUICK=${1:-}
+case "$QUICK" in
+  -h|--help) sed -n '2,/^set -uo pipefail/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+esac
+if [ -n "$QUICK" ] && ! grep -q -F -- "if [ \"\$QUICK\" = \"$QUICK\" ]" "$0"; then
+  echo "run_gpu.sh: unknown mode $QUICK; see bash benchmarks/run_gpu.sh --help" >&2
+  exit 2
+fi
+command -v nvidia-smi >/dev/null || { echo "run_gpu.sh runs on a machine with an NVIDIA GPU (no nvidia-smi here)" >&2; exit 2; }
 OUT=${OUT:-benchmarks/results}
 export PYTHONUNBUFFERED=1
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | grep -o -i -E 'h100|h200|a100|l40s|l4|b200' \
