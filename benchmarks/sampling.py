@@ -295,24 +295,12 @@ def swept_tile_rule(path: str) -> Callable[..., Any]:
     return rule
 
 
-def _with_tile_rule(call: Callable[[], Any], rule: Callable[..., Any]) -> Callable[[], Any]:
-    """``call`` with the state update split by ``rule`` (``triton_step.split_rule``) while it runs."""
-    from avgkit_mamba.ops.triton_step import split_rule
+def _within(call: Callable[[], Any], context: Callable[[], Any]) -> Callable[[], Any]:
+    """``call`` run inside a fresh ``context()`` each time (a CUDA graph captured on the first call keeps what the
+    context set: ``triton_step.split_rule``'s split, ``triton_launch.programmatic_launch``)."""
 
     def run() -> Any:
-        with split_rule(rule):
-            return call()
-
-    return run
-
-
-def _with_pdl(call: Callable[[], Any]) -> Callable[[], Any]:
-    """``call`` with the decode kernels launched by programmatic dependent launch while it runs (its CUDA graph,
-    captured on the first call, keeps them)."""
-    from avgkit_mamba.ops.triton_launch import programmatic_launch
-
-    def run() -> Any:
-        with programmatic_launch(True):
+        with context():
             return call()
 
     return run
@@ -360,14 +348,20 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
             if kernel != "two-launch":
                 continue
             if pdl:
+                from avgkit_mamba.ops.triton_launch import programmatic_launch
+
                 entries.append({**base, "name": f"{base['name']} pdl", "extra": {**extra, "pdl": True},
-                                "call": _with_pdl(avgkit_sampler(bb, cond, b, cfg, device))})
+                                "call": _within(avgkit_sampler(bb, cond, b, cfg, device),
+                                                lambda: programmatic_launch(True))})
             if form not in split_forms:
                 continue
             for tag, rule in tile_rules:
+                from avgkit_mamba.ops.triton_step import split_rule
+
                 tile = rule(2 * b * bb.layers[0].mixer.nheads, bb.layers[0].mixer.headdim, state_dtype == "int8")
                 entries.append({**base, "name": f"{base['name']} {tag}",
-                                "call": _with_tile_rule(avgkit_sampler(bb, cond, b, cfg, device), rule),
+                                "call": _within(avgkit_sampler(bb, cond, b, cfg, device),
+                                                lambda rule=rule: split_rule(rule)),
                                 "extra": {**extra, "step_tile": tile._asdict()}})
         rows += interleaved(entries, repeats, device, bw)
         del entries

@@ -377,7 +377,7 @@ def check_decode_kernels(batch: int, nheads: int, dtype: torch.dtype, *, p: int 
                 with triton_step.split_rule(rule):
                     if deferred:
                         y, y_norm = decode_step_deferred(**{**ours, "zxbcdt": z}, impl="triton", kernel=kernel)
-                        y = y if y_norm is None else (y.float() * y_norm.rstd()).to(dtype)
+                        y = y if y_norm is None else y_norm.apply(y)
                     else:
                         y = decode_step(**{**ours, "zxbcdt": z}, impl="triton", kernel=kernel)
                 y_ref = decode_step(**{**ref, "zxbcdt": z.float()}, impl="torch")
@@ -623,22 +623,19 @@ def main(argv: list[str] | None = None) -> int:
                                       torch.float32 if args.smoke else torch.bfloat16, p=layer["p"], n=layer["n"],
                                       device=device, seed=i) for i in range(2 if args.smoke else 24)]
         length = torch.zeros(1, dtype=torch.long, device=device)  # the chunked form's tokens since prefill
-        for t in stack:
-            if args.step_form == "chunked":  # a window of 16, its caches as the backbone allocates them
-                dtype = t["zxbcdt"].dtype
-                t["caches"] = (torch.randn(batch, 16, layer["nheads"], layer["p"], device=device).to(dtype),
-                               torch.randn(batch, 16, 1, layer["n"], device=device).to(dtype),
-                               torch.rand(batch, 16, layer["nheads"], device=device) * 0.1,
-                               -torch.rand(batch, 16, layer["nheads"], device=device))
+        # the chunked form's window of 16, its caches as the backbone allocates them
+        caches = [(torch.randn(batch, 16, layer["nheads"], layer["p"], device=device).to(t["zxbcdt"].dtype),
+                   torch.randn(batch, 16, 1, layer["n"], device=device).to(t["zxbcdt"].dtype),
+                   torch.rand(batch, 16, layer["nheads"], device=device) * 0.1,
+                   -torch.rand(batch, 16, layer["nheads"], device=device)) for t in stack]
         for _ in range(5):  # as the backbone calls them: the norm deferred to the block boundary
-            for t in stack:
+            for t, window in zip(stack, caches, strict=True):
                 if args.step_form == "chunked":
                     window_step_deferred(t["zxbcdt"], t["conv_state"], t["conv_weight"], t["conv_bias"],
-                                         t["ssm_state"], t["state_scale"], *t["caches"], length, t["A_log"], t["D"],
+                                         t["ssm_state"], t["state_scale"], *window, length, t["A_log"], t["D"],
                                          t["dt_bias"], t["norm_weight"], t["norm_eps"], t["ngroups"], impl="triton")
                 else:
-                    args_ = {k: v for k, v in t.items() if k != "caches"}
-                    decode_step_deferred(**args_, impl="triton", kernel="two-launch")
+                    decode_step_deferred(**t, impl="triton", kernel="two-launch")
             length.add_(1)
         synchronize(device)
         print(f"ran {5 * len(stack)} decode steps ({args.step_only} state, {args.step_form} form)")

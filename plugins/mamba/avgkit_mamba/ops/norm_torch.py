@@ -35,6 +35,10 @@ class DeferredNorm(NamedTuple):
         """(b, 1) fp32: ``rsqrt(mean(g^2) + eps)``."""
         return torch.rsqrt(self.sumsq.float().sum(-1, keepdim=True) / self.size + self.eps)
 
+    def apply(self, y: Tensor) -> Tensor:
+        """``y`` (b, size) times its row's ``rstd``, in fp32 and rounded to ``y.dtype``: the normed output."""
+        return (y.float() * self.rstd()).to(y.dtype)
+
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """``x * rsqrt(mean(x^2) + eps) * weight`` over the last dim in fp32; in ``weight.dtype`` for fp32 input,
@@ -65,7 +69,7 @@ def add_norm_modulate(y: Tensor, gate: Tensor | None, residual: Tensor | None, w
     ``rstd`` first (in fp32, rounded to ``y.dtype``).
     """
     if y_norm is not None:
-        y = (y.float() * y_norm.rstd()).to(y.dtype)
+        y = y_norm.apply(y)
     h = y if gate is None else gate.to(y.dtype) * y
     residual = h if residual is None else h + residual
     if residual_in_fp32:
