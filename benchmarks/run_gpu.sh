@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --confirm | --linear | --core | --precision | --tune]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -61,6 +61,10 @@
 # and without it, timed interleaved.
 # --b256 (about 3 minutes; BUDGET seconds, default 170): GPT-B and AiM-B at batch 256, the recurrent and chunked
 # forms with bf16 and int8 states, timed interleaved.
+# --int8 (about 8 minutes; BUDGET seconds, default 470): the decode kernels against PyTorch, Nsight Compute's counters
+# of the recurrent state update with bf16 and int8 states (where ncu is; NCU=0 skips them), the state update's work
+# splits over 24 layers' states (TILE_SPLITS; both states), then GPT-B and AiM-B at batch 16 and 64 with the rule and
+# SPLITS (default 64x4:pc:dn,32x4:pc:dn:r64,64x4:pc:dn:r96), timed interleaved with per-kernel profiles.
 # --confirm (about 8 minutes; BUDGET seconds, default 480): the decode rule's tables: GPT-B and AiM-B at batch 16, 64
 # and 256, AiM-B's state dtypes with the rule and SPLITS (default 64x8:pc:r64,32x8:pc:r40: registers capped) at 16
 # and 64 with per-kernel profiles, AiM-B's cold and warm start, the decode kernels against PyTorch, then AiM-L and
@@ -256,6 +260,26 @@ fi
 if [ "$QUICK" = "--b256" ]; then  # the largest batch of the table: GPT-B and AiM-B's forms and states at 256
   LIMIT=${BUDGET:-170} run benchmarks/sampling.py --quick --batches 256 --variants 256 --chunked \
     --out "$OUT/sampling_b256_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--int8" ]; then  # the one-byte state's update: checks, counters, splits, AiM-B rows
+  LIMIT=${CHECK_LIMIT:-80} run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
+  if [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then
+    for st in bf16 int8; do
+      echo "== [$((SECONDS - START)) s] ncu, recurrent form, $st state"
+      timeout "${NCU_LIMIT:-60}" ncu --clock-control none -k regex:_step_kernel --launch-skip 48 --launch-count 2 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section MemoryWorkloadAnalysis --section SchedulerStats --section InstructionStats \
+        python3 plugins/mamba/scripts/gpu_check.py --step-only "$st" > "$OUT/ncu_step_${st}_$CARD.txt" 2>&1
+      grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Eligible|Issued|Executed Ipc" \
+        "$OUT/ncu_step_${st}_$CARD.txt" | head -n 40
+    done
+  fi
+  LIMIT=${TILES_LIMIT:-120} run plugins/mamba/scripts/gpu_check.py --tiles \
+    --tile-splits "${TILE_SPLITS:-32x8:pc:r48,64x8:pc,64x4:pc,64x4:pc:r96,32x4:pc,32x4:pc:r64,32x2:pc}" --out "$OUT/decode_tiles_int8_$CARD.json"
+  LIMIT=$((${BUDGET:-470} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
+    --step-splits "${SPLITS:-64x4:pc:dn,32x4:pc:dn:r64,64x4:pc:dn:r96}" --split-forms recurrent --profile --out "$OUT/sampling_int8_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

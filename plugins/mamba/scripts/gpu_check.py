@@ -586,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiles", action="store_true",
                         help="only the state-update work-split sweep (bf16 and int8 states, 24 layers, 32 and 128 "
                              "sequences)")
+    parser.add_argument("--tile-splits", default=None, metavar="SPLITS",
+                        help="--tiles: comma-separated splits to time instead of the default candidates "
+                             "(BLOCK_PxWARPS[:stream][:hN][:sN][:pc][:rN], triton_step.StepTile.parse)")
+    parser.add_argument("--tile-states", default="bf16,int8", help="--tiles: comma-separated state dtypes")
     parser.add_argument("--decode", action="store_true",
                         help="only the decode checks: step kernels against PyTorch and AiM layers decoding with the "
                              "int8 state and the chunked form (bf16 model)")
@@ -648,7 +652,11 @@ def main(argv: list[str] | None = None) -> int:
             sweep = time_decode_tiles(2, dtype=torch.float32, layers=2, reps=1, warmup=0, rounds=1, device=device,
                                       tiles=[StepTile(8, 1), StepTile(16, 2, 2, True, 2)], **layer)
         else:
-            sweep = [r for b in (32, 128) for r in time_decode_tiles(b, 24, bandwidth=bandwidth)]
+            from avgkit_mamba.ops.triton_step import StepTile
+
+            tiles = [StepTile.parse(t) for t in args.tile_splits.split(",")] if args.tile_splits else None
+            sweep = [r for b in (32, 128) for r in time_decode_tiles(b, 24, bandwidth=bandwidth, tiles=tiles,
+                                                                     states=tuple(args.tile_states.split(",")))]
         for r in sweep:
             print(f"tile {r}", flush=True)
         return _write_report(args, rows, [], sweep, bandwidth, device)

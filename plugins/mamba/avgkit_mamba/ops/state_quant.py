@@ -1,11 +1,11 @@
 """The one-byte decoding state: int8 values with one fp32 scale per (head, head-dim row).
 
 A row of the SSM state (``d_state`` values of one head-dim channel) is stored as
-``q = clamp(floor(v * 127 / absmax + 0.5), -127, 127)`` in int8 beside
+``q = round(v * 127 / absmax)`` (half to even, so ``|q| <= 127``) in int8 beside
 ``scale = absmax / 127`` in fp32 (a zero row stores zeros and scale 0), and read back as
 ``q * scale``. The step computes in fp32 between the load and the store; the Triton
-kernels quantise with the same arithmetic (``floor(x + 0.5)``, not round-half-even),
-so both paths agree to one quantum.
+kernels round with the same rule (by float addition, ``triton_common._round_to_int8``),
+so both paths agree to one quantum (a GPU fuses the multiply into the addition).
 
 Why per row: every program of the decode kernels holds whole rows of its state tile, so
 each scale is computed from values the program has in registers (no reduction across
@@ -35,7 +35,7 @@ def quantize_rows_(values: Tensor, q: Tensor, scale: Tensor) -> None:
     v = values.float()
     absmax = v.abs().amax(-1)
     inv = torch.where(absmax > 0, INT8_LEVELS / absmax, torch.zeros_like(absmax))
-    q.copy_(torch.floor(v * inv[..., None] + 0.5).clamp_(-INT8_LEVELS, INT8_LEVELS).to(torch.int8))
+    q.copy_(torch.round(v * inv[..., None]).to(torch.int8))
     scale.copy_(absmax / INT8_LEVELS)
 
 

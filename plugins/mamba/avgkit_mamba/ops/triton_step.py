@@ -69,33 +69,44 @@ INTERP_HEADS = 2
 
 
 @triton.jit
-def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr, dt_ptr,
-                 z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, hi, P, W, s_cs_c, s_cs_w, s_dt_b, s_dt_h, s_z_b,
-                 s_ss_h, s_sc_h, s_y_b, sq_off, offs_p, mask_p, A_IS_LOG: tl.constexpr,
-                 HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
-                 QUANT: tl.constexpr, BLOCK_W: tl.constexpr, STORE_CACHE: tl.constexpr, SHIFT_X: tl.constexpr,
-                 PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr):
-    """Head ``hi``'s step from its loaded state tile: conv of its x channels (their window shifted here with
-    ``SHIFT_X``, else later by the caller; with ``PRECONV`` read convolved from ``xc_row``), dt, the update
-    (stored in place), y = C . state, then ``_skip_gate_store``."""
-    dt = tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h).to(tl.float32)
+def _dt_decay(dt, bias_ptr, A_ptr, hi, A_IS_LOG: tl.constexpr, HAS_DT_BIAS: tl.constexpr):
+    """dt of heads ``hi`` after its bias and softplus, and the state's decay ``exp(dt * A)`` (``A = -exp(A_log)``
+    with ``A_IS_LOG``)."""
+    dt = dt.to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(bias_ptr + hi).to(tl.float32)
     dt = _softplus(dt)
     a = tl.load(A_ptr + hi).to(tl.float32)
     if A_IS_LOG:
         a = -tl.exp(a)
-    decay = tl.exp(dt * a)
+    return dt, tl.exp(dt * a)
+
+
+@triton.jit
+def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr, dt_ptr,
+                 z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, hi, nheads, xc_heads, P, W, s_cs_c, s_cs_w, s_dt_b,
+                 s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, sq_off, offs_p, mask_p, A_IS_LOG: tl.constexpr,
+                 HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+                 QUANT: tl.constexpr, BLOCK_W: tl.constexpr, STORE_CACHE: tl.constexpr, SHIFT_X: tl.constexpr,
+                 PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr):
+    """Head ``hi``'s step from its loaded state tile: conv of its x channels (their window shifted here with
+    ``SHIFT_X``, else later by the caller; with ``PRECONV`` read convolved from ``xc_row``, and dt and the decay
+    from its columns ``xc_heads``), dt, the update (stored in place), y = C . state, then ``_skip_gate_store``."""
     if PRECONV:
+        dt = tl.load(xc_row + xc_heads + hi)
+        decay = tl.load(xc_row + xc_heads + nheads + hi)
         x = tl.load(xc_row + hi * P + offs_p, mask=mask_p, other=0.0)
-    elif SHIFT_X:
-        x = _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS, BLOCK_W)
     else:
-        x = _conv_x_from_old(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p,
-                             HAS_CONV_BIAS, BLOCK_W)
+        dt, decay = _dt_decay(tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h), bias_ptr, A_ptr, hi, A_IS_LOG, HAS_DT_BIAS)
+        if SHIFT_X:
+            x = _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS,
+                        BLOCK_W)
+        else:
+            x = _conv_x_from_old(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p,
+                                 HAS_CONV_BIAS, BLOCK_W)
     s_ptrs = s_row + hi * s_ss_h
     if QUANT:
-        new = _dequantize_rows(state, row_scale) * decay + (dt * x)[:, None] * Bv[None, :]
+        new = _dequantize_rows(state, row_scale * decay) + (dt * x)[:, None] * Bv[None, :]
         q, new_scale = _quantize_rows(new)
         tl.store(s_ptrs, q, mask=smask, cache_modifier=STORE_CACHE)
         tl.store(sc_row + hi * s_sc_h, new_scale, mask=mask_p)
@@ -110,7 +121,7 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
 def _step_kernel(
     xbc_ptr, xc_ptr, dt_ptr, z_ptr, conv_ptr, cw_ptr, cb_ptr, ssm_ptr, scale_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
     nw_ptr,
-    batch, nheads, hpg, P, N, W, d_inner,
+    batch, nheads, P, N, W, d_inner,
     s_xbc_b, s_xc_b, s_dt_b, s_dt_h, s_z_b,
     s_cs_b, s_cs_c, s_cs_w,
     s_ss_b, s_ss_h, s_ss_p, s_ss_n,
@@ -120,8 +131,12 @@ def _step_kernel(
     HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_W: tl.constexpr, HEADS: tl.constexpr, STAGES: tl.constexpr, LOAD_EVICT: tl.constexpr,
     STORE_CACHE: tl.constexpr, PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr, USE_PDL: tl.constexpr,
+    HPG: tl.constexpr,
 ):
-    """One program: batch row ``bi``, ``HEADS`` heads of one group from ``h0``, head dims block ``pb``."""
+    """One program: batch row ``bi``, ``HEADS`` heads of one group from ``h0``, head dims block ``pb``. ``HPG``
+    (heads per group) is a constant: a division by a runtime value costs some thirty instructions a thread."""
+    hpg: tl.constexpr = HPG
+    xc_heads = d_inner + 2 * (nheads // hpg) * N  # with PRECONV: dt and the decay of each head after x, B and C
     bi = tl.program_id(0).to(tl.int64)
     h0 = tl.program_id(1) * HEADS
     pb = tl.program_id(2)
@@ -152,7 +167,7 @@ def _step_kernel(
                           offs_n, mask_n, HAS_CONV_BIAS, BLOCK_W)
     if HEADS == 1:
         _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr,
-                     dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, h0, P, W, s_cs_c, s_cs_w,
+                     dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, h0, nheads, xc_heads, P, W, s_cs_c, s_cs_w,
                      s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, sq_off, offs_p, mask_p,
                      A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS, QUANT, BLOCK_W, STORE_CACHE, True, PRECONV,
                      DEFER_NORM)
@@ -165,7 +180,7 @@ def _step_kernel(
             if QUANT:
                 row_scale = tl.load(sc_row + hi * s_sc_h, mask=mask_p, other=0.0)
             _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr,
-                         dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, hi, P, W, s_cs_c, s_cs_w,
+                         dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, hi, nheads, xc_heads, P, W, s_cs_c, s_cs_w,
                          s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, sq_off, offs_p, mask_p,
                          A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS, QUANT, BLOCK_W, STORE_CACHE, False,
                          PRECONV, DEFER_NORM)
@@ -180,11 +195,14 @@ def _step_kernel(
 
 
 @triton.jit
-def _preconv_kernel(xbc_ptr, conv_ptr, cw_ptr, cb_ptr, xc_ptr, channels, W, s_xbc_b, s_cs_b, s_cs_c, s_cs_w, s_xc_b,
-                    HAS_CONV_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
-                    USE_PDL: tl.constexpr):
+def _preconv_kernel(xbc_ptr, conv_ptr, cw_ptr, cb_ptr, xc_ptr, dt_ptr, bias_ptr, A_ptr, channels, nheads, W, s_xbc_b,
+                    s_cs_b, s_cs_c, s_cs_w, s_xc_b, s_dt_b, s_dt_h, HAS_CONV_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
+                    BLOCK_W: tl.constexpr, HEADS_DT: tl.constexpr, A_IS_LOG: tl.constexpr,
+                    HAS_DT_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr):
     """This token's x, B and C after conv + SiLU into ``xc`` (fp32), every window shifted: one program per (batch
-    row, block of channels), so the state update that follows only loads them (``StepTile.preconv``)."""
+    row, block of channels), so the state update that follows only loads them (``StepTile.preconv``). With
+    ``HEADS_DT`` the first program of a row also writes each head's dt and decay after the channels (``_dt_decay``
+    once a head, not once a thread of every program of the state update)."""
     if USE_PDL:  # in_proj's output complete; the state update may launch now and read its state tiles meanwhile
         gdc_wait()
         gdc_launch_dependents()
@@ -194,6 +212,14 @@ def _preconv_kernel(xbc_ptr, conv_ptr, cw_ptr, cb_ptr, xc_ptr, channels, W, s_xb
     out = _conv_shift(conv_ptr + bi * s_cs_b, xbc_ptr + bi * s_xbc_b, cw_ptr, cb_ptr, s_cs_c, s_cs_w, chan, mask, W,
                       HAS_CONV_BIAS, BLOCK_W)
     tl.store(xc_ptr + bi * s_xc_b + chan, out, mask=mask)
+    if HEADS_DT:
+        if tl.program_id(1) == 0:
+            heads = tl.arange(0, BLOCK_H)
+            mask_h = heads < nheads
+            dt, decay = _dt_decay(tl.load(dt_ptr + bi * s_dt_b + heads * s_dt_h, mask=mask_h, other=0.0), bias_ptr,
+                                  A_ptr, heads % nheads, A_IS_LOG, HAS_DT_BIAS)
+            tl.store(xc_ptr + bi * s_xc_b + channels + heads, dt, mask=mask_h)
+            tl.store(xc_ptr + bi * s_xc_b + channels + nheads + heads, decay, mask=mask_h)
 
 
 @triton.jit
@@ -329,16 +355,23 @@ def _check_scale(ssm_state: Tensor, state_scale: Tensor | None) -> None:
                          f"{tuple(ssm_state.shape[:3])} beside an int8 state (got {ssm_state.dtype})")
 
 
-def launch_preconv(xBC: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None) -> Tensor:
-    """This token's x, B and C after conv + SiLU (b, channels) in fp32, every conv window shifted in place."""
+def launch_preconv(xBC: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
+                   heads: tuple[Tensor, Tensor | None, Tensor, bool] | None = None) -> Tensor:
+    """This token's x, B and C after conv + SiLU (b, channels) in fp32, every conv window shifted in place; given
+    ``heads = (dt, dt_bias, A, a_is_log)``, each head's dt (bias and softplus applied) and decay ``exp(dt * A)``
+    follow in two more blocks of columns (b, channels + 2 * nheads)."""
     b, channels = xBC.shape
-    xc = torch.empty(b, channels, device=xBC.device, dtype=torch.float32)
+    nheads = heads[0].shape[1] if heads is not None else 0
+    xc = torch.empty(b, channels + 2 * nheads, device=xBC.device, dtype=torch.float32)
+    dt, dt_bias, A, a_is_log = heads if heads is not None else (xc, None, xc, False)
     block_c = min(256, triton.next_power_of_2(channels))
     _preconv_kernel[(b, triton.cdiv(channels, block_c))](
-        xBC, conv_state, conv_weight, conv_bias if conv_bias is not None else conv_weight, xc, channels,
-        conv_state.shape[-1], xBC.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
-        xc.stride(0), HAS_CONV_BIAS=conv_bias is not None, BLOCK_C=block_c,
-        BLOCK_W=triton.next_power_of_2(conv_state.shape[-1]), USE_PDL=use_pdl(), num_warps=4, **pdl_options())
+        xBC, conv_state, conv_weight, conv_bias if conv_bias is not None else conv_weight, xc, dt,
+        dt_bias if dt_bias is not None else A, A, channels, max(nheads, 1), conv_state.shape[-1], xBC.stride(0),
+        conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), xc.stride(0), dt.stride(0), dt.stride(1),
+        HAS_CONV_BIAS=conv_bias is not None, BLOCK_C=block_c, BLOCK_W=triton.next_power_of_2(conv_state.shape[-1]),
+        HEADS_DT=heads is not None, A_IS_LOG=a_is_log, HAS_DT_BIAS=dt_bias is not None,
+        BLOCK_H=triton.next_power_of_2(max(nheads, 1)), USE_PDL=use_pdl(), num_warps=4, **pdl_options())
     return xc
 
 
@@ -366,20 +399,21 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
 
     tile = tile or _split_for(b, ssm_state, state_scale)
     heads = tile.heads if (nheads // ngroups) % tile.heads == 0 else 1  # a program's heads share one group
-    xc = launch_preconv(xBC, conv_state, conv_weight, conv_bias) if tile.preconv else xBC
+    xc = launch_preconv(xBC, conv_state, conv_weight, conv_bias, (dt, dt_bias, A, a_is_log)) if tile.preconv else xBC
     _step_kernel[(b, nheads // heads, triton.cdiv(p, tile.block_p))](
         xBC, xc, dt, z if z is not None else xBC, conv_state, conv_weight,
         conv_bias if conv_bias is not None else conv_weight, ssm_state, sc, A,
         D if D is not None else A, dt_bias if dt_bias is not None else A, y,
         norm_weight if norm_weight is not None else A,
-        b, nheads, nheads // ngroups, p, n, w, nheads * p,
+        b, nheads, p, n, w, nheads * p,
         xBC.stride(0), xc.stride(0), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
         *sc_strides,
         y.stride(0), nheads * p, **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages,
         LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
-        PRECONV=tile.preconv, DEFER_NORM=norm_weight is not None, USE_PDL=use_pdl(), num_warps=tile.num_warps,
+        PRECONV=tile.preconv, DEFER_NORM=norm_weight is not None, USE_PDL=use_pdl(), HPG=nheads // ngroups,
+        num_warps=tile.num_warps,
         num_stages=1, **({"maxnreg": tile.max_registers} if tile.max_registers else {}), **pdl_options(),
     )
     return not tile.preconv
