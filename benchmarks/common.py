@@ -233,10 +233,17 @@ AIM_CONDITIONERS: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny": ("adaln-group", {"groups": 2})}
 
 
+def state_label(backbone: Any) -> str:
+    """The dtype a backbone's decoding state gets (``state_dtype: auto`` resolved): ``int8``, ``bf16``, ..."""
+    ssm = backbone.init_state(1).layers[0].ssm
+    return {torch.int8: "int8", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(ssm.dtype, "fp32")
+
+
 def build_sampling_aim(preset: str, *, device: torch.device | str = "cuda", vocab: int = 16384, tokens: int = 256,
-                       classes: int = 1000, state_dtype: str = "bf16", impl: str = "auto",
+                       classes: int = 1000, state_dtype: str = "auto", impl: str = "auto",
                        decode_form: str = "recurrent", step_kernel: str = "two-launch") -> tuple[Any, Any]:
-    """(backbone, conditioner) of an AiM preset with random weights, bf16, eval mode, on ``device``.
+    """(backbone, conditioner) of an AiM preset with random weights, bf16, eval mode, on ``device``; the decoding
+    state as configured (``auto``, the recipe's default: int8 for this bf16 model).
 
     The adaLN weights are drawn non-zero so that modulation is exercised like a trained model.
     """

@@ -65,10 +65,10 @@
 # of the recurrent state update with bf16 and int8 states (where ncu is; NCU=0 skips them), the state update's work
 # splits over 24 layers' states (TILE_SPLITS; both states), then GPT-B and AiM-B at batch 16 and 64 with the rule and
 # SPLITS (default 64x4:pc:dn,32x4:pc:dn:r64,64x4:pc:dn:r96), timed interleaved with per-kernel profiles.
-# --confirm (about 8 minutes; BUDGET seconds, default 480): the decode rule's tables: GPT-B and AiM-B at batch 16, 64
-# and 256, AiM-B's state dtypes with the rule and SPLITS (default 64x8:pc:r64,32x8:pc:r40: registers capped) at 16
-# and 64 with per-kernel profiles, AiM-B's cold and warm start, the decode kernels against PyTorch, then AiM-L and
-# AiM-XL beside GPT-L in what time is left.
+# --confirm (about 9 minutes; BUDGET seconds, default 560): the decode rule's tables: GPT-B and AiM-B (the recipe's
+# default state) at batch 16, 64 and 256, AiM-B's state dtypes with the rule and SPLITS (default 64x4:pc:dn) at 16
+# and 64 with per-kernel profiles, AiM-B's cold and warm start, the decode kernels against PyTorch, the
+# reproducibility matrix of AiM-B's default, then AiM-L and AiM-XL beside GPT-L in what time is left.
 # --core (about 6 minutes; CORE_LIMIT seconds for the training rows, default 380): the one-op mixer core's and the
 # conv's GPU tests (CORE_TESTS=0 skips them), then AiM-B and AiM-L with the core against its three ops and with the
 # norms recomputed (CORE_VARIANTS), beside the reference, and AiM-B's step by kernel.
@@ -285,10 +285,13 @@ if [ "$QUICK" = "--int8" ]; then  # the one-byte state's update: checks, counter
 fi
 if [ "$QUICK" = "--confirm" ]; then  # the decode rule's tables, in order of need: AiM-B, start-up, checks, AiM-L / XL
   LIMIT=${ROWS_LIMIT:-240} run benchmarks/sampling.py --transformers gpt-b --aim aim-b --batches 16,64,256 \
-    --variants 16,64 --step-splits "${SPLITS:-64x8:pc:r64,32x8:pc:r40}" --profile --out "$OUT/sampling_confirm_$CARD.json"
+    --variants 16,64 --step-splits "${SPLITS:-64x4:pc:dn}" --split-forms recurrent --profile \
+    --out "$OUT/sampling_confirm_$CARD.json"
   LIMIT=55 run benchmarks/startup.py --out "$OUT/startup_$CARD.json"
-  LIMIT=50 run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
-  LIMIT=$((${BUDGET:-480} - SECONDS + START)) run benchmarks/sampling.py --transformers gpt-l --aim aim-l,aim-xl \
+  LIMIT=40 run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
+  LIMIT=${REPRO_LIMIT:-90} run benchmarks/reproducibility.py --parts matrix --models aim-b \
+    --out "$OUT/reproducibility_matrix_aim_$CARD.json"
+  LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/sampling.py --transformers gpt-l --aim aim-l,aim-xl \
     --batches 16,64 --out "$OUT/sampling_l_xl_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0

@@ -48,6 +48,7 @@ from common import (  # noqa: E402
     import_mamba_ssm,
     peak_memory_gib,
     reset_peak_memory,
+    state_label,
     timed_on,
     write_result,
 )
@@ -66,7 +67,7 @@ def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def build_aim(preset: str, *, tokens: int = TOKENS, state_dtype: str = "bf16", impl: str = "auto",
+def build_aim(preset: str, *, tokens: int = TOKENS, state_dtype: str = "auto", impl: str = "auto",
               decode_form: str = "recurrent", device: str = "cuda", vocab: int = VOCAB, classes: int = CLASSES,
               step_kernel: str = "two-launch"):
     """(backbone, conditioner) of an AiM preset, random weights, bf16 (see ``common.build_sampling_aim``)."""
@@ -371,10 +372,12 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
 
 
 def aim_rows(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str, bw: float | None,
-             shape: dict, state_dtype: str = "bf16", tag: str = "", compiled: bool = False) -> list[dict]:
-    """AiM rows per batch; with ``compiled``, the step through torch.compile beside it, timed interleaved."""
+             shape: dict, state_dtype: str = "auto", tag: str = "", compiled: bool = False) -> list[dict]:
+    """AiM rows per batch, named by the state dtype they decode with (``auto``: the recipe's default); with
+    ``compiled``, the step through torch.compile beside it, timed interleaved."""
     bb, cond = build_aim(shape.get("aim", preset), tokens=shape["tokens"], device=device, vocab=shape["vocab"],
                          classes=shape["classes"], state_dtype=state_dtype)
+    state_dtype = state_label(bb)
     variants = [("", cfg)] + ([(" compiled", cfg.model_copy(update={"compile": True}))] if compiled else [])
     rows = []
     for b in batches:  # one batch at a time: each its own graph and first call

@@ -193,8 +193,8 @@ def _ddp(report: dict[str, Any]) -> None:
 def _sampling(report: dict[str, Any]) -> None:
     names = [r["model"] for r in report["rows"]]
     splits = [" swept split", " split 64x4", " split 32x8:stream:h2:s2:pc:r64"]  # --step-tiles, then --step-splits
-    assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b bf16-state",
-                     "avgkit aim-b bf16-state compiled",
+    assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b int8-state",
+                     "avgkit aim-b int8-state compiled",
                      *(row for v in ("bf16-state two-launch", "int8-state two-launch", "bf16-state chunked",
                                      "int8-state chunked")  # --chunked adds the chunked rows, --pdl the pdl rows
                        for row in (f"avgkit aim-b {v}", f"avgkit aim-b {v} pdl",

@@ -57,9 +57,9 @@ class MambaBackboneConfig(BackboneConfig):
     initializer_range: float = Field(0.02, description="std of the normal init of the embedding tables and an untied head")
     impl: Literal["auto", "torch", "triton"] = Field("auto", description="scan kernels: triton on GPU, torch on CPU")
     state_dtype: Literal["auto", "fp32", "bf16", "model", "int8"] = Field(
-        "auto", description="dtype of the SSM decoding state: auto (fp32 for an fp32 model, bf16 for a half-precision "
-        "one or under half-precision autocast), fp32, bf16, the model's dtype, or int8 with an fp32 scale per (head, head-dim row) (one byte a value); "
-        "accuracy gate and speed in docs/backbone-mamba.md"
+        "auto", description="dtype of the SSM decoding state: auto (fp32 for an fp32 model, int8 for a half-precision "
+        "one or under half-precision autocast), fp32, bf16, the model's dtype, or int8 with an fp32 scale per (head, "
+        "head-dim row) (one byte a value); accuracy gate and speed in docs/backbone-mamba.md"
     )
     step_kernel: Literal["two-launch", "one-launch"] = Field(
         "two-launch", description="Triton decode step: the conv's launch, then the state update (the mixer's norm "
@@ -306,10 +306,10 @@ class MambaBackbone(Backbone):
             layers = [b.mixer.allocate_dual_state(batch_size, max_len, device=device, dtype=model_dtype)
                       for b in self.layers]
             return MambaDecodeState(layers, position, batch_size, torch.zeros(1, dtype=torch.long, device=device))
-        # auto: the state follows the model (its dtype, or the autocast it decodes under) down to bf16, which the
-        # accuracy gate passed, never to fp16, which it did not measure
+        # auto: an fp32 model keeps the exact state; a half-precision one (its dtype, or the autocast it decodes
+        # under) gets the one-byte state, which passed the accuracy gate and decodes fastest (docs/backbone-mamba.md)
         half = model_dtype != torch.float32 or active_autocast_dtype(device) not in (None, torch.float32)
-        auto = torch.bfloat16 if half else torch.float32
+        auto = torch.int8 if half else torch.float32
         ssm_dtype = {"auto": auto, "fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype,
                      "int8": torch.int8}[self.config.state_dtype]
         if self.config.decode_form == "chunked":

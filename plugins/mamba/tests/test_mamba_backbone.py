@@ -112,19 +112,19 @@ def test_bf16_state_keeps_top1_agreement():
 
 
 @pytest.mark.parametrize(("model_dtype", "state_dtype"),
-                         [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.bfloat16)])
-def test_default_state_follows_the_model_down_to_bf16(model_dtype, state_dtype):
-    """state_dtype auto: an fp32 model decodes exactly (fp32 state); a half-precision one gets the gated bf16 state."""
+                         [(torch.float32, torch.float32), (torch.bfloat16, torch.int8), (torch.float16, torch.int8)])
+def test_default_state_is_exact_in_fp32_and_one_byte_in_half_precision(model_dtype, state_dtype):
+    """state_dtype auto: an fp32 model decodes exactly (fp32 state); a half-precision one gets the gated int8 state."""
     bb, _ = _tiny()
     assert bb.config.state_dtype == "auto"
     assert bb.to(model_dtype).init_state(2).layers[0].ssm.dtype == state_dtype
 
 
-def test_default_state_is_bf16_under_half_precision_autocast():
+def test_default_state_is_int8_under_half_precision_autocast():
     """--precision bf16 keeps fp32 weights under autocast: the state follows the autocast."""
     bb, _ = _tiny()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert bb.init_state(2).layers[0].ssm.dtype == torch.bfloat16
+        assert bb.init_state(2).layers[0].ssm.dtype == torch.int8
     assert bb.init_state(2).layers[0].ssm.dtype == torch.float32
 
 

@@ -291,10 +291,17 @@ class StepTile(NamedTuple):
 
 def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
     """The state-update kernel's split for ``rows`` (batch x heads) tiles of ``p`` head dims (``quant``: an int8
-    state): x, B and C convolved in their own launch first (``preconv``), then eight warps, 32 head dims a program
-    (64 for an int8 state), one head a program, the norm deferred to the block boundary (``defer_norm``: no
-    epilogue launch), for bf16 48 registers a thread (deferring adds the norm weight's load: 59 registers and four
-    programs an SM uncapped, 48 and five with no spill, as without it; ``scripts/step_resources.py``).
+    state): x, B and C convolved in their own launch first (``preconv``, which also computes each head's dt and
+    decay once), then one head a program, the norm deferred to the block boundary (``defer_norm``: no epilogue
+    launch); for bf16 eight warps and 32 head dims capped at 48 registers a thread (deferring adds the norm
+    weight's load: 59 registers and four programs an SM uncapped, 48 and five with no spill), for int8 four warps
+    and 32 head dims capped at 64 registers (eight programs an SM, no spill; ``scripts/step_resources.py``).
+
+    int8, measured on an H100 in AiM-B's sampler with the conversion-free (de)quantisation, timed interleaved
+    (benchmarks/results/sampling_int8_h100.json): 32x4 capped at 64 registers 189.1 images/s at batch 64 (the
+    update 0.542 ms a step, 76% of the copy bandwidth), 64x4 185.0, 64x8 (the earlier rule) 170.7; at batch 16
+    69.8, 70.0 and 64.7 (batch 16 rows spread by up to 8%); the swept state update alone over 24 layers
+    (decode_tiles_int8_h100.json) ranks them alike. bf16: 32x4 and 64x4 measured no faster than the rule.
 
     The deferred norm, timed interleaved with the norm in its own launch on an H100
     (benchmarks/results/sampling_defer_h100.json): 62.5 against 60.7 images/s at batch 16 and 150.6 against
@@ -306,19 +313,18 @@ def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
     Measured on an H100 in AiM-B's sampler, timed interleaved with the earlier rule (the conv inside the state
     update, the state streamed past L2 below 2048 rows; benchmarks/results/sampling_preconv_h100.json): with
     nothing but loads before its update the kernel took 0.891 ms a step at batch 64 against 1.150 (bf16 state,
-    91% of the copy bandwidth; 0.990 ms with the conv's launch) and 0.229 against 0.328 at batch 16; the int8
-    state's 0.776 against 1.105. Images/s 145.3 against 136.5 (bf16) and 155.4 against 135.2 (int8) at batch
-    64, 65.5 against 64.6 and 64.0 against 62.8 at batch 16. Earlier findings that still hold
-    (sampling_split_h100.json, sampling_split_pipelined_h100.json): four warps looked as fast in a sweep of 24
-    layers' decode steps alone but were up to 1.7x slower in the sampler, so the sampler decides; several heads
-    a program, with the loop over them pipelined, ran 0.79-0.91x. A fixed rule rather than timing candidates at
-    first use, which corrupted fp32 states on the H200 (docs/benchmarks.md) and would make the choice depend on
-    the machine's load. Under the interpreter: small tiles, ``INTERP_HEADS`` heads a program, the conv inside.
+    91% of the copy bandwidth; 0.990 ms with the conv's launch) and 0.229 against 0.328 at batch 16. Earlier
+    findings that still hold (sampling_split_h100.json, sampling_split_pipelined_h100.json): for bf16 four warps
+    looked as fast in a sweep of 24 layers' decode steps alone but were up to 1.7x slower in the sampler, so the
+    sampler decides; several heads a program, with the loop over them pipelined, ran 0.79-0.91x. A fixed rule
+    rather than timing candidates at first use, which corrupted fp32 states on the H200 (docs/benchmarks.md) and
+    would make the choice depend on the machine's load. Under the interpreter: small tiles, ``INTERP_HEADS``
+    heads a program, the conv inside.
     """
     if INTERPRET:
         return StepTile(min(triton.next_power_of_2(p), 16), 4, INTERP_HEADS, defer_norm=True)
     if quant:
-        return StepTile(min(64, triton.next_power_of_2(p)), 8, preconv=True, defer_norm=True)
+        return StepTile(min(32, triton.next_power_of_2(p)), 4, preconv=True, max_registers=64, defer_norm=True)
     return StepTile(min(32, triton.next_power_of_2(p)), 8, preconv=True, max_registers=48, defer_norm=True)
 
 
