@@ -180,6 +180,20 @@ def decode_chunked(images: Path = IMAGES) -> Path | None:
                         rule="recurrent, its rule")
 
 
+def decode_int8(images: Path = IMAGES) -> Path | None:
+    """The recipe's default (int8 state, conversion-free kernels) beside the bf16 state and GPT-B (one H100 call)."""
+    path = RESULTS / "sampling_confirm_h100.json"
+    if not path.exists():
+        return None
+    names = {"avgkit gpt-b compiled": "GPT-B compiled", "avgkit aim-b int8-state": "AiM-B, default (int8 state)",
+             "avgkit aim-b bf16-state two-launch": "AiM-B, bf16 state", "avgkit aim-b fp32-state": "AiM-B, fp32 state"}
+    series: dict[str, dict[int, float]] = {}
+    for r in json.loads(path.read_text())["rows"]:
+        if r["model"] in names:
+            series.setdefault(names[r["model"]], {})[r["batch"]] = r["images_per_s"]
+    return _batch_bars(series, images / "sampling_int8_h100.png") if series else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=IMAGES, help="where the PNGs go (default docs/img)")
@@ -190,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--smoke draws into a scratch folder: pass --images DIR")
     drawn = {fn.__name__: fn(images=args.images)
              for fn in (sampling, baseline, sequence_length, training, training_h100, decode_split, decode_preconv,
-                                 decode_defer, decode_chunked)}
+                                 decode_defer, decode_chunked, decode_int8)}
     for name, path in drawn.items():
         print(f"{name}: {path}")
     missing = [name for name, path in drawn.items() if path is None]
