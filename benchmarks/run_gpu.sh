@@ -63,8 +63,9 @@
 # forms with bf16 and int8 states, timed interleaved.
 # --int8 (about 8 minutes; BUDGET seconds, default 470): the decode kernels against PyTorch, Nsight Compute's counters
 # of the recurrent state update with bf16 and int8 states (where ncu is; NCU=0 skips them), the state update's work
-# splits over 24 layers' states (TILE_SPLITS; both states), then GPT-B and AiM-B at batch 16 and 64 with the rule and
-# SPLITS (default 64x4:pc:dn,32x4:pc:dn:r64,64x4:pc:dn:r96), timed interleaved with per-kernel profiles.
+# splits over 24 layers' states (TILE_SPLITS; both states), then GPT-B and AiM-B at BATCHES (default 16,64), AiM-B's
+# states at VARIANTS (default 16,64) with the rule and SPLITS (default 64x4:pc:dn,32x4:pc:dn:r64,64x4:pc:dn:r96; empty:
+# the rule alone), timed interleaved with per-kernel profiles.
 # --confirm (about 9 minutes; BUDGET seconds, default 560): the decode rule's tables: GPT-B and AiM-B (the recipe's
 # default state) at batch 16, 64 and 256, AiM-B's state dtypes with the rule and SPLITS (default 64x4:pc:dn) at 16
 # and 64 with per-kernel profiles, AiM-B's cold and warm start, the decode kernels against PyTorch, the
@@ -278,8 +279,9 @@ if [ "$QUICK" = "--int8" ]; then  # the one-byte state's update: checks, counter
   fi
   LIMIT=${TILES_LIMIT:-120} run plugins/mamba/scripts/gpu_check.py --tiles \
     --tile-splits "${TILE_SPLITS:-32x8:pc:r48,64x8:pc,64x4:pc,64x4:pc:r96,32x4:pc,32x4:pc:r64,32x2:pc}" --out "$OUT/decode_tiles_int8_$CARD.json"
-  LIMIT=$((${BUDGET:-470} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
-    --step-splits "${SPLITS:-64x4:pc:dn,32x4:pc:dn:r64,64x4:pc:dn:r96}" --split-forms recurrent --profile --out "$OUT/sampling_int8_$CARD.json"
+  LIMIT=$((${BUDGET:-470} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16,64}" \
+    --variants "${VARIANTS:-16,64}" --step-splits "${SPLITS-64x4:pc:dn,32x4:pc:dn:r64,64x4:pc:dn:r96}" \
+    --split-forms recurrent --profile --out "$OUT/sampling_int8_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
