@@ -47,7 +47,7 @@ def compile_step(state: str, tile, d_state: int = 128, d_conv: int = 4):
                  BLOCK_P=tile.block_p, BLOCK_N=triton.next_power_of_2(d_state),
                  BLOCK_W=triton.next_power_of_2(d_conv), HEADS=tile.heads, STAGES=tile.stages,
                  LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
-                 PRECONV=tile.preconv, DEFER_NORM=tile.defer_norm, USE_PDL=False, HPG=24, EVEN=True, s_ss_n=1)  # the launcher specialises unit strides to the constant 1
+                 PRECONV=tile.preconv, DEFER_NORM=tile.defer_norm, USE_PDL=False, HPG=24, s_ss_n=1)  # the launcher specialises unit strides to the constant 1
     floats = {"xc_ptr": "*fp32", "scale_ptr": "*fp32", "A_ptr": "*fp32", "D_ptr": "*fp32", "bias_ptr": "*fp32",
               "y_ptr": "*bf16" if tile.defer_norm else "*fp32", "ssm_ptr": STATE_TYPES[state]}
     return _compile(triton_step._step_kernel, const, floats, tile)

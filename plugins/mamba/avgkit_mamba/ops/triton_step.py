@@ -131,7 +131,7 @@ def _step_kernel(
     HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_W: tl.constexpr, HEADS: tl.constexpr, STAGES: tl.constexpr, LOAD_EVICT: tl.constexpr,
     STORE_CACHE: tl.constexpr, PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr, USE_PDL: tl.constexpr,
-    HPG: tl.constexpr, EVEN: tl.constexpr,
+    HPG: tl.constexpr,
 ):
     """One program: batch row ``bi``, ``HEADS`` heads of one group from ``h0``, head dims block ``pb``. ``HPG``
     (heads per group) is a constant: a division by a runtime value costs some thirty instructions a thread."""
@@ -143,12 +143,8 @@ def _step_kernel(
     gi = h0 // hpg
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
-    if EVEN:  # every tile full: no masks to compute (about 40 instructions a thread at AiM's shapes)
-        mask_p = tl.full((BLOCK_P,), 1, tl.int1)
-        mask_n = tl.full((BLOCK_N,), 1, tl.int1)
-    else:
-        mask_p = offs_p < P
-        mask_n = offs_n < N
+    mask_p = offs_p < P
+    mask_n = offs_n < N
     s_row = ssm_ptr + bi * s_ss_b + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
     smask = mask_p[:, None] & mask_n[None, :]
     sc_row = scale_ptr + bi * s_sc_b + offs_p * s_sc_p
@@ -423,7 +419,7 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
         y.stride(0), nheads * p, **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages,
         LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
         PRECONV=tile.preconv, DEFER_NORM=norm_weight is not None, USE_PDL=use_pdl(), HPG=nheads // ngroups,
-        EVEN=p % tile.block_p == 0 and n == flags["BLOCK_N"], num_warps=tile.num_warps,
+        num_warps=tile.num_warps,
         num_stages=1, **({"maxnreg": tile.max_registers} if tile.max_registers else {}), **pdl_options(),
     )
     return not tile.preconv
