@@ -61,7 +61,8 @@ def _softplus(v):
 def _int8_to_float(q):
     """int8 -> fp32, exactly, without the conversion unit: the byte offset by 128 (``^ 0x80``) becomes the low
     mantissa bits of 2^23, and one subtraction removes 2^23 + 128. A conversion instruction issues at a quarter of
-    the FMA rate on Hopper; an int8 state update with one a value was bound by them, not by its bytes."""
+    the FMA rate on Hopper: with one for every value loaded and two for every value stored, the int8 state update
+    was bound by them, not by its bytes."""
     bits = q.to(tl.uint8, bitcast=True).to(tl.uint32) ^ 0x4B000080
     return bits.to(tl.float32, bitcast=True) - 8388736.0
 
