@@ -344,6 +344,12 @@ class Backbone(nn.Module, Generic[StateT]):
         """A new state holding rows ``index`` of ``state`` (beam/row pruning)."""
         raise NotImplementedError
 
+    def decode_settings(self, autocast: torch.dtype | None = None) -> dict[str, Any]:
+        """What decides a decoded image besides the weights and the sampler's options, when decoding under
+        ``autocast`` (``None``: none), as JSON values: e.g. the dtype a decoding state resolves to. A sampling job
+        records it, so that a resumed job never decodes its remaining images otherwise. Default: nothing."""
+        return {}
+
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Token/position tables, excluded from "non-embedding" parameter counts."""
         return []

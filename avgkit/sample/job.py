@@ -2,7 +2,8 @@
 
 Layout of an output folder::
 
-    job.json              what decides the images (weights hashes, labels, seed, sampler, ...)
+    job.json              what decides the images (weights hashes, labels, seed, sampler, the backbone's own
+                          decoding settings such as its state's dtype, ...)
     shards/shard-00012.npz  images [12 * shard_size, ...) of the job, written atomically
     images/000123-class207.png   one PNG per image (unless disabled; 000123-prompt0.png for prompts)
     samples.npz           ADM format: arr_0 uint8 N x H x W x 3, arr_1 int64 labels
@@ -115,6 +116,8 @@ def _weights_hashes(gen: Any) -> dict[str, str | None]:
 STARTED_WITH = "started_with"
 #: sampler option that fixes the decoding shape (see the module docstring)
 DECODE_WIDTH = "decode_width"
+#: job.json key: the backbone's own decoding settings (``Backbone.decode_settings``)
+DECODING = "decoding"
 
 
 def _read_job(out_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -147,6 +150,10 @@ def _identity_problem(out_dir: Path, old: dict[str, Any] | None, identity: dict[
         if isinstance(old.get("sampler"), dict):  # records written when the width was part of the identity
             old["sampler"] = {k: v for k, v in old["sampler"].items() if k != DECODE_WIDTH}
         for key in sorted(set(old) | set(identity)):
+            if key == DECODING and key not in old:
+                return (f"{out_dir} holds a sampling job recorded before its decoding settings were (now "
+                        f"{identity[key]!r}): finish it with the avgkit version that started it, or choose another "
+                        f"--out or delete it"), None
             if old.get(key) != identity.get(key):
                 return (f"{out_dir} holds a different sampling job ({key}: {old.get(key)!r} there, "
                         f"{identity.get(key)!r} now); choose another --out or delete it"), None
@@ -309,7 +316,7 @@ def run_sample_job(
     carries the record; other ranks get an empty one).
     """
     from avgkit import __version__
-    from avgkit.runtime.device import check_precision
+    from avgkit.runtime.device import autocast_dtype, check_precision
 
     check_precision(request.precision)
     env = env or DistEnv(device=gen.device)
@@ -354,6 +361,10 @@ def run_sample_job(
         "image_shape": [height, width, 3],
         # only prompt jobs carry the key, so class jobs recorded before it still match
         **({"prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()} if prompts is not None else {}),
+        # what the backbone decodes with beyond the weights (e.g. its state's dtype); only backbones with such
+        # settings carry the key
+        **({DECODING: decoding} if (decoding := gen.backbone.decode_settings(
+            autocast_dtype(request.precision, gen.device))) else {}),
     }
     decode_width = sampler_record.get(DECODE_WIDTH)
 

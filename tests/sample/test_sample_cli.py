@@ -118,6 +118,23 @@ def test_a_different_job_is_refused_and_damaged_shards_named(toy_run, tmp_path, 
     assert code == 2 and "shard-00001.npz is unreadable" in err and "delete" in err
 
 
+def test_a_job_the_backbone_would_decode_otherwise_is_refused(toy_run, tmp_path, cli, monkeypatch):
+    """A backbone's own decoding settings (e.g. the dtype its state resolves to) are part of the job: a resume
+    that would decode the remaining images otherwise (a recipe edited, another avgkit) is refused, not mixed."""
+    from avgkit.interfaces import Backbone
+
+    out = tmp_path / "job"
+    base = ("sample", str(toy_run), "--classes", "2", "--per-class", "4", "--batch-size", "2", "--device", "cpu",
+            "--no-png", "--quiet", "--out", str(out))
+    monkeypatch.setattr(Backbone, "decode_settings", lambda self, autocast=None: {"state_dtype": "bfloat16"})
+    assert cli(*base)[0] == 0
+    assert json.loads((out / "job.json").read_text())["decoding"] == {"state_dtype": "bfloat16"}
+    assert cli(*base)[0] == 0  # the same settings: the job resumes
+    monkeypatch.setattr(Backbone, "decode_settings", lambda self, autocast=None: {"state_dtype": "int8"})
+    code, _, err = cli(*base)
+    assert code == 2 and "holds a different sampling job (decoding" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("args, words", [
     (("--classes", "10"), "out of range"),
     (("--device", "cuda:0"), "no GPU"),

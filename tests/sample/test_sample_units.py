@@ -90,6 +90,9 @@ def test_job_folder_identity_and_resume_note(tmp_path):
     assert claim(ident, {**cuda4, "decode_width": 8, "device_type": "cpu"})[1] is None
     error, _ = claim({**ident, "seed": 2}, cuda4)
     assert "holds a different sampling job (seed: 1 there, 2 now)" in error
+    # a job recorded before the backbone's decoding settings were: it cannot tell what it decoded with
+    error, _ = claim({**ident, "decoding": {"state_dtype": "int8"}}, cuda4)
+    assert "recorded before its decoding settings were" in error and "avgkit version that started it" in error
     # a record that still carries the width inside its sampler options is the same job
     record = json.loads((tmp_path / JOB_FILE).read_text())
     record["sampler"]["decode_width"] = 4

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -297,6 +297,23 @@ class MambaBackbone(Backbone):
         return self._head_input(*self._trunk(codes, cond), cond)
 
     # ------------------------------------------------------------------ generation
+    def _ssm_dtype(self, model_dtype: torch.dtype, autocast: torch.dtype | None) -> torch.dtype:
+        """The SSM state's dtype for a model in ``model_dtype`` decoding under ``autocast``. auto: an fp32 model
+        keeps the exact state; a half-precision one (its dtype, or the autocast it decodes under) gets the
+        one-byte state, which passed the accuracy gate and decodes fastest (docs/backbone-mamba.md)."""
+        half = model_dtype != torch.float32 or autocast not in (None, torch.float32)
+        return {"auto": torch.int8 if half else torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16,
+                "model": model_dtype, "int8": torch.int8}[self.config.state_dtype]
+
+    def decode_settings(self, autocast: torch.dtype | None = None) -> dict[str, Any]:
+        """The decoding layout and the dtype its state resolves to (``state_dtype: auto`` follows the precision)."""
+        form = self.config.decode_form
+        if form == "dual":  # its caches follow the model's dtype
+            return {"decode_form": form}
+        ssm = self._ssm_dtype(self.embeddings.word_embeddings.weight.dtype, autocast)
+        return {"decode_form": form, "state_dtype": str(ssm).removeprefix("torch."),
+                **({"decode_chunk": self.config.decode_chunk} if form == "chunked" else {})}
+
     def init_state(self, batch_size, *, device=None, dtype=None) -> MambaDecodeState:
         device = device if device is not None else self.embeddings.word_embeddings.weight.device
         model_dtype = dtype or self.embeddings.word_embeddings.weight.dtype
@@ -306,12 +323,7 @@ class MambaBackbone(Backbone):
             layers = [b.mixer.allocate_dual_state(batch_size, max_len, device=device, dtype=model_dtype)
                       for b in self.layers]
             return MambaDecodeState(layers, position, batch_size, torch.zeros(1, dtype=torch.long, device=device))
-        # auto: an fp32 model keeps the exact state; a half-precision one (its dtype, or the autocast it decodes
-        # under) gets the one-byte state, which passed the accuracy gate and decodes fastest (docs/backbone-mamba.md)
-        half = model_dtype != torch.float32 or active_autocast_dtype(device) not in (None, torch.float32)
-        auto = torch.int8 if half else torch.float32
-        ssm_dtype = {"auto": auto, "fp32": torch.float32, "bf16": torch.bfloat16, "model": model_dtype,
-                     "int8": torch.int8}[self.config.state_dtype]
+        ssm_dtype = self._ssm_dtype(model_dtype, active_autocast_dtype(device))
         if self.config.decode_form == "chunked":
             layers = [b.mixer.allocate_chunked_state(batch_size, self.config.decode_chunk, device=device,
                                                      dtype=model_dtype, ssm_dtype=ssm_dtype) for b in self.layers]

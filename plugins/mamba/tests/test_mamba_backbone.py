@@ -120,6 +120,20 @@ def test_default_state_is_exact_in_fp32_and_one_byte_in_half_precision(model_dty
     assert bb.to(model_dtype).init_state(2).layers[0].ssm.dtype == state_dtype
 
 
+def test_decode_settings_name_the_state_init_state_allocates():
+    """What a sampling job records (``decode_settings``) is the dtype ``init_state`` gives, for every precision."""
+    bb, _ = _tiny()
+    assert bb.decode_settings() == {"decode_form": "recurrent", "state_dtype": "float32"}
+    assert bb.decode_settings(torch.bfloat16)["state_dtype"] == "int8"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bb.init_state(1).layers[0].ssm.dtype == torch.int8
+    assert bb.to(torch.bfloat16).decode_settings()["state_dtype"] == "int8"
+    assert _tiny(state_dtype="bf16")[0].decode_settings(torch.bfloat16)["state_dtype"] == "bfloat16"
+    chunked = _tiny(decode_form="chunked", decode_chunk=8)[0]
+    assert chunked.decode_settings() == {"decode_form": "chunked", "state_dtype": "float32", "decode_chunk": 8}
+    assert _tiny(decode_form="dual")[0].decode_settings(torch.bfloat16) == {"decode_form": "dual"}
+
+
 def test_default_state_is_int8_under_half_precision_autocast():
     """--precision bf16 keeps fp32 weights under autocast: the state follows the autocast."""
     bb, _ = _tiny()
