@@ -463,6 +463,7 @@ def run_sample_job(
         "checkpoint": {**gen.describe(), **hashes},
         "recipe": gen.recipe.to_dict(),
         "sampler": sampler_record,
+        **({DECODING: identity[DECODING]} if DECODING in identity else {}),
         "seed": request.seed,
         "classes": request.classes_spec,
         "class_ids": classes,

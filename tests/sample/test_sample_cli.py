@@ -129,6 +129,7 @@ def test_a_job_the_backbone_would_decode_otherwise_is_refused(toy_run, tmp_path,
     monkeypatch.setattr(Backbone, "decode_settings", lambda self, autocast=None: {"state_dtype": "bfloat16"})
     assert cli(*base)[0] == 0
     assert json.loads((out / "job.json").read_text())["decoding"] == {"state_dtype": "bfloat16"}
+    assert json.loads((out / "sampling.json").read_text())["decoding"] == {"state_dtype": "bfloat16"}
     assert cli(*base)[0] == 0  # the same settings: the job resumes
     monkeypatch.setattr(Backbone, "decode_settings", lambda self, autocast=None: {"state_dtype": "int8"})
     code, _, err = cli(*base)
