@@ -116,6 +116,13 @@ class DeadParameterGRU(ToyGRUBackbone):
         self.unused = nn.Linear(4, 4)
 
 
+class TensorSettingsGRU(ToyGRUBackbone):
+    """Reports its decoding settings as a dtype object, which no job record can hold."""
+
+    def decode_settings(self, autocast=None):
+        return {"state_dtype": torch.bfloat16}
+
+
 class BatchDependentSampler(ARSampler):
     """Draws from one global stream, so a row's sample depends on its batch."""
 
@@ -173,6 +180,7 @@ class RowMixingTokenizer(ToyPatchTokenizer):
         (UnmodulatedGRU, "modulation"),
         (ReallocatingGRU, "state_static"),
         (DeadParameterGRU, "gradients"),
+        (TensorSettingsGRU, "attributes"),
     ],
 )
 def test_broken_backbones_fail(cls, check):

@@ -8,6 +8,7 @@ promise, or :class:`ConformanceSkip` when it does not apply.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -131,6 +132,13 @@ def check_attributes(case: BackboneCase) -> None:
         fail(f"{case.where} embedding_parameters() returns tensors that are not parameters of the backbone")
     if conditioner.dim != backbone.dim:
         fail(f"{case.where} conditioner built with dim {conditioner.dim} for a backbone of dim {backbone.dim}")
+    for autocast in (None, torch.bfloat16):  # a sampling job writes them into job.json
+        settings = backbone.decode_settings(autocast)
+        try:
+            if not isinstance(settings, dict) or json.loads(json.dumps(settings)) != settings:
+                raise TypeError
+        except (TypeError, ValueError):
+            fail(f"{case.where} decode_settings({autocast}) must return a dict of JSON values, got {settings!r}")
 
 
 def check_forward(case: BackboneCase) -> None:
