@@ -16,8 +16,11 @@ from functools import partial
 os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from avgkit_mamba.ops.dispatch import chunk_scan, fused_step, fused_step_torch  # noqa: E402
 from avgkit_mamba.ops.ssd_torch import ssd_chunk_scan  # noqa: E402
+from avgkit_mamba.ops.triton_common import _dequantize_rows, _quantize_rows  # noqa: E402
 from mamba_testutil import GOLDEN_DIR, max_rel_err, ssd_problem  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch import Tensor  # noqa: E402
@@ -156,8 +159,42 @@ def step_checks() -> None:
             check(f"step {label} #{i} ssm state", max_rel_err(ssm, ssm_ref), 1e-5)
 
 
+@triton.jit
+def _quantize_tile_kernel(v_ptr, q_ptr, scale_ptr, back_ptr, P: tl.constexpr, N: tl.constexpr):
+    """One (P, N) tile through ``_quantize_rows`` and back through ``_dequantize_rows``."""
+    at = tl.arange(0, P)[:, None] * N + tl.arange(0, N)[None, :]
+    q, scale = _quantize_rows(tl.load(v_ptr + at))
+    tl.store(q_ptr + at, q)
+    tl.store(scale_ptr + tl.arange(0, P), scale)
+    tl.store(back_ptr + at, _dequantize_rows(q, scale))
+
+
+def quantize_tile_checks() -> None:
+    """The kernels' quantiser alone gives state_quant's bytes and scales, bit for bit: rows of every magnitude,
+    exact ties (rounded half to even), a zero row and rows too small to scale (stored as zeros)."""
+    from avgkit_mamba.ops.state_quant import dequantize_rows, quantize_rows_
+
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(8, 16, generator=gen) * torch.logspace(-3, 2, 8)[:, None]
+    v[0] = torch.linspace(-127, 127, 16).round() + 0.5  # ties after scaling by 127 / 127.5
+    v[0, 0] = 127.5
+    v[1] = 0.0
+    v[2] = torch.randn(16, generator=gen) * 1e-38
+    v[3, :3] = torch.tensor([2e-30, -1e-30, 0.5e-30])
+    q, scale, back = torch.empty(8, 16, dtype=torch.int8), torch.empty(8), torch.empty(8, 16)
+    _quantize_tile_kernel[(1,)](v, q, scale, back, P=8, N=16)
+    q_ref, scale_ref = torch.empty_like(q), torch.empty_like(scale)
+    quantize_rows_(v, q_ref, scale_ref)
+    check("quantiser: int8 values differing", (q != q_ref).float().mean().item(), 0.0)
+    check("quantiser: scales", max_rel_err(scale, scale_ref), 0.0)
+    check("quantiser: dequantised", max_rel_err(back, dequantize_rows(q_ref, scale_ref)), 0.0)
+    if q.min() < -127 or not q[1:3].eq(0).all():
+        raise SystemExit("FAILED: quantiser: -128 stored, or a zero / too-small row not stored as zeros")
+
+
 def int8_state_checks() -> None:
     """The one-byte state: the Triton step quantises like the torch reference, to one quantum."""
+    quantize_tile_checks()
     from avgkit_mamba.ops.state_quant import dequantize_rows, quantize_rows_
     from avgkit_mamba.ops.triton_step import decode_step_triton
 

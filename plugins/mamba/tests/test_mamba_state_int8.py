@@ -27,6 +27,15 @@ def test_quantisation_error_is_at_most_half_a_quantum_per_row() -> None:
     torch.testing.assert_close(dequantize_rows(q, scale).abs().amax(-1), v.abs().amax(-1))
 
 
+def test_rows_too_small_to_scale_store_zeros() -> None:
+    """127 / absmax overflows below about 4e-37: such rows (a long-decayed state) store zeros, never -128."""
+    v = torch.tensor([[1e-38, -2e-38, 0.0], [1e-31, 3e-31, -5e-31], [2e-30, -1e-30, 0.0]])
+    q, scale = torch.empty(v.shape, dtype=torch.int8), torch.empty(3)
+    quantize_rows_(v, q, scale)
+    assert q[:2].eq(0).all() and scale[:2].eq(0).all() and torch.isfinite(scale).all()
+    assert q[2].tolist() == [127, -64, 0] and scale[2] == torch.tensor(2e-30) / 127
+
+
 def test_int8_step_matches_the_fp32_step_to_quantisation_error() -> None:
     gen = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731

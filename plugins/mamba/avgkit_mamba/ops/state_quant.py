@@ -2,8 +2,9 @@
 
 A row of the SSM state (``d_state`` values of one head-dim channel) is stored as
 ``q = round(v * 127 / absmax)`` (half to even, so ``|q| <= 127``) in int8 beside
-``scale = absmax / 127`` in fp32 (a zero row stores zeros and scale 0), and read back as
-``q * scale``. The step computes in fp32 between the load and the store; the Triton
+``scale = absmax / 127`` in fp32, and read back as ``q * scale``. A row whose largest
+magnitude is at most ``FLUSH`` (1e-30; a decaying state gets there) stores zeros and scale 0:
+``127 / absmax`` overflows to infinity below about 4e-37. The step computes in fp32 between the load and the store; the Triton
 kernels round with the same rule (by float addition, ``triton_common._round_to_int8``),
 so both paths agree to one quantum (a GPU fuses the multiply into the addition).
 
@@ -19,10 +20,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["INT8_LEVELS", "dequantize_rows", "load_state", "quantize_rows_", "store_state_", "store_state_where_"]
+__all__ = ["FLUSH", "INT8_LEVELS", "dequantize_rows", "load_state", "quantize_rows_", "store_state_",
+           "store_state_where_"]
 
 #: largest stored magnitude (the range is symmetric: -127 .. 127)
 INT8_LEVELS = 127.0
+#: rows whose largest magnitude is at most this are stored as zeros (``triton_common._quantize_rows`` too)
+FLUSH = 1e-30
 
 
 def dequantize_rows(q: Tensor, scale: Tensor) -> Tensor:
@@ -34,9 +38,10 @@ def quantize_rows_(values: Tensor, q: Tensor, scale: Tensor) -> None:
     """Write ``values`` (..., n), any float dtype, into int8 ``q`` and fp32 ``scale`` (...) in place."""
     v = values.float()
     absmax = v.abs().amax(-1)
-    inv = torch.where(absmax > 0, INT8_LEVELS / absmax, torch.zeros_like(absmax))
+    kept = absmax > FLUSH
+    inv = torch.where(kept, INT8_LEVELS / absmax, torch.zeros_like(absmax))
     q.copy_(torch.round(v * inv[..., None]).to(torch.int8))
-    scale.copy_(absmax / INT8_LEVELS)
+    scale.copy_(torch.where(kept, absmax / INT8_LEVELS, torch.zeros_like(absmax)))
 
 
 def load_state(state: Tensor, scale: Tensor | None, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -88,11 +88,13 @@ def _quantize_rows(v):
     rounded half to even.
 
     Masked-out columns must hold zeros (they do: B is zero there). ``|v| * 127 / absmax`` is at most 127 plus a
-    rounding error, so no clamp is needed.
+    rounding error, so no clamp is needed; a row at most ``state_quant.FLUSH`` (1e-30) stores zeros and scale 0
+    (``127 / absmax`` would overflow).
     """
     absmax = tl.max(tl.abs(v), axis=1)
-    inv = tl.where(absmax > 0, 127.0 / absmax, 0.0)
-    return _round_to_int8(v * inv[:, None]), absmax / 127.0
+    kept = absmax > 1e-30
+    inv = tl.where(kept, 127.0 / absmax, 0.0)
+    return _round_to_int8(v * inv[:, None]), tl.where(kept, absmax / 127.0, 0.0)
 
 
 @triton.jit
