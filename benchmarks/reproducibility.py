@@ -1,6 +1,7 @@
 """Are GPU samples reproducible? Where do two identical runs first differ, and does the image depend on the batch?
 
-Two parts, both on AiM-B and GPT-B (random weights, bf16, CFG 2):
+Two parts, both on AiM-B and GPT-B (random weights, bf16, CFG 2; AiM-B with the recipe's decoding state, int8 for
+a bf16 model):
 
 * ``diagnose``: the same work twice from identical inputs, compared bit for bit at each
   stage in order: prefill logits and every tensor of the decoding state; every decoding
@@ -15,7 +16,7 @@ Two parts, both on AiM-B and GPT-B (random weights, bf16, CFG 2):
 
     python benchmarks/reproducibility.py [--parts diagnose,matrix] [--models aim-b,gpt-b] [--out FILE]
     python benchmarks/reproducibility.py --parts diagnose --models gpt-b/sdpa   # the step on PyTorch's fused SDPA
-    python benchmarks/reproducibility.py --models aim-b/int8,aim-b/one-launch  # the one-byte state, the one-launch step
+    python benchmarks/reproducibility.py --models aim-b/bf16,aim-b/one-launch  # the bf16 state, the one-launch step
     python benchmarks/reproducibility.py --smoke     # the same procedure on the CPU, tiny models
 """
 
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in args.models.split(","):
         # gpt-b/sdpa: the step attends with PyTorch's fused kernel; aim-b/torch: every op on the PyTorch path;
-        # aim-b/int8, aim-b/fp32: that decoding state; aim-b/one-launch: that Triton step kernel
+        # aim-b/bf16, aim-b/int8, aim-b/fp32: that decoding state (aim-b: the default); aim-b/one-launch: that step kernel
         base, _, variant = name.partition("/")
         preset = SMOKE["aim" if base.startswith("aim") else "gpt"] if args.smoke else base
         if base.startswith("aim"):

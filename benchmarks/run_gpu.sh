@@ -122,7 +122,7 @@ if [ "$QUICK" = "--quick" ]; then
   LIMIT=30 run plugins/mamba/scripts/gpu_check.py --repeat-only --dtypes bfloat16 --out "$OUT/scan_repeat_$CARD.json"
   LIMIT=190 run benchmarks/reproducibility.py --parts matrix --models aim-b,gpt-b \
     --out "$OUT/reproducibility_matrix_$CARD.json"
-  LIMIT=50 run benchmarks/reproducibility.py --parts diagnose --models aim-b,aim-b/int8 \
+  LIMIT=50 run benchmarks/reproducibility.py --parts diagnose --models aim-b,aim-b/bf16 \
     --out "$OUT/reproducibility_diagnose_$CARD.json"
   LIMIT=$((${BUDGET:-500} - SECONDS + START)) run benchmarks/sampling.py $LG --transformers gpt-b --aim aim-b \
     --batches 16,64,256 --variants 64 --profile --out "$OUT/sampling_quick_$CARD.json"
