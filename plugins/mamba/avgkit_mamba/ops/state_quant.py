@@ -25,7 +25,7 @@ __all__ = ["FLUSH", "INT8_LEVELS", "dequantize_rows", "load_state", "quantize_ro
 
 #: largest stored magnitude (the range is symmetric: -127 .. 127)
 INT8_LEVELS = 127.0
-#: rows whose largest magnitude is at most this are stored as zeros (``triton_common._quantize_rows`` too)
+#: rows whose largest magnitude is at most this are stored as zeros (the kernels' quantiser reads it too)
 FLUSH = 1e-30
 
 

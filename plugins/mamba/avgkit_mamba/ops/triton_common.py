@@ -4,6 +4,8 @@ Each helper has its PyTorch reference named in its docstring; the kernels that u
 are checked against those references under the interpreter (``tests/mamba_interpret_checks.py``).
 
 * ``_softplus``: ``torch.nn.functional.softplus`` (threshold 20).
+* ``_dt_log_decay``: a step's dt (bias, softplus) and ``dt * A``, as
+  :func:`avgkit_mamba.ops.ssd_torch.ssd_step` computes them.
 * ``_conv_window`` / ``_conv_out`` / ``_conv_shift`` / ``_conv_x`` / ``_conv_x_from_old`` / ``_conv_bc`` /
   ``_conv_inputs`` / ``_shift_windows`` / ``_store_window``: one token of the causal depthwise conv,
   :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
@@ -24,6 +26,11 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from avgkit_mamba.ops.state_quant import FLUSH
+
+#: ``state_quant.FLUSH`` as the kernels' constant
+_FLUSH = tl.constexpr(FLUSH)
 
 
 @triton.jit
@@ -58,6 +65,20 @@ def _softplus(v):
 
 
 @triton.jit
+def _dt_log_decay(dt, bias_ptr, A_ptr, heads, A_IS_LOG: tl.constexpr, HAS_DT_BIAS: tl.constexpr):
+    """Heads ``heads``' dt after their bias and softplus, and ``dt * A`` (``A = -exp(A_log)`` with ``A_IS_LOG``),
+    the log of the state's decay: a recurrent step takes its exp, the chunked and dual forms sum it."""
+    dt = dt.to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += tl.load(bias_ptr + heads).to(tl.float32)
+    dt = _softplus(dt)
+    a = tl.load(A_ptr + heads).to(tl.float32)
+    if A_IS_LOG:
+        a = -tl.exp(a)
+    return dt, dt * a
+
+
+@triton.jit
 def _int8_to_float(q):
     """int8 -> fp32, exactly, without the conversion unit: the byte offset by 128 (``^ 0x80``) becomes the low
     mantissa bits of 2^23, and one subtraction removes 2^23 + 128. A conversion instruction issues at a quarter of
@@ -88,11 +109,11 @@ def _quantize_rows(v):
     rounded half to even.
 
     Masked-out columns must hold zeros (they do: B is zero there). ``|v| * 127 / absmax`` is at most 127 plus a
-    rounding error, so no clamp is needed; a row at most ``state_quant.FLUSH`` (1e-30) stores zeros and scale 0
+    rounding error, so no clamp is needed; a row at most ``state_quant.FLUSH`` stores zeros and scale 0
     (``127 / absmax`` would overflow).
     """
     absmax = tl.max(tl.abs(v), axis=1)
-    kept = absmax > 1e-30
+    kept = absmax > _FLUSH
     inv = tl.where(kept, 127.0 / absmax, 0.0)
     return _round_to_int8(v * inv[:, None]), tl.where(kept, absmax / 127.0, 0.0)
 

@@ -18,7 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from avgkit_mamba.ops.ssd_torch import split_zxbcdt
-from avgkit_mamba.ops.triton_common import _conv_inputs, _softplus
+from avgkit_mamba.ops.triton_common import _conv_inputs, _dt_log_decay
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 from avgkit_mamba.ops.triton_step import _launch_epilogue
 
@@ -48,12 +48,8 @@ def _dual_step_kernel(
     x, Bv, Cv = _conv_inputs(conv_ptr + bi * s_cs_b, xbc_ptr + bi * s_xbc_b, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, gi,
                              ngroups, P, N, W, d_inner, offs_p, mask_p, offs_n, mask_n, HAS_CONV_BIAS, BLOCK_W)
 
-    dt = tl.load(dt_ptr + bi * s_dt_b + hi).to(tl.float32)
-    if HAS_DT_BIAS:
-        dt += tl.load(bias_ptr + hi).to(tl.float32)
-    dt = _softplus(dt)
-    a = -tl.exp(tl.load(A_ptr + hi).to(tl.float32))  # A = -exp(A_log)
-    cum_t = tl.load(ccum_ptr + bi * s_cd_b + (t - 1) * s_cd_l + hi) + dt * a
+    dt, log_decay = _dt_log_decay(tl.load(dt_ptr + bi * s_dt_b + hi), bias_ptr, A_ptr, hi, True, HAS_DT_BIAS)
+    cum_t = tl.load(ccum_ptr + bi * s_cd_b + (t - 1) * s_cd_l + hi) + log_decay
 
     # append token t: x, dt, cum are this head's; B is the group's (its first head writes it)
     tl.store(cx_ptr + bi * s_cx_b + t * s_cx_l + hi * s_cx_h + offs_p, x.to(cx_ptr.dtype.element_ty), mask=mask_p)

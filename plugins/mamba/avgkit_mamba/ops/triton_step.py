@@ -46,11 +46,11 @@ from avgkit_mamba.ops.triton_common import (
     _conv_x,
     _conv_x_from_old,
     _dequantize_rows,
+    _dt_log_decay,
     _quantize_rows,
     _shift_bc_windows,
     _shift_windows,
     _skip_gate_store,
-    _softplus,
 )
 from avgkit_mamba.ops.triton_launch import (
     INTERPRET,
@@ -69,20 +69,6 @@ INTERP_HEADS = 2
 
 
 @triton.jit
-def _dt_decay(dt, bias_ptr, A_ptr, hi, A_IS_LOG: tl.constexpr, HAS_DT_BIAS: tl.constexpr):
-    """dt of heads ``hi`` after its bias and softplus, and the state's decay ``exp(dt * A)`` (``A = -exp(A_log)``
-    with ``A_IS_LOG``)."""
-    dt = dt.to(tl.float32)
-    if HAS_DT_BIAS:
-        dt += tl.load(bias_ptr + hi).to(tl.float32)
-    dt = _softplus(dt)
-    a = tl.load(A_ptr + hi).to(tl.float32)
-    if A_IS_LOG:
-        a = -tl.exp(a)
-    return dt, tl.exp(dt * a)
-
-
-@triton.jit
 def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr, dt_ptr,
                  z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, hi, nheads, xc_heads, P, W, s_cs_c, s_cs_w, s_dt_b,
                  s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, sq_off, offs_p, mask_p, A_IS_LOG: tl.constexpr,
@@ -97,7 +83,9 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
         decay = tl.load(xc_row + xc_heads + nheads + hi)
         x = tl.load(xc_row + hi * P + offs_p, mask=mask_p, other=0.0)
     else:
-        dt, decay = _dt_decay(tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h), bias_ptr, A_ptr, hi, A_IS_LOG, HAS_DT_BIAS)
+        dt, log_decay = _dt_log_decay(tl.load(dt_ptr + bi * s_dt_b + hi * s_dt_h), bias_ptr, A_ptr, hi, A_IS_LOG,
+                                      HAS_DT_BIAS)
+        decay = tl.exp(log_decay)
         if SHIFT_X:
             x = _conv_x(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p, HAS_CONV_BIAS,
                         BLOCK_W)
@@ -201,7 +189,7 @@ def _preconv_kernel(xbc_ptr, conv_ptr, cw_ptr, cb_ptr, xc_ptr, dt_ptr, bias_ptr,
                     HAS_DT_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr):
     """This token's x, B and C after conv + SiLU into ``xc`` (fp32), every window shifted: one program per (batch
     row, block of channels), so the state update that follows only loads them (``StepTile.preconv``). With
-    ``HEADS_DT`` the first program of a row also writes each head's dt and decay after the channels (``_dt_decay``
+    ``HEADS_DT`` the first program of a row also writes each head's dt and decay after the channels (``_dt_log_decay``
     once a head, not once a thread of every program of the state update)."""
     if USE_PDL:  # in_proj's output complete; the state update may launch now and read its state tiles meanwhile
         gdc_wait()
@@ -216,10 +204,10 @@ def _preconv_kernel(xbc_ptr, conv_ptr, cw_ptr, cb_ptr, xc_ptr, dt_ptr, bias_ptr,
         if tl.program_id(1) == 0:
             heads = tl.arange(0, BLOCK_H)
             mask_h = heads < nheads
-            dt, decay = _dt_decay(tl.load(dt_ptr + bi * s_dt_b + heads * s_dt_h, mask=mask_h, other=0.0), bias_ptr,
-                                  A_ptr, heads % nheads, A_IS_LOG, HAS_DT_BIAS)
+            dt, log_decay = _dt_log_decay(tl.load(dt_ptr + bi * s_dt_b + heads * s_dt_h, mask=mask_h, other=0.0),
+                                          bias_ptr, A_ptr, heads % nheads, A_IS_LOG, HAS_DT_BIAS)
             tl.store(xc_ptr + bi * s_xc_b + channels + heads, dt, mask=mask_h)
-            tl.store(xc_ptr + bi * s_xc_b + channels + nheads + heads, decay, mask=mask_h)
+            tl.store(xc_ptr + bi * s_xc_b + channels + nheads + heads, tl.exp(log_decay), mask=mask_h)
 
 
 @triton.jit

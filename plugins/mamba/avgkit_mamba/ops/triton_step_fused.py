@@ -36,9 +36,9 @@ from avgkit_mamba.ops.triton_common import (
     _conv_out,
     _conv_window,
     _dequantize_rows,
+    _dt_log_decay,
     _quantize_rows,
     _shift_bc_windows,
-    _softplus,
 )
 from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
 from avgkit_mamba.ops.triton_step import _check_scale
@@ -83,11 +83,8 @@ def _fused_step_kernel(
     if QUANT:
         cur_scale = tl.load(scale_head + offs_p * s_sc_p, mask=mask_p, other=0.0)
 
-    dt = tl.load(dt_ptr + bi * s_dt_b + hi).to(tl.float32)
-    if HAS_DT_BIAS:
-        dt += tl.load(bias_ptr + hi).to(tl.float32)
-    dt = _softplus(dt)
-    decay = tl.exp(dt * -tl.exp(tl.load(A_ptr + hi).to(tl.float32)))  # A = -exp(A_log)
+    dt, log_decay = _dt_log_decay(tl.load(dt_ptr + bi * s_dt_b + hi), bias_ptr, A_ptr, hi, True, HAS_DT_BIAS)
+    decay = tl.exp(log_decay)
     # the group's B and C from their old windows (the last program of the group shifts them)
     Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, ngroups, N, W, d_inner, offs_n, mask_n,
                       HAS_CONV_BIAS, BLOCK_W)

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from avgkit_mamba.ops.norm_torch import DeferredNorm
 from avgkit_mamba.ops.ssd_torch import split_zxbcdt
-from avgkit_mamba.ops.triton_common import _dequantize_rows, _quantize_rows, _skip_gate_store, _softplus
+from avgkit_mamba.ops.triton_common import _dequantize_rows, _dt_log_decay, _quantize_rows, _skip_gate_store
 from avgkit_mamba.ops.triton_launch import INTERPRET, gdc_wait, last_dim_contiguous, pdl_options, use_pdl
 from avgkit_mamba.ops.triton_step import StepTile, _check_scale, _launch_epilogue, launch_preconv, overridden_split
 
@@ -105,12 +105,8 @@ def _window_step_kernel(
     x = tl.load(xc_row + hi * P + offs_p, mask=mask_p, other=0.0)
     Bv = tl.load(xc_row + d_inner + gi * N + offs_n, mask=mask_n, other=0.0)
     Cv = tl.load(xc_row + d_inner + (ngroups + gi) * N + offs_n, mask=mask_n, other=0.0)
-    dt = tl.load(dt_ptr + bi * s_dt_b + hi).to(tl.float32)
-    if HAS_DT_BIAS:
-        dt += tl.load(bias_ptr + hi).to(tl.float32)
-    dt = _softplus(dt)
-    a = -tl.exp(tl.load(A_ptr + hi).to(tl.float32))  # A = -exp(A_log)
-    cum_j = tl.sum(tl.where(offs_k == j - 1, cum_s, 0.0), axis=0) + dt * a  # row j - 1's, from the tile (0 at j = 0)
+    dt, log_decay = _dt_log_decay(tl.load(dt_ptr + bi * s_dt_b + hi), bias_ptr, A_ptr, hi, True, HAS_DT_BIAS)
+    cum_j = tl.sum(tl.where(offs_k == j - 1, cum_s, 0.0), axis=0) + log_decay  # row j - 1's, from the tile (0 at j = 0)
 
     # append token j: this program's x channels; dt and cum by the head's first program, B by the group's
     tl.store(cx_row + j * s_cx_l + offs_p, x.to(cx_ptr.dtype.element_ty), mask=mask_p)
