@@ -291,7 +291,7 @@ fi
 if [ "$QUICK" = "--lanes" ]; then  # one batch decoded as independent lanes on parallel streams of one graph
   LIMIT=40 run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
   LIMIT=$((${BUDGET:-480} - SECONDS + START)) run benchmarks/sampling.py --transformers gpt-b --aim aim-b \
-    --batches "${BATCHES:-16,64,256}" --lanes "${LANES:-1,2,4}" --out "$OUT/sampling_lanes_$CARD.json"
+    --batches "${BATCHES:-16,64,256}" --lanes "${LANES:-1,2,4}" ${LANE_PRIORITY:+--lane-priority} --out "$OUT/sampling_lanes_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

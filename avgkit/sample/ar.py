@@ -113,6 +113,8 @@ class ARSampler:
 
     #: torch.compile backend of the ``compile`` option (tests swap in "eager" to check the tracing only)
     compile_backend: str = "inductor"
+    #: with lanes, the first lane's stream at high priority: its kernels go first, the others fill what it leaves
+    lane_priority: bool = False
 
     def __init__(self, config: ARSamplerConfig | None = None) -> None:
         self.config = config or ARSamplerConfig()
@@ -258,7 +260,9 @@ class ARSampler:
                 run.k.fill_(1)
             lanes = _Lanes(runs, torch.cuda.CUDAGraph())
             if len(runs) > 1:
-                lanes.streams = [torch.cuda.Stream() for _ in runs]
+                high, _ = torch.cuda.Stream.priority_range()  # (greatest, least): greatest is the lowest number
+                lanes.streams = [torch.cuda.Stream(priority=high if self.lane_priority and i == 0 else 0)
+                                 for i in range(len(runs))]
             with torch.cuda.graph(lanes.graph):
                 if len(runs) == 1:
                     step(runs[0])
