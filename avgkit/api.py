@@ -200,7 +200,7 @@ class Generator:
         """Token ids ``(N, num_tokens)`` (CPU, int64).
 
         ``options`` are the sampler's own (the built-in one: ``cfg_scale``, ``cfg_schedule``,
-        ``temperature``, ``top_k``, ``top_p``, ``decode_width``, ``lanes``, ``cuda_graph``, ``compile``;
+        ``temperature``, ``top_k``, ``top_p``, ``decode_width``, ``cuda_graph``, ``compile``;
         ``avgkit ls samplers --options`` lists every sampler's); ``None`` keeps the recipe's value.
         """
         batches = self._request_codes(classes, n_per_class, seed, batch_size, start_index, precision, **options)

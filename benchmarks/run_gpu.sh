@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --lanes | --linear | --core | --precision | --tune]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -70,9 +70,6 @@
 # default state) at batch 16, 64 and 256, AiM-B's state dtypes with the rule and SPLITS (default 64x4:pc:dn) at 16
 # and 64 with per-kernel profiles, AiM-B's cold and warm start, the decode kernels against PyTorch, the
 # reproducibility matrix of AiM-B's default, then AiM-L and AiM-XL beside GPT-L in what time is left.
-# --lanes (about 8 minutes; BUDGET seconds, default 480): the decode kernels against PyTorch, then GPT-B (compiled) and
-# AiM-B (the recipe's default) with the sampler's lanes at LANES (default 1,2,4) at BATCHES (default 16,64,256), timed
-# interleaved, each lane count's images checked against its lanes decoded apart.
 # --core (about 6 minutes; CORE_LIMIT seconds for the training rows, default 380): the one-op mixer core's and the
 # conv's GPU tests (CORE_TESTS=0 skips them), then AiM-B and AiM-L with the core against its three ops and with the
 # norms recomputed (CORE_VARIANTS), beside the reference, and AiM-B's step by kernel.
@@ -285,13 +282,6 @@ if [ "$QUICK" = "--int8" ]; then  # the one-byte state's update: checks, counter
   LIMIT=$((${BUDGET:-470} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16,64}" \
     --variants "${VARIANTS:-16,64}" --step-splits "${SPLITS-64x4:pc:dn,32x4:pc:dn:r64,64x4:pc:dn:r96}" \
     --split-forms recurrent --profile --out "$OUT/sampling_int8_$CARD.json"
-  echo "== done in $((SECONDS - START)) s"
-  exit 0
-fi
-if [ "$QUICK" = "--lanes" ]; then  # one batch decoded as independent lanes on parallel streams of one graph
-  LIMIT=40 run plugins/mamba/scripts/gpu_check.py --decode --out "$OUT/mamba_gpu_check_decode_$CARD.json"
-  LIMIT=$((${BUDGET:-480} - SECONDS + START)) run benchmarks/sampling.py --transformers gpt-b --aim aim-b \
-    --batches "${BATCHES:-16,64,256}" --lanes "${LANES:-1,2,4}" ${LANE_PRIORITY:+--lane-priority} --out "$OUT/sampling_lanes_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

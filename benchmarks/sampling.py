@@ -122,9 +122,8 @@ def llamagen_sampler(root: str, preset: str, batch: int, *, cfg_scale: float, to
 
 
 def avgkit_sampler(backbone, cond, batch: int, cfg: ARSamplerConfig, device: str = "cuda",
-                   seed: int = 1, lane_priority: bool = False) -> Callable[[], Any]:
+                   seed: int = 1) -> Callable[[], Any]:
     sampler = ARSampler(cfg)
-    sampler.lane_priority = lane_priority
     if device == "cpu":  # the smoke run: trace and functionalize the step, skip inductor's C++ build
         sampler.compile_backend = "aot_eager"
     labels = torch.arange(batch, device=device) % cond.num_classes
@@ -389,55 +388,6 @@ def aim_rows(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int
     return rows
 
 
-def lane_rows(gpt: str, aim: str, batches: list[int], lanes: list[int], cfg: ARSamplerConfig, repeats: int,
-              device: str, bw: float | None, shape: dict, priority: bool = False) -> tuple[list[dict], list[dict]]:
-    """The transformer (compiled) and AiM (recipe default) at each lane count (with ``priority`` also each count
-    above one with the first lane's stream at high priority), timed interleaved per batch; and
-    per lane count above one, whether the lanes' images equal those of each lane's images decoded on their own (at
-    the first batch size)."""
-    from avgkit.sample.ar import lane_bounds
-
-    rows, checks = [], []
-    models = []
-    if gpt:
-        g, gc = build_gpt(shape.get("gpt", gpt), tokens=shape["tokens"], device=device, vocab=shape["vocab"],
-                          classes=shape["classes"])
-        models.append((f"avgkit {gpt} compiled", g, gc, {"compile": True}))
-    if aim:
-        a, ac = build_aim(shape.get("aim", aim), tokens=shape["tokens"], device=device, vocab=shape["vocab"],
-                          classes=shape["classes"])
-        models.append((f"avgkit {aim} {state_label(a)}-state", a, ac, {}))
-    for batch in batches:
-        torch._dynamo.reset()
-        entries = []
-        for name, bb, cond, opts in models:
-            for n, prio in [(n, False) for n in lanes] + [(n, True) for n in lanes if n > 1 and priority]:
-                c = cfg.model_copy(update={**opts, "lanes": n})
-                entries.append({"name": f"{name} lanes {n}{' first high' if prio else ''}", "batch": batch,
-                                "tokens": shape["tokens"], "params": _params(bb) + _params(cond),
-                                "call": avgkit_sampler(bb, cond, batch, c, device, lane_priority=prio),
-                                "extra": {"lanes": n, **({"lane_priority": True} if prio else {})},
-                                **({"backbone": bb, "cfg": cfg.cfg_scale != 1} if not opts else {})})
-        rows += interleaved(entries, repeats, device, bw)
-        for name, bb, cond, opts in models if batch == batches[0] else ():
-            labels = torch.arange(batch, device=device) % cond.num_classes
-            for n in (n for n in lanes if n > 1):
-                together = ARSampler(cfg.model_copy(update={**opts, "lanes": n}))
-                apart = ARSampler(cfg.model_copy(update={**opts, "lanes": 1}))
-                if device == "cpu":
-                    together.compile_backend = apart.compile_backend = "aot_eager"
-                got = together.sample(bb, cond, labels, seed=3)
-                want = torch.cat([apart.sample(bb, cond, labels[i:j], seed=3, index=torch.arange(i, j))
-                                  for i, j in lane_bounds(batch, n)])
-                differ = int((got != want).any(1).sum())
-                checks.append({"model": name, "batch": batch, "lanes": n, "images_differ": differ})
-                print(json.dumps(checks[-1]), flush=True)
-        del entries
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    return rows, checks
-
-
 def _presets(arg: str | None, default: list[str]) -> list[str]:
     """Comma-separated preset names; ``none`` for no rows of that kind."""
     return default if arg is None else [p for p in arg.split(",") if p and p != "none"]
@@ -477,12 +427,6 @@ def main(argv: list[str] | None = None) -> None:
                          "launch (triton_launch.programmatic_launch), timed interleaved")
     ap.add_argument("--split-forms", default="recurrent,chunked",
                     help="comma-separated decode forms the --step-tiles / --step-splits rows are for")
-    ap.add_argument("--lanes", default=None, metavar="COUNTS",
-                    help="comma-separated lane counts (sampler option lanes): only the first transformer and AiM preset "
-                         "at each, timed interleaved per batch, and each count's images checked against its lanes "
-                         "decoded apart")
-    ap.add_argument("--lane-priority", action="store_true",
-                    help="with --lanes, each count above one also with the first lane's stream at high priority")
     ap.add_argument("--smoke", action="store_true", help="the harness on the CPU with tiny models")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -503,14 +447,6 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
     notes: list[str] = []
     profiles = {}
-    if args.lanes:
-        lane_counts = [int(n) for n in args.lanes.split(",")]
-        rows, checks = lane_rows(gpts[0] if gpts else "", aims[0] if aims else "", batches, lane_counts, cfg, repeats,
-                                 device, bw, shape, args.lane_priority)
-        name = "sampling_lanes_smoke" if args.smoke else "sampling_lanes"
-        write_result(name, {"settings": cfg.model_dump(), "filters": args.filters, "copy_bandwidth_Bps": bw,
-                            "rows": rows, "lane_checks": checks, "notes": notes}, args.out)
-        return
     for preset in gpts:
         rows += transformer_comparison(preset, batches, cfg, repeats, args.llamagen_root, device, notes, shape,
                                        tuple(args.gpt_attention.split(",")))

@@ -5,11 +5,6 @@ once, on device tensors only (the step index included), so the same function run
 eagerly on the CPU and is captured into a CUDA graph on the GPU. Graphs are cached per
 (backbone, batch, dtype, settings) and replayed across calls.
 
-With ``lanes`` > 1 a batch decodes as that many independent groups of images, each with
-its own decoding state; one CUDA graph replays every lane's step, each on its own stream,
-so the GPU runs one lane's memory-bound kernels (a recurrent state update, attention over
-a cache) beside another's latency-bound ones (small projections, norms, the draw).
-
 With ``compile`` the step goes through ``torch.compile`` first (inductor's fused
 kernels), and that compiled step is what the CUDA graph captures: the graph is ours,
 not inductor's cudagraph trees, so a backbone that updates its decoding state in place
@@ -19,7 +14,7 @@ not inductor's cudagraph trees, so a backbone that updates its decoding state in
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -47,11 +42,6 @@ class ARSamplerConfig(ComponentConfig):
         False, description="run the decoding step through torch.compile (fused kernels; the first call of each "
         "batch size compiles); on CUDA the compiled step is replayed from the step's CUDA graph"
     )
-    lanes: int = Field(
-        1, ge=1, description="decode each batch as this many independent groups of images (lanes), replayed side "
-        "by side from one CUDA graph on as many streams (one after another without a graph); like decode_width, "
-        "part of the batch shape a GPU image depends on"
-    )
     decode_width: int | None = Field(
         None, ge=1, description="decode in groups of exactly this many images (the last one padded): every "
         "matrix kernel then sees one shape, so GPU images no longer depend on the batch size; None decodes "
@@ -61,7 +51,7 @@ class ARSamplerConfig(ComponentConfig):
 
 @dataclass
 class _Run:
-    """Everything one lane's decoding loop touches, as fixed device buffers."""
+    """Everything one decoding loop touches, as fixed device buffers."""
 
     backbone: Backbone
     state: Any
@@ -69,27 +59,7 @@ class _Run:
     codes: Tensor  # (B, N)
     u: Tensor  # (B, N) float64: the uniform each image draws each token with
     k: Tensor  # (1,) int64: index of the token being drawn
-
-
-@dataclass
-class _Lanes:
-    """A batch's lanes and the CUDA graph that steps all of them (None: stepped eagerly)."""
-
-    runs: list[_Run]
     graph: Any = None
-    streams: list = field(default_factory=list)  # kept alive with the graph that forks onto them
-
-
-def lane_bounds(batch: int, lanes: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` of each lane: ``lanes`` groups (at most ``batch``), the first ones a row larger."""
-    n = min(lanes, batch)
-    size, extra = divmod(batch, n)
-    bounds, start = [], 0
-    for i in range(n):
-        stop = start + size + (i < extra)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
 
 
 def _uncached_autocast(kind: str) -> contextlib.AbstractContextManager:
@@ -113,12 +83,10 @@ class ARSampler:
 
     #: torch.compile backend of the ``compile`` option (tests swap in "eager" to check the tracing only)
     compile_backend: str = "inductor"
-    #: with lanes, the first lane's stream at high priority: its kernels go first, the others fill what it leaves
-    lane_priority: bool = False
 
     def __init__(self, config: ARSamplerConfig | None = None) -> None:
         self.config = config or ARSamplerConfig()
-        self._graphs: dict[tuple, _Lanes] = {}
+        self._graphs: dict[tuple, _Run] = {}
         self._compiled_step: Any = None
 
     def _step_fn(self) -> Any:
@@ -184,40 +152,30 @@ class ARSampler:
     def _sample(self, backbone: Backbone, conditioner: Conditioner, labels: Tensor, index: Tensor, seed: int,
                 dtype: torch.dtype | None) -> Tensor:
         device = labels.device
-        n_tok = backbone.num_tokens
-        bounds = lane_bounds(labels.shape[0], self.config.lanes)
-        conds = [self._conditioning(conditioner, labels[a:b], dtype) for a, b in bounds]
-        graphed = self.config.cuda_graph and device.type == "cuda" and n_tok > 1
-        if graphed:
-            lanes = self._graph_lanes(backbone, conds, dtype)
-            for run, cond in zip(lanes.runs, conds, strict=True):
-                run.cond.copy_(cond)
-        else:
-            lanes = _Lanes([self._new_run(backbone, cond, b - a, dtype)
-                            for cond, (a, b) in zip(conds, bounds, strict=True)])
-        positions = torch.arange(n_tok, device=device)[None, :]
-        for run, (a, b) in zip(lanes.runs, bounds, strict=True):
-            # every uniform of the call at once (a hash of seed, image index, token position),
-            # so a step reads one column instead of hashing
-            run.u.copy_(uniform(seed & 0xFFFFFFFF, index[a:b, None], positions))
-            run.k.zero_()
-            self._draw(run, backbone.prefill(run.state, run.cond))
-            run.k.fill_(1)
-        step = self._step_fn()
-        for _ in range(1, n_tok):
-            if lanes.graph is not None:
-                lanes.graph.replay()
-            else:
-                for run in lanes.runs:
-                    step(run)
-        return torch.cat([run.codes for run in lanes.runs]) if len(lanes.runs) > 1 else lanes.runs[0].codes.clone()
-
-    def _conditioning(self, conditioner: Conditioner, labels: Tensor, dtype: torch.dtype | None) -> Conditioning:
-        """The rows a lane decodes: its labels' conditioning, then (CFG) as many null rows."""
+        batch, n_tok = labels.shape[0], backbone.num_tokens
         cond = conditioner(labels)
         if self.use_cfg:
-            cond = Conditioning.cat([cond, conditioner.null(labels.shape[0], labels.device)])
-        return cond if dtype is None else cond.to(dtype)
+            cond = Conditioning.cat([cond, conditioner.null(batch, device)])
+        if dtype is not None:
+            cond = cond.to(dtype)
+        graphed = self.config.cuda_graph and device.type == "cuda" and n_tok > 1
+        run = self._graph_run(backbone, cond, batch, dtype) if graphed else self._new_run(backbone, cond, batch, dtype)
+        if graphed:
+            run.cond.copy_(cond)
+        # every uniform of the call at once (a hash of seed, image index, token position),
+        # so a step reads one column instead of hashing
+        run.u.copy_(uniform(seed & 0xFFFFFFFF, index[:, None], torch.arange(n_tok, device=device)[None, :]))
+        run.k.zero_()
+        logits = backbone.prefill(run.state, run.cond)
+        self._draw(run, logits)
+        run.k.fill_(1)
+        step = self._step_fn()
+        for _ in range(1, n_tok):
+            if run.graph is not None:
+                run.graph.replay()
+            else:
+                step(run)
+        return run.codes.clone()
 
     def _new_run(self, backbone: Backbone, cond: Conditioning, batch: int, dtype: torch.dtype | None) -> _Run:
         device = cond.prefix.device
@@ -236,46 +194,30 @@ class ARSampler:
         return (id(backbone), batch, dtype, active_autocast_dtype(cond.prefix.device), cond.prefix.shape, cond.layers is None,
                 cond.prefix_mask is None, str(cond.prefix.device))
 
-    def _graph_lanes(self, backbone: Backbone, conds: list[Conditioning], dtype: torch.dtype | None) -> _Lanes:
-        key = tuple(self._graph_key(backbone, cond, cond.batch_size // (2 if self.use_cfg else 1), dtype)
-                    for cond in conds)
-        lanes = self._graphs.get(key)
-        if lanes is not None and lanes.runs[0].backbone is backbone:
-            return lanes
-        runs = [self._new_run(backbone, cond.clone(), cond.batch_size // (2 if self.use_cfg else 1), dtype)
-                for cond in conds]
+    def _graph_run(self, backbone: Backbone, cond: Conditioning, batch: int, dtype: torch.dtype | None) -> _Run:
+        key = self._graph_key(backbone, cond, batch, dtype)
+        run = self._graphs.get(key)
+        if run is not None and run.backbone is backbone:
+            return run
+        run = self._new_run(backbone, cond.clone(), batch, dtype)
         # warm up on a side stream (allocations, Triton compilation, torch.compile), then capture one step
         step = self._step_fn()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with _uncached_autocast(conds[0].prefix.device.type):
-            with torch.cuda.stream(side):
-                for run in runs:
-                    backbone.prefill(run.state, run.cond)
-                    for _ in range(2):
-                        run.k.fill_(1)
-                        step(run)
-            torch.cuda.current_stream().wait_stream(side)
-            for run in runs:
-                run.k.fill_(1)
-            lanes = _Lanes(runs, torch.cuda.CUDAGraph())
-            if len(runs) > 1:
-                high, _ = torch.cuda.Stream.priority_range()  # (greatest, least): greatest is the lowest number
-                lanes.streams = [torch.cuda.Stream(priority=high if self.lane_priority and i == 0 else 0)
-                                 for i in range(len(runs))]
-            with torch.cuda.graph(lanes.graph):
-                if len(runs) == 1:
-                    step(runs[0])
-                else:  # fork each lane onto its own stream and join them: one replay steps every lane
-                    main = torch.cuda.current_stream()
-                    for run, stream in zip(runs, lanes.streams, strict=True):
-                        stream.wait_stream(main)
-                        with torch.cuda.stream(stream):
-                            step(run)
-                    for stream in lanes.streams:
-                        main.wait_stream(stream)
-        self._graphs[key] = lanes
-        return lanes
+        backbone.prefill(run.state, run.cond)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with _uncached_autocast(cond.prefix.device.type):
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    run.k.fill_(1)
+                    step(run)
+            torch.cuda.current_stream().wait_stream(stream)
+            run.k.fill_(1)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step(run)
+        run.graph = graph
+        self._graphs[key] = run
+        return run
 
     def warmup(self, backbone: Backbone, conditioner: Conditioner, batch_size: int, *,
                device: torch.device | str = "cuda", dtype: torch.dtype | None = None) -> None:

@@ -20,11 +20,10 @@ Image ``i`` draws its random numbers from (seed, i) alone and is conditioned on 
 on disk and recomputes the rest. On the CPU the result is bit-identical whatever the
 batch size or number of processes. On a GPU, matrix kernels round differently for other
 batch shapes, so a job pins one decode width (the sampler's ``decode_width``; by default
-the batch size of its first run, recorded in job.json) and its ``lanes``: every batch is
-decoded in groups of exactly that many images, and a resume with another ``--batch-size``,
-or on more GPUs, feeds the kernels the same shapes. A resume that changes the device type
-or passes another ``--decode-width`` or lane count gets equally valid but not identical
-images; a note says so.
+the batch size of its first run, recorded in job.json): every batch is decoded in groups
+of exactly that many images, and a resume with another ``--batch-size``, or on more GPUs,
+feeds the kernels the same shapes. A resume that changes the device type or passes
+another ``--decode-width`` gets equally valid but not identical images; a note says so.
 Under ``torchrun`` the unfinished shards are dealt out round-robin over the ranks and
 rank 0 merges them. A folder holding a different job is refused, not mixed.
 """
@@ -117,10 +116,6 @@ def _weights_hashes(gen: Any) -> dict[str, str | None]:
 STARTED_WITH = "started_with"
 #: sampler option that fixes the decoding shape (see the module docstring)
 DECODE_WIDTH = "decode_width"
-#: sampler option splitting each decoded group into lanes: part of the shape too, pinned like the width
-LANES = "lanes"
-#: options that shape what the kernels see, not what the images are: recorded under STARTED_WITH, not in the identity
-SHAPE_OPTIONS = (DECODE_WIDTH, LANES)
 #: job.json key: the backbone's own decoding settings (``Backbone.decode_settings``)
 DECODING = "decoding"
 
@@ -153,7 +148,7 @@ def _identity_problem(out_dir: Path, old: dict[str, Any] | None, identity: dict[
         old = dict(old)
         before = old.pop(STARTED_WITH, {}) or {}
         if isinstance(old.get("sampler"), dict):  # records written when the width was part of the identity
-            old["sampler"] = {k: v for k, v in old["sampler"].items() if k not in SHAPE_OPTIONS}
+            old["sampler"] = {k: v for k, v in old["sampler"].items() if k != DECODE_WIDTH}
         for key in sorted(set(old) | set(identity)):
             if key == DECODING and key not in old:
                 return (f"{out_dir} holds a sampling job recorded before its decoding settings were (now "
@@ -180,24 +175,21 @@ def _identity_problem(out_dir: Path, old: dict[str, Any] | None, identity: dict[
 
 def _job_sampler_options(gen: Any, request: SampleRequest,
                          old: dict[str, Any] | None) -> tuple[dict[str, Any], int | None]:
-    """The request's sampler options with the decode width (and lanes) pinned for the whole job.
+    """The request's sampler options with the decode width pinned for the whole job.
 
     An explicit width (``--decode-width`` or the recipe's) wins; otherwise the width the
-    job started with, or, for a new job, its batch size (at most its image count). Lanes
-    not given keep the count the job started with. Samplers without the options are left
-    alone. Also returns the width when it was taken from the job's first run.
+    job started with, or, for a new job, its batch size (at most its image count).
+    Samplers without the option are left alone. Also returns the width when it was taken
+    from the job's first run.
     """
     options = dict(request.sampler)
     config = gen.sampler_config(**options)
-    before = (old or {}).get(STARTED_WITH) or {}
-    if LANES in type(config).model_fields and options.get(LANES) is None and isinstance(before.get(LANES), int):
-        options[LANES] = before[LANES]
     if DECODE_WIDTH not in type(config).model_fields or getattr(config, DECODE_WIDTH) is not None:
         return options, None
-    width = before.get(DECODE_WIDTH)
-    if isinstance(width, int) and width > 0:
-        options[DECODE_WIDTH] = width
-        return options, width
+    before = ((old or {}).get(STARTED_WITH) or {}).get(DECODE_WIDTH)
+    if isinstance(before, int) and before > 0:
+        options[DECODE_WIDTH] = before
+        return options, before
     options[DECODE_WIDTH] = min(request.batch_size, len(request.labels))  # no padding past the job's end
     return options, None
 
@@ -363,7 +355,7 @@ def run_sample_job(
         "labels_sha256": _labels_sha256(labels),
         "num_images": n,
         "seed": request.seed,
-        "sampler": {k: v for k, v in sampler_record.items() if k not in SHAPE_OPTIONS},
+        "sampler": {k: v for k, v in sampler_record.items() if k != DECODE_WIDTH},
         "precision": request.precision,
         "shard_size": shard_size,
         "image_shape": [height, width, 3],
@@ -379,8 +371,7 @@ def run_sample_job(
     def decode(codes: torch.Tensor) -> torch.Tensor:  # pixels in the same fixed groups as the tokens
         return in_fixed_groups(lambda c: gen.decode(c, request.precision), decode_width, codes)
 
-    started_with = {"batch_size": request.batch_size, "device_type": gen.device.type, DECODE_WIDTH: decode_width,
-                    **({LANES: sampler_record[LANES]} if LANES in sampler_record else {})}
+    started_with = {"batch_size": request.batch_size, "device_type": gen.device.type, DECODE_WIDTH: decode_width}
     problem, note = broadcast_json(_identity_problem(out, old, identity, started_with) if env.is_main else None, env)
     if problem:
         raise AvgkitError(problem)

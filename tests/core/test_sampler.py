@@ -80,32 +80,6 @@ def test_decode_width_fixes_the_shape_the_model_sees():
     assert torch.equal(two, plain[4:]) and seen == [4, 4]
 
 
-def test_lane_bounds_split_a_batch_into_nearly_equal_groups():
-    from avgkit.sample.ar import lane_bounds
-
-    assert lane_bounds(8, 1) == [(0, 8)]
-    assert lane_bounds(8, 2) == [(0, 4), (4, 8)]
-    assert lane_bounds(7, 3) == [(0, 3), (3, 5), (5, 7)]
-    assert lane_bounds(2, 4) == [(0, 1), (1, 2)]  # never an empty lane
-
-
-def test_lanes_decode_each_group_of_images_on_its_own():
-    """A batch in lanes is its lanes' images decoded apart (each its own state and conditioning), in order."""
-    c = _components()
-    labels = torch.tensor([3, 1, 4, 1, 5, 9, 2])
-    seen = []
-    real = c.conditioner.forward
-    c.conditioner.forward = lambda lab: (seen.append(lab.shape[0]), real(lab))[1]
-    laned = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8, lanes=3)).sample(c.backbone, c.conditioner, labels,
-                                                                                  seed=3)
-    assert seen == [3, 3, 2, 2, 2, 2]  # each lane: its labels, then as many null rows
-    one = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8))
-    apart = torch.cat([one.sample(c.backbone, c.conditioner, labels[a:b], seed=3, index=torch.arange(a, b))
-                       for a, b in [(0, 3), (3, 5), (5, 7)]])
-    assert torch.equal(laned, apart)
-    assert laned.shape == (7, c.backbone.num_tokens)
-
-
 def test_compiled_step_draws_the_same_tokens(monkeypatch):
     """``compile`` traces the step (backbone step, CFG, filters, draw, in-place state) through Dynamo and
     AOTAutograd's functionalization; the ``aot_eager`` backend runs that traced graph without inductor's C++
@@ -177,24 +151,6 @@ def test_a_graph_captured_under_autocast_replays_in_a_later_autocast():
             again = sampler.sample(backbone, conditioner, labels, seed=3)
         del churn
     assert torch.equal(first, again)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_lanes_replayed_side_by_side_give_the_lanes_own_images():
-    """One graph steps every lane, each on its own stream: the images must be those of each lane decoded alone
-    (no lane reads another's buffers while both run), call after call."""
-    c = _components()
-    backbone, conditioner = c.backbone.cuda().eval(), c.conditioner.cuda().eval()
-    labels = torch.arange(6, device="cuda")
-    laned = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8, lanes=2))
-    one = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8))
-    with torch.inference_mode():
-        got = laned.sample(backbone, conditioner, labels, seed=4)
-        again = laned.sample(backbone, conditioner, labels, seed=4)
-        apart = torch.cat([one.sample(backbone, conditioner, labels[a:a + 3], seed=4,
-                                      index=torch.arange(a, a + 3)) for a in (0, 3)])
-    assert torch.equal(got, again) and torch.equal(got, apart)
 
 
 def test_active_autocast_dtype_answers_for_any_device_type():

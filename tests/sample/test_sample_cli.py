@@ -88,21 +88,6 @@ def test_resume_with_another_batch_size_keeps_shards_and_decode_width(toy_run, t
     assert code == 2 and "shard_size: 3 there, 2 now" in err
 
 
-def test_a_job_keeps_the_lanes_it_started_with(toy_run, tmp_path, cli):
-    out = tmp_path / "job"
-    base = ("sample", str(toy_run), "--classes", "0-4", "--per-class", "2", "--device", "cpu", "--no-png", "--quiet",
-            "--batch-size", "4", "--out", str(out))
-    assert cli(*base, "-o", "lanes=2")[0] == 0
-    job = json.loads((out / "job.json").read_text())
-    assert job["started_with"]["lanes"] == 2 and "lanes" not in job["sampler"]
-    first = _sha(out / "samples.npz")
-    (out / "shards" / "shard-00001.npz").unlink()
-    (out / "samples.npz").unlink()
-    assert cli(*base)[0] == 0  # no lanes given: the job's 2, the same images
-    assert json.loads((out / "sampling.json").read_text())["sampler"]["lanes"] == 2
-    assert _sha(out / "samples.npz") == first
-
-
 def test_small_jobs_are_not_padded_a_foreign_folder_is_refused_and_speed_is_kept(toy_run, tmp_path, cli):
     out = tmp_path / "job"
     base = ("sample", str(toy_run), "--classes", "1", "--per-class", "3", "--device", "cpu", "--no-png", "--quiet",

@@ -87,13 +87,6 @@ def test_job_folder_identity_and_resume_note(tmp_path):
     assert claim(ident, {**cuda4, "batch_size": 8}) == (None, None)
     error, note = claim(ident, {**cuda4, "decode_width": 8})
     assert error is None and "decode_width 4 -> 8" in note
-    # lanes are a shape too: another count is a note, and a record from before lanes existed has none to compare
-    error, note = claim(ident, {**cuda4, "lanes": 2})
-    assert error is None and note is None
-    record = json.loads((tmp_path / JOB_FILE).read_text())
-    record["started_with"]["lanes"] = 1
-    (tmp_path / JOB_FILE).write_text(json.dumps(record))
-    assert "lanes 1 -> 2" in claim(ident, {**cuda4, "lanes": 2})[1]
     assert claim(ident, {**cuda4, "decode_width": 8, "device_type": "cpu"})[1] is None
     error, _ = claim({**ident, "seed": 2}, cuda4)
     assert "holds a different sampling job (seed: 1 there, 2 now)" in error
