@@ -234,9 +234,10 @@ AIM_CONDITIONERS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def state_label(backbone: Any) -> str:
-    """The dtype a backbone's decoding state gets (``state_dtype: auto`` resolved): ``int8``, ``bf16``, ..."""
-    ssm = backbone.init_state(1).layers[0].ssm
-    return {torch.int8: "int8", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(ssm.dtype, "fp32")
+    """The dtype a backbone's decoding state gets (``state_dtype: auto`` resolved, as ``decode_settings`` reports
+    it): ``int8``, ``bf16``, ``fp16``, ``fp32``."""
+    dtype = backbone.decode_settings()["state_dtype"]
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
 
 
 def build_sampling_aim(preset: str, *, device: torch.device | str = "cuda", vocab: int = 16384, tokens: int = 256,

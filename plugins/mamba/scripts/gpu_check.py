@@ -627,11 +627,12 @@ def main(argv: list[str] | None = None) -> int:
                                       torch.float32 if args.smoke else torch.bfloat16, p=layer["p"], n=layer["n"],
                                       device=device, seed=i) for i in range(2 if args.smoke else 24)]
         length = torch.zeros(1, dtype=torch.long, device=device)  # the chunked form's tokens since prefill
-        # the chunked form's window of 16, its caches as the backbone allocates them
+        # the chunked form's window of 16, its caches as the backbone allocates them (none for the recurrent form)
         caches = [(torch.randn(batch, 16, layer["nheads"], layer["p"], device=device).to(t["zxbcdt"].dtype),
                    torch.randn(batch, 16, 1, layer["n"], device=device).to(t["zxbcdt"].dtype),
                    torch.rand(batch, 16, layer["nheads"], device=device) * 0.1,
-                   -torch.rand(batch, 16, layer["nheads"], device=device)) for t in stack]
+                   -torch.rand(batch, 16, layer["nheads"], device=device)) if args.step_form == "chunked" else ()
+                  for t in stack]
         for _ in range(5):  # as the backbone calls them: the norm deferred to the block boundary
             for t, window in zip(stack, caches, strict=True):
                 if args.step_form == "chunked":

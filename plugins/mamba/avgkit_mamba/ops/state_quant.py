@@ -3,10 +3,11 @@
 A row of the SSM state (``d_state`` values of one head-dim channel) is stored as
 ``q = round(v * 127 / absmax)`` (half to even, so ``|q| <= 127``) in int8 beside
 ``scale = absmax / 127`` in fp32, and read back as ``q * scale``. A row whose largest
-magnitude is at most ``FLUSH`` (1e-30; a decaying state gets there) stores zeros and scale 0:
-``127 / absmax`` overflows to infinity below about 4e-37. The step computes in fp32 between the load and the store; the Triton
-kernels round with the same rule (by float addition, ``triton_common._round_to_int8``),
-so both paths agree to one quantum (a GPU fuses the multiply into the addition).
+magnitude is at most ``FLUSH`` (1e-30; a decaying state gets there) stores zeros and
+scale 0: ``127 / absmax`` overflows to infinity below about 4e-37. The step computes in
+fp32 between the load and the store; the Triton kernels round with the same rule (by
+float addition, ``triton_common._round_to_int8``), so both paths agree to one quantum (a
+GPU fuses the multiply into the addition).
 
 Why per row: every program of the decode kernels holds whole rows of its state tile, so
 each scale is computed from values the program has in registers (no reduction across

@@ -27,10 +27,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from avgkit_mamba.ops.state_quant import FLUSH
+from avgkit_mamba.ops.state_quant import FLUSH, INT8_LEVELS
 
-#: ``state_quant.FLUSH`` as the kernels' constant
+#: ``state_quant.FLUSH`` and ``state_quant.INT8_LEVELS`` as the kernels' constants
 _FLUSH = tl.constexpr(FLUSH)
+_LEVELS = tl.constexpr(INT8_LEVELS)
 
 
 @triton.jit
@@ -114,8 +115,8 @@ def _quantize_rows(v):
     """
     absmax = tl.max(tl.abs(v), axis=1)
     kept = absmax > _FLUSH
-    inv = tl.where(kept, 127.0 / absmax, 0.0)
-    return _round_to_int8(v * inv[:, None]), tl.where(kept, absmax / 127.0, 0.0)
+    inv = tl.where(kept, _LEVELS / absmax, 0.0)
+    return _round_to_int8(v * inv[:, None]), tl.where(kept, absmax / _LEVELS, 0.0)
 
 
 @triton.jit

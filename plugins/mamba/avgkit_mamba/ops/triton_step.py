@@ -123,12 +123,11 @@ def _step_kernel(
 ):
     """One program: batch row ``bi``, ``HEADS`` heads of one group from ``h0``, head dims block ``pb``. ``HPG``
     (heads per group) is a constant: a division by a runtime value costs some thirty instructions a thread."""
-    hpg: tl.constexpr = HPG
-    xc_heads = d_inner + 2 * (nheads // hpg) * N  # with PRECONV: dt and the decay of each head after x, B and C
+    xc_heads = d_inner + 2 * (nheads // HPG) * N  # with PRECONV: dt and the decay of each head after x, B and C
     bi = tl.program_id(0).to(tl.int64)
     h0 = tl.program_id(1) * HEADS
     pb = tl.program_id(2)
-    gi = h0 // hpg
+    gi = h0 // HPG
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     mask_p = offs_p < P
@@ -149,9 +148,9 @@ def _step_kernel(
         gdc_wait()
     if PRECONV:  # x, B and C convolved by _preconv_kernel: loads alone, no window here
         Bv = tl.load(xc_row + d_inner + gi * N + offs_n, mask=mask_n, other=0.0)
-        Cv = tl.load(xc_row + d_inner + (nheads // hpg + gi) * N + offs_n, mask=mask_n, other=0.0)
+        Cv = tl.load(xc_row + d_inner + (nheads // HPG + gi) * N + offs_n, mask=mask_n, other=0.0)
     else:
-        Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, nheads // hpg, N, W, d_inner,
+        Bv, Cv = _conv_bc(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, gi, nheads // HPG, N, W, d_inner,
                           offs_n, mask_n, HAS_CONV_BIAS, BLOCK_W)
     if HEADS == 1:
         _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_row, xc_row, cw_ptr, cb_ptr,
