@@ -98,6 +98,18 @@ def _decode_linear(report: dict[str, Any]) -> None:
         assert all(row["us"] > 0 and row["max_rel_err"] < 1e-5 for row in per.values()), per
 
 
+def _persistent_layers(report: dict[str, Any]) -> None:
+    # every way of running the layers' chain reached the fp32 chain's result and streamed each state once
+    rows = report["results"]["rows 4"]
+    assert set(rows) == {"launches cublas", "launches cublas + state", "launches empty", "persistent barriers only",
+                         "launches triton 16x16x16x2x4", "persistent 16x16x16x2x4",
+                         "persistent 16x16x16x2x4 + state"}, rows
+    assert all(row["us_a_layer"] > 0 for row in rows.values()), rows
+    assert all(row["max_rel_err"] < 1e-5 for row in rows.values() if row["max_rel_err"] is not None), rows
+    assert all(row["state_streamed_once"] for name, row in rows.items() if name.endswith("+ state")), rows
+    assert not any(row.get("barrier_gave_up") for row in rows.values()), rows
+
+
 def _gated_norm(report: dict[str, Any]) -> None:
     settings = report["results"]["tiny"]  # rows loaded two at a time give the same results
     assert list(settings) == ["4x1x0", "4x2x0"], settings
@@ -426,6 +438,8 @@ CASES: list[Smoke] = [
           keys=("gpu", "triton", "shape", "results"), check=_ssd_scan),
     Smoke("benchmarks/gated_norm.py", keys=(*ENVIRONMENT, "gpu", "results", "fastest"), check=_gated_norm),
     Smoke("benchmarks/decode_linear.py", keys=(*ENVIRONMENT, "gpu", "results", "fastest"), check=_decode_linear),
+    Smoke("benchmarks/persistent_layers.py", keys=(*ENVIRONMENT, "gpu", "results", "sms", "programs_per_sm"),
+          check=_persistent_layers),
     Smoke("benchmarks/startup.py", keys=(*ENVIRONMENT, "model", "rows"), check=_startup),
     Smoke("benchmarks/state_precision.py", keys=(*ENVIRONMENT, "decode_path", "gate", "verdict"),
           check=_state_precision),
