@@ -1,4 +1,4 @@
-"""A decoding step's launches against one persistent kernel with grid-wide barriers.
+"""A decoding step's launches against one persistent kernel with grid-wide barriers, and weights read from L2.
 
 At batch 16 and 64 AiM-B's decode step is bound by its launches, not its bytes: 24 layers of
 five kernels, each costing about 4-5 us in a CUDA graph even when it moves almost nothing
@@ -10,6 +10,12 @@ the whole step that way this script measures the two unknowns on the step's own 
 layers' distinct weights, more than L2 holds), each replayed from a CUDA graph:
 
 * ``launches cublas``: ``mm`` then ``addmm`` a layer (48 launches; what the step runs today);
+  ``+ state``: with a launch between them that streams the layer's one-byte state (AiM-B's
+  24 x 64 x 128 bytes a row) past L2, as the state update does;
+  ``next layer's weights prefetched into L2``: a side stream reads the next layer's weights
+  into L2 (marked to stay) while this layer runs, so the products might read L2, not DRAM;
+  ``one layer's weights (L2-resident)``: every layer multiplies layer 0's weights, the bound
+  on what prefetching could give;
 * ``launches triton BNin x BNout``: the same two products as Triton tile kernels (48 launches);
 * ``persistent BNin x BNout``: one launch of one program an SM looping over the 48 phases,
   each phase's tiles striped over the programs, a grid barrier after each phase;
@@ -57,6 +63,8 @@ SPIN_LIMIT = 1 << 20
 STATE_BYTES = {False: 24 * 64 * 128, True: 64}
 #: bytes a program streams a block: one launch a block, or a persistent program's loop over blocks
 STREAM_BLOCK = 4096
+#: weights a program of the L2 prefetch reads
+PREFETCH_BLOCK = 8192
 
 
 @triton.jit
@@ -113,12 +121,23 @@ def _stream(s_ptr, n, start, step, BLOCK: tl.constexpr, STAGES: tl.constexpr):
     update's bytes without its arithmetic."""
     for b in tl.range(start, tl.cdiv(n, BLOCK), step, num_stages=STAGES):
         offs = b * BLOCK + tl.arange(0, BLOCK)
-        tl.store(s_ptr + offs, tl.load(s_ptr + offs, mask=offs < n) + 1, mask=offs < n)
+        v = tl.load(s_ptr + offs, mask=offs < n, eviction_policy="evict_first")  # past L2, as the update does
+        tl.store(s_ptr + offs, v + 1, mask=offs < n, eviction_policy="evict_first")
 
 
 @triton.jit
 def _stream_kernel(s_ptr, n, BLOCK: tl.constexpr):
     _stream(s_ptr, n, tl.program_id(0), tl.num_programs(0), BLOCK, 1)
+
+
+@triton.jit
+def _prefetch_kernel(w_ptr, n, sink_ptr, BLOCK: tl.constexpr):
+    """Reads a block of weights into L2, marked to stay there (``evict_last``); the store that never happens
+    keeps the loads from being dropped."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    w = tl.load(w_ptr + offs, mask=offs < n, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    total = tl.sum(w, axis=0)
+    tl.store(sink_ptr + tl.program_id(0), total, mask=total == 1.2345e38)
 
 
 @triton.jit
@@ -180,11 +199,14 @@ class Chain:
         self.state = self.s0.clone()
         self.counter = torch.zeros(1, device=device, dtype=torch.int32)
         self.flag = torch.zeros(1, device=device, dtype=torch.int32)
-        self.want = self._reference()
+        self.sink = torch.zeros(triton.cdiv(e * d, PREFETCH_BLOCK), device=device)
+        self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.want = self._reference(self.w_in, self.w_out)
+        self.want_resident = self._reference(self.w_in[:1].expand_as(self.w_in), self.w_out[:1].expand_as(self.w_out))
 
-    def _reference(self) -> torch.Tensor:
+    def _reference(self, w_ins: torch.Tensor, w_outs: torch.Tensor) -> torch.Tensor:
         x = self.x0.float()
-        for w_in, w_out in zip(self.w_in.float(), self.w_out.float(), strict=True):
+        for w_in, w_out in zip(w_ins.float(), w_outs.float(), strict=True):
             x = x + (x @ w_in.t())[:, : self.shape[2]] @ w_out.t()
         return x
 
@@ -196,19 +218,37 @@ class Chain:
         return bool(torch.equal(self.state, self.s0 + 1))
 
     # ------------------------------------------------------------------ candidates (one step each)
-    def cublas(self) -> None:
+    def cublas(self, state: bool = False, prefetch: bool = False, resident: bool = False) -> None:
+        """``mm`` then ``addmm`` a layer; with ``state`` each layer's state streamed by its own launch between
+        them; with ``prefetch`` the next layer's weights read into L2 on a side stream while this layer runs;
+        ``resident``: every layer multiplies layer 0's weights (which then stay in L2: the bound on prefetching)."""
         di = self.shape[2]
-        for w_in, w_out in zip(self.w_in, self.w_out, strict=True):
+        main = torch.cuda.current_stream() if self.side is not None else None
+        for layer in range(self.layers):
+            w_in, w_out = (self.w_in[0], self.w_out[0]) if resident else (self.w_in[layer], self.w_out[layer])
+            if prefetch and layer + 1 < self.layers:
+                self._prefetch(layer + 1, main)
             torch.mm(self.x, w_in.t(), out=self.u)
+            if state:
+                _stream_kernel[(triton.cdiv(self.s_bytes, STREAM_BLOCK),)](self.state[layer], self.s_bytes,
+                                                                            BLOCK=STREAM_BLOCK)
             torch.addmm(self.x, self.u[:, :di], w_out.t(), out=self.x)
+        if prefetch and main is not None:
+            main.wait_stream(self.side)
 
-    def cublas_state(self) -> None:
-        """The same, with each layer's state streamed by its own launch between the products."""
-        di = self.shape[2]
-        for w_in, w_out, state in zip(self.w_in, self.w_out, self.state, strict=True):
-            torch.mm(self.x, w_in.t(), out=self.u)
-            _stream_kernel[(triton.cdiv(self.s_bytes, STREAM_BLOCK),)](state, self.s_bytes, BLOCK=STREAM_BLOCK)
-            torch.addmm(self.x, self.u[:, :di], w_out.t(), out=self.x)
+    def _prefetch(self, layer: int, main) -> None:
+        """Layer ``layer``'s weights into L2: on the side stream once the main stream reaches this point (inline
+        on the CPU)."""
+        def launch():
+            for w in (self.w_in[layer], self.w_out[layer]):
+                _prefetch_kernel[(triton.cdiv(w.numel(), PREFETCH_BLOCK),)](w, w.numel(), self.sink,
+                                                                             BLOCK=PREFETCH_BLOCK)
+        if main is None:
+            launch()
+            return
+        self.side.wait_stream(main)
+        with torch.cuda.stream(self.side):
+            launch()
 
     def triton_launches(self, config: tuple[int, ...]) -> None:
         bn_in, bn_out, bk, stages, warps = config
@@ -281,7 +321,14 @@ def _graph_ms(fn, device: torch.device, warmup: int, reps: int) -> float:
 def measure(rows: int, shape: tuple[int, int, int], layers: int, state_bytes: int, configs: str, sms: int,
             per_sm: list[int], sync: bool, device: torch.device, dtype: torch.dtype, warmup: int, reps: int) -> dict:
     chain = Chain(rows, shape, layers, state_bytes, device, dtype)
-    cands = {"launches cublas": (chain.cublas, False), "launches cublas + state": (chain.cublas_state, True),
+    cands = {"launches cublas": (chain.cublas, False),
+             "launches cublas + state": (lambda: chain.cublas(state=True), True),
+             "launches cublas, next layer's weights prefetched into L2": (lambda: chain.cublas(prefetch=True), False),
+             "launches cublas + state, next layer's weights prefetched into L2": (
+                 lambda: chain.cublas(state=True, prefetch=True), True),
+             "launches cublas, one layer's weights (L2-resident)": (lambda: chain.cublas(resident=True), "resident"),
+             "launches cublas + state, one layer's weights (L2-resident)": (
+                 lambda: chain.cublas(state=True, resident=True), "resident+state"),
              "launches empty": (chain.empty_launches, None),
              "persistent barriers only": (lambda: chain.persistent((16, 16, 16, 1, 4), sms, sync, work=False),
                                           None)}
@@ -305,8 +352,9 @@ def measure(rows: int, shape: tuple[int, int, int], layers: int, state_bytes: in
         chain.flag.zero_()
         try:
             call()
-            row = {"max_rel_err": None if state is None else rel_diff(chain.x, chain.want)}
-            if state:
+            want = chain.want_resident if isinstance(state, str) else chain.want
+            row = {"max_rel_err": None if state is None else rel_diff(chain.x, want)}
+            if state and (state is True or "state" in state):
                 row["state_streamed_once"] = chain.state_streamed_once()
             if chain.flag.item():  # a barrier waited in vain: timing it would only repeat the wait
                 result[name] = {**row, "barrier_gave_up": True}
