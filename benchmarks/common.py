@@ -203,6 +203,18 @@ def median_ms(device: torch.device | str, fn: Callable[[], Any], warmup: int, re
     return statistics.median(times)
 
 
+def graph_ms(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph captured after one eager call (eager on the CPU)."""
+    if device.type != "cuda":
+        return median_ms(device, fn, warmup, reps)
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return median_ms(device, graph.replay, warmup, reps)
+
+
 def reset_peak_memory(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -43,7 +43,7 @@ from common import (  # noqa: E402
     add_smoke_flag,
     copy_bandwidth,
     device_for,
-    median_ms,
+    graph_ms,
     rel_diff,
     smoke_out,
     write_result,
@@ -177,18 +177,6 @@ def triton_linear(x: torch.Tensor, w: torch.Tensor, config: tuple[int, ...], out
     return out
 
 
-def _graph_ms(fn, device: torch.device, warmup: int, reps: int) -> float:
-    """Median ms of ``fn`` replayed from a CUDA graph (eager on the CPU)."""
-    if device.type != "cuda":
-        return median_ms(device, fn, warmup, reps)
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return median_ms(device, graph.replay, warmup, reps)
-
-
 def _time_layers(cands: dict, device: torch.device, warmup: int, reps: int, error, label: str, reset=None,
                  extra=None) -> dict:
     """Each candidate ``call(i)`` (layer ``i``): once on layer 0 for ``error()`` (after ``reset()``), then every
@@ -201,7 +189,7 @@ def _time_layers(cands: dict, device: torch.device, warmup: int, reps: int, erro
         try:
             call(0)
             err = error()
-            ms = _graph_ms(lambda call=call: [call(i) for i in range(LAYERS)], device, warmup, reps) / LAYERS
+            ms = graph_ms(lambda call=call: [call(i) for i in range(LAYERS)], device, warmup, reps) / LAYERS
         except Exception as exc:
             result[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
             continue

@@ -49,7 +49,7 @@ import triton.language as tl  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from avgkit_mamba.ops.l2_prefetch import BLOCK as PREFETCH_BLOCK  # noqa: E402
 from avgkit_mamba.ops.l2_prefetch import WeightPrefetcher, read_into_l2  # noqa: E402
-from common import add_smoke_flag, device_for, median_ms, rel_diff, smoke_out, write_result  # noqa: E402
+from common import add_smoke_flag, device_for, graph_ms, rel_diff, smoke_out, write_result  # noqa: E402
 
 #: (d_model, in_proj's outputs, out_proj's inputs): AiM-B, and tiny shapes for the smoke run
 SHAPE = (768, 3352, 1536)
@@ -285,18 +285,6 @@ class Chain:
             _empty_kernel[(1,)](self.x)
 
 
-def _graph_ms(fn, device: torch.device, warmup: int, reps: int) -> float:
-    """Median ms of ``fn`` replayed from a CUDA graph (eager on the CPU)."""
-    if device.type != "cuda":
-        return median_ms(device, fn, warmup, reps)
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return median_ms(device, graph.replay, warmup, reps)
-
-
 def measure(rows: int, shape: tuple[int, int, int], layers: int, state_bytes: int, configs: str, sms: int,
             per_sm: list[int], sync: bool, device: torch.device, dtype: torch.dtype, warmup: int, reps: int) -> dict:
     chain = Chain(rows, shape, layers, state_bytes, device, dtype)
@@ -338,7 +326,7 @@ def measure(rows: int, shape: tuple[int, int, int], layers: int, state_bytes: in
             if chain.flag.item():  # a barrier waited in vain: timing it would only repeat the wait
                 result[name] = {**row, "barrier_gave_up": True}
                 continue
-            ms = _graph_ms(call, device, warmup, reps)
+            ms = graph_ms(call, device, warmup, reps)
         except Exception as exc:  # a config the card cannot run (shared memory) is reported, not fatal
             result[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
             continue
