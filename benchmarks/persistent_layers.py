@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from avgkit_mamba.ops.l2_prefetch import BLOCK as PREFETCH_BLOCK  # noqa: E402
 from avgkit_mamba.ops.l2_prefetch import WeightPrefetcher, read_into_l2  # noqa: E402
 from common import add_smoke_flag, device_for, graph_ms, rel_diff, smoke_out, write_result  # noqa: E402
+from decode_linear import _product  # noqa: E402
 
 #: (d_model, in_proj's outputs, out_proj's inputs): AiM-B, and tiny shapes for the smoke run
 SHAPE = (768, 3352, 1536)
@@ -74,14 +75,7 @@ def _tile(x_ptr, w_ptr, y_ptr, t, M, N, K, s_xm, s_wn, s_ym, BLOCK_M: tl.constex
     tiles_n = tl.cdiv(N, BLOCK_N)
     offs_m = (t // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = (t % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-        offs_k = k + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + offs_m[:, None] * s_xm + offs_k[None, :],
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
-        w = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :],
-                    mask=(offs_n[:, None] < N) & (offs_k[None, :] < K), other=0.0)
-        acc = tl.dot(x, tl.trans(w), acc)
+    acc = _product(x_ptr, w_ptr, offs_m, offs_n, M, N, K, s_xm, s_wn, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     ptrs = y_ptr + offs_m[:, None] * s_ym + offs_n[None, :]
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if RESIDUAL:
