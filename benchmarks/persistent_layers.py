@@ -47,8 +47,6 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from avgkit_mamba.ops.l2_prefetch import BLOCK as PREFETCH_BLOCK  # noqa: E402
-from avgkit_mamba.ops.l2_prefetch import WeightPrefetcher, read_into_l2  # noqa: E402
 from common import add_smoke_flag, device_for, graph_ms, rel_diff, smoke_out, write_result  # noqa: E402
 from decode_linear import _product  # noqa: E402
 
@@ -66,6 +64,8 @@ SPIN_LIMIT = 1 << 20
 STATE_BYTES = {False: 24 * 64 * 128, True: 64}
 #: bytes a program streams a block: one launch a block, or a persistent program's loop over blocks
 STREAM_BLOCK = 4096
+#: weights a program of the L2 prefetch reads
+PREFETCH_BLOCK = 8192
 
 
 @triton.jit
@@ -122,6 +122,16 @@ def _stream(s_ptr, n, start, step, BLOCK: tl.constexpr, STAGES: tl.constexpr):
 @triton.jit
 def _stream_kernel(s_ptr, n, BLOCK: tl.constexpr):
     _stream(s_ptr, n, tl.program_id(0), tl.num_programs(0), BLOCK, 1)
+
+
+@triton.jit
+def _prefetch_kernel(w_ptr, n, sink_ptr, BLOCK: tl.constexpr):
+    """Reads a block of weights into L2 marked to stay there (``evict_last``); the store that never happens keeps
+    the loads."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    total = tl.sum(tl.load(w_ptr + offs, mask=offs < n, other=0.0, eviction_policy="evict_last").to(tl.float32),
+                   axis=0)
+    tl.store(sink_ptr + tl.program_id(0), total, mask=total == 1.2345e38)
 
 
 @triton.jit
@@ -184,7 +194,7 @@ class Chain:
         self.counter = torch.zeros(1, device=device, dtype=torch.int32)
         self.flag = torch.zeros(1, device=device, dtype=torch.int32)
         self.sink = torch.zeros(triton.cdiv(e * d, PREFETCH_BLOCK), device=device)
-        self.prefetcher = WeightPrefetcher() if device.type == "cuda" else None
+        self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.want = self._reference(self.w_in, self.w_out)
         self.want_resident = self._reference(self.w_in[:1].expand_as(self.w_in), self.w_out[:1].expand_as(self.w_out))
 
@@ -209,19 +219,29 @@ class Chain:
         di = self.shape[2]
         for layer in range(self.layers):
             w_in, w_out = (self.w_in[0], self.w_out[0]) if resident else (self.w_in[layer], self.w_out[layer])
-            if prefetch and layer + 1 < self.layers:  # as the backbone's step does (inline on the CPU)
-                weights = [self.w_in[layer + 1], self.w_out[layer + 1]]
-                if self.prefetcher:
-                    self.prefetcher.prefetch(weights)
-                else:
-                    read_into_l2(weights, self.sink)
+            if prefetch and layer + 1 < self.layers:
+                self._prefetch(layer + 1)
             torch.mm(self.x, w_in.t(), out=self.u)
             if state:
                 _stream_kernel[(triton.cdiv(self.s_bytes, STREAM_BLOCK),)](self.state[layer], self.s_bytes,
                                                                             BLOCK=STREAM_BLOCK)
             torch.addmm(self.x, self.u[:, :di], w_out.t(), out=self.x)
-        if prefetch and self.prefetcher:
-            self.prefetcher.join()
+        if prefetch and self.side is not None:
+            torch.cuda.current_stream().wait_stream(self.side)
+
+    def _prefetch(self, layer: int) -> None:
+        """Layer ``layer``'s weights into L2, on the side stream once the main stream has reached this point
+        (inline on the CPU)."""
+        def read():
+            for w in (self.w_in[layer], self.w_out[layer]):
+                _prefetch_kernel[(triton.cdiv(w.numel(), PREFETCH_BLOCK),)](w, w.numel(), self.sink,
+                                                                             BLOCK=PREFETCH_BLOCK)
+        if self.side is None:
+            read()
+            return
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            read()
 
     def triton_launches(self, config: tuple[int, ...]) -> None:
         bn_in, bn_out, bk, stages, warps = config

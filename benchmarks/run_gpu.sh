@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --prefetch]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -81,9 +81,6 @@
 # --persistent (about 3 minutes; BUDGET seconds, default 300): a decoding step's launches against one persistent kernel
 # with grid-wide barriers (persistent_layers.py at ROWS, default 32,128: AiM-B's 24 layers of projections, with and
 # without a one-byte state streamed between them, as launches from a CUDA graph and as one launch).
-# --prefetch (about 5 minutes; BUDGET seconds, default 280): the L2 prefetch's GPU test (samples unchanged, eager and
-# graph), then GPT-B and AiM-B's states at batch 16 and 64, each with and without the next layer's weights read into L2
-# on a side stream (sampling.py --prefetch), timed interleaved.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -267,14 +264,6 @@ fi
 if [ "$QUICK" = "--persistent" ]; then  # launches against one persistent kernel with grid barriers
   LIMIT=${BUDGET:-300} run benchmarks/persistent_layers.py --rows "${ROWS:-32,128}" \
     --out "$OUT/persistent_layers_$CARD.json"
-  echo "== done in $((SECONDS - START)) s"
-  exit 0
-fi
-if [ "$QUICK" = "--prefetch" ]; then  # the next layer's weights into L2: the GPU test, then AiM-B's rows
-  echo "== [$((SECONDS - START)) s] pytest -m gpu -k prefetch"
-  timeout 120 python3 -m pytest -q -m gpu -k prefetch -p no:cacheprovider plugins/mamba/tests 2>&1 | tail -n 15
-  LIMIT=$((${BUDGET:-280} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
-    --prefetch --out "$OUT/sampling_prefetch_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -322,8 +322,8 @@ def fixed_split_rule(spec: str) -> tuple[str, Callable[..., Any]]:
 
 def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str,
                   bw: float | None, shape: dict, variants: tuple = STEP_VARIANTS,
-                  tile_rules: tuple = (), split_forms: tuple = ("recurrent", "chunked"), pdl: bool = False,
-                  prefetch: bool = False) -> list[dict]:
+                  tile_rules: tuple = (), split_forms: tuple = ("recurrent", "chunked"), pdl: bool = False
+                  ) -> list[dict]:
     """The decoding state and step kernel compared in one process, interleaved per batch size.
 
     Each row reports its fraction of the floor of its own state layout (int8: half the
@@ -331,8 +331,7 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
     (``swept_tile_rule``, ``fixed_split_rule``) adds a row per two-launch variant with the state
     update split by that rule, for the decode forms in ``split_forms`` (the chunked form's kernel takes the
     split's head dims, warps and register cap). With ``pdl`` each two-launch variant also runs with its decode
-    kernels launched by programmatic dependent launch; with ``prefetch``, with each step reading its next layer's
-    weights into L2 on a side stream.
+    kernels launched by programmatic dependent launch.
     """
     rows = []
     for b in batches:
@@ -349,14 +348,12 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
             entries.append(base)
             if kernel != "two-launch":
                 continue
-            from avgkit_mamba.ops.dispatch import weight_prefetch
-            from avgkit_mamba.ops.triton_launch import programmatic_launch
+            if pdl:
+                from avgkit_mamba.ops.triton_launch import programmatic_launch
 
-            for tag, switch in (("pdl", programmatic_launch), ("l2_prefetch", weight_prefetch)):
-                if {"pdl": pdl, "l2_prefetch": prefetch}[tag]:
-                    entries.append({**base, "name": f"{base['name']} {tag}", "extra": {**extra, tag: True},
-                                    "call": _within(avgkit_sampler(bb, cond, b, cfg, device),
-                                                    lambda switch=switch: switch(True))})
+                entries.append({**base, "name": f"{base['name']} pdl", "extra": {**extra, "pdl": True},
+                                "call": _within(avgkit_sampler(bb, cond, b, cfg, device),
+                                                lambda: programmatic_launch(True))})
             if form not in split_forms:
                 continue
             for tag, rule in tile_rules:
@@ -428,9 +425,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pdl", action="store_true",
                     help="each two-launch variant also with its decode kernels launched by programmatic dependent "
                          "launch (triton_launch.programmatic_launch), timed interleaved")
-    ap.add_argument("--prefetch", action="store_true",
-                    help="each two-launch variant also with each step reading its next layer's weights into L2 on a "
-                         "side stream (dispatch.weight_prefetch), timed interleaved")
     ap.add_argument("--split-forms", default="recurrent,chunked",
                     help="comma-separated decode forms the --step-tiles / --step-splits rows are for")
     ap.add_argument("--smoke", action="store_true", help="the harness on the CPU with tiny models")
@@ -479,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
             vb = ([int(b) for b in args.variants.split(",")] if args.variants else batches[:1] if args.smoke
                   else [64] if args.quick else [16, 64])
             rows += step_variants(preset, vb, cfg, repeats, device, bw, shape, variants, tile_rules, split_forms,
-                                  args.pdl, args.prefetch)
+                                  args.pdl)
         if preset == "aim-b" and args.profile and not args.smoke:
             from avgkit_mamba.ops.triton_step import split_rule
 

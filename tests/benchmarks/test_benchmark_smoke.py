@@ -211,13 +211,12 @@ def _sampling(report: dict[str, Any]) -> None:
     assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b int8-state",
                      "avgkit aim-b int8-state compiled",
                      *(row for v in ("bf16-state two-launch", "int8-state two-launch", "bf16-state chunked",
-                                     "int8-state chunked")  # --chunked adds the chunked rows, --pdl and
-                       for row in (f"avgkit aim-b {v}", f"avgkit aim-b {v} pdl",  # --prefetch theirs
-                                   f"avgkit aim-b {v} l2_prefetch", *(f"avgkit aim-b {v}{t}" for t in splits)))], names
+                                     "int8-state chunked")  # --chunked adds the chunked rows, --pdl the pdl rows
+                       for row in (f"avgkit aim-b {v}", f"avgkit aim-b {v} pdl",
+                                   *(f"avgkit aim-b {v}{t}" for t in splits)))], names
     # --step-tiles: the fastest split of the report, by state kind; --step-splits: the same split for both
-    for switch in ("pdl", "l2_prefetch"):
-        assert all(bool(r.get(switch)) == r["model"].endswith(f" {switch}") for r in report["rows"])
-        assert sum(bool(r.get(switch)) for r in report["rows"]) == 4
+    assert all(bool(r.get("pdl")) == r["model"].endswith(" pdl") for r in report["rows"])
+    assert sum(bool(r.get("pdl")) for r in report["rows"]) == 4
     tiles = {(r["state_dtype"], r["model"].split("two-launch ")[1]): r["step_tile"] for r in report["rows"]
              if "step_tile" in r and r["decode_form"] == "recurrent"}
     assert [r["step_tile"] for r in report["rows"] if "step_tile" in r and r["decode_form"] == "chunked"] == \
@@ -466,7 +465,7 @@ CASES: list[Smoke] = [
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--chunked",
-                                          "--pdl", "--prefetch",
+                                          "--pdl",
                                           "--step-tiles", "{tmp}/tiles.json", "--step-splits", "64x4,32x8:stream:h2:s2:pc:r64",
                                           "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_sampling_setup),

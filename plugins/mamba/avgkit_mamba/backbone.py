@@ -33,7 +33,7 @@ from avgkit.interfaces import Backbone, Conditioning, Modulation
 from avgkit.registry import BackboneConfig
 from avgkit.runtime.device import active_autocast_dtype
 from avgkit_mamba.mixer import Mamba2ChunkedState, Mamba2Mixer
-from avgkit_mamba.ops.dispatch import add_norm_modulate, weight_prefetcher
+from avgkit_mamba.ops.dispatch import add_norm_modulate
 from avgkit_mamba.ops.norm_torch import DeferredNorm, rms_norm
 
 
@@ -352,15 +352,10 @@ class MambaBackbone(Backbone):
 
     def step(self, state: MambaDecodeState, tokens: Tensor, cond: Conditioning) -> Tensor:
         y, gate, residual, y_norm = self._embed(tokens[:, None], state.position)[:, 0], None, None, None
-        prefetcher = weight_prefetcher(self.layers[0].mixer.impl, tokens.device)
         for i, block in enumerate(self.layers):
-            if prefetcher is not None and i + 1 < len(self.layers):  # the next layer's projections read L2
-                prefetcher.prefetch(self.layers[i + 1].mixer.projection_weights())
             m = cond.modulation(i)
             y, residual, y_norm = block.step(y, gate, residual, m, state.layers[i], state.length, y_norm)
             gate = None if m is None else m.gate
-        if prefetcher is not None:
-            prefetcher.join()
         state.position.add_(1)
         if state.length is not None:
             state.length.add_(1)

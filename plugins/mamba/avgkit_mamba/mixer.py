@@ -379,11 +379,6 @@ class Mamba2Mixer(nn.Module):
                                          state_scale=state.scale, kernel=self.step_kernel)
         return self.out_proj(y), y_norm
 
-    def projection_weights(self) -> list[Tensor]:
-        """The weights a decoding step reads whole for a few rows (``in_proj``, ``out_proj``): what is worth
-        having in L2 before the step reaches this layer."""
-        return [self.in_proj.weight, self.out_proj.weight]
-
     def _decode_args(self, zxbcdt: Tensor, state: Mamba2State) -> tuple:
         """The recurrent decode step's positional arguments (:func:`~avgkit_mamba.ops.dispatch.decode_step`)."""
         return (zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log, self.D,

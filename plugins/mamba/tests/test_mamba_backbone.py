@@ -254,24 +254,3 @@ def test_a_non_square_tokenizer_sizes_the_position_table_and_samples_a_4x8_grid(
     images = generate_images(backbone, conditioner, comps.sampler, comps.tokenizer, torch.tensor([2, 3]), seed=0,
                              batch_size=2, device=torch.device("cpu"))
     assert images.shape == (2, 1, 8, 16)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_prefetching_the_next_layers_weights_changes_no_sample():
-    """The L2 prefetch reads weights on a side stream and uses nothing it reads: samples are the same with it on,
-    eager and replayed from the step's CUDA graph (whose capture forks and joins the side stream)."""
-    from avgkit_mamba.ops.dispatch import weight_prefetch
-
-    from avgkit.sample.ar import ARSampler, ARSamplerConfig
-
-    bb, cond = _tiny()
-    bb, cond = bb.cuda(), cond.cuda()
-    labels = torch.arange(4, device="cuda")
-    out = {}
-    for graph in (False, True):
-        for on in (False, True):
-            sampler = ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8, cuda_graph=graph))
-            with torch.inference_mode(), weight_prefetch(on):
-                out[graph, on] = [sampler.sample(bb, cond, labels, seed=3) for _ in range(2)]
-    assert all(torch.equal(s, out[False, False][0]) for v in out.values() for s in v), out

@@ -137,20 +137,3 @@ def test_programmatic_launch_switch_sets_the_decode_kernels_launch_option() -> N
             assert not triton_launch.use_pdl()
         assert triton_launch.use_pdl() == on
     assert not triton_launch.use_pdl()
-
-
-def test_weight_prefetcher_only_on_the_triton_gpu_path_and_only_when_switched_on() -> None:
-    """A decoding step prefetches its next layer's weights only within ``weight_prefetch(True)``, on a CUDA device,
-    where the impl resolves to Triton; the prefetcher is one a device (its side stream is reused)."""
-    assert dispatch.weight_prefetcher("auto", "cuda") is None  # off by default
-    with dispatch.weight_prefetch(True):
-        assert dispatch.weight_prefetcher("auto", "cpu") is None
-        assert dispatch.weight_prefetcher("torch", "cuda") is None
-        if dispatch.triton_available():
-            from avgkit_mamba.ops.l2_prefetch import WeightPrefetcher
-
-            first = dispatch.weight_prefetcher("auto", "cuda")
-            assert isinstance(first, WeightPrefetcher) and dispatch.weight_prefetcher("triton", "cuda") is first
-        with dispatch.weight_prefetch(False):
-            assert dispatch.weight_prefetcher("auto", "cuda") is None
-    assert dispatch.weight_prefetcher("auto", "cuda") is None

@@ -13,7 +13,6 @@ The mixer and the backbone call these functions and never choose a path themselv
 | :func:`window_step` / :func:`window_step_deferred` (the same from the chunked form's state and window caches) | :func:`window_step_torch` (never defers) | ``triton_window`` |
 | :func:`dual_step` (the same from the dual-form caches) | :func:`dual_step_torch` | ``triton_dual`` |
 | :func:`add_norm_modulate` (a decode step's block boundary) | ``norm_torch.add_norm_modulate`` | ``triton_norm`` |
-| :func:`weight_prefetcher` (the next layer's weights read into L2 during a decoding step; off until measured) | none | ``l2_prefetch`` |
 
 ``impl`` is one of ``"auto"`` (Triton on a CUDA tensor when Triton imports, else
 PyTorch), ``"torch"`` or ``"triton"``. Triton modules are imported on first use only,
@@ -28,9 +27,6 @@ pinned config is used. The decode-step kernels use a fixed tile rule (``triton_s
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -67,8 +63,6 @@ __all__ = [
     "mixer_core_applies",
     "resolve_impl",
     "triton_available",
-    "weight_prefetch",
-    "weight_prefetcher",
     "window_step",
     "window_step_deferred",
     "window_step_torch",
@@ -95,6 +89,8 @@ def triton_available() -> bool:
 
 
 def _interpreting() -> bool:
+    import os
+
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -115,36 +111,6 @@ def resolve_impl(impl: str, device: torch.device | str) -> Literal["torch", "tri
             "(or set TRITON_INTERPRET=1 to run the kernels on the CPU, slowly)"
         )
     return "triton"
-
-
-#: Decoding steps read the next layer's projection weights into L2 on a side stream (``AVGKIT_L2_PREFETCH=1``, or
-#: within :func:`weight_prefetch`); off until measured to pay.
-L2_PREFETCH = os.environ.get("AVGKIT_L2_PREFETCH", "0") == "1"
-
-
-@contextlib.contextmanager
-def weight_prefetch(enabled: bool) -> Iterator[None]:
-    """Within the block decoding steps prefetch their next layer's weights (or do not); a CUDA graph captured
-    inside keeps the choice."""
-    global L2_PREFETCH
-    saved, L2_PREFETCH = L2_PREFETCH, enabled
-    try:
-        yield
-    finally:
-        L2_PREFETCH = saved
-
-
-def weight_prefetcher(impl: str, device: torch.device | str) -> Any | None:
-    """The :class:`~avgkit_mamba.ops.l2_prefetch.WeightPrefetcher` a decoding step on ``device`` uses now, or
-    None: only with :data:`L2_PREFETCH` on, on a GPU, on the Triton path and outside ``torch.compile`` (which
-    does not trace the side stream)."""
-    if not L2_PREFETCH or torch.device(device).type != "cuda" or torch.compiler.is_compiling():
-        return None
-    if resolve_impl(impl, device) != "triton":
-        return None
-    from avgkit_mamba.ops import l2_prefetch
-
-    return l2_prefetch.prefetcher_for(torch.device(device))
 
 
 #: Input dtypes the whole-sequence Triton kernels (conv, scan) take; ``auto`` runs others in PyTorch
