@@ -1,11 +1,10 @@
 """A decoding step's launches against one persistent kernel with grid-wide barriers, and weights read from L2.
 
-At batch 16 and 64 AiM-B's decode step is bound by its launches, not its bytes: 24 layers of
-five kernels, each costing about 4-5 us in a CUDA graph even when it moves almost nothing
-(``decode_linear.py``: a projection takes the same 5 us at 32 rows as at 128). The way out
-is fewer launches: one kernel that stays resident and runs the layers' phases one after
-another, every program waiting at a grid-wide barrier between phases. Before anyone builds
-the whole step that way this script measures the two unknowns on the step's own shapes
+At batch 16 and 64 AiM-B's decode step is about 140 kernels, most of which take 3-7 us whatever
+they move (``decode_linear.py``: a projection takes the same 5 us at 32 rows as at 128). Is that
+the launches, or each kernel's own latency? One kernel that stays resident and runs the layers'
+phases one after another, every program waiting at a grid-wide barrier between phases, would
+remove the launches but not the latency. This script measures both on the step's own shapes
 (AiM-B's ``in_proj`` 768 -> 3352 and ``out_proj`` 1536 -> 768 with the residual added, 24
 layers' distinct weights, more than L2 holds), each replayed from a CUDA graph:
 
@@ -17,8 +16,9 @@ layers' distinct weights, more than L2 holds), each replayed from a CUDA graph:
   ``one layer's weights (L2-resident)``: every layer multiplies layer 0's weights, the bound
   on what prefetching could give;
 * ``launches triton BNin x BNout``: the same two products as Triton tile kernels (48 launches);
-* ``persistent BNin x BNout``: one launch of one program an SM looping over the 48 phases,
-  each phase's tiles striped over the programs, a grid barrier after each phase;
+* ``persistent BNin x BNout``: one launch of one (or, ``--programs-per-sm``, more) program an
+  SM looping over the 48 phases, each phase's tiles striped over the programs, a grid barrier
+  after each phase; ``+ state``: the layer's state streamed as a third phase;
 * ``persistent barriers only``: the same launch with no work (48 barriers);
 * ``launches empty``: 48 launches of a kernel that does nothing.
 
