@@ -194,6 +194,45 @@ def decode_int8(images: Path = IMAGES) -> Path | None:
     return _batch_bars(series, images / "sampling_int8_h100.png") if series else None
 
 
+def launches(path: Path = RESULTS / "persistent_layers_prefetch_h100.json", images: Path = IMAGES) -> Path | None:
+    """Microseconds a layer of the step's two projections: launches, one persistent launch with grid barriers, the
+    weights prefetched into L2 or resident there (``persistent_layers.py``, one H100 call)."""
+    if not path.exists():
+        return None
+
+    def best(rows: dict, prefix: str) -> float:
+        return min(v["us_a_layer"] for k, v in rows.items() if k.startswith(prefix) and "+ state" not in k
+                   and "barriers" not in k and "us_a_layer" in v)
+
+    names = {"two empty launches": "launches empty", "two grid barriers": "persistent barriers only",
+             "cuBLAS, two launches": "launches cublas",
+             "cuBLAS, weights prefetched into L2": "launches cublas, next layer's weights prefetched into L2",
+             "cuBLAS, weights resident in L2": "launches cublas, one layer's weights (L2-resident)"}
+    bars: dict[str, dict[str, float]] = {}
+    for key, rows in json.loads(path.read_text())["results"].items():
+        label = key.replace("rows ", "") + " rows"
+        for name, row in names.items():
+            bars.setdefault(name, {})[label] = rows[row]["us_a_layer"]
+        bars.setdefault("Triton, two launches (best tiling)", {})[label] = best(rows, "launches triton")
+        bars.setdefault("one persistent launch (best tiling)", {})[label] = best(rows, "persistent ")
+    groups = list(next(iter(bars.values())))
+    fig, (ax,) = _figure(8, 4)
+    width = 0.8 / len(bars)
+    colours = colormaps["tab10"].colors
+    for k, (name, by_group) in enumerate(bars.items()):
+        xs = [i + (k - (len(bars) - 1) / 2) * width for i, g in enumerate(groups) if g in by_group]
+        ax.bar(xs, [by_group[g] for g in groups if g in by_group], width=width, label=name, color=colours[k])
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("us a layer (in_proj + out_proj, AiM-B, one H100)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.08, top=0.97)
+    out = images / "launches_h100.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=IMAGES, help="where the PNGs go (default docs/img)")
@@ -204,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--smoke draws into a scratch folder: pass --images DIR")
     drawn = {fn.__name__: fn(images=args.images)
              for fn in (sampling, baseline, sequence_length, training, training_h100, decode_split, decode_preconv,
-                                 decode_defer, decode_chunked, decode_int8)}
+                                 decode_defer, decode_chunked, decode_int8, launches)}
     for name, path in drawn.items():
         print(f"{name}: {path}")
     missing = [name for name, path in drawn.items() if path is None]
