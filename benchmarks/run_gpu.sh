@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -81,6 +81,9 @@
 # --persistent (about 3 minutes; BUDGET seconds, default 300): a decoding step's launches against one persistent kernel
 # with grid-wide barriers (persistent_layers.py at ROWS, default 32,128: AiM-B's 24 layers of projections, with and
 # without a one-byte state streamed between them, as launches from a CUDA graph and as one launch).
+# --compiled (about 4 minutes; BUDGET seconds, default 240): AiM-B's default through torch.compile: the
+# reproducibility matrix of its compiled path with and without the paper's filters, then GPT-B and AiM-B at batch 16
+# and 64 with AiM-B's step also compiled (sampling.py --aim-compile), timed interleaved.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -264,6 +267,14 @@ fi
 if [ "$QUICK" = "--persistent" ]; then  # launches against one persistent kernel with grid barriers
   LIMIT=${BUDGET:-300} run benchmarks/persistent_layers.py --rows "${ROWS:-32,128}" \
     --out "$OUT/persistent_layers_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--compiled" ]; then  # AiM-B's default through torch.compile: reproducibility, then its rows
+  LIMIT=${REPRO_LIMIT:-110} run benchmarks/reproducibility.py --parts matrix --models aim-b --paths compiled \
+    --out "$OUT/reproducibility_matrix_compiled_$CARD.json"
+  LIMIT=$((${BUDGET:-240} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants none \
+    --aim-compile --out "$OUT/sampling_compiled_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
