@@ -302,21 +302,23 @@ class Chain:
 def measure(rows: int, shape: tuple[int, int, int], layers: int, state_bytes: int, configs: str, sms: int,
             per_sm: list[int], sync: bool, device: torch.device, dtype: torch.dtype, warmup: int, reps: int) -> dict:
     chain = Chain(rows, shape, layers, state_bytes, device, dtype)
-    cands = {"launches cublas": (chain.cublas, False),
-             "launches cublas + state": (lambda: chain.cublas(state=True), True),
-             "launches cublas, next layer's weights prefetched into L2": (lambda: chain.cublas(prefetch=True), False),
-             "launches cublas + state, next layer's weights prefetched into L2": (
-                 lambda: chain.cublas(state=True, prefetch=True), True),
-             "launches cublas, one layer's weights (L2-resident)": (lambda: chain.cublas(resident=True), "resident"),
-             "launches cublas + state, one layer's weights (L2-resident)": (
-                 lambda: chain.cublas(state=True, resident=True), "resident+state"),
-             "launches empty": (chain.empty_launches, None),
-             "persistent barriers only": (lambda: chain.persistent((16, 16, 16, 1, 4), sms, sync, work=False),
-                                          None)}
+    # name -> (one step, the fp32 result it must reach or None, whether it streams the state)
+    prefetched, resident = "next layer's weights prefetched into L2", "one layer's weights (L2-resident)"
+    cands = {"launches cublas": (chain.cublas, chain.want, False),
+             "launches cublas + state": (lambda: chain.cublas(state=True), chain.want, True),
+             f"launches cublas, {prefetched}": (lambda: chain.cublas(prefetch=True), chain.want, False),
+             f"launches cublas + state, {prefetched}": (lambda: chain.cublas(state=True, prefetch=True), chain.want,
+                                                        True),
+             f"launches cublas, {resident}": (lambda: chain.cublas(resident=True), chain.want_resident, False),
+             f"launches cublas + state, {resident}": (lambda: chain.cublas(state=True, resident=True),
+                                                      chain.want_resident, True),
+             "launches empty": (chain.empty_launches, None, False),
+             "persistent barriers only": (lambda: chain.persistent((16, 16, 16, 1, 4), sms, sync, work=False), None,
+                                          False)}
     skipped = {}
     for spec in configs.split(","):
         config = tuple(int(v) for v in spec.split("x"))
-        cands[f"launches triton {spec}"] = (lambda config=config: chain.triton_launches(config), False)
+        cands[f"launches triton {spec}"] = (lambda config=config: chain.triton_launches(config), chain.want, False)
         for n in per_sm:
             tag = "" if n == 1 else f", {n} an SM"
             for state in (False, True):
@@ -326,16 +328,15 @@ def measure(rows: int, shape: tuple[int, int, int], layers: int, state_bytes: in
                     skipped[name] = {"skipped": f"not all resident: {why}"}
                     continue
                 cands[name] = (lambda config=config, n=n, state=state: chain.persistent(config, sms * n, sync,
-                                                                                       state=state), state)
+                                                                                       state=state), chain.want, state)
     result = {}
-    for name, (call, state) in cands.items():
+    for name, (call, want, streams) in cands.items():
         chain.reset()
         chain.flag.zero_()
         try:
             call()
-            want = chain.want_resident if isinstance(state, str) else chain.want
-            row = {"max_rel_err": None if state is None else rel_diff(chain.x, want)}
-            if state and (state is True or "state" in state):
+            row = {"max_rel_err": None if want is None else rel_diff(chain.x, want)}
+            if streams:
                 row["state_streamed_once"] = chain.state_streamed_once()
             if chain.flag.item():  # a barrier waited in vain: timing it would only repeat the wait
                 result[name] = {**row, "barrier_gave_up": True}
@@ -368,15 +369,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = [4] if args.smoke else [int(r) for r in args.rows.split(",")]
     dtype = torch.float32 if args.smoke else torch.bfloat16
     warmup, reps = (0, 1) if args.smoke else (10, 30)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if cuda else 1
-    sms = sms if cuda else 2
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if cuda else 2
     per_sm = [int(v) for v in args.programs_per_sm.split(",")] if cuda else [1]
     state_bytes = STATE_BYTES[args.smoke]
     results = {f"rows {r}": measure(r, shape, layers, state_bytes, configs, sms, per_sm, cuda, device, dtype,
                                     warmup, reps) for r in rows}
     report = {"gpu": torch.cuda.get_device_name() if cuda else "none (CPU smoke run)", "dtype": str(dtype),
               "shape": {"d_model": shape[0], "in_proj_out": shape[1], "out_proj_in": shape[2]}, "layers": layers,
-              "state_bytes_a_row_and_layer": state_bytes, "sms": sms, "programs_per_sm": per_sm, "one_launch": cuda, "results": results}
+              "state_bytes_a_row_and_layer": state_bytes, "sms": sms, "programs_per_sm": per_sm, "one_launch": cuda,
+              "results": results}
     write_result("persistent_layers", report, smoke_out("persistent_layers", args.out, args.smoke), quiet=True)
     return 0
 
