@@ -77,14 +77,20 @@ def sequence_length(path: Path = RESULTS / "sampling_h200.json", images: Path = 
 def _batch_bars(series: dict[str, dict[int, float]], out: Path) -> Path:
     """Images/s bars grouped by batch size, one colour per series (one H100's rows)."""
     batches = sorted({b for v in series.values() for b in v})
+    return _grouped_bars(series, batches, [f"batch {b}" for b in batches],
+                         "images / s (256 tokens, CFG 2, bf16, one H100)", out)
+
+
+def _grouped_bars(series: dict[str, dict], groups: list, ticks: list[str], ylabel: str, out: Path) -> Path:
+    """Bars grouped by ``groups`` (labelled ``ticks``), one colour per series; a series may lack a group."""
     fig, (ax,) = _figure(8, 4)
     width = 0.8 / len(series)
     colours = colormaps["tab10" if len(series) <= 10 else "tab20"].colors  # no colour twice
-    for k, (name, by_batch) in enumerate(series.items()):
-        xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(batches) if b in by_batch]
-        ax.bar(xs, [by_batch[b] for b in batches if b in by_batch], width=width, label=name, color=colours[k])
-    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-    ax.set_ylabel("images / s (256 tokens, CFG 2, bf16, one H100)")
+    for k, (name, by_group) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i, g in enumerate(groups) if g in by_group]
+        ax.bar(xs, [by_group[g] for g in groups if g in by_group], width=width, label=name, color=colours[k])
+    ax.set_xticks(range(len(groups)), ticks)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.08, top=0.97)
@@ -216,21 +222,8 @@ def launches(path: Path = RESULTS / "persistent_layers_prefetch_h100.json", imag
         bars.setdefault("Triton, two launches (best tiling)", {})[label] = best(rows, "launches triton")
         bars.setdefault("one persistent launch (best tiling)", {})[label] = best(rows, "persistent ")
     groups = list(next(iter(bars.values())))
-    fig, (ax,) = _figure(8, 4)
-    width = 0.8 / len(bars)
-    colours = colormaps["tab10"].colors
-    for k, (name, by_group) in enumerate(bars.items()):
-        xs = [i + (k - (len(bars) - 1) / 2) * width for i, g in enumerate(groups) if g in by_group]
-        ax.bar(xs, [by_group[g] for g in groups if g in by_group], width=width, label=name, color=colours[k])
-    ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylabel("us a layer (in_proj + out_proj, AiM-B, one H100)")
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.08, top=0.97)
-    out = images / "launches_h100.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return _grouped_bars(bars, groups, groups, "us a layer (in_proj + out_proj, AiM-B, one H100)",
+                         images / "launches_h100.png")
 
 
 def main(argv: list[str] | None = None) -> int:
