@@ -92,10 +92,7 @@ def _decode_linear(report: dict[str, Any]) -> None:
                                       "in_proj with conv rows 4"}, report["results"]
     for key, per in report["results"].items():
         want = ({"norm kernel + cublas", "triton norm-folded 0x16x16x2x4"} if "normed" in key
-                else {"cublas + conv kernel", "triton conv-folded prototype 0x16x16x2x4",
-                      "triton in_proj + conv + dt 0x16x16x2x4", "triton in_proj + conv + dt 0x16x16x2x4:late",
-                      "triton in_proj + conv + dt, rule 16x16x16x1x4"}
-                if "conv" in key
+                else {"cublas + conv kernel", "triton conv-folded 0x16x16x2x4"} if "conv" in key
                 else {"cublas", "triton 0x16x16x2x4"})
         assert set(per) == want, per
         assert all(row["us"] > 0 and row["max_rel_err"] < 1e-5 for row in per.values()), per
@@ -216,8 +213,7 @@ def _sampling(report: dict[str, Any]) -> None:
                      *(row for v in ("bf16-state two-launch", "int8-state two-launch", "bf16-state chunked",
                                      "int8-state chunked")  # --chunked adds the chunked rows, --pdl the pdl rows
                        for row in (f"avgkit aim-b {v}", f"avgkit aim-b {v} pdl",
-                                   *(f"avgkit aim-b {v}{t}" for t in splits))),
-                     "avgkit aim-b bf16-state fused-in-proj", "avgkit aim-b int8-state fused-in-proj"], names
+                                   *(f"avgkit aim-b {v}{t}" for t in splits)))], names
     # --step-tiles: the fastest split of the report, by state kind; --step-splits: the same split for both
     assert all(bool(r.get("pdl")) == r["model"].endswith(" pdl") for r in report["rows"])
     assert sum(bool(r.get("pdl")) for r in report["rows"]) == 4
@@ -470,7 +466,7 @@ CASES: list[Smoke] = [
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--chunked",
-                                          "--pdl", "--fused-in-proj",
+                                          "--pdl",
                                           "--step-tiles", "{tmp}/tiles.json", "--step-splits", "64x4,32x8:stream:h2:s2:pc:r64",
                                           "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_sampling_setup),

@@ -708,8 +708,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += check_decode_kernels(16 if args.quick else 128, 24, dtype)
             rows += check_mixer(dtype)
             rows += check_backbone_decode(dtype)
-            for state_dtype, kernel in (("int8", "two-launch"), ("bf16", "one-launch"), ("int8", "one-launch"),
-                                        ("bf16", "fused-in-proj"), ("int8", "fused-in-proj")):
+            for state_dtype, kernel in (("int8", "two-launch"), ("bf16", "one-launch"), ("int8", "one-launch")):
                 rows += check_backbone_decode(dtype, state_dtype=state_dtype, step_kernel=kernel)
             for state_dtype in ("fp32", "bf16", "int8"):  # the chunked form: 48 steps fold three times
                 rows += check_backbone_decode(dtype, state_dtype=state_dtype, decode_form="chunked")
