@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled | --draw]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -84,6 +84,9 @@
 # --compiled (about 4 minutes; BUDGET seconds, default 240): AiM-B's default through torch.compile: the
 # reproducibility matrix of its compiled path with and without the paper's filters, then GPT-B and AiM-B at batch 16
 # and 64 with AiM-B's step also compiled (sampling.py --aim-compile), timed interleaved.
+# --draw (about 9 minutes; BUDGET seconds, default 560): the sampler's draw as one Triton kernel: its GPU tests, GPT-B
+# and AiM-B at batch 16 and 64 with AiM-B's draw also by PyTorch ops (draw_impl: torch), timed interleaved, then the
+# reproducibility matrix of AiM-B's default on the PATHS (default graph,eager,compiled) with and without the filters.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -267,6 +270,17 @@ fi
 if [ "$QUICK" = "--persistent" ]; then  # launches against one persistent kernel with grid barriers
   LIMIT=${BUDGET:-300} run benchmarks/persistent_layers.py --rows "${ROWS:-32,128}" \
     --out "$OUT/persistent_layers_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--draw" ]; then  # the sampler's draw as one Triton kernel: GPU tests, rows, reproducibility
+  echo "== [$((SECONDS - START)) s] pytest -m gpu (the draw, the sampler)"
+  timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/core/test_draw_triton.py \
+    tests/core/test_sampler.py 2>&1 | tail -n 15
+  LIMIT=${ROWS_LIMIT:-200} run benchmarks/sampling.py --quick --batches 16,64 --variants none --torch-draw \
+    --out "$OUT/sampling_draw_$CARD.json"
+  LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/reproducibility.py --parts matrix --models aim-b \
+    --paths "${PATHS:-graph,eager,compiled}" --out "$OUT/reproducibility_matrix_draw_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -372,13 +372,16 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
 
 
 def aim_rows(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str, bw: float | None,
-             shape: dict, state_dtype: str = "auto", tag: str = "", compiled: bool = False) -> list[dict]:
+             shape: dict, state_dtype: str = "auto", tag: str = "", compiled: bool = False,
+             torch_draw: bool = False) -> list[dict]:
     """AiM rows per batch, named by the state dtype they decode with (``auto``: the recipe's default); with
-    ``compiled``, the step through torch.compile beside it, timed interleaved."""
+    ``compiled``, the step through torch.compile beside it, with ``torch_draw`` the draw by PyTorch ops
+    (``draw_impl: torch``) beside it, timed interleaved."""
     bb, cond = build_aim(shape.get("aim", preset), tokens=shape["tokens"], device=device, vocab=shape["vocab"],
                          classes=shape["classes"], state_dtype=state_dtype)
     state_dtype = state_label(bb)
-    variants = [("", cfg)] + ([(" compiled", cfg.model_copy(update={"compile": True}))] if compiled else [])
+    variants = ([("", cfg)] + ([(" compiled", cfg.model_copy(update={"compile": True}))] if compiled else [])
+                + ([(" torch draw", cfg.model_copy(update={"draw_impl": "torch"}))] if torch_draw else []))
     rows = []
     for b in batches:  # one batch at a time: each its own graph and first call
         rows += interleaved([{"name": f"avgkit {preset} {state_dtype}-state{tag}{label}", "batch": b,
@@ -407,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--aim-compile", action="store_true",
                     help="each AiM row also with its step through torch.compile, timed interleaved")
     ap.add_argument("--chunked", action="store_true", help="also the chunked form's variant rows")
+    ap.add_argument("--torch-draw", action="store_true",
+                    help="each AiM row also with the draw by PyTorch ops (draw_impl: torch), timed interleaved")
     ap.add_argument("--profile", action="store_true",
                     help="a per-kernel profile of one AiM-B step at batch 16 and 64, for each state dtype and step kernel "
                          "(and the --step-tiles split)")
@@ -454,7 +459,8 @@ def main(argv: list[str] | None = None) -> None:
     tile_rules = (([("swept split", swept_tile_rule(args.step_tiles))] if args.step_tiles else [])
                   + [fixed_split_rule(v) for v in args.step_splits.split(",") if v.strip()])
     for preset in aims:
-        rows += aim_rows(preset, batches, cfg, repeats, device, bw, shape, compiled=args.aim_compile)
+        rows += aim_rows(preset, batches, cfg, repeats, device, bw, shape, compiled=args.aim_compile,
+                         torch_draw=args.torch_draw)
         if preset == "aim-b" and not args.quick and not args.smoke:
             rows += aim_rows(preset, [64], cfg, repeats, device, bw, shape, state_dtype="fp32")
             if import_mamba_ssm() is not None:

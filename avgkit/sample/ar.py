@@ -24,7 +24,7 @@ from torch import Tensor
 from avgkit.interfaces import Backbone, Conditioner, Conditioning
 from avgkit.registry import ComponentConfig
 from avgkit.runtime.device import active_autocast_dtype
-from avgkit.sample.filtering import sample_logits
+from avgkit.sample.filtering import draw_tokens, guidance_scale
 from avgkit.sample.groups import in_fixed_groups
 from avgkit.sample.rng import uniform
 
@@ -41,6 +41,12 @@ class ARSamplerConfig(ComponentConfig):
     compile: bool = Field(
         False, description="run the decoding step through torch.compile (fused kernels; the first call of each "
         "batch size compiles); on CUDA the compiled step is replayed from the step's CUDA graph"
+    )
+    draw_impl: Literal["auto", "torch", "triton"] = Field(
+        "auto", description="the draw (CFG combine, temperature, softmax, float64 inverse CDF): auto, one Triton "
+        "kernel on a GPU without top-k or top-p and PyTorch ops otherwise; torch, always the PyTorch ops (about "
+        "eighteen launches a step); triton, the kernel or an error. The same tokens up to fp32 rounding "
+        "(docs/sampling.md)"
     )
     decode_width: int | None = Field(
         None, ge=1, description="decode in groups of exactly this many images (the last one padded): every "
@@ -104,23 +110,14 @@ class ARSampler:
 
     def guidance(self, k: Tensor | int, num_tokens: int) -> Tensor | float:
         c = self.config
-        if c.cfg_schedule == "linear" and num_tokens > 1:
-            return 1.0 + (c.cfg_scale - 1.0) * k / (num_tokens - 1)
-        return c.cfg_scale
+        return guidance_scale(k, num_tokens, c.cfg_scale, c.cfg_schedule == "linear")
 
     # ------------------------------------------------------------------ one step
     def _draw(self, run: _Run, logits: Tensor) -> None:
         """Guide, filter and draw token ``run.k`` into ``run.codes``."""
         c = self.config
-        n_tok = run.codes.shape[1]
-        logits = logits.float()
-        if self.use_cfg:
-            cond_l, uncond_l = logits.chunk(2)
-            scale = self.guidance(run.k.float().view(1, 1), n_tok)
-            logits = uncond_l + scale * (cond_l - uncond_l)
-        u = run.u.index_select(1, run.k)[:, 0]
-        tok = sample_logits(logits, u, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p)
-        run.codes.index_copy_(1, run.k, tok[:, None])
+        draw_tokens(logits, run.u, run.k, run.codes, cfg_scale=c.cfg_scale, linear=c.cfg_schedule == "linear",
+                    temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, impl=c.draw_impl)
 
     def _step(self, run: _Run) -> None:
         """Feed token ``k - 1`` (both CFG halves) and draw token ``k``; then ``k += 1``."""

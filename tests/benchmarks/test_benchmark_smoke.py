@@ -209,7 +209,7 @@ def _sampling(report: dict[str, Any]) -> None:
     names = [r["model"] for r in report["rows"]]
     splits = [" swept split", " split 64x4", " split 32x8:stream:h2:s2:pc:r64"]  # --step-tiles, then --step-splits
     assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b int8-state",
-                     "avgkit aim-b int8-state compiled",
+                     "avgkit aim-b int8-state compiled", "avgkit aim-b int8-state torch draw",
                      *(row for v in ("bf16-state two-launch", "int8-state two-launch", "bf16-state chunked",
                                      "int8-state chunked")  # --chunked adds the chunked rows, --pdl the pdl rows
                        for row in (f"avgkit aim-b {v}", f"avgkit aim-b {v} pdl",
@@ -466,7 +466,7 @@ CASES: list[Smoke] = [
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--chunked",
-                                          "--pdl",
+                                          "--pdl", "--torch-draw",
                                           "--step-tiles", "{tmp}/tiles.json", "--step-splits", "64x4,32x8:stream:h2:s2:pc:r64",
                                           "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_sampling_setup),
