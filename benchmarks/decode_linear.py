@@ -212,38 +212,59 @@ def measure(rows: int, n: int, k: int, candidates: dict, device: torch.device, d
                         if copy_bw else {})
 
 
-def measure_conv(rows: int, n: int, k: int, conv_lo: int, channels: int, configs: str, device: torch.device,
-                 dtype: torch.dtype, warmup: int, reps: int) -> dict:
+def measure_conv(rows: int, n: int, k: int, conv_lo: int, channels: int, configs: str, proj_tiles: str,
+                 device: torch.device, dtype: torch.dtype, warmup: int, reps: int) -> dict:
     """``in_proj`` and the causal conv of this token: cuBLAS then the conv's own kernel (``launch_preconv``, two
-    launches) against one Triton launch with the conv folded into the GEMM's epilogue, over 24 layers, each with
-    its own conv windows; ``max_rel_err`` compares the conv's output with PyTorch's from the same windows."""
+    launches, each head's dt and decay with it) against one Triton launch with the conv folded into the GEMM's
+    epilogue: the first prototype (its taps read after the K loop, no dt) and the library's kernel
+    (``triton_in_proj``: taps, weights, dt's bias and A read before the K loop, dt and decay in the epilogue; its
+    rule's tiling and each of ``proj_tiles``), over 24 layers, each with its own conv windows; ``max_rel_err`` compares the conv's output with PyTorch's
+    from the same windows."""
+    from avgkit_mamba.ops.triton_in_proj import ProjTile, in_proj_conv_triton, proj_tile
     from avgkit_mamba.ops.triton_step import launch_preconv
 
     g = torch.Generator(device=device).manual_seed(2)
+    nheads = n - conv_lo - channels
     xs = [torch.randn(rows, k, generator=g, device=device).to(dtype) for _ in range(LAYERS)]
     ws = [(torch.randn(n, k, generator=g, device=device) / k ** 0.5).to(dtype) for _ in range(LAYERS)]
     cws = [(torch.randn(channels, 4, generator=g, device=device) / 2).to(dtype) for _ in range(LAYERS)]
     convs = [torch.randn(rows, channels, 4, generator=g, device=device).to(dtype) for _ in range(LAYERS)]
+    dt_bias = [torch.randn(nheads, generator=g, device=device).to(dtype) for _ in range(LAYERS)]
+    a_log = [torch.rand(nheads, generator=g, device=device).to(dtype) for _ in range(LAYERS)]
     outs = [torch.empty(rows, n, device=device, dtype=dtype) for _ in range(LAYERS)]
     xcs = [torch.empty(rows, channels, device=device) for _ in range(LAYERS)]
     first = convs[0].clone()
     new = F.linear(xs[0].float(), ws[0].float()).to(dtype)[:, conv_lo:conv_lo + channels]
     pre = (torch.cat([first[..., 1:], new[..., None]], -1).float() * cws[0].float()).sum(-1)
     want = pre * torch.sigmoid(pre)
+    fused: dict[int, torch.Tensor] = {}
 
     def two_launches(i):
         torch.mm(xs[i], ws[i].t(), out=outs[i])
-        xcs[i].copy_(launch_preconv(outs[i][:, conv_lo:conv_lo + channels], convs[i], cws[i], None))
+        heads = (outs[i][:, conv_lo + channels:], dt_bias[i], a_log[i], True)
+        fused[i] = launch_preconv(outs[i][:, conv_lo:conv_lo + channels], convs[i], cws[i], None, heads)
 
-    cands = {"cublas + conv kernel": two_launches}
+    def one_launch(i, tile):
+        fused[i] = in_proj_conv_triton(xs[i], ws[i], convs[i], cws[i], None, dt_bias[i], a_log[i], True, conv_lo,
+                                       tile)[1]
+
+    def prototype(i, config):
+        triton_conv_linear(xs[i], ws[i], config, outs[i], convs[i], cws[i], xcs[i], conv_lo)
+        fused[i] = xcs[i]
+
+    rule = proj_tile(rows)
+    cands = {"cublas + conv kernel": two_launches,
+             f"triton in_proj + conv + dt, rule {'x'.join(map(str, rule[:5]))}{'' if rule.hoist else ':late'}":
+                 lambda i: one_launch(i, None)}
+    for spec in filter(None, proj_tiles.split(",")):
+        cands[f"triton in_proj + conv + dt {spec}"] = lambda i, tile=ProjTile.parse(spec): one_launch(i, tile)
     for spec in configs.split(","):
         config = tuple(int(v) for v in spec.split("x"))
         if conv_lo % config[1] or channels % config[1]:
-            continue  # a column block would straddle the conv's channels
-        cands[f"triton conv-folded {spec}"] = lambda i, config=config: triton_conv_linear(
-            xs[i], ws[i], config, outs[i], convs[i], cws[i], xcs[i], conv_lo)
-    return _time_layers(cands, device, warmup, reps, lambda: rel_diff(xcs[0], want), f"rows {rows} {n}x{k} with conv",
-                        reset=lambda: convs[0].copy_(first))
+            continue  # a column block of the prototype would straddle the conv's channels
+        cands[f"triton conv-folded prototype {spec}"] = lambda i, config=config: prototype(i, config)
+    return _time_layers(cands, device, warmup, reps, lambda: rel_diff(fused[0][:, :channels], want),
+                        f"rows {rows} {n}x{k} with conv", reset=lambda: convs[0].copy_(first))
 
 
 def measure_norm(rows: int, n: int, k: int, configs: str, device: torch.device, dtype: torch.dtype, warmup: int,
@@ -299,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="32,128,512", help="comma-separated rows (2 x batch with CFG)")
     ap.add_argument("--configs", default=CONFIGS, help="comma-separated BLOCK_MxBLOCK_NxBLOCK_KxSTAGESxWARPS")
+    ap.add_argument("--proj-tiles", default=None,
+                    help="comma-separated tilings of the library's in_proj with the conv (triton_in_proj.ProjTile: "
+                         "BLOCK_MxBLOCK_NxBLOCK_KxSTAGESxWARPS[:late]); default: each --configs tiling, early and late")
+    ap.add_argument("--parts", default="plain,normed,conv",
+                    help="comma-separated: plain (the projections alone), normed (out_proj with the norm), conv "
+                         "(in_proj with the conv)")
     ap.add_argument("--out", default=None)
     add_smoke_flag(ap)
     args = ap.parse_args(argv)
@@ -309,15 +336,24 @@ def main(argv: list[str] | None = None) -> int:
     warmup, reps = (0, 1) if args.smoke else (10, 30)
     copy_bw = None if args.smoke else copy_bandwidth()
     cands = candidates(configs, device.type == "cuda")
-    results = {f"{name} rows {r}": measure(r, n, k, cands, device, dtype, warmup, reps, copy_bw)
-               for r in rows for name, (n, k) in shapes.items()}
-    n, k = shapes["out_proj"]
-    results |= {f"out_proj normed rows {r}": measure_norm(r, n, k, configs, device, dtype, warmup, reps)
-                for r in rows}
-    n, k = shapes["in_proj"]
-    lo, channels = CONV_CHANNELS[args.smoke]
-    results |= {f"in_proj with conv rows {r}": measure_conv(r, n, k, lo, channels, configs, device, dtype, warmup,
-                                                             reps) for r in rows}
+    parts = set(args.parts.split(","))
+    if parts - {"plain", "normed", "conv"}:
+        ap.error(f"unknown parts {sorted(parts - {'plain', 'normed', 'conv'})}; use plain, normed and conv")
+    results = {}
+    if "plain" in parts:
+        results |= {f"{name} rows {r}": measure(r, n, k, cands, device, dtype, warmup, reps, copy_bw)
+                    for r in rows for name, (n, k) in shapes.items()}
+    if "normed" in parts:
+        n, k = shapes["out_proj"]
+        results |= {f"out_proj normed rows {r}": measure_norm(r, n, k, configs, device, dtype, warmup, reps)
+                    for r in rows}
+    if "conv" in parts:
+        n, k = shapes["in_proj"]
+        lo, channels = CONV_CHANNELS[args.smoke]
+        tiles = args.proj_tiles if args.proj_tiles is not None else \
+            ",".join(f"{c}{late}" for c in configs.split(",") for late in ("", ":late"))
+        results |= {f"in_proj with conv rows {r}": measure_conv(r, n, k, lo, channels, configs, tiles, device, dtype,
+                                                                 warmup, reps) for r in rows}
     fastest = {key: min((c for c in per if "us" in per[c]), key=lambda c: per[c]["us"]) for key, per in results.items()}
     report = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "none (CPU smoke run)",
               "copy_bandwidth_bytes_per_s": copy_bw, "dtype": str(dtype), "layers": LAYERS, "results": results,

@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled | --draw]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled | --draw | --fused-in-proj]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -87,6 +87,10 @@
 # --draw (about 9 minutes; BUDGET seconds, default 560): the sampler's draw as one Triton kernel: its GPU tests, GPT-B
 # and AiM-B at batch 16 and 64 with AiM-B's draw also by PyTorch ops (draw_impl: torch), timed interleaved, then the
 # reproducibility matrix of AiM-B's default on the PATHS (default graph,eager,compiled) with and without the filters.
+# --fused-in-proj (about 9 minutes; PARTS=checks or rows for one half; BUDGET seconds, default 560): the decode kernels
+# against PyTorch (step_kernel fused-in-proj included), in_proj with the conv in its epilogue against cuBLAS and the
+# conv's launch (decode_linear.py --parts conv, PROJ_TILES), then GPT-B and AiM-B at batch 16 and 64 with the bf16 and
+# int8 states, two-launch and fused-in-proj, timed interleaved with per-kernel profiles.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -281,6 +285,23 @@ if [ "$QUICK" = "--draw" ]; then  # the sampler's draw as one Triton kernel: GPU
     --out "$OUT/sampling_draw_$CARD.json"
   LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/reproducibility.py --parts matrix --models aim-b \
     --paths "${PATHS:-graph,eager,compiled}" --out "$OUT/reproducibility_matrix_draw_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--fused-in-proj" ]; then  # in_proj with the conv in its epilogue: PARTS=checks (decode checks and
+  # the projection alone), rows (sampler rows and profiles beside GPT-B), or both (the default)
+  if [[ ",${PARTS:-checks,rows}," == *,checks,* ]]; then
+    LIMIT=${CHECK_LIMIT:-120} run plugins/mamba/scripts/gpu_check.py --decode \
+      --out "$OUT/mamba_gpu_check_decode_fused_in_proj_$CARD.json"
+    LIMIT=${LINEAR_LIMIT:-150} run benchmarks/decode_linear.py --parts conv --rows 32,128 \
+      --configs "${CONFIGS:-0x16x128x4x4,0x32x128x4x4}" \
+      --proj-tiles "${PROJ_TILES:-0x16x128x4x4:late,0x16x64x4x4,0x32x128x4x4,64x32x128x3x4:late,64x32x128x3x8,128x16x128x3x8}" \
+      --out "$OUT/decode_linear_fused_in_proj_$CARD.json"
+  fi
+  if [[ ",${PARTS:-checks,rows}," == *,rows,* ]]; then
+    LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
+      --fused-in-proj --profile --out "$OUT/sampling_fused_in_proj_$CARD.json"
+  fi
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -274,6 +274,8 @@ def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig
 #: chunked form's rows.
 STEP_VARIANTS = (("bf16", "two-launch", "recurrent"), ("int8", "two-launch", "recurrent"))
 CHUNKED_VARIANTS = (("bf16", "two-launch", "chunked"), ("int8", "two-launch", "chunked"))
+#: ``--fused-in-proj``: the conv, dt and decay in in_proj's epilogue instead of a launch of their own
+FUSED_IN_PROJ_VARIANTS = (("bf16", "fused-in-proj", "recurrent"), ("int8", "fused-in-proj", "recurrent"))
 
 
 def swept_tile_rule(path: str) -> Callable[..., Any]:
@@ -412,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunked", action="store_true", help="also the chunked form's variant rows")
     ap.add_argument("--torch-draw", action="store_true",
                     help="each AiM row also with the draw by PyTorch ops (draw_impl: torch), timed interleaved")
+    ap.add_argument("--fused-in-proj", action="store_true",
+                    help="also the variant rows with step_kernel fused-in-proj (the conv in in_proj's epilogue)")
     ap.add_argument("--profile", action="store_true",
                     help="a per-kernel profile of one AiM-B step at batch 16 and 64, for each state dtype and step kernel "
                          "(and the --step-tiles split)")
@@ -474,7 +478,8 @@ def main(argv: list[str] | None = None) -> None:
                 del bb, cond, ref
             else:
                 notes.append("mamba-ssm not importable: reference stack not measured")
-        variants = STEP_VARIANTS + (CHUNKED_VARIANTS if args.chunked else ())
+        variants = (STEP_VARIANTS + (CHUNKED_VARIANTS if args.chunked else ())
+                    + (FUSED_IN_PROJ_VARIANTS if args.fused_in_proj else ()))
         if preset == "aim-b" and args.variants != "none":
             vb = ([int(b) for b in args.variants.split(",")] if args.variants else batches[:1] if args.smoke
                   else [64] if args.quick else [16, 64])

@@ -92,7 +92,10 @@ def _decode_linear(report: dict[str, Any]) -> None:
                                       "in_proj with conv rows 4"}, report["results"]
     for key, per in report["results"].items():
         want = ({"norm kernel + cublas", "triton norm-folded 0x16x16x2x4"} if "normed" in key
-                else {"cublas + conv kernel", "triton conv-folded 0x16x16x2x4"} if "conv" in key
+                else {"cublas + conv kernel", "triton conv-folded prototype 0x16x16x2x4",
+                      "triton in_proj + conv + dt 0x16x16x2x4", "triton in_proj + conv + dt 0x16x16x2x4:late",
+                      "triton in_proj + conv + dt, rule 16x16x16x1x4"}
+                if "conv" in key
                 else {"cublas", "triton 0x16x16x2x4"})
         assert set(per) == want, per
         assert all(row["us"] > 0 and row["max_rel_err"] < 1e-5 for row in per.values()), per
@@ -173,6 +176,7 @@ def _gpu_check_decode(report: dict[str, Any]) -> None:
     assert report["all_ok"] and not failed, failed
     cases = {r["case"] for r in report["checks"] if r["case"].startswith("AiM")}
     assert any("chunked form" in c and "int8" in c for c in cases), cases
+    assert {"bf16", "int8"} <= {s for c in cases if "fused-in-proj" in c for s in ("bf16", "int8") if s in c}, cases
     deferred = {r["case"].split(" #")[0] for r in report["checks"] if "deferred norm" in r["case"]}
     assert len(deferred) == 4, deferred  # bf16 and int8 states, each conv placement
     assert not any(r["case"].startswith("tiny:") for r in report["checks"])  # no scan cases
@@ -213,7 +217,8 @@ def _sampling(report: dict[str, Any]) -> None:
                      *(row for v in ("bf16-state two-launch", "int8-state two-launch", "bf16-state chunked",
                                      "int8-state chunked")  # --chunked adds the chunked rows, --pdl the pdl rows
                        for row in (f"avgkit aim-b {v}", f"avgkit aim-b {v} pdl",
-                                   *(f"avgkit aim-b {v}{t}" for t in splits)))], names
+                                   *(f"avgkit aim-b {v}{t}" for t in splits))),
+                     "avgkit aim-b bf16-state fused-in-proj", "avgkit aim-b int8-state fused-in-proj"], names
     # --step-tiles: the fastest split of the report, by state kind; --step-splits: the same split for both
     assert all(bool(r.get("pdl")) == r["model"].endswith(" pdl") for r in report["rows"])
     assert sum(bool(r.get("pdl")) for r in report["rows"]) == 4
@@ -466,7 +471,7 @@ CASES: list[Smoke] = [
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--chunked",
-                                          "--pdl", "--torch-draw",
+                                          "--pdl", "--torch-draw", "--fused-in-proj",
                                           "--step-tiles", "{tmp}/tiles.json", "--step-splits", "64x4,32x8:stream:h2:s2:pc:r64",
                                           "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_sampling_setup),

@@ -30,7 +30,7 @@ from avgkit_mamba.ops.dispatch import (
     causal_conv,
     chunk_scan,
     decode_step,
-    decode_step_deferred,
+    decode_step_projected,
     dual_step,
     mixer_core,
     mixer_core_applies,
@@ -147,7 +147,7 @@ class Mamba2Mixer(nn.Module):
 
     ``impl`` picks the kernels ("auto", "torch" or "triton"; see
     :mod:`avgkit_mamba.ops.dispatch`) and ``step_kernel`` the Triton decode step
-    ("two-launch" or "one-launch"); both may be changed after construction.
+    ("two-launch", "one-launch" or "fused-in-proj"); both may be changed after construction.
     """
 
     def __init__(
@@ -375,12 +375,14 @@ class Mamba2Mixer(nn.Module):
             return self._window_step(self.in_proj(x), state, length, deferred=True)
         if type(state) is not Mamba2State:  # the dual form applies its norm
             return self.step(x, state, length), None
-        y, y_norm = decode_step_deferred(*self._decode_args(self.in_proj(x), state), impl=self.impl,
-                                         state_scale=state.scale, kernel=self.step_kernel)
+        x, *args = self._decode_args(x, state)
+        y, y_norm = decode_step_projected(x, self.in_proj.weight, *args, impl=self.impl, state_scale=state.scale,
+                                          kernel=self.step_kernel)
         return self.out_proj(y), y_norm
 
     def _decode_args(self, zxbcdt: Tensor, state: Mamba2State) -> tuple:
-        """The recurrent decode step's positional arguments (:func:`~avgkit_mamba.ops.dispatch.decode_step`)."""
+        """The recurrent decode step's positional arguments (:func:`~avgkit_mamba.ops.dispatch.decode_step`; with
+        ``in_proj``'s input first, :func:`~avgkit_mamba.ops.dispatch.decode_step_projected`'s after the weight)."""
         return (zxbcdt, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, state.ssm, self.A_log, self.D,
                 self.dt_bias, self.norm.weight, self.norm.eps, self.headdim, self.ngroups)
 

@@ -672,10 +672,11 @@ def main(argv: list[str] | None = None) -> int:
                                          device=device, p=layer["p"], n=layer["n"], states=("bf16", "int8"),
                                          kernels=("two-launch",), other_conv=other_conv, deferred=True)
         decode = SMOKE_DECODE if args.smoke else {}
-        for state_dtype, form in (("bf16", "recurrent"), ("int8", "recurrent"), ("bf16", "chunked"),
-                                  ("int8", "chunked")):
+        for state_dtype, form, kernel in (("bf16", "recurrent", "two-launch"), ("int8", "recurrent", "two-launch"),
+                                          ("bf16", "chunked", "two-launch"), ("int8", "chunked", "two-launch"),
+                                          ("bf16", "recurrent", "fused-in-proj"), ("int8", "recurrent", "fused-in-proj")):
             rows += check_backbone_decode(torch.bfloat16 if not args.smoke else torch.float32, device=device,
-                                          state_dtype=state_dtype, decode_form=form, **decode)
+                                          state_dtype=state_dtype, decode_form=form, step_kernel=kernel, **decode)
         _print_rows(rows)
         return _write_report(args, rows, [], [], None, device)
     for dtype in dtypes:  # first: a difference here explains irreproducible samples
@@ -708,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += check_decode_kernels(16 if args.quick else 128, 24, dtype)
             rows += check_mixer(dtype)
             rows += check_backbone_decode(dtype)
-            for state_dtype, kernel in (("int8", "two-launch"), ("bf16", "one-launch"), ("int8", "one-launch")):
+            for state_dtype, kernel in (("int8", "two-launch"), ("bf16", "one-launch"), ("int8", "one-launch"),
+                                        ("bf16", "fused-in-proj"), ("int8", "fused-in-proj")):
                 rows += check_backbone_decode(dtype, state_dtype=state_dtype, step_kernel=kernel)
             for state_dtype in ("fp32", "bf16", "int8"):  # the chunked form: 48 steps fold three times
                 rows += check_backbone_decode(dtype, state_dtype=state_dtype, decode_form="chunked")

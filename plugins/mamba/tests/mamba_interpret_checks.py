@@ -1,6 +1,6 @@
 """Triton kernels on the CPU interpreter, against the torch ops and the goldens.
 
-Run as ``python mamba_interpret_checks.py {scan,step,decode,compile,int8,fused,poison,conv,core}``: it sets ``TRITON_INTERPRET=1``
+Run as ``python mamba_interpret_checks.py {scan,step,decode,compile,int8,fused,poison,conv,core,inproj}``: it sets ``TRITON_INTERPRET=1``
 before Triton is imported (which is why the tests run it in a subprocess), prints one
 line per check and exits non-zero on the first mismatch. Shapes are tiny: the
 interpreter runs each program in Python.
@@ -603,6 +603,82 @@ def deferred_norm_checks() -> None:
         check(f"add+norm+modulate with a deferred norm: {what}", max_rel_err(a, c), 1e-5)
 
 
+def in_proj_checks() -> None:
+    """``in_proj`` with the conv, dt and decay in its epilogue (``triton_in_proj``) = ``F.linear`` then the conv's
+    launch, for fp32 and fp16, with and without the conv's and dt's biases, rows and columns that leave blocks
+    partly empty; the projected decode step = the deferred step from ``F.linear``'s output (same states); and a
+    backbone decoding with ``step_kernel: fused-in-proj`` = the torch path."""
+    import torch.nn.functional as F
+    from avgkit_mamba.ops import conv_torch, triton_step
+    from avgkit_mamba.ops.triton_in_proj import ProjTile, in_proj_conv_triton
+
+    gen = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    for dtype in (torch.float32, torch.float16):
+        for b, (h, p, g, n), biases, tile in ((5, (4, 8, 1, 8), True, None), (3, (3, 8, 2, 4), False, None),
+                                              (2, (4, 8, 1, 8), True, ProjTile(16, 32, 16, 2, 4, hoist=False))):
+            d_inner, conv_dim = h * p, h * p + 2 * g * n
+            x, w = r(b, 24).to(dtype), (r(d_inner + conv_dim + h, 24) / 5).to(dtype)
+            cw, cb, dtb, a_log = (r(conv_dim, 4) / 2).to(dtype), r(conv_dim).to(dtype), r(h).to(dtype), torch.rand(h)
+            conv = r(b, conv_dim, 4).to(dtype)
+            want_conv = conv.clone()
+            z, xc = in_proj_conv_triton(x, w, conv, cw, cb if biases else None, dtb if biases else None, a_log, True,
+                                        d_inner, tile)
+            zr, xbc, dt = F.linear(x, w).split([d_inner, conv_dim, h], -1)
+            want = conv_torch.conv_step(xbc, want_conv, cw, cb if biases else None).float()
+            dtr = F.softplus(dt.float() + (dtb.float() if biases else 0))
+            label = f"in_proj + conv b{b} h{h} g{g} {str(dtype)[6:]} biases {biases}"
+            tol = 1e-5 if dtype == torch.float32 else 2e-3
+            check(f"{label} z", max_rel_err(z, zr), tol)
+            check(f"{label} conv", max_rel_err(xc[:, :conv_dim], want), tol)
+            check(f"{label} dt", max_rel_err(xc[:, conv_dim:conv_dim + h], dtr), tol)
+            check(f"{label} decay", max_rel_err(xc[:, conv_dim + h:], torch.exp(-dtr * a_log.exp())), tol)
+            check(f"{label} windows", max_rel_err(conv, want_conv), tol)
+
+    b, h, p, n, w = 3, 4, 16, 16, 4
+    d_inner, conv_dim, weight, bias, A_log, D, dt_bias, nw = layer_params(h, p, 1, n, r, gen, w)
+    w_in = r(d_inner + conv_dim + h, 24) / 5
+    for sdt in (torch.float32, torch.int8):
+        ssm, scale = random_state(b, h, p, n, sdt, r)
+        first = (r(b, conv_dim, w), ssm, scale)
+        states = {k: [None if t is None else t.clone() for t in first] for k in "pd"}
+        for step in range(2):
+            x = r(b, 24)
+            y, y_norm = triton_step.decode_step_projected_triton(x, w_in, states["p"][0], weight, bias, states["p"][1],
+                                                                 A_log, D, dt_bias, nw, 1e-5, p, 1, states["p"][2])
+            ref, ref_norm = triton_step.decode_step_deferred_triton(
+                F.linear(x, w_in), states["d"][0], weight, bias, states["d"][1], A_log, D, dt_bias, nw, 1e-5, p, 1,
+                state_scale=states["d"][2])
+            label = f"projected decode step {str(sdt)[6:]} #{step}"
+            check(f"{label} y * rstd", max_rel_err(y * y_norm.rstd(), ref * ref_norm.rstd()), 1e-5)
+            for what, a, c in zip(("conv", "ssm", "scale"), states["p"], states["d"], strict=True):
+                if a is not None:
+                    check(f"{label} {what} state", max_rel_err(a.float(), c.float()), 1e-5 if what != "ssm" or
+                          sdt != torch.int8 else 1e-2)
+
+    from avgkit.plugins import get_registry
+
+    reg = get_registry()
+    spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
+    for state_dtype in ("fp32", "int8"):
+        torch.manual_seed(0)
+        bb = spec.factory(spec.resolve("tiny", {"vocab_size": 32, "num_tokens": 5, "impl": "triton",
+                                                "step_kernel": "fused-in-proj", "state_dtype": state_dtype})).eval()
+        cond_mod = cspec.factory(cspec.resolve(None, {"num_classes": 10, "groups": 2}), dim=bb.dim,
+                                 num_layers=bb.num_layers).eval()
+        with torch.no_grad():
+            cond = cond_mod(torch.tensor([1, 7]))
+            codes = torch.randint(0, 32, (2, 5), generator=gen)
+            launches = []
+            with _counting(triton_step, "decode_step_projected_triton", launches):
+                logits = decode_logits_by_impl(bb, cond, codes)
+        if len(launches) != bb.num_layers * (codes.shape[1] - 1):
+            raise SystemExit(f"FAILED: fused-in-proj backbone: {len(launches)} projected steps, expected "
+                             f"{bb.num_layers * (codes.shape[1] - 1)}")
+        check(f"fused-in-proj backbone {state_dtype} triton vs torch", max_rel_err(logits["triton"], logits["torch"]),
+              1e-4 if state_dtype == "int8" else 1e-5)
+
+
 def compile_checks() -> None:
     """torch.compile through the Triton scan (its custom ops are opaque graph nodes) = eager."""
     import torch.nn.functional as F
@@ -909,5 +985,5 @@ if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "scan"
     {"scan": scan_checks, "step": step_checks, "decode": decode_checks, "compile": compile_checks,
      "int8": int8_state_checks, "fused": fused_checks, "poison": poison_checks, "conv": conv_checks,
-     "core": core_checks}[which]()
+     "core": core_checks, "inproj": in_proj_checks}[which]()
     print("OK")

@@ -19,7 +19,7 @@ TESTS = Path(__file__).resolve().parent
 PLUGIN_ROOT = TESTS.parent
 
 
-@pytest.mark.parametrize("group", ["scan", "step", "decode", "compile", "int8", "fused", "poison", "conv", "core"])
+@pytest.mark.parametrize("group", ["scan", "step", "decode", "compile", "int8", "fused", "poison", "conv", "core", "inproj"])
 def test_triton_kernels_under_interpreter(group: str) -> None:
     env = dict(os.environ, TRITON_INTERPRET="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), str(PLUGIN_ROOT), env.get("PYTHONPATH")]))

@@ -10,6 +10,7 @@ The mixer and the backbone call these functions and never choose a path themselv
 | :func:`fused_step` (conv + SSM update + skip + gate) | :func:`fused_step_torch` | ``triton_step.fused_step_triton`` |
 | :func:`decode_step` (a mixer's step from ``in_proj``'s output, with its norm) | :func:`decode_step_torch` | ``triton_step.decode_step_triton``, or ``triton_step_fused`` (``kernel="one-launch"``) |
 | :func:`decode_step_deferred` (the same, its norm's per-row factor left to the caller where the kernel defers it) | :func:`decode_step_torch` (never defers) | ``triton_step.decode_step_deferred_triton`` |
+| :func:`decode_step_projected` (the same from ``in_proj``'s input) | ``F.linear`` + :func:`decode_step_deferred` | ``triton_step.decode_step_projected_triton`` (``kernel="fused-in-proj"``: the conv in ``in_proj``'s epilogue, ``triton_in_proj``), else ``F.linear`` + :func:`decode_step_deferred` |
 | :func:`window_step` / :func:`window_step_deferred` (the same from the chunked form's state and window caches) | :func:`window_step_torch` (never defers) | ``triton_window`` |
 | :func:`dual_step` (the same from the dual-form caches) | :func:`dual_step_torch` | ``triton_dual`` |
 | :func:`add_norm_modulate` (a decode step's block boundary) | ``norm_torch.add_norm_modulate`` | ``triton_norm`` |
@@ -42,8 +43,8 @@ except ImportError:  # pragma: no cover - standalone use of the ops
 
 Impl = Literal["auto", "torch", "triton"]
 IMPLS = ("auto", "torch", "triton")
-#: Triton kernels of a mixer's decode step (:func:`decode_step`)
-STEP_KERNELS = ("two-launch", "one-launch")
+#: Triton kernels of a mixer's decode step (:func:`decode_step`, :func:`decode_step_projected`)
+STEP_KERNELS = ("two-launch", "one-launch", "fused-in-proj")
 
 __all__ = [
     "IMPLS",
@@ -54,6 +55,7 @@ __all__ = [
     "chunk_scan",
     "decode_step",
     "decode_step_deferred",
+    "decode_step_projected",
     "decode_step_torch",
     "dual_step",
     "dual_step_torch",
@@ -331,7 +333,9 @@ def decode_step(
     groups of ``d_inner / ngroups`` channels, (b, d_inner) in ``zxbcdt.dtype``.
     ``state_scale`` as in :func:`fused_step`. ``kernel`` picks the Triton kernel:
     ``"two-launch"`` (:mod:`triton_step`: the state update and the norm, after the conv's own launch; the
-    default) or ``"one-launch"`` (:mod:`triton_step_fused`, measured slower on an H100); the torch path ignores it.
+    default) or ``"one-launch"`` (:mod:`triton_step_fused`, measured slower on an H100); ``"fused-in-proj"`` moves
+    the conv into ``in_proj`` (:func:`decode_step_projected`), so from ``in_proj``'s output it is ``"two-launch"``;
+    the torch path ignores it.
     """
     if kernel not in STEP_KERNELS:
         raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
@@ -377,6 +381,40 @@ def decode_step_deferred(
                                            norm_weight, norm_eps, headdim, ngroups, state_scale=state_scale)
     return decode_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight,
                        norm_eps, headdim, ngroups, impl=impl, state_scale=state_scale, kernel=kernel), None
+
+
+def decode_step_projected(
+    x: Tensor,
+    in_proj_weight: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    ssm_state: Tensor,
+    A_log: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    norm_weight: Tensor,
+    norm_eps: float,
+    headdim: int,
+    ngroups: int,
+    impl: str = "auto",
+    state_scale: Tensor | None = None,
+    kernel: str = "two-launch",
+) -> tuple[Tensor, DeferredNorm | None]:
+    """:func:`decode_step_deferred` from ``in_proj``'s input ``x`` (b, d_model) and weight: with
+    ``kernel="fused-in-proj"`` on the Triton path and a norm of one group, ``in_proj`` with the conv, dt and decay
+    in its epilogue, then the state update (two launches, :func:`triton_step.decode_step_projected_triton`);
+    otherwise ``F.linear`` then :func:`decode_step_deferred`. The same values either way, up to rounding."""
+    if kernel not in STEP_KERNELS:
+        raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
+    if kernel == "fused-in-proj" and ngroups == 1 and resolve_impl(impl, x.device) == "triton":
+        from avgkit_mamba.ops.triton_step import decode_step_projected_triton
+
+        return decode_step_projected_triton(x, in_proj_weight, conv_state, conv_weight, conv_bias, ssm_state, A_log,
+                                            D, dt_bias, norm_weight, norm_eps, headdim, ngroups, state_scale)
+    return decode_step_deferred(torch.nn.functional.linear(x, in_proj_weight), conv_state, conv_weight, conv_bias,
+                                ssm_state, A_log, D, dt_bias, norm_weight, norm_eps, headdim, ngroups, impl=impl,
+                                state_scale=state_scale, kernel="two-launch" if kernel == "fused-in-proj" else kernel)
 
 
 def _conv_step_heads(zxbcdt: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,

@@ -61,7 +61,7 @@ from avgkit_mamba.ops.triton_launch import (
     use_pdl,
 )
 
-__all__ = ["StepTile", "decode_step_deferred_triton", "decode_step_triton", "fused_step_triton", "launch_preconv", "split_rule"]
+__all__ = ["StepTile", "decode_step_deferred_triton", "decode_step_projected_triton", "decode_step_triton", "fused_step_triton", "launch_preconv", "split_rule"]
 
 #: Heads a program updates under the interpreter: two, so the checks run the loop over heads where the heads per
 #: group allow it.
@@ -374,10 +374,12 @@ def _split_for(b: int, ssm_state: Tensor, state_scale: Tensor | None) -> StepTil
 
 
 def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a_is_log, D, dt_bias, y, ngroups,
-                 state_scale=None, tile: StepTile | None = None, norm_weight: Tensor | None = None) -> bool:
+                 state_scale=None, tile: StepTile | None = None, norm_weight: Tensor | None = None,
+                 xc: Tensor | None = None) -> bool:
     """The state update (after the conv's own launch with ``StepTile.preconv``); returns whether the epilogue
     must still shift the B and C windows. ``norm_weight``: the norm deferred (``tile.defer_norm``), ``y`` (b,
-    2 * d_inner) receiving y * silu(z) * norm_weight and then its unweighted squares."""
+    2 * d_inner) receiving y * silu(z) * norm_weight and then its unweighted squares. ``xc``: the conv's output,
+    dt and decay already computed (``launch_preconv``'s layout, e.g. by ``triton_in_proj``), windows shifted."""
     b = xBC.shape[0]
     _, nheads, p, n = ssm_state.shape
     w = conv_state.shape[-1]
@@ -391,8 +393,11 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
     )
 
     tile = tile or _split_for(b, ssm_state, state_scale)
+    if xc is not None:
+        tile = tile._replace(preconv=True)
     heads = tile.heads if (nheads // ngroups) % tile.heads == 0 else 1  # a program's heads share one group
-    xc = launch_preconv(xBC, conv_state, conv_weight, conv_bias, (dt, dt_bias, A, a_is_log)) if tile.preconv else xBC
+    if xc is None:
+        xc = launch_preconv(xBC, conv_state, conv_weight, conv_bias, (dt, dt_bias, A, a_is_log)) if tile.preconv else xBC
     _step_kernel[(b, nheads // heads, triton.cdiv(p, tile.block_p))](
         xBC, xc, dt, z if z is not None else xBC, conv_state, conv_weight,
         conv_bias if conv_bias is not None else conv_weight, ssm_state, sc, A,
@@ -488,6 +493,28 @@ def decode_step_deferred_triton(*args: Any, **kwargs: Any) -> tuple[Tensor, Defe
     ``preconv``); else the normed output and ``None``.
     """
     return _decode_step(*args, **kwargs, defer=True)
+
+
+def decode_step_projected_triton(x: Tensor, in_proj_weight: Tensor, conv_state: Tensor, conv_weight: Tensor,
+                                 conv_bias: Tensor | None, ssm_state: Tensor, A_log: Tensor, D: Tensor | None,
+                                 dt_bias: Tensor | None, norm_weight: Tensor, norm_eps: float, headdim: int,
+                                 ngroups: int, state_scale: Tensor | None = None) -> tuple[Tensor, DeferredNorm]:
+    """:func:`decode_step_deferred_triton` from ``in_proj``'s input ``x`` (b, d_model): ``in_proj`` with the conv,
+    dt and decay in its epilogue (:mod:`triton_in_proj`), then the state update, two launches; the norm deferred
+    (one group only)."""
+    from avgkit_mamba.ops.triton_in_proj import in_proj_conv_triton
+
+    b = x.shape[0]
+    _, nheads, p, n = ssm_state.shape
+    d_inner = nheads * p
+    if ngroups != 1 or headdim != p:
+        raise ValueError(f"the projected decode step defers a norm of one group of head dim {p}; got ngroups "
+                         f"{ngroups}, headdim {headdim}")
+    z, xc = in_proj_conv_triton(x, in_proj_weight, conv_state, conv_weight, conv_bias, dt_bias, A_log, True, d_inner)
+    out = torch.empty(b, 2 * d_inner, device=x.device, dtype=x.dtype)  # y * w | y^2
+    _launch_step(xc, xc, z, conv_state, conv_weight, conv_bias, ssm_state, A_log, True, D, dt_bias, out, ngroups,
+                 state_scale, _split_for(b, ssm_state, state_scale), norm_weight, xc=xc)
+    return out[:, :d_inner], DeferredNorm(out[:, d_inner:], d_inner, norm_eps)
 
 
 def _decode_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, norm_eps,
