@@ -90,7 +90,7 @@
 # --fused-in-proj (about 9 minutes; PARTS=checks or rows for one half; BUDGET seconds, default 560): the decode kernels
 # against PyTorch (step_kernel fused-in-proj included), in_proj with the conv in its epilogue against cuBLAS and the
 # conv's launch (decode_linear.py --parts conv, PROJ_TILES), then GPT-B and AiM-B at batch 16 and 64 with the bf16 and
-# int8 states, two-launch and fused-in-proj, timed interleaved with per-kernel profiles.
+# int8 states, two-launch and fused-in-proj, timed interleaved with per-kernel profiles (PROFILE= for none).
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -300,7 +300,7 @@ if [ "$QUICK" = "--fused-in-proj" ]; then  # in_proj with the conv in its epilog
   fi
   if [[ ",${PARTS:-checks,rows}," == *,rows,* ]]; then
     LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
-      --fused-in-proj --profile --out "$OUT/sampling_fused_in_proj_$CARD.json"
+      --fused-in-proj ${PROFILE---profile} --out "$OUT/sampling_fused_in_proj_$CARD.json"
   fi
   echo "== done in $((SECONDS - START)) s"
   exit 0
