@@ -98,7 +98,8 @@ def test_outputs_and_checkpoint_pruning(tmp_path, capsys):
     assert "step 4/8" in err.err and "step 8/8" in err.err and "held-out: PSNR" in err.out
     report = json.loads((tmp_path / "report.json").read_text())
     model = load_tokenizer(path)
-    assert report == reconstruction_report(model, IMAGES[16:]).model_dump()
+    # the saved weights' report: the reload may pick other CPU kernels, so floats agree to rounding, not bits
+    assert report == pytest.approx(reconstruction_report(model, IMAGES[16:]).model_dump(), rel=1e-5)
     assert 0 < report["codes_used"] <= 32 and report["psnr"] > 0
     from PIL import Image
 
