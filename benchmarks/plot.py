@@ -226,6 +226,38 @@ def launches(path: Path = RESULTS / "persistent_layers_prefetch_h100.json", imag
                          images / "launches_h100.png")
 
 
+def decode_fused_in_proj(path: Path = RESULTS / "sampling_fused_in_proj_h100.json", images: Path = IMAGES
+                         ) -> Path | None:
+    """AiM-B's states with the conv in its own launch and in ``in_proj``'s epilogue (``step_kernel:
+    fused-in-proj``), beside the compiled GPT-B (one H100 call; the variant rows timed interleaved)."""
+    if not path.exists():
+        return None
+    kernels = {"two-launch": "conv in its own launch", "fused-in-proj": "conv in in_proj's epilogue"}
+    series: dict[str, dict[int, float]] = {}
+    for r in json.loads(path.read_text())["rows"]:
+        if r["model"] == "avgkit gpt-b compiled":
+            series.setdefault("GPT-B compiled", {})[r["batch"]] = r["images_per_s"]
+        elif r.get("step_kernel") in kernels:
+            label = f"AiM-B {r['state_dtype']} state, {kernels[r['step_kernel']]}"
+            series.setdefault(label, {})[r["batch"]] = r["images_per_s"]
+    return _batch_bars(series, images / "sampling_fused_in_proj_h100.png") if series else None
+
+
+def decode_draw(path: Path = RESULTS / "sampling_draw_h100.json", images: Path = IMAGES) -> Path | None:
+    """AiM-B's default with the draw as one Triton kernel and by PyTorch ops, beside the compiled GPT-B (one H100
+    call)."""
+    if not path.exists():
+        return None
+    names = {"avgkit gpt-b compiled": "GPT-B compiled (its draw: one kernel)",
+             "avgkit aim-b int8-state": "AiM-B default, the draw as one kernel",
+             "avgkit aim-b int8-state torch draw": "AiM-B default, the draw by PyTorch ops"}
+    series: dict[str, dict[int, float]] = {}
+    for r in json.loads(path.read_text())["rows"]:
+        if r["model"] in names:
+            series.setdefault(names[r["model"]], {})[r["batch"]] = r["images_per_s"]
+    return _batch_bars(series, images / "sampling_draw_h100.png") if series else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=IMAGES, help="where the PNGs go (default docs/img)")
@@ -236,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--smoke draws into a scratch folder: pass --images DIR")
     drawn = {fn.__name__: fn(images=args.images)
              for fn in (sampling, baseline, sequence_length, training, training_h100, decode_split, decode_preconv,
-                                 decode_defer, decode_chunked, decode_int8, launches)}
+                                 decode_defer, decode_chunked, decode_int8, launches, decode_fused_in_proj, decode_draw)}
     for name, path in drawn.items():
         print(f"{name}: {path}")
     missing = [name for name, path in drawn.items() if path is None]
