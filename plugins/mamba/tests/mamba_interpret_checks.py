@@ -303,22 +303,29 @@ def fused_checks() -> None:
             raise SystemExit("FAILED: the arrival counters were not reset to zero")
 
     # a backbone decoding with step_kernel one-launch == the torch path
+    for state_dtype in ("fp32", "int8"):
+        check_backbone_kernel("one-launch", state_dtype, gen, ngroups=2)
+
+
+def check_backbone_kernel(step_kernel: str, state_dtype: str, gen: torch.Generator, ngroups: int = 1) -> int:
+    """A tiny backbone decoding 4 tokens with ``step_kernel`` on the Triton path = the torch path; returns the
+    number of tokens decoded after prefill (for callers counting launches)."""
     from avgkit.plugins import get_registry
 
     reg = get_registry()
     spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
-    for state_dtype in ("fp32", "int8"):
-        torch.manual_seed(0)
-        bb = spec.factory(spec.resolve("tiny", {"vocab_size": 32, "num_tokens": 5, "impl": "triton", "ngroups": 2,
-                                                "step_kernel": "one-launch", "state_dtype": state_dtype})).eval()
-        cond_mod = cspec.factory(cspec.resolve(None, {"num_classes": 10, "groups": 2}), dim=bb.dim,
-                                 num_layers=bb.num_layers).eval()
-        with torch.no_grad():
-            cond = cond_mod(torch.tensor([1, 7]))
-            codes = torch.randint(0, 32, (2, 5), generator=gen)
-            logits = decode_logits_by_impl(bb, cond, codes)
-        check(f"one-launch backbone {state_dtype} triton vs torch", max_rel_err(logits["triton"], logits["torch"]),
-              1e-4 if state_dtype == "int8" else 1e-5)
+    torch.manual_seed(0)
+    bb = spec.factory(spec.resolve("tiny", {"vocab_size": 32, "num_tokens": 5, "impl": "triton", "ngroups": ngroups,
+                                            "step_kernel": step_kernel, "state_dtype": state_dtype})).eval()
+    cond_mod = cspec.factory(cspec.resolve(None, {"num_classes": 10, "groups": 2}), dim=bb.dim,
+                             num_layers=bb.num_layers).eval()
+    with torch.no_grad():
+        cond = cond_mod(torch.tensor([1, 7]))
+        codes = torch.randint(0, 32, (2, 5), generator=gen)
+        logits = decode_logits_by_impl(bb, cond, codes)
+    check(f"{step_kernel} backbone {state_dtype} triton vs torch", max_rel_err(logits["triton"], logits["torch"]),
+          1e-4 if state_dtype == "int8" else 1e-5)
+    return bb.num_layers * (codes.shape[1] - 1)
 
 
 def decode_checks() -> None:
@@ -656,27 +663,12 @@ def in_proj_checks() -> None:
                     check(f"{label} {what} state", max_rel_err(a.float(), c.float()), 1e-5 if what != "ssm" or
                           sdt != torch.int8 else 1e-2)
 
-    from avgkit.plugins import get_registry
-
-    reg = get_registry()
-    spec, cspec = reg.get("backbone", "mamba2"), reg.get("conditioner", "adaln-group")
     for state_dtype in ("fp32", "int8"):
-        torch.manual_seed(0)
-        bb = spec.factory(spec.resolve("tiny", {"vocab_size": 32, "num_tokens": 5, "impl": "triton",
-                                                "step_kernel": "fused-in-proj", "state_dtype": state_dtype})).eval()
-        cond_mod = cspec.factory(cspec.resolve(None, {"num_classes": 10, "groups": 2}), dim=bb.dim,
-                                 num_layers=bb.num_layers).eval()
-        with torch.no_grad():
-            cond = cond_mod(torch.tensor([1, 7]))
-            codes = torch.randint(0, 32, (2, 5), generator=gen)
-            launches = []
-            with _counting(triton_step, "decode_step_projected_triton", launches):
-                logits = decode_logits_by_impl(bb, cond, codes)
-        if len(launches) != bb.num_layers * (codes.shape[1] - 1):
-            raise SystemExit(f"FAILED: fused-in-proj backbone: {len(launches)} projected steps, expected "
-                             f"{bb.num_layers * (codes.shape[1] - 1)}")
-        check(f"fused-in-proj backbone {state_dtype} triton vs torch", max_rel_err(logits["triton"], logits["torch"]),
-              1e-4 if state_dtype == "int8" else 1e-5)
+        launches = []
+        with _counting(triton_step, "decode_step_projected_triton", launches):
+            steps = check_backbone_kernel("fused-in-proj", state_dtype, gen)
+        if len(launches) != steps:
+            raise SystemExit(f"FAILED: fused-in-proj backbone: {len(launches)} projected steps, expected {steps}")
 
 
 def compile_checks() -> None:
