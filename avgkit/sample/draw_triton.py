@@ -114,6 +114,7 @@ def draw_tokens_triton(logits: Tensor, u: Tensor, k: Tensor, codes: Tensor, *, c
     _draw_kernel[(batch,)](
         logits, u, k, codes, logits.shape[1], batch, logits.stride(0), u.stride(0), codes.stride(0),
         cfg_scale - 1.0, float(max(num_tokens - 1, 1)), temperature,
-        HAS_CFG=has_cfg, LINEAR=has_cfg and linear, BLOCK_V=min(BLOCK, triton.next_power_of_2(logits.shape[1])),
+        HAS_CFG=has_cfg, LINEAR=has_cfg and linear and num_tokens > 1,  # one token: the constant scale, as guidance
+        BLOCK_V=min(BLOCK, triton.next_power_of_2(logits.shape[1])),
         num_warps=8, **({} if INTERPRET else {"enable_fp_fusion": False}),
     )

@@ -81,6 +81,10 @@ def main() -> None:
                     u = torch.rand(batch, 10, generator=g, dtype=torch.float64)
                     check(f"V{vocab} cfg {cfg}{' linear' if linear else ''} T{temperature} {str(dtype)[6:]}",
                           logits, u, 7, cfg, linear, temperature)
+    # a linear schedule over one token keeps the constant scale (as the sampler's guidance does)
+    logits = torch.randn(8, 300, generator=g) * 3
+    check("one token, linear schedule", logits, torch.rand(4, 1, generator=g, dtype=torch.float64), 0, 3.0, True, 1.0,
+          min_agree=1.0)
     # edges: uniforms at both ends (1 itself: past every token, so the last token, of zero probability, gives way to
     # the most likely one, the first of two equal ones in row 0), a tail of zero-probability tokens
     vocab, batch = 5000, 6
