@@ -225,16 +225,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--torch-deterministic", action="store_true",
                     help="torch.use_deterministic_algorithms(True) with CUBLAS_WORKSPACE_CONFIG=:4096:8 (does "
                          "PyTorch's own deterministic mode change the answer?)")
+    ap.add_argument("--decode-width", type=int, default=None,
+                    help="the matrix's decode width (default 32: 64 rows with CFG; 16 puts 32 rows through kernels "
+                         "that choose by rows, such as step_kernel fused-in-proj's batch-16 case)")
     ap.add_argument("--smoke", action="store_true", help="the procedure on the CPU with tiny models")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     device = "cpu" if args.smoke else "cuda"
+    global N_IMAGES, WIDTH, PART, FILTERS
+    if args.decode_width is not None:
+        if args.decode_width < 1:
+            ap.error(f"--decode-width {args.decode_width}: give a positive number of images")
+        WIDTH = args.decode_width
     if args.torch_deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     if args.smoke:  # a few images, the paper's filters only: the procedure, not a measurement
-        global N_IMAGES, WIDTH, PART, FILTERS
-        N_IMAGES, WIDTH, PART, FILTERS = 4, 2, 1, {"paper": FILTERS["paper"]}
+        N_IMAGES, WIDTH, PART, FILTERS = 4, args.decode_width or 2, 1, {"paper": FILTERS["paper"]}
     shape = {"vocab": SMOKE["vocab"], "tokens": SMOKE["tokens"], "classes": SMOKE["classes"]} if args.smoke else {}
     parts, notes = args.parts.split(","), []
     result: dict[str, Any] = {"diagnosis": [], "matrix": [], "notes": notes,
@@ -245,12 +252,13 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in args.models.split(","):
         # gpt-b/sdpa: the step attends with PyTorch's fused kernel; aim-b/torch: every op on the PyTorch path;
-        # aim-b/bf16, aim-b/int8, aim-b/fp32: that decoding state (aim-b: the default); aim-b/one-launch: that step kernel
+        # aim-b/bf16, aim-b/int8, aim-b/fp32: that decoding state (aim-b: the default); aim-b/one-launch,
+        # aim-b/fused-in-proj: that step kernel
         base, _, variant = name.partition("/")
         preset = SMOKE["aim" if base.startswith("aim") else "gpt"] if args.smoke else base
         if base.startswith("aim"):
             option = ("state_dtype" if variant in ("bf16", "fp32", "int8") else
-                      "step_kernel" if variant in ("two-launch", "one-launch") else "impl")
+                      "step_kernel" if variant in ("two-launch", "one-launch", "fused-in-proj") else "impl")
             bb, cond = build_aim(preset, device=device, **shape, **({option: variant} if variant else {}))
         else:
             bb, cond = build_gpt(preset, device=device, **shape, **({"decode_attention": variant} if variant else {}))

@@ -252,6 +252,7 @@ def _reproducibility(report: dict[str, Any]) -> None:
     paths = {(r["model"], r["path"]) for r in report["matrix"]}
     assert paths == {(m, p) for m in models for p in ("eager", "compiled")}, paths
     assert all(r["repeat_call"] == "identical" and r["calls_of_1"] == "identical" for r in report["matrix"])
+    assert {r["decode_width"] for r in report["matrix"]} == {3}  # --decode-width
     assert not report["notes"], report["notes"]
 
 
@@ -479,8 +480,8 @@ CASES: list[Smoke] = [
                                                 "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "recipe", "seeds", "paths", "rows", "verdict"), check=_precision_check,
           timeout=400.0, slow=True),
-    Smoke("benchmarks/reproducibility.py", keys=(*ENVIRONMENT, "diagnosis", "matrix", "notes"),
-          check=_reproducibility, slow=True),
+    Smoke("benchmarks/reproducibility.py", args=("--smoke", "--decode-width", "3", "--out", "{tmp}/out.json"),
+          keys=(*ENVIRONMENT, "diagnosis", "matrix", "notes"), check=_reproducibility, slow=True),
     Smoke("benchmarks/ddp_check.sh", args=("--smoke",), result="ddp/summary.json",
           keys=("steps_compared", "max_abs_loss_diff", "final_loss", "eval"), check=_ddp,
           files=("ddp/metrics_1gpu.jsonl", "ddp/metrics_2gpu.jsonl", "ddp/samples_2gpu.png"),
