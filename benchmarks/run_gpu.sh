@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled | --draw | --fused-in-proj]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled | --draw | --fused-in-proj | --fused-rule]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -91,6 +91,9 @@
 # against PyTorch (step_kernel fused-in-proj included), in_proj with the conv in its epilogue against cuBLAS and the
 # conv's launch (decode_linear.py --parts conv, PROJ_TILES), then GPT-B and AiM-B at batch 16 and 64 with the bf16 and
 # int8 states, two-launch and fused-in-proj, timed interleaved with per-kernel profiles (PROFILE= for none).
+# --fused-rule (about 7 minutes; BUDGET seconds, default 420): step_kernel auto (fused-in-proj at 32 rows or fewer)
+# before it may be the default: AiM-B's reproducibility matrix with it at decode width 16 (32 rows: the fused path) on
+# PATHS (default graph,compiled), then GPT-B and AiM-B's variants (fused-in-proj and auto) at batch 16 and 64.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -302,6 +305,14 @@ if [ "$QUICK" = "--fused-in-proj" ]; then  # in_proj with the conv in its epilog
     LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
       --fused-in-proj ${PROFILE---profile} --out "$OUT/sampling_fused_in_proj_$CARD.json"
   fi
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--fused-rule" ]; then  # step_kernel auto (fused-in-proj at 32 rows or fewer): before a default
+  LIMIT=${REPRO_LIMIT:-150} run benchmarks/reproducibility.py --parts matrix --models aim-b/auto --decode-width 16 \
+    --paths "${PATHS:-graph,compiled}" --out "$OUT/reproducibility_matrix_auto_$CARD.json"
+  LIMIT=$((${BUDGET:-420} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
+    --fused-in-proj --out "$OUT/sampling_fused_rule_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

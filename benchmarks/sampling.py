@@ -274,8 +274,10 @@ def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig
 #: chunked form's rows.
 STEP_VARIANTS = (("bf16", "two-launch", "recurrent"), ("int8", "two-launch", "recurrent"))
 CHUNKED_VARIANTS = (("bf16", "two-launch", "chunked"), ("int8", "two-launch", "chunked"))
-#: ``--fused-in-proj``: the conv, dt and decay in in_proj's epilogue instead of a launch of their own
-FUSED_IN_PROJ_VARIANTS = (("bf16", "fused-in-proj", "recurrent"), ("int8", "fused-in-proj", "recurrent"))
+#: ``--fused-in-proj``: the conv, dt and decay in in_proj's epilogue instead of a launch of their own, always or
+#: by the rule (``auto``: at 32 rows or fewer)
+FUSED_IN_PROJ_VARIANTS = (("bf16", "fused-in-proj", "recurrent"), ("int8", "fused-in-proj", "recurrent"),
+                          ("int8", "auto", "recurrent"))
 
 
 def swept_tile_rule(path: str) -> Callable[..., Any]:
@@ -415,7 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--torch-draw", action="store_true",
                     help="each AiM row also with the draw by PyTorch ops (draw_impl: torch), timed interleaved")
     ap.add_argument("--fused-in-proj", action="store_true",
-                    help="also the variant rows with step_kernel fused-in-proj (the conv in in_proj's epilogue)")
+                    help="also the variant rows with step_kernel fused-in-proj (the conv in in_proj's epilogue) and auto "
+                         "(fused-in-proj at 32 rows or fewer)")
     ap.add_argument("--profile", action="store_true",
                     help="a per-kernel profile of one AiM-B step at batch 16 and 64, for each state dtype and step kernel "
                          "(and the --step-tiles split)")

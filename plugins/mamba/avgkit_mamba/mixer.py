@@ -147,7 +147,7 @@ class Mamba2Mixer(nn.Module):
 
     ``impl`` picks the kernels ("auto", "torch" or "triton"; see
     :mod:`avgkit_mamba.ops.dispatch`) and ``step_kernel`` the Triton decode step
-    ("two-launch", "one-launch" or "fused-in-proj"); both may be changed after construction.
+    ("two-launch", "one-launch", "fused-in-proj" or "auto"); both may be changed after construction.
     """
 
     def __init__(

@@ -663,12 +663,30 @@ def in_proj_checks() -> None:
                     check(f"{label} {what} state", max_rel_err(a.float(), c.float()), 1e-5 if what != "ssm" or
                           sdt != torch.int8 else 1e-2)
 
-    for state_dtype in ("fp32", "int8"):
+    for kernel, state_dtype in (("fused-in-proj", "fp32"), ("fused-in-proj", "int8"), ("auto", "int8")):
         launches = []
         with _counting(triton_step, "decode_step_projected_triton", launches):
-            steps = check_backbone_kernel("fused-in-proj", state_dtype, gen)
+            steps = check_backbone_kernel(kernel, state_dtype, gen)  # 2 rows: auto fuses too
         if len(launches) != steps:
-            raise SystemExit(f"FAILED: fused-in-proj backbone: {len(launches)} projected steps, expected {steps}")
+            raise SystemExit(f"FAILED: {kernel} backbone: {len(launches)} projected steps, expected {steps}")
+
+    # auto above FUSED_IN_PROJ_MAX_ROWS rows: in_proj by F.linear, then the two-launch step (same values)
+    from avgkit_mamba.ops import dispatch
+
+    rows = dispatch.FUSED_IN_PROJ_MAX_ROWS + 1
+    conv, (ssm, _) = r(rows, conv_dim, w), random_state(rows, h, p, n, torch.float32, r)
+    states = {k: (conv.clone(), ssm.clone()) for k in ("auto", "two-launch")}
+    x = r(rows, 24)
+    out = {}
+    for kernel, (c, s_) in states.items():
+        launches = []
+        with _counting(triton_step, "decode_step_projected_triton", launches):
+            y, y_norm = dispatch.decode_step_projected(x, w_in, c, weight, bias, s_, A_log, D, dt_bias, nw, 1e-5, p, 1,
+                                                       impl="triton", kernel=kernel)
+        if launches:
+            raise SystemExit(f"FAILED: {kernel} at {rows} rows ran the fused in_proj")
+        out[kernel] = y * y_norm.rstd()
+    check(f"auto at {rows} rows = two-launch", max_rel_err(out["auto"], out["two-launch"]), 0.0)
 
 
 def compile_checks() -> None:

@@ -10,7 +10,7 @@ The mixer and the backbone call these functions and never choose a path themselv
 | :func:`fused_step` (conv + SSM update + skip + gate) | :func:`fused_step_torch` | ``triton_step.fused_step_triton`` |
 | :func:`decode_step` (a mixer's step from ``in_proj``'s output, with its norm) | :func:`decode_step_torch` | ``triton_step.decode_step_triton``, or ``triton_step_fused`` (``kernel="one-launch"``) |
 | :func:`decode_step_deferred` (the same, its norm's per-row factor left to the caller where the kernel defers it) | :func:`decode_step_torch` (never defers) | ``triton_step.decode_step_deferred_triton`` |
-| :func:`decode_step_projected` (the same from ``in_proj``'s input) | ``F.linear`` + :func:`decode_step_deferred` | ``triton_step.decode_step_projected_triton`` (``kernel="fused-in-proj"``: the conv in ``in_proj``'s epilogue, ``triton_in_proj``), else ``F.linear`` + :func:`decode_step_deferred` |
+| :func:`decode_step_projected` (the same from ``in_proj``'s input) | ``F.linear`` + :func:`decode_step_deferred` | ``triton_step.decode_step_projected_triton`` (``kernel="fused-in-proj"``, or ``"auto"`` at ``FUSED_IN_PROJ_MAX_ROWS`` rows or fewer: the conv in ``in_proj``'s epilogue, ``triton_in_proj``), else ``F.linear`` + :func:`decode_step_deferred` |
 | :func:`window_step` / :func:`window_step_deferred` (the same from the chunked form's state and window caches) | :func:`window_step_torch` (never defers) | ``triton_window`` |
 | :func:`dual_step` (the same from the dual-form caches) | :func:`dual_step_torch` | ``triton_dual`` |
 | :func:`add_norm_modulate` (a decode step's block boundary) | ``norm_torch.add_norm_modulate`` | ``triton_norm`` |
@@ -44,10 +44,15 @@ except ImportError:  # pragma: no cover - standalone use of the ops
 Impl = Literal["auto", "torch", "triton"]
 IMPLS = ("auto", "torch", "triton")
 #: Triton kernels of a mixer's decode step (:func:`decode_step`, :func:`decode_step_projected`)
-STEP_KERNELS = ("two-launch", "one-launch", "fused-in-proj")
+STEP_KERNELS = ("two-launch", "one-launch", "fused-in-proj", "auto")
+#: ``kernel="auto"`` of :func:`decode_step_projected`: ``fused-in-proj`` for this many rows or fewer (its single
+#: Triton launch beats cuBLAS and the conv's launch at 32 rows on an H100, loses at 128:
+#: benchmarks/results/decode_linear_fused_in_proj_h100.json), ``two-launch`` above
+FUSED_IN_PROJ_MAX_ROWS = 32
 
 __all__ = [
     "IMPLS",
+    "FUSED_IN_PROJ_MAX_ROWS",
     "STEP_KERNELS",
     "Impl",
     "add_norm_modulate",
@@ -333,9 +338,9 @@ def decode_step(
     groups of ``d_inner / ngroups`` channels, (b, d_inner) in ``zxbcdt.dtype``.
     ``state_scale`` as in :func:`fused_step`. ``kernel`` picks the Triton kernel:
     ``"two-launch"`` (:mod:`triton_step`: the state update and the norm, after the conv's own launch; the
-    default) or ``"one-launch"`` (:mod:`triton_step_fused`, measured slower on an H100); ``"fused-in-proj"`` moves
-    the conv into ``in_proj`` (:func:`decode_step_projected`), so from ``in_proj``'s output it is ``"two-launch"``;
-    the torch path ignores it.
+    default) or ``"one-launch"`` (:mod:`triton_step_fused`, measured slower on an H100); ``"fused-in-proj"`` and
+    ``"auto"`` move the conv into ``in_proj`` (:func:`decode_step_projected`), so from ``in_proj``'s output they are
+    ``"two-launch"``; the torch path ignores it.
     """
     if kernel not in STEP_KERNELS:
         raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
@@ -404,17 +409,21 @@ def decode_step_projected(
     """:func:`decode_step_deferred` from ``in_proj``'s input ``x`` (b, d_model) and weight: with
     ``kernel="fused-in-proj"`` on the Triton path and a norm of one group, ``in_proj`` with the conv, dt and decay
     in its epilogue, then the state update (two launches, :func:`triton_step.decode_step_projected_triton`);
-    otherwise ``F.linear`` then :func:`decode_step_deferred`. The same values either way, up to rounding."""
+    ``kernel="auto"`` does so for ``FUSED_IN_PROJ_MAX_ROWS`` rows or fewer; otherwise ``F.linear`` then
+    :func:`decode_step_deferred` (``two-launch`` for ``fused-in-proj`` and ``auto``). The same values either way,
+    up to rounding."""
     if kernel not in STEP_KERNELS:
         raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
-    if kernel == "fused-in-proj" and ngroups == 1 and resolve_impl(impl, x.device) == "triton":
+    fused = kernel == "fused-in-proj" or (kernel == "auto" and x.shape[0] <= FUSED_IN_PROJ_MAX_ROWS)
+    if fused and ngroups == 1 and resolve_impl(impl, x.device) == "triton":
         from avgkit_mamba.ops.triton_step import decode_step_projected_triton
 
         return decode_step_projected_triton(x, in_proj_weight, conv_state, conv_weight, conv_bias, ssm_state, A_log,
                                             D, dt_bias, norm_weight, norm_eps, headdim, ngroups, state_scale)
     return decode_step_deferred(torch.nn.functional.linear(x, in_proj_weight), conv_state, conv_weight, conv_bias,
                                 ssm_state, A_log, D, dt_bias, norm_weight, norm_eps, headdim, ngroups, impl=impl,
-                                state_scale=state_scale, kernel="two-launch" if kernel == "fused-in-proj" else kernel)
+                                state_scale=state_scale,
+                                kernel="two-launch" if kernel in ("fused-in-proj", "auto") else kernel)
 
 
 def _conv_step_heads(zxbcdt: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
