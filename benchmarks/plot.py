@@ -186,18 +186,22 @@ def decode_chunked(images: Path = IMAGES) -> Path | None:
                         rule="recurrent, its rule")
 
 
-def decode_int8(images: Path = IMAGES) -> Path | None:
-    """The recipe's default (int8 state, conversion-free kernels) beside the bf16 state and GPT-B (one H100 call)."""
-    path = RESULTS / "sampling_confirm_h100.json"
+def _named_rows(path: Path, names: dict[str, str], out: Path) -> Path | None:
+    """Images/s bars by batch of the rows ``names`` maps to a label (one call's file), or ``None`` without any."""
     if not path.exists():
         return None
-    names = {"avgkit gpt-b compiled": "GPT-B compiled", "avgkit aim-b int8-state": "AiM-B, default (int8 state)",
-             "avgkit aim-b bf16-state two-launch": "AiM-B, bf16 state", "avgkit aim-b fp32-state": "AiM-B, fp32 state"}
     series: dict[str, dict[int, float]] = {}
     for r in json.loads(path.read_text())["rows"]:
         if r["model"] in names:
             series.setdefault(names[r["model"]], {})[r["batch"]] = r["images_per_s"]
-    return _batch_bars(series, images / "sampling_int8_h100.png") if series else None
+    return _batch_bars(series, out) if series else None
+
+
+def decode_int8(images: Path = IMAGES) -> Path | None:
+    """The recipe's default (int8 state, conversion-free kernels) beside the bf16 state and GPT-B (one H100 call)."""
+    names = {"avgkit gpt-b compiled": "GPT-B compiled", "avgkit aim-b int8-state": "AiM-B, default (int8 state)",
+             "avgkit aim-b bf16-state two-launch": "AiM-B, bf16 state", "avgkit aim-b fp32-state": "AiM-B, fp32 state"}
+    return _named_rows(RESULTS / "sampling_confirm_h100.json", names, images / "sampling_int8_h100.png")
 
 
 def launches(path: Path = RESULTS / "persistent_layers_prefetch_h100.json", images: Path = IMAGES) -> Path | None:
@@ -246,16 +250,10 @@ def decode_fused_in_proj(path: Path = RESULTS / "sampling_fused_in_proj_h100.jso
 def decode_draw(path: Path = RESULTS / "sampling_draw_h100.json", images: Path = IMAGES) -> Path | None:
     """AiM-B's default with the draw as one Triton kernel and by PyTorch ops, beside the compiled GPT-B (one H100
     call)."""
-    if not path.exists():
-        return None
     names = {"avgkit gpt-b compiled": "GPT-B compiled (its draw: one kernel)",
              "avgkit aim-b int8-state": "AiM-B default, the draw as one kernel",
              "avgkit aim-b int8-state torch draw": "AiM-B default, the draw by PyTorch ops"}
-    series: dict[str, dict[int, float]] = {}
-    for r in json.loads(path.read_text())["rows"]:
-        if r["model"] in names:
-            series.setdefault(names[r["model"]], {})[r["batch"]] = r["images_per_s"]
-    return _batch_bars(series, images / "sampling_draw_h100.png") if series else None
+    return _named_rows(path, names, images / "sampling_draw_h100.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -232,16 +232,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     device = "cpu" if args.smoke else "cuda"
+    if args.torch_deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     global N_IMAGES, WIDTH, PART, FILTERS
+    if args.smoke:  # a few images, the paper's filters only: the procedure, not a measurement
+        N_IMAGES, WIDTH, PART, FILTERS = 4, 2, 1, {"paper": FILTERS["paper"]}
     if args.decode_width is not None:
         if args.decode_width < 1:
             ap.error(f"--decode-width {args.decode_width}: give a positive number of images")
         WIDTH = args.decode_width
-    if args.torch_deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if args.smoke:  # a few images, the paper's filters only: the procedure, not a measurement
-        N_IMAGES, WIDTH, PART, FILTERS = 4, args.decode_width or 2, 1, {"paper": FILTERS["paper"]}
     shape = {"vocab": SMOKE["vocab"], "tokens": SMOKE["tokens"], "classes": SMOKE["classes"]} if args.smoke else {}
     parts, notes = args.parts.split(","), []
     result: dict[str, Any] = {"diagnosis": [], "matrix": [], "notes": notes,

@@ -129,9 +129,11 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plug
 nvidia-smi -L
 START=$SECONDS
 run() { echo "== [$((SECONDS - START)) s] $*"; timeout "${LIMIT:-480}" python3 "$@" 2>&1 | grep -v -i -E 'warn|deprecat'; }
-gpu_tests() {  # the test suite's GPU-marked tests (reproducibility at AiM-B size, CUDA eval, ...)
-  echo "== [$((SECONDS - START)) s] pytest -m gpu"
-  timeout "${LIMIT:-480}" python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors -rs tests plugins 2>&1 | tail -n 45
+gpu_tests() {  # the test suite's GPU-marked tests (reproducibility at AiM-B size, CUDA eval, ...), or those of the
+  # paths given
+  echo "== [$((SECONDS - START)) s] pytest -m gpu ${*:-tests plugins}"
+  timeout "${LIMIT:-480}" python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors -rs \
+    ${*:-tests plugins} 2>&1 | tail -n 45
 }
 LG=${LLAMAGEN_ROOT:+--llamagen-root $LLAMAGEN_ROOT}
 if [ "$QUICK" = "--quick" ]; then
@@ -281,9 +283,7 @@ if [ "$QUICK" = "--persistent" ]; then  # launches against one persistent kernel
   exit 0
 fi
 if [ "$QUICK" = "--draw" ]; then  # the sampler's draw as one Triton kernel: GPU tests, rows, reproducibility
-  echo "== [$((SECONDS - START)) s] pytest -m gpu (the draw, the sampler)"
-  timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/core/test_draw_triton.py \
-    tests/core/test_sampler.py 2>&1 | tail -n 15
+  LIMIT=120 gpu_tests tests/core/test_draw_triton.py tests/core/test_sampler.py
   LIMIT=${ROWS_LIMIT:-200} run benchmarks/sampling.py --quick --batches 16,64 --variants none --torch-draw \
     --out "$OUT/sampling_draw_$CARD.json"
   LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/reproducibility.py --parts matrix --models aim-b \

@@ -109,13 +109,13 @@ def draw_tokens(logits: Tensor, u: Tensor, k: Tensor, codes: Tensor, *, cfg_scal
     CUDA, a positive temperature, no top-k or top-p) or ``auto`` (Triton where it applies). Both give the same
     tokens up to rounding (:mod:`avgkit.sample.draw_triton`).
     """
+    if impl not in ("auto", "torch", "triton"):
+        raise AvgkitError(f"unknown draw_impl {impl!r}; use auto, torch or triton")
     unfiltered = temperature > 0 and (not top_k or top_k >= logits.shape[-1]) and top_p >= 1.0
     fused = logits.is_cuda and unfiltered and _triton_available()
     if impl == "triton" and not fused:
         raise AvgkitError("draw_impl triton draws on a CUDA device with Triton, a positive temperature and no "
                           "top-k or top-p; use draw_impl auto (Triton where it applies) or torch")
-    if impl not in ("auto", "torch", "triton"):
-        raise AvgkitError(f"unknown draw_impl {impl!r}; use auto, torch or triton")
     if fused and impl != "torch":
         _draw_tokens_triton(logits, u, k, codes, cfg_scale, linear, codes.shape[1], temperature)
         return
