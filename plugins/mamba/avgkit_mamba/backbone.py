@@ -264,11 +264,10 @@ class MambaBackbone(Backbone):
         m = cond.final_modulation()
         if m is not None:
             x = modulate(x, m).to(x.dtype)
-        return x, self.embeddings.word_embeddings.weight if self.lm_head is None else self.lm_head.weight
+        return x, self._head_weight()
 
-    def _logits(self, x: Tensor, cond: Conditioning) -> Tensor:
-        """norm_f's output -> final norm, final modulation, head."""
-        return F.linear(*self._final(x, cond))
+    def _head_weight(self) -> Tensor:
+        return self.embeddings.word_embeddings.weight if self.lm_head is None else self.lm_head.weight
 
     # ------------------------------------------------------------------ training
     @staticmethod
@@ -361,10 +360,14 @@ class MambaBackbone(Backbone):
         state.position.add_(1)
         if state.length is not None:
             state.length.add_(1)
-        # norm_f over the last residual add: the same boundary as between blocks
-        x, _ = add_norm_step(y, gate, residual, self.norm_f, None, self.layers[-1].mixer.impl,
-                             self.config.residual_in_fp32, y_norm)
-        return self._logits(x[:, None], cond)[:, 0]
+        # the last boundary (residual add, norm_f, then the final layer's norm and modulation) as one op, as
+        # between blocks: ``_head_input``'s chain
+        m, nf = cond.final_modulation(), self.final_layer.norm_final
+        x, _ = add_norm_modulate(y, gate, residual, self.norm_f.weight, self.norm_f.eps,
+                                 None if m is None else m.shift, None if m is None else m.scale,
+                                 self.config.residual_in_fp32, self.layers[-1].mixer.impl, y_norm,
+                                 second_norm=(nf.weight, nf.eps))
+        return F.linear(x, self._head_weight())
 
     def select_state(self, state: MambaDecodeState, index: Tensor) -> MambaDecodeState:
         layers = [s.select(index) for s in state.layers]

@@ -608,6 +608,19 @@ def deferred_norm_checks() -> None:
     want = add_norm_modulate_torch(y, gate, res, wn, 1e-5, mod[:, 0], mod[:, 1], True, y_norm)
     for what, a, c in zip(("x", "residual"), got, want, strict=True):
         check(f"add+norm+modulate with a deferred norm: {what}", max_rel_err(a, c), 1e-5)
+    # the backbone's last boundary: norm_f, then the final layer's norm (a width that leaves the block part empty)
+    # and modulation
+    d = 20
+    y, gate, res, wn, wf, mod = r(b, d), r(b, d), r(b, d), 1 + 0.1 * r(d), 1 + 0.3 * r(d), r(b, 2, d)
+    for m in (mod, None):
+        shift, scale = (None, None) if m is None else (m[:, 0], m[:, 1])
+        got = add_norm_modulate_triton(y, gate, res, wn, shift, scale, 1e-5, torch.float32, None, (wf, 1e-6))
+        want = add_norm_modulate_torch(y, gate, res, wn, 1e-5, shift, scale, True, None, (wf, 1e-6))
+        one = add_norm_modulate_torch(y, gate, res, wn, 1e-5, shift, scale, True)
+        for what, a, c in zip(("x", "residual"), got, want, strict=True):
+            check(f"add+norm+norm{'+modulate' if m is not None else ''}: {what}", max_rel_err(a, c), 1e-5)
+        if max_rel_err(got[0], one[0]) < 1e-3:
+            raise SystemExit("FAILED: the second norm changed nothing")
 
 
 def in_proj_checks() -> None:

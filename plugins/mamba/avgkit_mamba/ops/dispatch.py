@@ -586,11 +586,13 @@ def add_norm_modulate(
     residual_in_fp32: bool,
     impl: str = "auto",
     y_norm: DeferredNorm | None = None,
+    second_norm: tuple[Tensor, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """A decode step's block boundary over (B, D); see :func:`avgkit_mamba.ops.norm_torch.add_norm_modulate`."""
     if resolve_impl(impl, y.device) == "triton":
         from avgkit_mamba.ops.triton_norm import add_norm_modulate_triton
 
         return add_norm_modulate_triton(y, gate, residual, weight, shift, scale, eps,
-                                        torch.float32 if residual_in_fp32 else y.dtype, y_norm)
-    return norm_torch.add_norm_modulate(y, gate, residual, weight, eps, shift, scale, residual_in_fp32, y_norm)
+                                        torch.float32 if residual_in_fp32 else y.dtype, y_norm, second_norm)
+    return norm_torch.add_norm_modulate(y, gate, residual, weight, eps, shift, scale, residual_in_fp32, y_norm,
+                                        second_norm)

@@ -4,7 +4,8 @@
 * :func:`gated_rms_norm`: the mixer's grouped ``rmsnorm(x * silu(z)) * weight``
   (``GatedRMSNorm``; Triton: the epilogue of :mod:`triton_step`).
 * :func:`add_norm_modulate`: a decode step's block boundary, ``residual += gate * y``,
-  RMSNorm, adaLN modulation (Triton: :mod:`triton_norm`).
+  RMSNorm (at the last boundary two: ``norm_f``, then the final layer's), adaLN modulation
+  (Triton: :mod:`triton_norm`).
 * :class:`DeferredNorm`: the mixer's norm left to that boundary (one norm group).
 """
 
@@ -60,13 +61,16 @@ def gated_rms_norm(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, grou
 
 def add_norm_modulate(y: Tensor, gate: Tensor | None, residual: Tensor | None, weight: Tensor, eps: float,
                       shift: Tensor | None, scale: Tensor | None, residual_in_fp32: bool,
-                      y_norm: DeferredNorm | None = None) -> tuple[Tensor, Tensor]:
+                      y_norm: DeferredNorm | None = None, second_norm: tuple[Tensor, float] | None = None
+                      ) -> tuple[Tensor, Tensor]:
     """One token's block boundary over (B, D): returns ``(x, residual')``.
 
     ``residual' = residual + gate * y`` (fp32 when ``residual_in_fp32``), ``x =
     rms_norm(residual') * (1 + scale) + shift`` in ``weight.dtype``; any of gate,
     residual and the modulation may be ``None``. ``y_norm``: ``y`` is scaled by its
-    ``rstd`` first (in fp32, rounded to ``y.dtype``).
+    ``rstd`` first (in fp32, rounded to ``y.dtype``). ``second_norm`` (weight, eps): a second
+    RMSNorm between the first and the modulation (the backbone's last boundary: ``norm_f``, then
+    the final layer's norm and modulation).
     """
     if y_norm is not None:
         y = y_norm.apply(y)
@@ -75,6 +79,8 @@ def add_norm_modulate(y: Tensor, gate: Tensor | None, residual: Tensor | None, w
     if residual_in_fp32:
         residual = residual.float()
     x = rms_norm(residual.to(weight.dtype), weight, eps)
+    if second_norm is not None:
+        x = rms_norm(x, *second_norm)
     if shift is not None and scale is not None:
         x = (x * (1 + scale) + shift).to(x.dtype)
     return x, residual
