@@ -207,8 +207,8 @@ def floor_bytes(backbone, batch2: int) -> int:
                              for s in state.layers)
 
 
-def kernel_profile(backbone, cond, batch, sampler_cfg, top: int = 12) -> list[dict]:
-    """GPU time per decoding step by kernel (CUPTI sees kernels inside graph replays)."""
+def kernel_profile(backbone, cond, batch, sampler_cfg, top: int = 40) -> list[dict]:
+    """GPU time per decoding step by kernel (CUPTI sees kernels inside graph replays), with the launches a step."""
     from torch.profiler import ProfilerActivity, profile
 
     sampler = ARSampler(sampler_cfg)
@@ -222,12 +222,13 @@ def kernel_profile(backbone, cond, batch, sampler_cfg, top: int = 12) -> list[di
     events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "device_time_total", 0)]
     events.sort(key=lambda e: -getattr(e, "device_time_total", 0))
     total = sum(getattr(e, "device_time_total", 0) for e in events) / 1e3 / steps
+    launches = sum(e.count for e in events) / steps
     out = [{"kernel": e.key[:90], "ms_per_step": round(e.device_time_total / 1e3 / steps, 4),
             "calls_per_step": round(e.count / steps, 2)} for e in events[:top]]
-    print(f"profile: {total:.3f} ms GPU time per step", flush=True)
+    print(f"profile: {total:.3f} ms GPU time per step, {launches:.1f} launches", flush=True)
     for row in out:
         print("  ", row, flush=True)
-    return [{"kernel": "(all kernels)", "ms_per_step": round(total, 4)}] + out
+    return [{"kernel": "(all kernels)", "ms_per_step": round(total, 4), "calls_per_step": round(launches, 2)}] + out
 
 
 def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, root: str | None,
@@ -462,6 +463,14 @@ def main(argv: list[str] | None = None) -> None:
     for preset in gpts:
         rows += transformer_comparison(preset, batches, cfg, repeats, args.llamagen_root, device, notes, shape,
                                        tuple(args.gpt_attention.split(",")))
+    if args.profile and not args.smoke:  # the baseline's kernels beside AiM-B's (below)
+        for preset in gpts:
+            gpt, gcond = build_gpt(preset)
+            for pb in (16, 64):
+                torch._dynamo.reset()
+                profiles[f"{preset} b{pb} compiled"] = kernel_profile(gpt, gcond, pb,
+                                                                      cfg.model_copy(update={"compile": True}))
+            del gpt, gcond
     split_forms = tuple(f.strip() for f in args.split_forms.split(","))
     tile_rules = (([("swept split", swept_tile_rule(args.step_tiles))] if args.step_tiles else [])
                   + [fixed_split_rule(v) for v in args.step_splits.split(",") if v.strip()])
