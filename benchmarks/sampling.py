@@ -28,13 +28,12 @@ records a per-kernel profile of one step for each of them (before: bf16 two-laun
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
 import statistics
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -313,18 +312,6 @@ def _within(call: Callable[[], Any], context: Callable[[], Any]) -> Callable[[],
     return run
 
 
-@contextlib.contextmanager
-def _unfolded_boundary() -> Iterator[None]:
-    """The decode step's block boundary in its own launch, not folded into ``out_proj``."""
-    from avgkit_mamba.ops import dispatch
-
-    dispatch.FOLD_BOUNDARY = False
-    try:
-        yield
-    finally:
-        dispatch.FOLD_BOUNDARY = True
-
-
 def fixed_split_rule(spec: str) -> tuple[str, Callable[..., Any]]:
     """``32x8``, ``64x8:stream``, ``32x8:h4:s2``, ``32x8:pc`` (head dims x warps, then streaming, heads a program,
     the pipeline depth of the loop over them and the conv in its own launch) as a (label, rule) pair that gives
@@ -364,9 +351,6 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
                     "params": _params(bb) + _params(cond), "backbone": bb, "cfg": cfg.cfg_scale != 1,
                     "call": avgkit_sampler(bb, cond, b, cfg, device), "extra": extra}
             entries.append(base)
-            if kernel in ("fused-in-proj", "auto"):  # beside it: the block boundary in its own launch
-                entries.append({**base, "name": f"{base['name']} unfolded", "extra": {**extra, "fold_boundary": False},
-                                "call": _within(avgkit_sampler(bb, cond, b, cfg, device), _unfolded_boundary)})
             if kernel != "two-launch":
                 continue
             if pdl:

@@ -34,7 +34,7 @@ from avgkit.registry import BackboneConfig
 from avgkit.runtime.device import active_autocast_dtype
 from avgkit_mamba.mixer import Mamba2ChunkedState, Mamba2Mixer
 from avgkit_mamba.ops.dispatch import add_norm_modulate
-from avgkit_mamba.ops.norm_torch import DeferredNorm, FoldedInput, NextBoundary, rms_norm
+from avgkit_mamba.ops.norm_torch import DeferredNorm, rms_norm
 
 
 class MambaBackboneConfig(BackboneConfig):
@@ -177,28 +177,15 @@ class Block(nn.Module):
         y = self.mixer(x, state=state) if mask is None else self.mixer(x, state=state, mask=mask)
         return self._gate(y, m), residual
 
-    def step(self, y: Tensor | FoldedInput, gate: Tensor | None, residual: Tensor | None, m: Modulation | None,
-             state, length: Tensor | None = None, y_norm: DeferredNorm | None = None, then: NextBoundary | None = None
-             ) -> tuple[Tensor | FoldedInput, Tensor, DeferredNorm | None]:
-        """One token from the previous block's output ``y`` (its gate ``gate``, its deferred norm ``y_norm``), or
-        from the input the previous ``out_proj`` prepared with this boundary folded in (a ``FoldedInput``):
-        returns this block's ungated mixer output (its gate is ``m.gate``), or, where the mixer folds the next
-        boundary ``then`` into its ``out_proj``, the next block's ``FoldedInput``; the residual; and the mixer's
-        deferred norm (``None`` where the output is normed or folded)."""
-        if isinstance(y, FoldedInput):
-            x, residual = y, y.residual
-        else:
-            x, residual = add_norm_step(y, gate, residual, self.norm, m, self.mixer.impl, self.residual_in_fp32,
-                                        y_norm)
-        y, y_norm = self.mixer.step_deferred(x, state, length, then, residual)
+    def step(self, y: Tensor, gate: Tensor | None, residual: Tensor | None, m: Modulation | None, state,
+             length: Tensor | None = None, y_norm: DeferredNorm | None = None
+             ) -> tuple[Tensor, Tensor, DeferredNorm | None]:
+        """One token from the previous block's output ``y`` (its gate ``gate``, its deferred norm ``y_norm``):
+        returns this block's ungated mixer output (its gate is ``m.gate``), the residual, and the mixer's deferred
+        norm (``None`` where the output is normed)."""
+        x, residual = add_norm_step(y, gate, residual, self.norm, m, self.mixer.impl, self.residual_in_fp32, y_norm)
+        y, y_norm = self.mixer.step_deferred(x, state, length)
         return y, residual, y_norm
-
-    def boundary_from(self, m_prev: Modulation | None, m: Modulation | None) -> NextBoundary:
-        """The boundary into this block (the previous block's gate from its modulation ``m_prev``, this block's norm
-        and modulation ``m``), for the previous block's mixer to fold into its ``out_proj``."""
-        return NextBoundary(None if m_prev is None else m_prev.gate, self.norm.weight, self.norm.eps,
-                            None if m is None else m.shift, None if m is None else m.scale,
-                            torch.float32 if self.residual_in_fp32 else None)
 
 
 @dataclass
@@ -366,15 +353,10 @@ class MambaBackbone(Backbone):
 
     def step(self, state: MambaDecodeState, tokens: Tensor, cond: Conditioning) -> Tensor:
         y, gate, residual, y_norm = self._embed(tokens[:, None], state.position)[:, 0], None, None, None
-        n = len(self.layers)
-        m = cond.modulation(0)
         for i, block in enumerate(self.layers):
-            # where its kernels allow, a mixer's out_proj does the boundary into the next block (all but the norm's
-            # factor, which that block's in_proj applies): one launch a layer fewer
-            m_next = cond.modulation(i + 1) if i + 1 < n else None
-            then = self.layers[i + 1].boundary_from(m, m_next) if i + 1 < n else None
-            y, residual, y_norm = block.step(y, gate, residual, m, state.layers[i], state.length, y_norm, then)
-            gate, m = (None if m is None else m.gate), m_next
+            m = cond.modulation(i)
+            y, residual, y_norm = block.step(y, gate, residual, m, state.layers[i], state.length, y_norm)
+            gate = None if m is None else m.gate
         state.position.add_(1)
         if state.length is not None:
             state.length.add_(1)

@@ -34,19 +34,13 @@ from avgkit_mamba.ops.dispatch import (
     dual_step,
     mixer_core,
     mixer_core_applies,
-    out_proj_boundary,
     window_step,
     window_step_deferred,
 )
-from avgkit_mamba.ops.norm_torch import DeferredNorm, FoldedInput, NextBoundary
+from avgkit_mamba.ops.norm_torch import DeferredNorm
 from avgkit_mamba.ops.state_quant import load_state, store_state_
 
 __all__ = ["Mamba2ChunkedState", "Mamba2DualState", "Mamba2Mixer", "Mamba2State"]
-
-
-def _unfolded(x: Tensor | FoldedInput) -> Tensor:
-    """A block's input, a folded one (``norm_torch.FoldedInput``) made whole, for the paths that take a tensor."""
-    return x.x() if isinstance(x, FoldedInput) else x
 
 
 @dataclass
@@ -370,29 +364,20 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(decode_step(*self._decode_args(zxbcdt, state), impl=self.impl, state_scale=state.scale,
                                          kernel=self.step_kernel))
 
-    def step_deferred(self, x: Tensor | FoldedInput, state: Mamba2State | Mamba2DualState,
-                      length: Tensor | None = None, then: NextBoundary | None = None, residual: Tensor | None = None
-                      ) -> tuple[Tensor | FoldedInput, DeferredNorm | None]:
+    def step_deferred(self, x: Tensor, state: Mamba2State | Mamba2DualState, length: Tensor | None = None
+                      ) -> tuple[Tensor, DeferredNorm | None]:
         """:meth:`step` for a caller that applies the norm's per-row factor to the output (the backbone's next
         block boundary): ``(out, None)`` as :meth:`step`, or, where the decode kernel defers the norm
         (:func:`~avgkit_mamba.ops.dispatch.decode_step_deferred`), ``out_proj`` of the unnormed output and its
         :class:`~avgkit_mamba.ops.norm_torch.DeferredNorm` (exact: with one norm group the factor is one scalar a
-        row, and ``out_proj`` is linear). With ``then`` (the boundary after this mixer; ``residual``, the block's)
-        ``out_proj`` may fold that boundary in (:func:`~avgkit_mamba.ops.dispatch.out_proj_boundary`): then it
-        returns the next block's :class:`~avgkit_mamba.ops.norm_torch.FoldedInput` and ``None``. ``x`` may be
-        such an input."""
+        row, and ``out_proj`` is linear)."""
         if isinstance(state, Mamba2ChunkedState) and length is not None:
-            return self._window_step(self.in_proj(_unfolded(x)), state, length, deferred=True)
+            return self._window_step(self.in_proj(x), state, length, deferred=True)
         if type(state) is not Mamba2State:  # the dual form applies its norm
-            return self.step(_unfolded(x), state, length), None
+            return self.step(x, state, length), None
         x, *args = self._decode_args(x, state)
         y, y_norm = decode_step_projected(x, self.in_proj.weight, *args, impl=self.impl, state_scale=state.scale,
                                           kernel=self.step_kernel)
-        if then is not None:
-            folded = out_proj_boundary(y, y_norm, self.out_proj.weight, then, residual, impl=self.impl,
-                                       kernel=self.step_kernel)
-            if folded is not None:
-                return folded, None
         return self.out_proj(y), y_norm
 
     def _decode_args(self, zxbcdt: Tensor, state: Mamba2State) -> tuple:

@@ -72,9 +72,8 @@ class ReferenceMixer(nn.Module):
         out, _, _ = self.inner.step(x[:, None], state.conv, state.ssm)
         return out[:, 0]
 
-    def step_deferred(self, x: Tensor, state: Mamba2State, length: Tensor | None = None, then: object = None,
-                      residual: Tensor | None = None) -> tuple[Tensor, None]:
-        """The block's call: mamba-ssm's step normalises its own output (nothing deferred, no boundary folded)."""
+    def step_deferred(self, x: Tensor, state: Mamba2State, length: Tensor | None = None) -> tuple[Tensor, None]:
+        """The block's call: mamba-ssm's step normalises its own output (nothing deferred)."""
         return self.step(x, state, length), None
 
 

@@ -678,21 +678,12 @@ def in_proj_checks() -> None:
                     check(f"{label} {what} state", max_rel_err(a.float(), c.float()), 1e-5 if what != "ssm" or
                           sdt != torch.int8 else 1e-2)
 
-    folded_boundary_checks(gen)
-    from avgkit_mamba.ops import triton_norm, triton_out_proj
-
     for kernel, state_dtype in (("fused-in-proj", "fp32"), ("fused-in-proj", "int8"), ("auto", "int8")):
-        launches, folds, boundaries = [], [], []
-        with _counting(triton_step, "decode_step_projected_triton", launches), \
-                _counting(triton_out_proj, "out_proj_boundary_triton", folds), \
-                _counting(triton_norm, "add_norm_modulate_triton", boundaries):
+        launches = []
+        with _counting(triton_step, "decode_step_projected_triton", launches):
             steps = check_backbone_kernel(kernel, state_dtype, gen)  # 2 rows: auto fuses too
         if len(launches) != steps:
             raise SystemExit(f"FAILED: {kernel} backbone: {len(launches)} projected steps, expected {steps}")
-        tokens = steps // 2  # the tiny preset's 2 layers: every boundary but the first and the last is folded
-        if len(folds) != tokens or len(boundaries) != 2 * tokens:
-            raise SystemExit(f"FAILED: {kernel} backbone: {len(folds)} folded and {len(boundaries)} own boundaries "
-                             f"for {tokens} tokens")
 
     # auto above FUSED_IN_PROJ_MAX_ROWS rows: in_proj by F.linear, then the two-launch step (same values)
     from avgkit_mamba.ops import dispatch
@@ -711,51 +702,6 @@ def in_proj_checks() -> None:
             raise SystemExit(f"FAILED: {kernel} at {rows} rows ran the fused in_proj")
         out[kernel] = y * y_norm.rstd()
     check(f"auto at {rows} rows = two-launch", max_rel_err(out["auto"], out["two-launch"]), 0.0)
-
-
-def folded_boundary_checks(gen: torch.Generator) -> None:
-    """``out_proj`` with the next block boundary in its epilogue (``triton_out_proj``) = ``norm_torch.fold_boundary``
-    (rows and columns that leave blocks partly empty, with and without the gate, residual and modulation, fp32 and
-    fp16), its result = the boundary's own op (``add_norm_modulate`` after ``out_proj``); and ``in_proj`` from that
-    folded input = ``in_proj`` from the input made whole."""
-    import torch.nn.functional as F
-    from avgkit_mamba.ops.norm_torch import DeferredNorm, NextBoundary, add_norm_modulate, fold_boundary
-    from avgkit_mamba.ops.triton_in_proj import in_proj_conv_triton
-    from avgkit_mamba.ops.triton_out_proj import out_proj_boundary_triton
-
-    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-    d, k = 40, 48  # d_model 40: three 16-column blocks, the last partly empty
-    for dtype in (torch.float32, torch.float16):
-        tol = 1e-5 if dtype == torch.float32 else 4e-3
-        for b, full in ((5, True), (3, False), (17, True)):
-            y, w_out = r(b, 2 * k).to(dtype), (r(d, k) / 4).to(dtype)
-            y_norm = DeferredNorm(y[:, k:].square(), k, 1e-5)  # the squares beside the outputs, as the step writes
-            gate, res, mod = r(b, d).to(dtype), r(b, d), r(b, 3, d).to(dtype)
-            then = NextBoundary(gate if full else None, (1 + 0.1 * r(d)).to(dtype), 1e-6,
-                                mod[:, 0] if full else None, mod[:, 1] if full else None, torch.float32)
-            residual = res if full else None
-            got = out_proj_boundary_triton(y[:, :k], y_norm, w_out, then, residual)
-            want = fold_boundary(y[:, :k], y_norm, w_out, then, residual)
-            label = f"out_proj + boundary b{b} {str(dtype)[6:]} {'gate, residual, modulation' if full else 'bare'}"
-            check(f"{label}: residual", max_rel_err(got.residual, want.residual), tol)
-            check(f"{label}: a", max_rel_err(got.a, want.a), tol)
-            check(f"{label}: rstd", max_rel_err(got.rstd(), want.rstd()), tol)
-            own_x, own_res = add_norm_modulate(F.linear(y[:, :k], w_out), then.gate, residual, then.weight, then.eps,
-                                               then.shift, then.scale, True, y_norm)
-            check(f"{label}: input = the boundary's own op", max_rel_err(got.x(), own_x), 2e-3 if full else tol)
-            if got.sumsq.shape != (b, 3):
-                raise SystemExit(f"FAILED: {label}: partial sums {tuple(got.sumsq.shape)}, expected ({b}, 3)")
-
-            h, p, n = 2, 8, 8
-            d_inner, conv_dim = h * p, h * p + 2 * n
-            w_in = (r(d_inner + conv_dim + h, d) / 5).to(dtype)
-            cw, a_log, conv = (r(conv_dim, 4) / 2).to(dtype), torch.rand(h), r(b, conv_dim, 4).to(dtype)
-            conv_whole = conv.clone()
-            z, xc = in_proj_conv_triton(got, w_in, conv, cw, None, None, a_log, True, d_inner)
-            zw, xcw = in_proj_conv_triton(got.x(), w_in, conv_whole, cw, None, None, a_log, True, d_inner)
-            check(f"{label}: in_proj from it: z", max_rel_err(z, zw), tol)
-            check(f"{label}: in_proj from it: conv, dt, decay", max_rel_err(xc, xcw), tol)
-            check(f"{label}: in_proj from it: windows", max_rel_err(conv, conv_whole), tol)
 
 
 def compile_checks() -> None:

@@ -14,7 +14,6 @@ The mixer and the backbone call these functions and never choose a path themselv
 | :func:`window_step` / :func:`window_step_deferred` (the same from the chunked form's state and window caches) | :func:`window_step_torch` (never defers) | ``triton_window`` |
 | :func:`dual_step` (the same from the dual-form caches) | :func:`dual_step_torch` | ``triton_dual`` |
 | :func:`add_norm_modulate` (a decode step's block boundary) | ``norm_torch.add_norm_modulate`` | ``triton_norm`` |
-| :func:`out_proj_boundary` (``out_proj`` with the next block boundary folded in, where :func:`decode_step_projected` fuses ``in_proj``) | none: ``None``, the caller projects and runs the boundary (``norm_torch.fold_boundary`` is the reference) | ``triton_out_proj`` |
 
 ``impl`` is one of ``"auto"`` (Triton on a CUDA tensor when Triton imports, else
 PyTorch), ``"torch"`` or ``"triton"``. Triton modules are imported on first use only,
@@ -35,7 +34,7 @@ import torch
 from torch import Tensor
 
 from avgkit_mamba.ops import conv_torch, norm_torch, ssd_torch
-from avgkit_mamba.ops.norm_torch import DeferredNorm, FoldedInput, NextBoundary
+from avgkit_mamba.ops.norm_torch import DeferredNorm
 
 try:  # the core's error type when avgkit is installed
     from avgkit.errors import AvgkitError as _ImplError
@@ -57,8 +56,6 @@ __all__ = [
     "STEP_KERNELS",
     "Impl",
     "add_norm_modulate",
-    "fuses_in_proj",
-    "out_proj_boundary",
     "causal_conv",
     "chunk_scan",
     "decode_step",
@@ -391,17 +388,8 @@ def decode_step_deferred(
                        norm_eps, headdim, ngroups, impl=impl, state_scale=state_scale, kernel=kernel), None
 
 
-def fuses_in_proj(kernel: str, rows: int, ngroups: int, impl: str, device: torch.device | str) -> bool:
-    """Whether :func:`decode_step_projected` takes the fused ``in_proj`` (and :func:`out_proj_boundary` folds the
-    boundary) for ``rows`` rows with this step kernel."""
-    if kernel not in STEP_KERNELS:
-        raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
-    fused = kernel == "fused-in-proj" or (kernel == "auto" and rows <= FUSED_IN_PROJ_MAX_ROWS)
-    return fused and ngroups == 1 and resolve_impl(impl, device) == "triton"
-
-
 def decode_step_projected(
-    x: Tensor | FoldedInput,
+    x: Tensor,
     in_proj_weight: Tensor,
     conv_state: Tensor,
     conv_weight: Tensor,
@@ -423,40 +411,19 @@ def decode_step_projected(
     in its epilogue, then the state update (two launches, :func:`triton_step.decode_step_projected_triton`);
     ``kernel="auto"`` does so for ``FUSED_IN_PROJ_MAX_ROWS`` rows or fewer; otherwise ``F.linear`` then
     :func:`decode_step_deferred` (``two-launch`` for ``fused-in-proj`` and ``auto``). The same values either way,
-    up to rounding. ``x`` may be a :class:`~avgkit_mamba.ops.norm_torch.FoldedInput` (from
-    :func:`out_proj_boundary`): the fused ``in_proj`` applies its norm's factor as it loads it, other paths take
-    ``x.x()``."""
-    a = x.a if isinstance(x, FoldedInput) else x
-    if fuses_in_proj(kernel, a.shape[0], ngroups, impl, a.device):
+    up to rounding."""
+    if kernel not in STEP_KERNELS:
+        raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
+    fused = kernel == "fused-in-proj" or (kernel == "auto" and x.shape[0] <= FUSED_IN_PROJ_MAX_ROWS)
+    if fused and ngroups == 1 and resolve_impl(impl, x.device) == "triton":
         from avgkit_mamba.ops.triton_step import decode_step_projected_triton
 
         return decode_step_projected_triton(x, in_proj_weight, conv_state, conv_weight, conv_bias, ssm_state, A_log,
                                             D, dt_bias, norm_weight, norm_eps, headdim, ngroups, state_scale)
-    if isinstance(x, FoldedInput):
-        x = x.x()
     return decode_step_deferred(torch.nn.functional.linear(x, in_proj_weight), conv_state, conv_weight, conv_bias,
                                 ssm_state, A_log, D, dt_bias, norm_weight, norm_eps, headdim, ngroups, impl=impl,
                                 state_scale=state_scale,
                                 kernel="two-launch" if kernel in ("fused-in-proj", "auto") else kernel)
-
-
-#: The block boundary folded into the decode step's ``out_proj`` wherever :func:`fuses_in_proj` holds (False: the
-#: boundary's own launch); a switch for timing one against the other.
-FOLD_BOUNDARY = True
-
-
-def out_proj_boundary(y: Tensor, y_norm: DeferredNorm | None, weight: Tensor, then: NextBoundary,
-                      residual: Tensor | None, impl: str = "auto", kernel: str = "two-launch"
-                      ) -> FoldedInput | None:
-    """``out_proj`` (``weight``) of a mixer's unnormed decode output ``y`` with the block boundary ``then`` folded
-    in (``triton_out_proj``: one launch for ``out_proj`` and the boundary): the next block's
-    :class:`~avgkit_mamba.ops.norm_torch.FoldedInput`, where :func:`decode_step_projected` fuses ``in_proj`` (its
-    consumer) and the norm is deferred; else ``None``, and the caller runs ``out_proj`` and the boundary."""
-    if not FOLD_BOUNDARY or y_norm is None or not fuses_in_proj(kernel, y.shape[0], 1, impl, y.device):
-        return None
-    from avgkit_mamba.ops.triton_out_proj import out_proj_boundary_triton
-
-    return out_proj_boundary_triton(y, y_norm, weight, then, residual)
 
 
 def _conv_step_heads(zxbcdt: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,

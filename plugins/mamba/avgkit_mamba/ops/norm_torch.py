@@ -7,9 +7,6 @@
   RMSNorm (at the last boundary two: ``norm_f``, then the final layer's), adaLN modulation
   (Triton: :mod:`triton_norm`).
 * :class:`DeferredNorm`: the mixer's norm left to that boundary (one norm group).
-* :func:`fold_boundary`: that boundary done by the mixer's ``out_proj`` for the next block
-  (:class:`NextBoundary` in, :class:`FoldedInput` out; Triton: :mod:`triton_out_proj`), all but
-  the next norm's per-row factor, which the next ``in_proj`` applies as it loads its input.
 """
 
 from __future__ import annotations
@@ -20,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DeferredNorm", "FoldedInput", "NextBoundary", "add_norm_modulate", "fold_boundary", "gated_rms_norm",
-           "rms_norm"]
+__all__ = ["DeferredNorm", "add_norm_modulate", "gated_rms_norm", "rms_norm"]
 
 
 class DeferredNorm(NamedTuple):
@@ -43,55 +39,6 @@ class DeferredNorm(NamedTuple):
     def apply(self, y: Tensor) -> Tensor:
         """``y`` (b, size) times its row's ``rstd``, in fp32 and rounded to ``y.dtype``: the normed output."""
         return (y.float() * self.rstd()).to(y.dtype)
-
-
-class NextBoundary(NamedTuple):
-    """The block boundary after a mixer, for its ``out_proj`` to fold in: this block's gate (``None``: none), the next
-    block's norm (weight, eps) and modulation (``None``: none), and the residual's dtype."""
-
-    gate: Tensor | None  # (b, d_model)
-    weight: Tensor  # (d_model,)
-    eps: float
-    shift: Tensor | None  # (b, d_model)
-    scale: Tensor | None
-    residual_dtype: torch.dtype | None  # None: the mixer output's
-
-
-class FoldedInput(NamedTuple):
-    """A block's input with its boundary folded into the previous ``out_proj``, all but the norm's per-row factor:
-    ``x = a * rsqrt(sum(sumsq) / d_model + eps) + shift`` (RMSNorm is ``residual * rstd * weight``, and ``rstd`` is
-    one scalar a row, so the rest can be applied column by column before the row's sum is known)."""
-
-    a: Tensor  # (b, d_model), the model's dtype: residual * norm weight * (1 + scale)
-    sumsq: Tensor  # (b, parts) fp32: sums of residual^2 over disjoint parts of a row
-    shift: Tensor | None  # (b, d_model)
-    residual: Tensor  # (b, d_model): the new residual
-    eps: float
-
-    def rstd(self) -> Tensor:
-        """(b, 1) fp32: ``rsqrt(mean(residual^2) + eps)``."""
-        return torch.rsqrt(self.sumsq.float().sum(-1, keepdim=True) / self.a.shape[-1] + self.eps)
-
-    def x(self) -> Tensor:
-        """The block's input as the boundary's own op would give it (up to rounding), in ``a``'s dtype."""
-        x = self.a.float() * self.rstd()
-        return (x if self.shift is None else x + self.shift.float()).to(self.a.dtype)
-
-
-def fold_boundary(y: Tensor, y_norm: DeferredNorm, weight: Tensor, then: NextBoundary,
-                  residual: Tensor | None) -> FoldedInput:
-    """``out_proj`` (``weight``) of a mixer's unnormed output ``y`` scaled by its deferred norm, gated, added to
-    ``residual``, then the next block's norm weight and modulation but the norm's factor (:class:`FoldedInput`)."""
-    h = F.linear(y, weight).float() * y_norm.rstd()
-    if then.gate is not None:
-        h = h * then.gate.float()
-    if residual is not None:
-        h = h + residual.float()
-    h = h.to(then.residual_dtype or y.dtype)
-    a = h.float() * then.weight.float()
-    if then.scale is not None:
-        a = a * (1 + then.scale.float())
-    return FoldedInput(a.to(y.dtype), h.float().square().sum(-1, keepdim=True), then.shift, h, then.eps)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

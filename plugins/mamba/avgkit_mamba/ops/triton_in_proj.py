@@ -13,12 +13,6 @@ every window shifted, and each head's dt and decay. Here one launch does both, o
   (fp32) and the shifted window, ``dt`` columns store dt after bias and softplus and the decay
   ``exp(dt * A)``.
 
-Its input may be a ``norm_torch.FoldedInput`` (the block boundary done by the previous layer's
-``out_proj``, ``triton_out_proj``): the product of its rows ``a`` and, in a second accumulator, of
-the modulation's shift, ``rstd * (a W) + shift W`` with the norm's factor from the rows' partial
-sums of squares applied after the K loop (scaling each row as it loaded put that load, and a
-conversion, in front of every step of the loop: 8.6 us a layer at 32 rows on an H100 against 6.5).
-
 The output layout is the conv launch's (``xc``: channels, then dt, then decay, fp32), so the state
 update (``triton_step``, ``StepTile.preconv``) reads it unchanged.
 Reference: ``F.linear`` then ``launch_preconv`` (``tests/mamba_interpret_checks.py inproj``).
@@ -33,9 +27,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from avgkit_mamba.ops.norm_torch import FoldedInput
 from avgkit_mamba.ops.triton_common import _softplus
-from avgkit_mamba.ops.triton_launch import INTERPRET, last_dim_contiguous
+from avgkit_mamba.ops.triton_launch import INTERPRET
 
 __all__ = ["ProjTile", "in_proj_conv_triton", "proj_tile"]
 
@@ -58,28 +51,21 @@ def _old_taps(win, cw_ptr, cb_ptr, offs_j, ch_j, w_j, valid_j, ch, is_conv, mask
 
 @triton.jit
 def _in_proj_conv_kernel(
-    x_ptr, w_ptr, out_ptr, conv_ptr, cw_ptr, cb_ptr, xc_ptr, bias_ptr, A_ptr, ss_ptr, shift_ptr,
-    M, N, K, d_inner, channels, nheads, parts, x_eps,
-    s_xm, s_wn, s_om, s_cs_b, s_xc, s_ss, s_sh,
+    x_ptr, w_ptr, out_ptr, conv_ptr, cw_ptr, cb_ptr, xc_ptr, bias_ptr, A_ptr,
+    M, N, K, d_inner, channels, nheads,
+    s_xm, s_wn, s_om, s_cs_b, s_xc,
     W: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_DT_BIAS: tl.constexpr, A_IS_LOG: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-    HOIST: tl.constexpr, FOLDED: tl.constexpr, HAS_SHIFT: tl.constexpr, BLOCK_Q: tl.constexpr,
+    HOIST: tl.constexpr,
 ):
     """One (column block, row block). Addresses stay affine in ``tl.arange`` (no ``tl.where`` on an index), so the
     compiler sees which axis is contiguous and coalesces each access along it: with an index from a ``tl.where``
     it spread a warp over 32 rows of one channel, 32 sectors a request (Nsight Compute: half the sectors
-    excessive, the epilogue 10 us). With ``FOLDED`` the input rows are a ``norm_torch.FoldedInput``'s ``a``, the
-    product scaled by their norm's factor after the loop, plus the shift's product."""
+    excessive, the epilogue 10 us)."""
     n0 = tl.program_id(0) * BLOCK_N
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
-    rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if FOLDED:
-        offs_q = tl.arange(0, BLOCK_Q)
-        sq = tl.load(ss_ptr + offs_m[:, None] * s_ss + offs_q[None, :],
-                     mask=mask_m[:, None] & (offs_q < parts)[None, :], other=0.0)
-        rstd = tl.rsqrt(tl.sum(sq, axis=1) / K + x_eps)
     ch = offs_n - d_inner  # conv channel of each column (out of range outside x, B, C: masked)
     is_conv = (ch >= 0) & (ch < channels)
     head = ch - channels  # dt's head of each column
@@ -101,7 +87,6 @@ def _in_proj_conv_kernel(
         a = -tl.exp(a)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_shift = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         offs_k = k + tl.arange(0, BLOCK_K)
         xa = tl.load(x_ptr + offs_m[:, None] * s_xm + offs_k[None, :], mask=mask_m[:, None] & (offs_k[None, :] < K),
@@ -109,12 +94,6 @@ def _in_proj_conv_kernel(
         b = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :],
                     mask=(offs_n[:, None] < N) & (offs_k[None, :] < K), other=0.0)
         acc = tl.dot(xa, tl.trans(b), acc)
-        if HAS_SHIFT:
-            sh = tl.load(shift_ptr + offs_m[:, None] * s_sh + offs_k[None, :],
-                         mask=mask_m[:, None] & (offs_k[None, :] < K), other=0.0)
-            acc_shift = tl.dot(sh.to(xa.dtype), tl.trans(b), acc_shift)
-    if FOLDED:  # x W = rstd (a W) + shift W: the row's factor after the loop, off the loads' path
-        acc = acc * rstd[:, None] + acc_shift
     # in_proj's output stored as the two-launch path stores it, then read back by the epilogue below: in the
     # product's own (MMA) layout the epilogue's pointers and masks held over 200 registers a thread and spilled
     out = out_ptr + offs_m[:, None] * s_om + offs_n[None, :]
@@ -179,17 +158,13 @@ def proj_tile(rows: int) -> ProjTile:
     return ProjTile(64, 32, 128, 3, 4)
 
 
-def in_proj_conv_triton(x: Tensor | FoldedInput, weight: Tensor, conv_state: Tensor, conv_weight: Tensor,
-                        conv_bias: Tensor | None, dt_bias: Tensor | None, A: Tensor, a_is_log: bool, d_inner: int,
+def in_proj_conv_triton(x: Tensor, weight: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
+                        dt_bias: Tensor | None, A: Tensor, a_is_log: bool, d_inner: int,
                         tile: ProjTile | None = None) -> tuple[Tensor, Tensor]:
     """``x`` (b, d_model) through ``in_proj`` (``weight`` (d_inner + channels + nheads, d_model)) and this
     token's conv in one launch: returns ``z`` (b, d_inner) in ``x``'s dtype (a view of the whole product) and ``xc`` (b, channels + 2 * nheads)
     fp32, the conv launch's layout (conv + SiLU of x, B and C, then each head's dt and decay); ``conv_state``
-    (b, channels, w) is shifted in place. ``A`` is ``A_log`` with ``a_is_log``. ``x`` may be a
-    :class:`~avgkit_mamba.ops.norm_torch.FoldedInput` (its norm's factor and shift applied as its rows load)."""
-    folded = x if isinstance(x, FoldedInput) else None
-    if folded is not None:
-        x = folded.a
+    (b, channels, w) is shifted in place. ``A`` is ``A_log`` with ``a_is_log``."""
     b, k = x.shape
     n = weight.shape[0]
     channels, w = conv_state.shape[1:]
@@ -205,21 +180,13 @@ def in_proj_conv_triton(x: Tensor | FoldedInput, weight: Tensor, conv_state: Ten
     bm = tile.block_m or max(16, triton.next_power_of_2(b))
     out = torch.empty(b, n, device=x.device, dtype=x.dtype)
     xc = torch.empty(b, channels + 2 * nheads, device=x.device, dtype=torch.float32)
-    ss = folded.sumsq if folded is not None else xc
-    shift = last_dim_contiguous(folded.shift) if folded is not None and folded.shift is not None else None
-    if folded is not None and (ss.dtype != torch.float32 or ss.stride(1) != 1 or ss.shape[0] != b):
-        raise ValueError(f"a folded input's partial sums must be (rows, parts) fp32, contiguous by part; got "
-                         f"{tuple(ss.shape)} {ss.dtype}")
     _in_proj_conv_kernel[(triton.cdiv(n, tile.block_n), triton.cdiv(b, bm))](
         x, weight, out, conv_state, conv_weight, conv_bias if conv_bias is not None else conv_weight, xc,
-        dt_bias if dt_bias is not None else A, A, ss, shift if shift is not None else x,
-        b, n, k, d_inner, channels, nheads, ss.shape[1] if folded is not None else 1,
-        folded.eps if folded is not None else 0.0,
-        x.stride(0), weight.stride(0), out.stride(0), conv_state.stride(0), xc.stride(0), ss.stride(0),
-        shift.stride(0) if shift is not None else 0,
+        dt_bias if dt_bias is not None else A, A,
+        b, n, k, d_inner, channels, nheads,
+        x.stride(0), weight.stride(0), out.stride(0), conv_state.stride(0), xc.stride(0),
         W=w, HAS_CONV_BIAS=conv_bias is not None, HAS_DT_BIAS=dt_bias is not None, A_IS_LOG=a_is_log,
         BLOCK_M=bm, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, STAGES=tile.stages, HOIST=tile.hoist,
-        FOLDED=folded is not None, HAS_SHIFT=shift is not None,
-        BLOCK_Q=triton.next_power_of_2(ss.shape[1]) if folded is not None else 1, num_warps=tile.num_warps,
+        num_warps=tile.num_warps,
     )
     return out[:, :d_inner], xc

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from avgkit_mamba.ops.norm_torch import DeferredNorm, FoldedInput
+from avgkit_mamba.ops.norm_torch import DeferredNorm
 from avgkit_mamba.ops.ssd_torch import check_step_shapes, split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
     _conv_bc,
@@ -495,25 +495,23 @@ def decode_step_deferred_triton(*args: Any, **kwargs: Any) -> tuple[Tensor, Defe
     return _decode_step(*args, **kwargs, defer=True)
 
 
-def decode_step_projected_triton(x: Tensor | FoldedInput, in_proj_weight: Tensor, conv_state: Tensor,
-                                 conv_weight: Tensor, conv_bias: Tensor | None, ssm_state: Tensor, A_log: Tensor,
-                                 D: Tensor | None, dt_bias: Tensor | None, norm_weight: Tensor, norm_eps: float,
-                                 headdim: int, ngroups: int, state_scale: Tensor | None = None
-                                 ) -> tuple[Tensor, DeferredNorm]:
-    """:func:`decode_step_deferred_triton` from ``in_proj``'s input ``x`` (b, d_model, or a
-    :class:`~avgkit_mamba.ops.norm_torch.FoldedInput`): ``in_proj`` with the conv, dt and decay in its epilogue
-    (:mod:`triton_in_proj`), then the state update, two launches; the norm deferred (one group only)."""
+def decode_step_projected_triton(x: Tensor, in_proj_weight: Tensor, conv_state: Tensor, conv_weight: Tensor,
+                                 conv_bias: Tensor | None, ssm_state: Tensor, A_log: Tensor, D: Tensor | None,
+                                 dt_bias: Tensor | None, norm_weight: Tensor, norm_eps: float, headdim: int,
+                                 ngroups: int, state_scale: Tensor | None = None) -> tuple[Tensor, DeferredNorm]:
+    """:func:`decode_step_deferred_triton` from ``in_proj``'s input ``x`` (b, d_model): ``in_proj`` with the conv,
+    dt and decay in its epilogue (:mod:`triton_in_proj`), then the state update, two launches; the norm deferred
+    (one group only)."""
     from avgkit_mamba.ops.triton_in_proj import in_proj_conv_triton
 
-    rows = x.a if isinstance(x, FoldedInput) else x
-    b = rows.shape[0]
+    b = x.shape[0]
     _, nheads, p, n = ssm_state.shape
     d_inner = nheads * p
     if ngroups != 1 or headdim != p:
         raise ValueError(f"the projected decode step defers a norm of one group of head dim {p}; got ngroups "
                          f"{ngroups}, headdim {headdim}")
     z, xc = in_proj_conv_triton(x, in_proj_weight, conv_state, conv_weight, conv_bias, dt_bias, A_log, True, d_inner)
-    out = torch.empty(b, 2 * d_inner, device=rows.device, dtype=rows.dtype)  # y * w | y^2
+    out = torch.empty(b, 2 * d_inner, device=x.device, dtype=x.dtype)  # y * w | y^2
     _launch_step(xc, xc, z, conv_state, conv_weight, conv_bias, ssm_state, A_log, True, D, dt_bias, out, ngroups,
                  state_scale, _split_for(b, ssm_state, state_scale), norm_weight, xc=xc)
     return out[:, :d_inner], DeferredNorm(out[:, d_inner:], d_inner, norm_eps)
