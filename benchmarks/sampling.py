@@ -69,7 +69,7 @@ def _params(module: nn.Module) -> int:
 
 def build_aim(preset: str, *, tokens: int = TOKENS, state_dtype: str = "auto", impl: str = "auto",
               decode_form: str = "recurrent", device: str = "cuda", vocab: int = VOCAB, classes: int = CLASSES,
-              step_kernel: str = "two-launch"):
+              step_kernel: str | None = None):
     """(backbone, conditioner) of an AiM preset, random weights, bf16 (see ``common.build_sampling_aim``)."""
     return build_sampling_aim(preset, device=device, vocab=vocab, tokens=tokens, classes=classes,
                               state_dtype=state_dtype, impl=impl, decode_form=decode_form, step_kernel=step_kernel)

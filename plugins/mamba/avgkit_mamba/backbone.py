@@ -62,11 +62,12 @@ class MambaBackboneConfig(BackboneConfig):
         "head-dim row) (one byte a value); accuracy gate and speed in docs/backbone-mamba.md"
     )
     step_kernel: Literal["two-launch", "one-launch", "fused-in-proj", "auto"] = Field(
-        "two-launch", description="Triton decode step: the conv's launch, then the state update (the mixer's norm "
-        "left to the next block boundary); fused-in-proj: the conv, dt and decay in in_proj's epilogue instead of "
-        "a launch of their own (one launch a layer fewer: 6% more images/s at batch 16 on an H100, 6% fewer at "
-        "64); auto: fused-in-proj at 32 rows or fewer (batch 16 with CFG), two-launch above; or one launch with "
-        "split state tiles and the next tile's load in flight (1.8x slower on an H100); docs/benchmarks.md"
+        "auto", description="Triton decode step: auto (default), fused-in-proj at 32 rows or fewer (batch 16 with "
+        "CFG) and two-launch above (5% more images/s than two-launch at batch 16 on an H100, the same at 64); "
+        "two-launch: the conv's launch, then the state update (the mixer's norm left to the next block boundary); "
+        "fused-in-proj: the conv, dt and decay in in_proj's epilogue instead of a launch of their own at every "
+        "batch (6% fewer images/s at batch 64); or one launch with split state tiles and the next tile's load in "
+        "flight (1.8x slower on an H100); docs/benchmarks.md"
     )
     decode_form: Literal["recurrent", "chunked", "dual"] = Field(
         "recurrent", description="decoding layout: the constant-size SSM state; chunked (the state read every step "
