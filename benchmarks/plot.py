@@ -256,6 +256,16 @@ def decode_draw(path: Path = RESULTS / "sampling_draw_h100.json", images: Path =
     return _named_rows(path, names, images / "sampling_draw_h100.png")
 
 
+def decode_fused_rule(path: Path = RESULTS / "sampling_fused_rule_h100.json", images: Path = IMAGES) -> Path | None:
+    """AiM-B's default before (two-launch) and after (auto) and with the block boundary folded into ``out_proj``,
+    beside the compiled GPT-B (one H100 call; the AiM-B rows timed interleaved)."""
+    names = {"avgkit gpt-b compiled": "GPT-B compiled",
+             "avgkit aim-b int8-state two-launch": "AiM-B int8, two-launch (the default before)",
+             "avgkit aim-b int8-state auto unfolded": "AiM-B int8, auto (the default now)",
+             "avgkit aim-b int8-state auto": "AiM-B int8, auto, boundary folded into out_proj (backed out)"}
+    return _named_rows(path, names, images / "sampling_fused_rule_h100.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=IMAGES, help="where the PNGs go (default docs/img)")
@@ -266,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--smoke draws into a scratch folder: pass --images DIR")
     drawn = {fn.__name__: fn(images=args.images)
              for fn in (sampling, baseline, sequence_length, training, training_h100, decode_split, decode_preconv,
-                                 decode_defer, decode_chunked, decode_int8, launches, decode_fused_in_proj, decode_draw)}
+                                 decode_defer, decode_chunked, decode_int8, launches, decode_fused_in_proj, decode_draw,
+                                 decode_fused_rule)}
     for name, path in drawn.items():
         print(f"{name}: {path}")
     missing = [name for name, path in drawn.items() if path is None]

@@ -91,11 +91,10 @@
 # against PyTorch (step_kernel fused-in-proj included), in_proj with the conv in its epilogue against cuBLAS and the
 # conv's launch (decode_linear.py --parts conv, PROJ_TILES), then GPT-B and AiM-B at batch 16 and 64 with the bf16 and
 # int8 states, two-launch and fused-in-proj, timed interleaved with per-kernel profiles (PROFILE= for none).
-# --fused-rule (about 9 minutes; BUDGET seconds, default 540): step_kernel auto (fused-in-proj at 32 rows or fewer)
-# before it may be the default: the decode kernels against PyTorch (CHECKS=0 skips them), AiM-B's reproducibility
-# matrix with it at decode width 16 (32 rows: the fused path) on PATHS (default graph,compiled), then GPT-B and AiM-B's
-# variants (fused-in-proj and auto) at batch 16 and 64, with per-kernel profiles of each and of GPT-B (PROFILE= for
-# none).
+# --fused-rule (about 5 minutes; BUDGET seconds, default 540): step_kernel auto (the default: fused-in-proj at 32 rows
+# or fewer): the decode kernels against PyTorch (CHECKS=0 skips them), AiM-B's reproducibility matrix with it at decode
+# width 16 (32 rows: the fused path) on PATHS (default graph,compiled), then GPT-B and AiM-B's variants (two-launch,
+# fused-in-proj and auto) at batch 16 and 64, with per-kernel profiles of each and of GPT-B (PROFILE= for none).
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -310,7 +309,7 @@ if [ "$QUICK" = "--fused-in-proj" ]; then  # in_proj with the conv in its epilog
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
-if [ "$QUICK" = "--fused-rule" ]; then  # step_kernel auto (fused-in-proj at 32 rows or fewer): before a default
+if [ "$QUICK" = "--fused-rule" ]; then  # step_kernel auto (fused-in-proj at 32 rows or fewer), the default
   [ "${CHECKS:-1}" = 0 ] || LIMIT=${CHECK_LIMIT:-120} run plugins/mamba/scripts/gpu_check.py --decode \
     --out "$OUT/mamba_gpu_check_decode_fused_rule_$CARD.json"
   LIMIT=${REPRO_LIMIT:-150} run benchmarks/reproducibility.py --parts matrix --models aim-b/auto --decode-width 16 \
