@@ -232,10 +232,8 @@ def kernel_profile(backbone, cond, batch, sampler_cfg, top: int = 40) -> list[di
 
 
 def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, root: str | None,
-                           device: str, notes: list, shape: dict, attentions: tuple[str, ...] = ("auto",),
-                           graph_steps: int = 0) -> list[dict]:
-    """avgkit's transformer (compiled step in the sampler's graph, each decode attention; with ``graph_steps`` also
-    that many steps a graph) vs LlamaGen's compiled sampler."""
+                           device: str, notes: list, shape: dict, attentions: tuple[str, ...] = ("auto",)) -> list[dict]:
+    """avgkit's transformer (compiled step in the sampler's graph, each decode attention) vs LlamaGen's compiled sampler."""
     rows = []
     for batch in batches:
         torch._dynamo.reset()  # each batch size compiles afresh, as in a new process
@@ -247,11 +245,9 @@ def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig
                 notes.append("no transformer backbone plugin installed")
                 return rows
             label = "" if attention == "auto" else f" ({attention} attention)"
-            for tag, steps in [("", 1)] + ([(f" {graph_steps} steps a graph", graph_steps)] if graph_steps else []):
-                entries.append({"name": f"avgkit {preset} compiled{label}{tag}", "batch": batch,
-                                "tokens": shape["tokens"], "params": _params(gpt) + _params(gcond),
-                                "call": avgkit_sampler(gpt, gcond, batch, cfg.model_copy(
-                                    update={"compile": True, "graph_steps": steps}), device)})
+            entries.append({"name": f"avgkit {preset} compiled{label}", "batch": batch, "tokens": shape["tokens"],
+                            "params": _params(gpt) + _params(gcond),
+                            "call": avgkit_sampler(gpt, gcond, batch, cfg.model_copy(update={"compile": True}), device)})
         if root:
             try:
                 call, n = llamagen_sampler(root, preset, batch, cfg_scale=cfg.cfg_scale, top_k=cfg.top_k,
@@ -382,17 +378,15 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
 
 def aim_rows(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str, bw: float | None,
              shape: dict, state_dtype: str = "auto", tag: str = "", compiled: bool = False,
-             torch_draw: bool = False, graph_steps: int = 0) -> list[dict]:
+             torch_draw: bool = False) -> list[dict]:
     """AiM rows per batch, named by the state dtype they decode with (``auto``: the recipe's default); with
     ``compiled``, the step through torch.compile beside it, with ``torch_draw`` the draw by PyTorch ops
-    (``draw_impl: torch``), with ``graph_steps`` that many steps a CUDA graph, each beside it, timed interleaved."""
+    (``draw_impl: torch``) beside it, timed interleaved."""
     bb, cond = build_aim(shape.get("aim", preset), tokens=shape["tokens"], device=device, vocab=shape["vocab"],
                          classes=shape["classes"], state_dtype=state_dtype)
     state_dtype = state_label(bb)
     variants = ([("", cfg)] + ([(" compiled", cfg.model_copy(update={"compile": True}))] if compiled else [])
-                + ([(" torch draw", cfg.model_copy(update={"draw_impl": "torch"}))] if torch_draw else [])
-                + ([(f" {graph_steps} steps a graph", cfg.model_copy(update={"graph_steps": graph_steps}))]
-                   if graph_steps else []))
+                + ([(" torch draw", cfg.model_copy(update={"draw_impl": "torch"}))] if torch_draw else []))
     rows = []
     for b in batches:  # one batch at a time: each its own graph and first call
         rows += interleaved([{"name": f"avgkit {preset} {state_dtype}-state{tag}{label}", "batch": b,
@@ -423,9 +417,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunked", action="store_true", help="also the chunked form's variant rows")
     ap.add_argument("--torch-draw", action="store_true",
                     help="each AiM row also with the draw by PyTorch ops (draw_impl: torch), timed interleaved")
-    ap.add_argument("--graph-steps", type=int, default=0, metavar="N",
-                    help="each avgkit row (GPT and AiM) also with N decoding steps a CUDA graph (the sampler's "
-                         "graph_steps), timed interleaved")
     ap.add_argument("--fused-in-proj", action="store_true",
                     help="also the variant rows with step_kernel fused-in-proj (the conv in in_proj's epilogue) and auto "
                          "(fused-in-proj at 32 rows or fewer)")
@@ -471,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     profiles = {}
     for preset in gpts:
         rows += transformer_comparison(preset, batches, cfg, repeats, args.llamagen_root, device, notes, shape,
-                                       tuple(args.gpt_attention.split(",")), args.graph_steps)
+                                       tuple(args.gpt_attention.split(",")))
     if args.profile and not args.smoke:  # the baseline's kernels beside AiM-B's (below)
         for preset in gpts:
             gpt, gcond = build_gpt(preset)
@@ -485,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
                   + [fixed_split_rule(v) for v in args.step_splits.split(",") if v.strip()])
     for preset in aims:
         rows += aim_rows(preset, batches, cfg, repeats, device, bw, shape, compiled=args.aim_compile,
-                         torch_draw=args.torch_draw, graph_steps=args.graph_steps)
+                         torch_draw=args.torch_draw)
         if preset == "aim-b" and not args.quick and not args.smoke:
             rows += aim_rows(preset, [64], cfg, repeats, device, bw, shape, state_dtype="fp32")
             if import_mamba_ssm() is not None:

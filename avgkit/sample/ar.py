@@ -38,10 +38,6 @@ class ARSamplerConfig(ComponentConfig):
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 keeps all")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus mass; 1 keeps all")
     cuda_graph: bool = Field(True, description="on CUDA, capture the decoding step once and replay it")
-    graph_steps: int = Field(
-        1, ge=1, le=64, description="with cuda_graph, decoding steps one graph replays (the rest of a call by a "
-        "graph of one step): fewer launches from the host, the same kernels and tokens"
-    )
     compile: bool = Field(
         False, description="run the decoding step through torch.compile (fused kernels; the first call of each "
         "batch size compiles); on CUDA the compiled step is replayed from the step's CUDA graph"
@@ -69,9 +65,7 @@ class _Run:
     codes: Tensor  # (B, N)
     u: Tensor  # (B, N) float64: the uniform each image draws each token with
     k: Tensor  # (1,) int64: index of the token being drawn
-    graph: Any = None  # one step
-    graph_many: Any = None  # ``many`` steps, where the sampler's ``graph_steps`` asks for more than one
-    many: int = 1
+    graph: Any = None
 
 
 def _uncached_autocast(kind: str) -> contextlib.AbstractContextManager:
@@ -173,12 +167,7 @@ class ARSampler:
         self._draw(run, logits)
         run.k.fill_(1)
         step = self._step_fn()
-        left = n_tok - 1
-        if run.graph_many is not None:  # several steps a replay, then the rest one by one
-            for _ in range(left // run.many):
-                run.graph_many.replay()
-            left %= run.many
-        for _ in range(left):
+        for _ in range(1, n_tok):
             if run.graph is not None:
                 run.graph.replay()
             else:
@@ -223,13 +212,6 @@ class ARSampler:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 step(run)
-            n = min(self.config.graph_steps, backbone.num_tokens - 1)
-            if n > 1:  # the same step n times, each reading and advancing k on the device
-                run.k.fill_(1)
-                run.graph_many, run.many = torch.cuda.CUDAGraph(), n
-                with torch.cuda.graph(run.graph_many):
-                    for _ in range(n):
-                        step(run)
         run.graph = graph
         self._graphs[key] = run
         return run

@@ -160,31 +160,3 @@ def test_active_autocast_dtype_answers_for_any_device_type():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert active_autocast_dtype(torch.device("cpu")) == torch.bfloat16
         assert active_autocast_dtype("meta") is None  # no autocast for it: a state built on meta has no autocast dtype
-
-
-def test_graph_steps_is_checked_and_changes_nothing_without_a_graph():
-    c = _components()
-    labels = torch.arange(3)
-    with torch.inference_mode():
-        one = ARSampler(ARSamplerConfig(cfg_scale=2.0)).sample(c.backbone, c.conditioner, labels, seed=5)
-        many = ARSampler(ARSamplerConfig(cfg_scale=2.0, graph_steps=4)).sample(c.backbone, c.conditioner, labels,
-                                                                                seed=5)
-    assert torch.equal(one, many)
-    with pytest.raises(ValueError, match="graph_steps"):
-        ARSamplerConfig(graph_steps=0)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("steps", [2, 5, 64])
-def test_several_steps_a_graph_give_the_tokens_of_one_step_a_graph(steps):
-    """graph_steps replays a graph of several steps, then the rest of the call one step a replay (5 leaves a
-    remainder; 64 is more steps than the call has): the tokens of the eager loop and of one step a graph."""
-    c = _components()
-    backbone, conditioner = c.backbone.cuda().eval(), c.conditioner.cuda().eval()
-    labels = torch.arange(4, device="cuda")
-    with torch.inference_mode():
-        got = {name: ARSampler(ARSamplerConfig(cfg_scale=2.0, top_k=8, **kw)).sample(backbone, conditioner, labels,
-                                                                                    seed=3)
-               for name, kw in (("eager", {"cuda_graph": False}), ("one", {}), ("many", {"graph_steps": steps}))}
-    assert torch.equal(got["many"], got["one"]) and torch.equal(got["one"], got["eager"])
