@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled | --draw | --fused-in-proj | --fused-rule]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled | --draw | --fused-in-proj | --fused-rule | --idle]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -95,6 +95,8 @@
 # or fewer): the decode kernels against PyTorch (CHECKS=0 skips them), AiM-B's reproducibility matrix with it at decode
 # width 16 (32 rows: the fused path) on PATHS (default graph,compiled), then GPT-B and AiM-B's variants (two-launch,
 # fused-in-proj and auto) at batch 16 and 64, with per-kernel profiles of each and of GPT-B (PROFILE= for none).
+# --idle (about 2 minutes; BUDGET seconds, default 150): where a step idles: GPT-B and AiM-B's default at BATCHES
+# (default 16) with per-kernel profiles and the GPU's idle time between kernels by the pair it falls between.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -306,6 +308,12 @@ if [ "$QUICK" = "--fused-in-proj" ]; then  # in_proj with the conv in its epilog
     LIMIT=$((${BUDGET:-560} - SECONDS + START)) run benchmarks/sampling.py --quick --batches 16,64 --variants 16,64 \
       --fused-in-proj ${PROFILE---profile} --out "$OUT/sampling_fused_in_proj_$CARD.json"
   fi
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--idle" ]; then  # the idle time between a step's kernels, GPT-B beside AiM-B
+  LIMIT=$((${BUDGET:-150} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16}" \
+    --variants none --profile --out "$OUT/sampling_idle_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

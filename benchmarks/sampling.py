@@ -228,7 +228,34 @@ def kernel_profile(backbone, cond, batch, sampler_cfg, top: int = 40) -> list[di
     print(f"profile: {total:.3f} ms GPU time per step, {launches:.1f} launches", flush=True)
     for row in out:
         print("  ", row, flush=True)
-    return [{"kernel": "(all kernels)", "ms_per_step": round(total, 4), "calls_per_step": round(launches, 2)}] + out
+    spans = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+             if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start]
+    idle = idle_gaps(spans, steps)
+    print(f"idle: {idle['idle_ms_per_step']:.3f} ms a step between kernels; the largest by the pair of kernels:",
+          flush=True)
+    for row in idle["by_pair"][:12]:
+        print("  ", row, flush=True)
+    return [{"kernel": "(all kernels)", "ms_per_step": round(total, 4), "calls_per_step": round(launches, 2),
+             "idle": idle}] + out
+
+
+def idle_gaps(spans: list[tuple[str, float, float]], steps: int, top: int = 20) -> dict:
+    """The GPU's idle time between consecutive kernels (name, start us, end us), a step: in all, and by the pair of
+    kernels it falls between, largest first (idle beyond 200 us, where the host waited, is left out)."""
+    spans = sorted(spans, key=lambda s: s[1])
+    pairs: dict[tuple[str, str], list[float]] = {}
+    last_end, last_name, idle = None, None, 0.0
+    for name, start, end in spans:
+        if last_end is not None and 0 < start - last_end < 200:
+            idle += start - last_end
+            pairs.setdefault((last_name[:40], name[:40]), []).append(start - last_end)
+        if last_end is None or end > last_end:
+            last_end, last_name = end, name
+    rows = [{"after": a, "before": b, "ms_per_step": round(sum(g) / 1e3 / steps, 4),
+             "calls_per_step": round(len(g) / steps, 2), "mean_us": round(sum(g) / len(g), 2)}
+            for (a, b), g in pairs.items()]
+    rows.sort(key=lambda r: -r["ms_per_step"])
+    return {"idle_ms_per_step": round(idle / 1e3 / steps, 4), "by_pair": rows[:top]}
 
 
 def transformer_comparison(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, root: str | None,
@@ -421,8 +448,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="also the variant rows with step_kernel fused-in-proj (the conv in in_proj's epilogue) and auto "
                          "(fused-in-proj at 32 rows or fewer)")
     ap.add_argument("--profile", action="store_true",
-                    help="a per-kernel profile of one AiM-B step at batch 16 and 64, for each state dtype and step kernel "
-                         "(and the --step-tiles split)")
+                    help="a per-kernel profile of one step at each batch size, with the idle time between kernels: "
+                         "the compiled GPT-B, AiM-B's default and each variant (state dtype, step kernel, the "
+                         "--step-tiles split)")
     ap.add_argument("--gpt-attention", default="auto",
                     help="comma-separated decode attentions of avgkit's transformer rows (auto, triton, math, sdpa)")
     ap.add_argument("--variants", default=None,
@@ -466,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile and not args.smoke:  # the baseline's kernels beside AiM-B's (below)
         for preset in gpts:
             gpt, gcond = build_gpt(preset)
-            for pb in (16, 64):
+            for pb in batches:
                 torch._dynamo.reset()
                 profiles[f"{preset} b{pb} compiled"] = kernel_profile(gpt, gcond, pb,
                                                                       cfg.model_copy(update={"compile": True}))
@@ -500,10 +528,14 @@ def main(argv: list[str] | None = None) -> None:
         if preset == "aim-b" and args.profile and not args.smoke:
             from avgkit_mamba.ops.triton_step import split_rule
 
-            for state_dtype, kernel, form in variants:  # before (bf16, two-launch) and after
+            bb, cond = build_aim(preset)  # the recipe's default, then the variants (none with --variants none)
+            for pb in batches:
+                profiles[f"aim-b b{pb} default"] = kernel_profile(bb, cond, pb, cfg)
+            del bb, cond
+            for state_dtype, kernel, form in (variants if args.variants != "none" else ()):
                 bb, cond = build_aim(preset, state_dtype=state_dtype, step_kernel=kernel, decode_form=form)
                 splits = [("", None)] + (list(tile_rules) if kernel == "two-launch" and form in split_forms else [])
-                for (tag, r), pb in itertools.product(splits, (16, 64)):
+                for (tag, r), pb in itertools.product(splits, batches):
                     with split_rule(r):
                         profiles[f"aim-b b{pb} {state_dtype}-state {kernel} {form}{' ' + tag if tag else ''}"] = \
                             kernel_profile(bb, cond, pb, cfg)
