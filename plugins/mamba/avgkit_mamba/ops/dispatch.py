@@ -314,6 +314,11 @@ def decode_step_torch(
     return _grouped_norm(y, norm_weight, norm_eps, ngroups)
 
 
+def _check_step_kernel(kernel: str) -> None:
+    if kernel not in STEP_KERNELS:
+        raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
+
+
 def decode_step(
     zxbcdt: Tensor,
     conv_state: Tensor,
@@ -342,8 +347,7 @@ def decode_step(
     ``"auto"`` move the conv into ``in_proj`` (:func:`decode_step_projected`), so from ``in_proj``'s output they are
     ``"two-launch"``; the torch path ignores it.
     """
-    if kernel not in STEP_KERNELS:
-        raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
+    _check_step_kernel(kernel)
     args = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, norm_eps,
             headdim, ngroups)
     if resolve_impl(impl, zxbcdt.device) == "triton":
@@ -412,8 +416,7 @@ def decode_step_projected(
     ``kernel="auto"`` does so for ``FUSED_IN_PROJ_MAX_ROWS`` rows or fewer; otherwise ``F.linear`` then
     :func:`decode_step_deferred` (``two-launch`` for ``fused-in-proj`` and ``auto``). The same values either way,
     up to rounding."""
-    if kernel not in STEP_KERNELS:
-        raise _ImplError(f"unknown decode step kernel {kernel!r}; use one of {', '.join(STEP_KERNELS)}")
+    _check_step_kernel(kernel)
     fused = kernel == "fused-in-proj" or (kernel == "auto" and x.shape[0] <= FUSED_IN_PROJ_MAX_ROWS)
     if fused and ngroups == 1 and resolve_impl(impl, x.device) == "triton":
         from avgkit_mamba.ops.triton_step import decode_step_projected_triton

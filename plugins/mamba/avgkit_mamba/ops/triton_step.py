@@ -513,7 +513,7 @@ def decode_step_projected_triton(x: Tensor, in_proj_weight: Tensor, conv_state: 
     z, xc = in_proj_conv_triton(x, in_proj_weight, conv_state, conv_weight, conv_bias, dt_bias, A_log, True, d_inner)
     out = torch.empty(b, 2 * d_inner, device=x.device, dtype=x.dtype)  # y * w | y^2
     _launch_step(xc, xc, z, conv_state, conv_weight, conv_bias, ssm_state, A_log, True, D, dt_bias, out, ngroups,
-                 state_scale, _split_for(b, ssm_state, state_scale), norm_weight, xc=xc)
+                 state_scale, None, norm_weight, xc=xc)
     return out[:, :d_inner], DeferredNorm(out[:, d_inner:], d_inner, norm_eps)
 
 
