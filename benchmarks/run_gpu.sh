@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled | --draw | --fused-in-proj | --fused-rule | --idle]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled | --draw | --fused-in-proj | --fused-rule | --idle | --words]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -97,6 +97,11 @@
 # fused-in-proj and auto) at batch 16 and 64, with per-kernel profiles of each and of GPT-B (PROFILE= for none).
 # --idle (about 2 minutes; BUDGET seconds, default 150): where a step idles: GPT-B and AiM-B's default at BATCHES
 # (default 16) with per-kernel profiles and the GPU's idle time between kernels by the pair it falls between.
+# --words (about 7 minutes; BUDGET seconds, default 420): the int8 state read and written as words (StepTile.words):
+# the decode kernels against PyTorch (the words path included; CHECKS=0 skips them), Nsight Compute's counters of the
+# rule's state update and of WORDS (default 32x4:pc:dn:r64:w) where the machine has ncu (NCU=0 skips them), the two
+# over 24 layers' states (gpu_check --tiles, TILE_SPLITS), then GPT-B and AiM-B at BATCHES (default 16,64), AiM-B's
+# int8 rows with the rule and WORDS, timed interleaved, with per-kernel profiles.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -314,6 +319,30 @@ fi
 if [ "$QUICK" = "--idle" ]; then  # the idle time between a step's kernels, GPT-B beside AiM-B
   LIMIT=$((${BUDGET:-150} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16}" \
     --variants none --profile --out "$OUT/sampling_idle_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--words" ]; then  # the int8 state as words against the rule: checks, counters, sweep, AiM-B rows
+  [ "${CHECKS:-1}" = 0 ] || LIMIT=${CHECK_LIMIT:-150} run plugins/mamba/scripts/gpu_check.py --decode \
+    --out "$OUT/mamba_gpu_check_decode_words_$CARD.json"
+  if [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then
+    for split in rule "${WORDS:-32x4:pc:dn:r64:w}"; do
+      echo "== [$((SECONDS - START)) s] ncu, int8 state, $split"
+      timeout "${NCU_LIMIT:-60}" ncu --clock-control none -k regex:_step_kernel --launch-skip 48 --launch-count 2 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section MemoryWorkloadAnalysis --section SchedulerStats --section InstructionStats \
+        python3 plugins/mamba/scripts/gpu_check.py --step-only int8 $([ "$split" = rule ] || echo --step-split "$split") \
+        > "$OUT/ncu_step_int8_${split//:/-}_$CARD.txt" 2>&1
+      grep -E "Duration|Throughput|Registers|Achieved Occupancy|Warp Cycles|Issued|Executed Instructions" \
+        "$OUT/ncu_step_int8_${split//:/-}_$CARD.txt" | head -n 20
+    done
+  fi
+  LIMIT=${TILES_LIMIT:-100} run plugins/mamba/scripts/gpu_check.py --tiles --tile-states int8 \
+    --tile-splits "${TILE_SPLITS:-32x4:pc:dn:r64,${WORDS:-32x4:pc:dn:r64:w},32x4:pc:dn:w}" \
+    --out "$OUT/decode_tiles_words_$CARD.json"
+  LIMIT=$((${BUDGET:-420} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16,64}" \
+    --variants "${BATCHES:-16,64}" --step-splits "${WORDS:-32x4:pc:dn:r64:w}" --split-forms recurrent --profile \
+    --out "$OUT/sampling_words_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

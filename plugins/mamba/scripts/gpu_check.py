@@ -354,19 +354,24 @@ def _state_values(t: dict) -> torch.Tensor:
 def check_decode_kernels(batch: int, nheads: int, dtype: torch.dtype, *, p: int = 64, n: int = 128, iters: int = 3,
                          device: torch.device | str = "cuda", states: tuple[str, ...] = ("fp32", "bf16", "int8"),
                          kernels: tuple[str, ...] = ("two-launch", "one-launch"),
-                         other_conv: bool = False, deferred: bool = False) -> list[dict]:
+                         other_conv: bool = False, deferred: bool = False, words: bool = False) -> list[dict]:
     """Each Triton decode-step kernel and state dtype against the torch step, ``iters`` steps in a row
     (``other_conv``: the rule's split with the conv where the rule does not put it, inside the state update or in
     its own launch, so both paths are checked; ``deferred``: the step as the backbone calls it, its norm's per-row
-    factor applied afterwards where the split defers it)."""
+    factor applied afterwards where the split defers it; ``words``: an int8 state read and written as words,
+    ``StepTile.words``)."""
     from avgkit_mamba.ops import triton_step
     from avgkit_mamba.ops.dispatch import decode_step, decode_step_deferred
 
+    def varied(rows: int, hd: int, quant: bool) -> triton_step.StepTile:
+        t = triton_step._tile(rows, hd, quant)
+        return t._replace(preconv=t.preconv != other_conv, words=t.words or words)
+
     rows = []
-    rule = None if not other_conv else (
-        lambda rows, hd, quant: (t := triton_step._tile(rows, hd, quant))._replace(preconv=not t.preconv))
+    rule = varied if other_conv or words else None
     label = "" if not other_conv else " conv inside" if triton_step._tile(batch * nheads, p).preconv else " conv first"
     label += " deferred norm" if deferred else ""
+    label += " words" if words else ""
     for state in states:
         for kernel in kernels:
             ours = _decode_step_problem(batch, nheads, state, dtype, p=p, n=n, device=device)
@@ -598,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
                              "--step-batch sequences, five times, checks and timing left out: a process for an "
                              "external profiler (ncu -k regex:_step_kernel)")
     parser.add_argument("--step-batch", type=int, default=128, help="sequences for --step-only (default 128)")
+    parser.add_argument("--step-split", default=None, metavar="SPLIT",
+                        help="--step-only: this split of the state update instead of the rule's (StepTile.parse, "
+                             "e.g. 32x4:pc:dn:r64:w)")
     parser.add_argument("--step-form", choices=("recurrent", "chunked"), default="recurrent",
                         help="--step-only: the recurrent state update or the chunked form's step (ncu -k "
                              "regex:_window_step_kernel)")
@@ -620,7 +628,10 @@ def main(argv: list[str] | None = None) -> int:
     layer = SMOKE_LAYER if args.smoke else {"nheads": 24, "p": 64, "n": 128}
     rows: list[dict] = []
     if args.step_only:
+        from avgkit_mamba.ops import triton_step
         from avgkit_mamba.ops.dispatch import decode_step_deferred, window_step_deferred
+
+        split = triton_step.StepTile.parse(args.step_split) if args.step_split else None
 
         batch = 2 if args.smoke else args.step_batch
         stack = [_decode_step_problem(batch, layer["nheads"], args.step_only,
@@ -640,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
                                          t["ssm_state"], t["state_scale"], *window, length, t["A_log"], t["D"],
                                          t["dt_bias"], t["norm_weight"], t["norm_eps"], t["ngroups"], impl="triton")
                 else:
-                    decode_step_deferred(**t, impl="triton", kernel="two-launch")
+                    with triton_step.split_rule(None if split is None else lambda rows, hd, quant: split):
+                        decode_step_deferred(**t, impl="triton", kernel="two-launch")
             length.add_(1)
         synchronize(device)
         print(f"ran {5 * len(stack)} decode steps ({args.step_only} state, {args.step_form} form)")
@@ -671,6 +683,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += check_decode_kernels(2 if args.smoke else 16, layer["nheads"], torch.bfloat16, iters=2,
                                          device=device, p=layer["p"], n=layer["n"], states=("bf16", "int8"),
                                          kernels=("two-launch",), other_conv=other_conv, deferred=True)
+            for deferred in (False, True):  # the int8 state as words (inline PTX on the GPU, not interpreted)
+                rows += check_decode_kernels(2 if args.smoke else 16, layer["nheads"], torch.bfloat16, iters=2,
+                                             device=device, p=layer["p"], n=layer["n"], states=("int8",),
+                                             kernels=("two-launch",), other_conv=other_conv, deferred=deferred,
+                                             words=True)
         decode = SMOKE_DECODE if args.smoke else {}
         for state_dtype, form, kernel in (("bf16", "recurrent", "two-launch"), ("int8", "recurrent", "two-launch"),
                                           ("bf16", "chunked", "two-launch"), ("int8", "chunked", "two-launch"),

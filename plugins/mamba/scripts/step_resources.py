@@ -4,9 +4,10 @@ For each state dtype and work split (``triton_step.StepTile``) the state-update 
 compiled by Triton for a Hopper target (no driver needed) and assembled by the ``ptxas``
 Triton ships; the report gives per split the registers a thread, spilled bytes, shared
 memory, the programs an SM can hold (from registers, warps and shared memory), the
-barriers in the PTX, asynchronous copies (the pipelined loop over heads), and the layout
+barriers in the PTX, asynchronous copies (the pipelined loop over heads), the layout
 conversions of whole state tiles through shared memory in the TTGIR (each one a round trip
-of the tile). These explain measurements (docs/benchmarks.md: with the conv inside, the
+of the tile), and the SASS instructions of a thread (straight-line code: one head a
+program; each one an issue slot, the int8 update's limit) and their number per state value. These explain measurements (docs/benchmarks.md: with the conv inside, the
 int8 split of 64 head dims converted its tile twice and the bf16 one held four programs an
 SM; with the conv in its own launch, one barrier and five) and screen new splits or kernel
 changes before a GPU call; they do not time anything.
@@ -47,7 +48,8 @@ def compile_step(state: str, tile, d_state: int = 128, d_conv: int = 4):
                  BLOCK_P=tile.block_p, BLOCK_N=triton.next_power_of_2(d_state),
                  BLOCK_W=triton.next_power_of_2(d_conv), HEADS=tile.heads, STAGES=tile.stages,
                  LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
-                 PRECONV=tile.preconv, DEFER_NORM=tile.defer_norm, USE_PDL=False, HPG=24, s_ss_n=1)  # the launcher specialises unit strides to the constant 1
+                 PRECONV=tile.preconv, DEFER_NORM=tile.defer_norm, USE_PDL=False, HPG=24, s_ss_n=1,
+                 WORDS=tile.words and state == "int8")  # the launcher specialises unit strides to the constant 1
     floats = {"xc_ptr": "*fp32", "scale_ptr": "*fp32", "A_ptr": "*fp32", "D_ptr": "*fp32", "bias_ptr": "*fp32",
               "y_ptr": "*bf16" if tile.defer_norm else "*fp32", "ssm_ptr": STATE_TYPES[state]}
     return _compile(triton_step._step_kernel, const, floats, tile)
@@ -103,10 +105,12 @@ def ptxas() -> str:
 
 def resources(compiled, tile, block_p: int, d_state: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        ptx = Path(tmp) / "step.ptx"
+        ptx, cubin = Path(tmp) / "step.ptx", Path(tmp) / "step.cubin"
         ptx.write_text(compiled.asm["ptx"])
-        log = subprocess.run([ptxas(), "-v", "--gpu-name", "sm_90a", str(ptx), "-o", os.devnull],
+        log = subprocess.run([ptxas(), "-v", "--gpu-name", "sm_90a", str(ptx), "-o", str(cubin)],
                              capture_output=True, text=True, check=True).stderr
+        sass = subprocess.run([str(Path(ptxas()).with_name("cuobjdump")), "-sass", str(cubin)],
+                              capture_output=True, text=True, check=True).stdout
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
     spilled = re.search(r"(\d+) bytes spill stores", log)
     shared = compiled.metadata.shared
@@ -115,7 +119,11 @@ def resources(compiled, tile, block_p: int, d_state: int) -> dict:
     tile_shape = f"{block_p}x{d_state}x"
     converts = [line for line in compiled.asm["ttgir"].splitlines()
                 if "ttg.convert_layout" in line and f"tensor<{tile_shape}" in line.split("->")[0]]
-    return {"registers": regs, "spilled_bytes": int(spilled.group(1)) if spilled else 0, "shared_bytes": shared,
+    code = [m.group(1) for m in re.finditer(r"^\s+/\*[0-9a-f]{4}\*/\s+(\S+)", sass, re.M)]
+    instructions = len([op for op in code if op not in ("NOP;", "BRA")])  # less the padding and the final self-loop
+    values = block_p * d_state / (32 * tile.num_warps)  # state values a thread updates
+    return {"instructions": instructions, "instructions_per_value": round(instructions / values, 1),
+            "registers": regs, "spilled_bytes": int(spilled.group(1)) if spilled else 0, "shared_bytes": shared,
             "programs_per_sm": programs, "warps_per_sm": programs * tile.num_warps,
             "barriers": compiled.asm["ptx"].count("bar.sync"), "async_copies": compiled.asm["ptx"].count("cp.async.c"),
             "tile_layout_conversions": len(converts)}

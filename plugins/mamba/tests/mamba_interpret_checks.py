@@ -200,8 +200,12 @@ def int8_state_checks() -> None:
 
     gen = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-    # n = 24: a masked d_state tail (BLOCK_N 32) must not enter the row maximum
-    for b, h, p, g, n in ((2, 4, 8, 2, 16), (1, 2, 8, 1, 24)):
+    # n = 24: a masked d_state tail (BLOCK_N 32) must not enter the row maximum; each case with the state read
+    # bytewise and as words (StepTile.words)
+    from avgkit_mamba.ops import triton_step
+
+    for b, h, p, g, n, words in ((2, 4, 8, 2, 16, False), (1, 2, 8, 1, 24, False), (2, 4, 8, 2, 16, True),
+                                 (1, 2, 8, 1, 24, True)):
         w = 4
         conv_dim = h * p + 2 * g * n
         weight, bias = r(conv_dim, w), r(conv_dim)
@@ -211,13 +215,17 @@ def int8_state_checks() -> None:
         quantize_rows_(r(b, h, p, n), q, scale)
         q[0, 0, 0] = 0  # an all-zero row: scale 0, stays finite
         scale[0, 0, 0] = 0
+        scale[0, 0, 1] = 1e-25  # a row below the words path's smallest scale
         conv_ref, q_ref, scale_ref = conv.clone(), q.clone(), scale.clone()
         for i in range(3):
             xbc, dt, z = r(b, conv_dim), r(b, h) - 1.0, r(b, h * p)
-            y = fused_step(xbc, dt, conv, weight, bias, q, A, D, dt_bias, z, p, g, impl="triton", state_scale=scale)
+            with triton_step.split_rule(lambda rows, hd, quant, words=words: triton_step._tile(rows, hd, quant)._replace(
+                    words=words)):
+                y = fused_step(xbc, dt, conv, weight, bias, q, A, D, dt_bias, z, p, g, impl="triton",
+                               state_scale=scale)
             y_ref = fused_step_torch(xbc, dt, conv_ref, weight, bias, q_ref, A, D, dt_bias, z, p, g,
                                      state_scale=scale_ref)
-            label = f"int8 step h{h} n{n} #{i}"
+            label = f"int8 step h{h} n{n}{' words' if words else ''} #{i}"
             check(f"{label} y", max_rel_err(y, y_ref), 1e-4)
             check(f"{label} scales", max_rel_err(scale, scale_ref), 1e-5)
             check(f"{label} state (one quantum = 8e-3)", max_rel_err(dequantize_rows(q, scale),
@@ -366,12 +374,13 @@ def decode_checks() -> None:
     w8, b8, al8, D8, dtb8 = r(cd8, w), r(cd8), torch.rand(h8, generator=gen), r(h8), r(h8) * 0.5
     nw8 = 1 + 0.1 * r(d8)
     z8 = [r(b, d8 + cd8 + h8) for _ in range(2)]
-    for sdt in (torch.bfloat16, torch.int8):
+    for sdt, words in ((torch.bfloat16, False), (torch.int8, False), (torch.int8, True)):
         outs = []
         for tile in (triton_step.StepTile(8, 4), triton_step.StepTile(8, 4, 2, True), triton_step.StepTile(4, 2, 4),
                      triton_step.StepTile(8, 4, 4, True), triton_step.StepTile(8, 4, 3),  # 3: falls back to 1
                      triton_step.StepTile(8, 4, 2, True, 2), triton_step.StepTile(4, 2, 4, False, 3),
                      triton_step.StepTile(8, 4, 1, False, 1, True), triton_step.StepTile(4, 2, 2, True, 2, True)):
+            tile = tile._replace(words=words)
             gen8 = torch.Generator().manual_seed(7)
             conv8, vals = torch.randn(b, cd8, w, generator=gen8), torch.randn(b, h8, p, n, generator=gen8)
             scale8 = None
@@ -385,7 +394,8 @@ def decode_checks() -> None:
                       for zz in z8]
             outs.append([*ys, conv8, ssm8.float()] + ([scale8] if scale8 is not None else []))
         same = all(torch.equal(a, c) for o in outs[1:] for a, c in zip(o, outs[0], strict=True))
-        check(f"decode step {str(sdt)[6:]} state: every work split the same bits", 0.0 if same else float("inf"), 0.0)
+        check(f"decode step {str(sdt)[6:]}{' words' if words else ''} state: every work split the same bits",
+              0.0 if same else float("inf"), 0.0)
 
     deferred_norm_checks()
 

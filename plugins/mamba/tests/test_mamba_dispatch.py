@@ -117,6 +117,8 @@ def test_step_tile_specs_read_back_and_name_their_format() -> None:
     assert StepTile.parse(" 64x8:pc:r64 ") == StepTile(64, 8, preconv=True, max_registers=64)
     assert StepTile.parse("16x8:stream:h4:s3") == StepTile(16, 8, 4, True, 3)
     assert StepTile.parse("32x8:pc:dn") == StepTile(32, 8, preconv=True, defer_norm=True)
+    assert StepTile.parse("32x4:pc:dn:r64:w") == StepTile(32, 4, preconv=True, max_registers=64, defer_norm=True,
+                                                          words=True)
     for bad, words in (("32by8", "BLOCK_PxWARPS"), ("32x8:rx", "BLOCK_PxWARPS"), ("32x8:fast", "unknown flag")):
         with pytest.raises(ValueError, match=words):
             StepTile.parse(bad)

@@ -10,7 +10,8 @@ are checked against those references under the interpreter (``tests/mamba_interp
   ``_conv_inputs`` / ``_shift_windows`` / ``_store_window``: one token of the causal depthwise conv,
   :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
 * ``_dequantize_rows`` / ``_quantize_rows``: the one-byte state,
-  :mod:`avgkit_mamba.ops.state_quant`.
+  :mod:`avgkit_mamba.ops.state_quant`; ``_quads`` / ``_unpack_byte`` / ``_pack_rounded``: the same state
+  read and written as 4-byte words.
 * ``_skip_gate_store``: a decode step's output, ``(y + D x) * silu(z)``
   (:func:`avgkit_mamba.ops.dispatch.fused_step_torch`), or with the norm deferred its
   weighted value and square (``norm_torch.DeferredNorm``).
@@ -26,12 +27,16 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import libdevice
 
 from avgkit_mamba.ops.state_quant import FLUSH, INT8_LEVELS
+from avgkit_mamba.ops.triton_launch import INTERPRET
 
 #: ``state_quant.FLUSH`` and ``state_quant.INT8_LEVELS`` as the kernels' constants
 _FLUSH = tl.constexpr(FLUSH)
 _LEVELS = tl.constexpr(INT8_LEVELS)
+#: the interpreter runs no inline PTX: helpers that use it fall back to plain integer operations
+_INTERPRET = tl.constexpr(INTERPRET)
 
 
 @triton.jit
@@ -87,6 +92,61 @@ def _int8_to_float(q):
     was bound by them, not by its bytes."""
     bits = q.to(tl.uint8, bitcast=True).to(tl.uint32) ^ 0x4B000080
     return bits.to(tl.float32, bitcast=True) - 8388736.0
+
+
+@triton.jit
+def _quads(v, BLOCK: tl.constexpr):
+    """A (BLOCK,) vector as four (BLOCK // 4,) vectors of its elements ``4j``, ``4j + 1``, ``4j + 2``, ``4j + 3``:
+    the columns of the bytes 0-3 of a row of int8 state words (``_unpack_byte``)."""
+    even, odd = tl.split(tl.reshape(v, (BLOCK // 4, 2, 2)))
+    v0, v2 = tl.split(even)
+    v1, v3 = tl.split(odd)
+    return v0, v1, v2, v3
+
+
+@triton.jit
+def _unpack_byte(wx, K: tl.constexpr):
+    """Byte ``K`` of each int32 word of ``wx`` (bytes ``q ^ 0x80``, i.e. ``q + 128``) as fp32 ``q``, exactly:
+    the byte as the low mantissa bits of 2^23 (one byte permutation on a GPU), then one subtraction
+    (``_int8_to_float`` with the offset applied once a word, not once a byte)."""
+    if _INTERPRET:
+        bits = ((wx >> (8 * K)) & 0xFF) | 0x4B000000
+    else:  # result bytes: wx's byte K, then bytes 1-3 of 0x4B000000 (in a register, the selector immediate)
+        magic = tl.full(wx.shape, 0x4B000000, tl.int32)
+        if K == 0:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $2, $1, 0x3214;", "=r,r,r", [wx, magic], tl.int32, True, 1)
+        elif K == 1:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $2, $1, 0x3215;", "=r,r,r", [wx, magic], tl.int32, True, 1)
+        elif K == 2:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $2, $1, 0x3216;", "=r,r,r", [wx, magic], tl.int32, True, 1)
+        else:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $2, $1, 0x3217;", "=r,r,r", [wx, magic], tl.int32, True, 1)
+    return bits.to(tl.float32, bitcast=True) - 8388736.0
+
+
+@triton.jit
+def _fast_div(a, b):
+    """``a / b`` to about two ulps for ``b`` between 2^-126 and 2^126 (a reciprocal and a product on a GPU; the
+    full division adds a dozen instructions of range checks to a row's tail)."""
+    if _INTERPRET:
+        return a / b
+    return libdevice.fast_dividef(a, b)
+
+
+@triton.jit
+def _pack_rounded(v0, v1, v2, v3, inv):
+    """``round(v_k * inv)`` (half to even; ``|v_k * inv|`` at most 127.5) as the four bytes (``v0`` lowest) of
+    int32 words, in two's complement: adding 1.5 * 2^23 rounds by the addition and leaves ``round(v)`` modulo
+    256 in the low byte (one fused multiply-add a value, three byte permutations a word on a GPU)."""
+    t0 = (v0 * inv[:, None] + 12582912.0).to(tl.int32, bitcast=True)
+    t1 = (v1 * inv[:, None] + 12582912.0).to(tl.int32, bitcast=True)
+    t2 = (v2 * inv[:, None] + 12582912.0).to(tl.int32, bitcast=True)
+    t3 = (v3 * inv[:, None] + 12582912.0).to(tl.int32, bitcast=True)
+    if _INTERPRET:
+        return (t0 & 0xFF) | ((t1 & 0xFF) << 8) | ((t2 & 0xFF) << 16) | (t3 << 24)
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 lo, hi; prmt.b32 lo, $1, $2, 0x0040; prmt.b32 hi, $3, $4, 0x0040; prmt.b32 $0, lo, hi, 0x5410; }",
+        "=r,r,r,r,r", [t0, t1, t2, t3], tl.int32, True, 1)
 
 
 @triton.jit
@@ -211,15 +271,19 @@ def _shift_bc_windows(conv_row, xbc_row, s_cs_c, s_cs_w, gi, ngroups, N, W, d_in
 
 @triton.jit
 def _skip_gate_store(y, x, D_ptr, z_ptr, y_ptr, nw_ptr, bi, hi, P, s_z_b, s_y_b, sq_off, offs_p, mask_p,
-                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DEFER_NORM: tl.constexpr):
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DEFER_NORM: tl.constexpr, FAST_GATE: tl.constexpr):
     """Head ``hi``'s output channels ``offs_p`` of batch row ``bi``: ``y + D x``, gated by ``silu(z)``; with
     ``DEFER_NORM`` scaled by the norm's weight, its square stored ``sq_off`` elements after it (summed by the
-    consumer: a sum here would cost a cross-warp reduction and its barriers)."""
+    consumer: a sum here would cost a cross-warp reduction and its barriers). ``FAST_GATE``: the sigmoid's
+    division by ``_fast_div``."""
     if HAS_D:
         y += tl.load(D_ptr + hi).to(tl.float32) * x
     if HAS_Z:
         zz = tl.load(z_ptr + bi * s_z_b + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
-        y = y * zz * tl.sigmoid(zz)
+        if FAST_GATE:
+            y = y * _fast_div(zz, 1.0 + tl.exp(-zz))
+        else:
+            y = y * zz * tl.sigmoid(zz)
     if DEFER_NORM:  # one store of (y * w, y^2) pairs: two stores would convert y's layout twice (two more barriers)
         yw = y * tl.load(nw_ptr + hi * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
         pair = tl.join(yw, y * y).to(y_ptr.dtype.element_ty)

@@ -41,16 +41,22 @@ from torch import Tensor
 from avgkit_mamba.ops.norm_torch import DeferredNorm
 from avgkit_mamba.ops.ssd_torch import check_step_shapes, split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
+    _FLUSH,
+    _LEVELS,
     _conv_bc,
     _conv_shift,
     _conv_x,
     _conv_x_from_old,
     _dequantize_rows,
     _dt_log_decay,
+    _fast_div,
+    _pack_rounded,
+    _quads,
     _quantize_rows,
     _shift_bc_windows,
     _shift_windows,
     _skip_gate_store,
+    _unpack_byte,
 )
 from avgkit_mamba.ops.triton_launch import (
     INTERPRET,
@@ -74,7 +80,7 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
                  s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, sq_off, offs_p, mask_p, A_IS_LOG: tl.constexpr,
                  HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
                  QUANT: tl.constexpr, BLOCK_W: tl.constexpr, STORE_CACHE: tl.constexpr, SHIFT_X: tl.constexpr,
-                 PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr):
+                 PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr):
     """Head ``hi``'s step from its loaded state tile: conv of its x channels (their window shifted here with
     ``SHIFT_X``, else later by the caller; with ``PRECONV`` read convolved from ``xc_row``, and dt and the decay
     from its columns ``xc_heads``), dt, the update (stored in place), y = C . state, then ``_skip_gate_store``."""
@@ -93,16 +99,55 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
             x = _conv_x_from_old(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, hi, P, W, offs_p, mask_p,
                                  HAS_CONV_BIAS, BLOCK_W)
     s_ptrs = s_row + hi * s_ss_h
-    if QUANT:
+    if WORDS:
+        y = _update_words(state, row_scale * decay, dt * x, Bv, Cv, s_ptrs, sc_row + hi * s_sc_h, smask, mask_p,
+                          BLOCK_N, STORE_CACHE)
+    elif QUANT:
         new = _dequantize_rows(state, row_scale * decay) + (dt * x)[:, None] * Bv[None, :]
         q, new_scale = _quantize_rows(new)
         tl.store(s_ptrs, q, mask=smask, cache_modifier=STORE_CACHE)
         tl.store(sc_row + hi * s_sc_h, new_scale, mask=mask_p)
+        y = tl.sum(new * Cv[None, :], axis=1)
     else:
         new = state.to(tl.float32) * decay + (dt * x)[:, None] * Bv[None, :]
         tl.store(s_ptrs, new.to(s_row.dtype.element_ty), mask=smask, cache_modifier=STORE_CACHE)
-    _skip_gate_store(tl.sum(new * Cv[None, :], axis=1), x, D_ptr, z_ptr, y_ptr, nw_ptr, bi, hi, P, s_z_b, s_y_b,
-                     sq_off, offs_p, mask_p, HAS_D, HAS_Z, DEFER_NORM)
+        y = tl.sum(new * Cv[None, :], axis=1)
+    _skip_gate_store(y, x, D_ptr, z_ptr, y_ptr, nw_ptr, bi, hi, P, s_z_b, s_y_b, sq_off, offs_p, mask_p, HAS_D, HAS_Z,
+                     DEFER_NORM, WORDS)
+
+
+#: With ``StepTile.words`` the update divides by a row's scale (after the decay), taken as at least this: a row
+#: whose old values are all below 127 times it (zero rows among them) keeps them at that scale, an error of at
+#: most 1.3e-18 beside the byte path.
+_OLD_MIN = tl.constexpr(1e-20)
+
+
+@triton.jit
+def _update_words(w, s, dtx, Bv, Cv, s_ptrs, sc_ptrs, smask, mask_p, BLOCK_N: tl.constexpr,
+                  STORE_CACHE: tl.constexpr):
+    """An int8 state tile held as int32 words (``StepTile.words``) updated in the scaled domain and stored;
+    returns y = C . state for its rows.
+
+    With ``s`` the row's scale times the decay, the new state is ``s * u`` where ``u = q + (dt x / s) B``: one
+    fused multiply-add a value, no product with the scale; the row maximum, the requantisation
+    (``round(u * 127 / max|u|)``) and ``y = s * (C . u)`` follow from ``u`` alone. The result agrees with the byte
+    path (``_dequantize_rows``, ``_quantize_rows``) to the rounding of a product, within one quantum."""
+    s = tl.maximum(s, _OLD_MIN)
+    wx = w ^ -2139062144  # 0x80808080: each byte q + 128
+    r = _fast_div(dtx, s)[:, None]
+    B0, B1, B2, B3 = _quads(Bv, BLOCK_N)
+    u0 = _unpack_byte(wx, 0) + r * B0[None, :]
+    u1 = _unpack_byte(wx, 1) + r * B1[None, :]
+    u2 = _unpack_byte(wx, 2) + r * B2[None, :]
+    u3 = _unpack_byte(wx, 3) + r * B3[None, :]
+    umax = tl.max(tl.maximum(tl.maximum(tl.abs(u0), tl.abs(u1)), tl.maximum(tl.abs(u2), tl.abs(u3))), axis=1)
+    absmax = umax * s
+    kept = absmax > _FLUSH
+    tl.store(s_ptrs, _pack_rounded(u0, u1, u2, u3, tl.where(kept, _fast_div(_LEVELS, umax), 0.0)), mask=smask,
+             cache_modifier=STORE_CACHE)
+    tl.store(sc_ptrs, tl.where(kept, absmax / _LEVELS, 0.0), mask=mask_p)
+    C0, C1, C2, C3 = _quads(Cv, BLOCK_N)
+    return tl.sum(u0 * C0[None, :] + u1 * C1[None, :] + u2 * C2[None, :] + u3 * C3[None, :], axis=1) * s
 
 
 @triton.jit
@@ -119,10 +164,11 @@ def _step_kernel(
     HAS_DT_BIAS: tl.constexpr, QUANT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_W: tl.constexpr, HEADS: tl.constexpr, STAGES: tl.constexpr, LOAD_EVICT: tl.constexpr,
     STORE_CACHE: tl.constexpr, PRECONV: tl.constexpr, DEFER_NORM: tl.constexpr, USE_PDL: tl.constexpr,
-    HPG: tl.constexpr,
+    HPG: tl.constexpr, WORDS: tl.constexpr,
 ):
     """One program: batch row ``bi``, ``HEADS`` heads of one group from ``h0``, head dims block ``pb``. ``HPG``
-    (heads per group) is a constant: a division by a runtime value costs some thirty instructions a thread."""
+    (heads per group) is a constant: a division by a runtime value costs some thirty instructions a thread. With
+    ``WORDS`` (an int8 state read and written as int32 words, ``StepTile.words``) the state strides count words."""
     xc_heads = d_inner + 2 * (nheads // HPG) * N  # with PRECONV: dt and the decay of each head after x, B and C
     bi = tl.program_id(0).to(tl.int64)
     h0 = tl.program_id(1) * HEADS
@@ -132,8 +178,13 @@ def _step_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_p = offs_p < P
     mask_n = offs_n < N
-    s_row = ssm_ptr + bi * s_ss_b + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
-    smask = mask_p[:, None] & mask_n[None, :]
+    if WORDS:
+        offs_w = tl.arange(0, BLOCK_N // 4)
+        s_row = ssm_ptr.to(tl.pointer_type(tl.int32)) + bi * s_ss_b + offs_p[:, None] * s_ss_p + offs_w[None, :]
+        smask = mask_p[:, None] & (offs_w[None, :] < N // 4)
+    else:
+        s_row = ssm_ptr + bi * s_ss_b + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
+        smask = mask_p[:, None] & mask_n[None, :]
     sc_row = scale_ptr + bi * s_sc_b + offs_p * s_sc_p
     conv_row = conv_ptr + bi * s_cs_b
     xbc_row = xbc_ptr + bi * s_xbc_b
@@ -157,7 +208,7 @@ def _step_kernel(
                      dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, h0, nheads, xc_heads, P, W, s_cs_c, s_cs_w,
                      s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, sq_off, offs_p, mask_p,
                      A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS, QUANT, BLOCK_W, STORE_CACHE, True, PRECONV,
-                     DEFER_NORM)
+                     DEFER_NORM, WORDS, BLOCK_N)
     else:
         # the group's B and C serve every head of the program; with STAGES > 1 the compiler stages the next
         # heads' state tiles through shared memory (asynchronous copies) while this one updates
@@ -170,7 +221,7 @@ def _step_kernel(
                          dt_ptr, z_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, nw_ptr, bi, hi, nheads, xc_heads, P, W, s_cs_c, s_cs_w,
                          s_dt_b, s_dt_h, s_z_b, s_ss_h, s_sc_h, s_y_b, sq_off, offs_p, mask_p,
                          A_IS_LOG, HAS_CONV_BIAS, HAS_D, HAS_Z, HAS_DT_BIAS, QUANT, BLOCK_W, STORE_CACHE, False,
-                         PRECONV, DEFER_NORM)
+                         PRECONV, DEFER_NORM, WORDS, BLOCK_N)
         # the program's x windows shift once every head has read them: a barrier inside the loop would keep the
         # compiler from pipelining it (with one head the shift stays before the update: measured faster for an
         # int8 state, docs/benchmarks.md)
@@ -243,10 +294,13 @@ class StepTile(NamedTuple):
     epilogue shifts nothing; a third launch a layer), a cap on the registers a thread (``max_registers``, 0:
     none; fewer registers, more programs an SM, at the price of spills), and whether a mixer whose norm has one
     group leaves its norm's per-row factor to the next block boundary (``defer_norm``, ``norm_torch.DeferredNorm``:
-    with ``preconv`` no epilogue launch at all). Each state row is updated and read out within
+    with ``preconv`` no epilogue launch at all), and whether an int8 state is read and written as int32 words and
+    updated in its scaled domain (``words``: about a quarter fewer instructions a value, rounding that differs
+    from the byte path's within one quantum; ignored unless the state is int8 with a d_state that is a multiple
+    of 4). Each state row is updated and read out within
     one program, so the state's values do not depend on the split (the interpreter checks give every split the
-    same bits); on a GPU the warps may change the order in which y's sum over d_state rounds, and the rule keeps
-    them fixed for every batch size."""
+    same bits, for each choice of ``words``); on a GPU the warps may change the order in which y's sum over d_state
+    rounds, and the rule keeps them fixed for every batch size."""
 
     block_p: int
     num_warps: int
@@ -256,12 +310,14 @@ class StepTile(NamedTuple):
     preconv: bool = False
     max_registers: int = 0
     defer_norm: bool = False
+    words: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> StepTile:
         """``32x8``, ``64x8:stream``, ``32x8:h4:s2``, ``64x8:pc:r64:dn``: head dims x warps, then streaming, heads a
         program (``hN``), the pipeline depth of the loop over them (``sN``), the conv in its own launch (``pc``), a
-        cap on registers a thread (``rN``) and the norm deferred (``dn``); a ValueError names the format."""
+        cap on registers a thread (``rN``), the norm deferred (``dn``) and an int8 state as words (``w``); a
+        ValueError names the format."""
         head, *flags = spec.strip().split(":")
         try:
             block_p, warps = (int(v) for v in head.split("x"))
@@ -269,11 +325,12 @@ class StepTile(NamedTuple):
             stages = next((int(f[1:]) for f in flags if f.startswith("s") and f != "stream"), 1)
             registers = next((int(f[1:]) for f in flags if f.startswith("r")), 0)
         except ValueError:
-            raise ValueError(f"cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN][:sN][:pc][:rN][:dn], "
+            raise ValueError(f"cannot read {spec!r}; write BLOCK_PxWARPS[:stream][:hN][:sN][:pc][:rN][:dn][:w], "
                              "e.g. 32x8:h4:s2") from None
-        if any(f not in ("stream", "pc", "dn") and f[:1] not in ("h", "s", "r") for f in flags):
-            raise ValueError(f"unknown flag in {spec!r}; use stream, hN, sN, pc, rN and dn")
-        return cls(block_p, warps, heads, "stream" in flags, stages, "pc" in flags, registers, "dn" in flags)
+        if any(f not in ("stream", "pc", "dn", "w") and f[:1] not in ("h", "s", "r") for f in flags):
+            raise ValueError(f"unknown flag in {spec!r}; use stream, hN, sN, pc, rN, dn and w")
+        return cls(block_p, warps, heads, "stream" in flags, stages, "pc" in flags, registers, "dn" in flags,
+                   "w" in flags)
 
 
 def _tile(rows: int, p: int, quant: bool = False) -> StepTile:
@@ -396,6 +453,9 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
     if xc is not None:
         tile = tile._replace(preconv=True)
     heads = tile.heads if (nheads // ngroups) % tile.heads == 0 else 1  # a program's heads share one group
+    words = tile.words and state_scale is not None and n % 4 == 0 and ssm_state.stride(3) == 1 and \
+        all(st % 4 == 0 for st in ssm_state.stride()[:3]) and ssm_state.data_ptr() % 4 == 0
+    s_strides = tuple(st // 4 for st in ssm_state.stride()[:3]) + (1,) if words else ssm_state.stride()
     if xc is None:
         xc = launch_preconv(xBC, conv_state, conv_weight, conv_bias, (dt, dt_bias, A, a_is_log)) if tile.preconv else xBC
     _step_kernel[(b, nheads // heads, triton.cdiv(p, tile.block_p))](
@@ -406,11 +466,12 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
         b, nheads, p, n, w, nheads * p,
         xBC.stride(0), xc.stride(0), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
-        ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2), ssm_state.stride(3),
+        *s_strides,
         *sc_strides,
         y.stride(0), nheads * p, **flags, BLOCK_P=tile.block_p, HEADS=heads, STAGES=tile.stages,
         LOAD_EVICT="evict_first" if tile.stream else "", STORE_CACHE=".cs" if tile.stream else "",
         PRECONV=tile.preconv, DEFER_NORM=norm_weight is not None, USE_PDL=use_pdl(), HPG=nheads // ngroups,
+        WORDS=words,
         num_warps=tile.num_warps,
         num_stages=1, **({"maxnreg": tile.max_registers} if tile.max_registers else {}), **pdl_options(),
     )

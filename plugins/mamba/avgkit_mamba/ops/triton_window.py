@@ -121,7 +121,7 @@ def _window_step_kernel(
     y = carry * tl.sum(state * Cv[None, :], axis=1) + tl.sum(Cv * Bv, axis=0) * dt * x  # the state, then token j
     y += tl.sum((w * tl.sum(bs * Cv[None, :], axis=1))[:, None] * xs, axis=0)
     _skip_gate_store(y, x, D_ptr, z_ptr, y_ptr, nw_ptr, bi, hi, P, s_z_b, s_y_b, sq_off, offs_p, mask_p, HAS_D,
-                     True, DEFER_NORM)
+                     True, DEFER_NORM, False)
 
     if j == K - 1:  # the window's last row: the state absorbs the window, once every K steps
         # the tile reloaded (from L2, once a window) rather than held through the output's work: kept in registers
