@@ -97,11 +97,12 @@
 # fused-in-proj and auto) at batch 16 and 64, with per-kernel profiles of each and of GPT-B (PROFILE= for none).
 # --idle (about 2 minutes; BUDGET seconds, default 150): where a step idles: GPT-B and AiM-B's default at BATCHES
 # (default 16) with per-kernel profiles and the GPU's idle time between kernels by the pair it falls between.
-# --words (about 7 minutes; BUDGET seconds, default 420): the int8 state read and written as words (StepTile.words):
-# the decode kernels against PyTorch (the words path included; CHECKS=0 skips them), Nsight Compute's counters of the
-# rule's state update and of WORDS (default 32x4:pc:dn:r64:w) where the machine has ncu (NCU=0 skips them), the two
+# --words (about 7 minutes; BUDGET seconds, default 480): the int8 rule, its state read and written as words
+# (StepTile.words), against the same split bytewise (BYTES, default 32x4:pc:dn:r64): the decode kernels against
+# PyTorch (both; CHECKS=0 skips them), AiM-B's reproducibility matrix at decode widths WIDTHS (default 16 32) on PATHS
+# (default graph), Nsight Compute's counters of both state updates where the machine has ncu (NCU=0 skips them), both
 # over 24 layers' states (gpu_check --tiles, TILE_SPLITS), then GPT-B and AiM-B at BATCHES (default 16,64), AiM-B's
-# int8 rows with the rule and WORDS, timed interleaved, with per-kernel profiles.
+# rows with the rule and BYTES, timed interleaved, with per-kernel profiles and the idle time between kernels.
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -322,11 +323,15 @@ if [ "$QUICK" = "--idle" ]; then  # the idle time between a step's kernels, GPT-
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
-if [ "$QUICK" = "--words" ]; then  # the int8 state as words against the rule: checks, counters, sweep, AiM-B rows
+if [ "$QUICK" = "--words" ]; then  # the int8 rule (words) against bytewise: checks, reproducibility, counters, rows
   [ "${CHECKS:-1}" = 0 ] || LIMIT=${CHECK_LIMIT:-150} run plugins/mamba/scripts/gpu_check.py --decode \
     --out "$OUT/mamba_gpu_check_decode_words_$CARD.json"
+  for width in ${WIDTHS-16 32}; do  # 32 and 64 rows: the fused in_proj's path and the two-launch one
+    LIMIT=${REPRO_LIMIT:-90} run benchmarks/reproducibility.py --parts matrix --models aim-b/auto --decode-width "$width" \
+      --paths "${PATHS:-graph}" --out "$OUT/reproducibility_matrix_words_w${width}_$CARD.json"
+  done
   if [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then
-    for split in rule "${WORDS:-32x4:pc:dn:r64:w}"; do
+    for split in rule "${BYTES:-32x4:pc:dn:r64}"; do
       echo "== [$((SECONDS - START)) s] ncu, int8 state, $split"
       timeout "${NCU_LIMIT:-60}" ncu --clock-control none -k regex:_step_kernel --launch-skip 48 --launch-count 2 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
@@ -338,10 +343,10 @@ if [ "$QUICK" = "--words" ]; then  # the int8 state as words against the rule: c
     done
   fi
   LIMIT=${TILES_LIMIT:-100} run plugins/mamba/scripts/gpu_check.py --tiles --tile-states int8 \
-    --tile-splits "${TILE_SPLITS:-32x4:pc:dn:r64,${WORDS:-32x4:pc:dn:r64:w},32x4:pc:dn:w}" \
+    --tile-splits "${TILE_SPLITS:-${BYTES:-32x4:pc:dn:r64},32x4:pc:dn:r64:w,32x4:pc:dn:w}" \
     --out "$OUT/decode_tiles_words_$CARD.json"
-  LIMIT=$((${BUDGET:-420} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16,64}" \
-    --variants "${BATCHES:-16,64}" --step-splits "${WORDS:-32x4:pc:dn:r64:w}" --split-forms recurrent --profile \
+  LIMIT=$((${BUDGET:-480} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16,64}" \
+    --variants "${BATCHES:-16,64}" --step-splits "${BYTES:-32x4:pc:dn:r64}" --split-forms recurrent --profile \
     --out "$OUT/sampling_words_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0

@@ -178,10 +178,10 @@ def _gpu_check_decode(report: dict[str, Any]) -> None:
     assert any("chunked form" in c and "int8" in c for c in cases), cases
     assert {"bf16", "int8"} <= {s for c in cases if "fused-in-proj" in c for s in ("bf16", "int8") if s in c}, cases
     deferred = {r["case"].split(" #")[0] for r in report["checks"] if "deferred norm" in r["case"]
-                and "words" not in r["case"]}
+                and "bytes" not in r["case"]}
     assert len(deferred) == 4, deferred  # bf16 and int8 states, each conv placement
-    words = {r["case"].split(" #")[0] for r in report["checks"] if "words" in r["case"]}
-    assert len(words) == 4 and all("int8" in c for c in words), words  # each conv placement, norm deferred or not
+    bytewise = {r["case"].split(" #")[0] for r in report["checks"] if "bytes" in r["case"]}
+    assert len(bytewise) == 4 and all("int8" in c for c in bytewise), bytewise  # each conv placement, norm or not
     assert not any(r["case"].startswith("tiny:") for r in report["checks"])  # no scan cases
 
 
@@ -467,7 +467,7 @@ CASES: list[Smoke] = [
           files=("profile.txt", "profile.json"), setup=_aim_stub),
     Smoke("benchmarks/vq_encode.py", keys=(*ENVIRONMENT, "tokenizer", "image_size", "rows"), check=_vq_encode),
     Smoke("plugins/mamba/scripts/gpu_check.py", keys=("gpu", "all_ok", "checks", "step_timing"), check=_gpu_check),
-    Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--step-only", "int8", "--step-split", "8x4:pc:dn:w"),
+    Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--step-only", "int8", "--step-split", "8x4:pc:dn"),
           result=None, mode="step-only"),
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--step-only", "bf16", "--step-form", "chunked"),
           result=None, mode="step-only-chunked"),

@@ -354,24 +354,24 @@ def _state_values(t: dict) -> torch.Tensor:
 def check_decode_kernels(batch: int, nheads: int, dtype: torch.dtype, *, p: int = 64, n: int = 128, iters: int = 3,
                          device: torch.device | str = "cuda", states: tuple[str, ...] = ("fp32", "bf16", "int8"),
                          kernels: tuple[str, ...] = ("two-launch", "one-launch"),
-                         other_conv: bool = False, deferred: bool = False, words: bool = False) -> list[dict]:
+                         other_conv: bool = False, deferred: bool = False, words: bool | None = None) -> list[dict]:
     """Each Triton decode-step kernel and state dtype against the torch step, ``iters`` steps in a row
     (``other_conv``: the rule's split with the conv where the rule does not put it, inside the state update or in
     its own launch, so both paths are checked; ``deferred``: the step as the backbone calls it, its norm's per-row
-    factor applied afterwards where the split defers it; ``words``: an int8 state read and written as words,
-    ``StepTile.words``)."""
+    factor applied afterwards where the split defers it; ``words``: an int8 state read and written as words or
+    bytewise, ``StepTile.words``, instead of as the rule does)."""
     from avgkit_mamba.ops import triton_step
     from avgkit_mamba.ops.dispatch import decode_step, decode_step_deferred
 
     def varied(rows: int, hd: int, quant: bool) -> triton_step.StepTile:
         t = triton_step._tile(rows, hd, quant)
-        return t._replace(preconv=t.preconv != other_conv, words=t.words or words)
+        return t._replace(preconv=t.preconv != other_conv, words=t.words if words is None else words)
 
     rows = []
-    rule = varied if other_conv or words else None
+    rule = varied if other_conv or words is not None else None
     label = "" if not other_conv else " conv inside" if triton_step._tile(batch * nheads, p).preconv else " conv first"
     label += " deferred norm" if deferred else ""
-    label += " words" if words else ""
+    label += "" if words is None else " words" if words else " bytes"
     for state in states:
         for kernel in kernels:
             ours = _decode_step_problem(batch, nheads, state, dtype, p=p, n=n, device=device)
@@ -683,11 +683,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += check_decode_kernels(2 if args.smoke else 16, layer["nheads"], torch.bfloat16, iters=2,
                                          device=device, p=layer["p"], n=layer["n"], states=("bf16", "int8"),
                                          kernels=("two-launch",), other_conv=other_conv, deferred=True)
-            for deferred in (False, True):  # the int8 state as words (inline PTX on the GPU, not interpreted)
+            for deferred in (False, True):  # the int8 state bytewise (the rule's words: the checks above)
                 rows += check_decode_kernels(2 if args.smoke else 16, layer["nheads"], torch.bfloat16, iters=2,
                                              device=device, p=layer["p"], n=layer["n"], states=("int8",),
                                              kernels=("two-launch",), other_conv=other_conv, deferred=deferred,
-                                             words=True)
+                                             words=False)
         decode = SMOKE_DECODE if args.smoke else {}
         for state_dtype, form, kernel in (("bf16", "recurrent", "two-launch"), ("int8", "recurrent", "two-launch"),
                                           ("bf16", "chunked", "two-launch"), ("int8", "chunked", "two-launch"),
