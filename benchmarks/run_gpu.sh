@@ -102,7 +102,8 @@
 # PyTorch (both; CHECKS=0 skips them), AiM-B's reproducibility matrix at decode widths WIDTHS (default 16 32) on PATHS
 # (default graph), Nsight Compute's counters of both state updates where the machine has ncu (NCU=0 skips them), both
 # over 24 layers' states (gpu_check --tiles, TILE_SPLITS), then GPT-B and AiM-B at BATCHES (default 16,64), AiM-B's
-# rows with the rule and BYTES, timed interleaved, with per-kernel profiles and the idle time between kernels.
+# rows with the rule and BYTES, timed interleaved, with per-kernel profiles and the idle time between kernels, and
+# AiM-B's default beside the class token through the scan (backbone.PREFILL_BY_STEP off).
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -347,7 +348,7 @@ if [ "$QUICK" = "--words" ]; then  # the int8 rule (words) against bytewise: che
     --out "$OUT/decode_tiles_words_$CARD.json"
   LIMIT=$((${BUDGET:-480} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16,64}" \
     --variants "${BATCHES:-16,64}" --step-splits "${BYTES:-32x4:pc:dn:r64}" --split-forms recurrent --profile \
-    --out "$OUT/sampling_words_$CARD.json"
+    --prefill-scan --out "$OUT/sampling_words_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

@@ -410,10 +410,11 @@ def step_variants(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats
 
 def aim_rows(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int, device: str, bw: float | None,
              shape: dict, state_dtype: str = "auto", tag: str = "", compiled: bool = False,
-             torch_draw: bool = False) -> list[dict]:
+             torch_draw: bool = False, prefill_scan: bool = False) -> list[dict]:
     """AiM rows per batch, named by the state dtype they decode with (``auto``: the recipe's default); with
     ``compiled``, the step through torch.compile beside it, with ``torch_draw`` the draw by PyTorch ops
-    (``draw_impl: torch``) beside it, timed interleaved."""
+    (``draw_impl: torch``) beside it, with ``prefill_scan`` the class token through the scan's forward
+    (``backbone.PREFILL_BY_STEP`` off) beside it, timed interleaved."""
     bb, cond = build_aim(shape.get("aim", preset), tokens=shape["tokens"], device=device, vocab=shape["vocab"],
                          classes=shape["classes"], state_dtype=state_dtype)
     state_dtype = state_label(bb)
@@ -421,10 +422,19 @@ def aim_rows(preset: str, batches: list[int], cfg: ARSamplerConfig, repeats: int
                 + ([(" torch draw", cfg.model_copy(update={"draw_impl": "torch"}))] if torch_draw else []))
     rows = []
     for b in batches:  # one batch at a time: each its own graph and first call
-        rows += interleaved([{"name": f"avgkit {preset} {state_dtype}-state{tag}{label}", "batch": b,
-                              "tokens": shape["tokens"], "params": _params(bb) + _params(cond), "backbone": bb,
-                              "cfg": cfg.cfg_scale != 1, "call": avgkit_sampler(bb, cond, b, c, device)}
-                             for label, c in variants], repeats, device, bw)
+        entries = [{"name": f"avgkit {preset} {state_dtype}-state{tag}{label}", "batch": b,
+                    "tokens": shape["tokens"], "params": _params(bb) + _params(cond), "backbone": bb,
+                    "cfg": cfg.cfg_scale != 1, "call": avgkit_sampler(bb, cond, b, c, device)}
+                   for label, c in variants]
+        if prefill_scan:
+            from unittest import mock
+
+            from avgkit_mamba import backbone as mamba_backbone
+
+            entries.append({**entries[0], "name": f"{entries[0]['name']} prefill scan",
+                            "call": _within(avgkit_sampler(bb, cond, b, cfg, device),
+                                            lambda: mock.patch.object(mamba_backbone, "PREFILL_BY_STEP", False))})
+        rows += interleaved(entries, repeats, device, bw)
     return rows
 
 
@@ -449,6 +459,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunked", action="store_true", help="also the chunked form's variant rows")
     ap.add_argument("--torch-draw", action="store_true",
                     help="each AiM row also with the draw by PyTorch ops (draw_impl: torch), timed interleaved")
+    ap.add_argument("--prefill-scan", action="store_true",
+                    help="each AiM row also with its class token through the scan's forward instead of one decode "
+                         "step (backbone.PREFILL_BY_STEP off), timed interleaved")
     ap.add_argument("--fused-in-proj", action="store_true",
                     help="also the variant rows with step_kernel fused-in-proj (the conv in in_proj's epilogue) and auto "
                          "(fused-in-proj at 32 rows or fewer)")
@@ -509,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
                   + [fixed_split_rule(v) for v in args.step_splits.split(",") if v.strip()])
     for preset in aims:
         rows += aim_rows(preset, batches, cfg, repeats, device, bw, shape, compiled=args.aim_compile,
-                         torch_draw=args.torch_draw)
+                         torch_draw=args.torch_draw, prefill_scan=args.prefill_scan)
         if preset == "aim-b" and not args.quick and not args.smoke:
             rows += aim_rows(preset, [64], cfg, repeats, device, bw, shape, state_dtype="fp32")
             if import_mamba_ssm() is not None:

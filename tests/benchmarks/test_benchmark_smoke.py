@@ -217,6 +217,7 @@ def _sampling(report: dict[str, Any]) -> None:
     splits = [" swept split", " split 64x4", " split 32x8:stream:h2:s2:pc:r64"]  # --step-tiles, then --step-splits
     assert names == ["avgkit gpt-b compiled", "LlamaGen GPT-B compiled", "avgkit aim-b int8-state",
                      "avgkit aim-b int8-state compiled", "avgkit aim-b int8-state torch draw",
+                     "avgkit aim-b int8-state prefill scan",
                      *(row for v in ("bf16-state two-launch", "int8-state two-launch", "bf16-state chunked",
                                      "int8-state chunked")  # --chunked adds the chunked rows, --pdl the pdl rows
                        for row in (f"avgkit aim-b {v}", f"avgkit aim-b {v} pdl",
@@ -230,10 +231,12 @@ def _sampling(report: dict[str, Any]) -> None:
              if "step_tile" in r and r["decode_form"] == "recurrent"}
     assert [r["step_tile"] for r in report["rows"] if "step_tile" in r and r["decode_form"] == "chunked"] == \
         [r["step_tile"] for r in report["rows"] if "step_tile" in r and r["decode_form"] == "recurrent"]
-    plain = {"heads": 1, "stream": False, "stages": 1, "preconv": False, "max_registers": 0, "defer_norm": False}
+    plain = {"heads": 1, "stream": False, "stages": 1, "preconv": False, "max_registers": 0, "defer_norm": False,
+             "words": False}
     fixed = {"split 64x4": {"block_p": 64, "num_warps": 4, **plain},
              "split 32x8:stream:h2:s2:pc:r64": {"block_p": 32, "num_warps": 8, "heads": 2, "stream": True, "stages": 2,
-                                                "preconv": True, "max_registers": 64, "defer_norm": False}}
+                                                "preconv": True, "max_registers": 64, "defer_norm": False,
+                                                "words": False}}
     assert tiles == {("bf16", "swept split"): {**plain, "block_p": 32, "num_warps": 8, "heads": 2, "stream": True},
                      ("int8", "swept split"): {**plain, "block_p": 64, "num_warps": 4, "heads": 4, "preconv": True},
                      **{(st, k): v for st in ("bf16", "int8") for k, v in fixed.items()}}, tiles
@@ -476,7 +479,7 @@ CASES: list[Smoke] = [
     Smoke("plugins/mamba/scripts/gpu_check.py", args=("--smoke", "--tiles", "--out", "{tmp}/out.json"), mode="tiles",
           keys=("gpu", "decode_kernel_timing"), check=_gpu_check_tiles),
     Smoke("benchmarks/sampling.py", args=("--smoke", "--llamagen-root", "{tmp}/llamagen", "--aim-compile", "--chunked",
-                                          "--pdl", "--torch-draw", "--fused-in-proj",
+                                          "--pdl", "--torch-draw", "--prefill-scan", "--fused-in-proj",
                                           "--step-tiles", "{tmp}/tiles.json", "--step-splits", "64x4,32x8:stream:h2:s2:pc:r64",
                                           "--out", "{tmp}/out.json"),
           keys=(*ENVIRONMENT, "settings", "rows", "notes"), check=_sampling, setup=_sampling_setup),

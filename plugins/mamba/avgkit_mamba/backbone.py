@@ -36,6 +36,12 @@ from avgkit_mamba.mixer import Mamba2ChunkedState, Mamba2Mixer
 from avgkit_mamba.ops.dispatch import add_norm_modulate
 from avgkit_mamba.ops.norm_torch import DeferredNorm, rms_norm
 
+#: A prefix of one vector (a class token) enters a recurrent decoding state by one decode step from the zero
+#: state, the same arithmetic as the scan over one token: five launches a layer where the chunked scan's forward
+#: and the state's extraction took over a hundred, each waiting on the host, in every sampling call
+#: (docs/benchmarks.md). False: every prefix through the scan (benchmarks time both).
+PREFILL_BY_STEP = True
+
 
 class MambaBackboneConfig(BackboneConfig):
     d_model: int = Field(768, ge=8, description="width of the residual stream")
@@ -335,6 +341,12 @@ class MambaBackbone(Backbone):
         return MambaDecodeState(layers, position, batch_size)
 
     def prefill(self, state: MambaDecodeState, cond: Conditioning) -> Tensor:
+        if PREFILL_BY_STEP and state.length is None and cond.prefix_len == 1 and cond.prefix_mask is None:
+            for layer_state in state.layers:
+                layer_state.zero_()
+            logits = self._step_from(state, cond.prefix[:, 0].to(self.embeddings.word_embeddings.weight.dtype), cond)
+            state.position.fill_(1 if self.config.positions == "reference" else 0)
+            return logits
         if state.length is not None:  # a chunked or dual-form state counts its tokens
             chunked = isinstance(state.layers[0], Mamba2ChunkedState)
             if not chunked and cond.prefix_len > self.config.max_prefix_len:
@@ -353,12 +365,17 @@ class MambaBackbone(Backbone):
         return self._head(h[:, -1:], residual[:, -1:], cond)[:, 0]
 
     def step(self, state: MambaDecodeState, tokens: Tensor, cond: Conditioning) -> Tensor:
-        y, gate, residual, y_norm = self._embed(tokens[:, None], state.position)[:, 0], None, None, None
+        logits = self._step_from(state, self._embed(tokens[:, None], state.position)[:, 0], cond)
+        state.position.add_(1)
+        return logits
+
+    def _step_from(self, state: MambaDecodeState, y: Tensor, cond: Conditioning) -> Tensor:
+        """One decode step from the first block's input ``y`` (b, d): the states advanced, the logits returned."""
+        gate, residual, y_norm = None, None, None
         for i, block in enumerate(self.layers):
             m = cond.modulation(i)
             y, residual, y_norm = block.step(y, gate, residual, m, state.layers[i], state.length, y_norm)
             gate = None if m is None else m.gate
-        state.position.add_(1)
         if state.length is not None:
             state.length.add_(1)
         # the last boundary (residual add, norm_f, then the final layer's norm and modulation) as one op, as

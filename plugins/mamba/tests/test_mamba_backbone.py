@@ -75,6 +75,39 @@ def test_decoding_reproduces_teacher_forcing_fp32():
     torch.testing.assert_close(step, tf, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("state_dtype", ["fp32", "int8"])
+@pytest.mark.parametrize("positions", ["consistent", "reference"])
+def test_a_one_vector_prefix_by_one_step_matches_the_scan(monkeypatch, state_dtype, positions):
+    """A class token enters the recurrent state by one decode step from the zero state (``PREFILL_BY_STEP``):
+    the same logits, states and position as the scan's prefill, and the same decode after it; a state left from an
+    earlier call is reset first."""
+    from avgkit_mamba import backbone as mamba_backbone
+    from avgkit_mamba.ops.state_quant import load_state
+
+    bb, cond = _tiny(state_dtype=state_dtype, positions=positions)
+    codes, labels = torch.randint(0, 32, (3, 24)), torch.tensor([0, 4, 9])
+    c = cond(labels)
+    assert c.prefix_len == 1 and c.prefix_mask is None
+    runs = {}
+    with torch.no_grad():
+        for by_step in (False, True):
+            monkeypatch.setattr(mamba_backbone, "PREFILL_BY_STEP", by_step)
+            state = bb.init_state(3)
+            for layer in state.layers:  # an earlier call's leftovers
+                layer.conv.normal_()
+            first = bb.prefill(state, c)
+            runs[by_step] = (first, [load_state(s.ssm, s.scale).clone() for s in state.layers],
+                             [s.conv.clone() for s in state.layers], state.position.clone(),
+                             _decode(bb, cond, codes, labels))
+    (f0, ssm0, conv0, pos0, dec0), (f1, ssm1, conv1, pos1, dec1) = runs[False], runs[True]
+    tol = {"atol": 1e-5, "rtol": 1e-5} if state_dtype == "fp32" else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(f1, f0, atol=1e-5, rtol=1e-5)
+    for a, b in zip(ssm1 + conv1, ssm0 + conv0, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    assert torch.equal(pos1, pos0)
+    torch.testing.assert_close(dec1, dec0, **tol)
+
+
 def test_reference_position_convention_shifts_rows_when_sampling_only():
     bb, cond = _tiny()
     ref, _ = _tiny(positions="reference")
