@@ -266,6 +266,17 @@ def decode_fused_rule(path: Path = RESULTS / "sampling_fused_rule_h100.json", im
     return _named_rows(path, names, images / "sampling_fused_rule_h100.png")
 
 
+def decode_prefill_words(path: Path = RESULTS / "sampling_words_h100.json", images: Path = IMAGES) -> Path | None:
+    """AiM-B's default with its class token by one decode step and its int8 state as words, beside the class token
+    through the scan and the state bytewise, and the compiled GPT-B (one H100 call; the AiM-B rows interleaved)."""
+    names = {"avgkit gpt-b compiled": "GPT-B compiled",
+             "avgkit aim-b int8-state prefill scan": "AiM-B default, class token through the scan (before)",
+             "avgkit aim-b int8-state": "AiM-B default, class token by one step (now)",
+             "avgkit aim-b int8-state two-launch split 32x4:pc:dn:r64": "AiM-B int8 two-launch, state bytewise",
+             "avgkit aim-b int8-state two-launch": "AiM-B int8 two-launch, state as words"}
+    return _named_rows(path, names, images / "sampling_prefill_words_h100.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=IMAGES, help="where the PNGs go (default docs/img)")
@@ -277,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     drawn = {fn.__name__: fn(images=args.images)
              for fn in (sampling, baseline, sequence_length, training, training_h100, decode_split, decode_preconv,
                                  decode_defer, decode_chunked, decode_int8, launches, decode_fused_in_proj, decode_draw,
-                                 decode_fused_rule)}
+                                 decode_fused_rule, decode_prefill_words)}
     for name, path in drawn.items():
         print(f"{name}: {path}")
     missing = [name for name, path in drawn.items() if path is None]

@@ -317,7 +317,8 @@ def fused_checks() -> None:
 
 def check_backbone_kernel(step_kernel: str, state_dtype: str, gen: torch.Generator, ngroups: int = 1) -> int:
     """A tiny backbone decoding 4 tokens with ``step_kernel`` on the Triton path = the torch path; returns the
-    number of tokens decoded after prefill (for callers counting launches)."""
+    number of decode steps its layers took, the class token's prefill (one step) included (for callers counting
+    launches)."""
     from avgkit.plugins import get_registry
 
     reg = get_registry()
@@ -335,7 +336,7 @@ def check_backbone_kernel(step_kernel: str, state_dtype: str, gen: torch.Generat
         logits = decode_logits_by_impl(bb, cond, codes)
     check(f"{step_kernel} backbone {state_dtype} triton vs torch", max_rel_err(logits["triton"], logits["torch"]),
           1e-4 if state_dtype == "int8" else 1e-5)
-    return bb.num_layers * (codes.shape[1] - 1)
+    return bb.num_layers * codes.shape[1]
 
 
 def decode_checks() -> None:
