@@ -145,6 +145,17 @@ gpu_tests() {  # the test suite's GPU-marked tests (reproducibility at AiM-B siz
   timeout "${LIMIT:-480}" python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors -rs \
     ${*:-tests plugins} 2>&1 | tail -n 45
 }
+ncu_step() {  # Nsight Compute's counters of the kernels matching $2 (two launches, after the compile calls) in a
+  # process running gpu_check.py with the remaining arguments: the report into $1, its key lines printed
+  local report=$1 kernel=$2
+  shift 2
+  timeout "${NCU_LIMIT:-60}" ncu --clock-control none -k "regex:$kernel" --launch-skip 48 --launch-count 2 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis --section SchedulerStats --section InstructionStats \
+    python3 plugins/mamba/scripts/gpu_check.py "$@" > "$report" 2>&1
+  grep -E "Duration|Throughput|Registers|Occupancy|Stall|Warp Cycles|Eligible|Issued|Executed|L2 Hit|Block Limit|Waves" \
+    "$report" | head -n 60
+}
 LG=${LLAMAGEN_ROOT:+--llamagen-root $LLAMAGEN_ROOT}
 if [ "$QUICK" = "--quick" ]; then
   LIMIT=30 run plugins/mamba/scripts/gpu_check.py --repeat-only --dtypes bfloat16 --out "$OUT/scan_repeat_$CARD.json"
@@ -268,12 +279,7 @@ if [ "$QUICK" = "--ncu-window" ]; then  # the chunked form's kernel beside the r
   for spec in "recurrent bf16 _step_kernel" "chunked bf16 _window_step_kernel" "chunked int8 _window_step_kernel"; do
     set -- $spec
     echo "== [$((SECONDS - START)) s] ncu, $1 form, $2 state"
-    timeout "${NCU_LIMIT:-100}" ncu --clock-control none -k "regex:$3" --launch-skip 48 --launch-count 2 \
-      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-      --section MemoryWorkloadAnalysis --section SchedulerStats \
-      python3 plugins/mamba/scripts/gpu_check.py --step-only "$2" --step-form "$1" > "$OUT/ncu_${1}_${2}_$CARD.txt" 2>&1
-    grep -E "Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Stall|Warp Cycles|Eligible|Issued|L2 Hit|Block Limit|Waves" \
-      "$OUT/ncu_${1}_${2}_$CARD.txt" | head -n 60
+    NCU_LIMIT=${NCU_LIMIT:-100} ncu_step "$OUT/ncu_${1}_${2}_$CARD.txt" "$3" --step-only "$2" --step-form "$1"
   done
   echo "== done in $((SECONDS - START)) s"
   exit 0
@@ -334,13 +340,8 @@ if [ "$QUICK" = "--words" ]; then  # the int8 rule (words) against bytewise: che
   if [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then
     for split in rule "${BYTES:-32x4:pc:dn:r64}"; do
       echo "== [$((SECONDS - START)) s] ncu, int8 state, $split"
-      timeout "${NCU_LIMIT:-60}" ncu --clock-control none -k regex:_step_kernel --launch-skip 48 --launch-count 2 \
-        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-        --section MemoryWorkloadAnalysis --section SchedulerStats --section InstructionStats \
-        python3 plugins/mamba/scripts/gpu_check.py --step-only int8 $([ "$split" = rule ] || echo --step-split "$split") \
-        > "$OUT/ncu_step_int8_${split//:/-}_$CARD.txt" 2>&1
-      grep -E "Duration|Throughput|Registers|Achieved Occupancy|Warp Cycles|Issued|Executed Instructions" \
-        "$OUT/ncu_step_int8_${split//:/-}_$CARD.txt" | head -n 20
+      ncu_step "$OUT/ncu_step_int8_${split//:/-}_$CARD.txt" _step_kernel --step-only int8 \
+        $([ "$split" = rule ] || echo --step-split "$split")
     done
   fi
   LIMIT=${TILES_LIMIT:-100} run plugins/mamba/scripts/gpu_check.py --tiles --tile-states int8 \
@@ -381,12 +382,7 @@ if [ "$QUICK" = "--int8" ]; then  # the one-byte state's update: checks, counter
   if [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then
     for st in bf16 int8; do
       echo "== [$((SECONDS - START)) s] ncu, recurrent form, $st state"
-      timeout "${NCU_LIMIT:-60}" ncu --clock-control none -k regex:_step_kernel --launch-skip 48 --launch-count 2 \
-        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-        --section MemoryWorkloadAnalysis --section SchedulerStats --section InstructionStats \
-        python3 plugins/mamba/scripts/gpu_check.py --step-only "$st" > "$OUT/ncu_step_${st}_$CARD.txt" 2>&1
-      grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Eligible|Issued|Executed Ipc" \
-        "$OUT/ncu_step_${st}_$CARD.txt" | head -n 40
+      ncu_step "$OUT/ncu_step_${st}_$CARD.txt" _step_kernel --step-only "$st"
     done
   fi
   LIMIT=${TILES_LIMIT:-120} run plugins/mamba/scripts/gpu_check.py --tiles \
