@@ -32,14 +32,15 @@ from avgkit.errors import AvgkitError
 from avgkit.interfaces import Backbone, Conditioning, Modulation
 from avgkit.registry import BackboneConfig
 from avgkit.runtime.device import active_autocast_dtype
-from avgkit_mamba.mixer import Mamba2ChunkedState, Mamba2Mixer
+from avgkit_mamba.mixer import Mamba2ChunkedState, Mamba2Mixer, Mamba2State
 from avgkit_mamba.ops.dispatch import add_norm_modulate
 from avgkit_mamba.ops.norm_torch import DeferredNorm, rms_norm
 
-#: A prefix of one vector (a class token) enters a recurrent decoding state by one decode step from the zero
-#: state, the same arithmetic as the scan over one token: five launches a layer where the chunked scan's forward
-#: and the state's extraction took over a hundred, each waiting on the host, in every sampling call
-#: (docs/benchmarks.md). False: every prefix through the scan (benchmarks time both).
+#: A prefix of one vector (a class token) enters a recurrent decoding state (or the chunked form's state, its
+#: first window left empty) by one recurrent decode step from the zero state, the same arithmetic as the scan over
+#: one token: five launches a layer where the chunked scan's forward and the state's extraction took over a
+#: hundred, each waiting on the host, in every sampling call (docs/benchmarks.md). False: every prefix through the
+#: scan (benchmarks time both).
 PREFILL_BY_STEP = True
 
 
@@ -341,14 +342,21 @@ class MambaBackbone(Backbone):
         return MambaDecodeState(layers, position, batch_size)
 
     def prefill(self, state: MambaDecodeState, cond: Conditioning) -> Tensor:
-        if PREFILL_BY_STEP and state.length is None and cond.prefix_len == 1 and cond.prefix_mask is None:
+        chunked = isinstance(state.layers[0], Mamba2ChunkedState)
+        if PREFILL_BY_STEP and (state.length is None or chunked) and cond.prefix_len == 1 and \
+                cond.prefix_mask is None:
             for layer_state in state.layers:
                 layer_state.zero_()
-            logits = self._step_from(state, cond.prefix[:, 0].to(self.embeddings.word_embeddings.weight.dtype), cond)
+            # the chunked form's SSM state and conv windows are the recurrent step's (views), its window empty
+            recurrent = state if not chunked else MambaDecodeState(
+                [Mamba2State(s.conv, s.ssm, s.scale) for s in state.layers], state.position, state.batch_size)
+            logits = self._step_from(recurrent, cond.prefix[:, 0].to(self.embeddings.word_embeddings.weight.dtype),
+                                     cond)
+            if chunked:
+                state.length.fill_(0)
             state.position.fill_(1 if self.config.positions == "reference" else 0)
             return logits
         if state.length is not None:  # a chunked or dual-form state counts its tokens
-            chunked = isinstance(state.layers[0], Mamba2ChunkedState)
             if not chunked and cond.prefix_len > self.config.max_prefix_len:
                 raise AvgkitError(f"conditioning prefix has {cond.prefix_len} vectors but the dual-form caches hold "
                                  f"{self.config.max_prefix_len}; set backbone max_prefix_len: {cond.prefix_len}")

@@ -14,6 +14,7 @@ changes before a GPU call; they do not time anything.
 
     python plugins/mamba/scripts/step_resources.py [--splits 32x8,64x8:pc:r64] [--states bf16,int8] [--out FILE]
     python plugins/mamba/scripts/step_resources.py --kernel window --splits 32x8:dn,64x8:dn  # the chunked form
+    python plugins/mamba/scripts/step_resources.py --kernel fold --splits rule,64x4  # its fold
 """
 
 from __future__ import annotations
@@ -61,13 +62,23 @@ def compile_window(state: str, tile, d_state: int = 128, window: int = 16):
     import triton
     from avgkit_mamba.ops import triton_window
 
-    const = dict(K=window, HAS_D=True, HAS_DT_BIAS=True, QUANT=state == "int8", BLOCK_P=tile.block_p,
+    const = dict(K=window, HAS_D=True, QUANT=state == "int8", WORDS=state == "int8", BLOCK_P=tile.block_p,
                  BLOCK_N=triton.next_power_of_2(d_state), BLOCK_K=triton.next_power_of_2(window),
                  DEFER_NORM=tile.defer_norm, USE_PDL=False, s_ss_n=1)
-    floats = {"xc_ptr": "*fp32", "scale_ptr": "*fp32", "A_ptr": "*fp32", "D_ptr": "*fp32", "bias_ptr": "*fp32",
-              "cdt_ptr": "*fp32", "ccum_ptr": "*fp32", "len_ptr": "*i64",
+    floats = {"xc_ptr": "*fp32", "scale_ptr": "*fp32", "D_ptr": "*fp32", "len_ptr": "*i64",
               "y_ptr": "*bf16" if tile.defer_norm else "*fp32", "ssm_ptr": STATE_TYPES[state]}
     return _compile(triton_window._window_step_kernel, const, floats, tile)
+
+
+def compile_fold(state: str, tile, d_state: int = 128, window: int = 16):
+    """The chunked form's fold (``triton_window._window_fold_kernel``, its window's last row) likewise."""
+    import triton
+    from avgkit_mamba.ops import triton_window
+
+    const = dict(K=window, QUANT=state == "int8", WORDS=state == "int8", BLOCK_P=tile.block_p,
+                 BLOCK_N=triton.next_power_of_2(d_state), s_ss_n=1)
+    floats = {"xc_ptr": "*fp32", "scale_ptr": "*fp32", "len_ptr": "*i64", "ssm_ptr": STATE_TYPES[state]}
+    return _compile(triton_window._window_fold_kernel, const, floats, tile)
 
 
 def _compile(kernel, const: dict, floats: dict, tile):
@@ -131,6 +142,7 @@ def resources(compiled, tile, block_p: int, d_state: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from avgkit_mamba.ops.triton_step import StepTile, _tile
+    from avgkit_mamba.ops.triton_window import fold_tile, window_tile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--splits", default="rule,32x8,64x8,32x8:h4:s2,16x8:pc,32x8:pc,64x8:pc,64x8:pc:r64,32x8:pc:r40,"
@@ -138,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated splits (BLOCK_PxWARPS[:stream][:hN][:sN][:pc][:rN][:dn]); rule: the fixed rule's "
                          "split at AiM-B's batch 64 (128 sequences x 24 heads)")
     ap.add_argument("--states", default="bf16,int8", help="comma-separated state dtypes (fp32, bf16, int8)")
-    ap.add_argument("--kernel", choices=("step", "window"), default="step",
-                    help="the recurrent state update (step) or the chunked form's step (window: head dims, warps, "
-                         "rN and dn of each split apply)")
+    ap.add_argument("--kernel", choices=("step", "window", "fold"), default="step",
+                    help="the recurrent state update (step), the chunked form's step (window: head dims, warps, "
+                         "rN and dn of each split apply) or its fold at a window's last row (fold)")
     ap.add_argument("--window", type=int, default=16, help="the chunked form's window (--kernel window)")
     ap.add_argument("--headdim", type=int, default=64)
     ap.add_argument("--d-state", type=int, default=128)
@@ -152,11 +164,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.kernel == "window":
         compiled = lambda state, tile: compile_window(state, tile, args.d_state, args.window)  # noqa: E731
+    elif args.kernel == "fold":
+        compiled = lambda state, tile: compile_fold(state, tile, args.d_state, args.window)  # noqa: E731
     else:
         compiled = lambda state, tile: compile_step(state, tile, args.d_state)  # noqa: E731
     rows = []
     for state in args.states.split(","):
-        rule = _tile(128 * 24, args.headdim, state == "int8")
+        quant = state == "int8"
+        if args.kernel == "window":
+            rule = window_tile(128 * 24, args.headdim, quant, interpret=False)
+        elif args.kernel == "fold":
+            rule = fold_tile(args.headdim, interpret=False)
+        else:
+            rule = _tile(128 * 24, args.headdim, quant)
         for spec in args.splits.split(","):
             tile = rule if spec == "rule" else StepTile.parse(spec)
             block_p = min(tile.block_p, args.headdim)

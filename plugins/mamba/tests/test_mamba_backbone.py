@@ -1,5 +1,7 @@
 """The AiM backbone: exact sizes, decoding = teacher forcing, position conventions, state precision."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -77,14 +79,15 @@ def test_decoding_reproduces_teacher_forcing_fp32():
 
 @pytest.mark.parametrize("state_dtype", ["fp32", "int8"])
 @pytest.mark.parametrize("positions", ["consistent", "reference"])
-def test_a_one_vector_prefix_by_one_step_matches_the_scan(monkeypatch, state_dtype, positions):
-    """A class token enters the recurrent state by one decode step from the zero state (``PREFILL_BY_STEP``):
-    the same logits, states and position as the scan's prefill, and the same decode after it; a state left from an
-    earlier call is reset first."""
+@pytest.mark.parametrize("form", ["recurrent", "chunked"])
+def test_a_one_vector_prefix_by_one_step_matches_the_scan(monkeypatch, state_dtype, positions, form):
+    """A class token enters the recurrent state (or the chunked form's, its window left empty) by one decode step
+    from the zero state (``PREFILL_BY_STEP``): the same logits, states and position as the scan's prefill, and
+    the same decode after it; a state left from an earlier call is reset first."""
     from avgkit_mamba import backbone as mamba_backbone
     from avgkit_mamba.ops.state_quant import load_state
 
-    bb, cond = _tiny(state_dtype=state_dtype, positions=positions)
+    bb, cond = _tiny(state_dtype=state_dtype, positions=positions, decode_form=form, decode_chunk=5)
     codes, labels = torch.randint(0, 32, (3, 24)), torch.tensor([0, 4, 9])
     c = cond(labels)
     assert c.prefix_len == 1 and c.prefix_mask is None
@@ -95,10 +98,25 @@ def test_a_one_vector_prefix_by_one_step_matches_the_scan(monkeypatch, state_dty
             state = bb.init_state(3)
             for layer in state.layers:  # an earlier call's leftovers
                 layer.conv.normal_()
+            if form == "chunked":
+                state.length.fill_(7)
+            scans: list[int] = []
+
+            def counted(*a, f, calls=scans, **k):
+                calls.append(1)
+                return f(*a, **k)
+
+            for block in bb.layers:  # by one step, no layer runs the scan's forward
+                monkeypatch.setattr(block.mixer, "forward", partial(counted, f=block.mixer.forward))
             first = bb.prefill(state, c)
+            assert bool(scans) != by_step
+            for block in bb.layers:
+                monkeypatch.delattr(block.mixer, "forward")
             runs[by_step] = (first, [load_state(s.ssm, s.scale).clone() for s in state.layers],
                              [s.conv.clone() for s in state.layers], state.position.clone(),
                              _decode(bb, cond, codes, labels))
+            if form == "chunked":
+                assert state.length.item() == 0  # the first window starts empty
     (f0, ssm0, conv0, pos0, dec0), (f1, ssm1, conv1, pos1, dec1) = runs[False], runs[True]
     tol = {"atol": 1e-5, "rtol": 1e-5} if state_dtype == "fp32" else {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(f1, f0, atol=1e-5, rtol=1e-5)

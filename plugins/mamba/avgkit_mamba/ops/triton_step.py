@@ -67,7 +67,9 @@ from avgkit_mamba.ops.triton_launch import (
     use_pdl,
 )
 
-__all__ = ["StepTile", "decode_step_deferred_triton", "decode_step_projected_triton", "decode_step_triton", "fused_step_triton", "launch_preconv", "split_rule"]
+__all__ = ["StepTile", "decode_step_deferred_triton", "decode_step_projected_triton", "decode_step_triton", "fused_step_triton",
+           "launch_preconv", "split_rule",
+           "words_strides"]
 
 #: Heads a program updates under the interpreter: two, so the checks run the loop over heads where the heads per
 #: group allow it.
@@ -437,6 +439,15 @@ def _split_for(b: int, ssm_state: Tensor, state_scale: Tensor | None) -> StepTil
     return (_override or _tile)(b * nheads, p, state_scale is not None)
 
 
+def words_strides(ssm_state: Tensor, state_scale: Tensor | None, want: bool = True) -> tuple[bool, tuple[int, ...]]:
+    """Whether a kernel may read ``ssm_state`` as int32 words (``want``, an int8 state with its scales, a d_state
+    that is a multiple of 4, rows contiguous and 4-byte aligned), and the state's strides as it then counts them
+    (words, or elements)."""
+    words = want and state_scale is not None and ssm_state.shape[-1] % 4 == 0 and ssm_state.stride(3) == 1 and \
+        all(st % 4 == 0 for st in ssm_state.stride()[:3]) and ssm_state.data_ptr() % 4 == 0
+    return words, (tuple(st // 4 for st in ssm_state.stride()[:3]) + (1,) if words else ssm_state.stride())
+
+
 def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a_is_log, D, dt_bias, y, ngroups,
                  state_scale=None, tile: StepTile | None = None, norm_weight: Tensor | None = None,
                  xc: Tensor | None = None) -> bool:
@@ -460,9 +471,7 @@ def _launch_step(xBC, dt, z, conv_state, conv_weight, conv_bias, ssm_state, A, a
     if xc is not None:
         tile = tile._replace(preconv=True)
     heads = tile.heads if (nheads // ngroups) % tile.heads == 0 else 1  # a program's heads share one group
-    words = tile.words and state_scale is not None and n % 4 == 0 and ssm_state.stride(3) == 1 and \
-        all(st % 4 == 0 for st in ssm_state.stride()[:3]) and ssm_state.data_ptr() % 4 == 0
-    s_strides = tuple(st // 4 for st in ssm_state.stride()[:3]) + (1,) if words else ssm_state.stride()
+    words, s_strides = words_strides(ssm_state, state_scale, tile.words)
     if xc is None:
         xc = launch_preconv(xBC, conv_state, conv_weight, conv_bias, (dt, dt_bias, A, a_is_log)) if tile.preconv else xBC
     _step_kernel[(b, nheads // heads, triton.cdiv(p, tile.block_p))](
