@@ -254,10 +254,10 @@ def state_label(backbone: Any) -> str:
 
 def build_sampling_aim(preset: str, *, device: torch.device | str = "cuda", vocab: int = 16384, tokens: int = 256,
                        classes: int = 1000, state_dtype: str = "auto", impl: str = "auto",
-                       decode_form: str = "recurrent", step_kernel: str | None = None) -> tuple[Any, Any]:
+                       decode_form: str | None = None, step_kernel: str | None = None) -> tuple[Any, Any]:
     """(backbone, conditioner) of an AiM preset with random weights, bf16, eval mode, on ``device``; the decoding
-    state as configured (``auto``, the recipe's default: int8 for this bf16 model), the step kernel too (``None``:
-    the recipe's default).
+    state as configured (``auto``, the recipe's default: int8 for this bf16 model), the decoding layout and the
+    step kernel too (``None``: the recipe's default).
 
     The adaLN weights are drawn non-zero so that modulation is exercised like a trained model.
     """
@@ -266,7 +266,8 @@ def build_sampling_aim(preset: str, *, device: torch.device | str = "cuda", voca
     reg = get_registry()
     spec = reg.get("backbone", "mamba2")
     cfg = spec.resolve(preset, {"vocab_size": vocab, "num_tokens": tokens, "state_dtype": state_dtype, "impl": impl,
-                                "decode_form": decode_form, **({} if step_kernel is None else {"step_kernel": step_kernel})})
+                                **({} if decode_form is None else {"decode_form": decode_form}),
+                                **({} if step_kernel is None else {"step_kernel": step_kernel})})
     torch.manual_seed(0)
     backbone = spec.factory(cfg)
     cname, opts = AIM_CONDITIONERS[preset]

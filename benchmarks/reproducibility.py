@@ -253,12 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models.split(","):
         # gpt-b/sdpa: the step attends with PyTorch's fused kernel; aim-b/torch: every op on the PyTorch path;
         # aim-b/bf16, aim-b/int8, aim-b/fp32: that decoding state (aim-b: the default); aim-b/one-launch,
-        # aim-b/fused-in-proj, aim-b/auto: that step kernel
+        # aim-b/fused-in-proj, aim-b/auto: that step kernel; aim-b/recurrent, aim-b/chunked: that decoding layout
         base, _, variant = name.partition("/")
         preset = SMOKE["aim" if base.startswith("aim") else "gpt"] if args.smoke else base
         if base.startswith("aim"):
             option = ("state_dtype" if variant in ("bf16", "fp32", "int8") else
-                      "step_kernel" if variant in ("two-launch", "one-launch", "fused-in-proj", "auto") else "impl")
+                      "step_kernel" if variant in ("two-launch", "one-launch", "fused-in-proj", "auto") else
+                      "decode_form" if variant in ("recurrent", "chunked") else "impl")
             bb, cond = build_aim(preset, device=device, **shape, **({option: variant} if variant else {}))
         else:
             bb, cond = build_gpt(preset, device=device, **shape, **({"decode_attention": variant} if variant else {}))

@@ -5,7 +5,7 @@
 #   full run also zarr, numcodecs, donfig, google-crc32c, torch-fidelity, and mamba-ssm
 #   built offline) and LlamaGen's public code where LLAMAGEN_ROOT points (default
 #   .ref/llamagen-ce98ec4; docs/benchmarks.md says how to get it):
-#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled | --draw | --fused-in-proj | --fused-rule | --idle | --words]
+#   bash benchmarks/run_gpu.sh [--quick | --baseline | --decode | --diagnose | --training | --recheck | --graph | --graph-loss | --graph-confirm | --conv | --split | --preconv | --defer | --chunked | --ncu-window | --pdl | --b256 | --int8 | --confirm | --linear | --core | --precision | --tune | --persistent | --compiled | --draw | --fused-in-proj | --fused-rule | --idle | --words | --window]
 # --quick (at most 8 minutes on one H100 or H200; BUDGET seconds, default 500): the scan's
 # repeat check, the reproducibility matrix (AiM-B, GPT-B), where identical runs differ for
 # AiM-B with its bf16 and int8 states, GPT-B against LlamaGen and AiM-B at batch 16/64/256,
@@ -104,6 +104,11 @@
 # over 24 layers' states (gpu_check --tiles, TILE_SPLITS), then GPT-B and AiM-B at BATCHES (default 16,64), AiM-B's
 # rows with the rule and BYTES, timed interleaved, with per-kernel profiles and the idle time between kernels, and
 # AiM-B's default beside the class token through the scan (backbone.PREFILL_BY_STEP off).
+# --window (about 6 minutes; BUDGET seconds, default 420): the chunked form's kernels (the window's bookkeeping in the
+# conv's launch, the state read as words, the fold in its own launch): the decode kernels against PyTorch (CHECKS=0
+# skips them), then GPT-B and AiM-B at BATCHES (default 16,64): the recipe's default, the recurrent and chunked forms
+# with bf16 and int8 states and the chunked form split by WINDOW_SPLITS (default 64x2,64x8), timed interleaved,
+# with per-kernel profiles (PROFILE= for none).
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -350,6 +355,15 @@ if [ "$QUICK" = "--words" ]; then  # the int8 rule (words) against bytewise: che
   LIMIT=$((${BUDGET:-480} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16,64}" \
     --variants "${BATCHES:-16,64}" --step-splits "${BYTES:-32x4:pc:dn:r64}" --split-forms recurrent --profile \
     --prefill-scan --out "$OUT/sampling_words_$CARD.json"
+  echo "== done in $((SECONDS - START)) s"
+  exit 0
+fi
+if [ "$QUICK" = "--window" ]; then  # the chunked form's kernels: checks, then rows beside the recurrent form and GPT-B
+  [ "${CHECKS:-1}" = 0 ] || LIMIT=${CHECK_LIMIT:-150} run plugins/mamba/scripts/gpu_check.py --decode \
+    --out "$OUT/mamba_gpu_check_decode_window_$CARD.json"
+  LIMIT=$((${BUDGET:-420} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16,64}" \
+    --variants "${BATCHES:-16,64}" --chunked --step-splits "${WINDOW_SPLITS-64x2,64x8}" --split-forms chunked \
+    ${PROFILE---profile} --out "$OUT/sampling_window_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi

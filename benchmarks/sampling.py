@@ -68,7 +68,7 @@ def _params(module: nn.Module) -> int:
 
 
 def build_aim(preset: str, *, tokens: int = TOKENS, state_dtype: str = "auto", impl: str = "auto",
-              decode_form: str = "recurrent", device: str = "cuda", vocab: int = VOCAB, classes: int = CLASSES,
+              decode_form: str | None = None, device: str = "cuda", vocab: int = VOCAB, classes: int = CLASSES,
               step_kernel: str | None = None):
     """(backbone, conditioner) of an AiM preset, random weights, bf16 (see ``common.build_sampling_aim``)."""
     return build_sampling_aim(preset, device=device, vocab=vocab, tokens=tokens, classes=classes,
