@@ -107,7 +107,7 @@
 # --window (about 6 minutes; BUDGET seconds, default 420): the chunked form's kernels (the window's bookkeeping in the
 # conv's launch, the state read as words, the fold in its own launch): the decode kernels against PyTorch (CHECKS=0
 # skips them), then GPT-B and AiM-B at BATCHES (default 16,64): the recipe's default, the recurrent and chunked forms
-# with bf16 and int8 states and the chunked form split by WINDOW_SPLITS (default 64x2,64x8), timed interleaved,
+# with bf16 and int8 states and the chunked form split by WINDOW_SPLITS (default 64x4,32x2), timed interleaved,
 # with per-kernel profiles (PROFILE= for none).
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
@@ -362,7 +362,7 @@ if [ "$QUICK" = "--window" ]; then  # the chunked form's kernels: checks, then r
   [ "${CHECKS:-1}" = 0 ] || LIMIT=${CHECK_LIMIT:-150} run plugins/mamba/scripts/gpu_check.py --decode \
     --out "$OUT/mamba_gpu_check_decode_window_$CARD.json"
   LIMIT=$((${BUDGET:-420} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16,64}" \
-    --variants "${BATCHES:-16,64}" --chunked --step-splits "${WINDOW_SPLITS-64x2,64x8}" --split-forms chunked \
+    --variants "${BATCHES:-16,64}" --chunked --step-splits "${WINDOW_SPLITS-64x4,32x2}" --split-forms chunked \
     ${PROFILE---profile} --out "$OUT/sampling_window_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0

@@ -11,7 +11,8 @@ are checked against those references under the interpreter (``tests/mamba_interp
   :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
 * ``_dequantize_rows`` / ``_quantize_rows``: the one-byte state,
   :mod:`avgkit_mamba.ops.state_quant`; ``_quads`` / ``_unpack_byte`` / ``_pack_rounded``: the same state
-  read and written as 4-byte words.
+  read and written as 4-byte words; ``_round_c16`` / ``_pack_c16`` / ``_dot_words``: its rows' dot products with
+  a vector rounded to 16-bit integers, in integer arithmetic.
 * ``_skip_gate_store``: a decode step's output, ``(y + D x) * silu(z)``
   (:func:`avgkit_mamba.ops.dispatch.fused_step_torch`), or with the norm deferred its
   weighted value and square (``norm_torch.DeferredNorm``).
@@ -122,6 +123,37 @@ def _unpack_byte(wx, K: tl.constexpr):
         else:
             bits = tl.inline_asm_elementwise("prmt.b32 $0, $2, $1, 0x3217;", "=r,r,r", [wx, magic], tl.int32, True, 1)
     return bits.to(tl.float32, bitcast=True) - 8388736.0
+
+
+#: ``_dot_words``'s 16-bit operand: values rounded to integers of at most this magnitude
+_C16 = tl.constexpr(32767.0)
+
+
+@triton.jit
+def _round_c16(v, inv):
+    """``round(v * inv)`` (half to even; at most ``_C16`` in magnitude) as int32: adding 1.5 * 2^23 rounds by the
+    addition, and the sum's bits less those of 1.5 * 2^23 are the integer."""
+    return (v * inv + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+
+
+@triton.jit
+def _pack_c16(c0, c1, c2, c3):
+    """Four int32 vectors of 16-bit integers as ``_dot_words``'s two operands: (``c0``, ``c1``) and (``c2``,
+    ``c3``) as the low and high halves of int32 words."""
+    return (c0 & 0xFFFF) | (c1 << 16), (c2 & 0xFFFF) | (c3 << 16)
+
+
+@triton.jit
+def _dot_words(w, c_lo, c_hi):
+    """``sum_k q_k c_k`` over the four int8 bytes ``q_k`` (two's complement, byte 0 first) of each int32 word of
+    ``w``, with ``c_lo`` holding ``c_0``, ``c_1`` and ``c_hi`` ``c_2``, ``c_3`` as 16-bit halves (``_pack_c16``): two
+    integer dot products a word on a GPU (``dp2a``), exact in int32, where unpacking the bytes to fp32 and
+    multiplying took three instructions a value."""
+    if _INTERPRET:
+        return ((c_lo << 16) >> 16) * ((w << 24) >> 24) + (c_lo >> 16) * ((w << 16) >> 24) + \
+            ((c_hi << 16) >> 16) * ((w << 8) >> 24) + (c_hi >> 16) * (w >> 24)
+    return tl.inline_asm_elementwise("{ dp2a.lo.s32.s32 $0, $1, $3, 0; dp2a.hi.s32.s32 $0, $2, $3, $0; }",
+                                     "=r,r,r,r", [c_lo, c_hi, w], tl.int32, True, 1)
 
 
 @triton.jit

@@ -1,6 +1,6 @@
 """Triton kernels for a Mamba-2 decode step in the chunked form: the state read every step, written once a window.
 
-Two launches a layer, as the recurrent step's rule (:mod:`triton_step`):
+Three launches a layer (the recurrent step's rule, :mod:`triton_step`, has two):
 
 0. ``_window_preconv_kernel``, one program per (batch row, block of x channels) and one per (batch row, group):
    this token's x, B and C through conv + SiLU, every conv window shifted, and the whole window's bookkeeping, so
@@ -13,13 +13,17 @@ Two launches a layer, as the recurrent step's rule (:mod:`triton_step`):
    state tile first, then ``y = carry (H C) + sum_{s<=j} w_s x_s`` plus the ``D`` skip, gated by ``silu(z)``; with a
    norm of one group and a caller that takes it (:func:`window_step_deferred_triton`) the norm's per-row factor
    is left to the next block boundary, as the recurrent step does, else the epilogue of :mod:`triton_step` norms
-   it. Only at the window's last row does the program write its tile back, having absorbed the window:
-   ``H <- carry H + sum_s v_s x_s B_s^T``.
+   it.
+2. ``_window_fold_kernel``: only at the window's last row (else its programs return at once), each state tile
+   absorbs the window, ``H <- carry H + sum_s v_s x_s B_s^T``, and is written back. A launch of its own so that
+   the step kernel's registers, and so its programs an SM, are not the fold's (in one kernel, 150 registers a
+   thread against 72 compiled for sm_90).
 
-So a step reads the state and writes it once per K steps, and a state value costs a step one load and one
-multiply-add with C (an int8 state read as int32 words, one byte permutation a value: ``triton_common``'s
-``_unpack_byte``), against the recurrent update's read, update, row maximum, requantisation and write. The int8
-state is requantised once a window, in its scaled domain as the recurrent words path does
+So a step reads the state and writes it once per K steps, and a state value costs a step its load and a share of
+an integer dot product: an int8 state is read as int32 words and ``C . q`` summed exactly in int32, two ``dp2a`` a
+word (``triton_common._dot_words``), from C rounded to 16-bit integers by the first launch (about 1e-5 of y);
+against the recurrent update's read, update, row maximum, requantisation and write of every value. The int8
+state is requantised once a window, by the fold, in its scaled domain as the recurrent words path does
 (``u = q + sum_s (v_s x_s / s) B_s``, ``s`` the row's scale times ``carry``).
 
 Every value a program reads was written by an earlier launch (the caches' rows ``s < j`` by earlier steps, row
@@ -41,16 +45,20 @@ from torch import Tensor
 from avgkit_mamba.ops.norm_torch import DeferredNorm
 from avgkit_mamba.ops.ssd_torch import split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
+    _C16,
     _FLUSH,
     _LEVELS,
     _conv_shift,
     _dequantize_rows,
+    _dot_words,
     _dt_log_decay,
     _fast_div,
     _int8_to_float,
+    _pack_c16,
     _pack_rounded,
     _quads,
     _quantize_rows,
+    _round_c16,
     _skip_gate_store,
     _unpack_byte,
 )
@@ -80,14 +88,15 @@ def _window_preconv_kernel(
     d_inner, ngroups, hpg, N, W, x_blocks,
     s_xbc_b, s_cs_b, s_cs_c, s_cs_w, s_xc_b, s_dt_b, s_dt_h,
     s_cx_b, s_cx_l, s_cb_b, s_cb_l, s_cb_g, s_cd_b, s_cd_l,
-    off_c, off_carry, off_w, off_v,
+    off_c, off_carry, off_w, off_v, off_cq, off_cs,
     K: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_DT_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_HG: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    WORDS: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Program (row ``bi``, ``pid < x_blocks``): a block of x channels, convolved into ``xc`` and appended to the x
     cache. Program (row ``bi``, ``x_blocks + g``): group ``g``'s B and C, then its heads' window weights (module
-    docstring); ``xc``'s columns: x, C, carry (a head), w and v (K a head)."""
+    docstring); ``xc``'s columns: x, C, carry (a head), w and v (K a head), and with ``WORDS`` C rounded to 16-bit
+    integers as ``_dot_words`` takes them (N / 2 int32 a group) and their scale (one a group)."""
     if USE_PDL:  # in_proj's output complete; the window kernel may launch now and read its state tiles meanwhile
         gdc_wait()
         gdc_launch_dependents()
@@ -127,6 +136,15 @@ def _window_preconv_kernel(
         Cv = _conv_shift(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, chan_b + ngroups * N, mask_n, W,
                          HAS_CONV_BIAS, BLOCK_W)
         tl.store(xc_row + off_c + gi * N + offs_n, Cv, mask=mask_n)
+        if WORDS:  # C . q of an int8 state in integer arithmetic: C to 16 bits, by its largest magnitude
+            cmax = tl.max(tl.abs(Cv), axis=0)
+            c0, c1, c2, c3 = _quads(_round_c16(Cv, tl.where(cmax > 0, _C16 / cmax, 0.0)), BLOCK_N)
+            c_lo, c_hi = _pack_c16(c0, c1, c2, c3)
+            offs_q = tl.arange(0, BLOCK_N // 4)
+            cq_row = xc_row.to(tl.pointer_type(tl.int32)) + off_cq + gi * (N // 2)
+            tl.store(cq_row + offs_q, c_lo, mask=offs_q < N // 4)
+            tl.store(cq_row + N // 4 + offs_q, c_hi, mask=offs_q < N // 4)
+            tl.store(xc_row + off_cs + gi, cmax / _C16)
         b_j = Bv.to(cbm_ptr.dtype.element_ty)  # row j as the cache holds it, as every other row is weighed
         tl.store(cb_row + j * s_cb_l + offs_n, b_j, mask=mask_n)
         is_j = offs_k == j
@@ -179,7 +197,7 @@ def _window_step_kernel(
     s_xc_b, s_z_b,
     s_ss_b, s_ss_h, s_ss_p, s_ss_n, s_sc_b, s_sc_h, s_sc_p,
     s_cx_b, s_cx_l, s_cx_h, s_y_b, sq_off,
-    off_c, off_carry, off_w,
+    off_c, off_carry, off_w, off_cq, off_cs,
     K: tl.constexpr, HAS_D: tl.constexpr, QUANT: tl.constexpr, WORDS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DEFER_NORM: tl.constexpr,
     USE_PDL: tl.constexpr,
@@ -220,19 +238,19 @@ def _window_step_kernel(
     xs = tl.load(cx_row + offs_k[:, None] * s_cx_l + offs_p[None, :], mask=(offs_k <= j)[:, None] & mask_p[None, :],
                  other=0.0).to(tl.float32)
     w_s = tl.load(xc_row + off_w + hi * K + offs_k, mask=offs_k < K, other=0.0)
-    Cv = tl.load(xc_row + off_c + gi * N + offs_n, mask=mask_n, other=0.0)
     carry = tl.load(xc_row + off_carry + hi)
     x = tl.load(xc_row + hi * P + offs_p, mask=mask_p, other=0.0)
 
-    if WORDS:
-        wx = state ^ -2139062144  # 0x80808080: each byte q + 128
-        C0, C1, C2, C3 = _quads(Cv, BLOCK_N)
-        hc = tl.sum(_unpack_byte(wx, 0) * C0[None, :] + _unpack_byte(wx, 1) * C1[None, :] +
-                    _unpack_byte(wx, 2) * C2[None, :] + _unpack_byte(wx, 3) * C3[None, :], axis=1)
-    elif QUANT:
-        hc = tl.sum(_int8_to_float(state) * Cv[None, :], axis=1)
+    if WORDS:  # C . q in int32, exactly, from C rounded to 16 bits (a relative error of about 1e-5 in y)
+        offs_q = tl.arange(0, BLOCK_N // 4)
+        cq_row = xc_row.to(tl.pointer_type(tl.int32)) + off_cq + gi * (N // 2)
+        c_lo = tl.load(cq_row + offs_q, mask=offs_q < N // 4, other=0)
+        c_hi = tl.load(cq_row + N // 4 + offs_q, mask=offs_q < N // 4, other=0)
+        hc = tl.sum(_dot_words(state, c_lo[None, :], c_hi[None, :]), axis=1).to(tl.float32) * \
+            tl.load(xc_row + off_cs + gi)
     else:
-        hc = tl.sum(state.to(tl.float32) * Cv[None, :], axis=1)
+        Cv = tl.load(xc_row + off_c + gi * N + offs_n, mask=mask_n, other=0.0)
+        hc = tl.sum((_int8_to_float(state) if QUANT else state.to(tl.float32)) * Cv[None, :], axis=1)
     y = (carry * row_scale) * hc + tl.sum(w_s[:, None] * xs, axis=0)
     _skip_gate_store(y, x, D_ptr, z_ptr, y_ptr, nw_ptr, bi, hi, P, s_z_b, s_y_b, sq_off, offs_p, mask_p, HAS_D,
                      True, DEFER_NORM, WORDS)
@@ -301,13 +319,14 @@ def window_tile(rows: int, p: int, quant: bool, interpret: bool = INTERPRET) -> 
     """The window kernel's split for ``rows`` (batch x heads) tiles of ``p`` head dims: head dims a program, warps
     and a register cap as ``triton_step.StepTile`` (its other fields do not apply: the conv always has its own
     launch, an int8 state is always read as words where it can be, and the norm is deferred wherever the caller
-    takes it). Within ``triton_step.split_rule``, that rule's split; else 64 head dims and four warps (8 KB of an
-    int8 state a program, 64 values a thread: 72 registers and 12 SASS instructions a value compiled for sm_90,
-    against 40 and 16 with eight warps; ``scripts/step_resources.py --kernel window``), small tiles under the
-    interpreter."""
+    takes it). Within ``triton_step.split_rule``, that rule's split; else 64 head dims a program, on two warps for
+    an int8 state (128 values a thread: 584 SASS instructions a thread, 4.6 a value, 64 registers, 16 programs an
+    SM compiled for sm_90 by Triton 3.6; four warps: 9.1 a value, eight: 12.8; ``scripts/step_resources.py
+    --kernel window``) and four for a bf16 or fp32 one (its values multiplied in fp32: 72 registers), small tiles
+    under the interpreter."""
     if interpret:
         return StepTile(min(triton.next_power_of_2(p), 16), 4)
-    return overridden_split(rows, p, quant) or StepTile(min(64, triton.next_power_of_2(p)), 4)
+    return overridden_split(rows, p, quant) or StepTile(min(64, triton.next_power_of_2(p)), 2 if quant else 4)
 
 
 def fold_tile(p: int, interpret: bool = INTERPRET) -> StepTile:
@@ -388,7 +407,10 @@ def _window_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, state_sc
     off_carry = off_c + ngroups * n
     off_w = off_carry + nheads
     off_v = off_w + nheads * window
-    xc = torch.empty(b, off_v + nheads * window, device=zxbcdt.device, dtype=torch.float32)
+    off_cq = off_v + nheads * window
+    off_cs = off_cq + ngroups * (n // 2)
+    xc = torch.empty(b, off_cs + ngroups, device=zxbcdt.device, dtype=torch.float32)
+    words, s_strides = words_strides(ssm_state, state_scale)
     block_c = min(256, triton.next_power_of_2(d_inner))
     x_blocks = triton.cdiv(d_inner, block_c)
     block_n, block_k = triton.next_power_of_2(n), triton.next_power_of_2(window)
@@ -400,14 +422,13 @@ def _window_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, state_sc
         xBC.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), xc.stride(0), dt.stride(0),
         dt.stride(1), cache_x.stride(0), cache_x.stride(1), cache_b.stride(0), cache_b.stride(1), cache_b.stride(2),
         cache_dt.stride(0), cache_dt.stride(1),
-        off_c, off_carry, off_w, off_v,
+        off_c, off_carry, off_w, off_v, off_cq, off_cs,
         K=window, HAS_CONV_BIAS=conv_bias is not None, HAS_DT_BIAS=dt_bias is not None, BLOCK_C=block_c,
         BLOCK_N=block_n, BLOCK_W=triton.next_power_of_2(w), BLOCK_K=block_k,
-        BLOCK_HG=triton.next_power_of_2(hpg), USE_PDL=use_pdl(), num_warps=4, **pdl_options(),
+        BLOCK_HG=triton.next_power_of_2(hpg), WORDS=words, USE_PDL=use_pdl(), num_warps=4, **pdl_options(),
     )
     sc = state_scale if state_scale is not None else xc
     sc_strides = state_scale.stride() if state_scale is not None else (0, 0, 0)
-    words, s_strides = words_strides(ssm_state, state_scale)
     deferred = defer and ngroups == 1
     if deferred:
         y = torch.empty(b, 2 * d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)  # y * w | y^2
@@ -420,7 +441,7 @@ def _window_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, state_sc
         xc.stride(0), z.stride(0),
         *s_strides, *sc_strides,
         cache_x.stride(0), cache_x.stride(1), cache_x.stride(2), y.stride(0), d_inner,
-        off_c, off_carry, off_w,
+        off_c, off_carry, off_w, off_cq, off_cs,
         K=window, HAS_D=D is not None, QUANT=state_scale is not None, WORDS=words,
         BLOCK_P=tile.block_p, BLOCK_N=block_n, BLOCK_K=block_k, DEFER_NORM=deferred, USE_PDL=use_pdl(),
         num_warps=tile.num_warps, num_stages=1, **({"maxnreg": tile.max_registers} if tile.max_registers else {}),
