@@ -33,7 +33,7 @@ from avgkit.interfaces import Backbone, Conditioning, Modulation
 from avgkit.registry import BackboneConfig
 from avgkit.runtime.device import active_autocast_dtype
 from avgkit_mamba.mixer import Mamba2ChunkedState, Mamba2Mixer, Mamba2State
-from avgkit_mamba.ops.dispatch import add_norm_modulate
+from avgkit_mamba.ops.dispatch import add_norm_modulate, resolve_impl
 from avgkit_mamba.ops.norm_torch import DeferredNorm, rms_norm
 
 #: A prefix of one vector (a class token) enters a recurrent decoding state (or the chunked form's state, its
@@ -76,11 +76,11 @@ class MambaBackboneConfig(BackboneConfig):
         "batch (6% fewer images/s at batch 64); or one launch with split state tiles and the next tile's load in "
         "flight (1.8x slower on an H100); docs/benchmarks.md"
     )
-    decode_form: Literal["recurrent", "chunked", "dual"] = Field(
-        "recurrent", description="decoding layout: the constant-size SSM state; chunked (the state read every step "
-        "but written once per decode_chunk tokens, the window's tokens from small caches; measured slower on an "
-        "H100); or per-token caches read by the dual (quadratic) form (measured slower, with twice the memory; "
-        "docs/backbone-mamba.md)"
+    decode_form: Literal["auto", "recurrent", "chunked", "dual"] = Field(
+        "recurrent", description="decoding layout: the constant-size SSM state (recurrent); chunked (the state read "
+        "every step but written once per decode_chunk tokens, the window's tokens from small caches); auto: chunked "
+        "for a one-byte state on Triton kernels (a CUDA device), else recurrent; or per-token caches read by the "
+        "dual (quadratic) form (measured slower, with twice the memory; docs/backbone-mamba.md)"
     )
     decode_chunk: int = Field(16, ge=2, description="chunked form: tokens per window (the state is written once a window)")
     max_prefix_len: int = Field(1, ge=1, description="dual form: longest conditioning prefix the caches hold")
@@ -314,12 +314,22 @@ class MambaBackbone(Backbone):
         return {"auto": torch.int8 if half else torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16,
                 "model": model_dtype, "int8": torch.int8}[self.config.state_dtype]
 
+    def _decode_form(self, ssm_dtype: torch.dtype, device: torch.device) -> str:
+        """``decode_form`` resolved: ``auto`` is the chunked form where its kernels pay (a one-byte state read as
+        words, on Triton: docs/benchmarks.md), else the recurrent one."""
+        if self.config.decode_form != "auto":
+            return self.config.decode_form
+        on_triton = resolve_impl(self.layers[0].mixer.impl, device) == "triton"
+        return "chunked" if ssm_dtype == torch.int8 and on_triton else "recurrent"
+
     def decode_settings(self, autocast: torch.dtype | None = None) -> dict[str, Any]:
-        """The decoding layout and the dtype its state resolves to (``state_dtype: auto`` follows the precision)."""
-        form = self.config.decode_form
-        if form == "dual":  # its caches follow the model's dtype
-            return {"decode_form": form}
-        ssm = self._ssm_dtype(self.embeddings.word_embeddings.weight.dtype, autocast)
+        """The decoding layout and the dtype its state resolves to (``state_dtype: auto`` follows the precision,
+        ``decode_form: auto`` the state and the device)."""
+        if self.config.decode_form == "dual":  # its caches follow the model's dtype
+            return {"decode_form": "dual"}
+        weight = self.embeddings.word_embeddings.weight
+        ssm = self._ssm_dtype(weight.dtype, autocast)
+        form = self._decode_form(ssm, weight.device)
         return {"decode_form": form, "state_dtype": str(ssm).removeprefix("torch."),
                 **({"decode_chunk": self.config.decode_chunk} if form == "chunked" else {})}
 
@@ -333,7 +343,7 @@ class MambaBackbone(Backbone):
                       for b in self.layers]
             return MambaDecodeState(layers, position, batch_size, torch.zeros(1, dtype=torch.long, device=device))
         ssm_dtype = self._ssm_dtype(model_dtype, active_autocast_dtype(device))
-        if self.config.decode_form == "chunked":
+        if self._decode_form(ssm_dtype, torch.device(device)) == "chunked":
             layers = [b.mixer.allocate_chunked_state(batch_size, self.config.decode_chunk, device=device,
                                                      dtype=model_dtype, ssm_dtype=ssm_dtype) for b in self.layers]
             return MambaDecodeState(layers, position, batch_size, torch.zeros(1, dtype=torch.long, device=device))
