@@ -33,7 +33,7 @@ from avgkit.interfaces import Backbone, Conditioning, Modulation
 from avgkit.registry import BackboneConfig
 from avgkit.runtime.device import active_autocast_dtype
 from avgkit_mamba.mixer import Mamba2ChunkedState, Mamba2Mixer, Mamba2State
-from avgkit_mamba.ops.dispatch import add_norm_modulate, resolve_impl
+from avgkit_mamba.ops.dispatch import add_norm_modulate, decode_form_for
 from avgkit_mamba.ops.norm_torch import DeferredNorm, rms_norm
 
 #: A prefix of one vector (a class token) enters a recurrent decoding state (or the chunked form's state, its
@@ -315,12 +315,10 @@ class MambaBackbone(Backbone):
                 "model": model_dtype, "int8": torch.int8}[self.config.state_dtype]
 
     def _decode_form(self, ssm_dtype: torch.dtype, device: torch.device) -> str:
-        """``decode_form`` resolved: ``auto`` is the chunked form where its kernels pay (a one-byte state read as
-        words, on Triton: docs/benchmarks.md), else the recurrent one."""
+        """``decode_form`` resolved (``auto``: ``dispatch.decode_form_for``)."""
         if self.config.decode_form != "auto":
             return self.config.decode_form
-        on_triton = resolve_impl(self.layers[0].mixer.impl, device) == "triton"
-        return "chunked" if ssm_dtype == torch.int8 and on_triton else "recurrent"
+        return decode_form_for(ssm_dtype, self.layers[0].mixer.impl, device)
 
     def decode_settings(self, autocast: torch.dtype | None = None) -> dict[str, Any]:
         """The decoding layout and the dtype its state resolves to (``state_dtype: auto`` follows the precision,

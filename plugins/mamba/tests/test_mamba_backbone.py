@@ -188,12 +188,12 @@ def test_decode_settings_name_the_state_init_state_allocates():
 def test_decode_form_auto_is_chunked_for_a_one_byte_state_on_triton(monkeypatch):
     """``decode_form: auto`` takes the chunked form where its kernels run (Triton) with an int8 state, the recurrent
     one elsewhere; what the job records is what ``init_state`` allocates."""
-    from avgkit_mamba import backbone as mamba_backbone
     from avgkit_mamba.mixer import Mamba2ChunkedState
+    from avgkit_mamba.ops import dispatch
 
     bb, _ = _tiny(decode_form="auto")
     for on_triton in (False, True):
-        monkeypatch.setattr(mamba_backbone, "resolve_impl", lambda impl, device, t=on_triton: "triton" if t else "torch")
+        monkeypatch.setattr(dispatch, "resolve_impl", lambda impl, device, t=on_triton: "triton" if t else "torch")
         for autocast, form in ((None, "recurrent"), (torch.bfloat16, "chunked" if on_triton else "recurrent")):
             assert bb.decode_settings(autocast)["decode_form"] == form
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast is not None):

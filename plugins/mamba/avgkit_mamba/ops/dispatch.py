@@ -15,6 +15,9 @@ The mixer and the backbone call these functions and never choose a path themselv
 | :func:`dual_step` (the same from the dual-form caches) | :func:`dual_step_torch` | ``triton_dual`` |
 | :func:`add_norm_modulate` (a decode step's block boundary) | ``norm_torch.add_norm_modulate`` | ``triton_norm`` |
 
+:func:`decode_form_for` chooses the decoding layout that ``decode_form: auto`` means (the chunked form's kernels
+pay on Triton with a one-byte state).
+
 ``impl`` is one of ``"auto"`` (Triton on a CUDA tensor when Triton imports, else
 PyTorch), ``"torch"`` or ``"triton"``. Triton modules are imported on first use only,
 so importing this package never imports Triton.
@@ -61,6 +64,7 @@ __all__ = [
     "decode_step",
     "decode_step_deferred",
     "decode_step_projected",
+    "decode_form_for",
     "decode_step_torch",
     "dual_step",
     "dual_step_torch",
@@ -118,6 +122,12 @@ def resolve_impl(impl: str, device: torch.device | str) -> Literal["torch", "tri
             "(or set TRITON_INTERPRET=1 to run the kernels on the CPU, slowly)"
         )
     return "triton"
+
+
+def decode_form_for(state_dtype: torch.dtype, impl: str, device: torch.device | str) -> Literal["recurrent", "chunked"]:
+    """The decoding layout ``decode_form: auto`` means: the chunked form where its Triton kernels run with a
+    one-byte state (the state read as words, written once a window), else the recurrent one."""
+    return "chunked" if state_dtype == torch.int8 and resolve_impl(impl, device) == "triton" else "recurrent"
 
 
 #: Input dtypes the whole-sequence Triton kernels (conv, scan) take; ``auto`` runs others in PyTorch
