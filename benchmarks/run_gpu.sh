@@ -104,11 +104,13 @@
 # over 24 layers' states (gpu_check --tiles, TILE_SPLITS), then GPT-B and AiM-B at BATCHES (default 16,64), AiM-B's
 # rows with the rule and BYTES, timed interleaved, with per-kernel profiles and the idle time between kernels, and
 # AiM-B's default beside the class token through the scan (backbone.PREFILL_BY_STEP off).
-# --window (about 6 minutes; BUDGET seconds, default 420): the chunked form's kernels (the window's bookkeeping in the
+# --window (about 7 minutes; BUDGET seconds, default 520): the chunked form's kernels (the window's bookkeeping in the
 # conv's launch, the state read as words, the fold in its own launch): the decode kernels against PyTorch (CHECKS=0
 # skips them), then GPT-B and AiM-B at BATCHES (default 16,64): the recipe's default, the recurrent and chunked forms
 # with bf16 and int8 states and the chunked form split by WINDOW_SPLITS (default 64x4,32x2), timed interleaved,
-# with per-kernel profiles (PROFILE= for none).
+# with per-kernel profiles (PROFILE= for none); AiM-B's reproducibility matrix in the chunked form at decode widths
+# WIDTHS (default 16 32) on PATHS (default graph); the same rows without splits at batch LARGE (default 256; LARGE=
+# for none).
 # Without any of these, everything at every size (several calls' worth).
 # Results land in $OUT (or benchmarks/results/) as JSON named after the card
 # (..._h100.json, ..._h200.json); commit them with the scripts.
@@ -361,9 +363,15 @@ fi
 if [ "$QUICK" = "--window" ]; then  # the chunked form's kernels: checks, then rows beside the recurrent form and GPT-B
   [ "${CHECKS:-1}" = 0 ] || LIMIT=${CHECK_LIMIT:-150} run plugins/mamba/scripts/gpu_check.py --decode \
     --out "$OUT/mamba_gpu_check_decode_window_$CARD.json"
-  LIMIT=$((${BUDGET:-420} - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16,64}" \
+  LIMIT=$((${BUDGET:-520} - 150 - SECONDS + START)) run benchmarks/sampling.py --quick --batches "${BATCHES:-16,64}" \
     --variants "${BATCHES:-16,64}" --chunked --step-splits "${WINDOW_SPLITS-64x4,32x2}" --split-forms chunked \
     ${PROFILE---profile} --out "$OUT/sampling_window_$CARD.json"
+  for width in ${WIDTHS-16 32}; do  # 32 and 64 rows
+    LIMIT=${REPRO_LIMIT:-90} run benchmarks/reproducibility.py --parts matrix --models aim-b/chunked \
+      --decode-width "$width" --paths "${PATHS:-graph}" --out "$OUT/reproducibility_matrix_window_w${width}_$CARD.json"
+  done
+  [ -z "${LARGE-256}" ] || LIMIT=$((${BUDGET:-520} - SECONDS + START)) run benchmarks/sampling.py --quick \
+    --batches "${LARGE-256}" --variants "${LARGE-256}" --chunked --out "$OUT/sampling_window_b${LARGE-256}_$CARD.json"
   echo "== done in $((SECONDS - START)) s"
   exit 0
 fi
