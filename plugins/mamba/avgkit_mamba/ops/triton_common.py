@@ -125,6 +125,22 @@ def _unpack_byte(wx, K: tl.constexpr):
     return bits.to(tl.float32, bitcast=True) - 8388736.0
 
 
+@triton.jit
+def _state_tile(ssm_ptr, bi, hi, s_ss_b, s_ss_h, s_ss_p, s_ss_n, offs_p, mask_p, offs_n, mask_n, N,
+                WORDS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Pointers and mask of the state tile of batch row ``bi``, head ``hi``, head dims ``offs_p``: its values, or
+    with ``WORDS`` an int8 state's int32 words (strides counted in words, ``triton_step.words_strides``)."""
+    if WORDS:
+        offs_w = tl.arange(0, BLOCK_N // 4)
+        ptrs = ssm_ptr.to(tl.pointer_type(tl.int32)) + bi * s_ss_b + hi * s_ss_h + offs_p[:, None] * s_ss_p + \
+            offs_w[None, :]
+        mask = mask_p[:, None] & (offs_w[None, :] < N // 4)
+    else:
+        ptrs = ssm_ptr + bi * s_ss_b + hi * s_ss_h + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
+        mask = mask_p[:, None] & mask_n[None, :]
+    return ptrs, mask
+
+
 #: ``_dot_words``'s 16-bit operand: values rounded to integers of at most this magnitude
 _C16 = tl.constexpr(32767.0)
 

@@ -60,6 +60,7 @@ from avgkit_mamba.ops.triton_common import (
     _quantize_rows,
     _round_c16,
     _skip_gate_store,
+    _state_tile,
     _unpack_byte,
 )
 from avgkit_mamba.ops.triton_launch import (
@@ -216,14 +217,8 @@ def _window_step_kernel(
     mask_n = offs_n < N
 
     # the state tile first: the one large read of the step
-    if WORDS:
-        offs_w = tl.arange(0, BLOCK_N // 4)
-        s_ptrs = ssm_ptr.to(tl.pointer_type(tl.int32)) + bi * s_ss_b + hi * s_ss_h + offs_p[:, None] * s_ss_p + \
-            offs_w[None, :]
-        smask = mask_p[:, None] & (offs_w[None, :] < N // 4)
-    else:
-        s_ptrs = ssm_ptr + bi * s_ss_b + hi * s_ss_h + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
-        smask = mask_p[:, None] & mask_n[None, :]
+    s_ptrs, smask = _state_tile(ssm_ptr, bi, hi, s_ss_b, s_ss_h, s_ss_p, s_ss_n, offs_p, mask_p, offs_n, mask_n, N,
+                                WORDS, BLOCK_N)
     state = tl.load(s_ptrs, mask=smask, other=0)
     sc_ptrs = scale_ptr + bi * s_sc_b + hi * s_sc_h + offs_p * s_sc_p
     row_scale = tl.full((BLOCK_P,), 1.0, tl.float32)
@@ -279,14 +274,8 @@ def _window_fold_kernel(
             gi = hi // hpg
             offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
             mask_p = offs_p < P
-            if WORDS:
-                offs_w = tl.arange(0, BLOCK_N // 4)
-                s_ptrs = ssm_ptr.to(tl.pointer_type(tl.int32)) + bi * s_ss_b + hi * s_ss_h + \
-                    offs_p[:, None] * s_ss_p + offs_w[None, :]
-                smask = mask_p[:, None] & (offs_w[None, :] < N // 4)
-            else:
-                s_ptrs = ssm_ptr + bi * s_ss_b + hi * s_ss_h + offs_p[:, None] * s_ss_p + offs_n[None, :] * s_ss_n
-                smask = mask_p[:, None] & mask_n[None, :]
+            s_ptrs, smask = _state_tile(ssm_ptr, bi, hi, s_ss_b, s_ss_h, s_ss_p, s_ss_n, offs_p, mask_p, offs_n,
+                                        mask_n, N, WORDS, BLOCK_N)
             state = tl.load(s_ptrs, mask=smask, other=0)
             sc_ptrs = scale_ptr + bi * s_sc_b + hi * s_sc_h + offs_p * s_sc_p
             xc_row = xc_ptr + bi * s_xc_b
