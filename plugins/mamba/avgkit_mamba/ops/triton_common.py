@@ -11,7 +11,7 @@ are checked against those references under the interpreter (``tests/mamba_interp
   :func:`avgkit_mamba.ops.conv_torch.conv_step` (window shift, + bias, SiLU).
 * ``_dequantize_rows`` / ``_quantize_rows``: the one-byte state,
   :mod:`avgkit_mamba.ops.state_quant`; ``_quads`` / ``_unpack_byte`` / ``_pack_rounded``: the same state
-  read and written as 4-byte words; ``_round_c16`` / ``_pack_c16`` / ``_dot_words``: its rows' dot products with
+  read and written as 4-byte words (``_store_words``: requantised and stored); ``_round_c16`` / ``_pack_c16`` / ``_dot_words``: its rows' dot products with
   a vector rounded to 16-bit integers, in integer arithmetic.
 * ``_skip_gate_store``: a decode step's output, ``(y + D x) * silu(z)``
   (:func:`avgkit_mamba.ops.dispatch.fused_step_torch`), or with the norm deferred its
@@ -123,6 +123,25 @@ def _unpack_byte(wx, K: tl.constexpr):
         else:
             bits = tl.inline_asm_elementwise("prmt.b32 $0, $2, $1, 0x3217;", "=r,r,r", [wx, magic], tl.int32, True, 1)
     return bits.to(tl.float32, bitcast=True) - 8388736.0
+
+
+#: The words path divides by a row's scale (times the decay, or the window's carry), taken as at least this: a row
+#: whose old values are all below 127 times it (zero rows among them) keeps them at that scale, an error of at most
+#: 1.3e-18 beside the byte path.
+_OLD_MIN = tl.constexpr(1e-20)
+
+
+@triton.jit
+def _store_words(u0, u1, u2, u3, s, s_ptrs, sc_ptrs, smask, mask_p, STORE_CACHE: tl.constexpr):
+    """An int8 state tile in its scaled domain (rows ``s * u``; ``u0``-``u3`` the byte columns 0-3 of its words)
+    requantised by rows, ``round(u * 127 / max|u|)``, and stored as words with the new row scales; a row at most
+    ``state_quant.FLUSH`` stores zeros and scale 0 (``_quantize_rows``'s rule)."""
+    umax = tl.max(tl.maximum(tl.maximum(tl.abs(u0), tl.abs(u1)), tl.maximum(tl.abs(u2), tl.abs(u3))), axis=1)
+    absmax = umax * s
+    kept = absmax > _FLUSH
+    tl.store(s_ptrs, _pack_rounded(u0, u1, u2, u3, tl.where(kept, _fast_div(_LEVELS, umax), 0.0)), mask=smask,
+             cache_modifier=STORE_CACHE)
+    tl.store(sc_ptrs, tl.where(kept, absmax / _LEVELS, 0.0), mask=mask_p)
 
 
 @triton.jit

@@ -41,8 +41,7 @@ from torch import Tensor
 from avgkit_mamba.ops.norm_torch import DeferredNorm
 from avgkit_mamba.ops.ssd_torch import check_step_shapes, split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
-    _FLUSH,
-    _LEVELS,
+    _OLD_MIN,
     _conv_bc,
     _conv_shift,
     _conv_x,
@@ -50,12 +49,12 @@ from avgkit_mamba.ops.triton_common import (
     _dequantize_rows,
     _dt_log_decay,
     _fast_div,
-    _pack_rounded,
     _quads,
     _quantize_rows,
     _shift_bc_windows,
     _shift_windows,
     _skip_gate_store,
+    _store_words,
     _unpack_byte,
 )
 from avgkit_mamba.ops.triton_launch import (
@@ -67,9 +66,8 @@ from avgkit_mamba.ops.triton_launch import (
     use_pdl,
 )
 
-__all__ = ["StepTile", "decode_step_deferred_triton", "decode_step_projected_triton", "decode_step_triton", "fused_step_triton",
-           "launch_preconv", "split_rule",
-           "words_strides"]
+__all__ = ["StepTile", "decode_step_deferred_triton", "decode_step_projected_triton", "decode_step_triton",
+           "fused_step_triton", "launch_preconv", "split_rule", "words_strides"]
 
 #: Heads a program updates under the interpreter: two, so the checks run the loop over heads where the heads per
 #: group allow it.
@@ -118,12 +116,6 @@ def _update_head(state, row_scale, s_row, sc_row, smask, Bv, Cv, conv_row, xbc_r
                      DEFER_NORM, WORDS)
 
 
-#: With ``StepTile.words`` the update divides by a row's scale (after the decay), taken as at least this: a row
-#: whose old values are all below 127 times it (zero rows among them) keeps them at that scale, an error of at
-#: most 1.3e-18 beside the byte path.
-_OLD_MIN = tl.constexpr(1e-20)
-
-
 @triton.jit
 def _update_words(w, s, dtx, Bv, Cv, s_ptrs, sc_ptrs, smask, mask_p, BLOCK_N: tl.constexpr,
                   STORE_CACHE: tl.constexpr):
@@ -132,8 +124,9 @@ def _update_words(w, s, dtx, Bv, Cv, s_ptrs, sc_ptrs, smask, mask_p, BLOCK_N: tl
 
     With ``s`` the row's scale times the decay, the new state is ``s * u`` where ``u = q + (dt x / s) B``: one
     fused multiply-add a value, no product with the scale; the row maximum, the requantisation
-    (``round(u * 127 / max|u|)``) and ``y = s * (C . u)`` follow from ``u`` alone. The result agrees with the byte
-    path (``_dequantize_rows``, ``_quantize_rows``) to the rounding of a product, within one quantum."""
+    (``round(u * 127 / max|u|)``, ``_store_words``) and ``y = s * (C . u)`` follow from ``u`` alone; ``s`` is taken
+    as at least ``_OLD_MIN``. The result agrees with the byte path (``_dequantize_rows``, ``_quantize_rows``) to the
+    rounding of a product, within one quantum."""
     s = tl.maximum(s, _OLD_MIN)
     wx = w ^ -2139062144  # 0x80808080: each byte q + 128
     r = _fast_div(dtx, s)[:, None]
@@ -142,12 +135,7 @@ def _update_words(w, s, dtx, Bv, Cv, s_ptrs, sc_ptrs, smask, mask_p, BLOCK_N: tl
     u1 = _unpack_byte(wx, 1) + r * B1[None, :]
     u2 = _unpack_byte(wx, 2) + r * B2[None, :]
     u3 = _unpack_byte(wx, 3) + r * B3[None, :]
-    umax = tl.max(tl.maximum(tl.maximum(tl.abs(u0), tl.abs(u1)), tl.maximum(tl.abs(u2), tl.abs(u3))), axis=1)
-    absmax = umax * s
-    kept = absmax > _FLUSH
-    tl.store(s_ptrs, _pack_rounded(u0, u1, u2, u3, tl.where(kept, _fast_div(_LEVELS, umax), 0.0)), mask=smask,
-             cache_modifier=STORE_CACHE)
-    tl.store(sc_ptrs, tl.where(kept, absmax / _LEVELS, 0.0), mask=mask_p)
+    _store_words(u0, u1, u2, u3, s, s_ptrs, sc_ptrs, smask, mask_p, STORE_CACHE)
     C0, C1, C2, C3 = _quads(Cv, BLOCK_N)
     return tl.sum(u0 * C0[None, :] + u1 * C1[None, :] + u2 * C2[None, :] + u3 * C3[None, :], axis=1) * s
 

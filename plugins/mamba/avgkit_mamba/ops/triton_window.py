@@ -46,8 +46,7 @@ from avgkit_mamba.ops.norm_torch import DeferredNorm
 from avgkit_mamba.ops.ssd_torch import split_zxbcdt
 from avgkit_mamba.ops.triton_common import (
     _C16,
-    _FLUSH,
-    _LEVELS,
+    _OLD_MIN,
     _conv_shift,
     _dequantize_rows,
     _dot_words,
@@ -55,12 +54,12 @@ from avgkit_mamba.ops.triton_common import (
     _fast_div,
     _int8_to_float,
     _pack_c16,
-    _pack_rounded,
     _quads,
     _quantize_rows,
     _round_c16,
     _skip_gate_store,
     _state_tile,
+    _store_words,
     _unpack_byte,
 )
 from avgkit_mamba.ops.triton_launch import (
@@ -72,7 +71,6 @@ from avgkit_mamba.ops.triton_launch import (
     use_pdl,
 )
 from avgkit_mamba.ops.triton_step import (
-    _OLD_MIN,
     StepTile,
     _check_scale,
     _launch_epilogue,
@@ -96,8 +94,9 @@ def _window_preconv_kernel(
 ):
     """Program (row ``bi``, ``pid < x_blocks``): a block of x channels, convolved into ``xc`` and appended to the x
     cache. Program (row ``bi``, ``x_blocks + g``): group ``g``'s B and C, then its heads' window weights (module
-    docstring); ``xc``'s columns: x, C, carry (a head), w and v (K a head), and with ``WORDS`` C rounded to 16-bit
-    integers as ``_dot_words`` takes them (N / 2 int32 a group) and their scale (one a group)."""
+    docstring); ``xc``'s columns: x, C (read by the state kernel without ``WORDS``), carry (a head), w and v (K a
+    head), and with ``WORDS`` C rounded to 16-bit integers as ``_dot_words`` takes them (N / 2 int32 a group) and
+    their scale (one a group)."""
     if USE_PDL:  # in_proj's output complete; the window kernel may launch now and read its state tiles meanwhile
         gdc_wait()
         gdc_launch_dependents()
@@ -136,7 +135,6 @@ def _window_preconv_kernel(
         Bv = _conv_shift(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, chan_b, mask_n, W, HAS_CONV_BIAS, BLOCK_W)
         Cv = _conv_shift(conv_row, xbc_row, cw_ptr, cb_ptr, s_cs_c, s_cs_w, chan_b + ngroups * N, mask_n, W,
                          HAS_CONV_BIAS, BLOCK_W)
-        tl.store(xc_row + off_c + gi * N + offs_n, Cv, mask=mask_n)
         if WORDS:  # C . q of an int8 state in integer arithmetic: C to 16 bits, by its largest magnitude
             cmax = tl.max(tl.abs(Cv), axis=0)
             c0, c1, c2, c3 = _quads(_round_c16(Cv, tl.where(cmax > 0, _C16 / cmax, 0.0)), BLOCK_N)
@@ -146,6 +144,8 @@ def _window_preconv_kernel(
             tl.store(cq_row + offs_q, c_lo, mask=offs_q < N // 4)
             tl.store(cq_row + N // 4 + offs_q, c_hi, mask=offs_q < N // 4)
             tl.store(xc_row + off_cs + gi, cmax / _C16)
+        else:
+            tl.store(xc_row + off_c + gi * N + offs_n, Cv, mask=mask_n)
         b_j = Bv.to(cbm_ptr.dtype.element_ty)  # row j as the cache holds it, as every other row is weighed
         tl.store(cb_row + j * s_cb_l + offs_n, b_j, mask=mask_n)
         is_j = offs_k == j
@@ -168,8 +168,8 @@ def _window_preconv_kernel(
 def _fold_words(wx, s, v_ptr, cx_row, cb_row, s_cx_l, s_cb_l, s_ptrs, sc_ptrs, smask, offs_p, mask_p, offs_n,
                 mask_n, K: tl.constexpr, BLOCK_N: tl.constexpr):
     """The window absorbed into an int8 state tile held as words (``wx``: bytes ``q + 128``) in its scaled domain,
-    ``u = q + sum_s (v_s x_s / s) B_s`` with ``s`` the row's scale times the carry, then requantised and stored as
-    ``triton_step._update_words`` does."""
+    ``u = q + sum_s (v_s x_s / s) B_s`` with ``s`` the row's scale times the carry (at least ``_OLD_MIN``), then
+    requantised and stored (``_store_words``) as the recurrent words path does."""
     s = tl.maximum(s, _OLD_MIN)
     u0 = _unpack_byte(wx, 0)
     u1 = _unpack_byte(wx, 1)
@@ -184,11 +184,7 @@ def _fold_words(wx, s, v_ptr, cx_row, cb_row, s_cx_l, s_cb_l, s_ptrs, sc_ptrs, s
         u1 += r * B1[None, :]
         u2 += r * B2[None, :]
         u3 += r * B3[None, :]
-    umax = tl.max(tl.maximum(tl.maximum(tl.abs(u0), tl.abs(u1)), tl.maximum(tl.abs(u2), tl.abs(u3))), axis=1)
-    absmax = umax * s
-    kept = absmax > _FLUSH
-    tl.store(s_ptrs, _pack_rounded(u0, u1, u2, u3, tl.where(kept, _fast_div(_LEVELS, umax), 0.0)), mask=smask)
-    tl.store(sc_ptrs, tl.where(kept, absmax / _LEVELS, 0.0), mask=mask_p)
+    _store_words(u0, u1, u2, u3, s, s_ptrs, sc_ptrs, smask, mask_p, "")
 
 
 @triton.jit
